@@ -1,0 +1,195 @@
+"""Backend registry and selection.
+
+A backend is chosen, most specific first, by
+
+1. the ``backend=`` argument of a module or function (when not ``"auto"``),
+2. the innermost :func:`use_backend` context,
+3. the ``FUSEDRNN_BACKEND`` environment variable,
+4. ``"auto"``: the first backend of :data:`AUTO_PREFERENCE` for the tensors'
+   device that is available and supports the call.  When auto passes over a
+   backend it would have preferred, it warns once, naming the backend it fell
+   back to and why.
+
+Backends are imported lazily (only when first asked for), so importing
+fusedrnn never needs a compiler, a GPU or Triton.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+import warnings
+from typing import Dict, Iterator, List, Optional
+
+from ..cells import CellSpec
+from .base import Backend, BackwardResult, ForwardResult, LayerWeights
+
+#: backend name -> "module:Class" that implements it
+_REGISTRY: Dict[str, str] = {
+    "reference": "fusedrnn.backends.reference:ReferenceBackend",
+    "cpu": "fusedrnn.backends.cpu:CpuBackend",
+}
+
+#: what "auto" tries, per device type, fastest first
+AUTO_PREFERENCE: Dict[str, List[str]] = {
+    "cpu": ["cpu", "reference"],
+    "cuda": ["reference"],
+}
+_DEFAULT_PREFERENCE = ["reference"]
+
+_instances: Dict[str, Backend] = {}
+_import_errors: Dict[str, str] = {}
+_warned: set = set()
+_selected: contextvars.ContextVar = contextvars.ContextVar("fusedrnn_backend", default=None)
+
+
+def names() -> List[str]:
+    """Every backend name fusedrnn knows, available or not."""
+    return list(_REGISTRY)
+
+
+def _instance(name: str) -> Optional[Backend]:
+    if name in _instances:
+        return _instances[name]
+    if name in _import_errors:
+        return None
+    module_name, class_name = _REGISTRY[name].split(":")
+    try:
+        backend = getattr(importlib.import_module(module_name), class_name)()
+    except ImportError as exc:
+        _import_errors[name] = f"{type(exc).__name__}: {exc}"
+        return None
+    _instances[name] = backend
+    return backend
+
+
+def unavailable_reason(name: str) -> Optional[str]:
+    """None when backend ``name`` can run on this machine, else why not."""
+    backend = _instance(name)
+    if backend is None:
+        return _import_errors[name]
+    return backend.availability()
+
+
+def available() -> List[str]:
+    """The backends usable on this machine."""
+    return [n for n in _REGISTRY if unavailable_reason(n) is None]
+
+
+def report() -> str:
+    """One line per backend: available, or why not."""
+    lines = []
+    for n in _REGISTRY:
+        why = unavailable_reason(n)
+        lines.append(f"{n}: {'available' if why is None else 'unavailable: ' + why}")
+    return "\n".join(lines)
+
+
+def register(name: str, target: str, prefer_for: Optional[List[str]] = None) -> None:
+    """Add a backend (``"module:Class"``), e.g. one written outside fusedrnn.
+
+    ``prefer_for`` puts it first in auto's order for those device types.
+    """
+    _REGISTRY[name] = target
+    _instances.pop(name, None)
+    _import_errors.pop(name, None)
+    for device in prefer_for or []:
+        AUTO_PREFERENCE.setdefault(device, list(_DEFAULT_PREFERENCE)).insert(0, name)
+
+
+def _unknown(name: str) -> ValueError:
+    return ValueError(
+        f"unknown fusedrnn backend {name!r}; expected 'auto' or one of {names()} "
+        f"(available here: {available()})"
+    )
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the code inside with backend ``name`` unless a call names its own."""
+    if name != "auto" and name not in _REGISTRY:
+        raise _unknown(name)
+    token = _selected.set(name)
+    try:
+        yield
+    finally:
+        _selected.reset(token)
+
+
+def requested(name: Optional[str] = None) -> str:
+    """The backend name in force for a call that asked for ``name``."""
+    for candidate in (name, _selected.get(), os.environ.get("FUSEDRNN_BACKEND")):
+        if candidate and candidate != "auto":
+            return candidate
+    return "auto"
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def resolve(name: Optional[str], cell: CellSpec, x, weights: LayerWeights) -> Backend:
+    """The backend to run ``cell`` on these tensors, by the rules above."""
+    wanted = requested(name)
+    if wanted != "auto":
+        if wanted not in _REGISTRY:
+            raise _unknown(wanted)
+        why = unavailable_reason(wanted)
+        if why is None:
+            why = _instance(wanted).unsupported(cell, x, weights)
+        if why is not None:
+            raise RuntimeError(
+                f"fusedrnn backend {wanted!r} cannot run this call: {why}. "
+                f"Available backends: {available()}"
+            )
+        return _instance(wanted)
+    preference = AUTO_PREFERENCE.get(x.device.type, _DEFAULT_PREFERENCE)
+    passed_over = []
+    for candidate in preference:
+        why = unavailable_reason(candidate)
+        if why is None:
+            why = _instance(candidate).unsupported(cell, x, weights)
+        if why is None:
+            if passed_over:
+                _warn_once(
+                    f"{x.device.type}:{candidate}:{passed_over[0][0]}",
+                    f"fusedrnn: using backend {candidate!r} for {x.device.type} tensors; "
+                    + "; ".join(f"{n!r} was passed over: {w}" for n, w in passed_over),
+                )
+            return _instance(candidate)
+        passed_over.append((candidate, why))
+    raise RuntimeError(
+        "no fusedrnn backend can run this call: " + "; ".join(f"{n}: {w}" for n, w in passed_over)
+    )
+
+
+def get(name: str) -> Backend:
+    """The backend called ``name`` (raises if unknown or unavailable)."""
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    why = unavailable_reason(name)
+    if why is not None:
+        raise RuntimeError(f"fusedrnn backend {name!r} is unavailable: {why}. Available backends: {available()}")
+    return _instance(name)
+
+
+__all__ = [
+    "AUTO_PREFERENCE",
+    "Backend",
+    "BackwardResult",
+    "ForwardResult",
+    "LayerWeights",
+    "available",
+    "get",
+    "names",
+    "register",
+    "report",
+    "requested",
+    "resolve",
+    "unavailable_reason",
+    "use_backend",
+]

@@ -1,0 +1,121 @@
+"""The contract every backend implements: one layer-direction, whole sequence.
+
+The ops layer (:mod:`fusedrnn.ops`) calls a backend with tensors that are
+already checked and contiguous; a backend only computes.
+
+Shapes (``Hout`` is ``P`` with a projection, else ``H``; ``G`` is
+``cell.gates``; ``W`` is ``cell.workspace_blocks * H``):
+
+========================  ==========================================================
+``x``                     ``[T, B, I]`` (padded; ``batch_sizes`` is None) or
+                          ``[N, I]`` packed rows with ``batch_sizes`` (int64, CPU,
+                          ``[T]``, non-increasing, ``batch_sizes[0] == B``,
+                          ``sum == N``): step t owns the next ``batch_sizes[t]`` rows
+``h0``                    ``[B, Hout]``
+``c0``                    ``[B, H]`` for LSTM, else None
+``weights.w_ih``          ``[G*H, I]``
+``weights.w_hh``          ``[G*H, Hout]``
+``weights.b_ih/b_hh``     ``[G*H]`` or None (``bias=False``)
+``weights.w_peep``        ``[3*H]`` (LSTM peepholes i, f, o) or None
+``weights.w_proj``        ``[P, H]`` (LSTM ``proj_size``) or None
+``out``                   ``x.shape[:-1] + (Hout,)``: the hidden state of each row
+``h_n``, ``c_n``          ``[B, Hout]``, ``[B, H]`` (None for GRU/RNN): each
+                          sequence's state after its own last step
+``workspace``             ``x.shape[:-1] + (W,)``, layout in :mod:`fusedrnn.cells`
+========================  ==========================================================
+
+``reverse=True`` runs the steps from last to first (the backward direction of
+a bidirectional layer); rows and outputs keep their time positions.  With
+packed rows, a sequence that is shorter starts from its ``h0`` row at its own
+last step.
+
+Dtypes: inputs share one floating dtype; float16/bfloat16 backends accumulate
+in float32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from ..cells import CellSpec
+
+
+class LayerWeights(NamedTuple):
+    """The parameters of one layer-direction, in PyTorch's layout."""
+
+    w_ih: torch.Tensor
+    w_hh: torch.Tensor
+    b_ih: Optional[torch.Tensor] = None
+    b_hh: Optional[torch.Tensor] = None
+    w_peep: Optional[torch.Tensor] = None
+    w_proj: Optional[torch.Tensor] = None
+
+
+class ForwardResult(NamedTuple):
+    out: torch.Tensor
+    h_n: torch.Tensor
+    c_n: Optional[torch.Tensor]
+    workspace: torch.Tensor
+
+
+class BackwardResult(NamedTuple):
+    """Gradients of the forward's inputs; ``dweights`` has None where the weight is None."""
+
+    dx: torch.Tensor
+    dh0: torch.Tensor
+    dc0: Optional[torch.Tensor]
+    dweights: LayerWeights
+
+
+class Backend:
+    """Base class: a named implementation of the sequence forward and backward."""
+
+    #: the name users pass as ``backend=``
+    name: str = ""
+
+    def availability(self) -> Optional[str]:
+        """None when usable on this machine, else the reason it is not."""
+        return None
+
+    def unsupported(self, cell: CellSpec, x: torch.Tensor, weights: LayerWeights) -> Optional[str]:
+        """None when this backend can run these tensors, else why not (device, dtype, option)."""
+        return None
+
+    def forward(
+        self,
+        cell: CellSpec,
+        x: torch.Tensor,
+        h0: torch.Tensor,
+        c0: Optional[torch.Tensor],
+        weights: LayerWeights,
+        batch_sizes: Optional[torch.Tensor],
+        reverse: bool,
+    ) -> ForwardResult:
+        raise NotImplementedError
+
+    def backward(
+        self,
+        cell: CellSpec,
+        grad_out: torch.Tensor,
+        grad_hn: torch.Tensor,
+        grad_cn: Optional[torch.Tensor],
+        x: torch.Tensor,
+        h0: torch.Tensor,
+        c0: Optional[torch.Tensor],
+        weights: LayerWeights,
+        batch_sizes: Optional[torch.Tensor],
+        reverse: bool,
+        out: torch.Tensor,
+        workspace: torch.Tensor,
+    ) -> BackwardResult:
+        """Gradients given the forward's inputs and outputs.
+
+        ``grad_out``, ``grad_hn`` (and ``grad_cn`` for LSTM) are always
+        materialised tensors (zeros where the loss does not depend on them).
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<fusedrnn backend {self.name!r}>"

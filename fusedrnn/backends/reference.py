@@ -1,0 +1,21 @@
+"""The ``reference`` backend: :mod:`fusedrnn.reference` behind the backend contract.
+
+Runs on every device and dtype; slow (one small op per gate per step), exact.
+"""
+
+from __future__ import annotations
+
+from .. import reference
+from .base import Backend
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+
+    def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse):
+        return reference.sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse)
+
+    def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace):
+        return reference.sequence_backward(
+            cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace
+        )

@@ -1,0 +1,153 @@
+"""Functional API: one layer-direction over a whole sequence.
+
+``layer(cell, x, h0, c0, weights)`` checks its arguments, picks the backend
+(:mod:`fusedrnn.backends`) and calls the cell family's custom op once.  The
+named wrappers (:func:`lstm_layer`, :func:`gru_layer`, :func:`rnn_layer`) spell
+the options out.  Shapes are those of :mod:`fusedrnn.backends.base`.
+
+Example::
+
+    out, h_n, c_n = fusedrnn.functional.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from . import backends
+from .backends.base import LayerWeights
+from .cells import CellSpec
+from .ops import forward_op
+
+__all__ = ["LayerOutput", "layer", "lstm_layer", "gru_layer", "rnn_layer", "LayerWeights", "CellSpec"]
+
+
+class LayerOutput(NamedTuple):
+    out: torch.Tensor
+    h_n: torch.Tensor
+    c_n: Optional[torch.Tensor]
+
+
+def _check_batch_sizes(batch_sizes: torch.Tensor, x: torch.Tensor, batch: int) -> None:
+    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        raise ValueError(
+            "batch_sizes must be a 1-D int64 CPU tensor (as in PackedSequence), got "
+            f"shape {tuple(batch_sizes.shape)}, dtype {batch_sizes.dtype}, device {batch_sizes.device}"
+        )
+    if batch_sizes.numel() == 0:
+        raise ValueError("batch_sizes must not be empty")
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D packed rows [N, input_size] when batch_sizes is given, got {x.dim()}-D")
+    if int(batch_sizes[0]) != batch or int(batch_sizes.min()) < 1:
+        raise ValueError(f"batch_sizes must start at the batch size of h0 ({batch}) and stay >= 1")
+    if bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+        raise ValueError("batch_sizes must be non-increasing (sequences sorted by length, as PackedSequence keeps them)")
+    if int(batch_sizes.sum()) != x.shape[0]:
+        raise ValueError(f"batch_sizes sum to {int(batch_sizes.sum())} but x has {x.shape[0]} rows")
+
+
+def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> None:
+    """Shape, dtype and device checks with messages that name the argument."""
+    if batch_sizes is None and x.dim() != 3:
+        raise ValueError(f"x must be 3-D [T, B, input_size] (or packed rows with batch_sizes), got {x.dim()}-D")
+    w_ih, w_hh = weights.w_ih, weights.w_hh
+    if w_ih.dim() != 2 or w_hh.dim() != 2 or w_hh.shape[0] % cell.gates != 0 or w_ih.shape[0] != w_hh.shape[0]:
+        raise ValueError(
+            f"weights of a {cell.family} layer must be w_ih [{cell.gates}*H, I] and w_hh [{cell.gates}*H, H or P], "
+            f"got w_ih {tuple(w_ih.shape)}, w_hh {tuple(w_hh.shape)}"
+        )
+    hidden = w_hh.shape[0] // cell.gates
+    hout = weights.w_proj.shape[0] if weights.w_proj is not None else hidden
+    batch = h0.shape[0] if h0.dim() == 2 else -1
+    expected = {
+        "x": (x, (*x.shape[:-1], w_ih.shape[1])),
+        "h0": (h0, (x.shape[1] if batch_sizes is None else batch, hout)),
+        "w_hh": (w_hh, (cell.gates * hidden, hout)),
+        "b_ih": (weights.b_ih, (cell.gates * hidden,)),
+        "b_hh": (weights.b_hh, (cell.gates * hidden,)),
+        "w_peep": (weights.w_peep, (cell.peephole_blocks * hidden,)),
+        "w_proj": (weights.w_proj, (hout, hidden)),
+    }
+    if cell.has_cell_state:
+        if c0 is None:
+            raise ValueError("c0 is required for an LSTM layer")
+        expected["c0"] = (c0, (h0.shape[0], hidden))
+    elif c0 is not None:
+        raise ValueError(f"c0 must be None for a {cell.family} layer")
+    if cell.family != "lstm" and (weights.w_peep is not None or weights.w_proj is not None):
+        raise ValueError("w_peep and w_proj exist only for LSTM layers")
+    for name, (t, shape) in expected.items():
+        if t is None:
+            continue
+        if tuple(t.shape) != tuple(shape):
+            raise RuntimeError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+        if t.dtype != x.dtype:
+            raise RuntimeError(f"{name} has dtype {t.dtype} but x has dtype {x.dtype}; all must match")
+        if t.device != x.device:
+            raise RuntimeError(f"{name} is on {t.device} but x is on {x.device}; all must be on one device")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if batch_sizes is not None:
+        _check_batch_sizes(batch_sizes, x, h0.shape[0])
+
+
+def _contiguous(t):
+    return None if t is None else t.contiguous()
+
+
+def layer(
+    cell: CellSpec,
+    x: torch.Tensor,
+    h0: Optional[torch.Tensor],
+    c0: Optional[torch.Tensor],
+    weights: LayerWeights,
+    batch_sizes: Optional[torch.Tensor] = None,
+    reverse: bool = False,
+    backend: Optional[str] = None,
+) -> LayerOutput:
+    """Run ``cell`` over a whole sequence: one op call.
+
+    ``h0``/``c0`` None mean zeros.  ``backend`` None or ``"auto"`` defers to the
+    context and the environment (:mod:`fusedrnn.backends`).
+    """
+    weights = LayerWeights(*weights)
+    hidden = weights.w_hh.shape[0] // cell.gates
+    hout = weights.w_proj.shape[0] if weights.w_proj is not None else hidden
+    batch = x.shape[1] if batch_sizes is None else (int(batch_sizes[0]) if batch_sizes.numel() else 0)
+    if h0 is None:
+        h0 = x.new_zeros((batch, hout))
+    if c0 is None and cell.has_cell_state:
+        c0 = x.new_zeros((h0.shape[0], hidden))
+    _check(cell, x, h0, c0, weights, batch_sizes)
+    chosen = backends.resolve(backend, cell, x, weights)
+    out, h_n, c_n, _ = forward_op(cell.family)(
+        _contiguous(x), _contiguous(h0), _contiguous(c0), *(_contiguous(w) for w in weights),
+        batch_sizes, bool(reverse), cell.mode, chosen.name,
+    )
+    return LayerOutput(out, h_n, c_n if cell.has_cell_state else None)
+
+
+def lstm_layer(x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, w_peep=None, w_proj=None,
+               batch_sizes=None, reverse=False, backend=None) -> LayerOutput:
+    """LSTM layer-direction; ``w_peep`` [3H] adds diagonal peepholes, ``w_proj`` [P, H] a projection."""
+    return layer(CellSpec("lstm", "lstm"), x, h0, c0, LayerWeights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj),
+                 batch_sizes, reverse, backend)
+
+
+def gru_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, reset_after=True,
+              batch_sizes=None, reverse=False, backend=None) -> LayerOutput:
+    """GRU layer-direction; ``reset_after=False`` is the original form (r applied to h before W_hn)."""
+    mode = "reset_after" if reset_after else "reset_before"
+    return layer(CellSpec("gru", mode), x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh),
+                 batch_sizes, reverse, backend)
+
+
+def rnn_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, nonlinearity="tanh",
+              batch_sizes=None, reverse=False, backend=None) -> LayerOutput:
+    """Elman RNN layer-direction, ``nonlinearity`` 'tanh' or 'relu'."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    return layer(CellSpec("rnn", nonlinearity), x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh),
+                 batch_sizes, reverse, backend)

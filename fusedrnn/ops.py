@@ -1,0 +1,166 @@
+"""``torch.library`` custom ops: one forward and one backward op per cell family.
+
+``torch.ops.fusedrnn.{lstm,gru,rnn}_forward`` run one layer-direction over a
+whole sequence (never one call per step: an op boundary costs ~10 us) and
+dispatch to the backend named by their ``backend`` argument (already resolved
+by :mod:`fusedrnn.functional`).  Each has a fake kernel, so ``torch.compile``
+and ``torch.export`` see one opaque node, and an autograd formula that calls
+the matching ``*_backward`` op.
+
+All three families share one schema so that one autograd formula serves them:
+arguments a family does not use (``c0``, ``w_peep``, ``w_proj`` outside LSTM)
+are None, and outputs it does not have (``c_n`` outside LSTM) are empty
+tensors (ops cannot return None).
+
+Double backward (``create_graph=True``): the backward recomputes the forward
+through the differentiable reference (:func:`fusedrnn.reference.sequence_forward`)
+and differentiates that, so second derivatives exist whatever backend ran.
+"""
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import backends
+from .backends.base import LayerWeights
+from .cells import CellSpec, FAMILIES
+from .reference import sequence_forward
+
+NAMESPACE = "fusedrnn"
+
+_FORWARD_SCHEMA = (
+    "(Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+    "Tensor? w_peep, Tensor? w_proj, Tensor? batch_sizes, bool reverse, str mode, str backend) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"
+)
+_BACKWARD_SCHEMA = (
+    "(Tensor grad_out, Tensor grad_hn, Tensor? grad_cn, Tensor x, Tensor h0, Tensor? c0, "
+    "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, "
+    "Tensor? batch_sizes, bool reverse, str mode, str backend, Tensor out, Tensor workspace) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+# positions of the differentiable inputs of the forward op
+_STATE_AND_WEIGHTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_peep", "w_proj")
+
+
+def _absent(like: Tensor) -> Tensor:
+    """What an op returns in place of None."""
+    return like.new_empty(0)
+
+
+def _fresh(outputs, inputs):
+    """Clone any output that shares storage with an input (ops must not alias)."""
+    ptrs = {t.untyped_storage().data_ptr() for t in inputs if t is not None and t.numel() > 0}
+    return tuple(
+        t.clone() if t.numel() > 0 and t.untyped_storage().data_ptr() in ptrs else t for t in outputs
+    )
+
+
+def _make_ops(family: str):
+    gates = CellSpec(family, {"lstm": "lstm", "gru": "reset_after", "rnn": "tanh"}[family]).gates
+
+    def forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend):
+        cell = CellSpec(family, mode)
+        weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj)
+        res = backends.get(backend).forward(cell, x, h0, c0, weights, batch_sizes, reverse)
+        c_n = res.c_n if res.c_n is not None else _absent(x)
+        return _fresh((res.out, res.h_n, c_n, res.workspace), (x, h0, c0, *weights))
+
+    def forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend):
+        hidden = w_hh.shape[0] // gates
+        lead = x.shape[:-1]
+        return (
+            x.new_empty((*lead, h0.shape[-1])),
+            h0.new_empty(h0.shape),
+            c0.new_empty(c0.shape) if c0 is not None else _absent(x),
+            x.new_empty((*lead, CellSpec(family, mode).workspace_blocks * hidden)),
+        )
+
+    def backward_impl(grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj,
+                      batch_sizes, reverse, mode, backend, out, workspace):
+        cell = CellSpec(family, mode)
+        weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj)
+        res = backends.get(backend).backward(
+            cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace
+        )
+        grads = (res.dx, res.dh0, res.dc0, *res.dweights)
+        inputs = (x, h0, c0, *weights)
+        return _fresh(tuple(_absent(x) if g is None else g for g in grads), inputs)
+
+    def backward_fake(grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj,
+                      batch_sizes, reverse, mode, backend, out, workspace):
+        return tuple(_absent(x) if t is None else t.new_empty(t.shape)
+                     for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj))
+
+    fwd = torch.library.custom_op(
+        f"{NAMESPACE}::{family}_forward", forward_impl, mutates_args=(), schema=_FORWARD_SCHEMA
+    )
+    fwd.register_fake(forward_fake)
+    bwd = torch.library.custom_op(
+        f"{NAMESPACE}::{family}_backward", backward_impl, mutates_args=(), schema=_BACKWARD_SCHEMA
+    )
+    bwd.register_fake(backward_fake)
+
+    def setup_context(ctx, inputs, output):
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend = inputs
+        out, _, _, workspace = output
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, out, workspace)
+        ctx.reverse, ctx.mode, ctx.backend = reverse, mode, backend
+        ctx.mark_non_differentiable(workspace)
+
+    def backward(ctx, grad_out, grad_hn, grad_cn, _grad_workspace):
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, out, workspace = ctx.saved_tensors
+        tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj)
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        if grad_hn is None:
+            grad_hn = torch.zeros_like(h0)
+        if c0 is None:
+            grad_cn = None
+        elif grad_cn is None or grad_cn.numel() == 0:
+            grad_cn = torch.zeros_like(c0)
+        if torch.is_grad_enabled():
+            grads = _differentiable_backward(
+                CellSpec(family, ctx.mode), tensors, batch_sizes, ctx.reverse, (grad_out, grad_hn, grad_cn)
+            )
+        else:
+            grads = bwd(grad_out, grad_hn, grad_cn, *tensors, batch_sizes, ctx.reverse, ctx.mode, ctx.backend,
+                        out, workspace)
+            grads = tuple(None if t is None else g for g, t in zip(grads, tensors))
+        return (*grads, None, None, None, None)
+
+    fwd.register_autograd(backward, setup_context=setup_context)
+    return fwd, bwd
+
+
+def _differentiable_backward(cell, tensors, batch_sizes, reverse, grad_outputs):
+    """First derivatives as a differentiable graph (for double backward), via the reference."""
+    x, h0, c0, *weights = tensors
+    with torch.enable_grad():
+        leaves = [None if t is None else (t if t.requires_grad else t.detach().requires_grad_()) for t in tensors]
+        res = sequence_forward(cell, leaves[0], leaves[1], leaves[2], LayerWeights(*leaves[3:]), batch_sizes, reverse)
+        outs = [res.out, res.h_n] + ([res.c_n] if res.c_n is not None else [])
+        gouts = list(grad_outputs[: len(outs)])
+        present = [t for t in leaves if t is not None]
+        grads = iter(torch.autograd.grad(outs, present, gouts, create_graph=True, allow_unused=True))
+    out = []
+    for t in leaves:
+        if t is None:
+            out.append(None)
+        else:
+            g = next(grads)
+            out.append(torch.zeros_like(t) if g is None else g)
+    return tuple(out)
+
+
+_OPS = {family: _make_ops(family) for family in FAMILIES}
+
+
+def forward_op(family: str):
+    """The custom op running ``family``'s sequence forward."""
+    return _OPS[family][0]
+
+
+def backward_op(family: str):
+    return _OPS[family][1]
