@@ -30,12 +30,13 @@ from .base import Backend, BackwardResult, ForwardResult, LayerWeights
 _REGISTRY: Dict[str, str] = {
     "reference": "fusedrnn.backends.reference:ReferenceBackend",
     "cpu": "fusedrnn.backends.cpu:CpuBackend",
+    "triton": "fusedrnn.backends.triton:TritonBackend",
 }
 
 #: what "auto" tries, per device type, fastest first
 AUTO_PREFERENCE: Dict[str, List[str]] = {
     "cpu": ["cpu", "reference"],
-    "cuda": ["reference"],
+    "cuda": ["triton", "reference"],
 }
 _DEFAULT_PREFERENCE = ["reference"]
 
