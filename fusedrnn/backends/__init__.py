@@ -21,6 +21,8 @@ import contextvars
 import importlib
 import os
 import warnings
+
+import torch
 from typing import Dict, Iterator, List, Optional
 
 from ..cells import CellSpec
@@ -66,6 +68,7 @@ def _instance(name: str) -> Optional[Backend]:
     return backend
 
 
+@torch.compiler.assume_constant_result
 def unavailable_reason(name: str) -> Optional[str]:
     """None when backend ``name`` can run on this machine, else why not."""
     backend = _instance(name)
@@ -119,6 +122,7 @@ def use_backend(name: str) -> Iterator[None]:
         _selected.reset(token)
 
 
+@torch.compiler.assume_constant_result
 def requested(name: Optional[str] = None) -> str:
     """The backend name in force for a call that asked for ``name``."""
     for candidate in (name, _selected.get(), os.environ.get("FUSEDRNN_BACKEND")):
@@ -127,6 +131,7 @@ def requested(name: Optional[str] = None) -> str:
     return "auto"
 
 
+@torch.compiler.assume_constant_result
 def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)

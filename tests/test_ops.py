@@ -1,0 +1,168 @@
+"""The torch.library ops and the functional API: schema, fake kernels, autograd, checks."""
+
+import pytest
+import torch
+from torch.library import opcheck
+
+from fusedrnn import functional, ops
+from fusedrnn.backends.base import LayerWeights
+from fusedrnn.cells import CellSpec, all_specs
+
+from layer_cases import case_id, make_case
+
+SPECS = all_specs()
+OPCHECK_CASES = [
+    (CellSpec("lstm", "lstm"), dict(peephole=True, proj=4, packed=True, reverse=True)),
+    (CellSpec("lstm", "lstm"), dict(bias=False)),
+    (CellSpec("gru", "reset_after"), dict(packed=True)),
+    (CellSpec("gru", "reset_before"), dict(reverse=True)),
+    (CellSpec("rnn", "relu"), dict(packed=True, reverse=True)),
+    (CellSpec("rnn", "tanh"), dict(bias=False)),
+]
+
+
+def _op_args(case, backend="reference"):
+    return (*case.inputs(), case.batch_sizes, case.reverse, case.cell.mode, backend)
+
+
+@pytest.mark.parametrize("cell,options", OPCHECK_CASES, ids=[case_id(c, o) for c, o in OPCHECK_CASES])
+def test_forward_op_opcheck(cell, options):
+    case = make_case(cell, **options)
+    args = list(_op_args(case))
+    for i in range(9):  # x, h0, c0, weights: differentiable inputs
+        if args[i] is not None:
+            args[i] = args[i].clone().requires_grad_()
+    opcheck(ops.forward_op(cell.family), tuple(args))
+
+
+@pytest.mark.parametrize("cell,options", OPCHECK_CASES, ids=[case_id(c, o) for c, o in OPCHECK_CASES])
+def test_backward_op_opcheck(cell, options):
+    case = make_case(cell, **options)
+    out, h_n, c_n, ws = ops.forward_op(cell.family)(*_op_args(case))
+    grad_cn = torch.randn_like(c_n) if cell.has_cell_state else None
+    args = (torch.randn_like(out), torch.randn_like(h_n), grad_cn, *case.inputs(), case.batch_sizes,
+            case.reverse, cell.mode, "reference", out, ws)
+    opcheck(ops.backward_op(cell.family), args)
+
+
+def _layer_fn(case):
+    """A function of the differentiable inputs running the layer through the ops."""
+    present = [i for i, t in enumerate(case.inputs()) if t is not None]
+
+    def fn(*tensors):
+        full = list(case.inputs())
+        for i, t in zip(present, tensors):
+            full[i] = t
+        x, h0, c0, *w = full
+        res = functional.layer(case.cell, x, h0, c0, LayerWeights(*w), case.batch_sizes, case.reverse,
+                               backend="reference")
+        return tuple(t for t in res if t is not None)
+
+    return fn
+
+
+GRAD_CASES = [(c, dict(packed=p, reverse=r, peephole=c.family == "lstm"))
+              for c in SPECS for p, r in ((False, False), (True, True))]
+
+
+@pytest.mark.parametrize("cell,options", GRAD_CASES, ids=[case_id(c, o) for c, o in GRAD_CASES])
+def test_gradcheck_through_ops(cell, options):
+    case = make_case(cell, T=3, B=3, I=2, H=3, **options)
+    inputs = [t.clone().requires_grad_() for t in case.differentiable()]
+    assert torch.autograd.gradcheck(_layer_fn(case), inputs)
+
+
+@pytest.mark.parametrize("cell", [CellSpec("lstm", "lstm"), CellSpec("gru", "reset_before"), CellSpec("rnn", "tanh")],
+                         ids=str)
+def test_gradgradcheck_through_ops(cell):
+    """Double backward (gradient penalties) works through the ops."""
+    case = make_case(cell, T=2, B=2, I=2, H=2, packed=True, lengths=[2, 1])
+    inputs = [t.clone().requires_grad_() for t in case.differentiable()]
+    assert torch.autograd.gradgradcheck(_layer_fn(case), inputs)
+
+
+def test_one_op_call_per_layer_direction():
+    """The layer is a single op call whatever the sequence length (no per-step ops at the boundary)."""
+    case = make_case(CellSpec("lstm", "lstm"), T=9)
+    calls = []
+
+    class Count(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if isinstance(func, torch._ops.OpOverloadPacket) or "fusedrnn" in str(func):
+                calls.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        functional.layer(case.cell, *case.inputs()[:3], case.weights, backend="reference")
+    assert calls == ["fusedrnn.lstm_forward.default"] or calls == ["fusedrnn.lstm_forward"], calls
+
+
+def test_compile_fullgraph_functional():
+    """torch.compile(fullgraph=True) traces the functional API without graph breaks."""
+    case = make_case(CellSpec("gru", "reset_before"), dtype=torch.float32)
+    w = [t.clone().requires_grad_() for t in case.weights[:4]]
+
+    def f(x):
+        out, h_n, _ = functional.gru_layer(x, None, *w, reset_after=False, backend="reference")
+        return out.sum() + h_n.square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    eager_loss = f(case.x)
+    eager_grads = torch.autograd.grad(eager_loss, w)
+    loss = compiled(case.x)
+    grads = torch.autograd.grad(loss, w)
+    torch.testing.assert_close(loss, eager_loss)
+    for a, b in zip(grads, eager_grads):
+        torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------
+# argument checks of the functional API
+# ---------------------------------------------------------------------------
+
+
+def _lstm(**override):
+    case = make_case(CellSpec("lstm", "lstm"), dtype=torch.float32)
+    args = dict(x=case.x, h0=case.h0, c0=case.c0, w_ih=case.weights.w_ih, w_hh=case.weights.w_hh,
+                b_ih=case.weights.b_ih, b_hh=case.weights.b_hh)
+    args.update(override)
+    return functional.lstm_layer(**args)
+
+
+def test_functional_runs_with_defaults():
+    out, h_n, c_n = _lstm(h0=None, c0=None)
+    assert out.shape == (4, 3, 6) and h_n.shape == (3, 6) and c_n.shape == (3, 6)
+
+
+@pytest.mark.parametrize("override,exc,match", [
+    (dict(x=torch.randn(4, 3, 7)), RuntimeError, "x must have shape"),
+    (dict(x=torch.randn(3, 5)), ValueError, "x must be 3-D"),
+    (dict(h0=torch.randn(2, 6)), RuntimeError, "h0 must have shape"),
+    (dict(c0=torch.randn(3, 5)), RuntimeError, "c0 must have shape"),
+    (dict(h0=torch.randn(3, 6, dtype=torch.float64)), RuntimeError, "h0 has dtype"),
+    (dict(b_ih=torch.randn(5)), RuntimeError, "b_ih must have shape"),
+    (dict(w_hh=torch.randn(23, 6)), ValueError, "w_hh"),
+    (dict(x=torch.randn(4, 3, 5, device="meta")), RuntimeError, "device"),
+], ids=["input-size", "x-2d", "h0-batch", "c0-hidden", "h0-dtype", "bias-shape", "gates", "device"])
+def test_functional_rejects_bad_arguments(override, exc, match):
+    with pytest.raises(exc, match=match):
+        _lstm(**override)
+
+
+@pytest.mark.parametrize("batch_sizes,match", [
+    (torch.tensor([3, 1, 2]), "non-increasing"),
+    (torch.tensor([3, 2], dtype=torch.int32), "int64"),
+    (torch.tensor([3, 3]), "sum"),
+    (torch.tensor([2, 2, 1]), "start at the batch size"),
+], ids=["increasing", "int32", "sum", "first"])
+def test_functional_rejects_bad_batch_sizes(batch_sizes, match):
+    cell = CellSpec("gru", "reset_after")
+    case = make_case(cell, packed=True, lengths=[2, 2, 1], dtype=torch.float32)
+    with pytest.raises(ValueError, match=match):
+        functional.layer(cell, case.x, case.h0, None, case.weights, batch_sizes)
+
+
+def test_rnn_layer_rejects_unknown_nonlinearity():
+    case = make_case(CellSpec("rnn", "tanh"), dtype=torch.float32)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        functional.rnn_layer(case.x, case.h0, *case.weights[:4], nonlinearity="sigmoid")
