@@ -33,12 +33,14 @@ _REGISTRY: Dict[str, str] = {
     "reference": "fusedrnn.backends.reference:ReferenceBackend",
     "cpu": "fusedrnn.backends.cpu:CpuBackend",
     "triton": "fusedrnn.backends.triton:TritonBackend",
+    "cuda": "fusedrnn.backends.cuda:CudaBackend",
 }
 
 #: what "auto" tries, per device type, fastest first
 AUTO_PREFERENCE: Dict[str, List[str]] = {
     "cpu": ["cpu", "reference"],
-    "cuda": ["triton", "reference"],
+    # cuda after triton until GPU measurements say otherwise (issue 6)
+    "cuda": ["triton", "cuda", "reference"],
 }
 _DEFAULT_PREFERENCE = ["reference"]
 
