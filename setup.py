@@ -2,41 +2,77 @@
 
 The extension holds the CPU kernels (``csrc/cpu``) always, and the CUDA
 kernels (``csrc/cuda``) only where the installed torch has CUDA and a CUDA
-toolkit is found.  If no compiler is available the package still installs:
-``fusedrnn`` then runs on its reference backend and says so once
-(``FUSEDRNN_NO_EXTENSION=1`` skips the build on purpose).
+toolkit is found.  It needs torch at build time, so install into an
+environment that already has torch, without build isolation (an isolated
+build would have no torch, or would download an unpinned one)::
 
-Install in an environment that already has torch:
-``pip install --no-build-isolation -e .`` (the README's ``make`` targets do this).
+    pip install --no-build-isolation -e .          # the Makefile's targets do this
+    TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation -e .   # on an H100/H200
+
+If the extension cannot be built (no compiler, say) the package still
+installs and ``fusedrnn`` runs on its reference backend, saying why once at
+run time.  Environment switches:
+
+``FUSEDRNN_REQUIRE_EXTENSION=1``  a failed extension build fails the install (``make`` sets it)
+``FUSEDRNN_NO_EXTENSION=1``       skip the extension on purpose (pure-Python install)
+``FUSEDRNN_NO_CUDA=1``            build only the CPU kernels even where torch has CUDA
+``FUSEDRNN_NATIVE=1``             compile the CPU kernels with ``-march=native``
 """
 
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def _flag(name):
+    return os.environ.get(name, "0") == "1"
+
+
 def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def _optional(build_extension_class):
+    """``build_ext`` that, unless the extension is required, lets the install go on without it."""
+
+    class OptionalBuildExtension(build_extension_class):
+        def run(self):
+            try:
+                super().run()
+            except Exception as exc:  # compiler missing or failing: CompileError, OSError, RuntimeError (ninja)
+                if _flag("FUSEDRNN_REQUIRE_EXTENSION"):
+                    raise
+                print(
+                    f"WARNING: the C++ extension fusedrnn._C was not built ({type(exc).__name__}: {exc}); "
+                    "fusedrnn will run on its reference backend. Set FUSEDRNN_REQUIRE_EXTENSION=1 to make "
+                    "this an error.",
+                    file=sys.stderr,
+                )
+
+    return OptionalBuildExtension
+
+
 def _extensions():
-    if os.environ.get("FUSEDRNN_NO_EXTENSION") == "1":
+    if _flag("FUSEDRNN_NO_EXTENSION"):
         return [], {}
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError:  # no torch at build time: pure-Python install, reference backend only
+        if _flag("FUSEDRNN_REQUIRE_EXTENSION"):
+            raise
         return [], {}
 
     cxx_flags = ["-O3", "-std=c++17"]
-    if os.environ.get("FUSEDRNN_NATIVE", "0") == "1":
+    if _flag("FUSEDRNN_NATIVE"):
         cxx_flags.append("-march=native")
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    with_cuda = torch.version.cuda is not None and CUDA_HOME is not None and os.environ.get("FUSEDRNN_NO_CUDA") != "1"
+    with_cuda = torch.version.cuda is not None and CUDA_HOME is not None and not _flag("FUSEDRNN_NO_CUDA")
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
@@ -49,25 +85,42 @@ def _extensions():
         )
     else:
         ext = CppExtension("fusedrnn._C", sources, include_dirs=include_dirs, extra_compile_args=cxx_flags)
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    # ninja compiles the sources in parallel (MAX_JOBS caps it); torch falls back to a serial build without it
+    return [ext], {"build_ext": _optional(BuildExtension).with_options(use_ninja=True)}
+
+
+def _long_description():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        return f.read()
 
 
 ext_modules, cmdclass = _extensions()
+
+TEST_REQUIRES = ["pytest", "pytest-benchmark", "hypothesis", "expecttest", "numpy"]
+BENCH_REQUIRES = ["rich", "matplotlib", "numpy"]
 
 setup(
     name="fusedrnn",
     version="0.1.0",
     description="Fused LSTM, GRU and RNN layers for PyTorch: Triton, CUDA and C++ CPU kernels behind torch.nn's API",
+    long_description=_long_description(),
+    long_description_content_type="text/markdown",
     packages=find_packages(include=["fusedrnn", "fusedrnn.*"]),
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
     extras_require={
         "triton": ["triton>=3.0"],
-        "bench": ["rich", "matplotlib"],
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "expecttest", "rich", "matplotlib"],
+        "bench": BENCH_REQUIRES,
+        "test": sorted(set(TEST_REQUIRES + BENCH_REQUIRES)),
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     entry_points={"console_scripts": ["fusedrnn-bench=fusedrnn.bench:main"]},
     license="Apache-2.0",
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: C++",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
 )

@@ -1,15 +1,86 @@
-"""The ``cpu`` backend: fused C++ kernels from ``fusedrnn._C`` (csrc/cpu)."""
+"""The ``cpu`` backend: fused C++ kernels from ``fusedrnn._C`` (csrc/cpu).
+
+The kernels are dispatcher ops ``torch.ops.fusedrnn_C.forward`` / ``backward``
+(one call per layer-direction and sequence; see csrc/cpu/ops.cpp for their
+schema).  Per step they run one recurrent product and one fused, vectorised,
+parallel pointwise pass; at small batch the product is a cache-resident
+micro-kernel over packed ``W_hh`` (csrc/cpu/recurrent_product.h), at large
+batch an MKL GEMM.  float16/bfloat16 are computed in float32 inside.
+"""
 
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
+
 from .. import _extension
-from .base import Backend
+from .base import Backend, BackwardResult, ForwardResult, LayerWeights
+
+#: dtypes the kernels take (16-bit ones are computed in float32)
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _ops():
+    return torch.ops.fusedrnn_C
+
+
+def _present(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """The ops return empty tensors for outputs that do not exist."""
+    return t if t.numel() > 0 else None
 
 
 class CpuBackend(Backend):
     name = "cpu"
 
-    def availability(self):
+    #: how the per-step recurrent product runs: "auto" (chosen by size, see
+    #: csrc/cpu/sequence.cpp), "gemm" (MKL per step) or "fused" (packed
+    #: micro-kernel; float32 LSTM without projection, GRU reset_after, RNN).
+    #: Tests set it to cover both paths.
+    strategy: str = "auto"
+
+    def availability(self) -> Optional[str]:
         if _extension.load() is None:
             return _extension.load_error()
-        return "the fused CPU kernels are not part of this build yet"
+        if not hasattr(torch.ops, "fusedrnn_C") or not hasattr(torch.ops.fusedrnn_C, "forward"):
+            return "fusedrnn._C was built without the fused CPU kernels (csrc/cpu); rebuild the extension"
+        return None
+
+    def unsupported(self, cell, x, weights) -> Optional[str]:
+        if x.device.type != "cpu":
+            return f"the cpu backend runs CPU tensors only, got {x.device}"
+        if x.dtype not in SUPPORTED_DTYPES:
+            return f"the cpu backend supports {[str(d) for d in SUPPORTED_DTYPES]}, got {x.dtype}"
+        return None
+
+    def _strategy(self, cell, x, weights) -> str:
+        """A forced "fused" falls back to "gemm" for what the fused kernels do not cover."""
+        if self.strategy != "fused":
+            return self.strategy
+        fused_ok = (x.dtype != torch.float64 and weights.w_proj is None
+                    and (cell.family, cell.mode) != ("gru", "reset_before"))
+        return "fused" if fused_ok else "gemm"
+
+    def forward(self, cell, x, h0, c0, weights: LayerWeights, batch_sizes, reverse) -> ForwardResult:
+        out, h_n, c_n, workspace = _ops().forward(
+            cell.family, cell.mode, x, h0, c0, *weights, batch_sizes, bool(reverse), self._strategy(cell, x, weights)
+        )
+        return ForwardResult(out, h_n, c_n if cell.has_cell_state else None, workspace)
+
+    def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
+                 out, workspace) -> BackwardResult:
+        grads = _ops().backward(
+            cell.family, cell.mode, grad_out.contiguous(), grad_hn.contiguous(),
+            None if grad_cn is None else grad_cn.contiguous(),
+            x, h0, c0, *weights, batch_sizes, bool(reverse), out, workspace, self._strategy(cell, x, weights),
+        )
+        dx, dh0, dc0, *dweights = grads
+        return BackwardResult(
+            dx, dh0, dc0 if cell.has_cell_state else None,
+            LayerWeights(*(None if w is None else g for g, w in zip(dweights, weights))),
+        )
+
+
+def kernel_info() -> str:
+    """ISA and thread count the kernels use on this machine (for reports)."""
+    return _ops().describe()

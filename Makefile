@@ -1,0 +1,121 @@
+# fusedrnn: set-up, build, tests and benchmarks.
+#
+#   make test       the whole test suite (installs and builds first)
+#   make bench      correctness check of each available backend, then timings against torch.nn
+#   make gpu-check  the GPU validation script (benchmarks/gpu_check.sh)
+#   make build      install the dependencies and build the C++ extension fusedrnn._C
+#   make clean      remove build outputs (make distclean also removes .venv)
+#
+# Which Python: $(PYTHON) if it can import torch -- that torch is used as it is,
+# never upgraded or replaced, and the other dependencies go into its environment --
+# else a local virtualenv $(VENV) with torch==$(TORCH_VERSION), pinned because an
+# unpinned torch is a multi-GB CUDA build.  Stamp files under build/ remember what
+# was installed and built, so a second `make test` goes straight to the tests.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+TRITON_VERSION ?= 3.8.0
+# setuptools>=64 and wheel: editable installs of setup.py projects (PEP 660)
+REQUIREMENTS := pytest pytest-benchmark hypothesis expecttest rich matplotlib ninja pybind11 numpy "setuptools>=64" wheel
+# -ra: the reasons for skips (and a summary of failures) at the end
+PYTEST_FLAGS ?= -q -ra
+BENCH_ARGS ?=
+
+ifeq ($(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo yes),yes)
+PY := $(shell $(PYTHON) -c "import sys; print(sys.executable)")
+TORCH_STAMP :=
+else
+PY := $(abspath $(VENV))/bin/python
+TORCH_STAMP := $(VENV)/.torch-installed
+endif
+
+# one stamp folder per interpreter, so switching environments installs and builds again
+STAMPS := build/make-$(shell printf '%s' '$(PY)' | cksum | cut -d ' ' -f 1)
+CONSTRAINTS := $(STAMPS)/constraints.txt
+REPORTS := build/test-reports
+CSRC := $(shell find csrc -type f 2>/dev/null)
+# rebuild when the compiled extension is missing, whatever the stamps say
+REBUILD := $(if $(wildcard fusedrnn/_C*.so fusedrnn/_C*.pyd),,FORCE)
+# the environment's scripts (ninja, pytest) first on PATH, as if it were activated
+RUN := PATH="$(dir $(PY)):$$PATH"
+
+.PHONY: help deps build test bench gpu-check clean distclean FORCE
+
+help:
+	@sed -n '3,7s/^# \{0,1\}//p' Makefile
+	@echo "Python: $(PY)"
+
+$(VENV)/.torch-installed:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install "torch==$(TORCH_VERSION)"
+	touch $@
+
+# The torch found is written into a constraints file that every pip call below
+# honours, so no dependency can upgrade or replace it.
+$(STAMPS)/deps: $(TORCH_STAMP) Makefile
+	mkdir -p $(STAMPS)
+	$(PY) -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > $(CONSTRAINTS) \
+		|| : > $(CONSTRAINTS)  # torch not installed by pip (a source build): nothing we install requires it
+	$(RUN) $(PY) -m pip install -c $(CONSTRAINTS) $(REQUIREMENTS)
+	@# GPU wheels of torch bring the triton they were built with: keep that one
+	$(RUN) $(PY) -c "import triton" 2>/dev/null \
+		|| $(RUN) $(PY) -m pip install -c $(CONSTRAINTS) "triton==$(TRITON_VERSION)"
+	touch $@
+
+deps: $(STAMPS)/deps
+
+# --no-deps: the dependencies are installed above; pip must not resolve torch again
+$(STAMPS)/built: $(STAMPS)/deps setup.py pyproject.toml $(CSRC) $(REBUILD)
+	$(RUN) FUSEDRNN_REQUIRE_EXTENSION=1 $(PY) -m pip install --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(STAMPS)/built
+
+# Tests: the Triton kernel tests run in a second process because TRITON_INTERPRET=1
+# must be set before the kernels are imported.  That run finding no tests (pytest
+# exits 5) is fine.  Both runs always execute; the last line sums them up.
+test: build
+	@rm -rf $(REPORTS) && mkdir -p $(REPORTS)
+	@status=0; \
+	echo "== tests (not triton)"; \
+	$(RUN) FUSEDRNN_REQUIRE_EXTENSION=1 $(PY) -m pytest tests -m "not triton" $(PYTEST_FLAGS) \
+		--junitxml=$(REPORTS)/main.xml || status=1; \
+	echo "== triton kernel tests (TRITON_INTERPRET=1)"; \
+	$(RUN) FUSEDRNN_REQUIRE_EXTENSION=1 TRITON_INTERPRET=1 $(PY) -m pytest tests -m triton $(PYTEST_FLAGS) \
+		--junitxml=$(REPORTS)/triton.xml; \
+	rc=$$?; if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then status=1; fi; \
+	$(PY) -c "$$JUNIT_SUMMARY" $(REPORTS)/*.xml || status=1; \
+	exit $$status
+
+bench: build
+	$(RUN) $(PY) -m fusedrnn.bench $(BENCH_ARGS)
+
+gpu-check: build
+	$(RUN) PYTHON=$(PY) bash benchmarks/gpu_check.sh
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis .benchmarks
+	rm -f fusedrnn/_C*.so fusedrnn/_C*.pyd
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
+
+FORCE:
+
+# "tests: N passed, N failed, N skipped" over the JUnit reports of both pytest runs
+define JUNIT_SUMMARY
+import sys, xml.etree.ElementTree as ET
+n = dict(tests=0, failures=0, errors=0, skipped=0)
+for path in sys.argv[1:]:
+    for suite in ET.parse(path).getroot().iter("testsuite"):
+        for key in n:
+            n[key] += int(suite.get(key, 0))
+failed = n["failures"] + n["errors"]
+print(f"tests: {n['tests'] - failed - n['skipped']} passed, {failed} failed, {n['skipped']} skipped")
+endef
+export JUNIT_SUMMARY

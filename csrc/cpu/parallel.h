@@ -1,0 +1,56 @@
+// A parallel region on torch's own intra-op (OpenMP) thread pool, with a
+// barrier usable inside it.
+//
+// Why not at::parallel_for: it is a header template that is only parallel in
+// code compiled with -fopenmp, which this extension's build does not pass;
+// compiled without it, at::parallel_for runs serially.  And a fused recurrent
+// kernel wants one region for all time steps with a cheap barrier between
+// steps, which at::parallel_for cannot express.  So we call the OpenMP
+// runtime that libtorch_cpu already loaded (GOMP_parallel, the entry point
+// `#pragma omp parallel` compiles to, also exported by LLVM's and Intel's
+// runtimes), found through libtorch_cpu's own dependency tree.  Same threads
+// as MKL and ATen use: no second pool competing for the cores.  Where no such
+// runtime is found, the region runs on the calling thread alone.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+
+namespace fusedrnn {
+namespace cpu {
+
+// Sense-free generation barrier for the threads of one region (spins; the
+// team's threads are dedicated to the region while it runs).
+class Barrier {
+ public:
+  explicit Barrier(int nthreads) : nthreads_(nthreads) {}
+  void wait();
+  // Every thread of the team stores the same count before its first wait.
+  void set_threads(int nthreads) { nthreads_.store(nthreads, std::memory_order_relaxed); }
+
+ private:
+  std::atomic<int> nthreads_;
+  std::atomic<int> arrived_{0};
+  std::atomic<uint32_t> generation_{0};
+};
+
+// Calls job(tid, nthreads, barrier) once on each of up to `requested` threads
+// (tid 0 is the caller) and returns when all have returned.  The job must not
+// throw once it may wait on the barrier (all argument checks happen before).
+using RegionJob = std::function<void(int tid, int nthreads, Barrier& barrier)>;
+void run_parallel(int requested, const RegionJob& job);
+
+// How many threads a region may use: torch.get_num_threads(), or 1 where no
+// OpenMP runtime was found.
+int max_threads();
+
+// Thread tid's share [begin, end) of `count` work items split into nthreads
+// contiguous ranges.
+inline void split_range(int64_t count, int tid, int nthreads, int64_t& begin, int64_t& end) {
+  begin = count * tid / nthreads;
+  end = count * (tid + 1) / nthreads;
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

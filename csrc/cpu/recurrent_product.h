@@ -1,0 +1,47 @@
+// The per-step recurrent product of the fused CPU kernels, as a
+// cache-resident micro-kernel.
+//
+// At small batch a per-step GEMM call (MKL addmm) loses to oneDNN's LSTM: it
+// re-reads W_hh from wherever it is and splits a tiny problem over threads
+// each step.  Instead, W_hh is packed once per call into "panels" of L hidden
+// units (one SIMD vector) per gate block, and each thread owns a fixed set of
+// unit blocks for the whole sequence, so its slice of W_hh stays in its own
+// L2 cache across all steps and the gate math for its units runs right after
+// its product, on data still in L1.
+//
+// Layouts (float32):
+//   panels  [blocks][C][K][L]: panels[((blk*C + c)*K + k)*L + l] = W[c*U + blk*L + l, k]
+//           for a weight W [C*U, K] of C stacked blocks of U rows (the gates);
+//           rows past U are zero.
+//   lhs^T   [K][ld]: the left operand transposed (column r of row r of the
+//           batch), so one pointer serves every batch row of a tile.
+//   tile    [n][C*L]: tile[r*C*L + c*L + l] = sum_k lhs^T[k][r] * panel[c][k][l]
+//
+// The SIMD width is chosen at run time from the CPU (AVX-512, AVX2 or plain
+// SSE2 vectors); the functions are compiled for each with GCC target
+// attributes, so the build needs no -mavx flags.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace fusedrnn {
+namespace cpu {
+
+enum class Isa { sse2, avx2, avx512 };
+
+Isa best_isa();
+const char* isa_name(Isa isa);
+// Units per panel (float32 lanes of one vector).
+int panel_lanes(Isa isa);
+
+// Pack W [C*U, K] (float32, contiguous) into panels of `lanes` units.
+at::Tensor pack_panels(const at::Tensor& w, int64_t blocks_c, int64_t lanes);
+
+// tile = lhs^T-columns [0, n) times the C panels starting at `panels`.
+void product_tile(Isa isa, const float* lhs_t, int64_t ld_lhs, int64_t n, int64_t K, const float* panels, int64_t C,
+                  float* tile);
+
+}  // namespace cpu
+}  // namespace fusedrnn

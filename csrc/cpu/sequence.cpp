@@ -1,0 +1,675 @@
+// Forward and backward through time for one layer-direction.
+//
+// Work split (DESIGN.md section 3):
+//  * before the loop, one GEMM for the input projection of all steps,
+//    Xp = X W_ih^T + b_ih (+ b_hh where it can be folded in);
+//  * per step, the recurrent product and ONE fused pointwise pass;
+//  * backward: per step one fused pointwise pass and one product with W_hh,
+//    then dW_ih, dW_hh, dX and the biases as single GEMMs over all steps.
+//
+// Two strategies for the per-step product:
+//  * gemm:  at::mm into a preallocated buffer (MKL, all threads), then the
+//           pointwise pass split over hidden units.  Any cell, any dtype;
+//           best at large batch, where the per-step GEMM is efficient.
+//  * fused: float32 only; LSTM without projection, GRU reset_after, RNN.  One
+//           parallel region for the whole sequence: each thread owns a fixed
+//           set of hidden-unit blocks, keeps the packed W_hh rows of its units
+//           (all gates) in its own cache, computes their product with the
+//           micro-kernel of recurrent_product.h and applies the gate math on
+//           the tile while it is in L1; one barrier per step.  The backward
+//           does the same with W_hh^T (its units are the columns of W_hh).
+//           States are kept transposed ([unit][row]) for the micro-kernel.
+#include "sequence.h"
+
+#include <algorithm>
+#include <limits>
+#include <sstream>
+
+#include "parallel.h"
+#include "pointwise.h"
+#include "recurrent_product.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+// ---------------------------------------------------------------------------
+// ISA dispatch of the pointwise passes: each is compiled three times (AVX-512,
+// AVX2, SSE2) for float, once for double.
+// ---------------------------------------------------------------------------
+
+namespace {
+
+#define FUSEDRNN_DISPATCH(NAME, ARGS, FN)                                                                 \
+  __attribute__((target("avx512f,avx512vl,avx2,fma"))) void NAME##_avx512(const Block& b, const ARGS<float>& a) { \
+    FN(float)(b, a);                                                                                      \
+  }                                                                                                       \
+  __attribute__((target("avx2,fma"))) void NAME##_avx2(const Block& b, const ARGS<float>& a) { FN(float)(b, a); } \
+  void NAME##_sse2(const Block& b, const ARGS<float>& a) { FN(float)(b, a); }                              \
+  void NAME(const Block& b, const ARGS<float>& a) {                                                       \
+    switch (best_isa()) {                                                                                 \
+      case Isa::avx512: NAME##_avx512(b, a); break;                                                       \
+      case Isa::avx2: NAME##_avx2(b, a); break;                                                           \
+      default: NAME##_sse2(b, a); break;                                                                  \
+    }                                                                                                     \
+  }                                                                                                       \
+  void NAME(const Block& b, const ARGS<double>& a) { FN(double)(b, a); }
+
+#define LSTM_FWD(T) lstm_forward_block<T>
+#define GRU_FWD_AFTER(T) gru_forward_reset_after_block<T>
+#define GRU_FWD_GATES(T) gru_forward_reset_before_gates<T>
+#define GRU_FWD_STATE(T) gru_forward_reset_before_state<T>
+#define RNN_FWD_TANH(T) rnn_forward_block<T, false>
+#define RNN_FWD_RELU(T) rnn_forward_block<T, true>
+#define LSTM_BWD(T) lstm_backward_block<T>
+#define GRU_BWD_AFTER(T) gru_backward_reset_after_block<T>
+#define GRU_BWD_ZN(T) gru_backward_reset_before_zn<T>
+#define RNN_BWD_TANH(T) rnn_backward_block<T, false>
+#define RNN_BWD_RELU(T) rnn_backward_block<T, true>
+
+FUSEDRNN_DISPATCH(pw_lstm_forward, LstmForwardArgs, LSTM_FWD)
+FUSEDRNN_DISPATCH(pw_gru_forward_after, GruForwardArgs, GRU_FWD_AFTER)
+FUSEDRNN_DISPATCH(pw_gru_forward_gates, GruForwardArgs, GRU_FWD_GATES)
+FUSEDRNN_DISPATCH(pw_gru_forward_state, GruForwardArgs, GRU_FWD_STATE)
+FUSEDRNN_DISPATCH(pw_rnn_forward_tanh, RnnForwardArgs, RNN_FWD_TANH)
+FUSEDRNN_DISPATCH(pw_rnn_forward_relu, RnnForwardArgs, RNN_FWD_RELU)
+FUSEDRNN_DISPATCH(pw_lstm_backward, LstmBackwardArgs, LSTM_BWD)
+FUSEDRNN_DISPATCH(pw_gru_backward_after, GruBackwardArgs, GRU_BWD_AFTER)
+FUSEDRNN_DISPATCH(pw_gru_backward_zn, GruBackwardArgs, GRU_BWD_ZN)
+FUSEDRNN_DISPATCH(pw_rnn_backward_tanh, RnnBackwardArgs, RNN_BWD_TANH)
+FUSEDRNN_DISPATCH(pw_rnn_backward_relu, RnnBackwardArgs, RNN_BWD_RELU)
+
+template <typename T>
+void pw_rnn_forward(bool relu, const Block& b, const RnnForwardArgs<T>& a) {
+  relu ? pw_rnn_forward_relu(b, a) : pw_rnn_forward_tanh(b, a);
+}
+template <typename T>
+void pw_rnn_backward(bool relu, const Block& b, const RnnBackwardArgs<T>& a) {
+  relu ? pw_rnn_backward_relu(b, a) : pw_rnn_backward_tanh(b, a);
+}
+
+// ---------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------
+
+template <typename T>
+View<T> view(T* p, int64_t rs, int64_t us = 1) {
+  View<T> v;
+  v.p = p;
+  v.rs = rs;
+  v.us = us;
+  return v;
+}
+template <typename T>
+View<const T> cview(const T* p, int64_t rs, int64_t us = 1) {
+  return view<const T>(p, rs, us);
+}
+template <typename T>
+View<const T> cview(const View<T>& v) {
+  return view<const T>(v.p, v.rs, v.us);
+}
+template <typename T>
+View<T> shifted(View<T> v, int64_t rows) {
+  v.p += rows * v.rs;
+  return v;
+}
+
+template <typename T>
+T* ptr(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+at::Tensor empty_like_rows(const at::Tensor& like, at::IntArrayRef shape, bool poison) {
+  at::Tensor t = at::empty(shape, like.options());
+  if (poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+// Bias folded into the input projection: b_ih + b_hh, except the GRU n-gate's
+// hidden bias, which sits inside r*(W_hn h + b_hn) (reset_after) or after the
+// n-gate product (reset_before) and is added in the pointwise pass.
+at::Tensor folded_bias(const Cell& cell, const LayerTensors& w, int64_t H) {
+  if (!w.b_ih.defined() && !w.b_hh.defined()) return at::Tensor();
+  at::Tensor bias = w.b_ih.defined() ? w.b_ih.clone() : at::zeros_like(w.b_hh);
+  if (w.b_hh.defined()) {
+    const int64_t folded = cell.family == Family::gru ? 2 * H : bias.size(0);
+    bias.narrow(0, 0, folded).add_(w.b_hh.narrow(0, 0, folded));
+  }
+  return bias;
+}
+
+at::Tensor input_projection(const Cell& cell, const at::Tensor& x, const LayerTensors& w, int64_t H) {
+  at::Tensor bias = folded_bias(cell, w, H);
+  return bias.defined() ? at::addmm(bias, x, w.w_ih.t()) : at::mm(x, w.w_ih.t());
+}
+
+at::Tensor hidden_bias_n(const LayerTensors& w, int64_t H, const at::TensorOptions& opts) {
+  return w.b_hh.defined() ? w.b_hh.narrow(0, 2 * H, H).contiguous() : at::zeros({H}, opts);
+}
+
+// Split H units over the threads in multiples of `align`, run fn(u0, u1) on each.
+template <typename F>
+void parallel_units(int64_t H, int64_t work, int64_t align, const F& fn) {
+  const int nthreads = work >= 16384 ? max_threads() : 1;
+  const int64_t chunks = (H + align - 1) / align;
+  run_parallel(nthreads, [&](int tid, int nt, Barrier&) {
+    int64_t c0, c1;
+    split_range(chunks, tid, nt, c0, c1);
+    const int64_t u0 = c0 * align, u1 = std::min(H, c1 * align);
+    if (u0 < u1) fn(u0, u1);
+  });
+}
+
+// The rows of step t whose previous state is the previous processed step's
+// row (the first `carried`), and those that start from the initial state.
+struct PrevSplit {
+  int64_t carried;      // rows [0, carried) come from step `prev`
+  int64_t prev_offset;  // first row of that step, or -1 at the first step
+};
+PrevSplit prev_split(const Steps& s, int64_t p) {
+  const int64_t t = s.order[p];
+  if (p == 0) return {0, -1};
+  const int64_t tp = s.order[p - 1];
+  return {std::min(s.size[t], s.size[tp]), s.offset[tp]};
+}
+
+// Each row's state from before its step: rows [N, D] -> [N, D] (the reference's previous_states).
+at::Tensor previous_rows(const at::Tensor& rows, const at::Tensor& initial, const Steps& s) {
+  at::Tensor prev = at::empty({s.rows, rows.size(1)}, rows.options());
+  for (int64_t p = 0; p < s.count(); ++p) {
+    const int64_t t = s.order[p], n = s.size[t];
+    const PrevSplit ps = prev_split(s, p);
+    if (ps.carried > 0) prev.narrow(0, s.offset[t], ps.carried).copy_(rows.narrow(0, ps.prev_offset, ps.carried));
+    if (ps.carried < n) prev.narrow(0, s.offset[t] + ps.carried, n - ps.carried).copy_(initial.narrow(0, ps.carried, n - ps.carried));
+  }
+  return prev;
+}
+
+// Each sequence's last row in processing order (its final state).
+at::Tensor last_rows(const Steps& s) {
+  std::vector<int64_t> last(s.batch, 0);
+  for (int64_t p = 0; p < s.count(); ++p) {
+    const int64_t t = s.order[p];
+    for (int64_t b = 0; b < s.size[t]; ++b) last[b] = s.offset[t] + b;
+  }
+  return at::tensor(last, at::TensorOptions().dtype(at::kLong));
+}
+
+bool fused_supported(const Cell& cell, const LayerTensors& w, at::ScalarType dtype) {
+  if (dtype != at::kFloat || w.w_proj.defined()) return false;
+  return !(cell.family == Family::gru && !cell.reset_after);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+Steps::Steps(const std::vector<int64_t>& sizes, bool reverse) : size(sizes) {
+  offset.resize(size.size());
+  for (size_t t = 0; t < size.size(); ++t) {
+    offset[t] = rows;
+    rows += size[t];
+  }
+  batch = size.empty() ? 0 : size[0];
+  order.resize(size.size());
+  for (size_t i = 0; i < size.size(); ++i) order[i] = reverse ? static_cast<int64_t>(size.size() - 1 - i) : static_cast<int64_t>(i);
+}
+
+Strategy choose_strategy(const Cell& cell, const LayerTensors& w, const Steps& steps, at::ScalarType dtype) {
+  if (!fused_supported(cell, w, dtype)) return Strategy::gemm;
+  // One step (a cell call): packing W_hh would cost as much as the step.
+  if (steps.count() < 2) return Strategy::gemm;
+  // Large batch: MKL's per-step GEMM reaches its peak and re-reads W_hh
+  // rarely; the micro-kernel re-reads each thread's W_hh slice once per
+  // block of rows.  Measured crossover on the benchmark machine (see
+  // benchmarks/RESULTS.md).
+  if (steps.batch > 48) return Strategy::gemm;
+  return Strategy::fused;
+}
+
+std::string describe() {
+  std::ostringstream s;
+  s << "isa=" << isa_name(best_isa()) << " threads=" << max_threads();
+  return s.str();
+}
+
+// ===========================================================================
+// forward
+// ===========================================================================
+
+namespace {
+
+struct ForwardBuffers {
+  at::Tensor xp, out, ws, h_state, c_state, peep, b_hn;
+  int64_t H, Hout, G, W;
+};
+
+template <typename T>
+void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, ForwardBuffers& f, bool poison) {
+  const int64_t H = f.H, Hout = f.Hout, G = f.G, GH = G * H, W = f.W, B = s.batch;
+  const bool reset_before = cell.family == Family::gru && !cell.reset_after;
+  at::Tensor hp = empty_like_rows(f.xp, {B, reset_before ? 2 * H : GH}, poison);
+  at::Tensor hp_n = reset_before ? empty_like_rows(f.xp, {B, H}, poison) : at::Tensor();
+  at::Tensor mbuf = w.w_proj.defined() ? empty_like_rows(f.xp, {B, H}, poison) : at::Tensor();
+  at::Tensor w_rec = reset_before ? w.w_hh.narrow(0, 0, 2 * H) : w.w_hh;
+  const T* xp = ptr<T>(f.xp);
+  T* out = ptr<T>(f.out);
+  T* ws = ptr<T>(f.ws);
+  T* hs = ptr<T>(f.h_state);
+  for (int64_t p = 0; p < s.count(); ++p) {
+    const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
+    at::Tensor h_prev = f.h_state.narrow(0, 0, n);
+    at::Tensor hp_rows = hp.narrow(0, 0, n);
+    at::mm_out(hp_rows, h_prev, w_rec.t());
+    const T* hpp = ptr<T>(hp);
+    if (cell.family == Family::lstm) {
+      LstmForwardArgs<T> a;
+      a.xp = cview(xp + off * GH, GH);
+      a.hp = cview(hpp, GH);
+      a.hp_gs = H;
+      a.c = view(ptr<T>(f.c_state), H);
+      a.peep = ptr<T>(f.peep);
+      a.ws = view(ws + off * W, W);
+      if (mbuf.defined()) {
+        a.m = view(ptr<T>(mbuf), H);
+      } else {
+        a.m = view(out + off * Hout, Hout);
+        a.m2 = view(hs, Hout);
+      }
+      parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) { pw_lstm_forward(Block{n, u0, u1, H}, a); });
+      if (mbuf.defined()) {
+        at::Tensor out_rows = f.out.narrow(0, off, n);
+        at::mm_out(out_rows, mbuf.narrow(0, 0, n), w.w_proj.t());
+        h_prev.copy_(out_rows);
+      }
+      continue;
+    }
+    if (cell.family == Family::gru) {
+      GruForwardArgs<T> a;
+      a.xp = cview(xp + off * GH, GH);
+      a.b_hn = ptr<T>(f.b_hn);
+      a.h_prev = cview(hs, Hout);
+      a.ws = view(ws + off * W, W);
+      a.h = view(out + off * Hout, Hout);
+      if (cell.reset_after) {
+        a.hp = cview(hpp, GH);
+        a.hp_gs = H;
+        parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) { pw_gru_forward_after(Block{n, u0, u1, H}, a); });
+      } else {
+        a.hp = cview(hpp, 2 * H);
+        a.hp_gs = H;
+        parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) { pw_gru_forward_gates(Block{n, u0, u1, H}, a); });
+        at::Tensor hp_n_rows = hp_n.narrow(0, 0, n);
+        at::mm_out(hp_n_rows, f.ws.narrow(0, off, n).narrow(1, 3 * H, H), w.w_hh.narrow(0, 2 * H, H).t());
+        a.hp = cview(ptr<T>(hp_n), H);
+        parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) { pw_gru_forward_state(Block{n, u0, u1, H}, a); });
+      }
+    } else {
+      RnnForwardArgs<T> a;
+      a.xp = cview(xp + off * GH, GH);
+      a.hp = cview(hpp, GH);
+      a.h = view(out + off * Hout, Hout);
+      parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) { pw_rnn_forward(cell.relu, Block{n, u0, u1, H}, a); });
+    }
+    h_prev.copy_(f.out.narrow(0, off, n));  // the pass read h_prev in place: update after it
+  }
+}
+
+void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, ForwardBuffers& f, const at::Tensor& h0,
+                   bool poison) {
+  const int64_t H = f.H, G = f.G, GH = G * H, W = f.W, B = s.batch;
+  const Isa isa = best_isa();
+  const int64_t L = panel_lanes(isa);
+  const int64_t nblk = (H + L - 1) / L;
+  const at::Tensor panels = pack_panels(w.w_hh, G, L);
+  // transposed states [2][H][B], ping-pong between steps
+  at::Tensor hT = empty_like_rows(f.xp, {2, H, B}, poison);
+  hT[0].copy_(h0.t());
+  const float* pan = ptr<float>(panels);
+  float* hTp = ptr<float>(hT);
+  const float* h0p = ptr<float>(h0);
+  const float* xp = ptr<float>(f.xp);
+  float* out = ptr<float>(f.out);
+  float* ws = ptr<float>(f.ws);
+  const int64_t T = s.count();
+  const int nthreads = static_cast<int>(std::min<int64_t>(max_threads(), nblk));
+  run_parallel(nthreads, [&](int tid, int nt, Barrier& barrier) {
+    int64_t blk0, blk1;
+    split_range(nblk, tid, nt, blk0, blk1);
+    std::vector<float> tile(static_cast<size_t>(B * G * L));
+    for (int64_t p = 0; p < T; ++p) {
+      const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
+      const int64_t n_next = p + 1 < T ? s.size[s.order[p + 1]] : 0;
+      const float* cur = hTp + (p & 1) * H * B;
+      float* nxt = hTp + ((p + 1) & 1) * H * B;
+      for (int64_t blk = blk0; blk < blk1; ++blk) {
+        const int64_t u0 = blk * L, u1 = std::min(H, u0 + L);
+        product_tile(isa, cur, B, n, H, pan + blk * G * H * L, G, tile.data());
+        const Block block{n, u0, u1, H};
+        if (cell.family == Family::lstm) {
+          LstmForwardArgs<float> a;
+          a.xp = cview(xp + off * GH, GH);
+          a.hp = cview(tile.data(), G * L);
+          a.hp_gs = L;
+          a.c = view(ptr<float>(f.c_state), H);
+          a.peep = ptr<float>(f.peep);
+          a.ws = view(ws + off * W, W);
+          a.m = view(out + off * H, H);
+          a.m2 = view(nxt, 1, B);
+          pw_lstm_forward(block, a);
+        } else if (cell.family == Family::gru) {
+          GruForwardArgs<float> a;
+          a.xp = cview(xp + off * GH, GH);
+          a.hp = cview(tile.data(), G * L);
+          a.hp_gs = L;
+          a.b_hn = ptr<float>(f.b_hn);
+          a.h_prev = cview(cur, 1, B);
+          a.ws = view(ws + off * W, W);
+          a.h = view(out + off * H, H);
+          a.h2 = view(nxt, 1, B);
+          pw_gru_forward_after(block, a);
+        } else {
+          RnnForwardArgs<float> a;
+          a.xp = cview(xp + off * GH, GH);
+          a.hp = cview(tile.data(), L);
+          a.h = view(out + off * H, H);
+          a.h2 = view(nxt, 1, B);
+          pw_rnn_forward(cell.relu, block, a);
+        }
+        // reverse direction: sequences that start at the next step start from h0
+        for (int64_t b = n; b < n_next; ++b)
+          for (int64_t u = u0; u < u1; ++u) nxt[u * B + b] = h0p[b * H + u];
+      }
+      barrier.wait();
+    }
+  });
+}
+
+}  // namespace
+
+ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+                            const LayerTensors& w, const Steps& s, Strategy strategy, bool poison) {
+  ForwardBuffers f;
+  f.G = cell.gates();
+  f.H = w.w_hh.size(0) / f.G;
+  f.Hout = w.w_hh.size(1);
+  f.W = cell.workspace_blocks() * f.H;
+  f.xp = input_projection(cell, x, w, f.H);
+  if (poison) {  // the kernels must write every element they hand back
+    f.out = empty_like_rows(x, {s.rows, f.Hout}, true);
+    f.ws = empty_like_rows(x, {s.rows, f.W}, true);
+  } else {
+    f.out = at::empty({s.rows, f.Hout}, x.options());
+    f.ws = at::empty({s.rows, f.W}, x.options());
+  }
+  f.h_state = h0.clone();
+  if (cell.family == Family::lstm) {
+    f.c_state = c0.clone();
+    f.peep = w.w_peep.defined() ? w.w_peep : at::zeros({3 * f.H}, x.options());
+  }
+  if (cell.family == Family::gru) f.b_hn = hidden_bias_n(w, f.H, x.options());
+  if (strategy == Strategy::automatic) strategy = choose_strategy(cell, w, s, x.scalar_type());
+  TORCH_CHECK(strategy == Strategy::gemm || fused_supported(cell, w, x.scalar_type()),
+              "fusedrnn_C: the fused strategy supports float32 LSTM without projection, GRU reset_after and RNN only");
+  ForwardOut r;
+  if (strategy == Strategy::fused) {
+    fused_forward(cell, w, s, f, h0, poison);
+    r.h_n = f.out.index_select(0, last_rows(s));
+  } else {
+    if (x.scalar_type() == at::kDouble) {
+      gemm_forward<double>(cell, w, s, f, poison);
+    } else {
+      gemm_forward<float>(cell, w, s, f, poison);
+    }
+    r.h_n = f.h_state;
+  }
+  if (s.rows == 0) r.h_n = h0.clone();
+  r.out = f.out;
+  r.c_n = f.c_state;
+  r.workspace = f.ws;
+  return r;
+}
+
+// ===========================================================================
+// backward
+// ===========================================================================
+
+namespace {
+
+struct BackwardBuffers {
+  at::Tensor dout, ws, out, h0, c0;
+  at::Tensor dA_x, dA_h, dh_state, dc_state, dh_direct, dpeep, peep, dH_total;
+  int64_t H, Hout, G, W;
+};
+
+// Calls fn(sub_block, row_shift, prev_view) for the rows of step p whose
+// previous state is row `carried` of the previous step and for those that
+// start from the initial state (only in the reverse direction of packed input).
+template <typename T, typename F>
+void for_prev_segments(const Steps& s, int64_t p, const Block& blk, const T* prev_rows, int64_t prev_col,
+                       int64_t prev_ld, const T* initial, int64_t init_ld, const F& fn) {
+  const PrevSplit ps = prev_split(s, p);
+  const int64_t n = blk.rows;
+  if (ps.carried > 0) {
+    Block sub = blk;
+    sub.rows = ps.carried;
+    fn(sub, int64_t(0), cview(prev_rows + ps.prev_offset * prev_ld + prev_col, prev_ld));
+  }
+  if (ps.carried < n) {
+    Block sub = blk;
+    sub.rows = n - ps.carried;
+    fn(sub, ps.carried, cview(initial + ps.carried * init_ld, init_ld));
+  }
+}
+
+// The pointwise backward of step p for rows [0, n) and units [u0, u1); the
+// optional `dA2` is the transposed copy the fused strategy's product reads.
+template <typename T>
+void step_backward_pointwise(const Cell& cell, const Steps& s, int64_t p, BackwardBuffers& bb, const Block& blk,
+                             View<const T> dh_a, View<const T> dh_b, View<T> dA2, int64_t dA2_gs) {
+  const int64_t H = bb.H, GH = bb.G * H, W = bb.W, off = s.offset[s.order[p]];
+  const T* ws = ptr<T>(bb.ws) + off * W;
+  if (cell.family == Family::lstm) {
+    for_prev_segments<T>(s, p, blk, ptr<T>(bb.ws), 4 * H, W, ptr<T>(bb.c0), H,
+                         [&](const Block& sub, int64_t shift, View<const T> c_prev) {
+      LstmBackwardArgs<T> a;
+      a.dm_a = shifted(dh_a, shift);
+      a.dm_b = shifted(dh_b, shift);
+      a.dc = shifted(view(ptr<T>(bb.dc_state), H), shift);
+      a.ws = cview(ws + shift * W, W);
+      a.c_prev = c_prev;
+      a.peep = ptr<T>(bb.peep);
+      a.dpeep = ptr<T>(bb.dpeep);
+      a.dA = view(ptr<T>(bb.dA_x) + (off + shift) * GH, GH);
+      a.dA2 = dA2.p ? shifted(dA2, shift) : dA2;
+      a.dA2_gs = dA2_gs;
+      pw_lstm_backward(sub, a);
+    });
+  } else if (cell.family == Family::gru) {
+    for_prev_segments<T>(s, p, blk, ptr<T>(bb.out), 0, bb.Hout, ptr<T>(bb.h0), bb.Hout,
+                         [&](const Block& sub, int64_t shift, View<const T> h_prev) {
+      GruBackwardArgs<T> a;
+      a.dh_a = shifted(dh_a, shift);
+      a.dh_b = shifted(dh_b, shift);
+      a.ws = cview(ws + shift * W, W);
+      a.h_prev = h_prev;
+      a.dA_x = view(ptr<T>(bb.dA_x) + (off + shift) * GH, GH);
+      a.dA_h = view(ptr<T>(bb.dA_h) + (off + shift) * GH, GH);
+      a.dh_direct = shifted(view(ptr<T>(bb.dh_direct), H), shift);
+      a.dA2 = dA2.p ? shifted(dA2, shift) : dA2;
+      a.dA2_gs = dA2_gs;
+      if (cell.reset_after) {
+        pw_gru_backward_after(sub, a);
+      } else {
+        pw_gru_backward_zn(sub, a);
+      }
+    });
+  } else {
+    RnnBackwardArgs<T> a;
+    a.dh_a = dh_a;
+    a.dh_b = dh_b;
+    a.h = cview(ptr<T>(bb.out) + off * bb.Hout, bb.Hout);
+    a.dA = view(ptr<T>(bb.dA_x) + off * GH, GH);
+    a.dA2 = dA2;
+    pw_rnn_backward(cell.relu, blk, a);
+  }
+}
+
+template <typename T>
+void gemm_backward(const Cell& cell, const LayerTensors& w, const Steps& s, BackwardBuffers& bb, bool poison) {
+  const int64_t H = bb.H, Hout = bb.Hout, G = bb.G, GH = G * H, B = s.batch;
+  const bool proj = w.w_proj.defined();
+  at::Tensor dm = proj ? empty_like_rows(bb.ws, {B, H}, poison) : at::Tensor();
+  at::Tensor zeros_bh = proj ? at::zeros({B, H}, bb.ws.options()) : at::Tensor();
+  at::Tensor dk = (cell.family == Family::gru && !cell.reset_after) ? empty_like_rows(bb.ws, {B, H}, poison) : at::Tensor();
+  const T* dout = ptr<T>(bb.dout);
+  for (int64_t p = s.count() - 1; p >= 0; --p) {
+    const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
+    at::Tensor dh_rows = bb.dh_state.narrow(0, 0, n);
+    View<const T> dh_a = cview(dout + off * Hout, Hout), dh_b = cview(ptr<T>(bb.dh_state), Hout);
+    if (proj) {  // dm = (dout + dh) W_proj
+      at::Tensor total = bb.dH_total.narrow(0, off, n);
+      at::add_out(total, bb.dout.narrow(0, off, n), dh_rows);
+      at::Tensor dm_rows = dm.narrow(0, 0, n);
+      at::mm_out(dm_rows, total, w.w_proj);
+      dh_a = cview(ptr<T>(dm), H);
+      dh_b = cview(ptr<T>(zeros_bh), H);
+    }
+    auto pointwise = [&](int64_t u0, int64_t u1) {
+      step_backward_pointwise<T>(cell, s, p, bb, Block{n, u0, u1, H}, dh_a, dh_b, View<T>(), 0);
+    };
+    parallel_units(H, n * GH, 16, pointwise);
+    at::Tensor dA_x_rows = bb.dA_x.narrow(0, off, n);
+    if (cell.family == Family::gru) {
+      at::Tensor direct = bb.dh_direct.narrow(0, 0, n);
+      if (cell.reset_after) {
+        at::addmm_out(dh_rows, direct, bb.dA_h.narrow(0, off, n), w.w_hh);
+      } else {
+        // dk = da_n W_hn, then the r-gate gradient and dh += dk*r, then the r,z product
+        at::Tensor dk_rows = dk.narrow(0, 0, n);
+        at::mm_out(dk_rows, dA_x_rows.narrow(1, 2 * H, H), w.w_hh.narrow(0, 2 * H, H));
+        const T* ws = ptr<T>(bb.ws) + off * bb.W;
+        parallel_units(H, n * H, 16, [&](int64_t u0, int64_t u1) {
+          for_prev_segments<T>(s, p, Block{n, u0, u1, H}, ptr<T>(bb.out), 0, Hout, ptr<T>(bb.h0), Hout,
+                               [&](const Block& sub, int64_t shift, View<const T> h_prev) {
+            GruBackwardArgs<T> a;
+            a.ws = cview(ws + shift * bb.W, bb.W);
+            a.h_prev = h_prev;
+            a.dA_x = view(ptr<T>(bb.dA_x) + (off + shift) * GH, GH);
+            a.dh_direct = shifted(view(ptr<T>(bb.dh_direct), H), shift);
+            gru_backward_reset_before_r<T>(sub, a, cview(ptr<T>(dk) + shift * H, H));
+          });
+        });
+        at::addmm_out(dh_rows, direct, dA_x_rows.narrow(1, 0, 2 * H), w.w_hh.narrow(0, 0, 2 * H));
+      }
+    } else {
+      at::mm_out(dh_rows, dA_x_rows, w.w_hh);
+    }
+  }
+}
+
+void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, BackwardBuffers& bb, bool poison) {
+  const int64_t H = bb.H, G = bb.G, GH = G * H, B = s.batch;
+  const Isa isa = best_isa();
+  const int64_t L = panel_lanes(isa);
+  const int64_t nblk = (H + L - 1) / L;
+  // dh_prev = dA W_hh: the units of the product are W_hh's columns
+  const at::Tensor panels = pack_panels(w.w_hh.t().contiguous(), 1, L);
+  at::Tensor dAT = empty_like_rows(bb.ws, {2, GH, B}, poison);
+  const float* pan = ptr<float>(panels);
+  float* dATp = ptr<float>(dAT);
+  float* dh = ptr<float>(bb.dh_state);
+  const float* direct = ptr<float>(bb.dh_direct);
+  const float* dout = ptr<float>(bb.dout);
+  const int64_t T = s.count();
+  const int nthreads = static_cast<int>(std::min<int64_t>(max_threads(), nblk));
+  run_parallel(nthreads, [&](int tid, int nt, Barrier& barrier) {
+    int64_t blk0, blk1;
+    split_range(nblk, tid, nt, blk0, blk1);
+    std::vector<float> tile(static_cast<size_t>(B * L));
+    // dh[b, u] for the rows of the step processed before (in backward order)
+    auto carry = [&](int64_t q, int64_t u0, int64_t u1) {
+      const int64_t n_prev = s.size[s.order[q]];
+      product_tile(isa, dATp + (q & 1) * GH * B, B, n_prev, GH, pan + (u0 / L) * GH * L, 1, tile.data());
+      for (int64_t b = 0; b < n_prev; ++b)
+        for (int64_t u = u0; u < u1; ++u)
+          dh[b * H + u] = tile[b * L + (u - u0)] + (direct ? direct[b * H + u] : 0.0f);
+    };
+    for (int64_t p = T - 1; p >= 0; --p) {
+      const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
+      for (int64_t blk = blk0; blk < blk1; ++blk) {
+        const int64_t u0 = blk * L, u1 = std::min(H, u0 + L);
+        if (p < T - 1) carry(p + 1, u0, u1);
+        step_backward_pointwise<float>(cell, s, p, bb, Block{n, u0, u1, H}, cview(dout + off * H, H),
+                                       cview(dh, H), view(dATp + (p & 1) * GH * B, 1, B), H);
+      }
+      barrier.wait();
+    }
+    if (T > 0)
+      for (int64_t blk = blk0; blk < blk1; ++blk) carry(0, blk * L, std::min(H, blk * L + L));
+  });
+}
+
+}  // namespace
+
+BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, const at::Tensor& grad_hn,
+                              const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& h0,
+                              const at::Tensor& c0, const LayerTensors& w, const Steps& s,
+                              const at::Tensor& out, const at::Tensor& workspace, Strategy strategy, bool poison) {
+  BackwardBuffers bb;
+  bb.G = cell.gates();
+  bb.H = w.w_hh.size(0) / bb.G;
+  bb.Hout = w.w_hh.size(1);
+  bb.W = cell.workspace_blocks() * bb.H;
+  const int64_t H = bb.H, GH = bb.G * H;
+  bb.dout = grad_out;
+  bb.ws = workspace;
+  bb.out = out;
+  bb.h0 = h0;
+  bb.c0 = c0;
+  bb.dA_x = empty_like_rows(x, {s.rows, GH}, poison);
+  bb.dA_h = (cell.family == Family::gru && cell.reset_after) ? empty_like_rows(x, {s.rows, GH}, poison) : bb.dA_x;
+  bb.dh_state = grad_hn.clone();
+  if (cell.family == Family::lstm) {
+    bb.dc_state = grad_cn.clone();
+    bb.peep = w.w_peep.defined() ? w.w_peep : at::zeros({3 * H}, x.options());
+    if (w.w_peep.defined()) bb.dpeep = at::zeros({3 * H}, x.options());
+    if (w.w_proj.defined()) bb.dH_total = empty_like_rows(x, {s.rows, bb.Hout}, poison);
+  }
+  if (cell.family == Family::gru) bb.dh_direct = empty_like_rows(x, {s.batch, H}, poison);
+
+  if (strategy == Strategy::automatic) strategy = choose_strategy(cell, w, s, x.scalar_type());
+  TORCH_CHECK(strategy == Strategy::gemm || fused_supported(cell, w, x.scalar_type()),
+              "fusedrnn_C: the fused strategy supports float32 LSTM without projection, GRU reset_after and RNN only");
+  if (strategy == Strategy::fused) {
+    fused_backward(cell, w, s, bb, poison);
+  } else if (x.scalar_type() == at::kDouble) {
+    gemm_backward<double>(cell, w, s, bb, poison);
+  } else {
+    gemm_backward<float>(cell, w, s, bb, poison);
+  }
+
+  // weight gradients: single products over all steps
+  BackwardOut r;
+  r.dx = at::mm(bb.dA_x, w.w_ih);
+  r.dw.w_ih = at::mm(bb.dA_x.t(), x);
+  const at::Tensor h_prev = previous_rows(out, h0, s);
+  if (cell.family == Family::gru && !cell.reset_after) {
+    const at::Tensor k = workspace.narrow(1, 3 * H, H);
+    r.dw.w_hh = at::cat({at::mm(bb.dA_h.narrow(1, 0, 2 * H).t(), h_prev), at::mm(bb.dA_h.narrow(1, 2 * H, H).t(), k)});
+  } else {
+    r.dw.w_hh = at::mm(bb.dA_h.t(), h_prev);
+  }
+  if (w.b_ih.defined()) r.dw.b_ih = bb.dA_x.sum(0);
+  if (w.b_hh.defined()) r.dw.b_hh = bb.dA_h.sum(0);
+  if (w.w_peep.defined()) r.dw.w_peep = bb.dpeep;
+  if (w.w_proj.defined()) {
+    const at::Tensor m = workspace.narrow(1, 3 * H, H) * workspace.narrow(1, 4 * H, H).tanh();
+    r.dw.w_proj = at::mm(bb.dH_total.t(), m);
+  }
+  r.dh0 = bb.dh_state;
+  r.dc0 = bb.dc_state;
+  return r;
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

@@ -1,0 +1,686 @@
+// Dispatcher ops of the CUDA backend, namespace fusedrnn_C (CUDA dispatch key):
+//
+//   cuda_forward(family, mode, x, h0, c0?, w_ih, w_hh, b_ih?, b_hh?, w_peep?, w_proj?,
+//                batch_sizes?, reverse, strategy="auto", poison=False)
+//       -> (out, h_n, c_n, workspace)            c_n is empty outside LSTM
+//   cuda_backward(family, mode, grad_out, grad_hn, grad_cn?, x, h0, c0?, w_ih, w_hh,
+//                 b_ih?, b_hh?, w_peep?, w_proj?, batch_sizes?, reverse, out, workspace,
+//                 poison=False)
+//       -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_proj]   empty where absent
+//   cuda_forward_strategy(family, mode, x, h0, w_hh, w_proj?, steps) -> str
+//       the forward strategy "auto" picks: "persistent", or "per_step: <why not persistent>"
+//
+// Shapes and layouts: fusedrnn/backends/base.py; batch_sizes is a CPU int64
+// tensor (as in PackedSequence), every other tensor is on one CUDA device.
+// This file is the thin ATen side of the kernels in csrc/cuda/*.cu: it checks
+// every argument (TORCH_CHECK: a RuntimeError naming it), runs the sequence
+// loop, does the products with cuBLAS through ATen (at::mm_out / addmm_out on
+// the current stream) and turns any kernel launch error into a RuntimeError.
+//
+// Numerics (as fusedrnn.reference): float16/bfloat16 inputs are computed in
+// float32 (weights, states, pre-activations, gradients between steps); only
+// `out`, `workspace` and the returned tensors are in x's dtype.
+//
+// Strategies (csrc/cuda/README.md): `per_step` (one cuBLAS product and one
+// fused pointwise kernel per step) and, forward only, `persistent` (one
+// cooperative kernel for the whole sequence).  `strategy` forces one;
+// `poison` fills every output and scratch buffer with NaN first (tests).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "launchers.cuh"
+
+namespace fusedrnn {
+namespace cuda {
+namespace {
+
+// ---------------------------------------------------------------------------
+// cells, strategies, argument checks
+// ---------------------------------------------------------------------------
+
+enum class Family { lstm, gru, rnn };
+
+struct Cell {
+  Family family = Family::rnn;
+  bool relu = false;        // rnn: relu instead of tanh
+  bool reset_after = true;  // gru: PyTorch's form
+  int64_t gates() const { return family == Family::lstm ? 4 : family == Family::gru ? 3 : 1; }
+  int64_t workspace_blocks() const { return family == Family::lstm ? 5 : family == Family::gru ? 4 : 0; }
+};
+
+Cell parse_cell(const std::string& family, const std::string& mode) {
+  Cell cell;
+  if (family == "lstm") {
+    TORCH_CHECK(mode == "lstm", "fusedrnn_C: mode of an lstm cell must be 'lstm', got '", mode, "'");
+    cell.family = Family::lstm;
+  } else if (family == "gru") {
+    TORCH_CHECK(mode == "reset_after" || mode == "reset_before",
+                "fusedrnn_C: mode of a gru cell must be 'reset_after' or 'reset_before', got '", mode, "'");
+    cell.family = Family::gru;
+    cell.reset_after = mode == "reset_after";
+  } else {
+    TORCH_CHECK(family == "rnn", "fusedrnn_C: family must be 'lstm', 'gru' or 'rnn', got '", family, "'");
+    TORCH_CHECK(mode == "tanh" || mode == "relu", "fusedrnn_C: mode of an rnn cell must be 'tanh' or 'relu', got '",
+                mode, "'");
+    cell.relu = mode == "relu";
+  }
+  return cell;
+}
+
+enum class Strategy { automatic, per_step, persistent };
+
+Strategy parse_strategy(const std::string& s) {
+  if (s == "auto") return Strategy::automatic;
+  if (s == "per_step") return Strategy::per_step;
+  TORCH_CHECK(s == "persistent", "fusedrnn_C: strategy must be 'auto', 'per_step' or 'persistent', got '", s, "'");
+  return Strategy::persistent;
+}
+
+void check_launch(cudaError_t err, const char* kernel) {
+  TORCH_CHECK(err == cudaSuccess, "fusedrnn_C: CUDA kernel ", kernel, " failed: ", cudaGetErrorString(err));
+}
+
+DType storage_dtype(at::ScalarType t) {
+  if (t == at::kHalf) return DType::f16;
+  if (t == at::kBFloat16) return DType::bf16;
+  return DType::f32;
+}
+
+bool defined(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& x, at::IntArrayRef shape) {
+  TORCH_CHECK(t.device() == x.device(), "fusedrnn_C: ", name, " must be on ", x.device(), " like x, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fusedrnn_C: ", name, " has dtype ", t.scalar_type(),
+              " but x has dtype ", x.scalar_type(), "; all must match");
+  TORCH_CHECK(t.sizes() == shape, "fusedrnn_C: ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "fusedrnn_C: ", name, " must be contiguous");
+}
+
+void check_optional(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& x,
+                    at::IntArrayRef shape) {
+  if (defined(t)) check_tensor(*t, name, x, shape);
+}
+
+// The checked geometry of one call.
+struct Geometry {
+  Cell cell;
+  int64_t G = 0, H = 0, Hout = 0, I = 0, T = 0, B = 0, N = 0;
+  std::vector<int64_t> sizes;
+};
+
+Geometry check_call(const std::string& family, const std::string& mode, const at::Tensor& x, const at::Tensor& h0,
+                    const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                    const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_proj,
+                    const c10::optional<at::Tensor>& batch_sizes) {
+  Geometry g;
+  g.cell = parse_cell(family, mode);
+  g.G = g.cell.gates();
+  TORCH_CHECK(x.is_cuda(), "fusedrnn_C: x must be a CUDA tensor, got device ", x.device());
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+              "fusedrnn_C: the CUDA kernels take float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(x.is_contiguous(), "fusedrnn_C: x must be contiguous");
+  const bool packed = defined(batch_sizes);
+  TORCH_CHECK(x.dim() == (packed ? 2 : 3), "fusedrnn_C: x must be ",
+              packed ? "2-D packed rows [N, input_size] with batch_sizes" : "3-D [T, B, input_size]", ", got ",
+              x.dim(), "-D");
+  TORCH_CHECK(w_ih.dim() == 2 && w_hh.dim() == 2, "fusedrnn_C: w_ih and w_hh must be 2-D, got ", w_ih.dim(),
+              "-D and ", w_hh.dim(), "-D");
+  TORCH_CHECK(w_hh.size(0) % g.G == 0 && w_hh.size(0) > 0, "fusedrnn_C: w_hh must have ", g.G,
+              "*hidden_size rows for a ", family, " cell, got ", w_hh.size(0));
+  g.H = w_hh.size(0) / g.G;
+  g.Hout = w_hh.size(1);
+  g.I = x.size(-1);
+  const bool proj = defined(w_proj);
+  TORCH_CHECK(g.cell.family == Family::lstm || !(proj || defined(w_peep)),
+              "fusedrnn_C: w_peep and w_proj exist only for lstm cells");
+  TORCH_CHECK(proj || g.Hout == g.H, "fusedrnn_C: w_hh must have shape [", g.G * g.H, ", ", g.H,
+              "] without w_proj, got ", w_hh.sizes());
+  check_tensor(w_ih, "w_ih", x, {g.G * g.H, g.I});
+  check_tensor(w_hh, "w_hh", x, {g.G * g.H, g.Hout});
+  check_optional(b_ih, "b_ih", x, {g.G * g.H});
+  check_optional(b_hh, "b_hh", x, {g.G * g.H});
+  check_optional(w_peep, "w_peep", x, {3 * g.H});
+  check_optional(w_proj, "w_proj", x, {g.Hout, g.H});
+  TORCH_CHECK(h0.dim() == 2, "fusedrnn_C: h0 must be 2-D [batch, hidden], got ", h0.dim(), "-D");
+  if (packed) {
+    const at::Tensor& bs = *batch_sizes;
+    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1 && bs.is_contiguous(),
+                "fusedrnn_C: batch_sizes must be a contiguous 1-D int64 CPU tensor, got ", bs.scalar_type(), " ",
+                bs.sizes(), " on ", bs.device());
+    TORCH_CHECK(bs.numel() > 0, "fusedrnn_C: batch_sizes must not be empty");
+    const int64_t* p = bs.data_ptr<int64_t>();
+    g.sizes.assign(p, p + bs.numel());
+    g.B = h0.size(0);
+    TORCH_CHECK(g.sizes[0] == g.B, "fusedrnn_C: batch_sizes[0] (", g.sizes[0], ") must equal the batch of h0 (", g.B,
+                ")");
+    int64_t total = 0;
+    for (size_t t = 0; t < g.sizes.size(); ++t) {
+      TORCH_CHECK(g.sizes[t] >= 1 && (t == 0 || g.sizes[t] <= g.sizes[t - 1]),
+                  "fusedrnn_C: batch_sizes must be >= 1 and non-increasing, got ", bs);
+      total += g.sizes[t];
+    }
+    TORCH_CHECK(total == x.size(0), "fusedrnn_C: batch_sizes sum to ", total, " but x has ", x.size(0), " rows");
+    g.T = static_cast<int64_t>(g.sizes.size());
+    g.N = total;
+  } else {
+    g.T = x.size(0);
+    g.B = x.size(1);
+    g.sizes.assign(g.T, g.B);
+    g.N = g.T * g.B;
+  }
+  check_tensor(h0, "h0", x, {g.B, g.Hout});
+  if (g.cell.family == Family::lstm) {
+    TORCH_CHECK(defined(c0), "fusedrnn_C: c0 is required for an lstm cell");
+    check_tensor(*c0, "c0", x, {g.B, g.H});
+  } else {
+    TORCH_CHECK(!defined(c0), "fusedrnn_C: c0 must be None for a ", family, " cell");
+  }
+  return g;
+}
+
+// ---------------------------------------------------------------------------
+// row bookkeeping (as fusedrnn.reference.Steps / previous_states)
+// ---------------------------------------------------------------------------
+
+struct Steps {
+  std::vector<int64_t> size, offset, order;
+  int64_t batch = 0, rows = 0;
+  Steps(const std::vector<int64_t>& sizes, bool reverse) : size(sizes) {
+    offset.resize(size.size());
+    for (size_t t = 0; t < size.size(); ++t) {
+      offset[t] = rows;
+      rows += size[t];
+    }
+    batch = size.empty() ? 0 : size[0];
+    for (size_t i = 0; i < size.size(); ++i)
+      order.push_back(reverse ? static_cast<int64_t>(size.size() - 1 - i) : static_cast<int64_t>(i));
+  }
+  int64_t count() const { return static_cast<int64_t>(size.size()); }
+  // Rows [0, carried) of the step at processing position p continue the rows
+  // of position p-1 (first row prev_offset); the others start from the initial state.
+  int64_t carried(int64_t p) const { return p == 0 ? 0 : std::min(size[order[p]], size[order[p - 1]]); }
+  int64_t prev_offset(int64_t p) const { return p == 0 ? 0 : offset[order[p - 1]]; }
+};
+
+// For every row, the row of cat([rows, initial]) holding the state it started from.
+at::Tensor previous_index(const Steps& s, const at::Device& device) {
+  std::vector<int64_t> index(s.rows);
+  for (int64_t p = 0; p < s.count(); ++p) {
+    const int64_t t = s.order[p], c = s.carried(p), prev = s.prev_offset(p);
+    for (int64_t b = 0; b < s.size[t]; ++b) index[s.offset[t] + b] = b < c ? prev + b : s.rows + b;
+  }
+  return at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(device);
+}
+
+at::Tensor previous_rows(const at::Tensor& rows, const at::Tensor& initial, const at::Tensor& index) {
+  return at::cat({rows, initial}).index_select(0, index);
+}
+
+// Each sequence's last row in processing order (its final state).
+at::Tensor last_rows(const Steps& s, const at::Device& device) {
+  std::vector<int64_t> last(s.batch, 0);
+  for (int64_t p = 0; p < s.count(); ++p) {
+    const int64_t t = s.order[p];
+    for (int64_t b = 0; b < s.size[t]; ++b) last[b] = s.offset[t] + b;
+  }
+  return at::tensor(last, at::TensorOptions().dtype(at::kLong)).to(device);
+}
+
+// ---------------------------------------------------------------------------
+// buffers and float32 copies
+// ---------------------------------------------------------------------------
+
+at::Tensor new_buffer(at::IntArrayRef shape, const at::TensorOptions& options, bool poison) {
+  at::Tensor t = at::empty(shape, options);
+  if (poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+at::Tensor f32(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat).contiguous() : t; }
+at::Tensor f32(const c10::optional<at::Tensor>& t) { return defined(t) ? f32(*t) : at::Tensor(); }
+
+// out = a b (cuBLAS on the current stream), out being a view into a preallocated buffer.
+void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { at::mm_out(out, a, b); }
+
+template <typename T>
+T* ptr(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// The weights in float32 (the compute dtype); undefined where absent.
+struct Weights {
+  at::Tensor w_ih, w_hh, b_ih, b_hh, w_peep, w_proj;
+};
+
+Weights float_weights(const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                      const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_peep,
+                      const c10::optional<at::Tensor>& w_proj) {
+  return Weights{f32(w_ih), f32(w_hh), f32(b_ih), f32(b_hh), f32(w_peep), f32(w_proj)};
+}
+
+// b_ih + b_hh folded into the input projection, except the GRU n-gate's
+// hidden bias, which sits inside r*(W_hn h + b_hn) or after the n-gate product
+// and is added by the kernels.
+at::Tensor input_projection(const Cell& cell, const at::Tensor& x_rows, const Weights& w, int64_t H) {
+  at::Tensor bias;
+  if (w.b_ih.defined() || w.b_hh.defined()) {
+    bias = w.b_ih.defined() ? w.b_ih.clone() : at::zeros_like(w.b_hh);
+    if (w.b_hh.defined()) {
+      const int64_t folded = cell.family == Family::gru ? 2 * H : bias.size(0);
+      bias.narrow(0, 0, folded).add_(w.b_hh.narrow(0, 0, folded));
+    }
+  }
+  return bias.defined() ? at::addmm(bias, x_rows, w.w_ih.t()) : at::mm(x_rows, w.w_ih.t());
+}
+
+at::Tensor hidden_bias_n(const Weights& w, int64_t H) {
+  return w.b_hh.defined() ? w.b_hh.narrow(0, 2 * H, H).contiguous() : at::Tensor();
+}
+
+// ---------------------------------------------------------------------------
+// strategy choice
+// ---------------------------------------------------------------------------
+
+// The cells the persistent kernel implements (LSTM without projection, GRU
+// reset_after, RNN); the others always run per step.
+bool persistent_cell(const Cell& cell, bool proj, PersistentCell& out) {
+  if (cell.family == Family::lstm) {
+    out = PersistentCell::lstm;
+    return !proj;
+  }
+  if (cell.family == Family::gru) {
+    out = PersistentCell::gru_reset_after;
+    return cell.reset_after;
+  }
+  out = cell.relu ? PersistentCell::rnn_relu : PersistentCell::rnn_tanh;
+  return true;
+}
+
+struct Choice {
+  Strategy strategy = Strategy::per_step;
+  PersistentCell cell = PersistentCell::lstm;
+  PersistentPlan plan;
+  std::string why_not_persistent;
+};
+
+// The rule (README): persistent when the cell has a persistent kernel, the
+// sequence has at least 2 steps, and plan_persistent_forward says the weight
+// slices fit in shared memory and the cooperative grid fits on the device.
+Choice choose_forward(const Cell& cell, bool proj, at::ScalarType dtype, int64_t B, int64_t H, int64_t steps,
+                      const at::Device& device) {
+  Choice c;
+  if (!persistent_cell(cell, proj, c.cell)) {
+    c.why_not_persistent = proj ? "no persistent kernel for LSTM with a projection"
+                                : "no persistent kernel for GRU reset_before (two dependent products per step)";
+    return c;
+  }
+  c.plan = plan_persistent_forward(c.cell, storage_dtype(dtype), B, H, device.index());
+  if (!c.plan.ok) {
+    c.why_not_persistent = c.plan.reason;
+    return c;
+  }
+  if (steps < 2) {
+    c.why_not_persistent = "a single step: nothing to keep on chip between steps";
+    return c;
+  }
+  c.strategy = Strategy::persistent;
+  return c;
+}
+
+// ===========================================================================
+// forward
+// ===========================================================================
+
+struct ForwardState {
+  at::Tensor xp, out, ws, h_n, c_n;  // out, ws: storage dtype; the rest float32
+};
+
+void per_step_forward(const Geometry& g, const Steps& s, const Weights& w, const at::Tensor& h0f,
+                      const at::Tensor& c0f, ForwardState& f, DType dtype, cudaStream_t stream, bool poison) {
+  const Cell& cell = g.cell;
+  const int64_t H = g.H, Hout = g.Hout, GH = g.G * H, W = cell.workspace_blocks() * H, B = s.batch;
+  const auto fopt = h0f.options();
+  const bool reset_before = cell.family == Family::gru && !cell.reset_after;
+  const bool proj = w.w_proj.defined();
+  at::Tensor h = h0f.clone();
+  at::Tensor c = cell.family == Family::lstm ? c0f.clone() : at::Tensor();
+  at::Tensor hp = new_buffer({B, reset_before ? 2 * H : GH}, fopt, poison);
+  at::Tensor hp_n = reset_before ? new_buffer({B, H}, fopt, poison) : at::Tensor();
+  at::Tensor rzk = reset_before ? new_buffer({B, 3 * H}, fopt, poison) : at::Tensor();
+  at::Tensor m = proj ? new_buffer({B, H}, fopt, poison) : at::Tensor();
+  const at::Tensor w_rec = reset_before ? w.w_hh.narrow(0, 0, 2 * H) : w.w_hh;
+  const at::Tensor b_hn = cell.family == Family::gru ? hidden_bias_n(w, H) : at::Tensor();
+  const size_t elem = f.out.element_size();
+  char* out = static_cast<char*>(f.out.data_ptr());
+  char* ws = static_cast<char*>(f.ws.data_ptr());
+  for (int64_t p = 0; p < s.count(); ++p) {
+    const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
+    at::Tensor hp_rows = hp.narrow(0, 0, n);
+    mm_into(hp_rows, h.narrow(0, 0, n), w_rec.t());
+    if (cell.family == Family::lstm) {
+      LstmForwardStep a;
+      a.n = n, a.H = H;
+      a.xp = ptr<float>(f.xp) + off * GH, a.xp_ld = GH;
+      a.hp = ptr<float>(hp), a.hp_ld = GH;
+      a.c = ptr<float>(c);
+      a.peep = ptr<float>(w.w_peep);
+      a.ws = ws + off * W * elem, a.ws_ld = W;
+      if (proj) {
+        a.m = ptr<float>(m), a.m_ld = H;
+      } else {
+        a.m = ptr<float>(h), a.m_ld = H;
+        a.out = out + off * Hout * elem, a.out_ld = Hout;
+      }
+      check_launch(lstm_forward_step(dtype, a, stream), "lstm_forward_step");
+      if (proj) {  // h' = m W_proj^T, in float32 for the state, rounded once for the output
+        mm_into(h.narrow(0, 0, n), m.narrow(0, 0, n), w.w_proj.t());
+        f.out.narrow(0, off, n).copy_(h.narrow(0, 0, n));
+      }
+    } else if (cell.family == Family::gru) {
+      GruForwardStep a;
+      a.n = n, a.H = H;
+      a.xp = ptr<float>(f.xp) + off * GH, a.xp_ld = GH;
+      a.hp = ptr<float>(hp), a.hp_ld = hp.size(1);
+      a.b_hn = ptr<float>(b_hn);
+      a.h = ptr<float>(h), a.h_ld = H;
+      a.ws = ws + off * W * elem, a.ws_ld = W;
+      a.out = out + off * H * elem, a.out_ld = H;
+      if (cell.reset_after) {
+        check_launch(gru_forward_step_reset_after(dtype, a, stream), "gru_forward_step_reset_after");
+      } else {
+        a.rzk = ptr<float>(rzk), a.rzk_ld = 3 * H;
+        check_launch(gru_forward_step_gates(dtype, a, stream), "gru_forward_step_gates");
+        mm_into(hp_n.narrow(0, 0, n), rzk.narrow(0, 0, n).narrow(1, 2 * H, H), w.w_hh.narrow(0, 2 * H, H).t());
+        a.hp = ptr<float>(hp_n), a.hp_ld = H;
+        check_launch(gru_forward_step_state(dtype, a, stream), "gru_forward_step_state");
+      }
+    } else {
+      RnnForwardStep a;
+      a.n = n, a.H = H, a.relu = cell.relu;
+      a.xp = ptr<float>(f.xp) + off * GH, a.xp_ld = GH;
+      a.hp = ptr<float>(hp), a.hp_ld = GH;
+      a.h = ptr<float>(h), a.h_ld = H;
+      a.out = out + off * H * elem, a.out_ld = H;
+      check_launch(rnn_forward_step(dtype, a, stream), "rnn_forward_step");
+    }
+  }
+  f.h_n = h;
+  f.c_n = c;
+}
+
+void persistent_forward(const Geometry& g, const Steps& s, const Choice& choice, const Weights& w,
+                        const at::Tensor& w_hh, const at::Tensor& h0f, const at::Tensor& c0f, ForwardState& f,
+                        DType dtype, cudaStream_t stream, bool poison) {
+  const int64_t H = g.H, B = s.batch;
+  const auto device = h0f.device();
+  std::vector<int32_t> rows;
+  std::vector<int64_t> offsets;
+  for (int64_t p = 0; p < s.count(); ++p) {
+    rows.push_back(static_cast<int32_t>(s.size[s.order[p]]));
+    offsets.push_back(s.offset[s.order[p]]);
+  }
+  const at::Tensor rows_dev = at::tensor(rows, at::TensorOptions().dtype(at::kInt)).to(device);
+  const at::Tensor offsets_dev = at::tensor(offsets, at::TensorOptions().dtype(at::kLong)).to(device);
+  at::Tensor exchange = new_buffer({2, B, H}, h0f.options(), poison);
+  exchange[0].copy_(h0f);
+  const bool lstm = g.cell.family == Family::lstm;
+  at::Tensor c_n = lstm ? new_buffer({B, H}, h0f.options(), poison) : at::Tensor();
+  const at::Tensor b_hn = g.cell.family == Family::gru ? hidden_bias_n(w, H) : at::Tensor();
+  PersistentForward a;
+  a.B = B, a.H = H, a.steps = s.count();
+  a.step_rows = ptr<int32_t>(rows_dev);
+  a.step_offset = ptr<int64_t>(offsets_dev);
+  a.xp = ptr<float>(f.xp);
+  a.w_hh = w_hh.data_ptr();
+  a.b_hn = ptr<float>(b_hn);
+  a.peep = ptr<float>(w.w_peep);
+  a.h0 = ptr<float>(h0f);
+  a.c0 = lstm ? ptr<float>(c0f) : nullptr;
+  a.h_exchange = ptr<float>(exchange);
+  a.out = f.out.data_ptr();
+  a.ws = f.ws.data_ptr();
+  a.c_n = ptr<float>(c_n);
+  check_launch(cuda::persistent_forward(choice.cell, dtype, choice.plan, a, stream), "persistent_forward");
+  // each sequence's final h is its last output row (the same float32 value, rounded once)
+  f.h_n = f.out.index_select(0, last_rows(s, device)).to(at::kFloat);
+  f.c_n = c_n;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
+    const std::string& family, const std::string& mode, const at::Tensor& x, const at::Tensor& h0,
+    const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_proj,
+    const c10::optional<at::Tensor>& batch_sizes, bool reverse, const std::string& strategy, bool poison) {
+  const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
+  const Strategy requested = parse_strategy(strategy);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const Steps s(g.sizes, reverse);
+  const DType dtype = storage_dtype(x.scalar_type());
+  const Weights w = float_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj);
+  const at::Tensor h0f = f32(h0);
+  const at::Tensor c0f = g.cell.family == Family::lstm ? f32(*c0) : at::Tensor();
+  const int64_t W = g.cell.workspace_blocks() * g.H;
+
+  ForwardState f;
+  f.xp = input_projection(g.cell, x.reshape({g.N, g.I}).to(at::kFloat), w, g.H);
+  f.out = new_buffer({g.N, g.Hout}, x.options(), poison);
+  f.ws = new_buffer({g.N, W}, x.options(), poison);
+
+  Choice choice;
+  if (requested != Strategy::per_step && s.count() > 0) {
+    choice = choose_forward(g.cell, w.w_proj.defined(), x.scalar_type(), g.B, g.H, s.count(), x.device());
+    if (requested == Strategy::persistent) {
+      TORCH_CHECK(choice.plan.ok, "fusedrnn_C: the persistent strategy cannot run this call: ",
+                  choice.why_not_persistent);
+      choice.strategy = Strategy::persistent;
+    }
+  }
+  if (choice.strategy == Strategy::persistent) {
+    persistent_forward(g, s, choice, w, w_hh, h0f, c0f, f, dtype, stream, poison);
+  } else {
+    per_step_forward(g, s, w, h0f, c0f, f, dtype, stream, poison);
+  }
+
+  std::vector<int64_t> lead(x.sizes().begin(), x.sizes().end() - 1);
+  std::vector<int64_t> out_shape = lead, ws_shape = lead;
+  out_shape.push_back(g.Hout);
+  ws_shape.push_back(W);
+  const at::Tensor c_n = f.c_n.defined() ? f.c_n.to(x.scalar_type()) : x.new_empty({0});
+  return {f.out.reshape(out_shape), f.h_n.to(x.scalar_type()), c_n, f.ws.reshape(ws_shape)};
+}
+
+std::string forward_strategy(const std::string& family, const std::string& mode, const at::Tensor& x,
+                             const at::Tensor& h0, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_proj,
+                             int64_t steps) {
+  const Cell cell = parse_cell(family, mode);
+  TORCH_CHECK(x.is_cuda(), "fusedrnn_C: x must be a CUDA tensor, got device ", x.device());
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % cell.gates() == 0, "fusedrnn_C: w_hh must be [G*hidden, hidden]");
+  TORCH_CHECK(h0.dim() == 2, "fusedrnn_C: h0 must be 2-D [batch, hidden], got ", h0.dim(), "-D");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Choice c = choose_forward(cell, defined(w_proj), x.scalar_type(), h0.size(0), w_hh.size(0) / cell.gates(),
+                                  steps, x.device());
+  return c.strategy == Strategy::persistent ? std::string("persistent") : "per_step: " + c.why_not_persistent;
+}
+
+// ===========================================================================
+// backward (per step; fusedrnn.reference.sequence_backward's structure)
+// ===========================================================================
+
+std::vector<at::Tensor> backward(const std::string& family, const std::string& mode, const at::Tensor& grad_out,
+                                 const at::Tensor& grad_hn, const c10::optional<at::Tensor>& grad_cn,
+                                 const at::Tensor& x, const at::Tensor& h0, const c10::optional<at::Tensor>& c0,
+                                 const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                 const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                                 const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_proj,
+                                 const c10::optional<at::Tensor>& batch_sizes, bool reverse, const at::Tensor& out,
+                                 const at::Tensor& workspace, bool poison) {
+  const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
+  const Cell& cell = g.cell;
+  const int64_t H = g.H, Hout = g.Hout, G = g.G, GH = G * H, W = cell.workspace_blocks() * H;
+  std::vector<int64_t> lead(x.sizes().begin(), x.sizes().end() - 1);
+  std::vector<int64_t> out_shape = lead, ws_shape = lead;
+  out_shape.push_back(Hout);
+  ws_shape.push_back(W);
+  check_tensor(grad_out, "grad_out", x, out_shape);
+  check_tensor(out, "out", x, out_shape);
+  check_tensor(workspace, "workspace", x, ws_shape);
+  check_tensor(grad_hn, "grad_hn", x, {g.B, Hout});
+  if (cell.family == Family::lstm) {
+    TORCH_CHECK(defined(grad_cn), "fusedrnn_C: grad_cn is required for an lstm cell");
+    check_tensor(*grad_cn, "grad_cn", x, {g.B, H});
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const Steps s(g.sizes, reverse);
+  const DType dtype = storage_dtype(x.scalar_type());
+  const Weights w = float_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj);
+  const auto fopt = x.options().dtype(at::kFloat);
+  const bool proj = w.w_proj.defined();
+  const at::Tensor h0f = f32(h0);
+  const at::Tensor c0f = cell.family == Family::lstm ? f32(*c0) : at::Tensor();
+  const size_t elem = x.element_size();
+  const char* dout = static_cast<const char*>(grad_out.data_ptr());
+  const char* outp = static_cast<const char*>(out.data_ptr());
+  const char* ws = static_cast<const char*>(workspace.data_ptr());
+  const at::Tensor dout_rows = grad_out.reshape({g.N, Hout});
+
+  // gradients of the gate pre-activations, input side and hidden side (they differ for GRU reset_after)
+  at::Tensor dA_x = new_buffer({g.N, GH}, fopt, poison);
+  at::Tensor dA_h = (cell.family == Family::gru && cell.reset_after) ? new_buffer({g.N, GH}, fopt, poison) : dA_x;
+  at::Tensor dh = f32(grad_hn).clone();
+  at::Tensor dc = cell.family == Family::lstm ? f32(*grad_cn).clone() : at::Tensor();
+  at::Tensor dh_direct = cell.family == Family::gru ? new_buffer({g.B, H}, fopt, poison) : at::Tensor();
+  at::Tensor dk = (cell.family == Family::gru && !cell.reset_after) ? new_buffer({g.B, H}, fopt, poison) : at::Tensor();
+  at::Tensor dm = proj ? new_buffer({g.B, H}, fopt, poison) : at::Tensor();
+  at::Tensor dH_total = proj ? new_buffer({g.N, Hout}, fopt, poison) : at::Tensor();
+
+  for (int64_t p = s.count() - 1; p >= 0; --p) {
+    const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
+    const int64_t carried = s.carried(p), prev = s.prev_offset(p);
+    at::Tensor dh_rows = dh.narrow(0, 0, n);
+    at::Tensor dA_x_rows = dA_x.narrow(0, off, n);
+    if (cell.family == Family::lstm) {
+      LstmBackwardStep a;
+      a.n = n, a.H = H;
+      if (proj) {  // dm = (dout + dh) W_proj: the gradient of o*tanh(c')
+        at::Tensor total = dH_total.narrow(0, off, n);
+        at::add_out(total, dout_rows.narrow(0, off, n), dh_rows);
+        mm_into(dm.narrow(0, 0, n), total, w.w_proj);
+        a.dh = ptr<float>(dm), a.dh_ld = H;
+      } else {
+        a.dout = dout + off * Hout * elem, a.dout_ld = Hout;
+        a.dh = ptr<float>(dh), a.dh_ld = Hout;
+      }
+      a.dc = ptr<float>(dc);
+      a.ws = ws + off * W * elem, a.ws_ld = W;
+      a.c_prev.rows = ws + (prev * W + 4 * H) * elem, a.c_prev.rows_ld = W, a.c_prev.carried = carried;
+      a.c_prev.initial = ptr<float>(c0f), a.c_prev.initial_ld = H;
+      a.peep = ptr<float>(w.w_peep);
+      a.dA = ptr<float>(dA_x) + off * GH, a.dA_ld = GH;
+      check_launch(lstm_backward_step(dtype, a, stream), "lstm_backward_step");
+      mm_into(dh_rows, dA_x_rows, w.w_hh);
+    } else if (cell.family == Family::gru) {
+      GruBackwardStep a;
+      a.n = n, a.H = H;
+      a.dout = dout + off * H * elem, a.dout_ld = H;
+      a.dh = ptr<float>(dh), a.dh_ld = H;
+      a.ws = ws + off * W * elem, a.ws_ld = W;
+      a.h_prev.rows = outp + prev * H * elem, a.h_prev.rows_ld = H, a.h_prev.carried = carried;
+      a.h_prev.initial = ptr<float>(h0f), a.h_prev.initial_ld = H;
+      a.dA_x = ptr<float>(dA_x) + off * GH, a.dA_x_ld = GH;
+      a.dh_direct = ptr<float>(dh_direct);
+      const at::Tensor direct = dh_direct.narrow(0, 0, n);
+      if (cell.reset_after) {
+        a.dA_h = ptr<float>(dA_h) + off * GH, a.dA_h_ld = GH;
+        check_launch(gru_backward_step_reset_after(dtype, a, stream), "gru_backward_step_reset_after");
+        at::addmm_out(dh_rows, direct, dA_h.narrow(0, off, n), w.w_hh);
+      } else {
+        check_launch(gru_backward_step_zn(dtype, a, stream), "gru_backward_step_zn");
+        // dk = da_n W_hn (the gradient of k = r*h), then the r gradient and dh_prev += dk*r
+        mm_into(dk.narrow(0, 0, n), dA_x_rows.narrow(1, 2 * H, H), w.w_hh.narrow(0, 2 * H, H));
+        a.dk = ptr<float>(dk), a.dk_ld = H;
+        check_launch(gru_backward_step_r(dtype, a, stream), "gru_backward_step_r");
+        at::addmm_out(dh_rows, direct, dA_x_rows.narrow(1, 0, 2 * H), w.w_hh.narrow(0, 0, 2 * H));
+      }
+    } else {
+      RnnBackwardStep a;
+      a.n = n, a.H = H, a.relu = cell.relu;
+      a.dout = dout + off * H * elem, a.dout_ld = H;
+      a.dh = ptr<float>(dh), a.dh_ld = H;
+      a.out = outp + off * H * elem, a.out_ld = H;
+      a.dA = ptr<float>(dA_x) + off * GH, a.dA_ld = GH;
+      check_launch(rnn_backward_step(dtype, a, stream), "rnn_backward_step");
+      mm_into(dh_rows, dA_x_rows, w.w_hh);
+    }
+  }
+
+  // weight gradients: single products over all steps
+  const at::Tensor X = x.reshape({g.N, g.I}).to(at::kFloat);
+  const at::Tensor WS = workspace.reshape({g.N, W}).to(at::kFloat);
+  const at::Tensor prev_index = previous_index(s, x.device());
+  const at::Tensor H_prev = previous_rows(out.reshape({g.N, Hout}).to(at::kFloat), h0f, prev_index);
+  const auto dt = x.scalar_type();
+  const auto back = [&](const at::Tensor& t) { return t.defined() ? t.to(dt) : x.new_empty({0}); };
+  at::Tensor dw_hh;
+  if (cell.family == Family::gru && !cell.reset_after) {
+    const at::Tensor K = WS.narrow(1, 3 * H, H);
+    dw_hh = at::cat({at::mm(dA_h.narrow(1, 0, 2 * H).t(), H_prev), at::mm(dA_h.narrow(1, 2 * H, H).t(), K)});
+  } else {
+    dw_hh = at::mm(dA_h.t(), H_prev);
+  }
+  at::Tensor dw_peep, dw_proj;
+  if (w.w_peep.defined()) {  // sums over rows: da_i*c_prev, da_f*c_prev, da_o*c'
+    const at::Tensor C = WS.narrow(1, 4 * H, H);
+    const at::Tensor C_prev = previous_rows(C, c0f, prev_index);
+    dw_peep = at::cat({(dA_x.narrow(1, 0, H) * C_prev).sum(0), (dA_x.narrow(1, H, H) * C_prev).sum(0),
+                       (dA_x.narrow(1, 3 * H, H) * C).sum(0)});
+  }
+  if (proj) {
+    const at::Tensor M = WS.narrow(1, 3 * H, H) * WS.narrow(1, 4 * H, H).tanh();
+    dw_proj = at::mm(dH_total.t(), M);
+  }
+  return {at::mm(dA_x, w.w_ih).reshape(x.sizes()).to(dt),
+          dh.to(dt),
+          back(dc),
+          at::mm(dA_x.t(), X).to(dt),
+          dw_hh.to(dt),
+          w.b_ih.defined() ? dA_x.sum(0).to(dt) : x.new_empty({0}),
+          w.b_hh.defined() ? dA_h.sum(0).to(dt) : x.new_empty({0}),
+          back(dw_peep),
+          back(dw_proj)};
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace fusedrnn
+
+TORCH_LIBRARY_FRAGMENT(fusedrnn_C, m) {
+  m.def(
+      "cuda_forward(str family, str mode, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, Tensor? batch_sizes, bool reverse, str strategy=\"auto\", "
+      "bool poison=False) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "cuda_backward(str family, str mode, Tensor grad_out, Tensor grad_hn, Tensor? grad_cn, Tensor x, Tensor h0, "
+      "Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, "
+      "Tensor? batch_sizes, bool reverse, Tensor out, Tensor workspace, bool poison=False) -> Tensor[]");
+  m.def(
+      "cuda_forward_strategy(str family, str mode, Tensor x, Tensor h0, Tensor w_hh, Tensor? w_proj, int steps) "
+      "-> str");
+}
+
+TORCH_LIBRARY_IMPL(fusedrnn_C, CUDA, m) {
+  m.impl("cuda_forward", &fusedrnn::cuda::forward);
+  m.impl("cuda_backward", &fusedrnn::cuda::backward);
+  m.impl("cuda_forward_strategy", &fusedrnn::cuda::forward_strategy);
+}

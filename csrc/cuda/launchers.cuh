@@ -1,0 +1,169 @@
+// The host-side entry points of the CUDA kernels (csrc/cuda/*.cu), shared by
+// the kernels and their ATen wrapper (cuda_ops.cpp).
+//
+// Framework-free on purpose (DESIGN.md section 5): raw pointers, sizes and a
+// stream only, so the kernels compile with bare nvcc and the wrapper with g++.
+// Every launcher returns the cudaError_t of its launch (cudaGetLastError right
+// after it); the wrapper turns anything but cudaSuccess into a RuntimeError.
+//
+// Conventions of every argument struct below:
+//  * a matrix is (pointer, leading dimension): element (row b, column j) at
+//    p[b * ld + j]; pointers are already offset to the first row of the step
+//    and, where a struct says so, to a column block;
+//  * `float*` arrays are float32 (pre-activations, states, gradients: the
+//    compute dtype); `void*` arrays hold the storage dtype `dtype` (x's dtype:
+//    the outputs `out` and `workspace`, which are rounded once, as the
+//    reference rounds them);
+//  * H is the hidden size; the gate blocks of a [rows, G*H] matrix are H apart;
+//    `n` is the number of rows of the step (batch_sizes[t]).
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+namespace fusedrnn {
+namespace cuda {
+
+enum class DType : int { f32 = 0, f16 = 1, bf16 = 2 };
+
+// The rows a state comes from before a step, in the backward (as
+// fusedrnn.reference.previous_states): rows [0, carried) are rows of the step
+// processed just before (`rows`, storage dtype), the others [carried, n) start
+// from the initial state (`initial`, float32).
+struct PrevRows {
+  const void* rows = nullptr;
+  int64_t rows_ld = 0;
+  int64_t carried = 0;
+  const float* initial = nullptr;
+  int64_t initial_ld = 0;
+};
+
+// ---------------------------------------------------------------------------
+// per-step strategy, forward: one launch per step after the recurrent product
+// hp = h_prev W_hh^T (cuBLAS, in the wrapper).  xp = x W_ih^T + folded biases.
+// ---------------------------------------------------------------------------
+
+struct LstmForwardStep {
+  int64_t n = 0, H = 0;
+  const float* xp = nullptr; int64_t xp_ld = 0;  // [n, 4H]
+  const float* hp = nullptr; int64_t hp_ld = 0;  // [n, 4H]
+  float* c = nullptr;                             // [n, H] cell state: c_prev in, c' out
+  const float* peep = nullptr;                    // [3H] (i, f, o) or null
+  void* ws = nullptr; int64_t ws_ld = 0;          // [n, 5H]: i f g o c'
+  float* m = nullptr; int64_t m_ld = 0;           // o*tanh(c'), float32: the state, or the projection's input
+  void* out = nullptr; int64_t out_ld = 0;        // the output rows (null with a projection)
+};
+
+struct GruForwardStep {
+  int64_t n = 0, H = 0;
+  const float* xp = nullptr; int64_t xp_ld = 0;   // [n, 3H]: b_ih + b_hh folded into r, z; b_ih only into n
+  const float* hp = nullptr; int64_t hp_ld = 0;   // reset_after: [n, 3H]; reset_before gates: [n, 2H]; state: [n, H] (the n-gate product)
+  const float* b_hn = nullptr;                    // [H] or null
+  float* h = nullptr; int64_t h_ld = 0;           // [n, H] state: h_prev in, h' out (gates phase: read only)
+  float* rzk = nullptr; int64_t rzk_ld = 0;       // reset_before only: [n, 3H] float32 r, z, k = r*h between the phases
+  void* ws = nullptr; int64_t ws_ld = 0;          // [n, 4H]: r z n k
+  void* out = nullptr; int64_t out_ld = 0;        // [n, H]
+};
+
+struct RnnForwardStep {
+  int64_t n = 0, H = 0;
+  bool relu = false;
+  const float* xp = nullptr; int64_t xp_ld = 0;
+  const float* hp = nullptr; int64_t hp_ld = 0;
+  float* h = nullptr; int64_t h_ld = 0;           // new state
+  void* out = nullptr; int64_t out_ld = 0;
+};
+
+cudaError_t lstm_forward_step(DType dtype, const LstmForwardStep& a, cudaStream_t stream);
+cudaError_t gru_forward_step_reset_after(DType dtype, const GruForwardStep& a, cudaStream_t stream);
+cudaError_t gru_forward_step_gates(DType dtype, const GruForwardStep& a, cudaStream_t stream);  // reset_before phase 1
+cudaError_t gru_forward_step_state(DType dtype, const GruForwardStep& a, cudaStream_t stream);  // reset_before phase 2
+cudaError_t rnn_forward_step(DType dtype, const RnnForwardStep& a, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------
+// per-step strategy, backward: one launch per step (reversed), then the
+// product dh_prev = dA W_hh (cuBLAS, in the wrapper).  The gradient of a
+// step's output rows is dout + dh (dout null: dh alone).
+// ---------------------------------------------------------------------------
+
+struct LstmBackwardStep {
+  int64_t n = 0, H = 0;
+  const void* dout = nullptr; int64_t dout_ld = 0;  // [n, H] storage dtype, null with a projection
+  const float* dh = nullptr; int64_t dh_ld = 0;     // [n, H]: dh state, or dm = (dout + dh) W_proj
+  float* dc = nullptr;                               // [n, H] in (from later steps) and out (to c_prev)
+  const void* ws = nullptr; int64_t ws_ld = 0;       // [n, 5H]
+  PrevRows c_prev;                                   // previous cell state
+  const float* peep = nullptr;                       // [3H] or null
+  float* dA = nullptr; int64_t dA_ld = 0;            // [n, 4H] gate pre-activation gradients
+};
+
+struct GruBackwardStep {
+  int64_t n = 0, H = 0;
+  const void* dout = nullptr; int64_t dout_ld = 0;
+  const float* dh = nullptr; int64_t dh_ld = 0;
+  const void* ws = nullptr; int64_t ws_ld = 0;       // [n, 4H]: r z n k
+  PrevRows h_prev;
+  float* dA_x = nullptr; int64_t dA_x_ld = 0;        // [n, 3H] input side
+  float* dA_h = nullptr; int64_t dA_h_ld = 0;        // [n, 3H] hidden side (reset_after)
+  float* dh_direct = nullptr;                        // [n, H]: dh_prev through z*h (+ dk*r, reset_before)
+  const float* dk = nullptr; int64_t dk_ld = 0;      // reset_before r phase: dk = da_n W_hn, [n, H]
+};
+
+struct RnnBackwardStep {
+  int64_t n = 0, H = 0;
+  bool relu = false;
+  const void* dout = nullptr; int64_t dout_ld = 0;
+  const float* dh = nullptr; int64_t dh_ld = 0;
+  const void* out = nullptr; int64_t out_ld = 0;     // the step's outputs h'
+  float* dA = nullptr; int64_t dA_ld = 0;
+};
+
+cudaError_t lstm_backward_step(DType dtype, const LstmBackwardStep& a, cudaStream_t stream);
+cudaError_t gru_backward_step_reset_after(DType dtype, const GruBackwardStep& a, cudaStream_t stream);
+cudaError_t gru_backward_step_zn(DType dtype, const GruBackwardStep& a, cudaStream_t stream);  // reset_before: z, n
+cudaError_t gru_backward_step_r(DType dtype, const GruBackwardStep& a, cudaStream_t stream);   // reset_before: r
+cudaError_t rnn_backward_step(DType dtype, const RnnBackwardStep& a, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------
+// persistent strategy, forward: one cooperative launch for all steps.
+// Each block owns `units` hidden units and keeps the W_hh rows of all their
+// gates in shared memory for the whole sequence; h is exchanged through a
+// float32 double buffer in global memory, one grid barrier per step.
+// ---------------------------------------------------------------------------
+
+enum class PersistentCell : int { lstm = 0, gru_reset_after = 1, rnn_tanh = 2, rnn_relu = 3 };
+
+struct PersistentPlan {
+  bool ok = false;
+  int blocks = 0, threads = 0, units = 0;
+  size_t shared_bytes = 0;
+  char reason[200] = {0};  // why not, when !ok
+};
+
+// Whether the persistent forward can run B rows of hidden size H on `device`
+// (weight slices fit in shared memory and the cooperative grid fits on the
+// device), and with which launch geometry.  Queries the device; no launch.
+PersistentPlan plan_persistent_forward(PersistentCell cell, DType dtype, int64_t B, int64_t H, int device);
+
+struct PersistentForward {
+  int64_t B = 0, H = 0, steps = 0;
+  const int32_t* step_rows = nullptr;    // device [steps]: rows of each step, in processing order
+  const int64_t* step_offset = nullptr;  // device [steps]: first row of each step, in processing order
+  const float* xp = nullptr;             // [N, G*H], biases folded (not b_hn)
+  const void* w_hh = nullptr;            // [G*H, H] storage dtype
+  const float* b_hn = nullptr;           // GRU: [H] or null
+  const float* peep = nullptr;           // LSTM: [3H] or null
+  const float* h0 = nullptr;             // [B, H]
+  const float* c0 = nullptr;             // LSTM: [B, H]
+  float* h_exchange = nullptr;           // [2, B, H] scratch; the wrapper copies h0 into half 0
+  void* out = nullptr;                   // [N, H]
+  void* ws = nullptr;                    // [N, W]
+  float* c_n = nullptr;                  // LSTM: [B, H], each row's cell state after its last step
+};
+
+cudaError_t persistent_forward(PersistentCell cell, DType dtype, const PersistentPlan& plan,
+                               const PersistentForward& a, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,220 @@
+// The gate math of every fusedrnn cell, written once for the CPU and the GPU.
+//
+// Each function here works on one element (one batch row, one hidden unit):
+// the C++ CPU kernels call them inside loops over contiguous hidden units that
+// the compiler vectorises, and the CUDA kernels call them per thread.  Only
+// arithmetic, comparisons and selects appear, no library calls for float, so
+// the loops vectorise and the CPU tests exercise the very formulas the GPU runs.
+//
+// Equations and gate order: fusedrnn/cells.py (PyTorch's convention).
+//
+// Numerics:
+//  * sigmoid and tanh are evaluated from exp(-|x|) only, which lies in (0, 1]:
+//    nothing overflows, so pre-activations of +-100 (or +-inf) give finite
+//    values and finite derivatives, never NaN.
+//  * float uses a Cephes-style polynomial exp (relative error < 2e-7) and, for
+//    |x| < 0.625, the Cephes polynomial of tanh (relative error < 1e-7), where
+//    1 - exp(-2|x|) would cancel.  double uses the C library (exact to 1 ulp),
+//    so float64 tests can ask for 1e-10.
+//  * backward formulas use the saved activations (y*(1-y), 1-y*y).
+#pragma once
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FUSEDRNN_HOST_DEVICE __host__ __device__
+#else
+#define FUSEDRNN_HOST_DEVICE
+#endif
+
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
+#define FUSEDRNN_INLINE __forceinline__
+#else
+#define FUSEDRNN_INLINE inline __attribute__((always_inline))
+#endif
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+namespace fusedrnn {
+namespace gate_math {
+
+#define FUSEDRNN_GM FUSEDRNN_HOST_DEVICE FUSEDRNN_INLINE
+
+FUSEDRNN_GM float bits_to_float(int32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(bits);
+#else
+  return __builtin_bit_cast(float, bits);
+#endif
+}
+
+FUSEDRNN_GM float abs_(float x) { return x < 0.0f ? -x : x; }
+FUSEDRNN_GM double abs_(double x) { return x < 0.0 ? -x : x; }
+
+// exp(x) for x <= 0 (the only arguments the gates need).  Arguments below
+// -87.3 give exp(-87.3) ~ 1.2e-38 (the smallest normal float): saturated, finite.
+FUSEDRNN_GM float exp_nonpositive(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  const float fx = x * 1.44269504088896341f + 0.5f;
+  int32_t n = static_cast<int32_t>(fx);         // truncation toward zero ...
+  n -= static_cast<float>(n) > fx ? 1 : 0;      // ... corrected to floor
+  const float nf = static_cast<float>(n);
+  float r = x - nf * 0.693359375f;              // Cody-Waite: ln2 in two parts
+  r = r - nf * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  return y * bits_to_float((n + 127) << 23);    // n >= -126 here: a normal power of two
+}
+
+FUSEDRNN_GM double exp_nonpositive(double x) { return ::exp(x); }
+
+// sigmoid from e = exp(-|x|): 1/(1+e) for x >= 0, e/(1+e) for x < 0.
+template <typename T>
+FUSEDRNN_GM T sigmoid(T x) {
+  const T e = exp_nonpositive(-abs_(x));
+  const T s = T(1) / (T(1) + e);
+  return x >= T(0) ? s : e * s;
+}
+
+FUSEDRNN_GM float tanh_(float x) {
+  const float ax = abs_(x);
+  // large |x|: (1 - e) / (1 + e) with e = exp(-2|x|) in (0, 0.29)
+  const float e = exp_nonpositive(-2.0f * ax);
+  float big = (1.0f - e) / (1.0f + e);
+  big = x < 0.0f ? -big : big;
+  // small |x|: odd polynomial (Cephes tanhf), no cancellation
+  const float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float small = p * z * x + x;
+  return ax < 0.625f ? small : big;
+}
+
+FUSEDRNN_GM double tanh_(double x) { return ::tanh(x); }
+
+template <typename T>
+FUSEDRNN_GM T relu(T x) { return x > T(0) ? x : T(0); }
+
+// Derivatives from the activation's output.
+template <typename T>
+FUSEDRNN_GM T sigmoid_grad(T y) { return y * (T(1) - y); }
+template <typename T>
+FUSEDRNN_GM T tanh_grad(T y) { return T(1) - y * y; }
+template <typename T>
+FUSEDRNN_GM T relu_grad(T y) { return y > T(0) ? T(1) : T(0); }
+
+// ---------------------------------------------------------------------------
+// LSTM (peepholes p_i, p_f, p_o are 0 when absent)
+// ---------------------------------------------------------------------------
+
+template <typename T>
+struct LstmForward {
+  T i, f, g, o, c, m;  // gate activations, new cell state, m = o*tanh(c) (h before projection)
+};
+
+template <typename T>
+FUSEDRNN_GM LstmForward<T> lstm_forward(T a_i, T a_f, T a_g, T a_o, T c_prev, T p_i, T p_f, T p_o) {
+  LstmForward<T> r;
+  r.i = sigmoid(a_i + p_i * c_prev);
+  r.f = sigmoid(a_f + p_f * c_prev);
+  r.g = tanh_(a_g);
+  r.c = r.f * c_prev + r.i * r.g;
+  r.o = sigmoid(a_o + p_o * r.c);
+  r.m = r.o * tanh_(r.c);
+  return r;
+}
+
+template <typename T>
+struct LstmBackward {
+  T da_i, da_f, da_g, da_o, dc_prev;
+};
+
+// dm: gradient of m = o*tanh(c'); dc: gradient of c' from the later steps.
+template <typename T>
+FUSEDRNN_GM LstmBackward<T> lstm_backward(T dm, T dc, T i, T f, T g, T o, T c, T c_prev, T p_i, T p_f, T p_o) {
+  LstmBackward<T> r;
+  const T tc = tanh_(c);
+  r.da_o = dm * tc * sigmoid_grad(o);
+  const T dc_total = dc + dm * o * tanh_grad(tc) + r.da_o * p_o;
+  r.da_i = dc_total * g * sigmoid_grad(i);
+  r.da_f = dc_total * c_prev * sigmoid_grad(f);
+  r.da_g = dc_total * i * tanh_grad(g);
+  r.dc_prev = dc_total * f + r.da_i * p_i + r.da_f * p_f;
+  return r;
+}
+
+// ---------------------------------------------------------------------------
+// GRU, PyTorch's convention h' = (1-z)*n + z*h
+// ---------------------------------------------------------------------------
+
+template <typename T>
+struct GruForward {
+  T r, z, n, h;
+};
+
+// reset_after: x_n = W_in x + b_in, k = W_hn h + b_hn.
+template <typename T>
+FUSEDRNN_GM GruForward<T> gru_forward_reset_after(T a_r, T a_z, T x_n, T k, T h_prev) {
+  GruForward<T> out;
+  out.r = sigmoid(a_r);
+  out.z = sigmoid(a_z);
+  out.n = tanh_(x_n + out.r * k);
+  out.h = (T(1) - out.z) * out.n + out.z * h_prev;
+  return out;
+}
+
+// reset_before, second phase: a_n = W_in x + b_in + W_hn (r*h) + b_hn.
+template <typename T>
+FUSEDRNN_GM GruForward<T> gru_forward_reset_before(T r, T z, T a_n, T h_prev) {
+  GruForward<T> out;
+  out.r = r;
+  out.z = z;
+  out.n = tanh_(a_n);
+  out.h = (T(1) - z) * out.n + z * h_prev;
+  return out;
+}
+
+template <typename T>
+struct GruBackward {
+  T da_z, da_n, dh_direct;  // dh_direct: the part of dh_prev through z*h
+};
+
+template <typename T>
+FUSEDRNN_GM GruBackward<T> gru_backward_common(T dh, T z, T n, T h_prev) {
+  GruBackward<T> out;
+  out.da_z = dh * (h_prev - n) * sigmoid_grad(z);
+  out.da_n = dh * (T(1) - z) * tanh_grad(n);
+  out.dh_direct = dh * z;
+  return out;
+}
+
+// reset_after: gradient of a_r (both sides) given k = W_hn h + b_hn.
+template <typename T>
+FUSEDRNN_GM T gru_da_r_reset_after(T da_n, T r, T k) { return da_n * k * sigmoid_grad(r); }
+
+// reset_before: gradient of a_r given dk, the gradient of k = r*h.
+template <typename T>
+FUSEDRNN_GM T gru_da_r_reset_before(T dk, T r, T h_prev) { return dk * h_prev * sigmoid_grad(r); }
+
+// ---------------------------------------------------------------------------
+// Elman RNN
+// ---------------------------------------------------------------------------
+
+template <typename T>
+FUSEDRNN_GM T rnn_forward(T a, bool use_relu) { return use_relu ? relu(a) : tanh_(a); }
+
+template <typename T>
+FUSEDRNN_GM T rnn_backward(T dh, T h, bool use_relu) { return dh * (use_relu ? relu_grad(h) : tanh_grad(h)); }
+
+#undef FUSEDRNN_GM
+
+}  // namespace gate_math
+}  // namespace fusedrnn

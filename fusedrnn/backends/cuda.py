@@ -1,0 +1,95 @@
+"""The ``cuda`` backend: CUDA C++ kernels from ``fusedrnn._C`` (csrc/cuda).
+
+Built into the extension only where the installed torch has CUDA and a CUDA
+toolkit is present (setup.py).  The kernels are the dispatcher ops
+``torch.ops.fusedrnn_C.cuda_forward`` / ``cuda_backward`` (schemas in
+csrc/cuda/cuda_ops.cpp), one call per layer-direction and sequence.
+
+The forward runs one of two strategies (csrc/cuda/README.md has the rule):
+``persistent`` (one cooperative kernel for the whole sequence, each block
+keeping its slice of W_hh in shared memory; LSTM without projection, GRU
+reset_after, RNN) or ``per_step`` (a cuBLAS product and one fused pointwise
+kernel per step; every cell).  ``forward_strategy`` (or the
+``FUSEDRNN_CUDA_FORWARD`` environment variable) forces one.  The backward runs
+per step, then the weight gradients as single GEMMs.  float16/bfloat16 are
+computed in float32 inside (tensor cores with float32 accumulation in the
+persistent kernel).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from .. import _extension
+from ..cells import CellSpec
+from .base import Backend, BackwardResult, ForwardResult, LayerWeights
+
+#: dtypes the kernels take
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: values of ``forward_strategy``
+FORWARD_STRATEGIES = ("auto", "per_step", "persistent")
+
+
+def _ops():
+    return torch.ops.fusedrnn_C
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+
+    def __init__(self):
+        self.forward_strategy = os.environ.get("FUSEDRNN_CUDA_FORWARD", "auto")
+        if self.forward_strategy not in FORWARD_STRATEGIES:
+            raise ValueError(
+                f"FUSEDRNN_CUDA_FORWARD must be one of {FORWARD_STRATEGIES}, got {self.forward_strategy!r}"
+            )
+
+    def availability(self) -> Optional[str]:
+        if _extension.load() is None:
+            return _extension.load_error()
+        if not _extension.has_cuda():
+            return (
+                "fusedrnn._C was built without its CUDA kernels (the installed torch has no CUDA, no CUDA "
+                "toolkit was found, or FUSEDRNN_NO_CUDA=1); rebuild with `pip install --no-build-isolation -e .` "
+                "where torch has CUDA"
+            )
+        if not torch.cuda.is_available():
+            return "no CUDA GPU: torch.cuda.is_available() is False"
+        return None
+
+    def unsupported(self, cell: CellSpec, x: torch.Tensor, weights: LayerWeights) -> Optional[str]:
+        if x.device.type != "cuda":
+            return f"the cuda backend runs CUDA tensors only, got {x.device}"
+        if x.dtype == torch.float64:
+            return "the cuda backend computes in float32 and takes float32, float16 and bfloat16, not float64 " \
+                   "(the 'reference' backend runs float64)"
+        if x.dtype not in SUPPORTED_DTYPES:
+            return f"the cuda backend supports {[str(d) for d in SUPPORTED_DTYPES]}, got {x.dtype}"
+        return None
+
+    def forward(self, cell, x, h0, c0, weights: LayerWeights, batch_sizes, reverse) -> ForwardResult:
+        out, h_n, c_n, workspace = _ops().cuda_forward(
+            cell.family, cell.mode, x, h0, c0, *weights, batch_sizes, bool(reverse), self.forward_strategy
+        )
+        return ForwardResult(out, h_n, c_n if cell.has_cell_state else None, workspace)
+
+    def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
+                 out, workspace) -> BackwardResult:
+        grads = _ops().cuda_backward(
+            cell.family, cell.mode, grad_out.contiguous(), grad_hn.contiguous(),
+            None if grad_cn is None else grad_cn.contiguous(),
+            x, h0, c0, *weights, batch_sizes, bool(reverse), out, workspace,
+        )
+        dx, dh0, dc0, *dweights = grads
+        return BackwardResult(
+            dx, dh0, dc0 if cell.has_cell_state else None,
+            LayerWeights(*(None if w is None else g for g, w in zip(dweights, weights))),
+        )
+
+    def chosen_forward_strategy(self, cell: CellSpec, x: torch.Tensor, h0: torch.Tensor, weights: LayerWeights,
+                                steps: int) -> str:
+        """What ``"auto"`` runs for these sizes: ``"persistent"`` or ``"per_step: <why not persistent>"``."""
+        return _ops().cuda_forward_strategy(cell.family, cell.mode, x, h0, weights.w_hh, weights.w_proj, steps)

@@ -1,0 +1,348 @@
+"""``python -m fusedrnn.bench`` (``fusedrnn-bench``, ``make bench``): fusedrnn against torch.nn on this machine.
+
+For each cell, shape and dtype it first checks every timed backend against
+torch.nn in float64 on the benchmark shape (outputs and every gradient; see
+:mod:`fusedrnn.testing` for the tolerances), then times inference
+(``torch.no_grad`` forward) and training (forward + backward of the input and
+every weight) for torch.nn and each backend on the same weights and inputs,
+plus one torch matmul of the forward's FLOPs and the machine's peak matmul as
+reference lines.  It prints a table, and writes JSON, CSV, markdown and a PNG
+plot into ``--out``.  Exit status: 0, or 1 when a backend fails the check or
+fails to run, 2 on bad arguments.
+
+What is timed is one layer-direction (``fusedrnn.functional.layer``), with the
+weights of a one-layer unidirectional torch.nn module, so the comparison is
+exact and measures the kernels.  Timing: :mod:`fusedrnn.bench_timing`.
+
+Defaults: on CPU the issue-4 shapes in float32 with torch's thread count (the
+reference backend only with ``--quick`` or ``--backends reference``: it is far
+too slow for these shapes; Triton never on CPU: its interpreter is for
+correctness only); on CUDA the batch, sequence-length and hidden-size sweeps
+around the quoted shape (LSTM B=16 T=1024 H=768) in float16 and bfloat16, each
+against cuDNN in the same dtype.
+
+Examples::
+
+    python -m fusedrnn.bench                                  # the default run (CPU: under 2 minutes)
+    python -m fusedrnn.bench --quick --out /tmp/b             # a few seconds, tiny shapes
+    python -m fusedrnn.bench --cell lstm --shapes flashrnn 256,16,768,768 --dtype bfloat16
+    python -m fusedrnn.bench --check-only                     # the correctness grid (python -m fusedrnn.check)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import backends, bench_env, check, functional, testing
+from .backends.base import LayerWeights
+from .bench_console import progress
+from .bench_report import print_results, markdown, write_csv, write_json
+from .bench_shapes import BENCH_CELLS, CHECK_VARIANTS, DEFAULT_PRESET, PRESETS, forward_flops, parse_shapes
+from .bench_timing import (Timing, cuda_peak_bytes, matmul_gflops, peak_matmul_size, saved_activation_bytes,
+                           storage_ptrs, time_call)
+from .testing import Shape, dtype_name
+
+TORCH = "torch.nn"
+MATMUL = "matmul"
+MODES = ("inference", "training")
+#: backends that are never timed on a device type, and why
+NOT_TIMED = {("triton", "cpu"): "the Triton interpreter is for correctness only"}
+#: backends too slow for full-size shapes: timed only with --quick or when named
+SLOW = {"reference"}
+DEFAULT_OUT = os.path.join("benchmarks", "results")
+
+
+# ----------------------------------------------------------------------------
+# What is timed
+# ----------------------------------------------------------------------------
+
+
+class LayerBench:
+    """One cell, shape and dtype: a torch.nn module and the inputs every implementation runs on."""
+
+    def __init__(self, family: str, shape: Shape, dtype: torch.dtype, device: torch.device, seed: int = 0):
+        T, B, I, H = shape
+        self.cell = BENCH_CELLS[family]
+        self.device = device
+        torch.manual_seed(seed)
+        module_class = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[family]
+        self.module = module_class(I, H, device=device, dtype=dtype)
+        self.params = list(self.module.parameters())  # weight_ih, weight_hh, bias_ih, bias_hh
+        self.weights = LayerWeights(*self.params)
+        self.x = torch.randn(T, B, I, device=device, dtype=dtype)
+        self.x_train = self.x.clone().requires_grad_()
+        self.grad_out = torch.randn(T, B, H, device=device, dtype=dtype)
+
+    def forward(self, impl: str, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+        if impl == TORCH:
+            return lambda: self.module(x)[0]
+        return lambda: functional.layer(self.cell, x, None, None, self.weights, backend=impl).out
+
+    def call(self, impl: str, mode: str) -> Callable[[], Any]:
+        """The timed call: a no-grad forward, or forward + gradients of the input and every weight."""
+        if mode == "inference":
+            forward = self.forward(impl, self.x)
+
+            def infer():
+                with torch.no_grad():
+                    return forward()
+
+            return infer
+        forward = self.forward(impl, self.x_train)
+        inputs = [self.x_train, *self.params]
+        return lambda: torch.autograd.grad(forward(), inputs, self.grad_out)
+
+    def unsupported(self, impl: str) -> Optional[str]:
+        if impl == TORCH:
+            return None
+        return backends.get(impl).unsupported(self.cell, self.x, self.weights)
+
+    def memory(self, impl: str, mode: str) -> tuple:
+        """(bytes, kind): CUDA peak allocation, or on CPU the activations saved for training."""
+        if self.device.type == "cuda":
+            return cuda_peak_bytes(self.call(impl, mode)), "peak CUDA allocation"
+        if mode == "training":
+            exclude = storage_ptrs([self.x_train, *self.params])
+            return saved_activation_bytes(self.forward(impl, self.x_train), exclude), "saved activations (training)"
+        return None, None
+
+
+# ----------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusedrnn-bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"directory for JSON/CSV/markdown/PNG (default {DEFAULT_OUT})")
+    parser.add_argument("--cell", type=check.comma_list, default=list(BENCH_CELLS),
+                        help="comma-separated cells: lstm, gru, rnn (default: all three)")
+    parser.add_argument("--shapes", nargs="+", default=None, metavar="PRESET|T,B,I,H",
+                        help=f"presets ({', '.join(PRESETS)}) or explicit T,B,I,H "
+                             "(default: cpu on CPU, gpu on CUDA; quick with --quick)")
+    check.add_arguments(parser)  # --backends, --dtype, --device, --register, --quick
+    parser.add_argument("--check-only", action="store_true",
+                        help="run the correctness grid of python -m fusedrnn.check and stop")
+    parser.add_argument("--no-check", action="store_true", help="skip the correctness check before timing")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, here "
+                                                                  f"{torch.get_num_threads()})")
+    parser.add_argument("--min-time", type=float, default=None,
+                        help="seconds of repeats per measurement at least (default 0.3 CPU, 0.1 GPU, 0.02 quick)")
+    parser.add_argument("--max-time", type=float, default=None,
+                        help="seconds per measurement at most on CPU (default 2; 0.2 quick)")
+    return parser
+
+
+def _default_dtypes(device: torch.device) -> List[str]:
+    return ["float16", "bfloat16"] if device.type == "cuda" else ["float32"]
+
+
+def choose_backends(requested: Optional[Sequence[str]], device: torch.device, quick: bool) -> List[str]:
+    """The backends to time: those asked for (each must be runnable), else every suitable available one."""
+    if requested is None:
+        return [n for n in backends.available()
+                if (n, device.type) not in NOT_TIMED and (quick or n not in SLOW)]
+    chosen = []
+    for name in requested:
+        if name not in backends.names():
+            raise ValueError(f"unknown backend {name!r}; known: {backends.names()}")
+        why = backends.unavailable_reason(name) or NOT_TIMED.get((name, device.type))
+        if why is not None:
+            raise ValueError(f"backend {name!r} cannot be benchmarked here: {why}")
+        chosen.append(name)
+    return chosen
+
+
+def check_shapes(families, shapes, dtypes, names, device) -> tuple:
+    """Every timed backend against torch.nn (float64) on the benchmark shapes: (Report, failed backends)."""
+    checker = testing.Checker(device)
+    jobs = [(f, s, d, n) for f in families for s in shapes for d in dtypes for n in names]
+    outcomes = []
+    with progress(len(jobs), "checking against torch.nn") as advance:
+        for family, shape, dtype, name in jobs:
+            case = testing.Case(CHECK_VARIANTS[family], shape, "padded")
+            # at benchmark lengths torch.nn's own float32 error can pass 1e-5: it sets the bar (2x rule)
+            outcomes.append(checker.check(name, case, dtype, oracles=("torch.nn",), baseline="torch.nn"))
+            advance(f"{name} {family} {shape.label} {dtype_name(dtype)}")
+    report = testing.Report(outcomes, str(device))
+    return report, set(report.failed_backends())
+
+
+def _result(family, shape, dtype, mode, impl, **fields) -> dict:
+    row = {"cell": family, "T": shape.T, "B": shape.B, "I": shape.I, "H": shape.H, "dtype": dtype_name(dtype),
+           "mode": mode, "impl": impl, "median_ms": None, "q20_ms": None, "q80_ms": None, "samples": None,
+           "cuda_graph": False, "flops": None, "gflops": None, "ratio_vs_torch": None, "matmul_fraction": None,
+           "memory_bytes": None, "memory_kind": None, "status": "ok"}
+    row.update(fields)
+    return row
+
+
+def _timed(timing: Timing, flops: float) -> dict:
+    return {"median_ms": timing.median * 1e3, "q20_ms": timing.q20 * 1e3, "q80_ms": timing.q80 * 1e3,
+            "samples": timing.samples, "cuda_graph": timing.cuda_graph, "flops": flops,
+            "gflops": flops / timing.median / 1e9}
+
+
+def run_benchmarks(families, shapes, dtypes, names, failed, device, threads, min_time, max_time) -> List[dict]:
+    """Time every implementation; rows in table order (torch.nn, backends, matmul per group)."""
+    impls = [TORCH] + names
+    results: List[dict] = []
+    total = len(families) * len(shapes) * len(dtypes) * (len(impls) * len(MODES) + 1)
+    with progress(total, "timing") as advance:
+        for family in families:
+            for shape in shapes:
+                for dtype in dtypes:
+                    bench = LayerBench(family, shape, dtype, device)
+                    fwd_flops = forward_flops(bench.cell, shape)
+                    T, B, I, H = shape
+                    gemm_gflops, gemm = matmul_gflops(T * B, I + H, bench.cell.gates * H, dtype, device, threads,
+                                                      min_time, max_time)
+                    advance(f"matmul {family} {shape.label}")
+                    for mode in MODES:
+                        flops = fwd_flops * (3 if mode == "training" else 1)
+                        group = []
+                        for impl in impls:
+                            group.append(_measure(bench, impl, mode, flops, failed, device, threads, min_time,
+                                                  max_time, family, shape, dtype))
+                            advance(f"{impl} {family} {shape.label} {dtype_name(dtype)} {mode}")
+                        torch_row = group[0]
+                        for row in group:
+                            if row["median_ms"] is not None and torch_row["median_ms"] is not None:
+                                row["ratio_vs_torch"] = torch_row["median_ms"] / row["median_ms"]
+                            if row["gflops"] is not None:
+                                row["matmul_fraction"] = row["gflops"] / gemm_gflops
+                        results += group
+                    results.append(_result(family, shape, dtype, "inference", MATMUL, matmul_fraction=1.0,
+                                           **_timed(gemm, fwd_flops)))
+                    del bench
+    return results
+
+
+def _measure(bench: LayerBench, impl, mode, flops, failed, device, threads, min_time, max_time,
+             family, shape, dtype) -> dict:
+    if impl in failed:
+        return _result(family, shape, dtype, mode, impl, status="failed the check: not timed")
+    why = bench.unsupported(impl)
+    if why is not None:
+        return _result(family, shape, dtype, mode, impl, status=f"unsupported: {why}")
+    try:
+        timing = time_call(bench.call(impl, mode), device, threads, min_time, max_time,
+                           graph_below=0.010 if device.type == "cuda" else 0.0)
+        memory, kind = bench.memory(impl, mode)
+    except Exception as exc:  # one broken implementation must not hide the others' figures
+        return _result(family, shape, dtype, mode, impl, status=f"error: {type(exc).__name__}: {exc}")
+    return _result(family, shape, dtype, mode, impl, memory_bytes=memory, memory_kind=kind,
+                   **_timed(timing, flops))
+
+
+def write_outputs(out_dir: str, payload: dict, results: List[dict]) -> Dict[str, Optional[str]]:
+    """JSON, CSV, markdown and PNG into ``out_dir``; returns the paths (PNG None without matplotlib)."""
+    from .bench_plot import plot_speedups  # matplotlib only when writing
+
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"bench-{payload['machine']['device'].split(':')[0]}-{payload['timestamp']}")
+    paths = {"json": stem + ".json", "csv": stem + ".csv", "markdown": stem + ".md"}
+    write_json(paths["json"], payload)
+    write_csv(paths["csv"], results, payload)
+    with open(paths["markdown"], "w") as f:
+        f.write(markdown(results, payload))
+    m = payload["machine"]
+    paths["png"] = plot_speedups(results, stem + ".png",
+                                 f"fusedrnn vs torch.nn: {m['gpu'] or m['cpu_model']}, {m['torch_threads']} threads")
+    return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = torch.device(args.device) if args.device else testing.default_device()
+    try:
+        check.register_backends(args.register)
+        families = args.cell
+        for family in families:
+            if family not in BENCH_CELLS:
+                raise ValueError(f"--cell takes {', '.join(BENCH_CELLS)}; got {family!r}")
+        dtypes = [testing.as_dtype(d) for d in (args.dtype or _default_dtypes(device))]
+        shapes = parse_shapes(args.shapes or ["quick" if args.quick else DEFAULT_PRESET[device.type]])
+        names = None if args.check_only else choose_backends(args.backends, device, args.quick)
+        if args.threads is not None and args.threads < 1:
+            raise ValueError("--threads must be at least 1")
+    except ValueError as exc:
+        parser.error(str(exc))
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+
+    if args.check_only:
+        variants = [v for v, spec in testing.VARIANTS.items() if spec.cell.family in families]
+        grid = dict(shapes=list(check.QUICK_SHAPES), options=list(check.QUICK_OPTIONS)) if args.quick else {}
+        check_dtypes = dtypes if args.dtype else (list(check.QUICK_DTYPES) if args.quick else None)
+        os.makedirs(args.out, exist_ok=True)
+        return check.run(args.backends, check_dtypes, device, variants,
+                         json_path=os.path.join(args.out, f"check-{device.type}-{stamp}.json"), **grid)
+
+    min_time = args.min_time if args.min_time is not None else (0.02 if args.quick else
+                                                               (0.1 if device.type == "cuda" else 0.3))
+    max_time = args.max_time if args.max_time is not None else (0.2 if args.quick else 2.0)
+    started = time.perf_counter()
+    machine = bench_env.machine(device, threads)
+    warning = bench_env.contention_warning(machine) if device.type == "cpu" else None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    status = "skipped (--no-check)" if args.no_check else "no backend to check"
+    failed, check_report = set(), None
+    if not args.no_check and names:
+        check_report, failed = check_shapes(families, shapes, dtypes, names, device)
+        status = "passed" if check_report.passed else f"FAILED: {', '.join(sorted(failed))}"
+
+    peak = {}
+    n = peak_matmul_size(device, args.quick)
+    for dtype in dtypes:
+        gflops, timing = matmul_gflops(n, n, n, dtype, device, threads, min_time, max_time)
+        peak[dtype_name(dtype)] = {"n": n, "gflops": gflops, "median_ms": timing.median * 1e3}
+    results = run_benchmarks(families, shapes, dtypes, names, failed, device, threads, min_time, max_time)
+
+    payload = {
+        "timestamp": stamp,
+        "machine": machine,
+        "warning": warning,
+        "versions": bench_env.versions(),
+        "settings": {"command": " ".join(["python -m fusedrnn.bench"] + [shlex.quote(a) for a in
+                                                                         (argv if argv is not None else sys.argv[1:])]),
+                     "cells": families, "shapes": [list(s) for s in shapes], "dtypes": [dtype_name(d) for d in dtypes],
+                     "backends": names, "threads": threads, "min_time_s": min_time, "max_time_s": max_time,
+                     "quick": args.quick, "device": str(device)},
+        "peak_matmul": peak,
+        "check": {"status": status, **(check_report.to_dict() if check_report is not None else {})},
+        "results": results,
+        "wall_time_s": None,
+    }
+    if check_report is not None:
+        check.render(check_report)
+    print_results(results, peak, f"fusedrnn vs torch.nn on {payload['machine']['gpu'] or payload['machine']['cpu_model']}"
+                                 f" ({threads} threads)")
+    payload["wall_time_s"] = round(time.perf_counter() - started, 1)
+    paths = write_outputs(args.out, payload, results)
+    for kind, path in paths.items():
+        print(f"wrote {path}" if path else f"no {kind}: matplotlib is not installed")
+    errors = [r for r in results if r["status"].startswith("error")]
+    if failed or errors:
+        culprits = sorted(failed | {r["impl"] for r in errors})
+        print(f"fusedrnn-bench: FAILED: backend(s) {', '.join(culprits)} disagree with torch.nn or did not run",
+              file=sys.stderr)
+        return 1
+    print(f"fusedrnn-bench: done in {payload['wall_time_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Drop-in replacements for ``torch.nn.LSTMCell``, ``torch.nn.GRUCell`` and ``torch.nn.RNNCell``.
+
+One step of a recurrence, for step-by-step decoding.  Same constructor
+arguments, parameters (names, shapes, order, initialisation), inputs
+(batched 2-D or unbatched 1-D, optional state), outputs and exceptions as
+the torch.nn twins.  A step is the sequence op with T=1 (:func:`fusedrnn.functional.layer`).
+
+Extras, keyword-only: ``backend="auto"``; ``LSTMCell(..., peephole=True)``
+(parameter ``weight_ch``, shape ``[3*hidden_size]``, blocks i, f, o, registered
+after ``bias_hh``); ``GRUCell(..., reset_after=False)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import init
+
+from . import functional
+from .backends.base import LayerWeights
+from .cells import CellSpec
+from .modules import _GRU_CONVENTION, autocast_dtype, autocast_off, cast, check_backend_name, check_flag, check_state_tensor
+
+__all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
+
+
+class FusedRNNCellBase(nn.Module):
+    """What the three cells share: torch.nn.RNNCellBase's parameters and checks, fused arithmetic."""
+
+    __constants__ = ["input_size", "hidden_size", "bias"]
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None, dtype=None,
+                 *, peephole: bool = False, backend: str = "auto") -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        # torch.nn.RNNCellBase validates nothing here: bad sizes fail in torch.empty (RuntimeError/TypeError)
+        check_backend_name(backend)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.backend = backend
+        self.weight_ih = nn.Parameter(torch.empty((num_chunks * hidden_size, input_size), **factory_kwargs))
+        self.weight_hh = nn.Parameter(torch.empty((num_chunks * hidden_size, hidden_size), **factory_kwargs))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+            self.bias_hh = nn.Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        if peephole:
+            self.weight_ch = nn.Parameter(torch.empty(3 * hidden_size, **factory_kwargs))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), in registration order."""
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if "bias" in self.__dict__ and self.bias is not True:
+            s += ", bias={bias}"
+        if "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh":
+            s += ", nonlinearity={nonlinearity}"
+        s = s.format(**self.__dict__)
+        if getattr(self, "peephole", False):
+            s += ", peephole=True"
+        if getattr(self, "reset_after", True) is False:
+            s += ", reset_after=False"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    # -- what each cell defines ---------------------------------------------
+
+    def _cell(self) -> CellSpec:
+        raise NotImplementedError
+
+    def _weights(self, dtype: Optional[torch.dtype]) -> LayerWeights:
+        """The parameters, read now (so in-place edits and functional_call take effect)."""
+        return LayerWeights(
+            cast(self.weight_ih, dtype), cast(self.weight_hh, dtype),
+            cast(self.bias_ih, dtype), cast(self.bias_hh, dtype),
+            cast(getattr(self, "weight_ch", None), dtype), None,
+        )
+
+    # -- shared forward ------------------------------------------------------
+
+    def _step(self, input: Tensor, states: Optional[Tuple[Tensor, ...]]) -> Tuple[Tensor, ...]:
+        """Checks as torch's cells, then one op call with T=1; returns the new states."""
+        name = type(self).__name__
+        cell = self._cell()
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if states is not None:
+            for idx, value in enumerate(states):
+                if value.dim() not in (1, 2):
+                    what = f"hx[{idx}]" if cell.has_cell_state else "hidden"
+                    raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {value.dim()}D instead")
+        is_batched = input.dim() == 2
+        x = input if is_batched else input.unsqueeze(0)
+        cast_to = autocast_dtype(x.device)
+        self._check_input(x, cast_to)
+        if states is None:
+            zeros = x.new_zeros((x.size(0), self.hidden_size))
+            states = (zeros,) * len(self._state_names(cell))
+        else:
+            states = tuple(s if is_batched else s.unsqueeze(0) for s in states)
+            self._check_states(x, states, cast_to)
+        x = cast(x, cast_to)
+        states = tuple(cast(s, cast_to) for s in states)
+        with autocast_off(x.device, cast_to):
+            result = functional.layer(
+                cell, x.unsqueeze(0), states[0], states[1] if cell.has_cell_state else None,
+                self._weights(cast_to), None, False, self.backend,
+            )
+        new_states = (result.h_n, result.c_n) if cell.has_cell_state else (result.h_n,)
+        return new_states if is_batched else tuple(s.squeeze(0) for s in new_states)
+
+    @staticmethod
+    def _state_names(cell: CellSpec) -> Tuple[str, ...]:
+        return ("hx", "cx") if cell.has_cell_state else ("hx",)
+
+    def _check_input(self, x: Tensor, cast_to: Optional[torch.dtype]) -> None:
+        """ATen's check_rnn_cell_forward_input, then the dtype (RuntimeError, as torch raises)."""
+        if x.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
+        if cast_to is None and x.dtype != self.weight_ih.dtype:
+            raise RuntimeError(
+                f"{type(self).__name__}: input dtype ({x.dtype}) does not match weight dtype "
+                f"({self.weight_ih.dtype}); convert the input or the module"
+            )
+
+    def _check_states(self, x: Tensor, states: Tuple[Tensor, ...], cast_to: Optional[torch.dtype]) -> None:
+        """ATen's check_rnn_cell_forward_hidden for each state (RuntimeError, torch's messages)."""
+        for idx, state in enumerate(states):
+            if x.size(0) != state.size(0):
+                raise RuntimeError(f"Input batch size {x.size(0)} doesn't match hidden{idx} batch size {state.size(0)}")
+            if state.dim() != 2 or state.size(1) != self.hidden_size:
+                got = state.size(1) if state.dim() > 1 else "none"
+                raise RuntimeError(f"hidden{idx} has inconsistent hidden_size: got {got}, expected {self.hidden_size}")
+        for state, name in zip(states, self._state_names(self._cell())):
+            check_state_tensor(name, state, x, type(self).__name__, check_dtype=cast_to is None)
+
+
+class LSTMCell(FusedRNNCellBase):
+    """Drop-in for :class:`torch.nn.LSTMCell`: ``(h_1, c_1) = cell(input, (h_0, c_0))``.
+
+    ``LSTMCell(input_size, hidden_size, bias=True, device=None, dtype=None, *, peephole=False,
+    backend="auto")``.  ``peephole=True`` adds the diagonal peepholes of :class:`fusedrnn.LSTM`
+    (parameter ``weight_ch``, ``[3*hidden_size]``, blocks i, f, o).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 peephole: bool = False, backend: str = "auto") -> None:
+        check_flag("peephole", peephole)
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype,
+                         peephole=peephole, backend=backend)
+        self.peephole = peephole
+
+    def _cell(self) -> CellSpec:
+        return CellSpec("lstm", "lstm")
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError("LSTMCell: hx must be a tuple (h_0, c_0) of two tensors")
+        h, c = self._step(input, None if hx is None else tuple(hx))
+        return h, c
+
+
+class GRUCell(FusedRNNCellBase):
+    """Drop-in for :class:`torch.nn.GRUCell`: ``h_1 = cell(input, h_0)``.
+
+    ``GRUCell(input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True,
+    backend="auto")``.  ``reset_after=False`` is the original GRU (Cho et al.).
+    """ + _GRU_CONVENTION
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 reset_after: bool = True, backend: str = "auto") -> None:
+        check_flag("reset_after", reset_after)
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype, backend=backend)
+        self.reset_after = reset_after
+
+    def _cell(self) -> CellSpec:
+        return CellSpec("gru", "reset_after" if self.reset_after else "reset_before")
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        return self._step(input, None if hx is None else (hx,))[0]
+
+
+class RNNCell(FusedRNNCellBase):
+    """Drop-in for :class:`torch.nn.RNNCell`: ``h_1 = cell(input, h_0)``.
+
+    ``RNNCell(input_size, hidden_size, bias=True, nonlinearity='tanh', device=None, dtype=None, *,
+    backend="auto")``.  As in torch.nn, ``nonlinearity`` is read at each call and an unknown one
+    raises RuntimeError there.
+    """
+
+    __constants__ = ["input_size", "hidden_size", "bias", "nonlinearity"]
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device=None, dtype=None, *, backend: str = "auto") -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=1, device=device, dtype=dtype, backend=backend)
+        self.nonlinearity = nonlinearity
+
+    def _cell(self) -> CellSpec:
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        return CellSpec("rnn", self.nonlinearity)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        return self._step(input, None if hx is None else (hx,))[0]

@@ -1,0 +1,514 @@
+"""Drop-in replacements for ``torch.nn.LSTM``, ``torch.nn.GRU`` and ``torch.nn.RNN``.
+
+Same constructor arguments (positional order and defaults), parameter names,
+shapes, registration order and initialisation (the same RNG draws in the
+same order), same ``state_dict``, forward inputs and outputs, warnings and
+exceptions as their torch.nn twins; the arithmetic runs through
+:func:`fusedrnn.functional.layer`, one op call per layer-direction.
+
+The classes deliberately do not subclass ``torch.nn.RNNBase``: torch._dynamo
+refuses to trace instances of torch's RNN classes (unless
+``torch._dynamo.config.allow_rnn`` is set), and ``torch.compile(fullgraph=True)``
+must work on a model holding these.  The behaviour of ``torch.nn.RNNBase`` is
+reproduced instead (see ``torch/nn/modules/rnn.py``).
+
+Extras beyond torch.nn, keyword-only after torch's arguments:
+
+* ``backend="auto"`` on every class (:mod:`fusedrnn.backends`);
+* ``LSTM(..., peephole=True)``: diagonal peepholes, one parameter
+  ``weight_ch_l{k}[_reverse]`` of shape ``[3*hidden_size]`` (blocks i, f, o)
+  per layer-direction, registered right after ``bias_hh_l{k}[_reverse]``;
+* ``GRU(..., reset_after=False)``: the original GRU of Cho et al.;
+* ``RNN`` with ``nonlinearity`` ``'tanh'`` or ``'relu'`` (as torch.nn).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import warnings
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import init
+from torch.nn.utils.rnn import PackedSequence
+
+from . import backends, functional
+from .backends.base import LayerWeights
+from .cells import CellSpec
+
+__all__ = ["FusedRNNBase", "LSTM", "GRU", "RNN"]
+
+# torch.nn.RNNBase.mode for each cell: kept as the ``mode`` attribute, as in torch
+_TORCH_MODE = {
+    CellSpec("lstm", "lstm"): "LSTM",
+    CellSpec("gru", "reset_after"): "GRU",
+    CellSpec("gru", "reset_before"): "GRU",
+    CellSpec("rnn", "tanh"): "RNN_TANH",
+    CellSpec("rnn", "relu"): "RNN_RELU",
+}
+
+# Marks an argument the caller did not pass (torch rejects ``proj_size`` on
+# GRU/RNN whenever it is given, even as 0).
+_NOT_GIVEN = object()
+
+
+# ----------------------------------------------------------------------------
+# Helpers shared with fusedrnn.cell_modules
+# ----------------------------------------------------------------------------
+
+
+def check_backend_name(backend) -> None:
+    """Reject an unknown backend name at construction (availability is checked per call)."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend should be of type str, got: {type(backend).__name__}")
+    if backend != "auto" and backend not in backends.names():
+        raise ValueError(f"unknown fusedrnn backend {backend!r}; expected 'auto' or one of {backends.names()}")
+
+
+def check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+
+
+def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The dtype autocast asks for on ``device``, or None outside autocast.
+
+    The custom ops are not on autocast's lists, so the modules cast their
+    inputs, states and weights themselves (as cuDNN's RNN is cast on CUDA).
+    """
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
+def autocast_off(device: torch.device, cast_to: Optional[torch.dtype]):
+    """Autocast disabled while the ops run, when it was on: the inputs are already cast, and the
+    backends choose their own accumulation dtype (autocast would otherwise recast the matrix
+    products inside a backend's kernels)."""
+    return torch.autocast(device.type, enabled=False) if cast_to is not None else contextlib.nullcontext()
+
+
+def check_state_tensor(name: str, state: Tensor, x: Tensor, what: str, check_dtype: bool = True) -> None:
+    """Device (and dtype) of an initial state against the input's: RuntimeError, as torch raises.
+
+    Under autocast the dtype is not checked: the states are cast like the input.
+    """
+    if state.device != x.device:
+        raise RuntimeError(
+            f"{what}: input and {name} are not on the same device: input on {x.device}, {name} on {state.device}"
+        )
+    if check_dtype and state.dtype != x.dtype:
+        raise RuntimeError(
+            f"{what}: {name} dtype ({state.dtype}) does not match input dtype ({x.dtype}); "
+            f"convert it with {name}.to({x.dtype})"
+        )
+
+
+def cast(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
+    return t if t is None or dtype is None else t.to(dtype)
+
+
+# ----------------------------------------------------------------------------
+# The stacked, optionally bidirectional module
+# ----------------------------------------------------------------------------
+
+
+class FusedRNNBase(nn.Module):
+    """What ``LSTM``, ``GRU`` and ``RNN`` share: torch.nn.RNNBase's behaviour, fused arithmetic.
+
+    Not meant to be built directly; ``cell`` chooses the family and variant.
+    """
+
+    __constants__ = [
+        "mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+        "bidirectional", "proj_size",
+    ]
+
+    def __init__(
+        self,
+        cell: CellSpec,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        peephole: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.mode = _TORCH_MODE[cell]
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        num_directions = 2 if bidirectional else 1
+
+        # The checks, their order, messages and exception types are torch.nn.RNNBase's.
+        if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
+            raise ValueError(
+                "dropout should be a number in range [0, 1] representing the probability of an element being zeroed"
+            )
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=3,
+            )
+        check_flag("bias", bias)
+        check_flag("batch_first", batch_first)
+        if not isinstance(input_size, int):
+            raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+        if input_size <= 0:
+            raise ValueError("input_size must be greater than zero")
+        if not isinstance(hidden_size, int):
+            raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+        if hidden_size <= 0:
+            raise ValueError("hidden_size must be greater than zero")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        check_flag("peephole", peephole)
+        if peephole and cell.family != "lstm":
+            raise ValueError("peephole connections exist only for LSTM")
+        check_backend_name(backend)
+        self.peephole = peephole
+        self.backend = backend
+        self._cell_spec = cell
+
+        gate_size = cell.gates * hidden_size
+        real_hidden_size = proj_size if proj_size > 0 else hidden_size
+        self._flat_weights_names: List[str] = []
+        self._all_weights: List[List[str]] = []
+        for layer in range(num_layers):
+            for direction in range(num_directions):
+                layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
+                shapes = [("weight_ih_l{}{}", (gate_size, layer_input_size)), ("weight_hh_l{}{}", (gate_size, real_hidden_size))]
+                if bias:
+                    shapes += [("bias_ih_l{}{}", (gate_size,)), ("bias_hh_l{}{}", (gate_size,))]
+                if peephole:
+                    shapes += [("weight_ch_l{}{}", (cell.peephole_blocks * hidden_size,))]
+                if proj_size > 0:
+                    shapes += [("weight_hr_l{}{}", (proj_size, hidden_size))]
+                suffix = "_reverse" if direction == 1 else ""
+                names = []
+                for pattern, shape in shapes:
+                    name = pattern.format(layer, suffix)
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory_kwargs)))
+                    names.append(name)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    # -- torch.nn.RNNBase's public surface -----------------------------------
+
+    def reset_parameters(self) -> None:
+        """Every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), in registration order."""
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            init.uniform_(weight, -stdv, stdv)
+
+    def flatten_parameters(self) -> None:
+        """A no-op: the parameters are read as they are at every call (cuDNN's flat buffer is not used)."""
+
+    @property
+    def _flat_weights(self) -> List[Tensor]:
+        # computed at each access, so it can never go stale (torch keeps a cached list in sync instead)
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> List[List[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        s = s.format(**self.__dict__)
+        return s + self._extras_repr()
+
+    def _extras_repr(self) -> str:
+        s = ""
+        if self.peephole:
+            s += ", peephole=True"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    # -- forward -------------------------------------------------------------
+
+    @property
+    def cell(self) -> CellSpec:
+        """The cell family and variant every layer-direction runs."""
+        return self._cell_spec
+
+    def _direction_weights(self, layer: int, direction: int, dtype: Optional[torch.dtype]) -> LayerWeights:
+        """One layer-direction's parameters, read now (so in-place edits and functional_call take effect)."""
+        suffix = "_reverse" if direction == 1 else ""
+
+        def param(prefix: str, present: bool) -> Optional[Tensor]:
+            return cast(getattr(self, f"{prefix}_l{layer}{suffix}"), dtype) if present else None
+
+        return LayerWeights(
+            param("weight_ih", True),
+            param("weight_hh", True),
+            param("bias_ih", self.bias),
+            param("bias_hh", self.bias),
+            param("weight_ch", self.peephole),
+            param("weight_hr", self.proj_size > 0),
+        )
+
+    def _state_sizes(self, batch: int) -> List[Tuple[int, int, int]]:
+        """Expected shape of each initial state tensor (h, and c for LSTM)."""
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        sizes = [(self.num_layers * num_directions, batch, real_hidden_size)]
+        if self.cell.has_cell_state:
+            sizes.append((self.num_layers * num_directions, batch, self.hidden_size))
+        return sizes
+
+    def _state_tuple(self, hx) -> Optional[Tuple[Tensor, ...]]:
+        """``hx`` as a tuple of state tensors: ``(h, c)`` for LSTM, ``(h,)`` otherwise."""
+        if hx is None:
+            return None
+        if self.cell.has_cell_state:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{type(self).__name__}: hx must be a tuple (h_0, c_0) of two tensors")
+            return tuple(hx)
+        if not isinstance(hx, Tensor):
+            raise TypeError(f"{type(self).__name__}: hx must be a tensor, got {type(hx).__name__}")
+        return (hx,)
+
+    def _check_state_dims(self, states: Tuple[Tensor, ...], is_batched: bool) -> None:
+        """torch.nn's check that hx has the input's batchedness (RuntimeError, torch's messages)."""
+        want = 3 if is_batched else 2
+        kind = "batched 3-D" if is_batched else "unbatched 2-D"
+        if all(s.dim() == want for s in states):
+            return
+        if len(states) == 2:
+            raise RuntimeError(
+                f"For {kind} input, hx and cx should also be {want}-D but got "
+                f"({states[0].dim()}-D, {states[1].dim()}-D) tensors"
+            )
+        raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {states[0].dim()}-D tensor")
+
+    def _check_input(self, x: Tensor, batch_sizes: Optional[Tensor], cast_to: Optional[torch.dtype]) -> None:
+        """torch.nn.RNNBase.check_input: dtype (ValueError), rank and feature size (RuntimeError)."""
+        weight_dtype = self.weight_ih_l0.dtype
+        if x.dtype != weight_dtype and cast_to is None:
+            raise ValueError(
+                f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight_dtype}). "
+                f"Convert input: input.to({weight_dtype}), or convert model: model.to({x.dtype})"
+            )
+        expected_input_dim = 2 if batch_sizes is not None else 3
+        if x.dim() != expected_input_dim:
+            raise RuntimeError(f"input must have {expected_input_dim} dimensions, got {x.dim()}")
+        if self.input_size != x.size(-1):
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.size(-1)}"
+            )
+
+    def _check_states(self, states: Tuple[Tensor, ...], x: Tensor, batch: int, cast_to) -> None:
+        """Shapes as torch.nn.RNNBase.check_hidden_size; then dtype and device (RuntimeError, as torch)."""
+        labels = ["hidden[0]", "hidden[1]"] if len(states) == 2 else ["hidden"]
+        for state, expected, label in zip(states, self._state_sizes(batch), labels):
+            if state.size() != expected:
+                raise RuntimeError(f"Expected {label} size {expected}, got {list(state.size())}")
+        for state, name in zip(states, ("hx", "cx")):
+            check_state_tensor(name, state, x, type(self).__name__, check_dtype=cast_to is None)
+
+    def forward(self, input, hx=None):
+        """Run the stack over ``input`` (tensor or PackedSequence); returns ``(output, h_n)`` /
+        ``(output, (h_n, c_n))`` exactly as the torch.nn twin."""
+        cell = self.cell
+        name = type(self).__name__
+        is_packed = isinstance(input, PackedSequence)
+        if is_packed:
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            is_batched = True
+            batch = int(batch_sizes[0])
+            states = self._state_tuple(hx)
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            batch_sizes = sorted_indices = unsorted_indices = None
+            is_batched = input.dim() == 3
+            # the layers run time-major [T, B, I]; unbatched input is one sequence of batch 1
+            if not is_batched:
+                x = input.unsqueeze(1)
+            else:
+                x = input.transpose(0, 1) if self.batch_first else input
+            batch = x.size(1)
+            states = self._state_tuple(hx)
+            if states is not None:
+                self._check_state_dims(states, is_batched)
+                if not is_batched:
+                    states = tuple(s.unsqueeze(1) for s in states)
+
+        cast_to = autocast_dtype(x.device)
+        self._check_input(x, batch_sizes, cast_to)
+        if states is not None:
+            self._check_states(states, x, batch, cast_to)
+            if sorted_indices is not None:
+                # each batch entry's state goes with its sequence, in the packed (sorted) order
+                states = tuple(s.index_select(1, sorted_indices) for s in states)
+        x = cast(x, cast_to)
+        if states is not None:
+            states = tuple(cast(s, cast_to) for s in states)
+
+        with autocast_off(x.device, cast_to):
+            output, h_n, c_n = self._run_layers(cell, x, states, batch_sizes, cast_to)
+
+        if unsorted_indices is not None:
+            h_n = h_n.index_select(1, unsorted_indices)
+            c_n = None if c_n is None else c_n.index_select(1, unsorted_indices)
+        if is_packed:
+            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+        elif not is_batched:
+            output, h_n = output.squeeze(1), h_n.squeeze(1)
+            c_n = None if c_n is None else c_n.squeeze(1)
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, ((h_n, c_n) if cell.has_cell_state else h_n)
+
+    def _run_layers(self, cell: CellSpec, x: Tensor, states, batch_sizes, cast_to):
+        """The stack: one op call per layer-direction, dropout between layers (training only)."""
+        num_directions = 2 if self.bidirectional else 1
+        h_finals, c_finals = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            if layer > 0 and self.training and self.dropout > 0:
+                # on the previous layer's output (torch: after all but the last layer); packed rows as they are
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+            outputs = []
+            for direction in range(num_directions):
+                index = layer * num_directions + direction
+                result = functional.layer(
+                    cell,
+                    layer_input,
+                    None if states is None else states[0][index],
+                    None if states is None or not cell.has_cell_state else states[1][index],
+                    self._direction_weights(layer, direction, cast_to),
+                    batch_sizes,
+                    direction == 1,
+                    self.backend,
+                )
+                outputs.append(result.out)
+                h_finals.append(result.h_n)
+                c_finals.append(result.c_n)
+            layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=-1)
+        h_n = torch.stack(h_finals)
+        c_n = torch.stack(c_finals) if cell.has_cell_state else None
+        return layer_input, h_n, c_n
+
+
+_GRU_CONVENTION = """
+    .. note::
+        Gate convention: ``h' = (1 - z) * n + z * h``, as torch.nn.GRU, for both
+        ``reset_after=True`` (PyTorch and cuDNN: ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``)
+        and ``reset_after=False`` (Cho et al. 2014: ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``).
+        Some papers (and the seed of this project) write ``h' = (1 - z) * h + z * n``: the same
+        function with z relabelled as 1 - z.  Weights trained under that convention need their
+        z-blocks (rows ``H:2H`` of ``weight_ih``/``weight_hh`` and biases) negated to load here.
+"""
+
+
+class LSTM(FusedRNNBase):
+    """Drop-in for :class:`torch.nn.LSTM` (same arguments, parameters, inputs and outputs).
+
+    ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, proj_size=0, device=None, dtype=None, *, peephole=False, backend="auto")``
+
+    ``peephole=True`` adds diagonal peephole connections (Gers & Schmidhuber):
+    ``i = σ(. + w_ci*c)``, ``f = σ(. + w_cf*c)``, ``o = σ(. + w_co*c')``, one parameter
+    ``weight_ch_l{k}[_reverse]`` of shape ``[3*hidden_size]`` (blocks i, f, o) per layer-direction.
+    ``backend`` picks the implementation (:mod:`fusedrnn.backends`); ``"auto"`` the fastest available.
+
+    Example::
+
+        >>> lstm = fusedrnn.LSTM(10, 20, num_layers=2, batch_first=True)
+        >>> out, (h_n, c_n) = lstm(torch.randn(3, 5, 10))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, peephole: bool = False,
+                 backend: str = "auto") -> None:
+        super().__init__(CellSpec("lstm", "lstm"), input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, proj_size, device, dtype, peephole=peephole, backend=backend)
+
+
+class GRU(FusedRNNBase):
+    """Drop-in for :class:`torch.nn.GRU` (same arguments, parameters, inputs and outputs).
+
+    ``GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, device=None, dtype=None, *, reset_after=True, backend="auto")``
+
+    ``reset_after=False`` applies the reset gate to h before the product with ``W_hn``
+    (the original GRU); the parameters are the same as torch.nn.GRU's.
+    """ + _GRU_CONVENTION
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, reset_after: bool = True, backend: str = "auto",
+                 proj_size=_NOT_GIVEN) -> None:
+        if proj_size is not _NOT_GIVEN:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        check_flag("reset_after", reset_after)
+        self.reset_after = reset_after
+        mode = "reset_after" if reset_after else "reset_before"
+        super().__init__(CellSpec("gru", mode), input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, 0, device, dtype, backend=backend)
+
+    def _extras_repr(self) -> str:
+        return (", reset_after=False" if not self.reset_after else "") + super()._extras_repr()
+
+
+class RNN(FusedRNNBase):
+    """Drop-in for :class:`torch.nn.RNN` (same arguments, parameters, inputs and outputs).
+
+    ``RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto")``
+
+    ``nonlinearity`` is ``'tanh'`` or ``'relu'``; like torch.nn.RNN it is the fourth positional
+    argument, and it is fixed at construction (``mode``).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, device=None, dtype=None, *, backend: str = "auto",
+                 proj_size=_NOT_GIVEN) -> None:
+        if proj_size is not _NOT_GIVEN:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__(CellSpec("rnn", nonlinearity), input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, 0, device, dtype, backend=backend)

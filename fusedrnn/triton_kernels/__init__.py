@@ -1,0 +1,14 @@
+"""Triton kernels of the ``triton`` backend (importing this package imports Triton).
+
+* :mod:`.cell_math`: the ``@triton.jit`` gate functions and cell epilogues
+  that every kernel shares, so the interpreter-tested kernels and the
+  GPU-only ones compute the same formulas;
+* :mod:`.recurrence`: the kernels (per-step forward, persistent small-H
+  forward, persistent large-H forward with a grid barrier, per-step backward),
+  one template per purpose with the cell chosen by ``tl.constexpr``;
+* :mod:`.launch`: the sequence drivers that call them (one layer-direction,
+  whole sequence) and the CUDA-graph cache.
+
+``TRITON_INTERPRET=1`` must be set before this package is imported for the
+kernels to run on CPU tensors through Triton's interpreter (DESIGN.md 5).
+"""

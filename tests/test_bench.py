@@ -1,0 +1,316 @@
+"""The benchmark and check commands end to end, and the comparison helpers of fusedrnn.testing.
+
+The command-line runs are subprocesses (as a user runs them) on tiny shapes
+with one thread, so they take seconds; a deliberately wrong backend from
+``tests/wrong_backend.py`` shows that a disagreeing backend fails loudly.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fusedrnn import backends, bench, bench_shapes, check, reference, testing
+from fusedrnn.backends.base import LayerWeights
+
+# in-process checks run tiny problems: one thread avoids OpenMP spin-waits on a busy machine
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
+WRONG = {
+    "wrong-output": "wrong_backend:WrongOutputBackend",
+    "wrong-gradient": "wrong_backend:WrongGradientBackend",
+    "crashing": "wrong_backend:CrashingBackend",
+}
+
+
+def run_cli(*args, timeout=300):
+    """``python -m <args>`` with tests/ importable (for wrong_backend); returns the CompletedProcess."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO), env.get("PYTHONPATH", "")])
+    env.pop("FUSEDRNN_BACKEND", None)
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def register_flags(*names):
+    return [arg for n in names for arg in ("--register", f"{n}={WRONG[n]}")]
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch):
+    """Backends registered by a test disappear after it."""
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    monkeypatch.setattr(backends, "_instances", dict(backends._instances))
+    monkeypatch.setattr(backends, "_import_errors", dict(backends._import_errors))
+    monkeypatch.setattr(backends, "AUTO_PREFERENCE", {k: list(v) for k, v in backends.AUTO_PREFERENCE.items()})
+    for name, target in WRONG.items():
+        backends.register(name, target)
+
+
+# ----------------------------------------------------------------------------
+# The benchmark command
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = run_cli("fusedrnn.bench", "--quick", "--threads", "1", "--out", str(out))
+    return proc, out
+
+
+def _only(out: Path, pattern: str) -> Path:
+    found = sorted(out.glob(pattern))
+    assert len(found) == 1, f"expected one {pattern} in {out}, found {found}"
+    return found[0]
+
+
+def test_quick_bench_exits_zero_and_prints_the_table(quick_run):
+    proc, _ = quick_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "vs torch.nn" in proc.stdout and "GFLOP/s" in proc.stdout
+    assert "torch.nn" in proc.stdout and "reference" in proc.stdout
+    assert "peak matmul" in proc.stdout
+
+
+def test_quick_bench_json_holds_every_figure_and_consistent_ratios(quick_run):
+    proc, out = quick_run
+    payload = json.loads(_only(out, "bench-cpu-*.json").read_text())
+    for key in ("cpu_model", "logical_cores", "torch_threads", "gpu"):
+        assert key in payload["machine"]
+    assert payload["machine"]["torch_threads"] == 1
+    for key in ("python", "torch", "triton", "fusedrnn", "git_commit"):
+        assert key in payload["versions"]
+    assert payload["settings"]["quick"] is True
+    assert payload["peak_matmul"]["float32"]["gflops"] > 0
+    assert payload["check"]["status"] == "passed"
+    results = payload["results"]
+    expected = {(c, s.T, s.B, s.I, s.H, m, i) for c in ("lstm", "gru", "rnn") for s in bench_shapes.PRESETS["quick"]
+                for m in bench.MODES for i in ("torch.nn", "reference")}
+    assert {(r["cell"], r["T"], r["B"], r["I"], r["H"], r["mode"], r["impl"]) for r in results
+            if r["impl"] != "matmul"} == expected
+    for r in results:
+        assert r["status"] == "ok", r
+        assert r["q20_ms"] <= r["median_ms"] <= r["q80_ms"]
+        cell = bench_shapes.BENCH_CELLS[r["cell"]]
+        shape = testing.Shape(r["T"], r["B"], r["I"], r["H"])
+        flops = bench_shapes.forward_flops(cell, shape) * (3 if r["mode"] == "training" else 1)
+        assert r["gflops"] == pytest.approx(flops / (r["median_ms"] * 1e-3) / 1e9, rel=1e-9)
+        if r["impl"] == "matmul":
+            continue
+        torch_row = next(t for t in results if t["impl"] == "torch.nn" and
+                         all(t[k] == r[k] for k in ("cell", "T", "B", "I", "H", "mode", "dtype")))
+        assert r["ratio_vs_torch"] == pytest.approx(torch_row["median_ms"] / r["median_ms"], rel=1e-9)
+        if r["mode"] == "training":
+            assert r["memory_bytes"] > 0 and r["memory_kind"].startswith("saved activations")
+
+
+def test_quick_bench_csv_matches_json(quick_run):
+    _, out = quick_run
+    payload = json.loads(_only(out, "bench-cpu-*.json").read_text())
+    with open(_only(out, "bench-cpu-*.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(payload["results"])
+    for row, r in zip(rows, payload["results"]):
+        assert row["impl"] == r["impl"] and row["mode"] == r["mode"]
+        assert float(row["median_ms"]) == pytest.approx(r["median_ms"])
+        if r["ratio_vs_torch"] is not None:
+            assert float(row["ratio_vs_torch"]) == pytest.approx(r["ratio_vs_torch"])
+        assert row["cpu_model"] == payload["machine"]["cpu_model"]
+        assert row["torch"] == torch.__version__
+
+
+def test_quick_bench_writes_png_and_markdown(quick_run):
+    _, out = quick_run
+    png = _only(out, "bench-cpu-*.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    md = _only(out, "bench-cpu-*.md").read_text()
+    assert "| cell |" in md and "python -m fusedrnn.bench --quick" in md
+
+
+def test_bench_refuses_to_time_a_backend_that_disagrees_with_torch_nn(tmp_path):
+    proc = run_cli("fusedrnn.bench", "--quick", "--threads", "1", "--cell", "rnn", "--shapes", "3,2,3,4",
+                   "--out", str(tmp_path), *register_flags("wrong-output"), "--backends", "reference,wrong-output")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAILED: backend(s) wrong-output" in proc.stderr
+    rows = json.loads(_only(tmp_path, "bench-cpu-*.json").read_text())["results"]
+    statuses = {(r["impl"], r["status"]) for r in rows if r["impl"] != "matmul"}
+    assert statuses == {("torch.nn", "ok"), ("reference", "ok"), ("wrong-output", "failed the check: not timed")}
+
+
+def test_check_only_exits_nonzero_and_names_the_wrong_backend(tmp_path):
+    proc = run_cli("fusedrnn.bench", "--check-only", "--quick", "--cell", "lstm", "--dtype", "float64",
+                   "--out", str(tmp_path), *register_flags("wrong-output"), "--backends", "reference,wrong-output")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAILED: backend(s) wrong-output" in proc.stdout
+    failures = [line for line in proc.stdout.splitlines() if line.startswith("FAIL ")]
+    assert failures and all(line.startswith("FAIL wrong-output") for line in failures)
+    report = json.loads(_only(tmp_path, "check-cpu-*.json").read_text())
+    assert report["failed_backends"] == ["wrong-output"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--shapes", "1,2,3"], "--shapes"),
+    (["--cell", "lstmx"], "--cell"),
+    (["--backends", "nosuch"], "unknown backend 'nosuch'"),
+    (["--dtype", "int8"], "unknown floating dtype"),
+    (["--threads", "0"], "--threads"),
+], ids=["short-shape", "bad-cell", "unknown-backend", "bad-dtype", "zero-threads"])
+def test_bench_bad_arguments_exit_2_naming_the_argument(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_triton_is_never_timed_on_cpu(isolated_registry):
+    backends.register("triton", "wrong_backend:WrongOutputBackend")  # stands in for an available triton
+    assert "triton" not in bench.choose_backends(None, torch.device("cpu"), quick=True)
+    with pytest.raises(ValueError, match="correctness only"):
+        bench.choose_backends(["triton"], torch.device("cpu"), quick=True)
+
+
+def test_reference_is_timed_only_when_quick_or_named():
+    assert "reference" not in bench.choose_backends(None, torch.device("cpu"), quick=False)
+    assert "reference" in bench.choose_backends(None, torch.device("cpu"), quick=True)
+    assert bench.choose_backends(["reference"], torch.device("cpu"), quick=False) == ["reference"]
+
+
+# ----------------------------------------------------------------------------
+# Shapes and FLOPs
+# ----------------------------------------------------------------------------
+
+
+def test_parse_shapes_presets_explicit_and_bad():
+    shapes = bench_shapes.parse_shapes(["cpu", "100,32,256,256", "5,3,4,8"])
+    assert shapes == bench_shapes.PRESETS["cpu"] + [testing.Shape(5, 3, 4, 8)]  # repeats dropped
+    assert testing.Shape(1024, 16, 768, 768) in bench_shapes.parse_shapes(["gpu"])  # the quoted shape
+    assert {s.B for s in bench_shapes.PRESETS["batch-sweep"]} == {1, 2, 4, 8, 16, 32, 64, 128, 256}
+    for bad in ("1,2,3", "a,b,c,d", "0,1,1,1", "nosuch"):
+        with pytest.raises(ValueError, match="T,B,I,H"):
+            bench_shapes.parse_shapes([bad])
+
+
+@pytest.mark.parametrize("variant", ["lstm", "lstm-proj", "gru", "gru-reset-before", "rnn-tanh"])
+def test_forward_flops_match_torchs_flop_counter(variant):
+    """The FLOP formula against torch's own count of the reference forward's products."""
+    case = testing.Case(variant, testing.Shape(4, 3, 5, 7))
+    p = testing.make_problem(case)
+    weights = LayerWeights(*(p.inputs.get(n) for n in testing.INPUTS[3:]))
+    with FlopCounterMode(display=False) as counter:
+        reference.sequence_forward(case.cell, p.inputs["x"], p.inputs["h0"], p.inputs.get("c0"), weights)
+    assert bench_shapes.forward_flops(case.cell, case.shape, case.proj_size) == counter.get_total_flops()
+
+
+# ----------------------------------------------------------------------------
+# fusedrnn.testing and python -m fusedrnn.check
+# ----------------------------------------------------------------------------
+
+SMALL = dict(shapes=[(3, 4, 3, 5)], options=["padded", "packed-reverse"], dtypes=["float64"])  # + module cases
+
+
+def test_reference_backend_passes_against_both_oracles():
+    report = testing.compare_backend("reference", cells=["lstm", "lstm-peephole", "gru-reset-before", "rnn-relu"],
+                                     modules=False, **SMALL)
+    assert report.passed and len(report.checked) == 8
+    oracles = {(o.case.variant, r.oracle) for o in report.checked for r in o.rows}
+    assert ("lstm", "torch.nn") in oracles and ("rnn-relu", "torch.nn") in oracles
+    assert ("lstm-peephole", "torch.nn") not in oracles and ("gru-reset-before", "torch.nn") not in oracles
+    quantities = {r.quantity for o in report.checked if o.case.variant == "lstm" for r in o.rows}
+    assert quantities == {"out", "h_n", "c_n", "grad_x", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh",
+                          "grad_b_ih", "grad_b_hh"}
+
+
+def test_wrong_gradient_is_caught_in_that_gradient_only(isolated_registry):
+    report = testing.compare_backend("wrong-gradient", cells=["gru", "rnn-tanh"], **SMALL)
+    assert not report.passed and report.failed_backends() == ["wrong-gradient"]
+    failing = {r.quantity for o in report.failures() for r in o.rows if not r.passed}
+    assert failing == {"grad_w_hh"}
+
+
+def test_assert_close_to_reference_names_the_failure(isolated_registry):
+    testing.assert_close_to_reference("reference", cells=["lstm"], **SMALL)
+    with pytest.raises(AssertionError, match=r"wrong-output.*out vs reference"):
+        testing.assert_close_to_reference("wrong-output", cells=["lstm"], **SMALL)
+
+
+def test_crashing_backend_fails_the_check_without_crashing_it(isolated_registry):
+    report = testing.compare_backend("crashing", cells=["rnn-tanh"], **SMALL)
+    assert not report.passed
+    assert all("this backend always fails" in o.crashed for o in report.outcomes)
+
+
+def test_check_cli_wrong_gradient_exits_1(tmp_path):
+    json_path = tmp_path / "check.json"
+    proc = run_cli("fusedrnn.check", "--quick", "--cells", "rnn-tanh", "--dtype", "float32",
+                   *register_flags("wrong-gradient"), "--backends", "wrong-gradient", "--json", str(json_path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL wrong-gradient float32 rnn-tanh/" in proc.stdout and "grad_w_hh" in proc.stdout
+    assert json.loads(json_path.read_text())["failed_backends"] == ["wrong-gradient"]
+
+
+def test_check_cli_unavailable_named_backend_is_a_failure(isolated_registry, capsys):
+    backends.register("absent", "no_such_module_anywhere:Backend")
+    assert check.run(["absent"], ["float64"], "cpu", ["rnn-tanh"], [(2, 2, 2, 2)], ["padded"]) == 1
+    assert "'absent' is unavailable" in capsys.readouterr().err
+
+
+def test_error_measure_and_tolerances():
+    expected = torch.tensor([1.0, -4.0, 2.0], dtype=torch.float64)
+    assert testing.error(expected + torch.tensor([0.0, 0.0, 0.004], dtype=torch.float64), expected) == \
+        pytest.approx((0.004, 0.001))
+    assert testing.error(torch.tensor([1.0, float("nan"), 2.0]), expected) == (float("inf"), float("inf"))
+    assert testing.tolerance(torch.float32) == 1e-5 and testing.tolerance(torch.float64) == 1e-10
+    assert testing.tolerance(torch.float32, baseline=1e-4) == 2e-4
+    assert testing.tolerance(torch.bfloat16, baseline=1e-3) == pytest.approx(2e-3 + 2 ** -8)
+    with pytest.raises(ValueError, match="baseline"):
+        testing.tolerance(torch.float16)
+
+
+def test_packed_problem_has_unsorted_lengths_reaching_T():
+    problem = testing.make_problem(testing.Case("gru", (6, 5, 3, 37), "packed"))
+    assert max(problem.lengths) == 6 and min(problem.lengths) >= 1
+    assert problem.lengths != sorted(problem.lengths, reverse=True)
+
+
+def test_module_check_compares_whole_modules_with_torch_nn(isolated_registry):
+    """fusedrnn.LSTM/GRU/RNN (two layers, both directions, packed) against torch.nn on copied weights."""
+    assert testing.modules_available()
+    report = testing.compare_backend("reference", cells=["lstm-proj", "gru", "rnn-relu"], options=[], modules=True,
+                                     shapes=[(4, 3, 3, 5)], dtypes=["float64"])
+    assert report.passed and len(report.checked) == 3
+    assert all(isinstance(o.case, testing.ModuleCase) for o in report.checked)
+    quantities = {r.quantity for o in report.checked if o.case.variant == "lstm-proj" for r in o.rows}
+    assert {"out", "h_n", "c_n", "grad_x", "grad_h0", "grad_c0", "grad_w_proj", "grad_w_hh"} <= quantities
+    wrong = testing.compare_backend("wrong-gradient", cells=["gru"], options=[], modules=True,
+                                    shapes=[(4, 3, 3, 5)], dtypes=["float64"])
+    assert {r.quantity for o in wrong.failures() for r in o.rows if not r.passed} == {"grad_w_hh"}
+
+
+@pytest.mark.gpu
+def test_quick_bench_on_cuda_times_cudnn_in_both_half_precisions(tmp_path):
+    proc = run_cli("fusedrnn.bench", "--quick", "--device", "cuda", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads(_only(tmp_path, "bench-cuda-*.json").read_text())
+    results = payload["results"]
+    assert payload["machine"]["gpu"] and {r["dtype"] for r in results} == {"float16", "bfloat16"}
+    assert all(r["status"] == "ok" for r in results)
+    assert all(r["memory_kind"] == "peak CUDA allocation" and r["memory_bytes"] > 0
+               for r in results if r["impl"] != "matmul")
+    assert any(r["cuda_graph"] for r in results), "tiny shapes should be timed as CUDA graphs"
+    assert _only(tmp_path, "bench-cuda-*.png").stat().st_size > 10_000
+
+
+@pytest.mark.gpu
+def test_check_passes_on_cuda_for_every_available_backend(tmp_path):
+    proc = run_cli("fusedrnn.check", "--device", "cuda", "--quick", "--json", str(tmp_path / "check.json"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "check.json").read_text())["device"].startswith("cuda")
