@@ -3,7 +3,7 @@
 #   make test       the whole test suite (installs and builds first)
 #   make bench      correctness check of each available backend, then timings against torch.nn
 #   make gpu-check  the GPU validation script (benchmarks/gpu_check.sh)
-#   make build      install the dependencies and build the C++ extension fusedrnn._C
+#   make build      install the build dependencies and build the C++ extension fusedrnn._C
 #   make clean      remove build outputs (make distclean also removes .venv)
 #
 # Which Python: $(PYTHON) if it can import torch -- that torch is used as it is,
@@ -19,14 +19,20 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.8.0
-# setuptools>=64 and wheel: editable installs of setup.py projects (PEP 660)
-REQUIREMENTS := pytest pytest-benchmark hypothesis expecttest rich matplotlib ninja pybind11 numpy "setuptools>=64" wheel
+# What each target needs besides torch.  pip installs only what is missing, so
+# where everything is installed already (a GPU machine without network) no step
+# goes to the network.  setuptools>=70.1 builds editable wheels by itself.
+BUILD_REQUIREMENTS := "setuptools>=70.1" ninja pybind11
+BENCH_REQUIREMENTS := rich matplotlib numpy
+TEST_REQUIREMENTS := pytest pytest-benchmark hypothesis expecttest $(BENCH_REQUIREMENTS)
 # -ra: the reasons for skips (and a summary of failures) at the end
 PYTEST_FLAGS ?= -q -ra
 BENCH_ARGS ?=
 
-ifeq ($(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo yes),yes)
-PY := $(shell $(PYTHON) -c "import sys; print(sys.executable)")
+# the interpreter of $(PYTHON) if it can import torch, else empty
+TORCH_PYTHON := $(shell $(PYTHON) -c "import sys, torch; print(sys.executable)" 2>/dev/null)
+ifneq ($(TORCH_PYTHON),)
+PY := $(TORCH_PYTHON)
 TORCH_STAMP :=
 else
 PY := $(abspath $(VENV))/bin/python
@@ -44,6 +50,8 @@ REBUILD := $(if $(wildcard fusedrnn/_C*.so fusedrnn/_C*.pyd),,FORCE)
 RUN := PATH="$(dir $(PY)):$$PATH"
 
 .PHONY: help deps build test bench gpu-check clean distclean FORCE
+# the pip steps write to one environment: never run them side by side under make -j
+.NOTPARALLEL:
 
 help:
 	@sed -n '3,7s/^# \{0,1\}//p' Makefile
@@ -56,20 +64,33 @@ $(VENV)/.torch-installed:
 
 # The torch found is written into a constraints file that every pip call below
 # honours, so no dependency can upgrade or replace it.
-$(STAMPS)/deps: $(TORCH_STAMP) Makefile
-	mkdir -p $(STAMPS)
-	$(PY) -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > $(CONSTRAINTS) \
-		|| : > $(CONSTRAINTS)  # torch not installed by pip (a source build): nothing we install requires it
-	$(RUN) $(PY) -m pip install -c $(CONSTRAINTS) $(REQUIREMENTS)
-	@# GPU wheels of torch bring the triton they were built with: keep that one
-	$(RUN) $(PY) -c "import triton" 2>/dev/null \
-		|| $(RUN) $(PY) -m pip install -c $(CONSTRAINTS) "triton==$(TRITON_VERSION)"
+$(CONSTRAINTS): $(TORCH_STAMP)
+	mkdir -p $(@D)
+	$(PY) -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > $@ \
+		|| : > $@  # torch not installed by pip (a source build): nothing we install requires it
+
+PIP_INSTALL = $(RUN) $(PY) -m pip install -c $(CONSTRAINTS)
+
+$(STAMPS)/deps-build: $(CONSTRAINTS) Makefile
+	$(PIP_INSTALL) $(BUILD_REQUIREMENTS)
 	touch $@
 
-deps: $(STAMPS)/deps
+$(STAMPS)/deps-bench: $(CONSTRAINTS) Makefile
+	$(PIP_INSTALL) $(BENCH_REQUIREMENTS)
+	touch $@
 
-# --no-deps: the dependencies are installed above; pip must not resolve torch again
-$(STAMPS)/built: $(STAMPS)/deps setup.py pyproject.toml $(CSRC) $(REBUILD)
+$(STAMPS)/deps-test: $(CONSTRAINTS) Makefile
+	$(PIP_INSTALL) $(TEST_REQUIREMENTS)
+	@# GPU wheels of torch bring the triton they were built with: keep that one
+	$(RUN) $(PY) -c "import triton" 2>/dev/null || $(PIP_INSTALL) "triton==$(TRITON_VERSION)"
+	touch $@
+
+deps: $(STAMPS)/deps-build $(STAMPS)/deps-bench $(STAMPS)/deps-test
+
+# --no-deps: the dependencies are installed above; pip must not resolve torch again.
+# The build follows the sources, not the stamps of the pip steps (order-only);
+# after changing torch itself, `make clean`.
+$(STAMPS)/built: setup.py pyproject.toml $(CSRC) $(REBUILD) | $(STAMPS)/deps-build
 	$(RUN) FUSEDRNN_REQUIRE_EXTENSION=1 $(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -78,7 +99,7 @@ build: $(STAMPS)/built
 # Tests: the Triton kernel tests run in a second process because TRITON_INTERPRET=1
 # must be set before the kernels are imported.  That run finding no tests (pytest
 # exits 5) is fine.  Both runs always execute; the last line sums them up.
-test: build
+test: build $(STAMPS)/deps-test
 	@rm -rf $(REPORTS) && mkdir -p $(REPORTS)
 	@status=0; \
 	echo "== tests (not triton)"; \
@@ -91,10 +112,10 @@ test: build
 	$(PY) -c "$$JUNIT_SUMMARY" $(REPORTS)/*.xml || status=1; \
 	exit $$status
 
-bench: build
+bench: build $(STAMPS)/deps-bench
 	$(RUN) $(PY) -m fusedrnn.bench $(BENCH_ARGS)
 
-gpu-check: build
+gpu-check: build $(STAMPS)/deps-bench
 	$(RUN) PYTHON=$(PY) bash benchmarks/gpu_check.sh
 
 clean:

@@ -151,7 +151,7 @@ def main() -> None:
         with torch.no_grad():
             logits, attention = model(*test, teacher_forcing=False)
         model.train()
-        return exact_match(logits, test[2]), attention
+        return exact_match(logits, test[2]), attention, logits.argmax(-1)
 
     losses, curve = [], []
     clock = _common.Stopwatch(device)
@@ -168,11 +168,12 @@ def main() -> None:
             schedule.step()
             losses.append(loss.item())
             if step % eval_every == 0 or step == steps:
-                (seq_acc, tok_acc), _ = evaluate()
+                (seq_acc, tok_acc), _, _ = evaluate()
                 curve.append((step, seq_acc))
+                bar.console.print(f"step {step}: loss {loss.item():.4f}, held-out exact match {seq_acc:.1%}")
             bar.update(task, advance=1, info=f"loss {loss.item():.3f}  exact {curve[-1][1] if curve else 0:.1%}")
     train_seconds = clock.elapsed()
-    (seq_acc, tok_acc), attention = evaluate()
+    (seq_acc, tok_acc), attention, predicted = evaluate()
 
     # plots: the learning curves, and one test example's attention
     fig, ax = _common.plt.subplots(1, 2, figsize=(10, 3.6))
@@ -183,15 +184,19 @@ def main() -> None:
     _common.save_figure(fig, args.out / "loss.png")
 
     source, lengths, target = (t.cpu() for t in test)
+    predicted = predicted.cpu()
     k = int(lengths.argmax())  # the longest test string shows the pattern best
     n = int(lengths[k])
     src = [str(int(d) - DIGIT0) for d in source[k, :n]]
-    out = [str(int(d) - DIGIT0) if d >= DIGIT0 else "<eos>" for d in target[k, : n + 1]]
-    fig, ax = _common.plt.subplots(figsize=(5, 5))
-    ax.imshow(attention[k, : n + 1, :n].cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
+    # rows: the model's own greedy output (what it attended to while writing each token)
+    out = [str(int(d) - DIGIT0) if d >= DIGIT0 else ("<eos>" if d == EOS else "?") for d in predicted[k, : n + 1]]
+    fig, ax = _common.plt.subplots(figsize=(5.5, 5))
+    image = ax.imshow(attention[k, : n + 1, :n].cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, shrink=0.8)
     ax.set_xticks(range(n), src)
     ax.set_yticks(range(n + 1), out)
-    ax.set(xlabel="source", ylabel="output", title="attention weights (one test string)")
+    right = "right" if bool((predicted[k] == target[k])[target[k] != PAD].all()) else "wrong"
+    ax.set(xlabel="source", ylabel="greedy output", title=f"attention weights (one test string, {right})")
     _common.save_figure(fig, args.out / "attention.png")
 
     _common.report(args, "seq2seq with attention: reversing digit strings", {

@@ -2,7 +2,8 @@
 
 For each cell, shape and dtype it first checks every timed backend against
 torch.nn in float64 on the benchmark shape (outputs and every gradient; see
-:mod:`fusedrnn.testing` for the tolerances), then times inference
+:mod:`fusedrnn.testing` for the tolerances; on CPU over the first
+``--check-steps`` steps of the sequence), then times inference
 (``torch.no_grad`` forward) and training (forward + backward of the input and
 every weight) for torch.nn and each backend on the same weights and inputs,
 plus one torch matmul of the forward's FLOPs and the machine's peak matmul as
@@ -32,10 +33,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -58,6 +61,10 @@ NOT_TIMED = {("triton", "cpu"): "the Triton interpreter is for correctness only"
 #: backends too slow for full-size shapes: timed only with --quick or when named
 SLOW = {"reference"}
 DEFAULT_OUT = os.path.join("benchmarks", "results")
+#: steps of each benchmark shape the CPU check runs (torch.nn in float64 at full length costs ~a minute)
+CPU_CHECK_STEPS = 10
+#: on CUDA, calls faster than this are also timed as a CUDA graph (launch overhead would dominate)
+GRAPH_BELOW_S = 0.010
 
 
 # ----------------------------------------------------------------------------
@@ -70,8 +77,8 @@ class LayerBench:
 
     def __init__(self, family: str, shape: Shape, dtype: torch.dtype, device: torch.device, seed: int = 0):
         T, B, I, H = shape
+        self.family, self.shape, self.dtype, self.device = family, shape, dtype, device
         self.cell = BENCH_CELLS[family]
-        self.device = device
         torch.manual_seed(seed)
         module_class = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[family]
         self.module = module_class(I, H, device=device, dtype=dtype)
@@ -123,7 +130,8 @@ class LayerBench:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusedrnn-bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"directory for JSON/CSV/markdown/PNG (default {DEFAULT_OUT})")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help=f"directory for JSON/CSV/markdown/PNG (default {DEFAULT_OUT})")
     parser.add_argument("--cell", type=check.comma_list, default=list(BENCH_CELLS),
                         help="comma-separated cells: lstm, gru, rnn (default: all three)")
     parser.add_argument("--shapes", nargs="+", default=None, metavar="PRESET|T,B,I,H",
@@ -133,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check-only", action="store_true",
                         help="run the correctness grid of python -m fusedrnn.check and stop")
     parser.add_argument("--no-check", action="store_true", help="skip the correctness check before timing")
+    parser.add_argument("--check-steps", type=int, default=None, metavar="T",
+                        help="check the benchmark shapes on their first T steps only (default: "
+                             f"{CPU_CHECK_STEPS} on CPU, where torch.nn in float64 is slow; all steps on CUDA; 0: all)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, here "
                                                                   f"{torch.get_num_threads()})")
     parser.add_argument("--min-time", type=float, default=None,
@@ -162,26 +173,34 @@ def choose_backends(requested: Optional[Sequence[str]], device: torch.device, qu
     return chosen
 
 
-def check_shapes(families, shapes, dtypes, names, device) -> tuple:
-    """Every timed backend against torch.nn (float64) on the benchmark shapes: (Report, failed backends)."""
-    checker = testing.Checker(device)
-    jobs = [(f, s, d, n) for f in families for s in shapes for d in dtypes for n in names]
+def check_shapes(s: "Settings") -> tuple:
+    """Every timed backend against torch.nn (float64) on the benchmark shapes: (Report, failed backends).
+
+    The sequence is cut to ``s.check_steps`` steps (when set): a kernel's code
+    path follows B, I and H, while T only repeats the step, and torch.nn in
+    float64 at full length would take most of the CPU run's time budget.
+    """
+    checker = testing.Checker(s.device)
+    jobs = [(f, shape, d, n) for f in s.families for shape in s.shapes for d in s.dtypes for n in s.backends]
     outcomes = []
     with progress(len(jobs), "checking against torch.nn") as advance:
         for family, shape, dtype, name in jobs:
+            if s.check_steps:
+                shape = shape._replace(T=min(shape.T, s.check_steps))
             case = testing.Case(CHECK_VARIANTS[family], shape, "padded")
             # at benchmark lengths torch.nn's own float32 error can pass 1e-5: it sets the bar (2x rule)
             outcomes.append(checker.check(name, case, dtype, oracles=("torch.nn",), baseline="torch.nn"))
             advance(f"{name} {family} {shape.label} {dtype_name(dtype)}")
-    report = testing.Report(outcomes, str(device))
+    report = testing.Report(outcomes, str(s.device))
     return report, set(report.failed_backends())
 
 
-def _result(family, shape, dtype, mode, impl, **fields) -> dict:
-    row = {"cell": family, "T": shape.T, "B": shape.B, "I": shape.I, "H": shape.H, "dtype": dtype_name(dtype),
-           "mode": mode, "impl": impl, "median_ms": None, "q20_ms": None, "q80_ms": None, "samples": None,
-           "cuda_graph": False, "flops": None, "gflops": None, "ratio_vs_torch": None, "matmul_fraction": None,
-           "memory_bytes": None, "memory_kind": None, "status": "ok"}
+def _result(bench: LayerBench, mode: str, impl: str, **fields) -> dict:
+    shape = bench.shape
+    row = {"cell": bench.family, "T": shape.T, "B": shape.B, "I": shape.I, "H": shape.H,
+           "dtype": dtype_name(bench.dtype), "mode": mode, "impl": impl, "median_ms": None, "q20_ms": None,
+           "q80_ms": None, "samples": None, "cuda_graph": False, "flops": None, "gflops": None,
+           "ratio_vs_torch": None, "matmul_fraction": None, "memory_bytes": None, "memory_kind": None, "status": "ok"}
     row.update(fields)
     return row
 
@@ -192,56 +211,51 @@ def _timed(timing: Timing, flops: float) -> dict:
             "gflops": flops / timing.median / 1e9}
 
 
-def run_benchmarks(families, shapes, dtypes, names, failed, device, threads, min_time, max_time) -> List[dict]:
-    """Time every implementation; rows in table order (torch.nn, backends, matmul per group)."""
-    impls = [TORCH] + names
+def run_benchmarks(s: "Settings", failed: set) -> List[dict]:
+    """Time every implementation; rows in table order: per group torch.nn, the backends, then the matmul."""
+    impls = [TORCH] + s.backends
     results: List[dict] = []
-    total = len(families) * len(shapes) * len(dtypes) * (len(impls) * len(MODES) + 1)
+    total = len(s.families) * len(s.shapes) * len(s.dtypes) * (len(impls) * len(MODES) + 1)
     with progress(total, "timing") as advance:
-        for family in families:
-            for shape in shapes:
-                for dtype in dtypes:
-                    bench = LayerBench(family, shape, dtype, device)
-                    fwd_flops = forward_flops(bench.cell, shape)
-                    T, B, I, H = shape
-                    gemm_gflops, gemm = matmul_gflops(T * B, I + H, bench.cell.gates * H, dtype, device, threads,
-                                                      min_time, max_time)
-                    advance(f"matmul {family} {shape.label}")
-                    for mode in MODES:
-                        flops = fwd_flops * (3 if mode == "training" else 1)
-                        group = []
-                        for impl in impls:
-                            group.append(_measure(bench, impl, mode, flops, failed, device, threads, min_time,
-                                                  max_time, family, shape, dtype))
-                            advance(f"{impl} {family} {shape.label} {dtype_name(dtype)} {mode}")
-                        torch_row = group[0]
-                        for row in group:
-                            if row["median_ms"] is not None and torch_row["median_ms"] is not None:
-                                row["ratio_vs_torch"] = torch_row["median_ms"] / row["median_ms"]
-                            if row["gflops"] is not None:
-                                row["matmul_fraction"] = row["gflops"] / gemm_gflops
-                        results += group
-                    results.append(_result(family, shape, dtype, "inference", MATMUL, matmul_fraction=1.0,
-                                           **_timed(gemm, fwd_flops)))
-                    del bench
+        for family, shape, dtype in itertools.product(s.families, s.shapes, s.dtypes):
+            bench = LayerBench(family, shape, dtype, s.device)
+            label = f"{family} {shape.label} {dtype_name(dtype)}"
+            fwd_flops = forward_flops(bench.cell, shape)
+            T, B, I, H = shape  # one product with the forward's FLOPs: what the layer would reach at GEMM speed
+            gemm_gflops, gemm = matmul_gflops(T * B, I + H, bench.cell.gates * H, dtype, s.device, s.threads,
+                                              s.min_time, s.max_time)
+            advance(f"matmul {label}")
+            for mode in MODES:
+                flops = fwd_flops * (3 if mode == "training" else 1)
+                group = []
+                for impl in impls:
+                    group.append(_measure(bench, impl, mode, flops, failed, s))
+                    advance(f"{impl} {label} {mode}")
+                torch_row = group[0]
+                for row in group:
+                    if row["median_ms"] is not None and torch_row["median_ms"] is not None:
+                        row["ratio_vs_torch"] = torch_row["median_ms"] / row["median_ms"]
+                    if row["gflops"] is not None:
+                        row["matmul_fraction"] = row["gflops"] / gemm_gflops
+                results += group
+            results.append(_result(bench, "inference", MATMUL, matmul_fraction=1.0, **_timed(gemm, fwd_flops)))
+            del bench  # free the problem before building the next (GiBs on GPU at the large shapes)
     return results
 
 
-def _measure(bench: LayerBench, impl, mode, flops, failed, device, threads, min_time, max_time,
-             family, shape, dtype) -> dict:
+def _measure(bench: LayerBench, impl: str, mode: str, flops: float, failed: set, s: "Settings") -> dict:
     if impl in failed:
-        return _result(family, shape, dtype, mode, impl, status="failed the check: not timed")
+        return _result(bench, mode, impl, status="failed the check: not timed")
     why = bench.unsupported(impl)
     if why is not None:
-        return _result(family, shape, dtype, mode, impl, status=f"unsupported: {why}")
+        return _result(bench, mode, impl, status=f"unsupported: {why}")
     try:
-        timing = time_call(bench.call(impl, mode), device, threads, min_time, max_time,
-                           graph_below=0.010 if device.type == "cuda" else 0.0)
+        timing = time_call(bench.call(impl, mode), s.device, s.threads, s.min_time, s.max_time,
+                           graph_below=GRAPH_BELOW_S if s.device.type == "cuda" else 0.0)
         memory, kind = bench.memory(impl, mode)
     except Exception as exc:  # one broken implementation must not hide the others' figures
-        return _result(family, shape, dtype, mode, impl, status=f"error: {type(exc).__name__}: {exc}")
-    return _result(family, shape, dtype, mode, impl, memory_bytes=memory, memory_kind=kind,
-                   **_timed(timing, flops))
+        return _result(bench, mode, impl, status=f"error: {type(exc).__name__}: {exc}")
+    return _result(bench, mode, impl, memory_bytes=memory, memory_kind=kind, **_timed(timing, flops))
 
 
 def write_outputs(out_dir: str, payload: dict, results: List[dict]) -> Dict[str, Optional[str]]:
@@ -261,78 +275,99 @@ def write_outputs(out_dir: str, payload: dict, results: List[dict]) -> Dict[str,
     return paths
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    device = torch.device(args.device) if args.device else testing.default_device()
-    try:
+@dataclass
+class Settings:
+    """What a run measures, from the command line (validated)."""
+
+    device: torch.device
+    families: List[str]
+    shapes: List[Shape]
+    dtypes: List[torch.dtype]
+    backends: Optional[List[str]]  # None with --check-only
+    threads: int
+    check_steps: int  # 0: the whole sequence
+    min_time: float
+    max_time: float
+    command: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, argv: Sequence[str]) -> "Settings":
+        """Raises ValueError naming the bad argument."""
+        device = torch.device(args.device) if args.device else testing.default_device()
         check.register_backends(args.register)
-        families = args.cell
-        for family in families:
+        for family in args.cell:
             if family not in BENCH_CELLS:
                 raise ValueError(f"--cell takes {', '.join(BENCH_CELLS)}; got {family!r}")
-        dtypes = [testing.as_dtype(d) for d in (args.dtype or _default_dtypes(device))]
-        shapes = parse_shapes(args.shapes or ["quick" if args.quick else DEFAULT_PRESET[device.type]])
-        names = None if args.check_only else choose_backends(args.backends, device, args.quick)
         if args.threads is not None and args.threads < 1:
             raise ValueError("--threads must be at least 1")
-    except ValueError as exc:
-        parser.error(str(exc))
-    threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+        if args.check_steps is not None and args.check_steps < 0:
+            raise ValueError("--check-steps must be 0 (all steps) or positive")
+        quick, gpu = args.quick, device.type == "cuda"
+        return cls(
+            device=device,
+            families=args.cell,
+            shapes=parse_shapes(args.shapes or ["quick" if quick else DEFAULT_PRESET[device.type]]),
+            dtypes=[testing.as_dtype(d) for d in (args.dtype or _default_dtypes(device))],
+            backends=None if args.check_only else choose_backends(args.backends, device, quick),
+            threads=args.threads or torch.get_num_threads(),
+            check_steps=args.check_steps if args.check_steps is not None else (0 if gpu else CPU_CHECK_STEPS),
+            min_time=args.min_time if args.min_time is not None else (0.02 if quick else 0.1 if gpu else 0.3),
+            max_time=args.max_time if args.max_time is not None else (0.2 if quick else 2.0),
+            command=" ".join(["python -m fusedrnn.bench", *(shlex.quote(a) for a in argv)]),
+        )
 
-    if args.check_only:
-        variants = [v for v, spec in testing.VARIANTS.items() if spec.cell.family in families]
-        grid = dict(shapes=list(check.QUICK_SHAPES), options=list(check.QUICK_OPTIONS)) if args.quick else {}
-        check_dtypes = dtypes if args.dtype else (list(check.QUICK_DTYPES) if args.quick else None)
-        os.makedirs(args.out, exist_ok=True)
-        return check.run(args.backends, check_dtypes, device, variants,
-                         json_path=os.path.join(args.out, f"check-{device.type}-{stamp}.json"), **grid)
+    def to_dict(self) -> dict:
+        return {"command": self.command, "cells": self.families, "shapes": [list(s) for s in self.shapes],
+                "dtypes": [dtype_name(d) for d in self.dtypes], "backends": self.backends, "threads": self.threads,
+                "check_steps": self.check_steps,
+                "min_time_s": self.min_time, "max_time_s": self.max_time, "device": str(self.device)}
 
-    min_time = args.min_time if args.min_time is not None else (0.02 if args.quick else
-                                                               (0.1 if device.type == "cuda" else 0.3))
-    max_time = args.max_time if args.max_time is not None else (0.2 if args.quick else 2.0)
+
+def run_check_only(args: argparse.Namespace, settings: Settings, stamp: str) -> int:
+    """--check-only: the correctness grid of ``python -m fusedrnn.check`` for the chosen cells."""
+    variants = [v for v, spec in testing.VARIANTS.items() if spec.cell.family in settings.families]
+    grid = dict(shapes=list(check.QUICK_SHAPES), options=list(check.QUICK_OPTIONS)) if args.quick else {}
+    if args.shapes:
+        grid["shapes"] = settings.shapes
+    dtypes = settings.dtypes if args.dtype else (list(check.QUICK_DTYPES) if args.quick else None)
+    os.makedirs(args.out, exist_ok=True)
+    return check.run(args.backends, dtypes, settings.device, variants,
+                     json_path=os.path.join(args.out, f"check-{settings.device.type}-{stamp}.json"), **grid)
+
+
+def run_bench(args: argparse.Namespace, s: Settings, stamp: str) -> int:
+    """Check, time, report; the exit status."""
     started = time.perf_counter()
-    machine = bench_env.machine(device, threads)
-    warning = bench_env.contention_warning(machine) if device.type == "cpu" else None
+    machine = bench_env.machine(s.device, s.threads)
+    warning = bench_env.contention_warning(machine) if s.device.type == "cpu" else None
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     status = "skipped (--no-check)" if args.no_check else "no backend to check"
     failed, check_report = set(), None
-    if not args.no_check and names:
-        check_report, failed = check_shapes(families, shapes, dtypes, names, device)
+    if not args.no_check and s.backends:
+        check_report, failed = check_shapes(s)
         status = "passed" if check_report.passed else f"FAILED: {', '.join(sorted(failed))}"
 
     peak = {}
-    n = peak_matmul_size(device, args.quick)
-    for dtype in dtypes:
-        gflops, timing = matmul_gflops(n, n, n, dtype, device, threads, min_time, max_time)
+    n = peak_matmul_size(s.device, args.quick)
+    for dtype in s.dtypes:
+        gflops, timing = matmul_gflops(n, n, n, dtype, s.device, s.threads, s.min_time, s.max_time)
         peak[dtype_name(dtype)] = {"n": n, "gflops": gflops, "median_ms": timing.median * 1e3}
-    results = run_benchmarks(families, shapes, dtypes, names, failed, device, threads, min_time, max_time)
+    results = run_benchmarks(s, failed)
 
     payload = {
-        "timestamp": stamp,
-        "machine": machine,
-        "warning": warning,
-        "versions": bench_env.versions(),
-        "settings": {"command": " ".join(["python -m fusedrnn.bench"] + [shlex.quote(a) for a in
-                                                                         (argv if argv is not None else sys.argv[1:])]),
-                     "cells": families, "shapes": [list(s) for s in shapes], "dtypes": [dtype_name(d) for d in dtypes],
-                     "backends": names, "threads": threads, "min_time_s": min_time, "max_time_s": max_time,
-                     "quick": args.quick, "device": str(device)},
+        "timestamp": stamp, "machine": machine, "warning": warning, "versions": bench_env.versions(),
+        "settings": {**s.to_dict(), "quick": args.quick},
         "peak_matmul": peak,
         "check": {"status": status, **(check_report.to_dict() if check_report is not None else {})},
         "results": results,
-        "wall_time_s": None,
+        "wall_time_s": round(time.perf_counter() - started, 1),
     }
     if check_report is not None:
         check.render(check_report)
-    print_results(results, peak, f"fusedrnn vs torch.nn on {payload['machine']['gpu'] or payload['machine']['cpu_model']}"
-                                 f" ({threads} threads)")
-    payload["wall_time_s"] = round(time.perf_counter() - started, 1)
-    paths = write_outputs(args.out, payload, results)
-    for kind, path in paths.items():
+    print_results(results, peak, f"fusedrnn vs torch.nn on {machine['gpu'] or machine['cpu_model']} "
+                                 f"({s.threads} threads)")
+    for kind, path in write_outputs(args.out, payload, results).items():
         print(f"wrote {path}" if path else f"no {kind}: matplotlib is not installed")
     errors = [r for r in results if r["status"].startswith("error")]
     if failed or errors:
@@ -342,6 +377,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     print(f"fusedrnn-bench: done in {payload['wall_time_s']} s")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_args(args, argv)
+    except ValueError as exc:
+        parser.error(str(exc))
+    torch.set_num_threads(settings.threads)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if args.check_only:
+        return run_check_only(args, settings, stamp)
+    return run_bench(args, settings, stamp)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,10 @@ def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     """The dtype autocast asks for on ``device``, or None outside autocast.
 
     The custom ops are not on autocast's lists, so the modules cast their
-    inputs, states and weights themselves (as cuDNN's RNN is cast on CUDA).
+    inputs, states and weights themselves, for every family and layout, as
+    torch.nn's RNNs are cast on CUDA.  (On the CPU torch.nn casts only some:
+    its GRU, its cells and its LSTM over a PackedSequence stay float32 there,
+    an accident of which ATen ops are on the CPU autocast list.)
     """
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)

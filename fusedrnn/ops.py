@@ -120,6 +120,9 @@ def _make_ops(family: str):
             grad_cn = None
         elif grad_cn is None or grad_cn.numel() == 0:
             grad_cn = torch.zeros_like(c0)
+        # backends take contiguous tensors; incoming gradients often are not (torch.cat of directions)
+        grad_out, grad_hn = grad_out.contiguous(), grad_hn.contiguous()
+        grad_cn = None if grad_cn is None else grad_cn.contiguous()
         if torch.is_grad_enabled():
             grads = _differentiable_backward(
                 CellSpec(family, ctx.mode), tensors, batch_sizes, ctx.reverse, (grad_out, grad_hn, grad_cn)

@@ -97,7 +97,7 @@ class _PyramidBase(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 3, reduction: int = 2,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = True,
-                 device=None, dtype=None, *, backend: str = "auto", **level_options) -> None:
+                 device=None, dtype=None, *, backend: str = "auto", level_options: Optional[dict] = None) -> None:
         super().__init__()
         if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
             raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
@@ -119,7 +119,7 @@ class _PyramidBase(nn.Module):
         self.layers = nn.ModuleList(
             self._level_class(
                 input_size if k == 0 else reduction * width, hidden_size, 1, bias, False, 0.0, bidirectional,
-                device=device, dtype=dtype, backend=backend, **level_options,
+                device=device, dtype=dtype, backend=backend, **(level_options or {}),
             )
             for k in range(num_layers)
         )
@@ -176,7 +176,7 @@ class _PyramidBase(nn.Module):
         if packed:
             # reduced lengths keep the input's order, so its sorting stays valid
             sorted_x = x.index_select(1, sorted_indices) if sorted_indices is not None else x
-            sorted_lengths = out_lengths[sorted_indices] if sorted_indices is not None else out_lengths
+            sorted_lengths = out_lengths[sorted_indices.cpu()] if sorted_indices is not None else out_lengths
             data, batch_sizes, _, _ = pack_padded_sequence(sorted_x, sorted_lengths, enforce_sorted=True)
             return PyramidOutput(PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices), out_lengths, h_n)
         return PyramidOutput(x.transpose(0, 1) if self.batch_first else x, out_lengths, h_n)
@@ -206,9 +206,21 @@ class PyramidLSTM(_PyramidBase):
 
     _level_class = LSTM
 
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 3, reduction: int = 2,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = True,
+                 device=None, dtype=None, *, backend: str = "auto", peephole: bool = False) -> None:
+        super().__init__(input_size, hidden_size, num_layers, reduction, bias, batch_first, dropout, bidirectional,
+                         device, dtype, backend=backend, level_options=dict(peephole=peephole))
+
 
 class PyramidGRU(_PyramidBase):
     """Pyramid stack of bidirectional :class:`fusedrnn.GRU` levels; arguments as :class:`PyramidLSTM`
     (``reset_after`` in place of ``peephole``); ``h_n`` is a tensor."""
 
     _level_class = GRU
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 3, reduction: int = 2,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = True,
+                 device=None, dtype=None, *, backend: str = "auto", reset_after: bool = True) -> None:
+        super().__init__(input_size, hidden_size, num_layers, reduction, bias, batch_first, dropout, bidirectional,
+                         device, dtype, backend=backend, level_options=dict(reset_after=reset_after))

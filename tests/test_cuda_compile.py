@@ -23,8 +23,16 @@ CU_FILES = sorted(glob.glob(os.path.join(CUDA_DIR, "*.cu")))
 WRAPPER_FILES = sorted(glob.glob(os.path.join(CUDA_DIR, "*.cpp")))
 #: the architectures setup.py builds by default (TORCH_CUDA_ARCH_LIST=8.0;9.0)
 GENCODES = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
-#: the nvcc flags setup.py passes
-NVCC_FLAGS = ["-O3", "-std=c++17", "--use_fast_math"]
+#: the nvcc flags setup.py passes, plus those torch's CUDAExtension adds to every .cu
+#: (no implicit half/bfloat16 conversions or operators: the kernels must convert explicitly)
+NVCC_FLAGS = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+try:
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS as _TORCH_NVCC_FLAGS
+except ImportError:
+    _TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                         "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+                         "--expt-relaxed-constexpr"]
+NVCC_FLAGS += list(_TORCH_NVCC_FLAGS)
 
 
 def _nvcc():

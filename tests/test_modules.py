@@ -172,6 +172,34 @@ def test_sorted_packed_sequence(kind, close):
         close(a, b)
 
 
+BACKEND_CASES = [("lstm_proj", 2, True, False, True, True, True), ("gru", 2, True, True, True, False, True),
+                 ("rnn_relu", 1, False, False, False, True, False)]
+
+
+# Triton runs on CPU tensors only under the interpreter, in the separate `-m triton` process
+BACKEND_MARKS = {"triton": [pytest.mark.triton], "cuda": [pytest.mark.gpu]}
+
+
+@pytest.mark.parametrize("backend", [pytest.param(n, marks=BACKEND_MARKS.get(n, [])) for n in fusedrnn.backends.names()])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("case", BACKEND_CASES, ids=[grid_id(c) for c in BACKEND_CASES])
+def test_parity_through_each_backend(backend, dtype, case, close):
+    """The grid above runs whatever "auto" picks; here each backend by name, on a few cases."""
+    why = fusedrnn.backends.unavailable_reason(backend)
+    if why is not None:
+        pytest.skip(f"backend {backend!r} is unavailable here: {why}")
+    kind, layers, bidir, batch_first, bias, packed, with_state = case
+    ref, fused = make_pair(kind, dtype, num_layers=layers, bidirectional=bidir, batch_first=batch_first, bias=bias)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype)
+    weights = fused._direction_weights(0, 0, None)
+    why = fusedrnn.backends.get(backend).unsupported(fused.cell, x, weights)
+    if why is not None:
+        pytest.skip(f"backend {backend!r} does not run {dtype} {x.device.type} tensors: {why}")
+    fused.backend = backend
+    hx = initial_states(ref, B, dtype) if with_state else None
+    assert_parity(ref, fused, x, hx, LENGTHS if packed else None, close, dtype)
+
+
 # ----------------------------------------------------------------------------
 # Construction: init, parameters, state_dict, repr
 # ----------------------------------------------------------------------------

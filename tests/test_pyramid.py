@@ -220,3 +220,13 @@ def test_bad_input_names_the_argument(make_call, message):
 def test_bad_construction_names_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PyramidLSTM(3, 4, **kwargs)
+
+
+def test_cell_variants_reach_every_level():
+    """``peephole`` / ``reset_after`` configure each level's fusedrnn module (torch.nn has no twin to compare)."""
+    lstm = PyramidLSTM(3, 4, num_layers=2, peephole=True)
+    gru = PyramidGRU(3, 4, num_layers=2, reset_after=False)
+    assert all(level.peephole for level in lstm.layers) and "layers.1.weight_ch_l0_reverse" in lstm.state_dict()
+    assert all(not level.reset_after for level in gru.layers)
+    x = torch.randn(6, 2, 3)
+    assert lstm(x, [6, 4]).output.shape == gru(x, [6, 4]).output.shape == (3, 2, 8)

@@ -5,6 +5,7 @@
 
 #include <exception>
 #include <mutex>
+#include <thread>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -80,7 +81,15 @@ void Barrier::wait() {
     generation_.fetch_add(1, std::memory_order_release);
     return;
   }
-  while (generation_.load(std::memory_order_acquire) == gen) FUSEDRNN_PAUSE();
+  // Spin (a step is microseconds), then yield: on an oversubscribed machine
+  // the thread we wait for may need our core to get there.
+  for (int spins = 0; generation_.load(std::memory_order_acquire) == gen; ++spins) {
+    if (spins < 4096) {
+      FUSEDRNN_PAUSE();
+    } else {
+      std::this_thread::yield();
+    }
+  }
 }
 
 int max_threads() {

@@ -21,8 +21,6 @@ import contextvars
 import importlib
 import os
 import warnings
-
-import torch
 from typing import Dict, Iterator, List, Optional
 
 from ..cells import CellSpec
@@ -43,6 +41,20 @@ AUTO_PREFERENCE: Dict[str, List[str]] = {
     "cuda": ["triton", "cuda", "reference"],
 }
 _DEFAULT_PREFERENCE = ["reference"]
+
+def _constant_when_traced(fn):
+    """Mark ``fn`` as ``torch.compiler.assume_constant_result`` does.
+
+    torch.compile then calls it once while tracing and bakes its result into
+    the graph, instead of tracing into code it cannot trace (ContextVar,
+    importlib, warnings).  The attribute is set directly because the public
+    decorator imports torch._dynamo (and with it Triton) when fusedrnn is
+    imported.  Consequence: the backend in force when a graph is traced is
+    part of it; after changing it, ``torch._dynamo.reset()`` retraces.
+    """
+    fn._dynamo_marked_constant = True
+    return fn
+
 
 _instances: Dict[str, Backend] = {}
 _import_errors: Dict[str, str] = {}
@@ -70,7 +82,7 @@ def _instance(name: str) -> Optional[Backend]:
     return backend
 
 
-@torch.compiler.assume_constant_result
+@_constant_when_traced
 def unavailable_reason(name: str) -> Optional[str]:
     """None when backend ``name`` can run on this machine, else why not."""
     backend = _instance(name)
@@ -124,7 +136,7 @@ def use_backend(name: str) -> Iterator[None]:
         _selected.reset(token)
 
 
-@torch.compiler.assume_constant_result
+@_constant_when_traced
 def requested(name: Optional[str] = None) -> str:
     """The backend name in force for a call that asked for ``name``."""
     for candidate in (name, _selected.get(), os.environ.get("FUSEDRNN_BACKEND")):
@@ -133,7 +145,7 @@ def requested(name: Optional[str] = None) -> str:
     return "auto"
 
 
-@torch.compiler.assume_constant_result
+@_constant_when_traced
 def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)

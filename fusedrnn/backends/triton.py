@@ -13,6 +13,11 @@ meeting at a grid barrier each step) or ``per_step`` (one fused launch per
 step, everything else and LSTM projections).  ``forward_strategy`` (or the
 ``FUSEDRNN_TRITON_FORWARD`` environment variable) forces one.  The backward
 is one fused launch per step, then the weight gradients as single GEMMs.
+
+``cuda_graphs`` (or ``FUSEDRNN_TRITON_CUDA_GRAPHS=1``) replays per-step
+sequences (forward and backward) from captured CUDA graphs, one per shape,
+so small shapes are not launch-bound.  Off by default: each distinct shape
+(and packed ``batch_sizes``) captures a graph and keeps static buffers.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Optional
 import torch
 
 from ..cells import CellSpec
-from .base import Backend, LayerWeights
+from .base import Backend, BackwardResult, ForwardResult, LayerWeights
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -40,6 +45,9 @@ class TritonBackend(Backend):
     def __init__(self):
         #: "auto", "per_step", "persistent" or "grid_sync" (see the module docstring)
         self.forward_strategy = os.environ.get("FUSEDRNN_TRITON_FORWARD", "auto")
+        #: replay per-step sequences on CUDA from captured graphs
+        self.cuda_graphs = os.environ.get("FUSEDRNN_TRITON_CUDA_GRAPHS") == "1"
+        self._graphs = None
 
     def availability(self) -> Optional[str]:
         try:
@@ -65,11 +73,51 @@ class TritonBackend(Backend):
 
         return launch
 
+    def _graph_cache(self, cell, x, weights, per_step: bool):
+        """The graph cache when this call should be replayed from a CUDA graph, else None."""
+        if not (self.cuda_graphs and per_step and x.is_cuda):
+            return None
+        if self._graphs is None:
+            from ..triton_kernels.graphs import GraphCache
+
+            self._graphs = GraphCache()
+        return self._graphs
+
     def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse):
-        return self._kernels().sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse,
-                                                strategy=self.forward_strategy)
+        kernels = self._kernels()
+        strategy = kernels.choose_forward_strategy(cell, x, weights, self.forward_strategy)
+
+        def run(x, h0, c0, *w):
+            return kernels.sequence_forward(cell, x, h0, c0, LayerWeights(*w), batch_sizes, reverse, strategy=strategy)
+
+        tensors = (x, h0, c0, *weights)
+        graphs = self._graph_cache(cell, x, weights, strategy == "per_step")
+        if graphs is None:
+            return run(*tensors)
+        from ..triton_kernels.graphs import tensor_key
+
+        key = ("forward", cell, reverse, _sizes_key(batch_sizes), tensor_key(tensors))
+        return ForwardResult(*graphs.run(key, run, tensors))
 
     def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace):
-        return self._kernels().sequence_backward(
-            cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace
-        )
+        kernels = self._kernels()
+
+        def run(grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, *w):
+            result = kernels.sequence_backward(cell, grad_out, grad_hn, grad_cn, x, h0, c0, LayerWeights(*w),
+                                               batch_sizes, reverse, out, workspace)
+            return (result.dx, result.dh0, result.dc0, *result.dweights)
+
+        tensors = (grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, *weights)
+        graphs = self._graph_cache(cell, x, weights, per_step=True)
+        if graphs is None:
+            grads = run(*tensors)
+        else:
+            from ..triton_kernels.graphs import tensor_key
+
+            key = ("backward", cell, reverse, _sizes_key(batch_sizes), tensor_key(tensors))
+            grads = graphs.run(key, run, tensors)
+        return BackwardResult(grads[0], grads[1], grads[2], LayerWeights(*grads[3:]))
+
+
+def _sizes_key(batch_sizes):
+    return None if batch_sizes is None else tuple(batch_sizes.tolist())

@@ -3,8 +3,7 @@
 Three layers, smallest first:
 
 * gate functions (:func:`sigmoid`, :func:`tanh`) that never overflow or
-  produce NaN, whatever the pre-activation (exp of a large argument becomes
-  inf, and ``1 / (1 + inf)`` is 0, never NaN);
+  produce NaN, whatever the pre-activation (they only take exp of -|x|);
 * row-block helpers that load and store ``[BLOCK_B, BLOCK_H]`` tiles of the
   row-major buffers the backend uses (projected input, workspace, states),
   with int64 row offsets so ``rows * width`` cannot wrap past 2^31;
@@ -20,8 +19,24 @@ All arithmetic is float32; loads are cast up, stores cast to the buffer's
 element type.
 """
 
+import os
+
 import triton
 import triton.language as tl
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    def device_function(fn):
+        """Under the interpreter, a plain Python function.
+
+        Triton's interpreter re-patches ``triton.language`` on every call of a
+        ``@triton.jit`` device function (a third of the kernels' run time in
+        the tests); the kernel that calls these helpers has already patched
+        it, so they run as they are.  Compiled kernels get real device
+        functions.
+        """
+        return fn
+else:
+    device_function = triton.jit
 
 # cell families, as tl.constexpr values the kernels branch on at compile time
 LSTM: tl.constexpr = tl.constexpr(0)
@@ -37,12 +52,15 @@ _TANH_SERIES_BOUND: tl.constexpr = tl.constexpr(0.0625)
 # ----------------------------------------------------------------------------
 
 
-@triton.jit
+@device_function
 def sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
+    """1/(1+exp(-x)) from z = exp(-|x|) <= 1, so no exp overflows (and no NaN) at any |x|."""
+    z = tl.exp(-tl.abs(x))
+    s = 1.0 / (1.0 + z)
+    return tl.where(x >= 0, s, z * s)
 
 
-@triton.jit
+@device_function
 def tanh(x):
     """tanh from exp(-2|x|) (never overflows), with the series near 0 for relative accuracy."""
     ax = tl.abs(x)
@@ -54,13 +72,13 @@ def tanh(x):
     return tl.where(x < 0, -t, t)
 
 
-@triton.jit
+@device_function
 def sigmoid_grad(y):
     """d sigmoid / dx from its output y."""
     return y * (1.0 - y)
 
 
-@triton.jit
+@device_function
 def tanh_grad(y):
     """d tanh / dx from its output y."""
     return 1.0 - y * y
@@ -71,26 +89,49 @@ def tanh_grad(y):
 # ----------------------------------------------------------------------------
 
 
-@triton.jit
+@device_function
 def load_block(PTR, rows64, cols, width, block, H, mask):
     """Rows ``rows64``, columns ``block*H + cols`` of a ``[*, width]`` buffer, as float32."""
     offs = rows64[:, None] * width + block * H + cols[None, :]
     return tl.load(PTR + offs, mask=mask, other=0.0).to(tl.float32)
 
 
-@triton.jit
+@device_function
+def round_to_bfloat16(x):
+    """float32 -> the nearest bfloat16 value (ties to even), still as float32.
+
+    Triton's interpreter converts float32 to bfloat16 by truncation (seen with
+    Triton 3.8.0, ``fp_downcast_rounding="rtne"`` notwithstanding: half of
+    all values off by one unit), which doubles the rounding error of every
+    stored bfloat16; rounding first makes the cast exact on every target.
+    inf and NaN pass through.
+    """
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@device_function
+def to_element(value, PTR):
+    """``value`` (float32) converted for storing through ``PTR``, rounding to nearest."""
+    if PTR.dtype.element_ty == tl.bfloat16:
+        value = round_to_bfloat16(value)
+    return value.to(PTR.dtype.element_ty)
+
+
+@device_function
 def store_block(PTR, rows64, cols, width, block, H, mask, value):
     offs = rows64[:, None] * width + block * H + cols[None, :]
-    tl.store(PTR + offs, value.to(PTR.dtype.element_ty), mask=mask)
+    tl.store(PTR + offs, to_element(value, PTR), mask=mask)
 
 
-@triton.jit
+@device_function
 def load_vector(PTR, block, H, cols, col_mask):
     """``PTR[block*H + cols]`` as a float32 row ``[1, BLOCK]`` (biases, peepholes)."""
     return tl.load(PTR + block * H + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
 
 
-@triton.jit
+@device_function
 def load_state(SRC, src_width, INIT, init_width, rows64, cols, width, n, n_carry):
     """The state each active row starts its step from.
 
@@ -106,7 +147,7 @@ def load_state(SRC, src_width, INIT, init_width, rows64, cols, width, n, n_carry
     return carried.to(tl.float32) + fresh.to(tl.float32)
 
 
-@triton.jit
+@device_function
 def gate_weights_t(W, gate, H, K, cols, ks, UPCAST: tl.constexpr):
     """``W[gate*H + cols, ks]`` transposed (``[BLOCK_K, BLOCK_H]``): one gate's block of W^T."""
     offs = (gate * H + cols)[None, :].to(tl.int64) * K + ks[:, None]
@@ -116,7 +157,7 @@ def gate_weights_t(W, gate, H, K, cols, ks, UPCAST: tl.constexpr):
     return w
 
 
-@triton.jit
+@device_function
 def gate_weights(W, gate, H, K, js, ks, UPCAST: tl.constexpr):
     """``W[gate*H + js, ks]`` (``[BLOCK_H, BLOCK_K]``): one gate's block of W, for dA @ W."""
     offs = (gate * H + js)[:, None].to(tl.int64) * K + ks[None, :]
@@ -126,7 +167,7 @@ def gate_weights(W, gate, H, K, js, ks, UPCAST: tl.constexpr):
     return w
 
 
-@triton.jit
+@device_function
 def mma(a, b, acc, IEEE: tl.constexpr):
     """``acc + a @ b`` with a cast to b's dtype; float32 operands in full precision (no tf32)."""
     a = a.to(b.dtype)
@@ -142,7 +183,7 @@ def mma(a, b, acc, IEEE: tl.constexpr):
 # ----------------------------------------------------------------------------
 
 
-@triton.jit
+@device_function
 def lstm_epilogue(acc_i, acc_f, acc_g, acc_o, c_prev, XP, B_HH, W_PEEP, WS, rows64, cols, mask, H,
                   HAS_BIAS: tl.constexpr, PEEPHOLE: tl.constexpr):
     """LSTM gates of one tile; stores workspace [i, f, g, o, c']; returns (o*tanh(c'), c')."""
@@ -175,7 +216,7 @@ def lstm_epilogue(acc_i, acc_f, acc_g, acc_o, c_prev, XP, B_HH, W_PEEP, WS, rows
     return m, c
 
 
-@triton.jit
+@device_function
 def gru_epilogue_reset_after(acc_r, acc_z, acc_n, h_prev, XP, B_HH, WS, rows64, cols, mask, H,
                              HAS_BIAS: tl.constexpr):
     """GRU (reset_after) gates; stores workspace [r, z, n, k = W_hn h + b_hn]; returns h'."""
@@ -197,7 +238,7 @@ def gru_epilogue_reset_after(acc_r, acc_z, acc_n, h_prev, XP, B_HH, WS, rows64, 
     return (1.0 - z) * n + z * h_prev
 
 
-@triton.jit
+@device_function
 def gru_epilogue_reset_gates(acc_r, acc_z, h_prev, XP, B_HH, WS, rows64, cols, mask, H, HAS_BIAS: tl.constexpr):
     """GRU (reset_before) first phase: r and z; stores workspace [r, z, -, k = r*h]; returns (z, k)."""
     col_ok = cols < H
@@ -215,7 +256,7 @@ def gru_epilogue_reset_gates(acc_r, acc_z, h_prev, XP, B_HH, WS, rows64, cols, m
     return z, k
 
 
-@triton.jit
+@device_function
 def gru_epilogue_new_gate(acc_n, z, h_prev, XP, B_HH, WS, rows64, cols, mask, H, HAS_BIAS: tl.constexpr):
     """GRU (reset_before) second phase: n from ``acc_n = (r*h) W_hn^T``; stores workspace n; returns h'."""
     a_n = acc_n + load_block(XP, rows64, cols, 3 * H, 2, H, mask)
@@ -226,7 +267,7 @@ def gru_epilogue_new_gate(acc_n, z, h_prev, XP, B_HH, WS, rows64, cols, mask, H,
     return (1.0 - z) * n + z * h_prev
 
 
-@triton.jit
+@device_function
 def rnn_epilogue(acc, XP, B_HH, rows64, cols, mask, H, HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
     """Elman RNN: act(acc + xp + b_hh); no workspace."""
     a = acc + load_block(XP, rows64, cols, H, 0, H, mask)
@@ -244,7 +285,7 @@ def rnn_epilogue(acc, XP, B_HH, rows64, cols, mask, H, HAS_BIAS: tl.constexpr, R
 # ----------------------------------------------------------------------------
 
 
-@triton.jit
+@device_function
 def lstm_cell_backward(dm, dc, i, f, g, o, c, c_prev, p_i, p_f, p_o, PEEPHOLE: tl.constexpr):
     """Gradients of the LSTM gate pre-activations and of c_{t-1}.
 
@@ -265,7 +306,7 @@ def lstm_cell_backward(dm, dc, i, f, g, o, c, c_prev, p_i, p_f, p_o, PEEPHOLE: t
     return da_i, da_f, da_g, da_o, dc_prev
 
 
-@triton.jit
+@device_function
 def gru_update_backward(dh, z, n, h_prev):
     """Gradients of the z and n pre-activations from ``h' = (1-z)*n + z*h``."""
     da_z = dh * (h_prev - n) * sigmoid_grad(z)
@@ -273,7 +314,7 @@ def gru_update_backward(dh, z, n, h_prev):
     return da_z, da_n
 
 
-@triton.jit
+@device_function
 def rnn_cell_backward(dh, h_new, RELU: tl.constexpr):
     if RELU:
         d = tl.where(h_new > 0, dh, 0.0)

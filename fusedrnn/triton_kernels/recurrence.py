@@ -41,6 +41,7 @@ from .cell_math import (
     rnn_epilogue,
     sigmoid_grad,
     store_block,
+    device_function,
 )
 
 # ----------------------------------------------------------------------------
@@ -198,7 +199,7 @@ def forward_persistent_kernel(
 # ----------------------------------------------------------------------------
 
 
-@triton.jit
+@device_function
 def grid_barrier(COUNTER, target):
     """Wait until ``target`` arrivals were counted (all programs, this phase).
 
@@ -217,7 +218,7 @@ def grid_barrier(COUNTER, target):
     tl.debug_barrier()
 
 
-@triton.jit
+@device_function
 def _exchange_products(SRC, W_HH, rows64, cols, B, H,
                        FIRST_GATE: tl.constexpr, NUM_GATES: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):

@@ -1,0 +1,338 @@
+"""The fused C++ CPU backend (csrc/cpu) against the float64 reference and torch.nn.
+
+Both strategies of the per-step product are tested wherever they apply:
+``gemm`` (MKL per step; every cell and dtype) and ``fused`` (the packed,
+cache-resident micro-kernel with the gate math on its tile; float32/bfloat16
+LSTM without projection, GRU reset_after, RNN).  ``auto`` picks between them
+by size, so both are what users get.
+
+Oracles and tolerances are those of :mod:`fusedrnn.testing` (DESIGN.md
+section 6): float64 1e-10, float32 1e-5 (max-abs error over max magnitude),
+bfloat16 at most 2x the error of the reference backend run in bfloat16.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+import torch
+
+import fusedrnn.testing as ft
+from fusedrnn import backends, functional, reference
+from fusedrnn.backends.base import LayerWeights
+from fusedrnn.cells import CellSpec
+
+REQUIRED = os.environ.get("FUSEDRNN_REQUIRE_EXTENSION") == "1"
+_WHY = backends.unavailable_reason("cpu")
+if _WHY is not None and not REQUIRED:
+    pytest.skip(f"the fused CPU kernels are not built in this checkout: {_WHY}", allow_module_level=True)
+
+CPU = backends.get("cpu")
+FUSED_VARIANTS = ("lstm", "lstm-peephole", "gru", "rnn-tanh", "rnn-relu")
+STRATEGIES = ("gemm", "fused")
+
+
+@pytest.fixture
+def strategy(request):
+    """Force the cpu backend's strategy for one test (restored after)."""
+    before = CPU.strategy
+    CPU.strategy = request.param
+    yield request.param
+    CPU.strategy = before
+
+
+@pytest.fixture(scope="module")
+def checker():
+    """One Checker for the module: oracle runs are cached and shared by both strategies."""
+    return ft.Checker("cpu")
+
+
+def _fused_applies(variant: str, dtype: torch.dtype) -> bool:
+    return variant in FUSED_VARIANTS and dtype != torch.float64
+
+
+# Odd sizes (H=37, I=3, B=5), a single step (the cells), every layout option;
+# plus a batch of 29 (micro-kernel row blocks 12+12+5) and H=70 (five unit
+# blocks, the last one partial) for the two extreme layouts.
+GRID = (
+    ft.cases(shapes=[(7, 5, 3, 37)])
+    + ft.cases(shapes=[(1, 5, 3, 37)], options=["padded", "packed-reverse"])
+    + ft.cases(shapes=[(3, 29, 5, 70)], options=["padded", "packed-reverse"])
+)
+DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+PARAMS = [
+    pytest.param(case, dtype, strat, id=f"{case.id}-{ft.dtype_name(dtype)}-{strat}")
+    for case in GRID
+    for dtype in DTYPES
+    for strat in STRATEGIES
+    if strat == "gemm" or _fused_applies(case.variant, dtype)
+]
+
+
+@pytest.mark.parametrize("case, dtype, strategy", PARAMS, indirect=["strategy"])
+def test_matches_reference_and_torch_nn(checker, case, dtype, strategy):
+    """Outputs, final states and the gradients of every input, against both oracles."""
+    outcome = checker.check("cpu", case, dtype)
+    assert outcome.skipped is None, outcome.skipped
+    assert outcome.passed, str(outcome)
+
+
+# ----------------------------------------------------------------------------
+# Direct op calls: every element written (NaN-poisoned buffers), workspace layout
+# ----------------------------------------------------------------------------
+
+
+def _problem(cell: CellSpec, T=7, B=5, I=3, H=37, packed=True, peephole=False, proj=0, dtype=torch.float32):
+    """Random inputs of one layer-direction; packed rows come from unsorted lengths."""
+    G, hout = cell.gates, proj or H
+    weights = LayerWeights(
+        torch.randn(G * H, I, dtype=dtype) * 0.4, torch.randn(G * H, hout, dtype=dtype) * 0.3,
+        torch.randn(G * H, dtype=dtype) * 0.2, torch.randn(G * H, dtype=dtype) * 0.2,
+        torch.randn(3 * H, dtype=dtype) * 0.3 if peephole else None,
+        torch.randn(hout, H, dtype=dtype) * 0.3 if proj else None,
+    )
+    if packed:
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[torch.randint(0, B, ())] = T
+        seqs = [torch.randn(int(n), I, dtype=dtype) for n in lengths]
+        packed_seq = torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
+        x, batch_sizes = packed_seq.data, packed_seq.batch_sizes
+    else:
+        x, batch_sizes = torch.randn(T, B, I, dtype=dtype), None
+    h0 = torch.randn(B, hout, dtype=dtype)
+    c0 = torch.randn(B, H, dtype=dtype) if cell.has_cell_state else None
+    return x, h0, c0, weights, batch_sizes
+
+
+def _double(t):
+    return None if t is None else t.double()
+
+
+DIRECT = [
+    pytest.param(CellSpec(*spec), extra, packed, reverse, strat,
+                 id=f"{name}-{'packed' if packed else 'padded'}-{'reverse' if reverse else 'forward'}-{strat}")
+    for name, spec, extra in (
+        ("lstm-peephole", ("lstm", "lstm"), dict(peephole=True)),
+        ("lstm-proj", ("lstm", "lstm"), dict(proj=11)),
+        ("gru", ("gru", "reset_after"), {}),
+        ("gru-reset-before", ("gru", "reset_before"), {}),
+        ("rnn-relu", ("rnn", "relu"), {}),
+    )
+    for packed, reverse in ((False, False), (True, True))
+    for strat in STRATEGIES
+    if strat == "gemm" or not (extra.get("proj") or spec[1] == "reset_before")
+]
+
+
+@pytest.mark.parametrize("cell, extra, packed, reverse, strat", DIRECT)
+def test_poisoned_buffers_are_fully_written(cell, extra, packed, reverse, strat):
+    """With every output and scratch buffer NaN-filled first, results (workspace included) match the reference."""
+    x, h0, c0, w, bs = _problem(cell, packed=packed, **extra)
+    ops = torch.ops.fusedrnn_C
+    out, h_n, c_n, ws = ops.forward(cell.family, cell.mode, x, h0, c0, *w, bs, reverse, strat, True)
+    ref = reference.sequence_forward(cell, x.double(), h0.double(), _double(c0), LayerWeights(*map(_double, w)),
+                                     bs, reverse)
+    for name, got, want in (("out", out, ref.out), ("h_n", h_n, ref.h_n), ("workspace", ws, ref.workspace)):
+        ft_assert(got, want, torch.float32, name)
+    if cell.has_cell_state:
+        ft_assert(c_n, ref.c_n, torch.float32, "c_n")
+    else:
+        assert c_n.numel() == 0
+    g_out, g_h = torch.randn_like(ref.out), torch.randn_like(ref.h_n)
+    g_c = torch.randn_like(ref.c_n) if cell.has_cell_state else None
+    want = reference.sequence_backward(cell, g_out, g_h, g_c, x.double(), h0.double(), _double(c0),
+                                       LayerWeights(*map(_double, w)), bs, reverse, ref.out, ref.workspace)
+    got = ops.backward(cell.family, cell.mode, g_out.float(), g_h.float(), None if g_c is None else g_c.float(),
+                       x, h0, c0, *w, bs, reverse, out, ws, strat, True)
+    names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_peep", "dw_proj")
+    for name, g, e in zip(names, got, (want.dx, want.dh0, want.dc0, *want.dweights)):
+        if e is None:
+            assert g.numel() == 0, name
+        else:
+            ft_assert(g, e, torch.float32, name)
+
+
+def ft_assert(actual, expected, dtype, name):
+    _, rel = ft.error(actual, expected)
+    assert rel <= ft.tolerance(dtype), f"{name}: relative error {rel:.2e} > {ft.tolerance(dtype):.0e}"
+
+
+# ----------------------------------------------------------------------------
+# Gradcheck, double backward, saturation
+# ----------------------------------------------------------------------------
+
+
+GRADCHECK = [
+    pytest.param(CellSpec("lstm", "lstm"), dict(peephole=True, proj=2), id="lstm-peephole-proj"),
+    pytest.param(CellSpec("gru", "reset_after"), {}, id="gru"),
+    pytest.param(CellSpec("gru", "reset_before"), {}, id="gru-reset-before"),
+    pytest.param(CellSpec("rnn", "tanh"), {}, id="rnn-tanh"),
+]
+
+
+def _leaves(x, h0, c0, w):
+    return [t.detach().requires_grad_() if t is not None else None for t in (x, h0, c0, *w)]
+
+
+@pytest.mark.parametrize("cell, extra", GRADCHECK)
+def test_float64_gradcheck_through_ops(cell, extra):
+    x, h0, c0, w, bs = _problem(cell, T=3, B=3, I=2, H=3, packed=True, dtype=torch.float64, **extra)
+    leaves = _leaves(x, h0, c0, w)
+    present = [t for t in leaves if t is not None]
+
+    def fn(*args):
+        it = iter(args)
+        full = [next(it) if t is not None else None for t in leaves]
+        res = functional.layer(cell, full[0], full[1], full[2], LayerWeights(*full[3:]), bs, True, backend="cpu")
+        return (res.out, res.h_n) + ((res.c_n,) if res.c_n is not None else ())
+
+    assert torch.autograd.gradcheck(fn, present, eps=1e-6, atol=1e-7)
+
+
+def test_double_backward_with_cpu_backend_forced():
+    cell = CellSpec("lstm", "lstm")
+    x, h0, c0, w, _ = _problem(cell, T=2, B=2, I=2, H=2, packed=False, dtype=torch.float64)
+    leaves = _leaves(x, h0, c0, w[:4])
+
+    def fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        res = functional.layer(cell, x, h0, c0, LayerWeights(w_ih, w_hh, b_ih, b_hh), backend="cpu")
+        return res.out, res.h_n, res.c_n
+
+    assert torch.autograd.gradgradcheck(fn, leaves, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, indirect=True)
+@pytest.mark.parametrize("cell", [CellSpec(f, m) for f, m in
+                                  (("lstm", "lstm"), ("gru", "reset_after"), ("gru", "reset_before"),
+                                   ("rnn", "tanh"), ("rnn", "relu"))], ids=str)
+def test_saturated_preactivations_stay_finite(cell, strategy):
+    """Pre-activations of about +-100 give finite outputs and gradients (no inf/inf, no exp overflow)."""
+    x, h0, c0, w, bs = _problem(cell, T=4, B=3, I=3, H=20, packed=True)
+    x = torch.sign(x) * 100.0  # with w_ih entries of a unit or so, |pre-activation| >> 100 for many units
+    w = LayerWeights(torch.sign(w.w_ih) * 40.0, *w[1:])
+    leaves = _leaves(x, h0, c0, w)
+    res = functional.layer(cell, leaves[0], leaves[1], leaves[2], LayerWeights(*leaves[3:]), bs, False, backend="cpu")
+    assert float((x @ w.w_ih.t()).abs().max()) >= 100.0
+    loss = res.out.sum() + res.h_n.sum() + (res.c_n.sum() if res.c_n is not None else 0)
+    if cell.mode == "relu":  # relu is unbounded by design: finite, not bounded
+        loss = loss * 1e-6
+    loss.backward()
+    for t in (res.out, res.h_n, *[p.grad for p in leaves if p is not None]):
+        assert torch.isfinite(t).all()
+
+
+# ----------------------------------------------------------------------------
+# Threads, memory, selection
+# ----------------------------------------------------------------------------
+
+
+def _forward_backward(cell, x, h0, c0, w, bs):
+    leaves = _leaves(x, h0, c0, w)
+    res = functional.layer(cell, leaves[0], leaves[1], leaves[2], LayerWeights(*leaves[3:]), bs, False, backend="cpu")
+    (res.out.square().sum() + res.h_n.sum()).backward()
+    return [res.out.detach(), res.h_n.detach()] + [t.grad for t in leaves if t is not None]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, indirect=True)
+def test_concurrent_calls_match_serial_calls(strategy):
+    """The same call from 4 Python threads at once gives bit-identical results to serial calls."""
+    cell = CellSpec("lstm", "lstm")
+    problem = _problem(cell, T=20, B=8, I=16, H=64, packed=True)
+    expected = _forward_backward(cell, *problem)
+    results, errors = [None] * 4, []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                results[i] = _forward_backward(cell, *problem)
+        except Exception as exc:  # reported below: an exception in a thread would otherwise vanish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for got in results:
+        for a, b in zip(got, expected):
+            assert torch.equal(a, b)
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc/self/statm (Linux) to read RSS")
+def test_repeated_calls_do_not_grow_resident_memory():
+    cell = CellSpec("lstm", "lstm")
+    problem = _problem(cell, T=50, B=16, I=16, H=64, packed=False)  # ~1 MB of workspace per call
+    for _ in range(20):  # warm-up: allocator caches, packed panels, thread pool
+        _forward_backward(cell, *problem)
+    before = _resident_bytes()
+    for _ in range(200):
+        _forward_backward(cell, *problem)
+    grown = _resident_bytes() - before
+    assert grown < 32 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 200 calls"
+
+
+def test_auto_picks_cpu_for_cpu_tensors(monkeypatch):
+    monkeypatch.delenv("FUSEDRNN_BACKEND", raising=False)
+    cell = CellSpec("gru", "reset_after")
+    x, h0, c0, w, _ = _problem(cell, packed=False)
+    assert backends.resolve("auto", cell, x, w).name == "cpu"
+    assert "avx" in torch.ops.fusedrnn_C.describe() or "sse2" in torch.ops.fusedrnn_C.describe()
+
+
+# ----------------------------------------------------------------------------
+# Bad calls: a RuntimeError naming the argument, never a crash
+# ----------------------------------------------------------------------------
+
+
+def _good_call():
+    cell = CellSpec("lstm", "lstm")
+    x, h0, c0, w, bs = _problem(cell, packed=True)
+    return dict(family="lstm", mode="lstm", x=x, h0=h0, c0=c0, w_ih=w.w_ih, w_hh=w.w_hh, b_ih=w.b_ih, b_hh=w.b_hh,
+                w_peep=None, w_proj=None, batch_sizes=bs, reverse=False)
+
+
+BAD_CALLS = {
+    "family": (dict(family="lstmx"), "family"),
+    "mode": (dict(mode="reset_after"), "mode"),
+    "x-dtype": (lambda a: dict(x=a["x"].double()), "w_ih has dtype"),
+    "x-int": (lambda a: dict(x=a["x"].long()), "x must be float32"),
+    "x-noncontiguous": (lambda a: dict(x=a["x"].t().contiguous().t()), "x must be contiguous"),
+    "w_hh-shape": (lambda a: dict(w_hh=a["w_hh"][:, :-1].contiguous()), "w_hh must have shape"),
+    "b_ih-shape": (lambda a: dict(b_ih=a["b_ih"][:-1]), "b_ih must have shape"),
+    "h0-shape": (lambda a: dict(h0=a["h0"][:, :-1].contiguous()), "h0 must have shape"),
+    "c0-missing": (dict(c0=None), "c0 is required"),
+    "batch_sizes-increasing": (lambda a: dict(batch_sizes=a["batch_sizes"].flip(0)), "batch_sizes"),
+    "batch_sizes-sum": (lambda a: dict(x=a["x"][:-1]), "batch_sizes sum"),
+    "batch_sizes-dtype": (lambda a: dict(batch_sizes=a["batch_sizes"].int()), "batch_sizes must be"),
+    "peephole-on-rnn": (lambda a: dict(family="rnn", mode="tanh", c0=None, w_ih=a["w_ih"][:37], w_hh=a["w_hh"][:37],
+                                       b_ih=a["b_ih"][:37], b_hh=a["b_hh"][:37], w_peep=torch.zeros(3 * 37)),
+                        "w_peep and w_proj exist only"),
+}
+
+
+@pytest.mark.parametrize("change, message", BAD_CALLS.values(), ids=list(BAD_CALLS))
+def test_bad_calls_raise_runtime_error(change, message):
+    args = _good_call()
+    args.update(change(args) if callable(change) else change)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fusedrnn_C.forward(*args.values())
+
+
+def test_bad_backward_calls_raise_runtime_error():
+    args = _good_call()
+    out, h_n, c_n, ws = torch.ops.fusedrnn_C.forward(*args.values())
+    rest = list(args.values())[2:]
+    with pytest.raises(RuntimeError, match="workspace must have shape"):
+        torch.ops.fusedrnn_C.backward("lstm", "lstm", out, h_n, c_n, *rest, out, ws[:, :-1].contiguous())
+    with pytest.raises(RuntimeError, match="grad_cn is required"):
+        torch.ops.fusedrnn_C.backward("lstm", "lstm", out, h_n, None, *rest, out, ws)
+    with pytest.raises(RuntimeError, match="strategy must be"):
+        torch.ops.fusedrnn_C.backward("lstm", "lstm", out, h_n, c_n, *rest, out, ws, "fast")
