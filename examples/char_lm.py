@@ -120,15 +120,20 @@ def main() -> None:
     (f_train, f_val), (t_train, t_val) = curves["fusedrnn.LSTM"], curves["torch.nn.LSTM"]
     gap = max(abs(a - b) for a, b in zip(f_train, t_train))
     # the noise scale: how much the loss itself moves from one batch to the next
-    noise = float(torch.tensor(f_train[len(f_train) // 2 :]).diff().abs().median()) if steps > 2 else float("nan")
+    noise = float(torch.tensor(f_train[len(f_train) // 2 :]).diff().abs().median()) if steps > 2 else 0.0
 
-    fig, ax = _common.plt.subplots(figsize=(7, 4))
+    fig, (ax, diff) = _common.plt.subplots(1, 2, figsize=(12, 4))
     for name, style in (("fusedrnn.LSTM", "-"), ("torch.nn.LSTM", "--")):
         train_curve, val_curve = curves[name]
         ax.plot(range(1, steps + 1), train_curve, style, lw=1, label=f"{name} (train)")
         ax.plot(*zip(*val_curve), style, marker="o", label=f"{name} (validation)")
     ax.set(xlabel="step", ylabel="cross-entropy (nats/char)", title="character LM on this repository's text")
     ax.legend()
+    # the gap between the two runs, against the batch-to-batch noise of the loss itself
+    diff.plot(range(1, steps + 1), [a - b for a, b in zip(f_train, t_train)], lw=1, label="fusedrnn - torch.nn")
+    diff.axhspan(-noise, noise, color="tab:gray", alpha=0.25, label="step-to-step loss noise (median)")
+    diff.set(xlabel="step", ylabel="train-loss difference", title="same weights, same batches")
+    diff.legend()
     _common.save_figure(fig, args.out / "loss.png")
 
     prompt_text = "import torch\n"

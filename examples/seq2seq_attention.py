@@ -130,13 +130,13 @@ def exact_match(logits: Tensor, target: Tensor):
 
 def main() -> None:
     p = _common.parser("seq2seq_attention", __doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 3000; 30 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 1000; 30 with --quick)")
     args = p.parse_args()
     device = _common.setup(args)
     if args.quick:
         embed, hidden, batch, steps, min_len, max_len, test_size, eval_every = 8, 16, 16, 30, 2, 5, 64, 10
     else:
-        embed, hidden, batch, steps, min_len, max_len, test_size, eval_every = 32, 128, 64, 3000, 4, 12, 1000, 250
+        embed, hidden, batch, steps, min_len, max_len, test_size, eval_every = 32, 128, 64, 1000, 4, 12, 1000, 100
     steps = args.steps or steps
     data_gen = torch.Generator().manual_seed(args.seed)
     test_gen = torch.Generator().manual_seed(args.seed + 1_000_003)  # a held-out stream of strings

@@ -174,25 +174,28 @@ def choose_backends(requested: Optional[Sequence[str]], device: torch.device, qu
 
 
 def check_shapes(s: "Settings") -> tuple:
-    """Every timed backend against torch.nn (float64) on the benchmark shapes: (Report, failed backends).
+    """Every timed backend against torch.nn (float64) on the benchmark shapes.
 
-    The sequence is cut to ``s.check_steps`` steps (when set): a kernel's code
-    path follows B, I and H, while T only repeats the step, and torch.nn in
-    float64 at full length would take most of the CPU run's time budget.
+    Returns the Report and the set of ``(backend, cell, shape, dtype)`` that
+    failed: those are not timed (the others still are).  The sequence is cut
+    to ``s.check_steps`` steps (when set): a kernel's code path follows B, I
+    and H, while T only repeats the step, and torch.nn in float64 at full
+    length would take most of the CPU run's time budget.
     """
     checker = testing.Checker(s.device)
     jobs = [(f, shape, d, n) for f in s.families for shape in s.shapes for d in s.dtypes for n in s.backends]
-    outcomes = []
+    outcomes, failed = [], set()
     with progress(len(jobs), "checking against torch.nn") as advance:
         for family, shape, dtype, name in jobs:
-            if s.check_steps:
-                shape = shape._replace(T=min(shape.T, s.check_steps))
-            case = testing.Case(CHECK_VARIANTS[family], shape, "padded")
+            steps = min(shape.T, s.check_steps) if s.check_steps else shape.T
+            case = testing.Case(CHECK_VARIANTS[family], shape._replace(T=steps), "padded")
             # at benchmark lengths torch.nn's own float32 error can pass 1e-5: it sets the bar (2x rule)
-            outcomes.append(checker.check(name, case, dtype, oracles=("torch.nn",), baseline="torch.nn"))
+            outcome = checker.check(name, case, dtype, oracles=("torch.nn",), baseline="torch.nn")
+            outcomes.append(outcome)
+            if not outcome.passed:
+                failed.add((name, family, shape, dtype))
             advance(f"{name} {family} {shape.label} {dtype_name(dtype)}")
-    report = testing.Report(outcomes, str(s.device))
-    return report, set(report.failed_backends())
+    return testing.Report(outcomes, str(s.device)), failed
 
 
 def _result(bench: LayerBench, mode: str, impl: str, **fields) -> dict:
@@ -244,8 +247,8 @@ def run_benchmarks(s: "Settings", failed: set) -> List[dict]:
 
 
 def _measure(bench: LayerBench, impl: str, mode: str, flops: float, failed: set, s: "Settings") -> dict:
-    if impl in failed:
-        return _result(bench, mode, impl, status="failed the check: not timed")
+    if (impl, bench.family, bench.shape, bench.dtype) in failed:
+        return _result(bench, mode, impl, status="FAILED the check: not timed")
     why = bench.unsupported(impl)
     if why is not None:
         return _result(bench, mode, impl, status=f"unsupported: {why}")
@@ -346,7 +349,7 @@ def run_bench(args: argparse.Namespace, s: Settings, stamp: str) -> int:
     failed, check_report = set(), None
     if not args.no_check and s.backends:
         check_report, failed = check_shapes(s)
-        status = "passed" if check_report.passed else f"FAILED: {', '.join(sorted(failed))}"
+        status = "passed" if check_report.passed else f"FAILED: {', '.join(check_report.failed_backends())}"
 
     peak = {}
     n = peak_matmul_size(s.device, args.quick)
@@ -371,7 +374,7 @@ def run_bench(args: argparse.Namespace, s: Settings, stamp: str) -> int:
         print(f"wrote {path}" if path else f"no {kind}: matplotlib is not installed")
     errors = [r for r in results if r["status"].startswith("error")]
     if failed or errors:
-        culprits = sorted(failed | {r["impl"] for r in errors})
+        culprits = sorted({name for name, *_ in failed} | {r["impl"] for r in errors})
         print(f"fusedrnn-bench: FAILED: backend(s) {', '.join(culprits)} disagree with torch.nn or did not run",
               file=sys.stderr)
         return 1

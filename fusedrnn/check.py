@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--options", type=comma_list, default=None,
                         help=f"comma-separated layout options (default: all of {', '.join(testing.OPTIONS)})")
     parser.add_argument("--shapes", type=parse_shape, nargs="+", default=None, metavar="T,B,I,H",
-                        help="shapes (default: 7,5,3,37 and 1,5,3,37)")
+                        help="shapes (default: " + ", ".join(",".join(map(str, s)) for s in testing.DEFAULT_SHAPES)
+                             + ")")
     parser.add_argument("--json", default=None, metavar="PATH", help="write every error figure to PATH")
     parser.add_argument("--verbose", action="store_true", help="print one line per case and quantity")
     return parser

@@ -148,8 +148,9 @@ class Shape(NamedTuple):
         return f"T{self.T} B{self.B} I{self.I} H{self.H}"
 
 
-#: odd sizes that are multiples of no block size, and a single step
-DEFAULT_SHAPES: Tuple[Shape, ...] = (Shape(7, 5, 3, 37), Shape(1, 5, 3, 37))
+#: odd sizes that are multiples of no block size; a single step; and a batch and width large enough
+#: for the blocked, multi-threaded kernel paths (seen: a CPU kernel right at B=5 and wrong at B=64 with 2 threads)
+DEFAULT_SHAPES: Tuple[Shape, ...] = (Shape(7, 5, 3, 37), Shape(1, 5, 3, 37), Shape(3, 65, 5, 257))
 
 
 def projection_size(hidden: int) -> int:

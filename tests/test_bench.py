@@ -140,12 +140,15 @@ def test_quick_bench_writes_png_and_markdown(quick_run):
 
 def test_bench_refuses_to_time_a_backend_that_disagrees_with_torch_nn(tmp_path):
     proc = run_cli("fusedrnn.bench", "--quick", "--threads", "1", "--cell", "rnn", "--shapes", "3,2,3,4",
-                   "--out", str(tmp_path), *register_flags("wrong-output"), "--backends", "reference,wrong-output")
+                   "--check-steps", "2", "--out", str(tmp_path), *register_flags("wrong-output"),
+                   "--backends", "reference,wrong-output")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAILED: backend(s) wrong-output" in proc.stderr
-    rows = json.loads(_only(tmp_path, "bench-cpu-*.json").read_text())["results"]
+    payload = json.loads(_only(tmp_path, "bench-cpu-*.json").read_text())
+    assert {tuple(o["shape"]) for o in payload["check"]["outcomes"]} == {(2, 2, 3, 4)}  # the first 2 steps
+    rows = payload["results"]
     statuses = {(r["impl"], r["status"]) for r in rows if r["impl"] != "matmul"}
-    assert statuses == {("torch.nn", "ok"), ("reference", "ok"), ("wrong-output", "failed the check: not timed")}
+    assert statuses == {("torch.nn", "ok"), ("reference", "ok"), ("wrong-output", "FAILED the check: not timed")}
 
 
 def test_check_only_exits_nonzero_and_names_the_wrong_backend(tmp_path):
@@ -165,7 +168,8 @@ def test_check_only_exits_nonzero_and_names_the_wrong_backend(tmp_path):
     (["--backends", "nosuch"], "unknown backend 'nosuch'"),
     (["--dtype", "int8"], "unknown floating dtype"),
     (["--threads", "0"], "--threads"),
-], ids=["short-shape", "bad-cell", "unknown-backend", "bad-dtype", "zero-threads"])
+    (["--check-steps", "-1"], "--check-steps"),
+], ids=["short-shape", "bad-cell", "unknown-backend", "bad-dtype", "zero-threads", "negative-check-steps"])
 def test_bench_bad_arguments_exit_2_naming_the_argument(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(argv)

@@ -19,6 +19,13 @@
 //           the tile while it is in L1; one barrier per step.  The backward
 //           does the same with W_hh^T (its units are the columns of W_hh).
 //           States are kept transposed ([unit][row]) for the micro-kernel.
+// The gate math (sigmoid, tanh: clamps and selects) vectorises only when the
+// compiler may evaluate both sides of a select, which GCC refuses under its
+// default -ftrapping-math (an FP exception flag is not a result: values are
+// unchanged).  Set for this whole file, before any include, so the
+// always_inline kernels and their callers share one set of options.
+#pragma GCC optimize("no-trapping-math")
+
 #include "sequence.h"
 
 #include <algorithm>
@@ -92,20 +99,15 @@ void pw_rnn_backward(bool relu, const Block& b, const RnnBackwardArgs<T>& a) {
 // ---------------------------------------------------------------------------
 
 template <typename T>
-View<T> view(T* p, int64_t rs, int64_t us = 1) {
+View<T> view(T* p, int64_t rs) {
   View<T> v;
   v.p = p;
   v.rs = rs;
-  v.us = us;
   return v;
 }
 template <typename T>
-View<const T> cview(const T* p, int64_t rs, int64_t us = 1) {
-  return view<const T>(p, rs, us);
-}
-template <typename T>
-View<const T> cview(const View<T>& v) {
-  return view<const T>(v.p, v.rs, v.us);
+View<const T> cview(const T* p, int64_t rs) {
+  return view<const T>(p, rs);
 }
 template <typename T>
 View<T> shifted(View<T> v, int64_t rows) {
@@ -170,6 +172,26 @@ PrevSplit prev_split(const Steps& s, int64_t p) {
   if (p == 0) return {0, -1};
   const int64_t tp = s.order[p - 1];
   return {std::min(s.size[t], s.size[tp]), s.offset[tp]};
+}
+
+// Calls fn(sub_block, row_shift, prev_view) for the rows of step p whose
+// previous state is row `carried` of the previous step and for those that
+// start from the initial state (only in the reverse direction of packed input).
+template <typename T, typename F>
+void for_prev_segments(const Steps& s, int64_t p, const Block& blk, const T* prev_rows, int64_t prev_col,
+                       int64_t prev_ld, const T* initial, int64_t init_ld, const F& fn) {
+  const PrevSplit ps = prev_split(s, p);
+  const int64_t n = blk.rows;
+  if (ps.carried > 0) {
+    Block sub = blk;
+    sub.rows = ps.carried;
+    fn(sub, int64_t(0), cview(prev_rows + ps.prev_offset * prev_ld + prev_col, prev_ld));
+  }
+  if (ps.carried < n) {
+    Block sub = blk;
+    sub.rows = n - ps.carried;
+    fn(sub, ps.carried, cview(initial + ps.carried * init_ld, init_ld));
+  }
 }
 
 // Each row's state from before its step: rows [N, D] -> [N, D] (the reference's previous_states).
@@ -254,7 +276,7 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
   const T* xp = ptr<T>(f.xp);
   T* out = ptr<T>(f.out);
   T* ws = ptr<T>(f.ws);
-  T* hs = ptr<T>(f.h_state);
+  const T* hs = ptr<T>(f.h_state);
   for (int64_t p = 0; p < s.count(); ++p) {
     const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
     at::Tensor h_prev = f.h_state.narrow(0, 0, n);
@@ -269,21 +291,13 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
       a.c = view(ptr<T>(f.c_state), H);
       a.peep = ptr<T>(f.peep);
       a.ws = view(ws + off * W, W);
-      if (mbuf.defined()) {
-        a.m = view(ptr<T>(mbuf), H);
-      } else {
-        a.m = view(out + off * Hout, Hout);
-        a.m2 = view(hs, Hout);
-      }
+      a.m = mbuf.defined() ? view(ptr<T>(mbuf), H) : view(out + off * Hout, Hout);
       parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) { pw_lstm_forward(Block{n, u0, u1, H}, a); });
       if (mbuf.defined()) {
         at::Tensor out_rows = f.out.narrow(0, off, n);
         at::mm_out(out_rows, mbuf.narrow(0, 0, n), w.w_proj.t());
-        h_prev.copy_(out_rows);
       }
-      continue;
-    }
-    if (cell.family == Family::gru) {
+    } else if (cell.family == Family::gru) {
       GruForwardArgs<T> a;
       a.xp = cview(xp + off * GH, GH);
       a.b_hn = ptr<T>(f.b_hn);
@@ -310,7 +324,7 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
       a.h = view(out + off * Hout, Hout);
       parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) { pw_rnn_forward(cell.relu, Block{n, u0, u1, H}, a); });
     }
-    h_prev.copy_(f.out.narrow(0, off, n));  // the pass read h_prev in place: update after it
+    h_prev.copy_(f.out.narrow(0, off, n));  // after the pass, which may read h_prev
   }
 }
 
@@ -339,7 +353,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
     for (int64_t p = 0; p < T; ++p) {
       const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
       const int64_t n_next = p + 1 < T ? s.size[s.order[p + 1]] : 0;
-      const float* cur = hTp + (p & 1) * H * B;
+      const float* cur = hTp + (p & 1) * H * B;  // h_prev^T: the product's left operand
       float* nxt = hTp + ((p + 1) & 1) * H * B;
       for (int64_t blk = blk0; blk < blk1; ++blk) {
         const int64_t u0 = blk * L, u1 = std::min(H, u0 + L);
@@ -354,30 +368,34 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
           a.peep = ptr<float>(f.peep);
           a.ws = view(ws + off * W, W);
           a.m = view(out + off * H, H);
-          a.m2 = view(nxt, 1, B);
           pw_lstm_forward(block, a);
         } else if (cell.family == Family::gru) {
-          GruForwardArgs<float> a;
-          a.xp = cview(xp + off * GH, GH);
-          a.hp = cview(tile.data(), G * L);
-          a.hp_gs = L;
-          a.b_hn = ptr<float>(f.b_hn);
-          a.h_prev = cview(cur, 1, B);
-          a.ws = view(ws + off * W, W);
-          a.h = view(out + off * H, H);
-          a.h2 = view(nxt, 1, B);
-          pw_gru_forward_after(block, a);
+          for_prev_segments<float>(s, p, block, out, 0, H, h0p, H,
+                                   [&](const Block& sub, int64_t shift, View<const float> h_prev) {
+            GruForwardArgs<float> a;
+            a.xp = cview(xp + (off + shift) * GH, GH);
+            a.hp = cview(tile.data() + shift * G * L, G * L);
+            a.hp_gs = L;
+            a.b_hn = ptr<float>(f.b_hn);
+            a.h_prev = h_prev;
+            a.ws = view(ws + (off + shift) * W, W);
+            a.h = view(out + (off + shift) * H, H);
+            pw_gru_forward_after(sub, a);
+          });
         } else {
           RnnForwardArgs<float> a;
           a.xp = cview(xp + off * GH, GH);
           a.hp = cview(tile.data(), L);
           a.h = view(out + off * H, H);
-          a.h2 = view(nxt, 1, B);
           pw_rnn_forward(cell.relu, block, a);
         }
-        // reverse direction: sequences that start at the next step start from h0
-        for (int64_t b = n; b < n_next; ++b)
-          for (int64_t u = u0; u < u1; ++u) nxt[u * B + b] = h0p[b * H + u];
+        // the new states, transposed for the next step's product; sequences
+        // that start at the next step (reverse direction) start from h0
+        for (int64_t u = u0; u < u1; ++u) {
+          float* dst = nxt + u * B;
+          for (int64_t b = 0; b < n; ++b) dst[b] = out[(off + b) * H + u];
+          for (int64_t b = n; b < n_next; ++b) dst[b] = h0p[b * H + u];
+        }
       }
       barrier.wait();
     }
@@ -441,31 +459,11 @@ struct BackwardBuffers {
   int64_t H, Hout, G, W;
 };
 
-// Calls fn(sub_block, row_shift, prev_view) for the rows of step p whose
-// previous state is row `carried` of the previous step and for those that
-// start from the initial state (only in the reverse direction of packed input).
-template <typename T, typename F>
-void for_prev_segments(const Steps& s, int64_t p, const Block& blk, const T* prev_rows, int64_t prev_col,
-                       int64_t prev_ld, const T* initial, int64_t init_ld, const F& fn) {
-  const PrevSplit ps = prev_split(s, p);
-  const int64_t n = blk.rows;
-  if (ps.carried > 0) {
-    Block sub = blk;
-    sub.rows = ps.carried;
-    fn(sub, int64_t(0), cview(prev_rows + ps.prev_offset * prev_ld + prev_col, prev_ld));
-  }
-  if (ps.carried < n) {
-    Block sub = blk;
-    sub.rows = n - ps.carried;
-    fn(sub, ps.carried, cview(initial + ps.carried * init_ld, init_ld));
-  }
-}
-
 // The pointwise backward of step p for rows [0, n) and units [u0, u1); the
-// optional `dA2` is the transposed copy the fused strategy's product reads.
+// results go to the row-major buffers of BackwardBuffers.
 template <typename T>
 void step_backward_pointwise(const Cell& cell, const Steps& s, int64_t p, BackwardBuffers& bb, const Block& blk,
-                             View<const T> dh_a, View<const T> dh_b, View<T> dA2, int64_t dA2_gs) {
+                             View<const T> dh_a, View<const T> dh_b) {
   const int64_t H = bb.H, GH = bb.G * H, W = bb.W, off = s.offset[s.order[p]];
   const T* ws = ptr<T>(bb.ws) + off * W;
   if (cell.family == Family::lstm) {
@@ -480,8 +478,6 @@ void step_backward_pointwise(const Cell& cell, const Steps& s, int64_t p, Backwa
       a.peep = ptr<T>(bb.peep);
       a.dpeep = ptr<T>(bb.dpeep);
       a.dA = view(ptr<T>(bb.dA_x) + (off + shift) * GH, GH);
-      a.dA2 = dA2.p ? shifted(dA2, shift) : dA2;
-      a.dA2_gs = dA2_gs;
       pw_lstm_backward(sub, a);
     });
   } else if (cell.family == Family::gru) {
@@ -495,8 +491,6 @@ void step_backward_pointwise(const Cell& cell, const Steps& s, int64_t p, Backwa
       a.dA_x = view(ptr<T>(bb.dA_x) + (off + shift) * GH, GH);
       a.dA_h = view(ptr<T>(bb.dA_h) + (off + shift) * GH, GH);
       a.dh_direct = shifted(view(ptr<T>(bb.dh_direct), H), shift);
-      a.dA2 = dA2.p ? shifted(dA2, shift) : dA2;
-      a.dA2_gs = dA2_gs;
       if (cell.reset_after) {
         pw_gru_backward_after(sub, a);
       } else {
@@ -509,7 +503,6 @@ void step_backward_pointwise(const Cell& cell, const Steps& s, int64_t p, Backwa
     a.dh_b = dh_b;
     a.h = cview(ptr<T>(bb.out) + off * bb.Hout, bb.Hout);
     a.dA = view(ptr<T>(bb.dA_x) + off * GH, GH);
-    a.dA2 = dA2;
     pw_rnn_backward(cell.relu, blk, a);
   }
 }
@@ -535,7 +528,7 @@ void gemm_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Back
       dh_b = cview(ptr<T>(zeros_bh), H);
     }
     auto pointwise = [&](int64_t u0, int64_t u1) {
-      step_backward_pointwise<T>(cell, s, p, bb, Block{n, u0, u1, H}, dh_a, dh_b, View<T>(), 0);
+      step_backward_pointwise<T>(cell, s, p, bb, Block{n, u0, u1, H}, dh_a, dh_b);
     };
     parallel_units(H, n * GH, 16, pointwise);
     at::Tensor dA_x_rows = bb.dA_x.narrow(0, off, n);
@@ -580,6 +573,7 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
   float* dh = ptr<float>(bb.dh_state);
   const float* direct = ptr<float>(bb.dh_direct);
   const float* dout = ptr<float>(bb.dout);
+  const float* dA_h = ptr<float>(bb.dA_h);
   const int64_t T = s.count();
   const int nthreads = static_cast<int>(std::min<int64_t>(max_threads(), nblk));
   run_parallel(nthreads, [&](int tid, int nt, Barrier& barrier) {
@@ -599,8 +593,12 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
       for (int64_t blk = blk0; blk < blk1; ++blk) {
         const int64_t u0 = blk * L, u1 = std::min(H, u0 + L);
         if (p < T - 1) carry(p + 1, u0, u1);
-        step_backward_pointwise<float>(cell, s, p, bb, Block{n, u0, u1, H}, cview(dout + off * H, H),
-                                       cview(dh, H), view(dATp + (p & 1) * GH * B, 1, B), H);
+        step_backward_pointwise<float>(cell, s, p, bb, Block{n, u0, u1, H}, cview(dout + off * H, H), cview(dh, H));
+        // dA_h transposed, the next step's left operand
+        float* dst = dATp + (p & 1) * GH * B;
+        for (int64_t g = 0; g < G; ++g)
+          for (int64_t u = u0; u < u1; ++u)
+            for (int64_t b = 0; b < n; ++b) dst[(g * H + u) * B + b] = dA_h[(off + b) * GH + g * H + u];
       }
       barrier.wait();
     }
@@ -632,7 +630,7 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
   if (cell.family == Family::lstm) {
     bb.dc_state = grad_cn.clone();
     bb.peep = w.w_peep.defined() ? w.w_peep : at::zeros({3 * H}, x.options());
-    if (w.w_peep.defined()) bb.dpeep = at::zeros({3 * H}, x.options());
+    bb.dpeep = at::zeros({3 * H}, x.options());  // accumulated even without peepholes (a branch-free loop)
     if (w.w_proj.defined()) bb.dH_total = empty_like_rows(x, {s.rows, bb.Hout}, poison);
   }
   if (cell.family == Family::gru) bb.dh_direct = empty_like_rows(x, {s.batch, H}, poison);

@@ -6,13 +6,16 @@ Triton itself is imported only when this backend is first used, so importing
 fusedrnn never needs it.
 
 The forward runs one of three recurrences (:mod:`fusedrnn.triton_kernels`):
-``persistent`` (hidden size <= 64: one launch for the whole sequence, each
-program keeping all of W_hh and its rows' state on chip), ``grid_sync``
-(CUDA, hidden size >= 768: one launch, hidden tiles on co-resident programs
-meeting at a grid barrier each step) or ``per_step`` (one fused launch per
-step, everything else and LSTM projections).  ``forward_strategy`` (or the
-``FUSEDRNN_TRITON_FORWARD`` environment variable) forces one.  The backward
-is one fused launch per step, then the weight gradients as single GEMMs.
+``persistent`` (hidden size <= 64, no projection: one launch for the whole
+sequence, each program keeping all of W_hh and its rows' state on chip),
+``per_step`` (one fused launch per step: everything else, LSTM projections
+included) and ``grid_sync`` (CUDA only, for large hidden sizes: one launch,
+hidden tiles on co-resident programs meeting at a grid barrier each step;
+opt-in until it has been validated on a GPU, see
+:func:`fusedrnn.triton_kernels.launch.choose_forward_strategy`).
+``forward_strategy`` (or the ``FUSEDRNN_TRITON_FORWARD`` environment
+variable) forces one.  The backward is one fused launch per step, then the
+weight gradients as single GEMMs.
 
 ``cuda_graphs`` (or ``FUSEDRNN_TRITON_CUDA_GRAPHS=1``) replays per-step
 sequences (forward and backward) from captured CUDA graphs, one per shape,
@@ -73,7 +76,7 @@ class TritonBackend(Backend):
 
         return launch
 
-    def _graph_cache(self, cell, x, weights, per_step: bool):
+    def _graph_cache(self, x, per_step: bool):
         """The graph cache when this call should be replayed from a CUDA graph, else None."""
         if not (self.cuda_graphs and per_step and x.is_cuda):
             return None
@@ -91,7 +94,7 @@ class TritonBackend(Backend):
             return kernels.sequence_forward(cell, x, h0, c0, LayerWeights(*w), batch_sizes, reverse, strategy=strategy)
 
         tensors = (x, h0, c0, *weights)
-        graphs = self._graph_cache(cell, x, weights, strategy == "per_step")
+        graphs = self._graph_cache(x, strategy == "per_step")
         if graphs is None:
             return run(*tensors)
         from ..triton_kernels.graphs import tensor_key
@@ -108,7 +111,7 @@ class TritonBackend(Backend):
             return (result.dx, result.dh0, result.dc0, *result.dweights)
 
         tensors = (grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, *weights)
-        graphs = self._graph_cache(cell, x, weights, per_step=True)
+        graphs = self._graph_cache(x, per_step=True)
         if graphs is None:
             grads = run(*tensors)
         else:

@@ -7,7 +7,8 @@
   forward, persistent large-H forward with a grid barrier, per-step backward),
   one template per purpose with the cell chosen by ``tl.constexpr``;
 * :mod:`.launch`: the sequence drivers that call them (one layer-direction,
-  whole sequence) and the CUDA-graph cache.
+  whole sequence), strategy choice and autotuning;
+* :mod:`.graphs`: CUDA-graph capture and replay of per-step sequences.
 
 ``TRITON_INTERPRET=1`` must be set before this package is imported for the
 kernels to run on CPU tensors through Triton's interpreter (DESIGN.md 5).

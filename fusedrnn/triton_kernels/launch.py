@@ -35,8 +35,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 #: largest hidden size whose whole W_hh one program of the persistent kernel holds
 PERSISTENT_MAX_H = 64
-#: smallest hidden size for which the grid-synchronised persistent kernel is chosen on the GPU
-GRID_SYNC_MIN_H = 768
 
 _FAMILY_CODE = {"lstm": 0, "gru": 1, "rnn": 2}
 
@@ -46,12 +44,11 @@ _INTERPRET_META = dict(BLOCK_B=16, BLOCK_H=32, BLOCK_K=32)
 
 
 def _step_configs():
-    configs = []
-    for bb in (16, 32, 64):
-        for bh, bk in ((16, 64), (32, 64), (64, 32), (32, 128)):
-            for warps in (4, 8):
-                configs.append(triton.Config(dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk), num_warps=warps, num_stages=2))
-    return configs
+    # (BLOCK_B, BLOCK_H, BLOCK_K, warps): few enough that the first call of a shape tunes in seconds
+    tiles = [(16, 16, 128, 4), (16, 32, 64, 4), (16, 64, 64, 4), (32, 16, 64, 4),
+             (32, 32, 64, 4), (32, 64, 32, 4), (64, 32, 32, 4), (64, 64, 32, 8)]
+    return [triton.Config(dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk), num_warps=w, num_stages=2)
+            for bb, bh, bk, w in tiles]
 
 
 def _persistent_configs():
@@ -98,6 +95,11 @@ def _alloc(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
 def _scratch(shape, like: torch.Tensor) -> torch.Tensor:
     """A float32 buffer for recurrent state (states are carried in float32 whatever the dtype)."""
     return _alloc(shape, like, torch.float32)
+
+
+def _or(t: Optional[torch.Tensor], stand_in: torch.Tensor) -> torch.Tensor:
+    """``t``, or for an absent tensor a stand-in pointer that the kernel's specialisation never dereferences."""
+    return stand_in if t is None or t.numel() == 0 else t
 
 
 class _Order(NamedTuple):
@@ -152,17 +154,19 @@ def _rows(t: torch.Tensor, batch_sizes: Optional[torch.Tensor]) -> torch.Tensor:
 def choose_forward_strategy(cell: CellSpec, x: torch.Tensor, weights: LayerWeights, requested: str = "auto") -> str:
     """``per_step``, ``persistent`` (small H, any device) or ``grid_sync`` (large H, CUDA only).
 
-    A requested strategy that cannot run this call raises ValueError.
+    ``auto`` picks ``persistent`` where it applies, else ``per_step``; it does
+    not pick ``grid_sync`` yet: that kernel has never run on a GPU (none was
+    available when it was written), and a grid barrier that fails to
+    synchronise hangs the process rather than raising.  Request it
+    explicitly, and once its gpu-marked tests and the benchmark pass, let
+    auto choose it for hidden sizes of 768 and up.  A requested strategy
+    that cannot run this call raises ValueError.
     """
     H = weights.w_hh.shape[0] // cell.gates
     small_ok = weights.w_proj is None and H <= PERSISTENT_MAX_H
     grid_ok = weights.w_proj is None and x.device.type == "cuda" and not INTERPRET
     if requested == "auto":
-        if small_ok:
-            return "persistent"
-        if grid_ok and H >= GRID_SYNC_MIN_H and grid_sync_programs(H, x.device) is not None:
-            return "grid_sync"
-        return "per_step"
+        return "persistent" if small_ok else "per_step"
     if requested == "persistent" and not small_ok:
         raise ValueError(f"the persistent kernel needs hidden_size <= {PERSISTENT_MAX_H} and no projection, got H={H}")
     if requested == "grid_sync" and not (grid_ok and grid_sync_programs(H, x.device) is not None):
@@ -196,20 +200,18 @@ def sequence_forward(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_siz
     h_n = _alloc(h0.shape, x)
     c_n = _alloc(c0.shape, x) if c0 is not None else None
     flags = _flags(cell, weights, x.dtype)
-    if N > 0:
-        if strategy == "persistent":
-            _forward_persistent_run(flags, steps, xp, h0, c0, weights, out, ws, h_n, c_n, H)
-        elif strategy == "grid_sync":
-            _forward_grid_sync_run(flags, steps, xp, h0, c0, weights, out, ws, h_n, c_n, H)
-        else:
-            _forward_per_step_run(flags, steps, xp, h0, c0, weights, out, ws, h_n, c_n, H)
+    if N == 0:  # no steps: the final state is the initial one
+        h_n.copy_(h0)
+        if c_n is not None:
+            c_n.copy_(c0)
+    elif strategy == "persistent":
+        _forward_persistent_run(flags, steps, xp, h0, c0, weights, out, ws, h_n, c_n, H)
+    elif strategy == "grid_sync":
+        _forward_grid_sync_run(flags, steps, xp, h0, c0, weights, out, ws, h_n, c_n, H)
+    else:
+        _forward_per_step_run(flags, steps, xp, h0, c0, weights, out, ws, h_n, c_n, H)
     lead = x.shape[:-1]
     return ForwardResult(out.reshape(*lead, h0.shape[-1]), h_n, c_n, ws.reshape(*lead, ws.shape[-1]))
-
-
-def _dummy(t):
-    """A pointer argument a specialisation never dereferences."""
-    return t
 
 
 def _forward_per_step_run(flags: _Flags, steps, xp, h0, c0, w: LayerWeights, out, ws, h_n, c_n, H):
@@ -229,10 +231,10 @@ def _forward_per_step_run(flags: _Flags, steps, xp, h0, c0, w: LayerWeights, out
         src, dst = h_state[p % 2], h_state[(p + 1) % 2]
         for phase, first, count in gates:
             _forward_step[_grid(n, H, "BLOCK_B", "BLOCK_H")](
-                xp[span], src, h0, c_state[p % 2], _dummy(c0 if c0 is not None else xp),
-                w.w_hh, _dummy(w.b_hh if w.b_hh is not None else xp), _dummy(w.w_peep if w.w_peep is not None else xp),
-                m_buf if proj else out[span], dst, c_state[(p + 1) % 2], ws[span] if ws.numel() else xp,
-                h_n, c_n if c_n is not None else xp, z_scr, k_scr,
+                xp[span], src, h0, c_state[p % 2], _or(c0, xp),
+                w.w_hh, _or(w.b_hh, xp), _or(w.w_peep, xp),
+                m_buf if proj else out[span], dst, c_state[(p + 1) % 2], _or(ws[span], xp),
+                h_n, _or(c_n, xp), z_scr, k_scr,
                 n, step.n_before, step.n_after, H, K,
                 PHASE=phase, FIRST_GATE=first, NUM_GATES=count, PROJ=proj, **flags._asdict(), **_meta(),
             )
@@ -262,9 +264,9 @@ def _forward_persistent_run(flags: _Flags, steps, xp, h0, c0, w: LayerWeights, o
         grid = lambda meta: (triton.cdiv(B, meta["BLOCK_B"]),)  # noqa: E731
         meta = {}
     _forward_persistent[grid](
-        xp, h0, c0 if c0 is not None else xp, w.w_hh,
-        w.b_hh if w.b_hh is not None else xp, w.w_peep if w.w_peep is not None else xp,
-        out, ws if ws.numel() else xp, h_n, c_n if c_n is not None else xp, offsets, sizes,
+        xp, h0, _or(c0, xp), w.w_hh,
+        _or(w.b_hh, xp), _or(w.w_peep, xp),
+        out, _or(ws, xp), h_n, _or(c_n, xp), offsets, sizes,
         len(steps.sizes), B, H,
         FAMILY=flags.FAMILY, RESET_AFTER=flags.RESET_AFTER, PEEPHOLE=flags.PEEPHOLE, RELU=flags.RELU,
         HAS_BIAS=flags.HAS_BIAS, UPCAST=flags.UPCAST, IEEE=flags.IEEE, BLOCK_H=block_h, **meta,
@@ -284,7 +286,8 @@ def grid_sync_programs(H: int, device) -> Optional[int]:
     return programs if programs <= sms else None
 
 
-def _forward_grid_sync_run(flags: _Flags, steps, xp, h0, c0, w: LayerWeights, out, ws, h_n, c_n, H):  # pragma: no cover - GPU
+def _forward_grid_sync_run(flags: _Flags, steps, xp, h0, c0, w: LayerWeights, out, ws, h_n, c_n,
+                           H):  # pragma: no cover - GPU
     B = h0.shape[0]
     offsets, sizes = _step_tables(steps, xp.device)
     h_x = _scratch((2, B, H), xp)
@@ -296,8 +299,8 @@ def _forward_grid_sync_run(flags: _Flags, steps, xp, h0, c0, w: LayerWeights, ou
     counter = torch.zeros((1,), dtype=torch.int32, device=xp.device)
     T = len(steps.sizes)
     recurrence.forward_grid_sync_kernel[(grid_sync_programs(H, xp.device),)](
-        xp, w.w_hh, w.b_hh if w.b_hh is not None else xp, w.w_peep if w.w_peep is not None else xp,
-        out, ws if ws.numel() else xp, h_x, c_state, z_scr, k_scr, counter, offsets, sizes,
+        xp, w.w_hh, _or(w.b_hh, xp), _or(w.w_peep, xp),
+        out, _or(ws, xp), h_x, c_state, z_scr, k_scr, counter, offsets, sizes,
         T, B, H, **flags._asdict(), BLOCK_B=16, BLOCK_H=GRID_SYNC_BLOCK_H, BLOCK_K=64, num_warps=4,
     )
     h_n.copy_(h_x[T % 2])
@@ -333,6 +336,10 @@ def sequence_backward(cell: CellSpec, grad_out, grad_hn, grad_cn, x, h0, c0, wei
         w_proj = weights.w_proj.float()
         dH_total = _scratch((steps.rows, K), x)
         dm = _scratch((B, H), x)
+    if steps.rows == 0:  # no steps: the gradient of the initial state is that of the final one
+        dh0.copy_(grad_hn)
+        if dc0 is not None:
+            dc0.copy_(grad_cn)
     phases = (1, 2) if two_phase else (0,)
     order = processing_order(steps)
     for q, step in enumerate(reversed(order)):
@@ -352,11 +359,11 @@ def sequence_backward(cell: CellSpec, grad_out, grad_hn, grad_cn, x, h0, c0, wei
         for phase in phases:
             _backward_step[_grid(n, K, "BLOCK_B", "BLOCK_K")](
                 dOUT[span], dm if proj else src, dm if proj else grad_hn, dc_src,
-                grad_cn if grad_cn is not None else x,
-                WS[span] if WS.numel() else x, WS[prev_span] if WS.numel() else x,
-                c0 if c0 is not None else x, OUT[span], OUT[prev_span], h0,
-                weights.w_hh, weights.w_peep if weights.w_peep is not None else x,
-                dA[span], dst, dc_dst, dh0, dc0 if dc0 is not None else x, dk_scr,
+                _or(grad_cn, x),
+                _or(WS[span], x), _or(WS[prev_span], x),
+                _or(c0, x), OUT[span], OUT[prev_span], h0,
+                weights.w_hh, _or(weights.w_peep, x),
+                dA[span], dst, dc_dst, dh0, _or(dc0, x), dk_scr,
                 n, step.n_before, step.n_after, H, K,
                 PHASE=phase, HAS_DOUT=not proj, FAMILY=flags.FAMILY, RESET_AFTER=flags.RESET_AFTER,
                 PEEPHOLE=flags.PEEPHOLE, RELU=flags.RELU, UPCAST=flags.UPCAST, IEEE=flags.IEEE, **_meta(),

@@ -134,6 +134,26 @@ def test_forward_saturated_gates_stay_finite(cell, triton_backend):
         torch.testing.assert_close(actual.workspace, expected.workspace, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["lstm-peephole", "gru-reset-before", "rnn-relu"])
+def test_empty_sequence_passes_states_through(variant, triton_backend):
+    """T=0: no kernel runs; the final state is the initial one, and so are their gradients."""
+    case = _layer_case(variant, SINGLE_STEP, False, False)
+    x, h0, c0, *w = [_move(t) for t in case.inputs()]
+    x = x[:0]
+    weights = LayerWeights(*w)
+    expected = reference.sequence_forward(case.cell, x, h0, c0, weights, None, False)
+    actual = triton_backend.forward(case.cell, x, h0, c0, weights, None, False)
+    for name, a, e in zip(expected._fields, actual, expected):
+        if e is not None:
+            torch.testing.assert_close(a, e, msg=lambda m: f"{name}: {m}")
+    grads = (torch.zeros_like(actual.out), torch.rand_like(h0), None if c0 is None else torch.rand_like(c0))
+    got = triton_backend.backward(case.cell, *grads, x, h0, c0, weights, None, False, actual.out, actual.workspace)
+    want = reference.sequence_backward(case.cell, *grads, x, h0, c0, weights, None, False, expected.out,
+                                       expected.workspace)
+    torch.testing.assert_close(got.dh0, want.dh0)
+    torch.testing.assert_close(got.dweights.w_hh, want.dweights.w_hh)
+
+
 # ----------------------------------------------------------------------------
 # Backward kernel (and the forward once more): all outputs and gradients
 # through the ops, against the float64 reference and torch.nn
@@ -261,3 +281,30 @@ LARGE = ft.Shape(T=512, B=16, I=64, H=1024)
 def test_large_shape_low_precision(variant, dtype, strategy, checker, triton_backend):  # pragma: no cover - GPU
     triton_backend.forward_strategy = strategy
     _assert_passed(checker.check("triton", ft.Case(variant, LARGE, "padded"), dtype, oracles=("reference",)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETING, reason="CUDA graphs need CUDA tensors")
+@pytest.mark.parametrize("variant", ["lstm-peephole-proj", "gru-reset-before"])
+def test_cuda_graph_replay_matches_direct_run(variant, triton_backend, monkeypatch):  # pragma: no cover - GPU
+    """Forward and backward replayed from graphs equal direct runs, for new inputs of the captured shape too."""
+    triton_backend.forward_strategy = "per_step"
+    case = _layer_case(variant, SHAPE, packed=True, reverse=True)
+    first = [_move(t) for t in case.inputs()]
+    second = [None if t is None else t * 0.5 for t in first]
+
+    def run(inputs):
+        weights = LayerWeights(*inputs[3:])
+        fwd = triton_backend.forward(case.cell, *inputs[:3], weights, case.batch_sizes, True)
+        grads = (torch.ones_like(fwd.out), torch.ones_like(fwd.h_n), None if fwd.c_n is None else fwd.c_n * 0 + 1)
+        bwd = triton_backend.backward(case.cell, *grads, *inputs[:3], weights, case.batch_sizes, True, fwd.out,
+                                      fwd.workspace)
+        return [*fwd, bwd.dx, bwd.dh0, bwd.dc0, *bwd.dweights]
+
+    monkeypatch.setattr(triton_backend, "cuda_graphs", False)
+    direct = [run(first), run(second)]
+    monkeypatch.setattr(triton_backend, "cuda_graphs", True)
+    for i, inputs in enumerate([first, second, first]):  # capture, replay with new values, replay again
+        for a, e in zip(run(inputs), direct[i % 2]):
+            if e is not None:
+                torch.testing.assert_close(a, e, rtol=0, atol=0)
