@@ -47,7 +47,7 @@ from torch import nn
 from . import backends, bench_env, check, functional, testing
 from .backends.base import LayerWeights
 from .bench_console import progress
-from .bench_report import print_results, markdown, write_csv, write_json
+from .bench_report import markdown, print_results, threads_text, write_csv, write_json
 from .bench_shapes import BENCH_CELLS, CHECK_VARIANTS, DEFAULT_PRESET, PRESETS, forward_flops, parse_shapes
 from .bench_timing import (Timing, cuda_peak_bytes, matmul_gflops, peak_matmul_size, saved_activation_bytes,
                            storage_ptrs, time_call)
@@ -273,8 +273,8 @@ def write_outputs(out_dir: str, payload: dict, results: List[dict]) -> Dict[str,
     with open(paths["markdown"], "w") as f:
         f.write(markdown(results, payload))
     m = payload["machine"]
-    paths["png"] = plot_speedups(results, stem + ".png",
-                                 f"fusedrnn vs torch.nn: {m['gpu'] or m['cpu_model']}, {m['torch_threads']} threads")
+    title = f"fusedrnn vs torch.nn: {m['gpu'] or m['cpu_model']}, {threads_text(m['torch_threads'])}"
+    paths["png"] = plot_speedups(results, stem + ".png", title)
     return paths
 
 
@@ -369,7 +369,7 @@ def run_bench(args: argparse.Namespace, s: Settings, stamp: str) -> int:
     if check_report is not None:
         check.render(check_report)
     print_results(results, peak, f"fusedrnn vs torch.nn on {machine['gpu'] or machine['cpu_model']} "
-                                 f"({s.threads} threads)")
+                                 f"({threads_text(s.threads)})")
     for kind, path in write_outputs(args.out, payload, results).items():
         print(f"wrote {path}" if path else f"no {kind}: matplotlib is not installed")
     errors = [r for r in results if r["status"].startswith("error")]

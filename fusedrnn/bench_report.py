@@ -27,6 +27,10 @@ CSV_FIELDS = ["cell", "T", "B", "I", "H", "dtype", "mode", "impl", "median_ms", 
 CSV_CONTEXT = ["cpu_model", "torch_threads", "gpu", "torch", "triton", "git_commit", "timestamp"]
 
 
+def threads_text(n: int) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def _num(value: Optional[float], fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -87,7 +91,7 @@ def markdown(results: Sequence[dict], payload: dict) -> str:
     m, v, s = payload["machine"], payload["versions"], payload["settings"]
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
     lines = [
-        f"### {m['cpu_model']}{gpu}, {m['torch_threads']} threads ({payload['timestamp']})",
+        f"### {m['cpu_model']}{gpu}, {threads_text(m['torch_threads'])} ({payload['timestamp']})",
         "",
         f"Command: `{s['command']}`  ",
         f"torch {v['torch']}, triton {v['triton']}, python {v['python']}, fusedrnn commit {v['git_commit']}  ",
