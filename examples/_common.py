@@ -21,7 +21,9 @@ matplotlib.use("Agg")  # files only: the examples run on headless machines and i
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+)
 from rich.table import Table  # noqa: E402
 
 console = Console()

@@ -16,6 +16,7 @@ from .cell_modules import GRUCell, LSTMCell, RNNCell
 from .cells import CellSpec
 from .convert import convert
 from .modules import GRU, LSTM, RNN
+from .pyramid import PyramidGRU, PyramidLSTM
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,8 @@ __all__ = [
     "LSTMCell",
     "GRUCell",
     "RNNCell",
+    "PyramidLSTM",
+    "PyramidGRU",
     "convert",
     "functional",
     "use_backend",
