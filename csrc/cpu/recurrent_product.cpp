@@ -73,9 +73,7 @@ template <int L>
 FUSEDRNN_ALWAYS_INLINE void product_tile_impl(const float* lhs_t, int64_t ld_lhs, int64_t n, int64_t K,
                                               const float* panels, int64_t C, float* tile) {
   const int64_t ld_tile = C * L;
-  if (C == 4 && L == 16) {
-    product_group<L, 4>(lhs_t, ld_lhs, n, K, panels, tile, ld_tile);
-  } else if (C == 3) {
+  if (C == 3) {
     product_group<L, 3>(lhs_t, ld_lhs, n, K, panels, tile, ld_tile);
   } else if (C == 1) {
     product_group<L, 1>(lhs_t, ld_lhs, n, K, panels, tile, ld_tile);

@@ -216,6 +216,14 @@ at::Tensor last_rows(const Steps& s) {
   return at::tensor(last, at::TensorOptions().dtype(at::kLong));
 }
 
+// Threads for the fused region: one per unit block at most, and one in all
+// for tiny steps, where a barrier per step (worse: a descheduled partner on a
+// busy machine) costs more than the step's product of `step_macs` MACs.
+int threads_for_step(int64_t step_macs, int64_t blocks) {
+  if (step_macs < (int64_t(1) << 17)) return 1;
+  return static_cast<int>(std::min<int64_t>(max_threads(), blocks));
+}
+
 bool fused_supported(const Cell& cell, const LayerTensors& w, at::ScalarType dtype) {
   if (dtype != at::kFloat || w.w_proj.defined()) return false;
   return !(cell.family == Family::gru && !cell.reset_after);
@@ -343,7 +351,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
   float* out = ptr<float>(f.out);
   float* ws = ptr<float>(f.ws);
   const int64_t T = s.count();
-  const int nthreads = static_cast<int>(std::min<int64_t>(max_threads(), nblk));
+  const int nthreads = threads_for_step(B * G * H * H, nblk);
   run_parallel(nthreads, [&](int tid, int nt, Barrier& barrier) {
     int64_t blk0, blk1;
     split_range(nblk, tid, nt, blk0, blk1);
@@ -573,7 +581,7 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
   const float* dout = ptr<float>(bb.dout);
   const float* dA_h = ptr<float>(bb.dA_h);
   const int64_t T = s.count();
-  const int nthreads = static_cast<int>(std::min<int64_t>(max_threads(), nblk));
+  const int nthreads = threads_for_step(B * G * H * H, nblk);
   run_parallel(nthreads, [&](int tid, int nt, Barrier& barrier) {
     int64_t blk0, blk1;
     split_range(nblk, tid, nt, blk0, blk1);
