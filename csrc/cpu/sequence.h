@@ -8,18 +8,13 @@
 #include <string>
 #include <vector>
 
+#include "fusedrnn/cell.h"
+
 namespace fusedrnn {
 namespace cpu {
 
-enum class Family { lstm, gru, rnn };
-
-struct Cell {
-  Family family;
-  bool relu = false;         // rnn: relu instead of tanh
-  bool reset_after = true;   // gru: PyTorch's form
-  int64_t gates() const { return family == Family::lstm ? 4 : family == Family::gru ? 3 : 1; }
-  int64_t workspace_blocks() const { return family == Family::lstm ? 5 : family == Family::gru ? 4 : 0; }
-};
+using fusedrnn::Cell;
+using fusedrnn::Family;
 
 // How the per-step recurrent product runs (see sequence.cpp).
 enum class Strategy { automatic, gemm, fused };
