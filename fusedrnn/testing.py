@@ -47,7 +47,7 @@ from __future__ import annotations
 import itertools
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, ClassVar, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -159,18 +159,20 @@ def projection_size(hidden: int) -> int:
 
 
 @dataclass(frozen=True)
-class Case:
-    """One layer-direction problem of the grid."""
+class _GridCase:
+    """What every case of the grids has: a cell variant, a shape and an option, named by ``id``."""
 
     variant: str
     shape: Shape
-    option: str = "padded"
+    option: str
+
+    #: the variants this kind of case accepts
+    _variants: ClassVar[Dict] = {}
 
     def __post_init__(self):
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown cell variant {self.variant!r}; expected one of {list(VARIANTS)}")
-        if self.option not in OPTIONS:
-            raise ValueError(f"unknown option {self.option!r}; expected one of {list(OPTIONS)}")
+        if self.variant not in self._variants:
+            raise ValueError(f"unknown variant {self.variant!r} for {type(self).__name__}; "
+                             f"expected one of {list(self._variants)}")
         object.__setattr__(self, "shape", Shape(*self.shape))
 
     @property
@@ -180,6 +182,22 @@ class Case:
     @property
     def cell(self) -> CellSpec:
         return VARIANTS[self.variant].cell
+
+    def __str__(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True)
+class Case(_GridCase):
+    """One layer-direction problem of the grid."""
+
+    option: str = "padded"
+    _variants: ClassVar[Dict] = VARIANTS
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.option not in OPTIONS:
+            raise ValueError(f"unknown option {self.option!r}; expected one of {list(OPTIONS)}")
 
     @property
     def proj_size(self) -> int:
@@ -192,9 +210,6 @@ class Case:
     @property
     def layout(self) -> Option:
         return OPTIONS[self.option]
-
-    def __str__(self) -> str:
-        return self.id
 
 
 def cases(cells: Optional[Iterable[str]] = None, shapes: Optional[Iterable] = None,
@@ -395,25 +410,11 @@ MODULE_LAYERS = 2
 
 
 @dataclass(frozen=True)
-class ModuleCase:
+class ModuleCase(_GridCase):
     """A drop-in module with two layers, both directions and packed unsorted input, vs torch.nn on copied weights."""
 
-    variant: str
-    shape: Shape
     option: str = "module-2layer-bidir-packed"
-
-    def __post_init__(self):
-        if self.variant not in MODULE_VARIANTS:
-            raise ValueError(f"no module check for {self.variant!r}; expected one of {list(MODULE_VARIANTS)}")
-        object.__setattr__(self, "shape", Shape(*self.shape))
-
-    @property
-    def id(self) -> str:
-        return f"{self.variant}/{self.option}/{self.shape.label}"
-
-    @property
-    def cell(self) -> CellSpec:
-        return VARIANTS[self.variant].cell
+    _variants: ClassVar[Dict] = MODULE_VARIANTS
 
     @property
     def layer_case(self) -> Case:
@@ -425,9 +426,6 @@ class ModuleCase:
         kwargs = {k: (projection_size(self.shape.H) if k == "proj_size" else v) for k, v in kwargs.items()}
         return getattr(library, name)(self.shape.I, self.shape.H, num_layers=MODULE_LAYERS, bidirectional=True,
                                       dtype=torch.float64, **kwargs, **extra)
-
-    def __str__(self) -> str:
-        return self.id
 
 
 def modules_available() -> bool:
