@@ -68,6 +68,13 @@ class BackwardResult(NamedTuple):
     dc0: Optional[torch.Tensor]
     dweights: LayerWeights
 
+    @classmethod
+    def from_op(cls, cell: CellSpec, grads, weights: LayerWeights) -> "BackwardResult":
+        """From a compiled backward op's ``[dx, dh0, dc0, *dweights]`` (empty tensors where absent)."""
+        dx, dh0, dc0, *dweights = grads
+        return cls(dx, dh0, dc0 if cell.has_cell_state else None,
+                   LayerWeights(*(None if w is None else g for g, w in zip(dweights, weights))))
+
 
 class Backend:
     """Base class: a named implementation of the sequence forward and backward."""

@@ -70,15 +70,9 @@ class CpuBackend(Backend):
     def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
                  out, workspace) -> BackwardResult:
         grads = _ops().backward(
-            cell.family, cell.mode, grad_out.contiguous(), grad_hn.contiguous(),
-            None if grad_cn is None else grad_cn.contiguous(),
-            x, h0, c0, *weights, batch_sizes, bool(reverse), out, workspace, self._strategy(cell, x, weights),
+            cell.family, cell.mode, grad_out, grad_hn, grad_cn, x, h0, c0, *weights, batch_sizes, bool(reverse), out, workspace, self._strategy(cell, x, weights),
         )
-        dx, dh0, dc0, *dweights = grads
-        return BackwardResult(
-            dx, dh0, dc0 if cell.has_cell_state else None,
-            LayerWeights(*(None if w is None else g for g, w in zip(dweights, weights))),
-        )
+        return BackwardResult.from_op(cell, grads, weights)
 
 
 def kernel_info() -> str:
