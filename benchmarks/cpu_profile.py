@@ -6,12 +6,19 @@ issue's targets are stated in) for inference (no_grad forward) and training
 (forward + backward), plus the GFLOP/s of the forward against one large
 torch.matmul of the same FLOPs.
 
+The two sides are timed alternately, call by call, and the ratio is the
+median of the per-pair ratios: on a shared (virtual) machine the speed of
+the cores drifts by 2x within seconds, and back-to-back blocks of one side
+then the other would mostly measure that drift.
+
     python benchmarks/cpu_profile.py [--cells lstm,gru,rnn] [--strategy auto|gemm|fused] [--shapes 0,1,2]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 from torch import nn
@@ -30,6 +37,25 @@ MODULES = {"lstm": (nn.LSTM, CellSpec("lstm", "lstm")), "gru": (nn.GRU, CellSpec
 def median_ms(fn, min_run_time=1.0) -> float:
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def _once_ms(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def paired_ms(baseline, candidate, min_run_time=2.0, min_pairs=5):
+    """(median baseline ms, median candidate ms, median of per-pair baseline/candidate)."""
+    baseline(), candidate()  # warm-up: first-call allocations, oneDNN primitive creation
+    base, cand, ratios = [], [], []
+    start = time.perf_counter()
+    while len(ratios) < min_pairs or time.perf_counter() - start < min_run_time:
+        b, c = _once_ms(baseline), _once_ms(candidate)
+        base.append(b)
+        cand.append(c)
+        ratios.append(b / c)
+    return statistics.median(base), statistics.median(cand), statistics.median(ratios)
 
 
 def forward_flops(cell: CellSpec, T, B, I, H) -> float:
@@ -60,10 +86,9 @@ def run(cell_name: str, shape, strategy: str) -> dict:
 
     res = {}
     with torch.no_grad():
-        res["fwd_torch"] = median_ms(theirs)
-        res["fwd_ours"] = median_ms(ours)
-    res["train_torch"] = median_ms(lambda: theirs()[0].sum().backward())
-    res["train_ours"] = median_ms(lambda: ours().out.sum().backward())
+        res["fwd_torch"], res["fwd_ours"], res["fwd_ratio"] = paired_ms(theirs, ours)
+    res["train_torch"], res["train_ours"], res["train_ratio"] = paired_ms(
+        lambda: theirs()[0].sum().backward(), lambda: ours().out.sum().backward())
     flops = forward_flops(cell, T, B, I, H)
     res["fwd_gflops"] = flops / res["fwd_ours"] / 1e6
     res["matmul_gflops"] = matmul_gflops(flops)
@@ -85,8 +110,8 @@ def main():
             r = run(cell_name, shape, args.strategy)
             bound = 3 * forward_flops(MODULES[cell_name][1], *shape) / r["matmul_gflops"] / 1e6
             print(f"{cell_name:5} {str(shape):18} {r['fwd_torch']:10.2f} {r['fwd_ours']:8.2f} "
-                  f"{r['fwd_torch'] / r['fwd_ours']:6.2f} | {r['train_torch']:11.2f} {r['train_ours']:8.2f} "
-                  f"{r['train_torch'] / r['train_ours']:6.2f} | {r['fwd_gflops']:6.1f} {r['matmul_gflops']:7.1f} "
+                  f"{r['fwd_ratio']:6.2f} | {r['train_torch']:11.2f} {r['train_ours']:8.2f} "
+                  f"{r['train_ratio']:6.2f} | {r['fwd_gflops']:6.1f} {r['matmul_gflops']:7.1f} "
                   f"{bound:9.2f} ms", flush=True)
 
 

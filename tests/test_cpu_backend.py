@@ -55,11 +55,16 @@ def _fused_applies(variant: str, dtype: torch.dtype) -> bool:
 
 # Odd sizes (H=37, I=3, B=5), a single step (the cells), every layout option;
 # plus a batch of 29 (micro-kernel row blocks 12+12+5) and H=70 (five unit
-# blocks, the last one partial) for the two extreme layouts.
+# blocks, the last one partial) for the two extreme layouts, and H=60 (four
+# blocks with AVX-512: the fused kernels' pairs of unit blocks then end in a
+# partial block); B=65, H=257 puts more than 16384 elements in a step, so the
+# per-step GEMM strategy splits its pointwise pass over threads.
 GRID = (
     ft.cases(shapes=[(7, 5, 3, 37)])
     + ft.cases(shapes=[(1, 5, 3, 37)], options=["padded", "packed-reverse"])
     + ft.cases(shapes=[(3, 29, 5, 70)], options=["padded", "packed-reverse"])
+    + ft.cases(shapes=[(4, 7, 3, 60)], options=["padded", "packed-reverse"])
+    + ft.cases(shapes=[(3, 65, 5, 257)], options=["padded"])
 )
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 PARAMS = [

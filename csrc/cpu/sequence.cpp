@@ -148,6 +148,15 @@ at::Tensor hidden_bias_n(const LayerTensors& w, int64_t H, const at::TensorOptio
   return w.b_hh.defined() ? w.b_hh.narrow(0, 2 * H, H).contiguous() : at::zeros({H}, opts);
 }
 
+// The pointwise passes read the hidden-side product relative to their block's
+// first unit (the fused kernels' tile holds only that block); a [rows, G*H]
+// GEMM result holds every unit, so a block starting at u0 gets it shifted.
+template <typename Args>
+Args with_product_at_unit(Args a, int64_t u0) {
+  a.hp.p += u0;
+  return a;
+}
+
 // Split H units over the threads in multiples of `align`, run fn(u0, u1) on each.
 template <typename F>
 void parallel_units(int64_t H, int64_t work, int64_t align, const F& fn) {
@@ -298,7 +307,9 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
       a.peep = ptr<T>(f.peep);
       a.ws = view(ws + off * W, W);
       a.m = mbuf.defined() ? view(ptr<T>(mbuf), H) : view(out + off * Hout, Hout);
-      parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) { pw_lstm_forward(Block{n, u0, u1, H}, a); });
+      parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) {
+        pw_lstm_forward(Block{n, u0, u1, H}, with_product_at_unit(a, u0));
+      });
       if (mbuf.defined()) {
         at::Tensor out_rows = f.out.narrow(0, off, n);
         at::mm_out(out_rows, mbuf.narrow(0, 0, n), w.w_proj.t());
@@ -313,22 +324,30 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
       if (cell.reset_after) {
         a.hp = cview(hpp, GH);
         a.hp_gs = H;
-        parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) { pw_gru_forward_after(Block{n, u0, u1, H}, a); });
+        parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) {
+          pw_gru_forward_after(Block{n, u0, u1, H}, with_product_at_unit(a, u0));
+        });
       } else {
         a.hp = cview(hpp, 2 * H);
         a.hp_gs = H;
-        parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) { pw_gru_forward_gates(Block{n, u0, u1, H}, a); });
+        parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) {
+          pw_gru_forward_gates(Block{n, u0, u1, H}, with_product_at_unit(a, u0));
+        });
         at::Tensor hp_n_rows = hp_n.narrow(0, 0, n);
         at::mm_out(hp_n_rows, f.ws.narrow(0, off, n).narrow(1, 3 * H, H), w.w_hh.narrow(0, 2 * H, H).t());
         a.hp = cview(ptr<T>(hp_n), H);
-        parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) { pw_gru_forward_state(Block{n, u0, u1, H}, a); });
+        parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) {
+          pw_gru_forward_state(Block{n, u0, u1, H}, with_product_at_unit(a, u0));
+        });
       }
     } else {
       RnnForwardArgs<T> a;
       a.xp = cview(xp + off * GH, GH);
       a.hp = cview(hpp, GH);
       a.h = view(out + off * Hout, Hout);
-      parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) { pw_rnn_forward(cell.relu, Block{n, u0, u1, H}, a); });
+      parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) {
+        pw_rnn_forward(cell.relu, Block{n, u0, u1, H}, with_product_at_unit(a, u0));
+      });
     }
     h_prev.copy_(f.out.narrow(0, off, n));  // after the pass, which may read h_prev
   }
@@ -355,15 +374,20 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
   run_parallel(nthreads, [&](int tid, int nt, Barrier& barrier) {
     int64_t blk0, blk1;
     split_range(nblk, tid, nt, blk0, blk1);
-    std::vector<float> tile(static_cast<size_t>(B * G * L));
+    // RNN (one gate): two adjacent unit blocks per product, whose panels are
+    // adjacent, so the micro-kernel runs with C = 2 panels (2 panel loads per
+    // 12 broadcasts instead of 1 per 16); tile row = the units of both blocks.
+    const int64_t per_product = G == 1 ? 2 : 1;
+    std::vector<float> tile(static_cast<size_t>(B * G * L * per_product));
     for (int64_t p = 0; p < T; ++p) {
       const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
       const int64_t n_next = p + 1 < T ? s.size[s.order[p + 1]] : 0;
       const float* cur = hTp + (p & 1) * H * B;  // h_prev^T: the product's left operand
       float* nxt = hTp + ((p + 1) & 1) * H * B;
-      for (int64_t blk = blk0; blk < blk1; ++blk) {
-        const int64_t u0 = blk * L, u1 = std::min(H, u0 + L);
-        product_tile(isa, cur, B, n, H, pan + blk * G * H * L, G, tile.data());
+      for (int64_t blk = blk0; blk < blk1; blk += per_product) {
+        const int64_t nb = std::min(per_product, blk1 - blk);
+        const int64_t u0 = blk * L, u1 = std::min(H, (blk + nb) * L);
+        product_tile(isa, cur, B, n, H, pan + blk * G * H * L, G * nb, tile.data());
         const Block block{n, u0, u1, H};
         if (cell.family == Family::lstm) {
           LstmForwardArgs<float> a;
@@ -391,7 +415,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
         } else {
           RnnForwardArgs<float> a;
           a.xp = cview(xp + off * GH, GH);
-          a.hp = cview(tile.data(), L);
+          a.hp = cview(tile.data(), nb * L);
           a.h = view(out + off * H, H);
           pw_rnn_forward(cell.relu, block, a);
         }
@@ -585,31 +609,41 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
   run_parallel(nthreads, [&](int tid, int nt, Barrier& barrier) {
     int64_t blk0, blk1;
     split_range(nblk, tid, nt, blk0, blk1);
-    std::vector<float> tile(static_cast<size_t>(B * L));
-    // dh[b, u] for the rows of the step processed before (in backward order)
-    auto carry = [&](int64_t q, int64_t u0, int64_t u1) {
+    // Unit blocks go two at a time through the product: adjacent blocks'
+    // panels are adjacent, so they read as one product of C = 2 panels, whose
+    // micro-kernel loads 2 panel vectors per 12 broadcasts instead of 1 per 16.
+    constexpr int64_t kPair = 2;
+    std::vector<float> tile(static_cast<size_t>(B * kPair * L));
+    // dh[b, u] for the rows of the step processed before (in backward order),
+    // units of the `nb` blocks from `blk`
+    auto carry = [&](int64_t q, int64_t blk, int64_t nb) {
       const int64_t n_prev = s.size[s.order[q]];
-      product_tile(isa, dATp + (q & 1) * GH * B, B, n_prev, GH, pan + (u0 / L) * GH * L, 1, tile.data());
+      const int64_t u0 = blk * L, u1 = std::min(H, (blk + nb) * L), ld = nb * L;
+      product_tile(isa, dATp + (q & 1) * GH * B, B, n_prev, GH, pan + blk * GH * L, nb, tile.data());
       for (int64_t b = 0; b < n_prev; ++b)
         for (int64_t u = u0; u < u1; ++u)
-          dh[b * H + u] = tile[b * L + (u - u0)] + (direct ? direct[b * H + u] : 0.0f);
+          dh[b * H + u] = tile[b * ld + (u - u0)] + (direct ? direct[b * H + u] : 0.0f);
     };
     for (int64_t p = T - 1; p >= 0; --p) {
       const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
-      for (int64_t blk = blk0; blk < blk1; ++blk) {
-        const int64_t u0 = blk * L, u1 = std::min(H, u0 + L);
-        if (p < T - 1) carry(p + 1, u0, u1);
-        step_backward_pointwise<float>(cell, s, p, bb, Block{n, u0, u1, H}, cview(dout + off * H, H), cview(dh, H));
-        // dA_h transposed, the next step's left operand
-        float* dst = dATp + (p & 1) * GH * B;
-        for (int64_t g = 0; g < G; ++g)
-          for (int64_t u = u0; u < u1; ++u)
-            for (int64_t b = 0; b < n; ++b) dst[(g * H + u) * B + b] = dA_h[(off + b) * GH + g * H + u];
+      for (int64_t pair = blk0; pair < blk1; pair += kPair) {
+        const int64_t nb = std::min(kPair, blk1 - pair);
+        if (p < T - 1) carry(p + 1, pair, nb);
+        for (int64_t blk = pair; blk < pair + nb; ++blk) {
+          const int64_t u0 = blk * L, u1 = std::min(H, u0 + L);
+          step_backward_pointwise<float>(cell, s, p, bb, Block{n, u0, u1, H}, cview(dout + off * H, H),
+                                         cview(dh, H));
+          // dA_h transposed, the next step's left operand
+          float* dst = dATp + (p & 1) * GH * B;
+          for (int64_t g = 0; g < G; ++g)
+            for (int64_t u = u0; u < u1; ++u)
+              for (int64_t b = 0; b < n; ++b) dst[(g * H + u) * B + b] = dA_h[(off + b) * GH + g * H + u];
+        }
       }
       barrier.wait();
     }
     if (T > 0)
-      for (int64_t blk = blk0; blk < blk1; ++blk) carry(0, blk * L, std::min(H, blk * L + L));
+      for (int64_t pair = blk0; pair < blk1; pair += kPair) carry(0, pair, std::min(kPair, blk1 - pair));
   });
 }
 
@@ -664,7 +698,11 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
     r.dw.w_hh = at::mm(bb.dA_h.t(), h_prev);
   }
   if (w.b_ih.defined()) r.dw.b_ih = bb.dA_x.sum(0);
-  if (w.b_hh.defined()) r.dw.b_hh = bb.dA_h.sum(0);
+  if (w.b_hh.defined()) {
+    // one buffer serves both sides outside GRU reset_after: sum it once
+    const bool same = bb.dA_h.is_same(bb.dA_x) && r.dw.b_ih.defined();
+    r.dw.b_hh = same ? r.dw.b_ih.clone() : bb.dA_h.sum(0);
+  }
   if (w.w_peep.defined()) r.dw.w_peep = bb.dpeep;
   if (w.w_proj.defined()) {
     const at::Tensor m = workspace.narrow(1, 3 * H, H) * workspace.narrow(1, 4 * H, H).tanh();
