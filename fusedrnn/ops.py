@@ -49,6 +49,13 @@ def _absent(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
+def _contiguous(tensors):
+    """Backends take contiguous tensors.  Done inside the op implementations, at run time: a
+    compiled graph may hand the op strides that differ from the ones seen while tracing
+    (seen: a non-contiguous grad_out in Inductor's backward even after a traced .contiguous())."""
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
+
 def _fresh(outputs, inputs):
     """Clone any output that shares storage with an input (ops must not alias)."""
     ptrs = {t.untyped_storage().data_ptr() for t in inputs if t is not None and t.numel() > 0}
@@ -62,7 +69,8 @@ def _make_ops(family: str):
 
     def forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend):
         cell = CellSpec(family, mode)
-        weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj)
+        x, h0, c0, *weights = _contiguous((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj))
+        weights = LayerWeights(*weights)
         res = backends.get(backend).forward(cell, x, h0, c0, weights, batch_sizes, reverse)
         c_n = res.c_n if res.c_n is not None else _absent(x)
         return _fresh((res.out, res.h_n, c_n, res.workspace), (x, h0, c0, *weights))
@@ -80,7 +88,9 @@ def _make_ops(family: str):
     def backward_impl(grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj,
                       batch_sizes, reverse, mode, backend, out, workspace):
         cell = CellSpec(family, mode)
-        weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj)
+        grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, *weights = _contiguous(
+            (grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj))
+        weights = LayerWeights(*weights)
         res = backends.get(backend).backward(
             cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace
         )
@@ -120,9 +130,6 @@ def _make_ops(family: str):
             grad_cn = None
         elif grad_cn is None or grad_cn.numel() == 0:
             grad_cn = torch.zeros_like(c0)
-        # backends take contiguous tensors; incoming gradients often are not (torch.cat of directions)
-        grad_out, grad_hn = grad_out.contiguous(), grad_hn.contiguous()
-        grad_cn = None if grad_cn is None else grad_cn.contiguous()
         if torch.is_grad_enabled():
             grads = _differentiable_backward(
                 CellSpec(family, ctx.mode), tensors, batch_sizes, ctx.reverse, (grad_out, grad_hn, grad_cn)
