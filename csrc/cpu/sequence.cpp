@@ -633,11 +633,15 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
           const int64_t u0 = blk * L, u1 = std::min(H, u0 + L);
           step_backward_pointwise<float>(cell, s, p, bb, Block{n, u0, u1, H}, cview(dout + off * H, H),
                                          cview(dh, H));
-          // dA_h transposed, the next step's left operand
+          // dA_h transposed, the next step's left operand.  Rows outer: the
+          // rows of dA_h are G*H floats apart (4 KiB at H = 256), so reading
+          // down a column maps every row onto the same L1 set and misses.
           float* dst = dATp + (p & 1) * GH * B;
-          for (int64_t g = 0; g < G; ++g)
-            for (int64_t u = u0; u < u1; ++u)
-              for (int64_t b = 0; b < n; ++b) dst[(g * H + u) * B + b] = dA_h[(off + b) * GH + g * H + u];
+          for (int64_t b = 0; b < n; ++b) {
+            const float* src = dA_h + (off + b) * GH;
+            for (int64_t g = 0; g < G; ++g)
+              for (int64_t u = u0; u < u1; ++u) dst[(g * H + u) * B + b] = src[g * H + u];
+          }
         }
       }
       barrier.wait();
