@@ -340,13 +340,10 @@ def sequence_backward(
         if w.w_proj is not None:
             dw_proj = dH_total.t() @ M
 
-    def back(t, like):
-        return None if t is None else t.to(like.dtype)
-
     return BackwardResult(
         dX.reshape(x.shape).to(dtype),
         dh.to(dtype),
-        back(dc, c0) if c0 is not None else None,
+        dc.to(dtype) if dc is not None else None,
         LayerWeights(*(None if g is None else g.to(p.dtype) for g, p in zip(
             (dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_proj), weights))),
     )
