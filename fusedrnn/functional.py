@@ -122,9 +122,12 @@ def layer(
         c0 = x.new_zeros((h0.shape[0], hidden))
     _check(cell, x, h0, c0, weights, batch_sizes)
     chosen = backends.resolve(backend, cell, x, weights)
+    # inference keeps no workspace (the saved activations the backward reads)
+    for_backward = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, *weights))
     out, h_n, c_n, _ = forward_op(cell.family)(
         _contiguous(x), _contiguous(h0), _contiguous(c0), *(_contiguous(w) for w in weights),
-        batch_sizes, bool(reverse), cell.mode, chosen.name,
+        batch_sizes, bool(reverse), cell.mode, chosen.name, for_backward,
     )
     return LayerOutput(out, h_n, c_n if cell.has_cell_state else None)
 

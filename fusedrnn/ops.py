@@ -31,8 +31,8 @@ NAMESPACE = "fusedrnn"
 
 _FORWARD_SCHEMA = (
     "(Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-    "Tensor? w_peep, Tensor? w_proj, Tensor? batch_sizes, bool reverse, str mode, str backend) "
-    "-> (Tensor, Tensor, Tensor, Tensor)"
+    "Tensor? w_peep, Tensor? w_proj, Tensor? batch_sizes, bool reverse, str mode, str backend, "
+    "bool for_backward=True) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 _BACKWARD_SCHEMA = (
     "(Tensor grad_out, Tensor grad_hn, Tensor? grad_cn, Tensor x, Tensor h0, Tensor? c0, "
@@ -67,22 +67,25 @@ def _fresh(outputs, inputs):
 def _make_ops(family: str):
     gates = CellSpec(family, {"lstm": "lstm", "gru": "reset_after", "rnn": "tanh"}[family]).gates
 
-    def forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend):
+    def forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend,
+                     for_backward=True):
         cell = CellSpec(family, mode)
         x, h0, c0, *weights = _contiguous((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj))
         weights = LayerWeights(*weights)
-        res = backends.get(backend).forward(cell, x, h0, c0, weights, batch_sizes, reverse)
+        res = backends.get(backend).forward(cell, x, h0, c0, weights, batch_sizes, reverse, for_backward)
         c_n = res.c_n if res.c_n is not None else _absent(x)
-        return _fresh((res.out, res.h_n, c_n, res.workspace), (x, h0, c0, *weights))
+        workspace = res.workspace if for_backward else _absent(x)  # whatever the backend kept
+        return _fresh((res.out, res.h_n, c_n, workspace), (x, h0, c0, *weights))
 
-    def forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend):
+    def forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend,
+                     for_backward=True):
         hidden = w_hh.shape[0] // gates
         lead = x.shape[:-1]
         return (
             x.new_empty((*lead, h0.shape[-1])),
             h0.new_empty(h0.shape),
             c0.new_empty(c0.shape) if c0 is not None else _absent(x),
-            x.new_empty((*lead, CellSpec(family, mode).workspace_blocks * hidden)),
+            x.new_empty((*lead, CellSpec(family, mode).workspace_blocks * hidden)) if for_backward else _absent(x),
         )
 
     def backward_impl(grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj,
@@ -113,8 +116,9 @@ def _make_ops(family: str):
     bwd.register_fake(backward_fake)
 
     def setup_context(ctx, inputs, output):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend = inputs
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend, *rest = inputs
         out, _, _, workspace = output
+        ctx.for_backward = rest[0] if rest else True
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, out, workspace)
         ctx.reverse, ctx.mode, ctx.backend = reverse, mode, backend
         ctx.mark_non_differentiable(workspace)
@@ -124,6 +128,9 @@ def _make_ops(family: str):
 
     def backward(ctx, grad_out, grad_hn, grad_cn, _grad_workspace):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, out, workspace = ctx.saved_tensors
+        if not ctx.for_backward:
+            raise RuntimeError(f"fusedrnn::{family}_forward ran with for_backward=False, so it kept no "
+                               "workspace to differentiate; call it with for_backward=True")
         tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj)
         if grad_out is None:
             grad_out = torch.zeros_like(out)
@@ -141,7 +148,7 @@ def _make_ops(family: str):
             grads = bwd(grad_out, grad_hn, grad_cn, *tensors, batch_sizes, ctx.reverse, ctx.mode, ctx.backend,
                         out, workspace)
             grads = tuple(None if t is None else g for g, t in zip(grads, tensors))
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)  # batch_sizes, reverse, mode, backend, for_backward
 
     fwd.register_autograd(backward, setup_context=setup_context)
     return fwd, bwd

@@ -159,6 +159,22 @@ def test_poisoned_buffers_are_fully_written(cell, extra, packed, reverse, strat)
             ft_assert(g, e, torch.float32, name)
 
 
+@pytest.mark.parametrize("cell, extra, packed, reverse, strat", DIRECT)
+def test_inference_keeps_no_workspace(cell, extra, packed, reverse, strat):
+    """for_backward=False (what a no_grad forward asks for): same outputs, poisoned scratch fully
+    rewritten every step, and an empty workspace."""
+    x, h0, c0, w, bs = _problem(cell, packed=packed, **extra)
+    out, h_n, c_n, ws = torch.ops.fusedrnn_C.forward(cell.family, cell.mode, x, h0, c0, *w, bs, reverse, strat,
+                                                     True, for_backward=False)
+    ref = reference.sequence_forward(cell, x.double(), h0.double(), _double(c0), LayerWeights(*map(_double, w)),
+                                     bs, reverse)
+    assert ws.numel() == 0
+    for name, got, want in (("out", out, ref.out), ("h_n", h_n, ref.h_n)):
+        ft_assert(got, want, torch.float32, name)
+    if cell.has_cell_state:
+        ft_assert(c_n, ref.c_n, torch.float32, "c_n")
+
+
 def ft_assert(actual, expected, dtype, name):
     _, rel = ft.error(actual, expected)
     assert rel <= ft.tolerance(dtype), f"{name}: relative error {rel:.2e} > {ft.tolerance(dtype):.0e}"

@@ -35,6 +35,35 @@ def test_forward_op_opcheck(cell, options):
     opcheck(ops.forward_op(cell.family), tuple(args))
 
 
+@pytest.mark.parametrize("cell,options", OPCHECK_CASES[:3], ids=[case_id(c, o) for c, o in OPCHECK_CASES[:3]])
+def test_forward_op_opcheck_without_workspace(cell, options):
+    """for_backward=False: the fake kernel's empty workspace matches the real one's."""
+    case = make_case(cell, **options)
+    opcheck(ops.forward_op(cell.family), (*_op_args(case), False))
+    assert ops.forward_op(cell.family)(*_op_args(case), False)[3].numel() == 0
+
+
+def test_differentiating_a_forward_without_workspace_raises():
+    case = make_case(CellSpec("lstm", "lstm"))
+    x, *rest = case.inputs()
+    out = ops.forward_op("lstm")(x.clone().requires_grad_(), *rest, *_op_args(case)[9:], False)[0]
+    with pytest.raises(RuntimeError, match="for_backward=False"):
+        out.sum().backward()
+
+
+def test_no_grad_layer_matches_grad_layer():
+    """functional.layer asks for no workspace under no_grad; the outputs do not change."""
+    case = make_case(CellSpec("gru", "reset_before"), packed=True)
+    x, h0, c0, *w = case.inputs()
+    with_grad = functional.layer(case.cell, x.clone().requires_grad_(), h0, c0, LayerWeights(*w), case.batch_sizes,
+                                 case.reverse)
+    with torch.no_grad():
+        without = functional.layer(case.cell, x, h0, c0, LayerWeights(*w), case.batch_sizes, case.reverse)
+    for a, b in zip(with_grad, without):
+        if a is not None:
+            torch.testing.assert_close(a.detach(), b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("cell,options", OPCHECK_CASES, ids=[case_id(c, o) for c, o in OPCHECK_CASES])
 def test_backward_op_opcheck(cell, options):
     case = make_case(cell, **options)

@@ -1,8 +1,9 @@
 // Dispatcher ops of the fused CPU backend, namespace fusedrnn_C:
 //
 //   forward(family, mode, x, h0, c0?, w_ih, w_hh, b_ih?, b_hh?, w_peep?, w_proj?,
-//           batch_sizes?, reverse, strategy="auto", poison=False)
-//       -> (out, h_n, c_n, workspace)            c_n is empty outside LSTM
+//           batch_sizes?, reverse, strategy="auto", poison=False, for_backward=True)
+//       -> (out, h_n, c_n, workspace)            c_n is empty outside LSTM; workspace
+//                                                is empty without for_backward
 //   backward(family, mode, grad_out, grad_hn, grad_cn?, x, h0, c0?, w_ih, w_hh,
 //            b_ih?, b_hh?, w_peep?, w_proj?, batch_sizes?, reverse, out, workspace,
 //            strategy="auto", poison=False)
@@ -91,17 +92,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
     const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_proj,
-    const c10::optional<at::Tensor>& batch_sizes, bool reverse, const std::string& strategy, bool poison) {
+    const c10::optional<at::Tensor>& batch_sizes, bool reverse, const std::string& strategy, bool poison,
+    bool for_backward) {
   const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
   const Strategy strat = parse_strategy(strategy);
   const at::ScalarType cdt = compute_dtype(x.scalar_type());
   const LayerTensors w = compute_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, cdt);
   const Steps steps(g.sizes, reverse);
   const ForwardOut r = sequence_forward(g.cell, rows_of(x, g, cdt), to_compute(h0, cdt), to_compute(c0, cdt), w,
-                                        steps, strat, poison);
+                                        steps, strat, poison, for_backward);
   const at::Tensor c_n = r.c_n.defined() ? r.c_n.to(x.scalar_type()) : x.new_empty({0});
-  return {restore(r.out, x, g.Hout), r.h_n.to(x.scalar_type()), c_n,
-          restore(r.workspace, x, g.cell.workspace_blocks() * g.H)};
+  const at::Tensor workspace =
+      r.workspace.defined() ? restore(r.workspace, x, g.cell.workspace_blocks() * g.H) : x.new_empty({0});
+  return {restore(r.out, x, g.Hout), r.h_n.to(x.scalar_type()), c_n, workspace};
 }
 
 std::vector<at::Tensor> backward(const std::string& family, const std::string& mode, const at::Tensor& grad_out,
@@ -142,7 +145,7 @@ TORCH_LIBRARY_FRAGMENT(fusedrnn_C, m) {
   m.def(
       "forward(str family, str mode, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
       "Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, Tensor? batch_sizes, bool reverse, str strategy=\"auto\", "
-      "bool poison=False) -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool poison=False, bool for_backward=True) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "backward(str family, str mode, Tensor grad_out, Tensor grad_hn, Tensor? grad_cn, Tensor x, Tensor h0, "
       "Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, "

@@ -32,6 +32,7 @@
 #include <limits>
 #include <sstream>
 
+#include "dense_product.h"
 #include "parallel.h"
 #include "pointwise.h"
 #include "recurrent_product.h"
@@ -140,8 +141,7 @@ at::Tensor folded_bias(const Cell& cell, const LayerTensors& w, int64_t H) {
 }
 
 at::Tensor input_projection(const Cell& cell, const at::Tensor& x, const LayerTensors& w, int64_t H) {
-  at::Tensor bias = folded_bias(cell, w, H);
-  return bias.defined() ? at::addmm(bias, x, w.w_ih.t()) : at::mm(x, w.w_ih.t());
+  return linear(x, w.w_ih, folded_bias(cell, w, H));
 }
 
 at::Tensor hidden_bias_n(const LayerTensors& w, int64_t H, const at::TensorOptions& opts) {
@@ -265,7 +265,7 @@ Strategy choose_strategy(const Cell& cell, const LayerTensors& w, const Steps& s
 
 std::string describe() {
   std::ostringstream s;
-  s << "isa=" << isa_name(best_isa()) << " threads=" << max_threads();
+  s << "isa=" << isa_name(best_isa()) << " threads=" << max_threads() << " linear=" << linear_library();
   return s.str();
 }
 
@@ -278,6 +278,11 @@ namespace {
 struct ForwardBuffers {
   at::Tensor xp, out, ws, h_state, c_state, peep, b_hn;
   int64_t H, Hout, G, W;
+  // Without a backward to feed (inference), the workspace is one step's rows,
+  // rewritten every step: the passes still use it within the step (GRU
+  // reset_before reads r*h back), but nothing streams T*B*W values to memory.
+  bool keep_workspace = true;
+  int64_t ws_row(int64_t step_offset) const { return keep_workspace ? step_offset : 0; }
 };
 
 template <typename T>
@@ -305,7 +310,7 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
       a.hp_gs = H;
       a.c = view(ptr<T>(f.c_state), H);
       a.peep = ptr<T>(f.peep);
-      a.ws = view(ws + off * W, W);
+      a.ws = view(ws + f.ws_row(off) * W, W);
       a.m = mbuf.defined() ? view(ptr<T>(mbuf), H) : view(out + off * Hout, Hout);
       parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) {
         pw_lstm_forward(Block{n, u0, u1, H}, with_product_at_unit(a, u0));
@@ -319,7 +324,7 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
       a.xp = cview(xp + off * GH, GH);
       a.b_hn = ptr<T>(f.b_hn);
       a.h_prev = cview(hs, Hout);
-      a.ws = view(ws + off * W, W);
+      a.ws = view(ws + f.ws_row(off) * W, W);
       a.h = view(out + off * Hout, Hout);
       if (cell.reset_after) {
         a.hp = cview(hpp, GH);
@@ -334,7 +339,7 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
           pw_gru_forward_gates(Block{n, u0, u1, H}, with_product_at_unit(a, u0));
         });
         at::Tensor hp_n_rows = hp_n.narrow(0, 0, n);
-        at::mm_out(hp_n_rows, f.ws.narrow(0, off, n).narrow(1, 3 * H, H), w.w_hh.narrow(0, 2 * H, H).t());
+        at::mm_out(hp_n_rows, f.ws.narrow(0, f.ws_row(off), n).narrow(1, 3 * H, H), w.w_hh.narrow(0, 2 * H, H).t());
         a.hp = cview(ptr<T>(hp_n), H);
         parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) {
           pw_gru_forward_state(Block{n, u0, u1, H}, with_product_at_unit(a, u0));
@@ -396,7 +401,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
           a.hp_gs = L;
           a.c = view(ptr<float>(f.c_state), H);
           a.peep = ptr<float>(f.peep);
-          a.ws = view(ws + off * W, W);
+          a.ws = view(ws + f.ws_row(off) * W, W);
           a.m = view(out + off * H, H);
           pw_lstm_forward(block, a);
         } else if (cell.family == Family::gru) {
@@ -408,7 +413,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
             a.hp_gs = L;
             a.b_hn = ptr<float>(f.b_hn);
             a.h_prev = h_prev;
-            a.ws = view(ws + (off + shift) * W, W);
+            a.ws = view(ws + (f.ws_row(off) + shift) * W, W);
             a.h = view(out + (off + shift) * H, H);
             pw_gru_forward_after(sub, a);
           });
@@ -435,19 +440,22 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
 }  // namespace
 
 ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
-                            const LayerTensors& w, const Steps& s, Strategy strategy, bool poison) {
+                            const LayerTensors& w, const Steps& s, Strategy strategy, bool poison,
+                            bool for_backward) {
   ForwardBuffers f;
+  f.keep_workspace = for_backward;
   f.G = cell.gates();
   f.H = w.w_hh.size(0) / f.G;
   f.Hout = w.w_hh.size(1);
   f.W = cell.workspace_blocks() * f.H;
   f.xp = input_projection(cell, x, w, f.H);
+  const int64_t ws_rows = for_backward ? s.rows : s.batch;
   if (poison) {  // the kernels must write every element they hand back
     f.out = empty_like_rows(x, {s.rows, f.Hout}, true);
-    f.ws = empty_like_rows(x, {s.rows, f.W}, true);
+    f.ws = empty_like_rows(x, {ws_rows, f.W}, true);
   } else {
     f.out = at::empty({s.rows, f.Hout}, x.options());
-    f.ws = at::empty({s.rows, f.W}, x.options());
+    f.ws = at::empty({ws_rows, f.W}, x.options());
   }
   f.h_state = h0.clone();
   if (cell.family == Family::lstm) {
@@ -473,7 +481,7 @@ ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Ten
   if (s.rows == 0) r.h_n = h0.clone();
   r.out = f.out;
   r.c_n = f.c_state;
-  r.workspace = f.ws;
+  r.workspace = for_backward ? f.ws : at::Tensor();
   return r;
 }
 
@@ -692,7 +700,7 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
 
   // weight gradients: single products over all steps
   BackwardOut r;
-  r.dx = at::mm(bb.dA_x, w.w_ih);
+  r.dx = linear(bb.dA_x, w.w_ih.t(), at::Tensor());
   r.dw.w_ih = at::mm(bb.dA_x.t(), x);
   const at::Tensor h_prev = previous_rows(out, h0, s);
   if (cell.family == Family::gru && !cell.reset_after) {

@@ -41,8 +41,10 @@ struct BackwardOut {
   LayerTensors dw;
 };
 
+// Without `for_backward` (inference) no workspace is kept: `workspace` is undefined.
 ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
-                            const LayerTensors& w, const Steps& steps, Strategy strategy, bool poison);
+                            const LayerTensors& w, const Steps& steps, Strategy strategy, bool poison,
+                            bool for_backward);
 
 BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, const at::Tensor& grad_hn,
                               const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& h0,

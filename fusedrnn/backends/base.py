@@ -99,7 +99,13 @@ class Backend:
         weights: LayerWeights,
         batch_sizes: Optional[torch.Tensor],
         reverse: bool,
+        for_backward: bool = True,
     ) -> ForwardResult:
+        """One layer-direction over the sequence.
+
+        ``for_backward`` False says no backward will follow (inference): a
+        backend may then skip writing the workspace and return an empty one.
+        """
         raise NotImplementedError
 
     def backward(

@@ -61,9 +61,10 @@ class CpuBackend(Backend):
                     and (cell.family, cell.mode) != ("gru", "reset_before"))
         return "fused" if fused_ok else "gemm"
 
-    def forward(self, cell, x, h0, c0, weights: LayerWeights, batch_sizes, reverse) -> ForwardResult:
+    def forward(self, cell, x, h0, c0, weights: LayerWeights, batch_sizes, reverse, for_backward=True) -> ForwardResult:
         out, h_n, c_n, workspace = _ops().forward(
-            cell.family, cell.mode, x, h0, c0, *weights, batch_sizes, bool(reverse), self._strategy(cell, x, weights)
+            cell.family, cell.mode, x, h0, c0, *weights, batch_sizes, bool(reverse), self._strategy(cell, x, weights),
+            for_backward=bool(for_backward),
         )
         return ForwardResult(out, h_n, c_n if cell.has_cell_state else None, workspace)
 

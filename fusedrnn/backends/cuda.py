@@ -70,7 +70,7 @@ class CudaBackend(Backend):
             return f"the cuda backend supports {[str(d) for d in SUPPORTED_DTYPES]}, got {x.dtype}"
         return None
 
-    def forward(self, cell, x, h0, c0, weights: LayerWeights, batch_sizes, reverse) -> ForwardResult:
+    def forward(self, cell, x, h0, c0, weights: LayerWeights, batch_sizes, reverse, for_backward=True) -> ForwardResult:
         out, h_n, c_n, workspace = _ops().cuda_forward(
             cell.family, cell.mode, x, h0, c0, *weights, batch_sizes, bool(reverse), self.forward_strategy
         )

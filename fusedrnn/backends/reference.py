@@ -12,7 +12,7 @@ from .base import Backend
 class ReferenceBackend(Backend):
     name = "reference"
 
-    def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse):
+    def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse, for_backward=True):
         return reference.sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse)
 
     def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace):

@@ -86,7 +86,7 @@ class TritonBackend(Backend):
             self._graphs = GraphCache()
         return self._graphs
 
-    def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse):
+    def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse, for_backward=True):
         kernels = self._kernels()
         strategy = kernels.choose_forward_strategy(cell, x, weights, self.forward_strategy)
 
