@@ -14,6 +14,8 @@ bfloat16 at most 2x the error of the reference backend run in bfloat16.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -280,6 +282,59 @@ def test_concurrent_calls_match_serial_calls(strategy):
     for got in results:
         for a, b in zip(got, expected):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("strategy", ["fused"], indirect=True)
+@pytest.mark.parametrize("cell", [CellSpec("lstm", "lstm"), CellSpec("gru", "reset_after"), CellSpec("rnn", "tanh")],
+                         ids=str)
+def test_packed_weights_follow_in_place_updates(cell, strategy):
+    """The packed-W_hh cache (csrc/cpu/panel_cache.h) sees an optimizer-style in-place update, two modules
+    used in turn, and weights created under inference_mode (which have no version counter)."""
+    def check(w, x, h0, c0, bs):
+        got = functional.layer(cell, x, h0, c0, w, bs, False, backend="cpu")
+        want = reference.sequence_forward(cell, x.double(), h0.double(), _double(c0), LayerWeights(*map(_double, w)),
+                                          bs, False)
+        ft_assert(got.out, want.out, torch.float32, "out")
+
+    x, h0, c0, w, bs = _problem(cell, T=6, B=4, I=5, H=40, packed=True)
+    _, _, _, other, _ = _problem(cell, T=6, B=4, I=5, H=40, packed=True)
+    for _ in range(2):
+        check(w, x, h0, c0, bs)
+        check(other, x, h0, c0, bs)
+    with torch.no_grad():
+        w.w_hh.mul_(-0.5)  # same storage and shape, new version
+    check(w, x, h0, c0, bs)
+    with torch.inference_mode():
+        w_inf = LayerWeights(*(None if t is None else t.clone() for t in w))
+        check(w_inf, x, h0, c0, bs)
+        w_inf.w_hh.mul_(-1.0)  # no version counter: must be repacked anyway
+        check(w_inf, x, h0, c0, bs)
+
+
+def test_aten_fallback_of_the_large_products():
+    """FUSEDRNN_CPU_LINEAR=aten (what runs where torch has no oneDNN) gives the same results."""
+    code = (
+        "import torch, fusedrnn\n"
+        "from fusedrnn import backends, functional, reference\n"
+        "from fusedrnn.backends.base import LayerWeights\n"
+        "from fusedrnn.cells import CellSpec\n"
+        "assert backends.unavailable_reason('cpu') is None\n"
+        "assert 'linear=aten' in torch.ops.fusedrnn_C.describe(), torch.ops.fusedrnn_C.describe()\n"
+        "cell = CellSpec('lstm', 'lstm')\n"
+        "w = LayerWeights(torch.randn(48, 7), torch.randn(48, 12), torch.randn(48), torch.randn(48))\n"
+        "x = torch.randn(5, 3, 7, requires_grad=True)\n"
+        "out = functional.layer(cell, x, None, None, w, backend='cpu').out\n"
+        "out.square().sum().backward()\n"
+        "xd = x.detach().double().requires_grad_()\n"
+        "ref = reference.sequence_forward(cell, xd, torch.zeros(3, 12).double(), torch.zeros(3, 12).double(),\n"
+        "                                 LayerWeights(*(None if t is None else t.double() for t in w)), None, False).out\n"
+        "ref.square().sum().backward()\n"
+        "assert (out.double() - ref).abs().max() < 1e-4 * ref.abs().max()\n"
+        "assert (x.grad.double() - xd.grad).abs().max() < 1e-4 * xd.grad.abs().max()\n"
+    )
+    env = dict(os.environ, FUSEDRNN_CPU_LINEAR="aten")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _resident_bytes() -> int:

@@ -13,9 +13,10 @@
 //   panels  [blocks][C][K][L]: panels[((blk*C + c)*K + k)*L + l] = W[c*U + blk*L + l, k]
 //           for a weight W [C*U, K] of C stacked blocks of U rows (the gates);
 //           rows past U are zero.
-//   lhs^T   [K][ld]: the left operand transposed (column r of row r of the
-//           batch), so one pointer serves every batch row of a tile.
-//   tile    [n][C*L]: tile[r*C*L + c*L + l] = sum_k lhs^T[k][r] * panel[c][k][l]
+//   lhs     [n][ld]: the left operand, row-major (the batch rows of h_prev or
+//           dA as the kernels wrote them: no transpose between steps).  Each
+//           k broadcasts one element of each of the R rows of a register tile.
+//   tile    [n][C*L]: tile[r*C*L + c*L + l] = sum_k lhs[r][k] * panel[c][k][l]
 //
 // The SIMD width is chosen at run time from the CPU (AVX-512, AVX2 or plain
 // SSE2 vectors); the functions are compiled for each with GCC target
@@ -39,8 +40,8 @@ int panel_lanes(Isa isa);
 // Pack W [C*U, K] (float32, contiguous) into panels of `lanes` units.
 at::Tensor pack_panels(const at::Tensor& w, int64_t blocks_c, int64_t lanes);
 
-// tile = lhs^T-columns [0, n) times the C panels starting at `panels`.
-void product_tile(Isa isa, const float* lhs_t, int64_t ld_lhs, int64_t n, int64_t K, const float* panels, int64_t C,
+// tile = lhs rows [0, n) times the C panels starting at `panels`.
+void product_tile(Isa isa, const float* lhs, int64_t ld_lhs, int64_t n, int64_t K, const float* panels, int64_t C,
                   float* tile);
 
 }  // namespace cpu

@@ -18,7 +18,8 @@
 //           micro-kernel of recurrent_product.h and applies the gate math on
 //           the tile while it is in L1; one barrier per step.  The backward
 //           does the same with W_hh^T (its units are the columns of W_hh).
-//           States are kept transposed ([unit][row]) for the micro-kernel.
+//           The micro-kernel reads h_prev (dA in the backward) where the
+//           previous step wrote it, row-major: no transpose between steps.
 // The gate math (sigmoid, tanh: clamps and selects) vectorises only when the
 // compiler may evaluate both sides of a select, which GCC refuses under its
 // default -ftrapping-math (an FP exception flag is not a result: values are
@@ -33,6 +34,7 @@
 #include <sstream>
 
 #include "dense_product.h"
+#include "panel_cache.h"
 #include "parallel.h"
 #include "pointwise.h"
 #include "recurrent_product.h"
@@ -364,12 +366,8 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
   const Isa isa = best_isa();
   const int64_t L = panel_lanes(isa);
   const int64_t nblk = (H + L - 1) / L;
-  const at::Tensor panels = pack_panels(w.w_hh, G, L);
-  // transposed states [2][H][B], ping-pong between steps
-  at::Tensor hT = empty_like_rows(f.xp, {2, H, B}, poison);
-  hT[0].copy_(h0.t());
+  const at::Tensor panels = cached_panels(w.w_hh, G, L, false);
   const float* pan = ptr<float>(panels);
-  float* hTp = ptr<float>(hT);
   const float* h0p = ptr<float>(h0);
   const float* xp = ptr<float>(f.xp);
   float* out = ptr<float>(f.out);
@@ -386,13 +384,18 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
     std::vector<float> tile(static_cast<size_t>(B * G * L * per_product));
     for (int64_t p = 0; p < T; ++p) {
       const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
-      const int64_t n_next = p + 1 < T ? s.size[s.order[p + 1]] : 0;
-      const float* cur = hTp + (p & 1) * H * B;  // h_prev^T: the product's left operand
-      float* nxt = hTp + ((p + 1) & 1) * H * B;
+      // the product's left operand, h_prev, read where it lies: the previous
+      // step's output rows, then (reverse direction of packed input) h0's
+      // rows for the sequences that start at this step
+      const PrevSplit ps = prev_split(s, p);
       for (int64_t blk = blk0; blk < blk1; blk += per_product) {
         const int64_t nb = std::min(per_product, blk1 - blk);
         const int64_t u0 = blk * L, u1 = std::min(H, (blk + nb) * L);
-        product_tile(isa, cur, B, n, H, pan + blk * G * H * L, G * nb, tile.data());
+        const float* blk_panels = pan + blk * G * H * L;
+        if (ps.carried > 0) product_tile(isa, out + ps.prev_offset * H, H, ps.carried, H, blk_panels, G * nb, tile.data());
+        if (ps.carried < n)
+          product_tile(isa, h0p + ps.carried * H, H, n - ps.carried, H, blk_panels, G * nb,
+                       tile.data() + ps.carried * G * L * nb);
         const Block block{n, u0, u1, H};
         if (cell.family == Family::lstm) {
           LstmForwardArgs<float> a;
@@ -423,13 +426,6 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
           a.hp = cview(tile.data(), nb * L);
           a.h = view(out + off * H, H);
           pw_rnn_forward(cell.relu, block, a);
-        }
-        // the new states, transposed for the next step's product; sequences
-        // that start at the next step (reverse direction) start from h0
-        for (int64_t u = u0; u < u1; ++u) {
-          float* dst = nxt + u * B;
-          for (int64_t b = 0; b < n; ++b) dst[b] = out[(off + b) * H + u];
-          for (int64_t b = n; b < n_next; ++b) dst[b] = h0p[b * H + u];
         }
       }
       barrier.wait();
@@ -604,10 +600,8 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
   const int64_t L = panel_lanes(isa);
   const int64_t nblk = (H + L - 1) / L;
   // dh_prev = dA W_hh: the units of the product are W_hh's columns
-  const at::Tensor panels = pack_panels(w.w_hh.t().contiguous(), 1, L);
-  at::Tensor dAT = empty_like_rows(bb.ws, {2, GH, B}, poison);
+  const at::Tensor panels = cached_panels(w.w_hh, 1, L, true);
   const float* pan = ptr<float>(panels);
-  float* dATp = ptr<float>(dAT);
   float* dh = ptr<float>(bb.dh_state);
   const float* direct = ptr<float>(bb.dh_direct);
   const float* dout = ptr<float>(bb.dout);
@@ -623,11 +617,12 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
     constexpr int64_t kPair = 2;
     std::vector<float> tile(static_cast<size_t>(B * kPair * L));
     // dh[b, u] for the rows of the step processed before (in backward order),
-    // units of the `nb` blocks from `blk`
+    // units of the `nb` blocks from `blk`: the product of that step's dA rows
+    // (where the pointwise pass wrote them) with W_hh
     auto carry = [&](int64_t q, int64_t blk, int64_t nb) {
       const int64_t n_prev = s.size[s.order[q]];
       const int64_t u0 = blk * L, u1 = std::min(H, (blk + nb) * L), ld = nb * L;
-      product_tile(isa, dATp + (q & 1) * GH * B, B, n_prev, GH, pan + blk * GH * L, nb, tile.data());
+      product_tile(isa, dA_h + s.offset[s.order[q]] * GH, GH, n_prev, GH, pan + blk * GH * L, nb, tile.data());
       for (int64_t b = 0; b < n_prev; ++b)
         for (int64_t u = u0; u < u1; ++u)
           dh[b * H + u] = tile[b * ld + (u - u0)] + (direct ? direct[b * H + u] : 0.0f);
@@ -641,15 +636,6 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
           const int64_t u0 = blk * L, u1 = std::min(H, u0 + L);
           step_backward_pointwise<float>(cell, s, p, bb, Block{n, u0, u1, H}, cview(dout + off * H, H),
                                          cview(dh, H));
-          // dA_h transposed, the next step's left operand.  Rows outer: the
-          // rows of dA_h are G*H floats apart (4 KiB at H = 256), so reading
-          // down a column maps every row onto the same L1 set and misses.
-          float* dst = dATp + (p & 1) * GH * B;
-          for (int64_t b = 0; b < n; ++b) {
-            const float* src = dA_h + (off + b) * GH;
-            for (int64_t g = 0; g < G; ++g)
-              for (int64_t u = u0; u < u1; ++u) dst[(g * H + u) * B + b] = src[g * H + u];
-          }
         }
       }
       barrier.wait();
