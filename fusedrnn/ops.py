@@ -37,7 +37,8 @@ _FORWARD_SCHEMA = (
 _BACKWARD_SCHEMA = (
     "(Tensor grad_out, Tensor grad_hn, Tensor? grad_cn, Tensor x, Tensor h0, Tensor? c0, "
     "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, "
-    "Tensor? batch_sizes, bool reverse, str mode, str backend, Tensor out, Tensor workspace) "
+    "Tensor? batch_sizes, bool reverse, str mode, str backend, Tensor out, Tensor workspace, "
+    "bool need_dx=True, bool need_dweights=True) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 # positions of the differentiable inputs of the forward op
@@ -72,7 +73,8 @@ def _make_ops(family: str):
         cell = CellSpec(family, mode)
         x, h0, c0, *weights = _contiguous((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj))
         weights = LayerWeights(*weights)
-        res = backends.get(backend).forward(cell, x, h0, c0, weights, batch_sizes, reverse, for_backward)
+        res = backends.get(backend).forward(cell, x, h0, c0, weights, batch_sizes, reverse,
+                                             for_backward=for_backward)
         c_n = res.c_n if res.c_n is not None else _absent(x)
         workspace = res.workspace if for_backward else _absent(x)  # whatever the backend kept
         return _fresh((res.out, res.h_n, c_n, workspace), (x, h0, c0, *weights))
@@ -89,22 +91,27 @@ def _make_ops(family: str):
         )
 
     def backward_impl(grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj,
-                      batch_sizes, reverse, mode, backend, out, workspace):
+                      batch_sizes, reverse, mode, backend, out, workspace, need_dx=True, need_dweights=True):
         cell = CellSpec(family, mode)
         grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, *weights = _contiguous(
             (grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj))
         weights = LayerWeights(*weights)
         res = backends.get(backend).backward(
-            cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace
+            cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace,
+            need_dx=need_dx, need_dweights=need_dweights,
         )
-        grads = (res.dx, res.dh0, res.dc0, *res.dweights)
+        # what was not asked for is empty, whatever the backend computed
+        dx = res.dx if need_dx else None
+        dweights = res.dweights if need_dweights else (None,) * len(res.dweights)
+        grads = (dx, res.dh0, res.dc0, *dweights)
         inputs = (x, h0, c0, *weights)
         return _fresh(tuple(_absent(x) if g is None else g for g in grads), inputs)
 
     def backward_fake(grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj,
-                      batch_sizes, reverse, mode, backend, out, workspace):
-        return tuple(_absent(x) if t is None else t.new_empty(t.shape)
-                     for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj))
+                      batch_sizes, reverse, mode, backend, out, workspace, need_dx=True, need_dweights=True):
+        wanted = (need_dx, True, True, *(need_dweights,) * 6)
+        return tuple(_absent(x) if t is None or not want else t.new_empty(t.shape)
+                     for t, want in zip((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj), wanted))
 
     fwd = torch.library.custom_op(
         f"{NAMESPACE}::{family}_forward", forward_impl, mutates_args=(), schema=_FORWARD_SCHEMA
@@ -145,8 +152,9 @@ def _make_ops(family: str):
                 CellSpec(family, ctx.mode), tensors, batch_sizes, ctx.reverse, (grad_out, grad_hn, grad_cn)
             )
         else:
+            need = ctx.needs_input_grad
             grads = bwd(grad_out, grad_hn, grad_cn, *tensors, batch_sizes, ctx.reverse, ctx.mode, ctx.backend,
-                        out, workspace)
+                        out, workspace, need[0], any(need[3:9]))
             grads = tuple(None if t is None else g for g, t in zip(grads, tensors))
         return (*grads, None, None, None, None, None)  # batch_sizes, reverse, mode, backend, for_backward
 

@@ -311,6 +311,33 @@ def test_packed_weights_follow_in_place_updates(cell, strategy):
         check(w_inf, x, h0, c0, bs)
 
 
+@pytest.mark.parametrize("x_grad, w_grad", [(False, True), (True, False)], ids=["data-input", "frozen-weights"])
+@pytest.mark.parametrize("cell", [CellSpec("lstm", "lstm"), CellSpec("gru", "reset_before")], ids=str)
+def test_gradients_not_asked_for_are_skipped(cell, x_grad, w_grad):
+    """A first layer fed data (x without grad) or frozen weights: the backward skips those products and
+    the gradients that are asked for still match the float64 reference."""
+    x, h0, c0, w, bs = _problem(cell, T=6, B=4, I=5, H=21, packed=True)
+    xs = x.clone().requires_grad_(x_grad)
+    ws = LayerWeights(*(None if t is None else t.clone().requires_grad_(w_grad) for t in w))
+    h0s = h0.clone().requires_grad_()
+    res = functional.layer(cell, xs, h0s, c0, ws, bs, False, backend="cpu")
+    g = torch.randn_like(res.out)
+    (res.out * g).sum().backward()
+    xd = x.double().requires_grad_(x_grad)
+    wd = LayerWeights(*(None if t is None else t.double().requires_grad_(w_grad) for t in w))
+    h0d = h0.double().requires_grad_()
+    ref = reference.sequence_forward(cell, xd, h0d, _double(c0), wd, bs, False)
+    (ref.out * g.double()).sum().backward()
+    ft_assert(h0s.grad, h0d.grad, torch.float32, "dh0")
+    if x_grad:
+        ft_assert(xs.grad, xd.grad, torch.float32, "dx")
+    for name, got, want in zip(LayerWeights._fields, ws, wd):
+        if got is not None and w_grad:
+            ft_assert(got.grad, want.grad, torch.float32, name)
+        elif got is not None:
+            assert got.grad is None, name
+
+
 def test_aten_fallback_of_the_large_products():
     """FUSEDRNN_CPU_LINEAR=aten (what runs where torch has no oneDNN) gives the same results."""
     code = (

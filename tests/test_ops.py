@@ -43,6 +43,19 @@ def test_forward_op_opcheck_without_workspace(cell, options):
     assert ops.forward_op(cell.family)(*_op_args(case), False)[3].numel() == 0
 
 
+def test_backward_op_opcheck_with_skipped_gradients():
+    """need_dx / need_dweights False: empty gradients, the same in the fake kernel as in the real one."""
+    case = make_case(CellSpec("lstm", "lstm"), peephole=True, packed=True)
+    out, h_n, c_n, ws = ops.forward_op("lstm")(*_op_args(case))
+    args = (torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n), *case.inputs(), case.batch_sizes,
+            case.reverse, "lstm", "reference", out, ws)
+    for need_dx, need_dweights in ((False, True), (True, False)):
+        opcheck(ops.backward_op("lstm"), (*args, need_dx, need_dweights))
+        grads = ops.backward_op("lstm")(*args, need_dx, need_dweights)
+        assert (grads[0].numel() > 0) == need_dx
+        assert all((g.numel() > 0) == need_dweights for g in grads[3:8])
+
+
 def test_differentiating_a_forward_without_workspace_raises():
     case = make_case(CellSpec("lstm", "lstm"))
     x, *rest = case.inputs()

@@ -19,8 +19,8 @@ class WrongOutputBackend(ReferenceBackend):
 
     name = "wrong-output"
 
-    def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse):
-        res = super().forward(cell, x, h0, c0, weights, batch_sizes, reverse)
+    def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse, **options):
+        res = super().forward(cell, x, h0, c0, weights, batch_sizes, reverse, **options)
         return ForwardResult(res.out * (1 + ERROR), res.h_n, res.c_n, res.workspace)
 
 
@@ -29,9 +29,10 @@ class WrongGradientBackend(ReferenceBackend):
 
     name = "wrong-gradient"
 
-    def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace):
+    def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace,
+                 **options):
         res = super().backward(cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out,
-                               workspace)
+                               workspace, **options)
         dw = res.dweights
         return res._replace(dweights=LayerWeights(dw.w_ih, dw.w_hh * (1 + ERROR), *dw[2:]))
 
@@ -41,5 +42,5 @@ class CrashingBackend(ReferenceBackend):
 
     name = "crashing"
 
-    def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse):
+    def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse, **options):
         raise RuntimeError("this backend always fails")

@@ -6,9 +6,10 @@
 //                                                is empty without for_backward
 //   backward(family, mode, grad_out, grad_hn, grad_cn?, x, h0, c0?, w_ih, w_hh,
 //            b_ih?, b_hh?, w_peep?, w_proj?, batch_sizes?, reverse, out, workspace,
-//            strategy="auto", poison=False)
+//            strategy="auto", poison=False, need_dx=True, need_dweights=True)
 //       -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_proj]
-//                                                empty where the input is absent
+//                                                empty where the input is absent or the
+//                                                gradient was not asked for
 //   describe() -> str                            ISA and threads in use
 //
 // Shapes and layouts are those of fusedrnn/backends/base.py.  Every argument
@@ -114,7 +115,8 @@ std::vector<at::Tensor> backward(const std::string& family, const std::string& m
                                  const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
                                  const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_proj,
                                  const c10::optional<at::Tensor>& batch_sizes, bool reverse, const at::Tensor& out,
-                                 const at::Tensor& workspace, const std::string& strategy, bool poison) {
+                                 const at::Tensor& workspace, const std::string& strategy, bool poison,
+                                 bool need_dx, bool need_dweights) {
   const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
   checks::check_backward_call(g, x, grad_out, grad_hn, grad_cn, out, workspace);
   const Strategy strat = parse_strategy(strategy);
@@ -124,9 +126,10 @@ std::vector<at::Tensor> backward(const std::string& family, const std::string& m
   const at::Tensor gcn = g.cell.family == Family::lstm ? to_compute(grad_cn, cdt) : at::Tensor();
   const BackwardOut r = sequence_backward(g.cell, rows_of(grad_out, g, cdt), to_compute(grad_hn, cdt), gcn,
                                           rows_of(x, g, cdt), to_compute(h0, cdt), to_compute(c0, cdt), w, steps,
-                                          rows_of(out, g, cdt), rows_of(workspace, g, cdt), strat, poison);
+                                          rows_of(out, g, cdt), rows_of(workspace, g, cdt), strat, poison,
+                                          need_dx, need_dweights);
   const auto back = [&](const at::Tensor& t) { return t.defined() ? t.to(x.scalar_type()) : x.new_empty({0}); };
-  return {r.dx.reshape(x.sizes()).to(x.scalar_type()),
+  return {r.dx.defined() ? r.dx.reshape(x.sizes()).to(x.scalar_type()) : x.new_empty({0}),
           back(r.dh0),
           back(r.dc0),
           back(r.dw.w_ih),
@@ -149,8 +152,8 @@ TORCH_LIBRARY_FRAGMENT(fusedrnn_C, m) {
   m.def(
       "backward(str family, str mode, Tensor grad_out, Tensor grad_hn, Tensor? grad_cn, Tensor x, Tensor h0, "
       "Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, "
-      "Tensor? batch_sizes, bool reverse, Tensor out, Tensor workspace, str strategy=\"auto\", bool poison=False) "
-      "-> Tensor[]");
+      "Tensor? batch_sizes, bool reverse, Tensor out, Tensor workspace, str strategy=\"auto\", bool poison=False, "
+      "bool need_dx=True, bool need_dweights=True) -> Tensor[]");
   m.def("describe() -> str", &fusedrnn::cpu::describe);
 }
 

@@ -650,7 +650,8 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
 BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, const at::Tensor& grad_hn,
                               const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& h0,
                               const at::Tensor& c0, const LayerTensors& w, const Steps& s,
-                              const at::Tensor& out, const at::Tensor& workspace, Strategy strategy, bool poison) {
+                              const at::Tensor& out, const at::Tensor& workspace, Strategy strategy, bool poison,
+                              bool need_dx, bool need_dweights) {
   BackwardBuffers bb;
   bb.G = cell.gates();
   bb.H = w.w_hh.size(0) / bb.G;
@@ -684,9 +685,13 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
     gemm_backward<float>(cell, w, s, bb, poison);
   }
 
-  // weight gradients: single products over all steps
+  // input and weight gradients: single products over all steps, each skipped
+  // where nobody asked for it (dX of a first layer, the weights of a frozen one)
   BackwardOut r;
-  r.dx = linear(bb.dA_x, w.w_ih.t(), at::Tensor());
+  r.dh0 = bb.dh_state;
+  r.dc0 = bb.dc_state;
+  if (need_dx) r.dx = linear(bb.dA_x, w.w_ih.t(), at::Tensor());
+  if (!need_dweights) return r;
   r.dw.w_ih = at::mm(bb.dA_x.t(), x);
   const at::Tensor h_prev = previous_rows(out, h0, s);
   if (cell.family == Family::gru && !cell.reset_after) {
@@ -706,8 +711,6 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
     const at::Tensor m = workspace.narrow(1, 3 * H, H) * workspace.narrow(1, 4 * H, H).tanh();
     r.dw.w_proj = at::mm(bb.dH_total.t(), m);
   }
-  r.dh0 = bb.dh_state;
-  r.dc0 = bb.dc_state;
   return r;
 }
 

@@ -49,7 +49,8 @@ ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Ten
 BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, const at::Tensor& grad_hn,
                               const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& h0,
                               const at::Tensor& c0, const LayerTensors& w, const Steps& steps,
-                              const at::Tensor& out, const at::Tensor& workspace, Strategy strategy, bool poison);
+                              const at::Tensor& out, const at::Tensor& workspace, Strategy strategy, bool poison,
+                              bool need_dx = true, bool need_dweights = true);
 
 // The strategy `automatic` picks for these sizes (exposed for tests and benchmarks).
 Strategy choose_strategy(const Cell& cell, const LayerTensors& w, const Steps& steps, at::ScalarType dtype);

@@ -122,11 +122,16 @@ class Backend:
         reverse: bool,
         out: torch.Tensor,
         workspace: torch.Tensor,
+        need_dx: bool = True,
+        need_dweights: bool = True,
     ) -> BackwardResult:
         """Gradients given the forward's inputs and outputs.
 
         ``grad_out``, ``grad_hn`` (and ``grad_cn`` for LSTM) are always
         materialised tensors (zeros where the loss does not depend on them).
+        ``need_dx`` / ``need_dweights`` False say that nobody wants the input's
+        gradient (a first layer fed data) or the weights' (frozen weights): a
+        backend may skip those products (their results are dropped anyway).
         """
         raise NotImplementedError
 

@@ -69,9 +69,10 @@ class CpuBackend(Backend):
         return ForwardResult(out, h_n, c_n if cell.has_cell_state else None, workspace)
 
     def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
-                 out, workspace) -> BackwardResult:
+                 out, workspace, need_dx=True, need_dweights=True) -> BackwardResult:
         grads = _ops().backward(
-            cell.family, cell.mode, grad_out, grad_hn, grad_cn, x, h0, c0, *weights, batch_sizes, bool(reverse), out, workspace, self._strategy(cell, x, weights),
+            cell.family, cell.mode, grad_out, grad_hn, grad_cn, x, h0, c0, *weights, batch_sizes, bool(reverse), out,
+            workspace, self._strategy(cell, x, weights), need_dx=bool(need_dx), need_dweights=bool(need_dweights),
         )
         return BackwardResult.from_op(cell, grads, weights)
 

@@ -77,7 +77,7 @@ class CudaBackend(Backend):
         return ForwardResult(out, h_n, c_n if cell.has_cell_state else None, workspace)
 
     def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
-                 out, workspace) -> BackwardResult:
+                 out, workspace, need_dx=True, need_dweights=True) -> BackwardResult:
         grads = _ops().cuda_backward(
             cell.family, cell.mode, grad_out, grad_hn, grad_cn, x, h0, c0, *weights, batch_sizes, bool(reverse), out, workspace,
         )

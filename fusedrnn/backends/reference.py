@@ -15,7 +15,8 @@ class ReferenceBackend(Backend):
     def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse, for_backward=True):
         return reference.sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse)
 
-    def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace):
+    def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace,
+                 need_dx=True, need_dweights=True):
         return reference.sequence_backward(
             cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace
         )

@@ -102,7 +102,8 @@ class TritonBackend(Backend):
         key = ("forward", cell, reverse, _sizes_key(batch_sizes), tensor_key(tensors))
         return ForwardResult(*graphs.run(key, run, tensors))
 
-    def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace):
+    def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace,
+                 need_dx=True, need_dweights=True):
         kernels = self._kernels()
 
         def run(grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, *w):
