@@ -59,7 +59,9 @@ struct LstmForwardArgs {
   View<T> m;             // o*tanh(c') (the output row, or the input of the projection)
 };
 
-template <typename T>
+// kKeepWorkspace false (inference): no workspace stores, 5 of the 7 stores per
+// element; ws is not read.
+template <typename T, bool kKeepWorkspace = true>
 FUSEDRNN_POINTWISE void lstm_forward_block(const Block& blk, const LstmForwardArgs<T>& a) {
   const int64_t u0 = blk.u0, u1 = blk.u1, rows = blk.rows;  // locals: stores cannot alias them
   const int64_t H = blk.H, gs = a.hp_gs;
@@ -75,11 +77,13 @@ FUSEDRNN_POINTWISE void lstm_forward_block(const Block& blk, const LstmForwardAr
       const auto r = gm::lstm_forward<T>(xp[u] + hp[u], xp[H + u] + hp[gs + u], xp[2 * H + u] + hp[2 * gs + u],
                                          xp[3 * H + u] + hp[3 * gs + u], c[u], peep[u], peep[H + u],
                                          peep[2 * H + u]);
-      ws[u] = r.i;
-      ws[H + u] = r.f;
-      ws[2 * H + u] = r.g;
-      ws[3 * H + u] = r.o;
-      ws[4 * H + u] = r.c;
+      if constexpr (kKeepWorkspace) {
+        ws[u] = r.i;
+        ws[H + u] = r.f;
+        ws[2 * H + u] = r.g;
+        ws[3 * H + u] = r.o;
+        ws[4 * H + u] = r.c;
+      }
       c[u] = r.c;
       m[u] = r.m;
     }

@@ -65,6 +65,7 @@ namespace {
   void NAME(const Block& b, const ARGS<double>& a) { FN(double)(b, a); }
 
 #define LSTM_FWD(T) lstm_forward_block<T>
+#define LSTM_FWD_INFERENCE(T) lstm_forward_block<T, false>
 #define GRU_FWD_AFTER(T) gru_forward_reset_after_block<T>
 #define GRU_FWD_GATES(T) gru_forward_reset_before_gates<T>
 #define GRU_FWD_STATE(T) gru_forward_reset_before_state<T>
@@ -77,6 +78,7 @@ namespace {
 #define RNN_BWD_RELU(T) rnn_backward_block<T, true>
 
 FUSEDRNN_DISPATCH(pw_lstm_forward, LstmForwardArgs, LSTM_FWD)
+FUSEDRNN_DISPATCH(pw_lstm_forward_inference, LstmForwardArgs, LSTM_FWD_INFERENCE)
 FUSEDRNN_DISPATCH(pw_gru_forward_after, GruForwardArgs, GRU_FWD_AFTER)
 FUSEDRNN_DISPATCH(pw_gru_forward_gates, GruForwardArgs, GRU_FWD_GATES)
 FUSEDRNN_DISPATCH(pw_gru_forward_state, GruForwardArgs, GRU_FWD_STATE)
@@ -406,7 +408,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
           a.peep = ptr<float>(f.peep);
           a.ws = view(ws + f.ws_row(off) * W, W);
           a.m = view(out + off * H, H);
-          pw_lstm_forward(block, a);
+          f.keep_workspace ? pw_lstm_forward(block, a) : pw_lstm_forward_inference(block, a);
         } else if (cell.family == Family::gru) {
           for_prev_segments<float>(s, p, block, out, 0, H, h0p, H,
                                    [&](const Block& sub, int64_t shift, View<const float> h_prev) {
