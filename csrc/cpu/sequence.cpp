@@ -362,8 +362,8 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
   }
 }
 
-void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, ForwardBuffers& f, const at::Tensor& h0,
-                   bool poison) {
+void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, ForwardBuffers& f, const at::Tensor& x,
+                   const at::Tensor& h0) {
   const int64_t H = f.H, G = f.G, GH = G * H, W = f.W, B = s.batch;
   const Isa isa = best_isa();
   const int64_t L = panel_lanes(isa);
@@ -371,68 +371,87 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
   const at::Tensor panels = cached_panels(w.w_hh, G, L, false);
   const float* pan = ptr<float>(panels);
   const float* h0p = ptr<float>(h0);
-  const float* xp = ptr<float>(f.xp);
   float* out = ptr<float>(f.out);
   float* ws = ptr<float>(f.ws);
   const int64_t T = s.count();
   const int nthreads = threads_for_step(B * G * H * H, nblk);
-  run_parallel(nthreads, [&](int tid, int nt, Barrier& barrier) {
-    int64_t blk0, blk1;
-    split_range(nblk, tid, nt, blk0, blk1);
-    // RNN (one gate): two adjacent unit blocks per product, whose panels are
-    // adjacent, so the micro-kernel runs with C = 2 panels (2 panel loads per
-    // 12 broadcasts instead of 1 per 16); tile row = the units of both blocks.
-    const int64_t per_product = G == 1 ? 2 : 1;
-    std::vector<float> tile(static_cast<size_t>(B * G * L * per_product));
-    for (int64_t p = 0; p < T; ++p) {
-      const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
-      // the product's left operand, h_prev, read where it lies: the previous
-      // step's output rows, then (reverse direction of packed input) h0's
-      // rows for the sequences that start at this step
-      const PrevSplit ps = prev_split(s, p);
-      for (int64_t blk = blk0; blk < blk1; blk += per_product) {
-        const int64_t nb = std::min(per_product, blk1 - blk);
-        const int64_t u0 = blk * L, u1 = std::min(H, (blk + nb) * L);
-        const float* blk_panels = pan + blk * G * H * L;
-        if (ps.carried > 0) product_tile(isa, out + ps.prev_offset * H, H, ps.carried, H, blk_panels, G * nb, tile.data());
-        if (ps.carried < n)
-          product_tile(isa, h0p + ps.carried * H, H, n - ps.carried, H, blk_panels, G * nb,
-                       tile.data() + ps.carried * G * L * nb);
-        const Block block{n, u0, u1, H};
-        if (cell.family == Family::lstm) {
-          LstmForwardArgs<float> a;
-          a.xp = cview(xp + off * GH, GH);
-          a.hp = cview(tile.data(), G * L);
-          a.hp_gs = L;
-          a.c = view(ptr<float>(f.c_state), H);
-          a.peep = ptr<float>(f.peep);
-          a.ws = view(ws + f.ws_row(off) * W, W);
-          a.m = view(out + off * H, H);
-          f.keep_workspace ? pw_lstm_forward(block, a) : pw_lstm_forward_inference(block, a);
-        } else if (cell.family == Family::gru) {
-          for_prev_segments<float>(s, p, block, out, 0, H, h0p, H,
-                                   [&](const Block& sub, int64_t shift, View<const float> h_prev) {
-            GruForwardArgs<float> a;
-            a.xp = cview(xp + (off + shift) * GH, GH);
-            a.hp = cview(tile.data() + shift * G * L, G * L);
+  // steps [p0, p1), whose input projection rows are xp[(off - r0) * GH ...]
+  const auto fused_forward_steps = [&](int64_t p0, int64_t p1, const float* xp, int64_t r0) {
+    run_parallel(nthreads, [&](int tid, int nt, Barrier& barrier) {
+      int64_t blk0, blk1;
+      split_range(nblk, tid, nt, blk0, blk1);
+      // RNN (one gate): two adjacent unit blocks per product, whose panels are
+      // adjacent, so the micro-kernel runs with C = 2 panels (2 panel loads per
+      // 12 broadcasts instead of 1 per 16); tile row = the units of both blocks.
+      const int64_t per_product = G == 1 ? 2 : 1;
+      std::vector<float> tile(static_cast<size_t>(B * G * L * per_product));
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
+        const float* xp_step = xp + (off - r0) * GH;
+        // the product's left operand, h_prev, read where it lies: the previous
+        // step's output rows, then (reverse direction of packed input) h0's
+        // rows for the sequences that start at this step
+        const PrevSplit ps = prev_split(s, p);
+        for (int64_t blk = blk0; blk < blk1; blk += per_product) {
+          const int64_t nb = std::min(per_product, blk1 - blk);
+          const int64_t u0 = blk * L, u1 = std::min(H, (blk + nb) * L);
+          const float* blk_panels = pan + blk * G * H * L;
+          if (ps.carried > 0) product_tile(isa, out + ps.prev_offset * H, H, ps.carried, H, blk_panels, G * nb, tile.data());
+          if (ps.carried < n)
+            product_tile(isa, h0p + ps.carried * H, H, n - ps.carried, H, blk_panels, G * nb,
+                         tile.data() + ps.carried * G * L * nb);
+          const Block block{n, u0, u1, H};
+          if (cell.family == Family::lstm) {
+            LstmForwardArgs<float> a;
+            a.xp = cview(xp_step, GH);
+            a.hp = cview(tile.data(), G * L);
             a.hp_gs = L;
-            a.b_hn = ptr<float>(f.b_hn);
-            a.h_prev = h_prev;
-            a.ws = view(ws + (f.ws_row(off) + shift) * W, W);
-            a.h = view(out + (off + shift) * H, H);
-            pw_gru_forward_after(sub, a);
-          });
-        } else {
-          RnnForwardArgs<float> a;
-          a.xp = cview(xp + off * GH, GH);
-          a.hp = cview(tile.data(), nb * L);
-          a.h = view(out + off * H, H);
-          pw_rnn_forward(cell.relu, block, a);
+            a.c = view(ptr<float>(f.c_state), H);
+            a.peep = ptr<float>(f.peep);
+            a.ws = view(ws + f.ws_row(off) * W, W);
+            a.m = view(out + off * H, H);
+            f.keep_workspace ? pw_lstm_forward(block, a) : pw_lstm_forward_inference(block, a);
+          } else if (cell.family == Family::gru) {
+            for_prev_segments<float>(s, p, block, out, 0, H, h0p, H,
+                                     [&](const Block& sub, int64_t shift, View<const float> h_prev) {
+              GruForwardArgs<float> a;
+              a.xp = cview(xp_step + shift * GH, GH);
+              a.hp = cview(tile.data() + shift * G * L, G * L);
+              a.hp_gs = L;
+              a.b_hn = ptr<float>(f.b_hn);
+              a.h_prev = h_prev;
+              a.ws = view(ws + (f.ws_row(off) + shift) * W, W);
+              a.h = view(out + (off + shift) * H, H);
+              pw_gru_forward_after(sub, a);
+            });
+          } else {
+            RnnForwardArgs<float> a;
+            a.xp = cview(xp_step, GH);
+            a.hp = cview(tile.data(), nb * L);
+            a.h = view(out + off * H, H);
+            pw_rnn_forward(cell.relu, block, a);
+          }
         }
+        barrier.wait();
       }
-      barrier.wait();
-    }
-  });
+    });
+  };
+  // The input projection runs a chunk of steps at a time, right before their
+  // recurrence, into buffers of about 2 MiB: the pointwise passes then read
+  // it from cache rather than DRAM, and no [T*B, G*H] buffer is allocated
+  // (and page-faulted in) per call.  A chunk is whole steps, whose rows are
+  // contiguous in x in either direction.
+  const at::Tensor bias = folded_bias(cell, w, H);
+  const int64_t chunk_rows = std::max<int64_t>(256, (int64_t(2) << 20) / (GH * int64_t(sizeof(float))));
+  for (int64_t p0 = 0, p1 = 0; p0 < T; p0 = p1) {
+    int64_t rows = 0;
+    do {
+      rows += s.size[s.order[p1++]];
+    } while (p1 < T && rows + s.size[s.order[p1]] <= chunk_rows);
+    const int64_t r0 = std::min(s.offset[s.order[p0]], s.offset[s.order[p1 - 1]]);
+    const at::Tensor xp_chunk = linear(x.narrow(0, r0, rows), w.w_ih, bias);
+    fused_forward_steps(p0, p1, ptr<float>(xp_chunk), r0);
+  }
 }
 
 }  // namespace
@@ -446,7 +465,6 @@ ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Ten
   f.H = w.w_hh.size(0) / f.G;
   f.Hout = w.w_hh.size(1);
   f.W = cell.workspace_blocks() * f.H;
-  f.xp = input_projection(cell, x, w, f.H);
   const int64_t ws_rows = for_backward ? s.rows : s.batch;
   if (poison) {  // the kernels must write every element they hand back
     f.out = empty_like_rows(x, {s.rows, f.Hout}, true);
@@ -466,9 +484,10 @@ ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Ten
               "fusedrnn_C: the fused strategy supports float32 LSTM without projection, GRU reset_after and RNN only");
   ForwardOut r;
   if (strategy == Strategy::fused) {
-    fused_forward(cell, w, s, f, h0, poison);
+    fused_forward(cell, w, s, f, x, h0);
     r.h_n = f.out.index_select(0, last_rows(s));
   } else {
+    f.xp = input_projection(cell, x, w, f.H);
     if (x.scalar_type() == at::kDouble) {
       gemm_forward<double>(cell, w, s, f, poison);
     } else {
