@@ -29,7 +29,8 @@ struct Entry {
   }
 };
 
-constexpr size_t kEntries = 8;  // a few layers x directions x (forward, backward)
+constexpr size_t kEntries = 8;                 // a few layers x directions x (forward, backward)
+constexpr int64_t kMaxBytes = int64_t(64) << 20;  // the packed copies the cache may hold in all
 
 std::mutex& cache_mutex() {
   static std::mutex m;
@@ -65,8 +66,15 @@ at::Tensor cached_panels(const at::Tensor& w, int64_t blocks_c, int64_t lanes, b
           blocks_c, lanes, transposed, panels};
   std::lock_guard<std::mutex> lock(cache_mutex());
   auto& list = entries();
+  list.remove_if([](const Entry& old) { return old.storage.expired(); });  // weights that are gone
   list.push_front(std::move(e));
-  if (list.size() > kEntries) list.pop_back();
+  int64_t bytes = 0;
+  size_t index = 0;
+  for (auto it = list.begin(); it != list.end(); ++index) {  // the newest entry stays whatever its size
+    bytes += static_cast<int64_t>(it->panels.nbytes());
+    const bool keep = index == 0 || (index < kEntries && bytes <= kMaxBytes);
+    it = keep ? std::next(it) : list.erase(it);
+  }
   return panels;
 }
 

@@ -7,7 +7,8 @@
 // entry exists), its version counter (bumped by every in-place change,
 // optimizer steps included), its data pointer and shape, and the packing.
 // Tensors without a version counter (created under torch.inference_mode) are
-// packed every time.  A few entries are kept (least recently used evicted),
+// packed every time.  At most 8 entries and 64 MiB of packed copies are kept
+// (least recently used evicted first; entries of freed weights dropped),
 // shared by all threads under a mutex.
 #pragma once
 

@@ -1,14 +1,16 @@
 // Forward and backward through time for one layer-direction.
 //
 // Work split (DESIGN.md section 3):
-//  * before the loop, one GEMM for the input projection of all steps,
-//    Xp = X W_ih^T + b_ih (+ b_hh where it can be folded in);
+//  * the input projection Xp = X W_ih^T + b_ih (+ b_hh where it can be folded
+//    in) as large GEMMs (dense_product.h): all steps at once for the gemm
+//    strategy, a ~2 MiB chunk of steps at a time for the fused one (so that
+//    the gate pass reads Xp from cache);
 //  * per step, the recurrent product and ONE fused pointwise pass;
 //  * backward: per step one fused pointwise pass and one product with W_hh,
 //    then dW_ih, dW_hh, dX and the biases as single GEMMs over all steps.
 //
 // Two strategies for the per-step product:
-//  * gemm:  at::mm into a preallocated buffer (MKL, all threads), then the
+//  * gemm:  at::mm into a preallocated buffer (ATen's BLAS), then the
 //           pointwise pass split over hidden units.  Any cell, any dtype;
 //           best at large batch, where the per-step GEMM is efficient.
 //  * fused: float32 only; LSTM without projection, GRU reset_after, RNN.  One

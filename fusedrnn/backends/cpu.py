@@ -3,9 +3,14 @@
 The kernels are dispatcher ops ``torch.ops.fusedrnn_C.forward`` / ``backward``
 (one call per layer-direction and sequence; see csrc/cpu/ops.cpp for their
 schema).  Per step they run one recurrent product and one fused, vectorised,
-parallel pointwise pass; at small batch the product is a cache-resident
-micro-kernel over packed ``W_hh`` (csrc/cpu/recurrent_product.h), at large
-batch an MKL GEMM.  float16/bfloat16 are computed in float32 inside.
+parallel pointwise pass.  For float32 LSTM, GRU (reset_after) and RNN the
+product is a cache-resident micro-kernel over packed ``W_hh``
+(csrc/cpu/recurrent_product.h) with the gate pass right behind it; the other
+cells and dtypes run a per-step ATen GEMM.  The products over all steps
+(input projection, dX) go through oneDNN where torch has it
+(csrc/cpu/dense_product.h).  float16/bfloat16 are computed in float32 inside.
+A no-grad forward keeps no workspace; the backward skips dX and the weight
+products nobody asked for.
 """
 
 from __future__ import annotations
