@@ -101,7 +101,8 @@ struct GruForwardArgs {
   View<T> h;             // new state
 };
 
-template <typename T>
+// kKeepWorkspace false (inference): no workspace stores; ws is not read.
+template <typename T, bool kKeepWorkspace = true>
 FUSEDRNN_POINTWISE void gru_forward_reset_after_block(const Block& blk, const GruForwardArgs<T>& a) {
   const int64_t u0 = blk.u0, u1 = blk.u1, rows = blk.rows;  // locals: stores cannot alias them
   const int64_t H = blk.H, gs = a.hp_gs;
@@ -117,10 +118,12 @@ FUSEDRNN_POINTWISE void gru_forward_reset_after_block(const Block& blk, const Gr
       const T k = hp[2 * gs + u] + b_hn[u];
       const auto r = gm::gru_forward_reset_after<T>(xp[u] + hp[u], xp[H + u] + hp[gs + u], xp[2 * H + u], k,
                                                      h_prev[u]);
-      ws[u] = r.r;
-      ws[H + u] = r.z;
-      ws[2 * H + u] = r.n;
-      ws[3 * H + u] = k;
+      if constexpr (kKeepWorkspace) {
+        ws[u] = r.r;
+        ws[H + u] = r.z;
+        ws[2 * H + u] = r.n;
+        ws[3 * H + u] = k;
+      }
       h[u] = r.h;
     }
   }

@@ -69,6 +69,7 @@ namespace {
 #define LSTM_FWD(T) lstm_forward_block<T>
 #define LSTM_FWD_INFERENCE(T) lstm_forward_block<T, false>
 #define GRU_FWD_AFTER(T) gru_forward_reset_after_block<T>
+#define GRU_FWD_AFTER_INFERENCE(T) gru_forward_reset_after_block<T, false>
 #define GRU_FWD_GATES(T) gru_forward_reset_before_gates<T>
 #define GRU_FWD_STATE(T) gru_forward_reset_before_state<T>
 #define RNN_FWD_TANH(T) rnn_forward_block<T, false>
@@ -82,6 +83,7 @@ namespace {
 FUSEDRNN_DISPATCH(pw_lstm_forward, LstmForwardArgs, LSTM_FWD)
 FUSEDRNN_DISPATCH(pw_lstm_forward_inference, LstmForwardArgs, LSTM_FWD_INFERENCE)
 FUSEDRNN_DISPATCH(pw_gru_forward_after, GruForwardArgs, GRU_FWD_AFTER)
+FUSEDRNN_DISPATCH(pw_gru_forward_after_inference, GruForwardArgs, GRU_FWD_AFTER_INFERENCE)
 FUSEDRNN_DISPATCH(pw_gru_forward_gates, GruForwardArgs, GRU_FWD_GATES)
 FUSEDRNN_DISPATCH(pw_gru_forward_state, GruForwardArgs, GRU_FWD_STATE)
 FUSEDRNN_DISPATCH(pw_rnn_forward_tanh, RnnForwardArgs, RNN_FWD_TANH)
@@ -424,7 +426,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
               a.h_prev = h_prev;
               a.ws = view(ws + (f.ws_row(off) + shift) * W, W);
               a.h = view(out + (off + shift) * H, H);
-              pw_gru_forward_after(sub, a);
+              f.keep_workspace ? pw_gru_forward_after(sub, a) : pw_gru_forward_after_inference(sub, a);
             });
           } else {
             RnnForwardArgs<float> a;
