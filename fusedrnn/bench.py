@@ -36,6 +36,7 @@ import argparse
 import itertools
 import os
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -203,7 +204,8 @@ def _result(bench: LayerBench, mode: str, impl: str, **fields) -> dict:
     row = {"cell": bench.family, "T": shape.T, "B": shape.B, "I": shape.I, "H": shape.H,
            "dtype": dtype_name(bench.dtype), "mode": mode, "impl": impl, "median_ms": None, "q20_ms": None,
            "q80_ms": None, "samples": None, "cuda_graph": False, "flops": None, "gflops": None,
-           "ratio_vs_torch": None, "matmul_fraction": None, "memory_bytes": None, "memory_kind": None, "status": "ok"}
+           "ratio_vs_torch": None, "matmul_fraction": None, "memory_bytes": None, "memory_kind": None, "status": "ok",
+           "round_ms": None}
     row.update(fields)
     return row
 
@@ -230,14 +232,10 @@ def run_benchmarks(s: "Settings", failed: set) -> List[dict]:
             advance(f"matmul {label}")
             for mode in MODES:
                 flops = fwd_flops * (3 if mode == "training" else 1)
-                group = []
+                group = _measure_group(bench, impls, mode, flops, failed, s)
                 for impl in impls:
-                    group.append(_measure(bench, impl, mode, flops, failed, s))
                     advance(f"{impl} {label} {mode}")
-                torch_row = group[0]
                 for row in group:
-                    if row["median_ms"] is not None and torch_row["median_ms"] is not None:
-                        row["ratio_vs_torch"] = torch_row["median_ms"] / row["median_ms"]
                     if row["gflops"] is not None:
                         row["matmul_fraction"] = row["gflops"] / gemm_gflops
                 results += group
@@ -246,19 +244,67 @@ def run_benchmarks(s: "Settings", failed: set) -> List[dict]:
     return results
 
 
-def _measure(bench: LayerBench, impl: str, mode: str, flops: float, failed: set, s: "Settings") -> dict:
+#: CPU timings are taken in this many rounds, each timing every implementation of a group in turn
+#: with 1/ROUNDS of the time budget: a (virtual) CPU's speed drifts by 10-20% within seconds, and
+#: back-to-back blocks of one implementation then the other would partly measure that drift.
+CPU_ROUNDS = 3
+
+
+def _measure_group(bench: LayerBench, impls: List[str], mode: str, flops: float, failed: set,
+                   s: "Settings") -> List[dict]:
+    """One row per implementation; ``ratio_vs_torch`` is the median over rounds of the per-round
+    ratio torch.nn / this (the first implementation is torch.nn)."""
+    rounds = CPU_ROUNDS if s.device.type == "cpu" else 1
+    timings: Dict[str, List[Timing]] = {impl: [] for impl in impls}
+    rows: Dict[str, dict] = {}
+    for _ in range(rounds):
+        for impl in impls:
+            if impl in rows:  # failed, unsupported or broken: reported once, not timed again
+                continue
+            outcome = _time_once(bench, impl, mode, failed, s, s.min_time / rounds, s.max_time / rounds)
+            if isinstance(outcome, dict):
+                rows[impl] = outcome
+            else:
+                timings[impl].append(outcome)
+    group = []
+    for impl in impls:
+        if impl in rows:
+            group.append(rows[impl])
+            continue
+        row = _result(bench, mode, impl, round_ms=[t.median * 1e3 for t in timings[impl]],
+                      **_timed(_merged(timings[impl]), flops))
+        try:
+            row["memory_bytes"], row["memory_kind"] = bench.memory(impl, mode)
+        except Exception as exc:  # one broken implementation must not hide the others' figures
+            row = _result(bench, mode, impl, status=f"error: {type(exc).__name__}: {exc}")
+        torch_rounds = timings[impls[0]]
+        if row["median_ms"] is not None and len(torch_rounds) == len(timings[impl]):
+            row["ratio_vs_torch"] = statistics.median(
+                t.median / mine.median for t, mine in zip(torch_rounds, timings[impl]))
+        group.append(row)
+    return group
+
+
+def _merged(rounds: List[Timing]) -> Timing:
+    """Rounds of one implementation as one figure: median of the round medians, widest quantiles."""
+    return Timing(statistics.median(t.median for t in rounds), min(t.q20 for t in rounds),
+                  max(t.q80 for t in rounds), sum(t.samples for t in rounds),
+                  any(t.cuda_graph for t in rounds))
+
+
+def _time_once(bench: LayerBench, impl: str, mode: str, failed: set, s: "Settings", min_time: float,
+               max_time: float):
+    """A Timing, or the finished row of an implementation that cannot be timed."""
     if (impl, bench.family, bench.shape, bench.dtype) in failed:
         return _result(bench, mode, impl, status="FAILED the check: not timed")
     why = bench.unsupported(impl)
     if why is not None:
         return _result(bench, mode, impl, status=f"unsupported: {why}")
     try:
-        timing = time_call(bench.call(impl, mode), s.device, s.threads, s.min_time, s.max_time,
-                           graph_below=GRAPH_BELOW_S if s.device.type == "cuda" else 0.0)
-        memory, kind = bench.memory(impl, mode)
+        return time_call(bench.call(impl, mode), s.device, s.threads, min_time, max_time,
+                         graph_below=GRAPH_BELOW_S if s.device.type == "cuda" else 0.0)
     except Exception as exc:  # one broken implementation must not hide the others' figures
         return _result(bench, mode, impl, status=f"error: {type(exc).__name__}: {exc}")
-    return _result(bench, mode, impl, memory_bytes=memory, memory_kind=kind, **_timed(timing, flops))
 
 
 def write_outputs(out_dir: str, payload: dict, results: List[dict]) -> Dict[str, Optional[str]]:

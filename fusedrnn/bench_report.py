@@ -18,6 +18,11 @@ from typing import Dict, List, Optional, Sequence
 
 from .bench_console import markdown_table, print_table
 
+#: what the "vs torch.nn" column means (fusedrnn.bench times CPU groups in alternating rounds)
+RATIO_CAPTION = ("vs torch.nn = torch.nn time / this time, the median of its value in each timing round "
+                 "(on CPU 3 rounds, each timing every implementation in turn; median ms is the median of the "
+                 "rounds' medians)")
+
 COLUMNS = ["cell", "T,B,I,H", "dtype", "mode", "impl", "median ms", "q20-q80 ms", "vs torch.nn", "GFLOP/s",
            "% matmul", "memory", "note"]
 CSV_FIELDS = ["cell", "T", "B", "I", "H", "dtype", "mode", "impl", "median_ms", "q20_ms", "q80_ms", "samples",
@@ -83,7 +88,7 @@ def print_results(results: Sequence[dict], peak: Dict[str, dict], title: str) ->
     peak_text = "; ".join(f"{d}: {p['gflops']:.1f} GFLOP/s ({p['n']}x{p['n']} matmul)" for d, p in peak.items())
     print_table(title, COLUMNS, [_row_cells(r) for r in results], [_style(r) for r in results],
                 caption=f"peak matmul {peak_text}; {memory_caption(results)}; "
-                        "vs torch.nn = torch.nn time / this time")
+                        f"{RATIO_CAPTION}")
 
 
 def markdown(results: Sequence[dict], payload: dict) -> str:
@@ -102,7 +107,7 @@ def markdown(results: Sequence[dict], payload: dict) -> str:
         "",
         markdown_table(COLUMNS, [_row_cells(r) for r in results]),
         "",
-        f"{memory_caption(results)}; vs torch.nn = torch.nn median time / this median time; "
+        f"{memory_caption(results)}; {RATIO_CAPTION}; "
         "% matmul = GFLOP/s as a share of one torch matmul of the forward's FLOPs in the same run.",
     ]
     return "\n".join(lines) + "\n"
