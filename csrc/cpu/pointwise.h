@@ -60,8 +60,8 @@ struct LstmForwardArgs {
 };
 
 // kKeepWorkspace false (inference): no workspace stores, 5 of the 7 stores per
-// element; ws is not read.
-template <typename T, bool kKeepWorkspace = true>
+// element; ws is not read.  kPeephole false: peep is not read.
+template <typename T, bool kKeepWorkspace, bool kPeephole>
 FUSEDRNN_POINTWISE void lstm_forward_block(const Block& blk, const LstmForwardArgs<T>& a) {
   const int64_t u0 = blk.u0, u1 = blk.u1, rows = blk.rows;  // locals: stores cannot alias them
   const int64_t H = blk.H, gs = a.hp_gs;
@@ -74,7 +74,7 @@ FUSEDRNN_POINTWISE void lstm_forward_block(const Block& blk, const LstmForwardAr
     T* FUSEDRNN_R m = a.m.row(b);
 #pragma GCC ivdep  // rows of distinct arrays; in-place updates use one index
     for (int64_t u = u0; u < u1; ++u) {
-      const auto r = gm::lstm_forward<T>(xp[u] + hp[u], xp[H + u] + hp[gs + u], xp[2 * H + u] + hp[2 * gs + u],
+      const auto r = gm::lstm_forward<T, kPeephole>(xp[u] + hp[u], xp[H + u] + hp[gs + u], xp[2 * H + u] + hp[2 * gs + u],
                                          xp[3 * H + u] + hp[3 * gs + u], c[u], peep[u], peep[H + u],
                                          peep[2 * H + u]);
       if constexpr (kKeepWorkspace) {

@@ -66,8 +66,10 @@ namespace {
   }                                                                                                       \
   void NAME(const Block& b, const ARGS<double>& a) { FN(double)(b, a); }
 
-#define LSTM_FWD(T) lstm_forward_block<T>
-#define LSTM_FWD_INFERENCE(T) lstm_forward_block<T, false>
+#define LSTM_FWD(T) lstm_forward_block<T, true, false>
+#define LSTM_FWD_INFERENCE(T) lstm_forward_block<T, false, false>
+#define LSTM_FWD_PEEPHOLE(T) lstm_forward_block<T, true, true>
+#define LSTM_FWD_INFERENCE_PEEPHOLE(T) lstm_forward_block<T, false, true>
 #define GRU_FWD_AFTER(T) gru_forward_reset_after_block<T>
 #define GRU_FWD_AFTER_INFERENCE(T) gru_forward_reset_after_block<T, false>
 #define GRU_FWD_GATES(T) gru_forward_reset_before_gates<T>
@@ -82,6 +84,8 @@ namespace {
 
 FUSEDRNN_DISPATCH(pw_lstm_forward, LstmForwardArgs, LSTM_FWD)
 FUSEDRNN_DISPATCH(pw_lstm_forward_inference, LstmForwardArgs, LSTM_FWD_INFERENCE)
+FUSEDRNN_DISPATCH(pw_lstm_forward_peephole, LstmForwardArgs, LSTM_FWD_PEEPHOLE)
+FUSEDRNN_DISPATCH(pw_lstm_forward_inference_peephole, LstmForwardArgs, LSTM_FWD_INFERENCE_PEEPHOLE)
 FUSEDRNN_DISPATCH(pw_gru_forward_after, GruForwardArgs, GRU_FWD_AFTER)
 FUSEDRNN_DISPATCH(pw_gru_forward_after_inference, GruForwardArgs, GRU_FWD_AFTER_INFERENCE)
 FUSEDRNN_DISPATCH(pw_gru_forward_gates, GruForwardArgs, GRU_FWD_GATES)
@@ -94,6 +98,14 @@ FUSEDRNN_DISPATCH(pw_gru_backward_zn, GruBackwardArgs, GRU_BWD_ZN)
 FUSEDRNN_DISPATCH(pw_rnn_backward_tanh, RnnBackwardArgs, RNN_BWD_TANH)
 FUSEDRNN_DISPATCH(pw_rnn_backward_relu, RnnBackwardArgs, RNN_BWD_RELU)
 
+template <typename T>
+void pw_lstm_forward_for(bool keep_workspace, bool peephole, const Block& b, const LstmForwardArgs<T>& a) {
+  if (peephole) {
+    keep_workspace ? pw_lstm_forward_peephole(b, a) : pw_lstm_forward_inference_peephole(b, a);
+  } else {
+    keep_workspace ? pw_lstm_forward(b, a) : pw_lstm_forward_inference(b, a);
+  }
+}
 template <typename T>
 void pw_rnn_forward(bool relu, const Block& b, const RnnForwardArgs<T>& a) {
   relu ? pw_rnn_forward_relu(b, a) : pw_rnn_forward_tanh(b, a);
@@ -321,7 +333,7 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
       a.ws = view(ws + f.ws_row(off) * W, W);
       a.m = mbuf.defined() ? view(ptr<T>(mbuf), H) : view(out + off * Hout, Hout);
       parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) {
-        pw_lstm_forward(Block{n, u0, u1, H}, with_product_at_unit(a, u0));
+        pw_lstm_forward_for(true, w.w_peep.defined(), Block{n, u0, u1, H}, with_product_at_unit(a, u0));
       });
       if (mbuf.defined()) {
         at::Tensor out_rows = f.out.narrow(0, off, n);
@@ -414,7 +426,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
             a.peep = ptr<float>(f.peep);
             a.ws = view(ws + f.ws_row(off) * W, W);
             a.m = view(out + off * H, H);
-            f.keep_workspace ? pw_lstm_forward(block, a) : pw_lstm_forward_inference(block, a);
+            pw_lstm_forward_for(f.keep_workspace, w.w_peep.defined(), block, a);
           } else if (cell.family == Family::gru) {
             for_prev_segments<float>(s, p, block, out, 0, H, h0p, H,
                                      [&](const Block& sub, int64_t shift, View<const float> h_prev) {
