@@ -155,7 +155,7 @@ def _make_ops(family: str):
             need = ctx.needs_input_grad
             grads = bwd(grad_out, grad_hn, grad_cn, *tensors, batch_sizes, ctx.reverse, ctx.mode, ctx.backend,
                         out, workspace, need[0], any(need[3:9]))
-            grads = tuple(None if t is None else g for g, t in zip(grads, tensors))
+            grads = tuple(g if t is not None and wanted else None for g, t, wanted in zip(grads, tensors, need))
         return (*grads, None, None, None, None, None)  # batch_sizes, reverse, mode, backend, for_backward
 
     fwd.register_autograd(backward, setup_context=setup_context)

@@ -107,6 +107,10 @@ void pw_lstm_forward_for(bool keep_workspace, bool peephole, const Block& b, con
   }
 }
 template <typename T>
+void pw_gru_forward_after_for(bool keep_workspace, const Block& b, const GruForwardArgs<T>& a) {
+  keep_workspace ? pw_gru_forward_after(b, a) : pw_gru_forward_after_inference(b, a);
+}
+template <typename T>
 void pw_rnn_forward(bool relu, const Block& b, const RnnForwardArgs<T>& a) {
   relu ? pw_rnn_forward_relu(b, a) : pw_rnn_forward_tanh(b, a);
 }
@@ -333,7 +337,7 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
       a.ws = view(ws + f.ws_row(off) * W, W);
       a.m = mbuf.defined() ? view(ptr<T>(mbuf), H) : view(out + off * Hout, Hout);
       parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) {
-        pw_lstm_forward_for(true, w.w_peep.defined(), Block{n, u0, u1, H}, with_product_at_unit(a, u0));
+        pw_lstm_forward_for(f.keep_workspace, w.w_peep.defined(), Block{n, u0, u1, H}, with_product_at_unit(a, u0));
       });
       if (mbuf.defined()) {
         at::Tensor out_rows = f.out.narrow(0, off, n);
@@ -350,7 +354,7 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
         a.hp = cview(hpp, GH);
         a.hp_gs = H;
         parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) {
-          pw_gru_forward_after(Block{n, u0, u1, H}, with_product_at_unit(a, u0));
+          pw_gru_forward_after_for(f.keep_workspace, Block{n, u0, u1, H}, with_product_at_unit(a, u0));
         });
       } else {
         a.hp = cview(hpp, 2 * H);
@@ -404,19 +408,18 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
         const float* xp_step = xp + (off - r0) * GH;
-        // the product's left operand, h_prev, read where it lies: the previous
-        // step's output rows, then (reverse direction of packed input) h0's
-        // rows for the sequences that start at this step
-        const PrevSplit ps = prev_split(s, p);
         for (int64_t blk = blk0; blk < blk1; blk += per_product) {
           const int64_t nb = std::min(per_product, blk1 - blk);
           const int64_t u0 = blk * L, u1 = std::min(H, (blk + nb) * L);
-          const float* blk_panels = pan + blk * G * H * L;
-          if (ps.carried > 0) product_tile(isa, out + ps.prev_offset * H, H, ps.carried, H, blk_panels, G * nb, tile.data());
-          if (ps.carried < n)
-            product_tile(isa, h0p + ps.carried * H, H, n - ps.carried, H, blk_panels, G * nb,
-                         tile.data() + ps.carried * G * L * nb);
           const Block block{n, u0, u1, H};
+          // the product's left operand, h_prev, read where it lies: the previous
+          // step's output rows, then (reverse direction of packed input) h0's
+          // rows for the sequences that start at this step
+          for_prev_segments<float>(s, p, block, out, 0, H, h0p, H,
+                                   [&](const Block& sub, int64_t shift, View<const float> h_prev) {
+            product_tile(isa, h_prev.p, h_prev.rs, sub.rows, H, pan + blk * G * H * L, G * nb,
+                         tile.data() + shift * G * L * nb);
+          });
           if (cell.family == Family::lstm) {
             LstmForwardArgs<float> a;
             a.xp = cview(xp_step, GH);
@@ -438,7 +441,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
               a.h_prev = h_prev;
               a.ws = view(ws + (f.ws_row(off) + shift) * W, W);
               a.h = view(out + (off + shift) * H, H);
-              f.keep_workspace ? pw_gru_forward_after(sub, a) : pw_gru_forward_after_inference(sub, a);
+              pw_gru_forward_after_for(f.keep_workspace, sub, a);
             });
           } else {
             RnnForwardArgs<float> a;
@@ -631,7 +634,7 @@ void gemm_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Back
   }
 }
 
-void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, BackwardBuffers& bb, bool poison) {
+void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, BackwardBuffers& bb) {
   const int64_t H = bb.H, G = bb.G, GH = G * H, B = s.batch;
   const Isa isa = best_isa();
   const int64_t L = panel_lanes(isa);
@@ -715,7 +718,7 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
   TORCH_CHECK(strategy == Strategy::gemm || fused_supported(cell, w, x.scalar_type()),
               "fusedrnn_C: the fused strategy supports float32 LSTM without projection, GRU reset_after and RNN only");
   if (strategy == Strategy::fused) {
-    fused_backward(cell, w, s, bb, poison);
+    fused_backward(cell, w, s, bb);
   } else if (x.scalar_type() == at::kDouble) {
     gemm_backward<double>(cell, w, s, bb, poison);
   } else {
