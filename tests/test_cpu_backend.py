@@ -1,10 +1,11 @@
 """The fused C++ CPU backend (csrc/cpu) against the float64 reference and torch.nn.
 
-Both strategies of the per-step product are tested wherever they apply:
-``gemm`` (MKL per step; every cell and dtype) and ``fused`` (the packed,
+Every strategy of the per-step product is tested wherever it applies:
+``gemm`` (MKL per step; every cell and dtype), ``fused`` (the packed,
 cache-resident micro-kernel with the gate math on its tile; float32/bfloat16
-LSTM without projection, GRU reset_after, RNN).  ``auto`` picks between them
-by size, so both are what users get.
+LSTM without projection, GRU reset_after, RNN) and ``folded`` (fused, with the
+input projection inside the per-step product; LSTM and RNN).  ``auto`` picks
+among them by size, so all are what users get.
 
 Oracles and tolerances are those of :mod:`fusedrnn.testing` (DESIGN.md
 section 6): float64 1e-10, float32 1e-5 (max-abs error over max magnitude),
@@ -33,7 +34,8 @@ if _WHY is not None and not REQUIRED:
 
 CPU = backends.get("cpu")
 FUSED_VARIANTS = ("lstm", "lstm-peephole", "gru", "rnn-tanh", "rnn-relu")
-STRATEGIES = ("gemm", "fused")
+STRATEGIES = ("gemm", "fused", "folded")
+FOLDED_VARIANTS = ("lstm", "lstm-peephole", "rnn-tanh", "rnn-relu")
 
 
 @pytest.fixture
@@ -51,8 +53,12 @@ def checker():
     return ft.Checker("cpu")
 
 
-def _fused_applies(variant: str, dtype: torch.dtype) -> bool:
-    return variant in FUSED_VARIANTS and dtype != torch.float64
+def _applies(strategy: str, variant: str, dtype: torch.dtype) -> bool:
+    """Whether `strategy` runs this variant itself (a forced one falls back otherwise)."""
+    if strategy == "gemm":
+        return True
+    variants = FOLDED_VARIANTS if strategy == "folded" else FUSED_VARIANTS
+    return variant in variants and dtype != torch.float64
 
 
 # Odd sizes (H=37, I=3, B=5), a single step (the cells), every layout option;
@@ -74,7 +80,7 @@ PARAMS = [
     for case in GRID
     for dtype in DTYPES
     for strat in STRATEGIES
-    if strat == "gemm" or _fused_applies(case.variant, dtype)
+    if _applies(strat, case.variant, dtype)
 ]
 
 
@@ -129,7 +135,7 @@ DIRECT = [
     )
     for packed, reverse in ((False, False), (True, True))
     for strat in STRATEGIES
-    if strat == "gemm" or not (extra.get("proj") or spec[1] == "reset_before")
+    if _applies(strat, name, torch.float32)
 ]
 
 
@@ -284,12 +290,13 @@ def test_concurrent_calls_match_serial_calls(strategy):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("strategy", ["fused"], indirect=True)
+@pytest.mark.parametrize("strategy", ["fused", "folded"], indirect=True)
 @pytest.mark.parametrize("cell", [CellSpec("lstm", "lstm"), CellSpec("gru", "reset_after"), CellSpec("rnn", "tanh")],
                          ids=str)
 def test_packed_weights_follow_in_place_updates(cell, strategy):
-    """The packed-W_hh cache (csrc/cpu/panel_cache.h) sees an optimizer-style in-place update, two modules
-    used in turn, and weights created under inference_mode (which have no version counter)."""
+    """The packed-weight cache (csrc/cpu/panel_cache.h; W_hh, and W_ih when folded) sees optimizer-style
+    in-place updates, two modules used in turn, and weights created under inference_mode (which have no
+    version counter)."""
     def check(w, x, h0, c0, bs):
         got = functional.layer(cell, x, h0, c0, w, bs, False, backend="cpu")
         want = reference.sequence_forward(cell, x.double(), h0.double(), _double(c0), LayerWeights(*map(_double, w)),
@@ -303,6 +310,9 @@ def test_packed_weights_follow_in_place_updates(cell, strategy):
         check(other, x, h0, c0, bs)
     with torch.no_grad():
         w.w_hh.mul_(-0.5)  # same storage and shape, new version
+    check(w, x, h0, c0, bs)
+    with torch.no_grad():
+        w.w_ih.mul_(-0.5)
     check(w, x, h0, c0, bs)
     with torch.inference_mode():
         w_inf = LayerWeights(*(None if t is None else t.clone() for t in w))

@@ -16,7 +16,7 @@
 // is checked here (TORCH_CHECK: a RuntimeError naming the argument, never a
 // crash).  float16/bfloat16 run in float32 inside (states, accumulation and
 // gate math) and are rounded once on the way out, as the reference does.
-// `strategy` ("auto", "gemm", "fused") and `poison` (fill every output and
+// `strategy` ("auto", "gemm", "fused", "folded"; sequence.h) and `poison` (fill every output and
 // scratch buffer with NaN before the kernels write them) exist for tests.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -36,7 +36,8 @@ using checks::Geometry;
 Strategy parse_strategy(const std::string& s) {
   if (s == "auto") return Strategy::automatic;
   if (s == "gemm") return Strategy::gemm;
-  TORCH_CHECK(s == "fused", "fusedrnn_C: strategy must be 'auto', 'gemm' or 'fused', got '", s, "'");
+  if (s == "folded") return Strategy::folded;
+  TORCH_CHECK(s == "fused", "fusedrnn_C: strategy must be 'auto', 'gemm', 'fused' or 'folded', got '", s, "'");
   return Strategy::fused;
 }
 

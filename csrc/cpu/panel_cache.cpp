@@ -29,7 +29,7 @@ struct Entry {
   }
 };
 
-constexpr size_t kEntries = 8;                 // a few layers x directions x (forward, backward)
+constexpr size_t kEntries = 16;  // a few layers x directions x (W_ih, W_hh, W_hh^T)
 constexpr int64_t kMaxBytes = int64_t(64) << 20;  // the packed copies the cache may hold in all
 
 std::mutex& cache_mutex() {

@@ -9,47 +9,53 @@ namespace {
 
 #define FUSEDRNN_ALWAYS_INLINE inline __attribute__((always_inline))
 
-// R batch rows x CG panels of L lanes, accumulated in registers over all K.
+// R batch rows x CG panels of L lanes, from row r0 and panel c0 of every
+// term, accumulated in registers over all terms and all their K.
 template <int L, int CG, int R>
-FUSEDRNN_ALWAYS_INLINE void tile_block(const float* lhs, int64_t ld_lhs, int64_t K, const float* panels,
-                                       float* tile, int64_t ld_tile) {
+FUSEDRNN_ALWAYS_INLINE void tile_block(const ProductTerm* terms, int nterms, int64_t r0, int64_t c0, float* tile,
+                                       int64_t ld_tile) {
   typedef float vec __attribute__((vector_size(L * sizeof(float)), aligned(sizeof(float))));
-  // one pointer per row, kept in a register (R <= 8 leaves enough of the 16
-  // general registers; with more rows GCC spills them and reloads one per FMA)
-  const float* rows[R];
-#pragma GCC unroll 32
-  for (int r = 0; r < R; ++r) rows[r] = lhs + r * ld_lhs;
   vec acc[R][CG];
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int c = 0; c < CG; ++c) acc[r][c] = vec{};
-  for (int64_t k = 0; k < K; ++k) {
-    vec w[CG];
-#pragma GCC unroll 4
-    for (int c = 0; c < CG; ++c) w[c] = *reinterpret_cast<const vec*>(panels + (c * K + k) * L);
+  for (int term = 0; term < nterms; ++term) {
+    const int64_t K = terms[term].K, ld = terms[term].ld;
+    const float* panels = terms[term].panels + c0 * K * L;
+    // one pointer per row, kept in a register (R <= 8 leaves enough of the 16
+    // general registers; with more rows GCC spills them and reloads one per FMA)
+    const float* rows[R];
 #pragma GCC unroll 32
-    for (int r = 0; r < R; ++r) {
-      const float hr = rows[r][k];
+    for (int r = 0; r < R; ++r) rows[r] = terms[term].lhs + (r0 + r) * ld;
+    for (int64_t k = 0; k < K; ++k) {
+      vec w[CG];
 #pragma GCC unroll 4
-      for (int c = 0; c < CG; ++c) acc[r][c] += hr * w[c];
+      for (int c = 0; c < CG; ++c) w[c] = *reinterpret_cast<const vec*>(panels + (c * K + k) * L);
+#pragma GCC unroll 32
+      for (int r = 0; r < R; ++r) {
+        const float hr = rows[r][k];
+#pragma GCC unroll 4
+        for (int c = 0; c < CG; ++c) acc[r][c] += hr * w[c];
+      }
     }
   }
+  float* out = tile + r0 * ld_tile + c0 * L;
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int c = 0; c < CG; ++c) *reinterpret_cast<vec*>(tile + r * ld_tile + c * L) = acc[r][c];
+    for (int c = 0; c < CG; ++c) *reinterpret_cast<vec*>(out + r * ld_tile + c * L) = acc[r][c];
 }
 
 // The last (n mod R) rows: pick the block height at compile time.
 template <int L, int CG, int R>
-FUSEDRNN_ALWAYS_INLINE void tile_rows_tail(int64_t rows, const float* lhs, int64_t ld_lhs, int64_t K,
-                                           const float* panels, float* tile, int64_t ld_tile) {
+FUSEDRNN_ALWAYS_INLINE void tile_rows_tail(int64_t rows, const ProductTerm* terms, int nterms, int64_t r0,
+                                           int64_t c0, float* tile, int64_t ld_tile) {
   if constexpr (R >= 1) {
     if (rows == R) {
-      tile_block<L, CG, R>(lhs, ld_lhs, K, panels, tile, ld_tile);
+      tile_block<L, CG, R>(terms, nterms, r0, c0, tile, ld_tile);
     } else {
-      tile_rows_tail<L, CG, R - 1>(rows, lhs, ld_lhs, K, panels, tile, ld_tile);
+      tile_rows_tail<L, CG, R - 1>(rows, terms, nterms, r0, c0, tile, ld_tile);
     }
   }
 }
@@ -63,53 +69,60 @@ constexpr int rows_per_block() {
   return std::min(8, budget / CG);
 }
 
+// Panels [c0, c0 + CG) for all n rows.
 template <int L, int CG>
-FUSEDRNN_ALWAYS_INLINE void product_group(const float* lhs, int64_t ld_lhs, int64_t n, int64_t K,
-                                          const float* panels, float* tile, int64_t ld_tile) {
+FUSEDRNN_ALWAYS_INLINE void product_group(const ProductTerm* terms, int nterms, int64_t n, int64_t c0, float* tile,
+                                          int64_t ld_tile) {
   constexpr int R = rows_per_block<L, CG>();
   int64_t r0 = 0;
-  for (; r0 + R <= n; r0 += R)
-    tile_block<L, CG, R>(lhs + r0 * ld_lhs, ld_lhs, K, panels, tile + r0 * ld_tile, ld_tile);
-  if (r0 < n)
-    tile_rows_tail<L, CG, R - 1>(n - r0, lhs + r0 * ld_lhs, ld_lhs, K, panels, tile + r0 * ld_tile, ld_tile);
+  for (; r0 + R <= n; r0 += R) tile_block<L, CG, R>(terms, nterms, r0, c0, tile, ld_tile);
+  if (r0 < n) tile_rows_tail<L, CG, R - 1>(n - r0, terms, nterms, r0, c0, tile, ld_tile);
 }
 
-// All C <= 4 panels at once (LSTM's four gates: 4 panels x 6 rows with
-// AVX-512, so each row of the left operand is read once per unit block);
-// wider products two panels at a time.
+// Four panels (LSTM's gates of one unit block) go through together, so each
+// row of the left operand is read once per block; but at R4 rows per register
+// block (6 with AVX-512), a short last block (n mod R4 <= R4/2 rows after
+// full ones) would stream all four panels again for a few rows, latency-bound.
+// Two panels at a time take 8 rows per block instead.  Measured in isolation
+// (one core, AVX-512, K = 256..1024): n = 8 runs 20% faster as pairs, n = 32
+// 5%; n = 2, 4, 12, 24, 48, 64 as fast or faster with four.
 template <int L>
-FUSEDRNN_ALWAYS_INLINE void product_tile_impl(const float* lhs, int64_t ld_lhs, int64_t n, int64_t K,
-                                              const float* panels, int64_t C, float* tile) {
+bool four_panels_at_once(int64_t n) {
+  constexpr int R4 = rows_per_block<L, 4>();
+  const int64_t tail = n % R4;
+  return n <= R4 || tail == 0 || tail > R4 / 2;
+}
+
+// All C panels: four at once (see above), three at once (GRU), else in pairs.
+template <int L>
+FUSEDRNN_ALWAYS_INLINE void product_tile_impl(const ProductTerm* terms, int nterms, int64_t n, int64_t C,
+                                              float* tile) {
   const int64_t ld_tile = C * L;
-  if (C == 4) {
-    product_group<L, 4>(lhs, ld_lhs, n, K, panels, tile, ld_tile);
+  if (C == 4 && four_panels_at_once<L>(n)) {
+    product_group<L, 4>(terms, nterms, n, 0, tile, ld_tile);
   } else if (C == 3) {
-    product_group<L, 3>(lhs, ld_lhs, n, K, panels, tile, ld_tile);
+    product_group<L, 3>(terms, nterms, n, 0, tile, ld_tile);
   } else if (C == 1) {
-    product_group<L, 1>(lhs, ld_lhs, n, K, panels, tile, ld_tile);
+    product_group<L, 1>(terms, nterms, n, 0, tile, ld_tile);
   } else {
     int64_t c = 0;
-    for (; c + 2 <= C; c += 2)
-      product_group<L, 2>(lhs, ld_lhs, n, K, panels + c * K * L, tile + c * L, ld_tile);
-    if (c < C) product_group<L, 1>(lhs, ld_lhs, n, K, panels + c * K * L, tile + c * L, ld_tile);
+    for (; c + 2 <= C; c += 2) product_group<L, 2>(terms, nterms, n, c, tile, ld_tile);
+    if (c < C) product_group<L, 1>(terms, nterms, n, c, tile, ld_tile);
   }
 }
 
-__attribute__((target("avx512f,avx512vl,avx2,fma"))) void product_tile_avx512(const float* lhs, int64_t ld_lhs,
-                                                                                int64_t n, int64_t K,
-                                                                                const float* panels, int64_t C,
-                                                                                float* tile) {
-  product_tile_impl<16>(lhs, ld_lhs, n, K, panels, C, tile);
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void product_tile_avx512(const ProductTerm* terms, int nterms,
+                                                                                int64_t n, int64_t C, float* tile) {
+  product_tile_impl<16>(terms, nterms, n, C, tile);
 }
 
-__attribute__((target("avx2,fma"))) void product_tile_avx2(const float* lhs, int64_t ld_lhs, int64_t n, int64_t K,
-                                                            const float* panels, int64_t C, float* tile) {
-  product_tile_impl<8>(lhs, ld_lhs, n, K, panels, C, tile);
+__attribute__((target("avx2,fma"))) void product_tile_avx2(const ProductTerm* terms, int nterms, int64_t n, int64_t C,
+                                                            float* tile) {
+  product_tile_impl<8>(terms, nterms, n, C, tile);
 }
 
-void product_tile_sse2(const float* lhs, int64_t ld_lhs, int64_t n, int64_t K, const float* panels, int64_t C,
-                       float* tile) {
-  product_tile_impl<4>(lhs, ld_lhs, n, K, panels, C, tile);
+void product_tile_sse2(const ProductTerm* terms, int nterms, int64_t n, int64_t C, float* tile) {
+  product_tile_impl<4>(terms, nterms, n, C, tile);
 }
 
 }  // namespace
@@ -150,13 +163,18 @@ at::Tensor pack_panels(const at::Tensor& w, int64_t blocks_c, int64_t lanes) {
   return padded.reshape({blocks_c, nblk, lanes, K}).permute({1, 0, 3, 2}).contiguous();
 }
 
+void product_tile(Isa isa, const ProductTerm* terms, int nterms, int64_t n, int64_t C, float* tile) {
+  switch (isa) {
+    case Isa::avx512: product_tile_avx512(terms, nterms, n, C, tile); break;
+    case Isa::avx2: product_tile_avx2(terms, nterms, n, C, tile); break;
+    default: product_tile_sse2(terms, nterms, n, C, tile); break;
+  }
+}
+
 void product_tile(Isa isa, const float* lhs, int64_t ld_lhs, int64_t n, int64_t K, const float* panels, int64_t C,
                   float* tile) {
-  switch (isa) {
-    case Isa::avx512: product_tile_avx512(lhs, ld_lhs, n, K, panels, C, tile); break;
-    case Isa::avx2: product_tile_avx2(lhs, ld_lhs, n, K, panels, C, tile); break;
-    default: product_tile_sse2(lhs, ld_lhs, n, K, panels, C, tile); break;
-  }
+  const ProductTerm term{lhs, ld_lhs, K, panels};
+  product_tile(isa, &term, 1, n, C, tile);
 }
 
 }  // namespace cpu

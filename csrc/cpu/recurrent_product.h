@@ -40,7 +40,21 @@ int panel_lanes(Isa isa);
 // Pack W [C*U, K] (float32, contiguous) into panels of `lanes` units.
 at::Tensor pack_panels(const at::Tensor& w, int64_t blocks_c, int64_t lanes);
 
-// tile = lhs rows [0, n) times the C panels starting at `panels`.
+// One term of a product: rows of a left operand (row r at lhs + r*ld, K
+// columns) times K rows of C panels ([C][K][L] from `panels`).
+struct ProductTerm {
+  const float* lhs;
+  int64_t ld;
+  int64_t K;
+  const float* panels;
+};
+
+// tile = the sum over the terms of lhs rows [0, n) times their C panels: a
+// product over the concatenation of the terms' K (the fused forward's
+// [x_t, h_{t-1}] times [W_ih; W_hh]^T, from two separately packed weights).
+void product_tile(Isa isa, const ProductTerm* terms, int nterms, int64_t n, int64_t C, float* tile);
+
+// tile = lhs rows [0, n) times the C panels starting at `panels` (one term).
 void product_tile(Isa isa, const float* lhs, int64_t ld_lhs, int64_t n, int64_t K, const float* panels, int64_t C,
                   float* tile);
 

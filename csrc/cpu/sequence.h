@@ -16,8 +16,11 @@ namespace cpu {
 using fusedrnn::Cell;
 using fusedrnn::Family;
 
-// How the per-step recurrent product runs (see sequence.cpp).
-enum class Strategy { automatic, gemm, fused };
+// How the per-step recurrent product runs (see sequence.cpp): `gemm` (ATen's
+// BLAS per step), `fused` (packed micro-kernel; input projection as GEMMs over
+// chunks of steps) or `folded` (fused, with the input projection inside the
+// per-step product; LSTM and RNN).  The backward is the same for both fused ones.
+enum class Strategy { automatic, gemm, fused, folded };
 
 struct LayerTensors {
   at::Tensor w_ih, w_hh, b_ih, b_hh, w_peep, w_proj;  // undefined where absent

@@ -39,9 +39,10 @@ class CpuBackend(Backend):
     name = "cpu"
 
     #: how the per-step recurrent product runs: "auto" (chosen by size, see
-    #: csrc/cpu/sequence.cpp), "gemm" (MKL per step) or "fused" (packed
-    #: micro-kernel; float32 LSTM without projection, GRU reset_after, RNN).
-    #: Tests set it to cover both paths.
+    #: csrc/cpu/sequence.cpp), "gemm" (MKL per step), "fused" (packed
+    #: micro-kernel; float32 LSTM without projection, GRU reset_after, RNN) or
+    #: "folded" (fused, with the input projection inside the per-step product;
+    #: LSTM and RNN).  Tests set it to cover every path.
     strategy: str = "auto"
 
     def availability(self) -> Optional[str]:
@@ -59,12 +60,14 @@ class CpuBackend(Backend):
         return None
 
     def _strategy(self, cell, x, weights) -> str:
-        """A forced "fused" falls back to "gemm" for what the fused kernels do not cover."""
-        if self.strategy != "fused":
+        """A forced strategy falls back for what it does not cover: "folded" to "fused" (GRU), "fused" to "gemm"."""
+        if self.strategy not in ("fused", "folded"):
             return self.strategy
         fused_ok = (x.dtype != torch.float64 and weights.w_proj is None
                     and (cell.family, cell.mode) != ("gru", "reset_before"))
-        return "fused" if fused_ok else "gemm"
+        if not fused_ok:
+            return "gemm"
+        return "fused" if cell.family == "gru" else self.strategy
 
     def forward(self, cell, x, h0, c0, weights: LayerWeights, batch_sizes, reverse, for_backward=True) -> ForwardResult:
         out, h_n, c_n, workspace = _ops().forward(
