@@ -178,6 +178,21 @@ def mma(a, b, acc, IEEE: tl.constexpr):
     return acc
 
 
+@device_function
+def gate_products(a, W, first_gate, H, K, cols, ks, acc0, acc1, acc2, acc3,
+                  NUM_GATES: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """One K-slice of a tile's gate products: ``acc_g += a @ W[(first_gate + g)*H + cols, ks]^T`` for each
+    ``g < NUM_GATES`` (the others are returned as they came)."""
+    acc0 = mma(a, gate_weights_t(W, first_gate, H, K, cols, ks, UPCAST), acc0, IEEE)
+    if NUM_GATES > 1:
+        acc1 = mma(a, gate_weights_t(W, first_gate + 1, H, K, cols, ks, UPCAST), acc1, IEEE)
+    if NUM_GATES > 2:
+        acc2 = mma(a, gate_weights_t(W, first_gate + 2, H, K, cols, ks, UPCAST), acc2, IEEE)
+    if NUM_GATES > 3:
+        acc3 = mma(a, gate_weights_t(W, first_gate + 3, H, K, cols, ks, UPCAST), acc3, IEEE)
+    return acc0, acc1, acc2, acc3
+
+
 # ----------------------------------------------------------------------------
 # Forward epilogues: pre-activations -> gates, workspace, new state
 # ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import triton.language as tl
 from .cell_math import (
     GRU,
     LSTM,
+    gate_products,
     gate_weights,
     gate_weights_t,
     gru_epilogue_new_gate,
@@ -84,13 +85,8 @@ def forward_step_kernel(
             a = load_state(K_SCR, K, K_SCR, K, rows64, ks, K, n, n)
         else:
             a = load_state(H_SRC, K, H_INIT, K, rows64, ks, K, n, n_before)
-        acc0 = mma(a, gate_weights_t(W_HH, FIRST_GATE, H, K, cols, ks, UPCAST), acc0, IEEE)
-        if NUM_GATES > 1:
-            acc1 = mma(a, gate_weights_t(W_HH, FIRST_GATE + 1, H, K, cols, ks, UPCAST), acc1, IEEE)
-        if NUM_GATES > 2:
-            acc2 = mma(a, gate_weights_t(W_HH, FIRST_GATE + 2, H, K, cols, ks, UPCAST), acc2, IEEE)
-        if NUM_GATES > 3:
-            acc3 = mma(a, gate_weights_t(W_HH, FIRST_GATE + 3, H, K, cols, ks, UPCAST), acc3, IEEE)
+        acc0, acc1, acc2, acc3 = gate_products(a, W_HH, FIRST_GATE, H, K, cols, ks, acc0, acc1, acc2, acc3,
+                                               NUM_GATES, UPCAST, IEEE)
 
     final = mask & (rows64 >= n_after)[:, None]
     if FAMILY == LSTM:
@@ -231,13 +227,8 @@ def _exchange_products(SRC, W_HH, rows64, cols, B, H,
         ks = k0 + tl.arange(0, BLOCK_K)
         a = tl.load(SRC + rows64[:, None] * H + ks[None, :], mask=(rows64 < B)[:, None] & (ks < H)[None, :],
                     other=0.0, cache_modifier=".cg")
-        acc0 = mma(a, gate_weights_t(W_HH, FIRST_GATE, H, H, cols, ks, UPCAST), acc0, IEEE)
-        if NUM_GATES > 1:
-            acc1 = mma(a, gate_weights_t(W_HH, FIRST_GATE + 1, H, H, cols, ks, UPCAST), acc1, IEEE)
-        if NUM_GATES > 2:
-            acc2 = mma(a, gate_weights_t(W_HH, FIRST_GATE + 2, H, H, cols, ks, UPCAST), acc2, IEEE)
-        if NUM_GATES > 3:
-            acc3 = mma(a, gate_weights_t(W_HH, FIRST_GATE + 3, H, H, cols, ks, UPCAST), acc3, IEEE)
+        acc0, acc1, acc2, acc3 = gate_products(a, W_HH, FIRST_GATE, H, H, cols, ks, acc0, acc1, acc2, acc3,
+                                               NUM_GATES, UPCAST, IEEE)
     return acc0, acc1, acc2, acc3
 
 
