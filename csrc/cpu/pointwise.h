@@ -204,7 +204,9 @@ struct LstmBackwardArgs {
   View<T> dA;                // [rows, 4H]
 };
 
-template <typename T>
+// kPeephole false: peep and dpeep are not touched (3 fewer read-modify-write
+// streams per element).
+template <typename T, bool kPeephole>
 FUSEDRNN_POINTWISE void lstm_backward_block(const Block& blk, const LstmBackwardArgs<T>& a) {
   const int64_t u0 = blk.u0, u1 = blk.u1, rows = blk.rows;  // locals: stores cannot alias them
   const int64_t H = blk.H;
@@ -220,16 +222,20 @@ FUSEDRNN_POINTWISE void lstm_backward_block(const Block& blk, const LstmBackward
 #pragma GCC ivdep  // rows of distinct arrays; in-place updates use one index
     for (int64_t u = u0; u < u1; ++u) {
       const T c = ws[4 * H + u];
+      const T p_i = kPeephole ? peep[u] : T(0), p_f = kPeephole ? peep[H + u] : T(0);
+      const T p_o = kPeephole ? peep[2 * H + u] : T(0);
       const auto r = gm::lstm_backward<T>(dm_a[u] + dm_b[u], dc[u], ws[u], ws[H + u], ws[2 * H + u], ws[3 * H + u],
-                                          c, c_prev[u], peep[u], peep[H + u], peep[2 * H + u]);
+                                          c, c_prev[u], p_i, p_f, p_o);
       dA[u] = r.da_i;
       dA[H + u] = r.da_f;
       dA[2 * H + u] = r.da_g;
       dA[3 * H + u] = r.da_o;
       dc[u] = r.dc_prev;
-      dpeep[u] += r.da_i * c_prev[u];
-      dpeep[H + u] += r.da_f * c_prev[u];
-      dpeep[2 * H + u] += r.da_o * c;
+      if constexpr (kPeephole) {
+        dpeep[u] += r.da_i * c_prev[u];
+        dpeep[H + u] += r.da_f * c_prev[u];
+        dpeep[2 * H + u] += r.da_o * c;
+      }
     }
   }
 }

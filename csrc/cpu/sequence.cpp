@@ -79,7 +79,8 @@ namespace {
 #define GRU_FWD_STATE(T) gru_forward_reset_before_state<T>
 #define RNN_FWD_TANH(T) rnn_forward_block<T, false>
 #define RNN_FWD_RELU(T) rnn_forward_block<T, true>
-#define LSTM_BWD(T) lstm_backward_block<T>
+#define LSTM_BWD(T) lstm_backward_block<T, false>
+#define LSTM_BWD_PEEPHOLE(T) lstm_backward_block<T, true>
 #define GRU_BWD_AFTER(T) gru_backward_reset_after_block<T>
 #define GRU_BWD_ZN(T) gru_backward_reset_before_zn<T>
 #define RNN_BWD_TANH(T) rnn_backward_block<T, false>
@@ -96,6 +97,7 @@ FUSEDRNN_DISPATCH(pw_gru_forward_state, GruForwardArgs, GRU_FWD_STATE)
 FUSEDRNN_DISPATCH(pw_rnn_forward_tanh, RnnForwardArgs, RNN_FWD_TANH)
 FUSEDRNN_DISPATCH(pw_rnn_forward_relu, RnnForwardArgs, RNN_FWD_RELU)
 FUSEDRNN_DISPATCH(pw_lstm_backward, LstmBackwardArgs, LSTM_BWD)
+FUSEDRNN_DISPATCH(pw_lstm_backward_peephole, LstmBackwardArgs, LSTM_BWD_PEEPHOLE)
 FUSEDRNN_DISPATCH(pw_gru_backward_after, GruBackwardArgs, GRU_BWD_AFTER)
 FUSEDRNN_DISPATCH(pw_gru_backward_zn, GruBackwardArgs, GRU_BWD_ZN)
 FUSEDRNN_DISPATCH(pw_rnn_backward_tanh, RnnBackwardArgs, RNN_BWD_TANH)
@@ -108,6 +110,10 @@ void pw_lstm_forward_for(bool keep_workspace, bool peephole, const Block& b, con
   } else {
     keep_workspace ? pw_lstm_forward(b, a) : pw_lstm_forward_inference(b, a);
   }
+}
+template <typename T>
+void pw_lstm_backward_for(bool peephole, const Block& b, const LstmBackwardArgs<T>& a) {
+  peephole ? pw_lstm_backward_peephole(b, a) : pw_lstm_backward(b, a);
 }
 template <typename T>
 void pw_gru_forward_after_for(bool keep_workspace, const Block& b, const GruForwardArgs<T>& a) {
@@ -601,6 +607,7 @@ namespace {
 struct BackwardBuffers {
   at::Tensor dout, ws, out, h0, c0;
   at::Tensor dA_x, dA_h, dh_state, dc_state, dh_direct, dpeep, peep, dH_total;
+  bool peephole = false;
   int64_t H, Hout, G, W;
 };
 
@@ -623,7 +630,7 @@ void step_backward_pointwise(const Cell& cell, const Steps& s, int64_t p, Backwa
       a.peep = ptr<T>(bb.peep);
       a.dpeep = ptr<T>(bb.dpeep);
       a.dA = view(ptr<T>(bb.dA_x) + (off + shift) * GH, GH);
-      pw_lstm_backward(sub, a);
+      pw_lstm_backward_for(bb.peephole, sub, a);
     });
   } else if (cell.family == Family::gru) {
     for_prev_segments<T>(s, p, blk, ptr<T>(bb.out), 0, bb.Hout, ptr<T>(bb.h0), bb.Hout,
@@ -779,8 +786,9 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
   bb.dh_state = grad_hn.clone();
   if (cell.family == Family::lstm) {
     bb.dc_state = grad_cn.clone();
-    bb.peep = w.w_peep.defined() ? w.w_peep : at::zeros({3 * H}, x.options());
-    bb.dpeep = at::zeros({3 * H}, x.options());  // accumulated even without peepholes (a branch-free loop)
+    bb.peephole = w.w_peep.defined();
+    bb.peep = bb.peephole ? w.w_peep : at::zeros({3 * H}, x.options());
+    bb.dpeep = at::zeros({3 * H}, x.options());
     if (w.w_proj.defined()) bb.dH_total = empty_like_rows(x, {s.rows, bb.Hout}, poison);
   }
   if (cell.family == Family::gru) bb.dh_direct = empty_like_rows(x, {s.batch, H}, poison);
