@@ -374,6 +374,31 @@ def test_aten_fallback_of_the_large_products():
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.parametrize("isa", ["avx2", "sse2"])
+def test_narrower_vector_kernels(isa):
+    """FUSEDRNN_CPU_ISA caps the vector width: the AVX2 and SSE2 builds of the micro-kernel and the
+    pointwise passes (what a CPU without AVX-512 runs; other panel widths and register blocks) against
+    the float64 reference, every strategy, odd sizes, packed reverse input."""
+    code = (
+        "import torch, fusedrnn.testing as ft\n"
+        "from fusedrnn import backends\n"
+        "assert backends.unavailable_reason('cpu') is None\n"
+        "order = ['sse2', 'avx2', 'avx512']\n"
+        "info = torch.ops.fusedrnn_C.describe()\n"
+        "used = info.split('isa=')[1].split()[0]\n"
+        f"assert order.index(used) <= order.index('{isa}'), info\n"
+        "cpu = backends.get('cpu')\n"
+        "for strategy in ('gemm', 'fused', 'folded'):\n"
+        "    cpu.strategy = strategy\n"
+        "    ft.assert_close_to_reference('cpu', cells=['lstm', 'lstm-peephole', 'gru', 'rnn-tanh'],\n"
+        "                                 shapes=[(4, 7, 3, 37), (3, 5, 2, 20)],\n"
+        "                                 options=['padded', 'packed-reverse'], dtypes=['float32'], modules=False)\n"
+    )
+    env = dict(os.environ, FUSEDRNN_CPU_ISA=isa)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def _resident_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -1,6 +1,8 @@
 #include "recurrent_product.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 namespace fusedrnn {
 namespace cpu {
@@ -127,13 +129,32 @@ void product_tile_sse2(const ProductTerm* terms, int nterms, int64_t n, int64_t 
 
 }  // namespace
 
+namespace {
+
+Isa detected_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return Isa::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
+  return Isa::sse2;
+}
+
+// FUSEDRNN_CPU_ISA=avx2|sse2 (or avx512) caps the vector width, so that the
+// kernels a machine without AVX-512 runs are tested on one that has it.  It
+// can only lower the ISA (asking for more than the CPU has keeps what it has);
+// an unknown name is ignored, as the choice happens once, outside any call.
+Isa chosen_isa() {
+  const Isa detected = detected_isa();
+  const char* cap = std::getenv("FUSEDRNN_CPU_ISA");
+  if (cap == nullptr) return detected;
+  for (Isa isa : {Isa::sse2, Isa::avx2, Isa::avx512})
+    if (std::strcmp(cap, isa_name(isa)) == 0) return std::min(isa, detected);
+  return detected;
+}
+
+}  // namespace
+
 Isa best_isa() {
-  static const Isa isa = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return Isa::avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
-    return Isa::sse2;
-  }();
+  static const Isa isa = chosen_isa();
   return isa;
 }
 

@@ -32,6 +32,7 @@ namespace cpu {
 
 enum class Isa { sse2, avx2, avx512 };
 
+// The widest the CPU has, capped by FUSEDRNN_CPU_ISA (avx2, sse2) for tests.
 Isa best_isa();
 const char* isa_name(Isa isa);
 // Units per panel (float32 lanes of one vector).
