@@ -297,13 +297,17 @@ int threads_for_step(int64_t step_macs, int64_t blocks) {
 // buffer.  But each step then streams W_ih's panels too, so only while both
 // packed weights stay in the last-level cache and a step has rows enough to
 // reuse them.  Measured (LSTM inference, 2 threads, Zen 4 with 32 MiB L3),
-// folded vs chunked GEMM: 7-17% faster from B = 2 with up to 18 MiB of
-// panels; 14% slower at B = 1; 7-13% slower at B = 16..32 with 24-48 MiB;
-// even at B = 64 with 32 MiB.  Not for the GRU, whose n gate keeps the input
-// and hidden products apart (r scales only the hidden one).
+// folded vs chunked GEMM: 7-17% faster from B = 4 with up to 18 MiB of
+// panels, and 4% at B = 2 with I <= H; 14% slower at B = 1, 30% slower at
+// B = 2 with I = 4096, H = 128 (the input product, nearly all the work, turns
+// from a compute-bound GEMM into a per-step stream of W_ih); 7-13% slower at
+// B = 16..32 with 24-48 MiB of panels; even at B = 64 with 32 MiB.  Not for
+// the GRU, whose n gate keeps the input and hidden products apart (r scales
+// only the hidden one).
 bool fold_input_projection(const Cell& cell, int64_t batch, int64_t input_size, int64_t hidden_size) {
   constexpr int64_t kMaxPanelBytes = int64_t(20) << 20;
   if (cell.family == Family::gru || batch < 2) return false;
+  if (batch < 4 && input_size > hidden_size) return false;
   const int64_t panel_bytes = cell.gates() * hidden_size * (input_size + hidden_size) * int64_t(sizeof(float));
   return panel_bytes <= kMaxPanelBytes;
 }
