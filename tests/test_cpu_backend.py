@@ -3,7 +3,7 @@
 Every strategy of the per-step product is tested wherever it applies:
 ``gemm`` (MKL per step; every cell and dtype), ``fused`` (the packed,
 cache-resident micro-kernel with the gate math on its tile; float32/bfloat16
-LSTM without projection, GRU reset_after, RNN) and ``folded`` (fused, with the
+LSTM with or without projection, GRU reset_after, RNN) and ``folded`` (fused, with the
 input projection inside the per-step product; LSTM and RNN).  ``auto`` picks
 among them by size, so all are what users get.
 
@@ -33,9 +33,9 @@ if _WHY is not None and not REQUIRED:
     pytest.skip(f"the fused CPU kernels are not built in this checkout: {_WHY}", allow_module_level=True)
 
 CPU = backends.get("cpu")
-FUSED_VARIANTS = ("lstm", "lstm-peephole", "gru", "rnn-tanh", "rnn-relu")
+FUSED_VARIANTS = ("lstm", "lstm-peephole", "lstm-proj", "lstm-peephole-proj", "gru", "rnn-tanh", "rnn-relu")
 STRATEGIES = ("gemm", "fused", "folded")
-FOLDED_VARIANTS = ("lstm", "lstm-peephole", "rnn-tanh", "rnn-relu")
+FOLDED_VARIANTS = ("lstm", "lstm-peephole", "lstm-proj", "lstm-peephole-proj", "rnn-tanh", "rnn-relu")
 
 
 @pytest.fixture

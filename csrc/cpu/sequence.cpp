@@ -14,7 +14,7 @@
 //  * gemm:  at::mm into a preallocated buffer (ATen's BLAS), then the
 //           pointwise pass split over hidden units.  Any cell, any dtype;
 //           best at large batch, where the per-step GEMM is efficient.
-//  * fused: float32 only; LSTM without projection, GRU reset_after, RNN.  One
+//  * fused: float32 only; LSTM (LSTMP too), GRU reset_after, RNN.  One
 //           parallel region for the whole sequence: each thread owns a fixed
 //           set of hidden-unit blocks, keeps the packed W_hh rows of its units
 //           (all gates) in its own cache, computes their product with the
@@ -25,6 +25,10 @@
 //           previous step wrote it, row-major: no transpose between steps.
 //  * folded: fused, LSTM and RNN, with x_t W_ih^T as a second term of the
 //           same register tile (W_ih packed like W_hh), so no Xp buffer.
+// LSTMP (proj_size) in the fused forward: after the gate pass and a barrier,
+// each thread projects its share of the P output units (h = m W_hr^T, the
+// same micro-kernel over packed W_hr), then the step's barrier.  Its backward
+// is the gemm one for now, from the same workspace.
 // The gate math (sigmoid, tanh: clamps and selects) vectorises only when the
 // compiler may evaluate both sides of a select, which GCC refuses under its
 // default -ftrapping-math (an FP exception flag is not a result: values are
@@ -304,17 +308,22 @@ int threads_for_step(int64_t step_macs, int64_t blocks) {
 // B = 16..32 with 24-48 MiB of panels; even at B = 64 with 32 MiB.  Not for
 // the GRU, whose n gate keeps the input and hidden products apart (r scales
 // only the hidden one).
-bool fold_input_projection(const Cell& cell, int64_t batch, int64_t input_size, int64_t hidden_size) {
+bool fold_input_projection(const Cell& cell, int64_t batch, int64_t input_size, int64_t hidden_size,
+                           int64_t state_size) {
   constexpr int64_t kMaxPanelBytes = int64_t(20) << 20;
   if (cell.family == Family::gru || batch < 2) return false;
   if (batch < 4 && input_size > hidden_size) return false;
-  const int64_t panel_bytes = cell.gates() * hidden_size * (input_size + hidden_size) * int64_t(sizeof(float));
+  const int64_t panel_bytes = cell.gates() * hidden_size * (input_size + state_size) * int64_t(sizeof(float));
   return panel_bytes <= kMaxPanelBytes;
 }
 
-bool fused_supported(const Cell& cell, const LayerTensors& w, at::ScalarType dtype) {
-  if (dtype != at::kFloat || w.w_proj.defined()) return false;
-  return !(cell.family == Family::gru && !cell.reset_after);
+// The fused forward; the fused backward does not take LSTM projections yet (the
+// gemm backward runs them from the same workspace).
+bool fused_supported(const Cell& cell, at::ScalarType dtype) {
+  return dtype == at::kFloat && !(cell.family == Family::gru && !cell.reset_after);
+}
+bool fused_backward_supported(const Cell& cell, const LayerTensors& w, at::ScalarType dtype) {
+  return fused_supported(cell, dtype) && !w.w_proj.defined();
 }
 
 }  // namespace
@@ -333,22 +342,23 @@ Steps::Steps(const std::vector<int64_t>& sizes, bool reverse) : size(sizes) {
 }
 
 Strategy choose_strategy(const Cell& cell, const LayerTensors& w, const Steps& steps, at::ScalarType dtype) {
-  if (!fused_supported(cell, w, dtype)) return Strategy::gemm;
+  if (!fused_supported(cell, dtype)) return Strategy::gemm;
   // One step (a cell call): packing W_hh would cost as much as the step.
   if (steps.count() < 2) return Strategy::gemm;
   // Measured on the issue-4 shapes (B = 8, 32, 64; 2 threads, AVX-512): the
   // fused kernel beat the per-step MKL GEMM at all of them (2.7x at B=64,
   // H=1024 for LSTM), so no batch cut-off yet.
   const int64_t H = w.w_hh.size(0) / cell.gates();
-  return fold_input_projection(cell, steps.batch, w.w_ih.size(1), H) ? Strategy::folded : Strategy::fused;
+  return fold_input_projection(cell, steps.batch, w.w_ih.size(1), H, w.w_hh.size(1)) ? Strategy::folded
+                                                                                     : Strategy::fused;
 }
 
 // The strategy to run: `automatic` resolved, a forced one checked.
 static Strategy resolve_strategy(Strategy strategy, const Cell& cell, const LayerTensors& w, const Steps& s,
                                  at::ScalarType dtype) {
   if (strategy == Strategy::automatic) return choose_strategy(cell, w, s, dtype);
-  TORCH_CHECK(strategy == Strategy::gemm || fused_supported(cell, w, dtype),
-              "fusedrnn_C: the fused strategies support float32 LSTM without projection, GRU reset_after and RNN only");
+  TORCH_CHECK(strategy == Strategy::gemm || fused_supported(cell, dtype),
+              "fusedrnn_C: the fused strategies support float32 LSTM, GRU reset_after and RNN only");
   TORCH_CHECK(strategy != Strategy::folded || cell.family != Family::gru,
               "fusedrnn_C: the folded strategy supports LSTM and RNN only (the GRU's n gate keeps its input product "
               "apart)");
@@ -453,18 +463,27 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
 // `fold`: the input projection inside the per-step product (Strategy::folded).
 void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, ForwardBuffers& f, const at::Tensor& x,
                    const at::Tensor& h0, bool fold) {
-  const int64_t H = f.H, G = f.G, GH = G * H, W = f.W, B = s.batch, I = x.size(1);
+  // S: the width of the recurrent state (P with an LSTM projection, else H)
+  const int64_t H = f.H, S = f.Hout, G = f.G, GH = G * H, W = f.W, B = s.batch, I = x.size(1);
   const Isa isa = best_isa();
   const int64_t L = panel_lanes(isa);
   const int64_t nblk = (H + L - 1) / L;
   const at::Tensor panels = cached_panels(w.w_hh, G, L, false);
+  // LSTMP: h = m W_hr^T, a second product per step over the P output units,
+  // after all of m is written (a second barrier); m lives in a [B, H] scratch
+  const bool project = w.w_proj.defined();
+  const int64_t nblk_p = (S + L - 1) / L;
+  const at::Tensor proj_panels = project ? cached_panels(w.w_proj, 1, L, false) : at::Tensor();
+  const float* ppan = ptr<float>(proj_panels);
+  const at::Tensor m_rows = project ? at::empty({B, H}, x.options()) : at::Tensor();
+  float* mbuf = ptr<float>(m_rows);
   const float* pan = ptr<float>(panels);
   const float* h0p = ptr<float>(h0);
   const float* xs = ptr<float>(x);
   float* out = ptr<float>(f.out);
   float* ws = ptr<float>(f.ws);
   const int64_t T = s.count();
-  const int nthreads = threads_for_step(B * G * H * H, nblk);
+  const int nthreads = threads_for_step(B * G * H * S, nblk);
   at::Tensor bias = folded_bias(cell, w, H);
   const at::Tensor x_panels = fold ? cached_panels(w.w_ih, G, L, false) : at::Tensor();
   const float* xpan = ptr<float>(x_panels);
@@ -478,7 +497,9 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
       // adjacent, so the micro-kernel runs with C = 2 panels (2 panel loads per
       // 12 broadcasts instead of 1 per 16); tile row = the units of both blocks.
       const int64_t per_product = G == 1 ? 2 : 1;
-      std::vector<float> tile(static_cast<size_t>(B * G * L * per_product));
+      std::vector<float> tile(static_cast<size_t>(B * std::max<int64_t>(G * per_product, 2) * L));
+      int64_t pblk0 = 0, pblk1 = 0;
+      split_range(nblk_p, tid, nt, pblk0, pblk1);
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
         // the gate passes add "xp" to the tile: the projected input rows, or
@@ -492,12 +513,12 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
           // where it lies: the previous step's output rows, then (reverse
           // direction of packed input) h0's rows for the sequences that start
           // at this step
-          for_prev_segments<float>(s, p, block, out, 0, H, h0p, H,
+          for_prev_segments<float>(s, p, block, out, 0, S, h0p, S,
                                    [&](const Block& sub, int64_t shift, View<const float> h_prev) {
             ProductTerm terms[2];
             int nterms = 0;
             if (fold) terms[nterms++] = ProductTerm{xs + (off + shift) * I, I, I, xpan + blk * G * I * L};
-            terms[nterms++] = ProductTerm{h_prev.p, h_prev.rs, H, pan + blk * G * H * L};
+            terms[nterms++] = ProductTerm{h_prev.p, h_prev.rs, S, pan + blk * G * S * L};
             product_tile(isa, terms, nterms, sub.rows, G * nb, tile.data() + shift * G * L * nb);
           });
           if (cell.family == Family::lstm) {
@@ -508,7 +529,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
             a.c = view(ptr<float>(f.c_state), H);
             a.peep = ptr<float>(f.peep);
             a.ws = view(ws + f.ws_row(off) * W, W);
-            a.m = view(out + off * H, H);
+            a.m = project ? view(mbuf, H) : view(out + off * H, H);
             pw_lstm_forward_for(f.keep_workspace, w.w_peep.defined(), block, a);
           } else if (cell.family == Family::gru) {
             for_prev_segments<float>(s, p, block, out, 0, H, h0p, H,
@@ -529,6 +550,15 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
             a.hp = cview(tile.data(), nb * L);
             a.h = view(out + off * H, H);
             pw_rnn_forward(cell.relu, block, a);
+          }
+        }
+        if (project) {
+          barrier.wait();  // all of m
+          for (int64_t pb = pblk0; pb < pblk1; pb += 2) {
+            const int64_t nb = std::min<int64_t>(2, pblk1 - pb), q0 = pb * L, q1 = std::min(S, (pb + nb) * L);
+            product_tile(isa, mbuf, H, n, H, ppan + pb * H * L, nb, tile.data());
+            for (int64_t b = 0; b < n; ++b)
+              std::copy(tile.data() + b * nb * L, tile.data() + b * nb * L + (q1 - q0), out + (off + b) * S + q0);
           }
         }
         barrier.wait();
@@ -797,8 +827,10 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
   }
   if (cell.family == Family::gru) bb.dh_direct = empty_like_rows(x, {s.batch, H}, poison);
 
-  // folded or not, the fused backward is the same
-  if (resolve_strategy(strategy, cell, w, s, x.scalar_type()) != Strategy::gemm) {
+  // folded or not, the fused backward is the same; LSTM projections take the
+  // gemm backward whatever ran the forward (same workspace)
+  if (resolve_strategy(strategy, cell, w, s, x.scalar_type()) != Strategy::gemm &&
+      fused_backward_supported(cell, w, x.scalar_type())) {
     fused_backward(cell, w, s, bb);
   } else if (x.scalar_type() == at::kDouble) {
     gemm_backward<double>(cell, w, s, bb, poison);

@@ -40,7 +40,8 @@ class CpuBackend(Backend):
 
     #: how the per-step recurrent product runs: "auto" (chosen by size, see
     #: csrc/cpu/sequence.cpp), "gemm" (MKL per step), "fused" (packed
-    #: micro-kernel; float32 LSTM without projection, GRU reset_after, RNN) or
+    #: micro-kernel; float32 LSTM, GRU reset_after, RNN; LSTM projections
+    #: take the gemm backward) or
     #: "folded" (fused, with the input projection inside the per-step product;
     #: LSTM and RNN).  Tests set it to cover every path.
     strategy: str = "auto"
@@ -63,8 +64,7 @@ class CpuBackend(Backend):
         """A forced strategy falls back for what it does not cover: "folded" to "fused" (GRU), "fused" to "gemm"."""
         if self.strategy not in ("fused", "folded"):
             return self.strategy
-        fused_ok = (x.dtype != torch.float64 and weights.w_proj is None
-                    and (cell.family, cell.mode) != ("gru", "reset_before"))
+        fused_ok = x.dtype != torch.float64 and (cell.family, cell.mode) != ("gru", "reset_before")
         if not fused_ok:
             return "gemm"
         return "fused" if cell.family == "gru" else self.strategy
