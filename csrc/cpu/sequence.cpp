@@ -25,10 +25,11 @@
 //           previous step wrote it, row-major: no transpose between steps.
 //  * folded: fused, LSTM and RNN, with x_t W_ih^T as a second term of the
 //           same register tile (W_ih packed like W_hh), so no Xp buffer.
-// LSTMP (proj_size) in the fused forward: after the gate pass and a barrier,
-// each thread projects its share of the P output units (h = m W_hr^T, the
-// same micro-kernel over packed W_hr), then the step's barrier.  Its backward
-// is the gemm one for now, from the same workspace.
+// LSTMP (proj_size): in the forward, after the gate pass and a barrier, each
+// thread projects its share of the P output units (h = m W_hr^T, the same
+// micro-kernel over packed W_hr), then the step's barrier; the backward
+// mirrors it (dout + dh over the P units, a barrier, dm = that times W_hr over
+// the H units, the pointwise pass, the step's barrier).
 // The gate math (sigmoid, tanh: clamps and selects) vectorises only when the
 // compiler may evaluate both sides of a select, which GCC refuses under its
 // default -ftrapping-math (an FP exception flag is not a result: values are
@@ -317,13 +318,8 @@ bool fold_input_projection(const Cell& cell, int64_t batch, int64_t input_size, 
   return panel_bytes <= kMaxPanelBytes;
 }
 
-// The fused forward; the fused backward does not take LSTM projections yet (the
-// gemm backward runs them from the same workspace).
 bool fused_supported(const Cell& cell, at::ScalarType dtype) {
   return dtype == at::kFloat && !(cell.family == Family::gru && !cell.reset_after);
-}
-bool fused_backward_supported(const Cell& cell, const LayerTensors& w, at::ScalarType dtype) {
-  return fused_supported(cell, dtype) && !w.w_proj.defined();
 }
 
 }  // namespace
@@ -747,53 +743,89 @@ void gemm_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Back
 }
 
 void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, BackwardBuffers& bb) {
-  const int64_t H = bb.H, G = bb.G, GH = G * H, B = s.batch;
+  // S: the width of the recurrent state (P with an LSTM projection, else H)
+  const int64_t H = bb.H, S = bb.Hout, G = bb.G, GH = G * H, B = s.batch;
   const Isa isa = best_isa();
   const int64_t L = panel_lanes(isa);
-  const int64_t nblk = (H + L - 1) / L;
-  // dh_prev = dA W_hh: the units of the product are W_hh's columns
+  const int64_t nblk = (H + L - 1) / L, nblk_s = (S + L - 1) / L;
+  // dh_prev = dA W_hh: the units of the product are W_hh's S columns
   const at::Tensor panels = cached_panels(w.w_hh, 1, L, true);
   const float* pan = ptr<float>(panels);
+  // LSTMP: dm = (dout + dh) W_hr, units the H columns of W_hr, after all of
+  // the step's dout + dh (kept in dH_total for dW_hr) is written
+  const bool project = w.w_proj.defined();
+  const at::Tensor proj_panels = project ? cached_panels(w.w_proj, 1, L, true) : at::Tensor();
+  const float* ppan = ptr<float>(proj_panels);
+  const at::Tensor dm_rows = project ? at::empty({B, H}, bb.dh_state.options()) : at::Tensor();
+  const at::Tensor zero_row = project ? at::zeros({H}, bb.dh_state.options()) : at::Tensor();
+  float* dm = ptr<float>(dm_rows);
+  float* dH_total = ptr<float>(bb.dH_total);
   float* dh = ptr<float>(bb.dh_state);
   const float* direct = ptr<float>(bb.dh_direct);
   const float* dout = ptr<float>(bb.dout);
   const float* dA_h = ptr<float>(bb.dA_h);
   const int64_t T = s.count();
-  const int nthreads = threads_for_step(B * G * H * H, nblk);
+  const int nthreads = threads_for_step(B * G * H * S, std::max(nblk, nblk_s));
   run_parallel(nthreads, [&](int tid, int nt, Barrier& barrier) {
-    int64_t blk0, blk1;
+    int64_t blk0, blk1, sblk0, sblk1;
     split_range(nblk, tid, nt, blk0, blk1);
+    split_range(nblk_s, tid, nt, sblk0, sblk1);
     // Unit blocks go two at a time through the product: adjacent blocks'
     // panels are adjacent, so they read as one product of C = 2 panels, whose
     // micro-kernel loads 2 panel vectors per 12 broadcasts instead of 1 per 16.
     constexpr int64_t kPair = 2;
     std::vector<float> tile(static_cast<size_t>(B * kPair * L));
     // dh[b, u] for the rows of the step processed before (in backward order),
-    // units of the `nb` blocks from `blk`: the product of that step's dA rows
-    // (where the pointwise pass wrote them) with W_hh
+    // state units of the `nb` blocks from `blk`: the product of that step's dA
+    // rows (where the pointwise pass wrote them) with W_hh
     auto carry = [&](int64_t q, int64_t blk, int64_t nb) {
       const int64_t n_prev = s.size[s.order[q]];
-      const int64_t u0 = blk * L, u1 = std::min(H, (blk + nb) * L), ld = nb * L;
+      const int64_t u0 = blk * L, u1 = std::min(S, (blk + nb) * L), ld = nb * L;
       product_tile(isa, dA_h + s.offset[s.order[q]] * GH, GH, n_prev, GH, pan + blk * GH * L, nb, tile.data());
       for (int64_t b = 0; b < n_prev; ++b)
         for (int64_t u = u0; u < u1; ++u)
-          dh[b * H + u] = tile[b * ld + (u - u0)] + (direct ? direct[b * H + u] : 0.0f);
+          dh[b * S + u] = tile[b * ld + (u - u0)] + (direct ? direct[b * H + u] : 0.0f);
+    };
+    // the pointwise pass of step p over this thread's hidden units
+    auto pointwise = [&](int64_t p, int64_t pair, int64_t nb, View<const float> dh_a, View<const float> dh_b) {
+      const int64_t n = s.size[s.order[p]];
+      for (int64_t blk = pair; blk < pair + nb; ++blk) {
+        const int64_t u0 = blk * L, u1 = std::min(H, u0 + L);
+        step_backward_pointwise<float>(cell, s, p, bb, Block{n, u0, u1, H}, dh_a, dh_b);
+      }
     };
     for (int64_t p = T - 1; p >= 0; --p) {
       const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
-      for (int64_t pair = blk0; pair < blk1; pair += kPair) {
-        const int64_t nb = std::min(kPair, blk1 - pair);
-        if (p < T - 1) carry(p + 1, pair, nb);
-        for (int64_t blk = pair; blk < pair + nb; ++blk) {
-          const int64_t u0 = blk * L, u1 = std::min(H, u0 + L);
-          step_backward_pointwise<float>(cell, s, p, bb, Block{n, u0, u1, H}, cview(dout + off * H, H),
-                                         cview(dh, H));
+      if (!project) {
+        for (int64_t pair = blk0; pair < blk1; pair += kPair) {
+          const int64_t nb = std::min(kPair, blk1 - pair);
+          if (p < T - 1) carry(p + 1, pair, nb);
+          pointwise(p, pair, nb, cview(dout + off * H, H), cview(dh, H));
+        }
+      } else {
+        for (int64_t pair = sblk0; pair < sblk1; pair += kPair) {
+          const int64_t nb = std::min(kPair, sblk1 - pair);
+          if (p < T - 1) carry(p + 1, pair, nb);
+          const int64_t q0 = pair * L, q1 = std::min(S, (pair + nb) * L);
+          for (int64_t b = 0; b < n; ++b)
+            for (int64_t q = q0; q < q1; ++q) dH_total[(off + b) * S + q] = dout[(off + b) * S + q] + dh[b * S + q];
+        }
+        barrier.wait();  // all of dout + dh
+        for (int64_t pair = blk0; pair < blk1; pair += kPair) {
+          const int64_t nb = std::min(kPair, blk1 - pair);
+          const int64_t u0 = pair * L, u1 = std::min(H, (pair + nb) * L), ld = nb * L;
+          product_tile(isa, dH_total + off * S, S, n, S, ppan + pair * S * L, nb, tile.data());
+          for (int64_t b = 0; b < n; ++b)
+            std::copy(tile.data() + b * ld, tile.data() + b * ld + (u1 - u0), dm + b * H + u0);
+          pointwise(p, pair, nb, cview(dm, H), cview(ptr<float>(zero_row), 0));
         }
       }
       barrier.wait();
     }
-    if (T > 0)
-      for (int64_t pair = blk0; pair < blk1; pair += kPair) carry(0, pair, std::min(kPair, blk1 - pair));
+    if (T > 0) {
+      const int64_t c0 = project ? sblk0 : blk0, c1 = project ? sblk1 : blk1;
+      for (int64_t pair = c0; pair < c1; pair += kPair) carry(0, pair, std::min(kPair, c1 - pair));
+    }
   });
 }
 
@@ -827,10 +859,8 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
   }
   if (cell.family == Family::gru) bb.dh_direct = empty_like_rows(x, {s.batch, H}, poison);
 
-  // folded or not, the fused backward is the same; LSTM projections take the
-  // gemm backward whatever ran the forward (same workspace)
-  if (resolve_strategy(strategy, cell, w, s, x.scalar_type()) != Strategy::gemm &&
-      fused_backward_supported(cell, w, x.scalar_type())) {
+  // folded or not, the fused backward is the same
+  if (resolve_strategy(strategy, cell, w, s, x.scalar_type()) != Strategy::gemm) {
     fused_backward(cell, w, s, bb);
   } else if (x.scalar_type() == at::kDouble) {
     gemm_backward<double>(cell, w, s, bb, poison);

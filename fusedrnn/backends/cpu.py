@@ -40,8 +40,8 @@ class CpuBackend(Backend):
 
     #: how the per-step recurrent product runs: "auto" (chosen by size, see
     #: csrc/cpu/sequence.cpp), "gemm" (MKL per step), "fused" (packed
-    #: micro-kernel; float32 LSTM, GRU reset_after, RNN; LSTM projections
-    #: take the gemm backward) or
+    #: micro-kernel; float32 LSTM with or without projection, GRU
+    #: reset_after, RNN) or
     #: "folded" (fused, with the input projection inside the per-step product;
     #: LSTM and RNN).  Tests set it to cover every path.
     strategy: str = "auto"
