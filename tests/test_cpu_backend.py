@@ -2,8 +2,8 @@
 
 Every strategy of the per-step product is tested wherever it applies:
 ``gemm`` (MKL per step; every cell and dtype), ``fused`` (the packed,
-cache-resident micro-kernel with the gate math on its tile; float32/bfloat16
-LSTM with or without projection, GRU reset_after, RNN) and ``folded`` (fused, with the
+cache-resident micro-kernel with the gate math on its tile; float32/bfloat16,
+every cell) and ``folded`` (fused, with the
 input projection inside the per-step product; LSTM and RNN).  ``auto`` picks
 among them by size, so all are what users get.
 
@@ -33,7 +33,8 @@ if _WHY is not None and not REQUIRED:
     pytest.skip(f"the fused CPU kernels are not built in this checkout: {_WHY}", allow_module_level=True)
 
 CPU = backends.get("cpu")
-FUSED_VARIANTS = ("lstm", "lstm-peephole", "lstm-proj", "lstm-peephole-proj", "gru", "rnn-tanh", "rnn-relu")
+FUSED_VARIANTS = ("lstm", "lstm-peephole", "lstm-proj", "lstm-peephole-proj", "gru", "gru-reset-before", "rnn-tanh",
+                  "rnn-relu")
 STRATEGIES = ("gemm", "fused", "folded")
 FOLDED_VARIANTS = ("lstm", "lstm-peephole", "lstm-proj", "lstm-peephole-proj", "rnn-tanh", "rnn-relu")
 
@@ -390,7 +391,7 @@ def test_narrower_vector_kernels(isa):
         "cpu = backends.get('cpu')\n"
         "for strategy in ('gemm', 'fused', 'folded'):\n"
         "    cpu.strategy = strategy\n"
-        "    ft.assert_close_to_reference('cpu', cells=['lstm', 'lstm-peephole', 'gru', 'rnn-tanh'],\n"
+        "    ft.assert_close_to_reference('cpu', cells=['lstm', 'lstm-peephole-proj', 'gru', 'gru-reset-before', 'rnn-tanh'],\n"
         "                                 shapes=[(4, 7, 3, 37), (3, 5, 2, 20)],\n"
         "                                 options=['padded', 'packed-reverse'], dtypes=['float32'], modules=False)\n"
     )

@@ -14,7 +14,7 @@
 //  * gemm:  at::mm into a preallocated buffer (ATen's BLAS), then the
 //           pointwise pass split over hidden units.  Any cell, any dtype;
 //           best at large batch, where the per-step GEMM is efficient.
-//  * fused: float32 only; LSTM (LSTMP too), GRU reset_after, RNN.  One
+//  * fused: float32 only, every cell.  One
 //           parallel region for the whole sequence: each thread owns a fixed
 //           set of hidden-unit blocks, keeps the packed W_hh rows of its units
 //           (all gates) in its own cache, computes their product with the
@@ -25,6 +25,9 @@
 //           previous step wrote it, row-major: no transpose between steps.
 //  * folded: fused, LSTM and RNN, with x_t W_ih^T as a second term of the
 //           same register tile (W_ih packed like W_hh), so no Xp buffer.
+// Two dependent products per step, with a barrier between them: GRU
+// reset_before (r, z first; then the n gate's product of k = r*h, and in the
+// backward dk = da_n W_hn after the z, n pass) and
 // LSTMP (proj_size): in the forward, after the gate pass and a barrier, each
 // thread projects its share of the P output units (h = m W_hr^T, the same
 // micro-kernel over packed W_hr), then the step's barrier; the backward
@@ -318,8 +321,10 @@ bool fold_input_projection(const Cell& cell, int64_t batch, int64_t input_size, 
   return panel_bytes <= kMaxPanelBytes;
 }
 
-bool fused_supported(const Cell& cell, at::ScalarType dtype) {
-  return dtype == at::kFloat && !(cell.family == Family::gru && !cell.reset_after);
+// The fused kernels are float32 (float16/bfloat16 run in float32 inside);
+// double takes the gemm strategy.
+bool fused_supported(const Cell&, at::ScalarType dtype) {
+  return dtype == at::kFloat;
 }
 
 }  // namespace
@@ -354,7 +359,7 @@ static Strategy resolve_strategy(Strategy strategy, const Cell& cell, const Laye
                                  at::ScalarType dtype) {
   if (strategy == Strategy::automatic) return choose_strategy(cell, w, s, dtype);
   TORCH_CHECK(strategy == Strategy::gemm || fused_supported(cell, dtype),
-              "fusedrnn_C: the fused strategies support float32 LSTM, GRU reset_after and RNN only");
+              "fusedrnn_C: the fused strategies run float32 only (float16/bfloat16 are computed in float32)");
   TORCH_CHECK(strategy != Strategy::folded || cell.family != Family::gru,
               "fusedrnn_C: the folded strategy supports LSTM and RNN only (the GRU's n gate keeps its input product "
               "apart)");
@@ -464,7 +469,14 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
   const Isa isa = best_isa();
   const int64_t L = panel_lanes(isa);
   const int64_t nblk = (H + L - 1) / L;
-  const at::Tensor panels = cached_panels(w.w_hh, G, L, false);
+  // GRU reset_before: the step's first product covers the r and z gates only;
+  // the n gate's, k W_hn^T with k = r*h, follows once all of k is written (a
+  // second barrier)
+  const bool reset_before = cell.family == Family::gru && !cell.reset_after;
+  const int64_t G1 = reset_before ? 2 : G;  // gates of the first product
+  const at::Tensor panels = cached_panels(reset_before ? w.w_hh.narrow(0, 0, 2 * H) : w.w_hh, G1, L, false);
+  const at::Tensor n_panels = reset_before ? cached_panels(w.w_hh.narrow(0, 2 * H, H), 1, L, false) : at::Tensor();
+  const float* npan = ptr<float>(n_panels);
   // LSTMP: h = m W_hr^T, a second product per step over the P output units,
   // after all of m is written (a second barrier); m lives in a [B, H] scratch
   const bool project = w.w_proj.defined();
@@ -514,8 +526,8 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
             ProductTerm terms[2];
             int nterms = 0;
             if (fold) terms[nterms++] = ProductTerm{xs + (off + shift) * I, I, I, xpan + blk * G * I * L};
-            terms[nterms++] = ProductTerm{h_prev.p, h_prev.rs, S, pan + blk * G * S * L};
-            product_tile(isa, terms, nterms, sub.rows, G * nb, tile.data() + shift * G * L * nb);
+            terms[nterms++] = ProductTerm{h_prev.p, h_prev.rs, S, pan + blk * G1 * S * L};
+            product_tile(isa, terms, nterms, sub.rows, G1 * nb, tile.data() + shift * G1 * L * nb);
           });
           if (cell.family == Family::lstm) {
             LstmForwardArgs<float> a;
@@ -532,13 +544,17 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
                                      [&](const Block& sub, int64_t shift, View<const float> h_prev) {
               GruForwardArgs<float> a;
               a.xp = shifted(xp_rows, shift);
-              a.hp = cview(tile.data() + shift * G * L, G * L);
+              a.hp = cview(tile.data() + shift * G1 * L, G1 * L);
               a.hp_gs = L;
               a.b_hn = ptr<float>(f.b_hn);
               a.h_prev = h_prev;
               a.ws = view(ws + (f.ws_row(off) + shift) * W, W);
               a.h = view(out + (off + shift) * H, H);
-              pw_gru_forward_after_for(f.keep_workspace, sub, a);
+              if (reset_before) {
+                pw_gru_forward_gates(sub, a);
+              } else {
+                pw_gru_forward_after_for(f.keep_workspace, sub, a);
+              }
             });
           } else {
             RnnForwardArgs<float> a;
@@ -546,6 +562,25 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
             a.hp = cview(tile.data(), nb * L);
             a.h = view(out + off * H, H);
             pw_rnn_forward(cell.relu, block, a);
+          }
+        }
+        if (reset_before) {
+          barrier.wait();  // all of k
+          const float* k_rows = ws + f.ws_row(off) * W + 3 * H;
+          for (int64_t blk = blk0; blk < blk1; ++blk) {
+            const int64_t u0 = blk * L, u1 = std::min(H, u0 + L);
+            product_tile(isa, k_rows, W, n, H, npan + blk * H * L, 1, tile.data());
+            for_prev_segments<float>(s, p, Block{n, u0, u1, H}, out, 0, H, h0p, H,
+                                     [&](const Block& sub, int64_t shift, View<const float> h_prev) {
+              GruForwardArgs<float> a;
+              a.xp = shifted(xp_rows, shift);
+              a.hp = cview(tile.data() + shift * L, L);
+              a.b_hn = ptr<float>(f.b_hn);
+              a.h_prev = h_prev;
+              a.ws = view(ws + (f.ws_row(off) + shift) * W, W);
+              a.h = view(out + (off + shift) * H, H);
+              pw_gru_forward_state(sub, a);
+            });
           }
         }
         if (project) {
@@ -689,6 +724,24 @@ void step_backward_pointwise(const Cell& cell, const Steps& s, int64_t p, Backwa
   }
 }
 
+// GRU reset_before, once dk = da_n W_hn is known: the r gate's gradient (dA_x's
+// r block) and dh_direct += dk*r.  Row b, unit u of dk at dk_rows.row(b)[u].
+template <typename T>
+void step_backward_reset_gate(const Steps& s, int64_t p, BackwardBuffers& bb, const Block& blk,
+                              View<const T> dk_rows) {
+  const int64_t H = bb.H, GH = bb.G * H, off = s.offset[s.order[p]];
+  const T* ws = ptr<T>(bb.ws) + off * bb.W;
+  for_prev_segments<T>(s, p, blk, ptr<T>(bb.out), 0, bb.Hout, ptr<T>(bb.h0), bb.Hout,
+                       [&](const Block& sub, int64_t shift, View<const T> h_prev) {
+    GruBackwardArgs<T> a;
+    a.ws = cview(ws + shift * bb.W, bb.W);
+    a.h_prev = h_prev;
+    a.dA_x = view(ptr<T>(bb.dA_x) + (off + shift) * GH, GH);
+    a.dh_direct = shifted(view(ptr<T>(bb.dh_direct), H), shift);
+    gru_backward_reset_before_r<T>(sub, a, shifted(dk_rows, shift));
+  });
+}
+
 template <typename T>
 void gemm_backward(const Cell& cell, const LayerTensors& w, const Steps& s, BackwardBuffers& bb, bool poison) {
   const int64_t H = bb.H, Hout = bb.Hout, G = bb.G, GH = G * H, B = s.batch;
@@ -722,17 +775,8 @@ void gemm_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Back
         // dk = da_n W_hn, then the r-gate gradient and dh += dk*r, then the r,z product
         at::Tensor dk_rows = dk.narrow(0, 0, n);
         at::mm_out(dk_rows, dA_x_rows.narrow(1, 2 * H, H), w.w_hh.narrow(0, 2 * H, H));
-        const T* ws = ptr<T>(bb.ws) + off * bb.W;
         parallel_units(H, n * H, 16, [&](int64_t u0, int64_t u1) {
-          for_prev_segments<T>(s, p, Block{n, u0, u1, H}, ptr<T>(bb.out), 0, Hout, ptr<T>(bb.h0), Hout,
-                               [&](const Block& sub, int64_t shift, View<const T> h_prev) {
-            GruBackwardArgs<T> a;
-            a.ws = cview(ws + shift * bb.W, bb.W);
-            a.h_prev = h_prev;
-            a.dA_x = view(ptr<T>(bb.dA_x) + (off + shift) * GH, GH);
-            a.dh_direct = shifted(view(ptr<T>(bb.dh_direct), H), shift);
-            gru_backward_reset_before_r<T>(sub, a, cview(ptr<T>(dk) + shift * H, H));
-          });
+          step_backward_reset_gate<T>(s, p, bb, Block{n, u0, u1, H}, cview(ptr<T>(dk), H));
         });
         at::addmm_out(dh_rows, direct, dA_x_rows.narrow(1, 0, 2 * H), w.w_hh.narrow(0, 0, 2 * H));
       }
@@ -748,9 +792,16 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
   const Isa isa = best_isa();
   const int64_t L = panel_lanes(isa);
   const int64_t nblk = (H + L - 1) / L, nblk_s = (S + L - 1) / L;
-  // dh_prev = dA W_hh: the units of the product are W_hh's S columns
-  const at::Tensor panels = cached_panels(w.w_hh, 1, L, true);
+  // dh_prev = dA W_hh: the units of the product are W_hh's S columns.  GRU
+  // reset_before: only the r, z rows (K = 2H; the n gate reaches h through
+  // dk*r, in dh_direct), and dk = da_n W_hn over the H units once all of the
+  // step's da_n is written (a second barrier)
+  const bool reset_before = cell.family == Family::gru && !cell.reset_after;
+  const int64_t K = reset_before ? 2 * H : GH;
+  const at::Tensor panels = cached_panels(reset_before ? w.w_hh.narrow(0, 0, 2 * H) : w.w_hh, 1, L, true);
   const float* pan = ptr<float>(panels);
+  const at::Tensor n_panels = reset_before ? cached_panels(w.w_hh.narrow(0, 2 * H, H), 1, L, true) : at::Tensor();
+  const float* npan = ptr<float>(n_panels);
   // LSTMP: dm = (dout + dh) W_hr, units the H columns of W_hr, after all of
   // the step's dout + dh (kept in dH_total for dW_hr) is written
   const bool project = w.w_proj.defined();
@@ -781,7 +832,7 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
     auto carry = [&](int64_t q, int64_t blk, int64_t nb) {
       const int64_t n_prev = s.size[s.order[q]];
       const int64_t u0 = blk * L, u1 = std::min(S, (blk + nb) * L), ld = nb * L;
-      product_tile(isa, dA_h + s.offset[s.order[q]] * GH, GH, n_prev, GH, pan + blk * GH * L, nb, tile.data());
+      product_tile(isa, dA_h + s.offset[s.order[q]] * GH, GH, n_prev, K, pan + blk * K * L, nb, tile.data());
       for (int64_t b = 0; b < n_prev; ++b)
         for (int64_t u = u0; u < u1; ++u)
           dh[b * S + u] = tile[b * ld + (u - u0)] + (direct ? direct[b * H + u] : 0.0f);
@@ -801,6 +852,15 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
           const int64_t nb = std::min(kPair, blk1 - pair);
           if (p < T - 1) carry(p + 1, pair, nb);
           pointwise(p, pair, nb, cview(dout + off * H, H), cview(dh, H));
+        }
+        if (reset_before) {
+          barrier.wait();  // all of da_n
+          for (int64_t pair = blk0; pair < blk1; pair += kPair) {
+            const int64_t nb = std::min(kPair, blk1 - pair), ld = nb * L;
+            product_tile(isa, dA_h + off * GH + 2 * H, GH, n, H, npan + pair * H * L, nb, tile.data());
+            const int64_t u0 = pair * L, u1 = std::min(H, (pair + nb) * L);
+            step_backward_reset_gate<float>(s, p, bb, Block{n, u0, u1, H}, cview(tile.data() - u0, ld));
+          }
         }
       } else {
         for (int64_t pair = sblk0; pair < sblk1; pair += kPair) {

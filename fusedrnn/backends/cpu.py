@@ -40,8 +40,7 @@ class CpuBackend(Backend):
 
     #: how the per-step recurrent product runs: "auto" (chosen by size, see
     #: csrc/cpu/sequence.cpp), "gemm" (MKL per step), "fused" (packed
-    #: micro-kernel; float32 LSTM with or without projection, GRU
-    #: reset_after, RNN) or
+    #: micro-kernel; float32, every cell) or
     #: "folded" (fused, with the input projection inside the per-step product;
     #: LSTM and RNN).  Tests set it to cover every path.
     strategy: str = "auto"
@@ -64,8 +63,7 @@ class CpuBackend(Backend):
         """A forced strategy falls back for what it does not cover: "folded" to "fused" (GRU), "fused" to "gemm"."""
         if self.strategy not in ("fused", "folded"):
             return self.strategy
-        fused_ok = x.dtype != torch.float64 and (cell.family, cell.mode) != ("gru", "reset_before")
-        if not fused_ok:
+        if x.dtype == torch.float64:
             return "gemm"
         return "fused" if cell.family == "gru" else self.strategy
 
