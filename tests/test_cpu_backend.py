@@ -292,12 +292,12 @@ def test_concurrent_calls_match_serial_calls(strategy):
 
 
 @pytest.mark.parametrize("strategy", ["fused", "folded"], indirect=True)
-@pytest.mark.parametrize("cell", [CellSpec("lstm", "lstm"), CellSpec("gru", "reset_after"), CellSpec("rnn", "tanh")],
-                         ids=str)
+@pytest.mark.parametrize("cell", [CellSpec("lstm", "lstm"), CellSpec("gru", "reset_after"),
+                                  CellSpec("gru", "reset_before"), CellSpec("rnn", "tanh")], ids=str)
 def test_packed_weights_follow_in_place_updates(cell, strategy):
-    """The packed-weight cache (csrc/cpu/panel_cache.h; W_hh, and W_ih when folded) sees optimizer-style
-    in-place updates, two modules used in turn, and weights created under inference_mode (which have no
-    version counter)."""
+    """The packed-weight cache (csrc/cpu/panel_cache.h; W_hh or, for GRU reset_before, views of its gate
+    rows, and W_ih when folded) sees optimizer-style in-place updates, two modules used in turn, and weights
+    created under inference_mode (which have no version counter)."""
     def check(w, x, h0, c0, bs):
         got = functional.layer(cell, x, h0, c0, w, bs, False, backend="cpu")
         want = reference.sequence_forward(cell, x.double(), h0.double(), _double(c0), LayerWeights(*map(_double, w)),
