@@ -75,10 +75,8 @@ def forward_step_kernel(
     cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = (rows64 < n)[:, None] & (cols < H)[None, :]
 
-    acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc0, acc1, acc2, acc3 = zero, zero, zero, zero  # gate_products fills the first NUM_GATES
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         if PHASE == 2:
@@ -219,10 +217,8 @@ def _exchange_products(SRC, W_HH, rows64, cols, B, H,
                        FIRST_GATE: tl.constexpr, NUM_GATES: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """Gate products of a tile from an exchange buffer (``.cg`` loads: another SM wrote it)."""
-    acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc0, acc1, acc2, acc3 = zero, zero, zero, zero  # gate_products fills the first NUM_GATES
     for k0 in range(0, H, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         a = tl.load(SRC + rows64[:, None] * H + ks[None, :], mask=(rows64 < B)[:, None] & (ks < H)[None, :],
