@@ -127,10 +127,6 @@ void product_tile_sse2(const ProductTerm* terms, int nterms, int64_t n, int64_t 
   product_tile_impl<4>(terms, nterms, n, C, tile);
 }
 
-}  // namespace
-
-namespace {
-
 Isa detected_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return Isa::avx512;

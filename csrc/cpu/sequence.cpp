@@ -198,6 +198,12 @@ Args with_product_at_unit(Args a, int64_t u0) {
   return a;
 }
 
+// Rows [0, n) of a product tile (row stride ld_tile), their first `width`
+// units, into dst (row stride ld_dst): where a second product's units go.
+void copy_tile_rows(const float* tile, int64_t ld_tile, int64_t n, int64_t width, float* dst, int64_t ld_dst) {
+  for (int64_t b = 0; b < n; ++b) std::copy(tile + b * ld_tile, tile + b * ld_tile + width, dst + b * ld_dst);
+}
+
 // Split H units over the threads in multiples of `align`, run fn(u0, u1) on each.
 template <typename F>
 void parallel_units(int64_t H, int64_t work, int64_t align, const F& fn) {
@@ -513,6 +519,18 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
         // the gate passes add "xp" to the tile: the projected input rows, or
         // folded, the bias alone (one row, stride 0)
         const View<const float> xp_rows = fold ? cview(ptr<float>(bias), 0) : cview(xp + (off - r0) * GH, GH);
+        // a GRU pass's arguments for the rows from `shift` (h_prev's segment) and its product tile
+        const auto gru_args = [&](int64_t shift, View<const float> h_prev, View<const float> hp) {
+          GruForwardArgs<float> a;
+          a.xp = shifted(xp_rows, shift);
+          a.hp = hp;
+          a.hp_gs = L;
+          a.b_hn = ptr<float>(f.b_hn);
+          a.h_prev = h_prev;
+          a.ws = view(ws + (f.ws_row(off) + shift) * W, W);
+          a.h = view(out + (off + shift) * H, H);
+          return a;
+        };
         for (int64_t blk = blk0; blk < blk1; blk += per_product) {
           const int64_t nb = std::min(per_product, blk1 - blk);
           const int64_t u0 = blk * L, u1 = std::min(H, (blk + nb) * L);
@@ -542,14 +560,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
           } else if (cell.family == Family::gru) {
             for_prev_segments<float>(s, p, block, out, 0, H, h0p, H,
                                      [&](const Block& sub, int64_t shift, View<const float> h_prev) {
-              GruForwardArgs<float> a;
-              a.xp = shifted(xp_rows, shift);
-              a.hp = cview(tile.data() + shift * G1 * L, G1 * L);
-              a.hp_gs = L;
-              a.b_hn = ptr<float>(f.b_hn);
-              a.h_prev = h_prev;
-              a.ws = view(ws + (f.ws_row(off) + shift) * W, W);
-              a.h = view(out + (off + shift) * H, H);
+              const GruForwardArgs<float> a = gru_args(shift, h_prev, cview(tile.data() + shift * G1 * L, G1 * L));
               if (reset_before) {
                 pw_gru_forward_gates(sub, a);
               } else {
@@ -572,14 +583,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
             product_tile(isa, k_rows, W, n, H, npan + blk * H * L, 1, tile.data());
             for_prev_segments<float>(s, p, Block{n, u0, u1, H}, out, 0, H, h0p, H,
                                      [&](const Block& sub, int64_t shift, View<const float> h_prev) {
-              GruForwardArgs<float> a;
-              a.xp = shifted(xp_rows, shift);
-              a.hp = cview(tile.data() + shift * L, L);
-              a.b_hn = ptr<float>(f.b_hn);
-              a.h_prev = h_prev;
-              a.ws = view(ws + (f.ws_row(off) + shift) * W, W);
-              a.h = view(out + (off + shift) * H, H);
-              pw_gru_forward_state(sub, a);
+              pw_gru_forward_state(sub, gru_args(shift, h_prev, cview(tile.data() + shift * L, L)));
             });
           }
         }
@@ -588,8 +592,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
           for (int64_t pb = pblk0; pb < pblk1; pb += 2) {
             const int64_t nb = std::min<int64_t>(2, pblk1 - pb), q0 = pb * L, q1 = std::min(S, (pb + nb) * L);
             product_tile(isa, mbuf, H, n, H, ppan + pb * H * L, nb, tile.data());
-            for (int64_t b = 0; b < n; ++b)
-              std::copy(tile.data() + b * nb * L, tile.data() + b * nb * L + (q1 - q0), out + (off + b) * S + q0);
+            copy_tile_rows(tile.data(), nb * L, n, q1 - q0, out + off * S + q0, S);
           }
         }
         barrier.wait();
@@ -875,8 +878,7 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
           const int64_t nb = std::min(kPair, blk1 - pair);
           const int64_t u0 = pair * L, u1 = std::min(H, (pair + nb) * L), ld = nb * L;
           product_tile(isa, dH_total + off * S, S, n, S, ppan + pair * S * L, nb, tile.data());
-          for (int64_t b = 0; b < n; ++b)
-            std::copy(tile.data() + b * ld, tile.data() + b * ld + (u1 - u0), dm + b * H + u0);
+          copy_tile_rows(tile.data(), ld, n, u1 - u0, dm + u0, H);
           pointwise(p, pair, nb, cview(dm, H), cview(ptr<float>(zero_row), 0));
         }
       }
