@@ -22,7 +22,8 @@ from torch.nn import init
 from . import functional
 from .backends.base import LayerWeights
 from .cells import CellSpec
-from .modules import _GRU_CONVENTION, autocast_dtype, autocast_off, cast, check_backend_name, check_flag, check_state_tensor
+from .modules import (_GRU_CONVENTION, autocast_dtype, autocast_off, cast, check_backend_name, check_flag,
+                      check_state_tensor, checked_parameter)
 
 __all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -52,6 +53,7 @@ class FusedRNNCellBase(nn.Module):
             self.register_parameter("bias_hh", None)
         if peephole:
             self.weight_ch = nn.Parameter(torch.empty(3 * hidden_size, **factory_kwargs))
+        self._param_shapes = {name: tuple(p.shape) for name, p in self.named_parameters(recurse=False)}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -82,11 +84,11 @@ class FusedRNNCellBase(nn.Module):
 
     def _weights(self, dtype: Optional[torch.dtype]) -> LayerWeights:
         """The parameters, read now (so in-place edits and functional_call take effect)."""
-        return LayerWeights(
-            cast(self.weight_ih, dtype), cast(self.weight_hh, dtype),
-            cast(self.bias_ih, dtype), cast(self.bias_hh, dtype),
-            cast(getattr(self, "weight_ch", None), dtype), None,
-        )
+        def param(name: str) -> Optional[Tensor]:
+            return cast(checked_parameter(self, name), dtype) if hasattr(self, name) else None
+
+        return LayerWeights(param("weight_ih"), param("weight_hh"), param("bias_ih"), param("bias_hh"),
+                            param("weight_ch"), None)
 
     # -- shared forward ------------------------------------------------------
 
@@ -127,6 +129,12 @@ class FusedRNNCellBase(nn.Module):
 
     def _check_input(self, x: Tensor, cast_to: Optional[torch.dtype]) -> None:
         """ATen's check_rnn_cell_forward_input, then the dtype (RuntimeError, as torch raises)."""
+        for name, weight in self.named_parameters(recurse=False):
+            if weight.device != x.device:
+                raise RuntimeError(
+                    f"{type(self).__name__}: input is on {x.device} but parameter {name} is on {weight.device}; "
+                    "move the input or the module"
+                )
         if x.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
         if cast_to is None and x.dtype != self.weight_ih.dtype:
@@ -166,8 +174,10 @@ class LSTMCell(FusedRNNCellBase):
         return CellSpec("lstm", "lstm")
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
-        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise TypeError("LSTMCell: hx must be a tuple (h_0, c_0) of two tensors")
+        if hx is not None and not isinstance(hx, (tuple, list)):
+            raise TypeError(f"LSTMCell: hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
+        if hx is not None and len(hx) != 2:  # torch.nn's exception type and message
+            raise RuntimeError(f"lstm_cell expects two hidden states, got {len(hx)} in hx")
         h, c = self._step(input, None if hx is None else tuple(hx))
         return h, c
 

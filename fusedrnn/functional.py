@@ -40,8 +40,11 @@ def _check_batch_sizes(batch_sizes: torch.Tensor, x: torch.Tensor, batch: int) -
         raise ValueError("batch_sizes must not be empty")
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D packed rows [N, input_size] when batch_sizes is given, got {x.dim()}-D")
-    if int(batch_sizes[0]) != batch or int(batch_sizes.min()) < 1:
-        raise ValueError(f"batch_sizes must start at the batch size of h0 ({batch}) and stay >= 1")
+    if int(batch_sizes[0]) != batch:
+        raise ValueError(f"batch_sizes must start at the batch size of h0 ({batch}), got {int(batch_sizes[0])}")
+    # an empty batch (torch.nn accepts batch_sizes [0]) is zeros throughout; otherwise every step has a row
+    if batch > 0 and int(batch_sizes.min()) < 1:
+        raise ValueError(f"batch_sizes must stay >= 1 (got a step with {int(batch_sizes.min())} rows)")
     if bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
         raise ValueError("batch_sizes must be non-increasing (sequences sorted by length, as PackedSequence keeps them)")
     if int(batch_sizes.sum()) != x.shape[0]:
@@ -122,6 +125,10 @@ def layer(
         c0 = x.new_zeros((h0.shape[0], hidden))
     _check(cell, x, h0, c0, weights, batch_sizes)
     chosen = backends.resolve(backend, cell, x, weights)
+    if hidden == 0 or batch == 0:
+        # nothing to compute: the fused kernels assume at least one hidden unit and one row,
+        # and the reference gives torch.nn's results for every empty size (h_n = h0, zero gradients)
+        chosen = backends.get("reference")
     # inference keeps no workspace (the saved activations the backward reads)
     for_backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *weights))

@@ -28,7 +28,7 @@ import contextlib
 import math
 import numbers
 import warnings
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,8 @@ def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     its GRU, its cells and its LSTM over a PackedSequence stay float32 there,
     an accident of which ATen ops are on the CPU autocast list.)
     """
-    if torch.is_autocast_enabled(device.type):
+    # autocast exists for some device types only (not meta): asking about others raises
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
 
@@ -109,6 +110,22 @@ def check_state_tensor(name: str, state: Tensor, x: Tensor, what: str, check_dty
             f"{what}: {name} dtype ({state.dtype}) does not match input dtype ({x.dtype}); "
             f"convert it with {name}.to({x.dtype})"
         )
+
+
+def checked_parameter(module: nn.Module, name: str) -> Optional[Tensor]:
+    """``module.<name>``, after checking it still has the shape the module was built with.
+
+    A parameter replaced by one of another shape (``m.weight_ih_l0 = nn.Parameter(...)``) is
+    reported under its own name (RuntimeError), not as a mismatch of the input it meets first.
+    """
+    value = getattr(module, name)
+    expected = getattr(module, "_param_shapes", {}).get(name)
+    if value is not None and expected is not None and tuple(value.shape) != tuple(expected):
+        raise RuntimeError(
+            f"{type(module).__name__}: parameter {name} has shape {list(value.shape)}, but this module "
+            f"needs {list(expected)} ({module.extra_repr()})"
+        )
+    return value
 
 
 def cast(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
@@ -200,6 +217,8 @@ class FusedRNNBase(nn.Module):
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
         self._flat_weights_names: List[str] = []
         self._all_weights: List[List[str]] = []
+        # every parameter's shape, to name the parameter when one is replaced by a wrong-shaped one
+        self._param_shapes: Dict[str, Tuple[int, ...]] = {}
         for layer in range(num_layers):
             for direction in range(num_directions):
                 layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
@@ -215,6 +234,7 @@ class FusedRNNBase(nn.Module):
                 for pattern, shape in shapes:
                     name = pattern.format(layer, suffix)
                     setattr(self, name, nn.Parameter(torch.empty(shape, **factory_kwargs)))
+                    self._param_shapes[name] = shape
                     names.append(name)
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
@@ -277,7 +297,10 @@ class FusedRNNBase(nn.Module):
         suffix = "_reverse" if direction == 1 else ""
 
         def param(prefix: str, present: bool) -> Optional[Tensor]:
-            return cast(getattr(self, f"{prefix}_l{layer}{suffix}"), dtype) if present else None
+            if not present:
+                return None
+            name = f"{prefix}_l{layer}{suffix}"
+            return cast(checked_parameter(self, name), dtype)
 
         return LayerWeights(
             param("weight_ih", True),
@@ -330,6 +353,12 @@ class FusedRNNBase(nn.Module):
                 f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight_dtype}). "
                 f"Convert input: input.to({weight_dtype}), or convert model: model.to({x.dtype})"
             )
+        for weight in self._flat_weights:
+            if weight.device != x.device:  # torch.nn's check and message (_VF.lstm and co.)
+                raise RuntimeError(
+                    "Input and parameter tensors are not at the same device, found input tensor at "
+                    f"{x.device} and parameter tensor at {weight.device}"
+                )
         expected_input_dim = 2 if batch_sizes is not None else 3
         if x.dim() != expected_input_dim:
             raise RuntimeError(f"input must have {expected_input_dim} dimensions, got {x.dim()}")
@@ -375,6 +404,8 @@ class FusedRNNBase(nn.Module):
                 if not is_batched:
                     states = tuple(s.unsqueeze(1) for s in states)
 
+        if batch_sizes is None and x.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")  # torch.nn's check
         cast_to = autocast_dtype(x.device)
         self._check_input(x, batch_sizes, cast_to)
         if states is not None:
@@ -427,6 +458,11 @@ class FusedRNNBase(nn.Module):
                 h_finals.append(result.h_n)
                 c_finals.append(result.c_n)
             layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=-1)
+        if num_directions == 1 and layer_input.requires_grad:
+            # the op saved this very tensor for its backward; the caller gets a copy, so that
+            # in-place edits of the output (out.relu_(), masked_fill_), which torch.nn allows,
+            # neither raise nor change what the backward reads
+            layer_input = layer_input.clone()
         h_n = torch.stack(h_finals)
         c_n = torch.stack(c_finals) if cell.has_cell_state else None
         return layer_input, h_n, c_n

@@ -57,11 +57,27 @@ def _contiguous(tensors):
     return tuple(None if t is None else t.contiguous() for t in tensors)
 
 
+def _not_a_view(t: Tensor) -> Tensor:
+    """``t`` itself, or a tensor over the same memory that is not a view of another tensor.
+
+    Backends return reshapes of their row buffers (``out`` is ``[T*B, H]`` seen as
+    ``[T, B, H]``).  A custom op's output that is a view makes autograd treat it as
+    "one of several views returned by a function", and then in-place edits of the
+    output (``out.relu_()``, ``out.masked_fill_(...)``), which torch.nn allows, raise.
+    The base is private to the op, so a plain tensor over its storage (no copy) is
+    what the op returns instead.
+    """
+    if t._base is None:
+        return t
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+
+
 def _fresh(outputs, inputs):
-    """Clone any output that shares storage with an input (ops must not alias)."""
+    """Outputs the op may return: a clone of any that shares storage with an input (ops must
+    not alias), and none that is a view (:func:`_not_a_view`)."""
     ptrs = {t.untyped_storage().data_ptr() for t in inputs if t is not None and t.numel() > 0}
     return tuple(
-        t.clone() if t.numel() > 0 and t.untyped_storage().data_ptr() in ptrs else t for t in outputs
+        t.clone() if t.numel() > 0 and t.untyped_storage().data_ptr() in ptrs else _not_a_view(t) for t in outputs
     )
 
 
