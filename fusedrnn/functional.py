@@ -124,7 +124,12 @@ def layer(
     if c0 is None and cell.has_cell_state:
         c0 = x.new_zeros((h0.shape[0], hidden))
     _check(cell, x, h0, c0, weights, batch_sizes)
-    chosen = backends.resolve(backend, cell, x, weights)
+    if x.device.type == "meta":
+        # meta tensors hold no data, only shapes: whatever backend the module names (it may run CPU
+        # tensors only, as modules built on meta and moved later do), the reference gives the shapes
+        chosen = backends.get("reference")
+    else:
+        chosen = backends.resolve(backend, cell, x, weights)
     if hidden == 0 or batch == 0:
         # nothing to compute: the fused kernels assume at least one hidden unit and one row,
         # and the reference gives torch.nn's results for every empty size (h_n = h0, zero gradients)

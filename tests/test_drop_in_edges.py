@@ -111,11 +111,12 @@ def test_cell_state_edited_in_place_gives_torch_gradients(name, backend):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["auto", "cpu"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_meta_module_gives_torch_shapes_then_materialises(name):
+def test_meta_module_gives_torch_shapes_then_materialises(name, backend):
     kwargs = dict(num_layers=2, bidirectional=True)
     torch_meta = getattr(nn, name)(4, 6, device="meta", **kwargs)
-    ours = getattr(fusedrnn, name)(4, 6, device="meta", **kwargs)
+    ours = getattr(fusedrnn, name)(4, 6, device="meta", backend=backend, **kwargs)
     x = torch.empty(5, 3, 4, device="meta", requires_grad=True)
     out_t, h_t = torch_meta(x)
     out_f, h_f = ours(x)
