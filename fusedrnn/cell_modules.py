@@ -12,12 +12,10 @@ after ``bias_hh``); ``GRUCell(..., reset_after=False)``.
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import init
 
 from . import functional
 from .backends.base import LayerWeights
@@ -28,15 +26,22 @@ from .modules import (_GRU_CONVENTION, autocast_dtype, autocast_off, cast, check
 __all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
 
 
-class FusedRNNCellBase(nn.Module):
-    """What the three cells share: torch.nn.RNNCellBase's parameters and checks, fused arithmetic."""
+class FusedRNNCellBase(nn.RNNCellBase):
+    """What the three cells share: a ``torch.nn.RNNCellBase`` with fused arithmetic.
 
-    __constants__ = ["input_size", "hidden_size", "bias"]
+    Each cell lists its torch.nn twin second among its bases (``class LSTMCell(FusedRNNCellBase,
+    nn.LSTMCell)``), so ``isinstance(cell, nn.LSTMCell)`` and ``nn.RNNCellBase`` hold for client
+    code, and what is defined here and in the cell wins over torch's.  torch's ``__init__`` is not
+    run (ours registers the same parameters with the same RNG draws, plus the extras);
+    ``reset_parameters`` and ``extra_repr`` are torch's (the latter extended with our options).
+    """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None, dtype=None,
                  *, peephole: bool = False, backend: str = "auto") -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
+        # nn.Module's __init__ only: the next one in the MRO is torch's (nn.LSTMCell.__init__), which
+        # would register and draw the parameters without our extras (weight_ch)
+        nn.Module.__init__(self)
         # torch.nn.RNNCellBase validates nothing here: bad sizes fail in torch.empty (RuntimeError/TypeError)
         check_backend_name(backend)
         self.input_size = input_size
@@ -56,19 +61,8 @@ class FusedRNNCellBase(nn.Module):
         self._param_shapes = {name: tuple(p.shape) for name, p in self.named_parameters(recurse=False)}
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), in registration order."""
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            init.uniform_(weight, -stdv, stdv)
-
     def extra_repr(self) -> str:
-        s = "{input_size}, {hidden_size}"
-        if "bias" in self.__dict__ and self.bias is not True:
-            s += ", bias={bias}"
-        if "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh":
-            s += ", nonlinearity={nonlinearity}"
-        s = s.format(**self.__dict__)
+        s = super().extra_repr()
         if getattr(self, "peephole", False):
             s += ", peephole=True"
         if getattr(self, "reset_after", True) is False:
@@ -155,7 +149,7 @@ class FusedRNNCellBase(nn.Module):
             check_state_tensor(name, state, x, type(self).__name__, check_dtype=cast_to is None)
 
 
-class LSTMCell(FusedRNNCellBase):
+class LSTMCell(FusedRNNCellBase, nn.LSTMCell):
     """Drop-in for :class:`torch.nn.LSTMCell`: ``(h_1, c_1) = cell(input, (h_0, c_0))``.
 
     ``LSTMCell(input_size, hidden_size, bias=True, device=None, dtype=None, *, peephole=False,
@@ -182,7 +176,7 @@ class LSTMCell(FusedRNNCellBase):
         return h, c
 
 
-class GRUCell(FusedRNNCellBase):
+class GRUCell(FusedRNNCellBase, nn.GRUCell):
     """Drop-in for :class:`torch.nn.GRUCell`: ``h_1 = cell(input, h_0)``.
 
     ``GRUCell(input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True,
@@ -202,15 +196,13 @@ class GRUCell(FusedRNNCellBase):
         return self._step(input, None if hx is None else (hx,))[0]
 
 
-class RNNCell(FusedRNNCellBase):
+class RNNCell(FusedRNNCellBase, nn.RNNCell):
     """Drop-in for :class:`torch.nn.RNNCell`: ``h_1 = cell(input, h_0)``.
 
     ``RNNCell(input_size, hidden_size, bias=True, nonlinearity='tanh', device=None, dtype=None, *,
     backend="auto")``.  As in torch.nn, ``nonlinearity`` is read at each call and an unknown one
     raises RuntimeError there.
     """
-
-    __constants__ = ["input_size", "hidden_size", "bias", "nonlinearity"]
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  device=None, dtype=None, *, backend: str = "auto") -> None:

@@ -1,82 +1,172 @@
 """``fusedrnn.convert(model)``: swap torch.nn's recurrent modules for fusedrnn's, in place.
 
-Every submodule whose type is exactly ``nn.LSTM``, ``nn.GRU``, ``nn.RNN``,
-``nn.LSTMCell``, ``nn.GRUCell`` or ``nn.RNNCell`` is replaced by the fusedrnn
-equivalent with the same constructor settings, holding the very same
+Every submodule that is an ``nn.LSTM``, ``nn.GRU``, ``nn.RNN``,
+``nn.LSTMCell``, ``nn.GRUCell`` or ``nn.RNNCell`` is replaced by a fusedrnn
+module with the same constructor settings, holding the very same
 ``Parameter`` objects (so weights, device, dtype, ``requires_grad`` and any
-optimizer that already holds them stay valid), the same training mode and
-the same forward/backward hooks.  A subclass of those types may have its own
-``forward`` or state, and a module whose parameters are not torch's layout
-(e.g. under ``torch.nn.utils.parametrize``) cannot be a drop-in: both are
-left alone and named in one warning.
+optimizer that already holds them stay valid), the same buffers, submodules,
+training mode and hooks (forward, backward and state_dict hooks).
+
+An instance of the exact torch.nn class becomes an instance of fusedrnn's
+twin.  An instance of a user's subclass (its own ``forward``, methods,
+attributes) becomes an instance of a class deriving from both the user's
+class and fusedrnn's (:mod:`fusedrnn._converted_classes`): the user's methods
+run, their ``super().forward`` runs fusedrnn's, and the instance keeps its
+own attributes.  Left alone, and named in one warning, are modules that
+cannot be a drop-in: parametrized ones (``torch.nn.utils.parametrize``) and
+ones whose parameters are not torch's layout (e.g. the old ``weight_norm``).
+fusedrnn's own modules (instances of ``nn.LSTM`` and co. too) are kept as they are.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
+import types
 import warnings
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 from torch import nn
+from torch.nn.utils import parametrize
 
-from . import cell_modules, modules
+from . import _converted_classes, cell_modules, modules
 
 __all__ = ["convert"]
 
+# each torch.nn class and its fusedrnn twin
+_TWINS = (
+    (nn.LSTM, modules.LSTM),
+    (nn.GRU, modules.GRU),
+    (nn.RNN, modules.RNN),
+    (nn.LSTMCell, cell_modules.LSTMCell),
+    (nn.GRUCell, cell_modules.GRUCell),
+    (nn.RNNCell, cell_modules.RNNCell),
+)
+_CONVERTIBLE = tuple(torch_cls for torch_cls, _ in _TWINS)
+_FUSED = (modules.FusedRNNBase, cell_modules.FusedRNNCellBase)
 
-def _rnn_settings(m: nn.RNNBase) -> dict:
-    return dict(num_layers=m.num_layers, bias=m.bias, batch_first=m.batch_first, dropout=m.dropout,
-                bidirectional=m.bidirectional)
+# What nn.Module.__init__ sets (registries, hooks, training): taken from the old module.
+_MODULE_STATE = frozenset(nn.Module().__dict__)
+# ... of which these containers are copied, so that the new module owns its registries; the hook
+# dicts are shared, so that existing hooks (and their RemovableHandles, which point at these
+# dicts) keep working
+_OWN_COPY = frozenset({"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"})
+# torch's caches of the old module, not carried: nn.RNNBase's flat-weight list and its weak
+# references (fusedrnn reads the parameters at each call), and a Module.compile()'d call bound
+# to the old module
+_NOT_CARRIED = frozenset({"_flat_weights", "_flat_weight_refs", "_compiled_call_impl"})
 
 
-def _build(m: nn.Module, backend: str) -> nn.Module:
-    """The fusedrnn twin of ``m``, with uninitialised (meta) parameters, same settings.
+def _twins(m: nn.Module) -> Tuple[type, type]:
+    """The torch.nn class ``m`` is an instance of, and fusedrnn's twin of it."""
+    return next((torch_cls, fused) for torch_cls, fused in _TWINS if isinstance(m, torch_cls))
+
+
+def _build(m: nn.Module, fused_cls: type, backend: str) -> nn.Module:
+    """A ``fused_cls`` with ``m``'s settings and uninitialised (meta) parameters.
 
     Built on the meta device so that construction draws nothing from the RNG
-    and allocates nothing: its parameters are replaced by ``m``'s own.
+    and allocates nothing: only its settings and bookkeeping are kept.
     """
-    kind = type(m)
     meta = dict(device="meta", backend=backend)
-    if kind is nn.LSTM:
-        return modules.LSTM(m.input_size, m.hidden_size, proj_size=m.proj_size, **_rnn_settings(m), **meta)
-    if kind is nn.GRU:
-        return modules.GRU(m.input_size, m.hidden_size, **_rnn_settings(m), **meta)
-    if kind is nn.RNN:
-        return modules.RNN(m.input_size, m.hidden_size, nonlinearity=m.nonlinearity, **_rnn_settings(m), **meta)
-    if kind is nn.LSTMCell:
-        return cell_modules.LSTMCell(m.input_size, m.hidden_size, m.bias, **meta)
-    if kind is nn.GRUCell:
-        return cell_modules.GRUCell(m.input_size, m.hidden_size, m.bias, **meta)
-    if kind is nn.RNNCell:
-        return cell_modules.RNNCell(m.input_size, m.hidden_size, m.bias, m.nonlinearity, **meta)
-    raise TypeError(f"no fusedrnn equivalent for {kind.__name__}")  # unreachable: callers check _CONVERTIBLE
+    if issubclass(fused_cls, modules.FusedRNNBase):
+        settings = dict(num_layers=m.num_layers, bias=m.bias, batch_first=m.batch_first, dropout=m.dropout,
+                        bidirectional=m.bidirectional)
+        if fused_cls is modules.LSTM:
+            settings["proj_size"] = m.proj_size
+        if fused_cls is modules.RNN:
+            settings["nonlinearity"] = m.nonlinearity
+        return fused_cls(m.input_size, m.hidden_size, **settings, **meta)
+    if fused_cls is cell_modules.RNNCell:
+        return fused_cls(m.input_size, m.hidden_size, m.bias, m.nonlinearity, **meta)
+    return fused_cls(m.input_size, m.hidden_size, m.bias, **meta)
 
 
-_CONVERTIBLE = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+def _layout_mismatch(m: nn.Module, twin: nn.Module) -> Optional[str]:
+    """Why ``m``'s parameters are not torch's layout (names in order, shapes), or None if they are.
+
+    Extra parameters (a subclass's own) are allowed; they are carried over."""
+    layout = list(twin._parameters)
+    present = [name for name in m._parameters if name in twin._parameters]
+    if present != layout:
+        names = [name for name, _ in m.named_parameters(recurse=False)]
+        return f"its parameters {names} are not torch's layout {[n for n in layout if twin._parameters[n] is not None]}"
+    for name in layout:
+        old, new = m._parameters[name], twin._parameters[name]
+        if (old is None) != (new is None) or (old is not None and old.shape != new.shape):
+            shape = None if old is None else list(old.shape)
+            return f"its parameter {name} has shape {shape}, not torch's {None if new is None else list(new.shape)}"
+    return None
 
 
-# nn.Module's hook registries: shared with the replacement, so existing hooks (and their
-# RemovableHandles, which point at these dicts) keep working
-_HOOK_DICTS = (
-    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook",
-)
+def _defined_names(classes) -> set:
+    return {name for cls in classes for name in vars(cls) if not (name.startswith("__") and name.endswith("__"))}
 
 
-def _replacement(m: nn.Module, backend: str):
-    """The fusedrnn module holding ``m``'s own parameters, or None with the reason it cannot be."""
-    old_params = dict(m.named_parameters(recurse=False))
-    new = _build(m, backend)
-    new_names = [name for name, _ in new.named_parameters(recurse=False)]
-    # the same layout is the drop-in contract (strict, as load_state_dict(strict=True));
-    # it differs e.g. under torch.nn.utils.parametrize, and then the module is left alone
-    if list(old_params) != new_names or list(m.state_dict()) != list(new.state_dict()):
-        return None, f"its parameters {list(m.state_dict())} are not torch's layout {new_names}"
-    for name, param in old_params.items():
-        setattr(new, name, param)
-    for attr in _HOOK_DICTS:
-        if attr in m.__dict__:
-            new.__dict__[attr] = m.__dict__[attr]
-    new.train(m.training)
+def _collision(m: nn.Module, twin: nn.Module, new_cls: type) -> Optional[str]:
+    """Why ``m``'s own names would clash with fusedrnn's in ``new_cls``, or None.
+
+    A subclass's method or attribute named like one of fusedrnn's internals (which torch.nn
+    does not define) would change what fusedrnn's forward runs, or hide the subclass's own value.
+    """
+    torch_mro = set(_twins(m)[0].__mro__)
+    fused_names = _defined_names(k for k in type(twin).__mro__ if k not in torch_mro) - _defined_names(torch_mro)
+    user_names = _defined_names(k for k in type(m).__mro__ if k not in torch_mro and k is not object)
+    clash = sorted(fused_names & user_names)
+    if clash:
+        return f"its class defines {clash}, which fusedrnn's {type(twin).__name__} defines too"
+    for key, value in m.__dict__.items():
+        if key in _MODULE_STATE or key in _NOT_CARRIED:
+            continue
+        if key in twin.__dict__ and not _same(value, twin.__dict__[key]):
+            return f"its attribute {key!r} = {value!r} would be fusedrnn's {twin.__dict__[key]!r}"
+        if key not in twin.__dict__ and hasattr(type(inspect.getattr_static(new_cls, key, None)), "__set__"):
+            return f"its attribute {key!r} would be hidden by fusedrnn's {type(twin).__name__}.{key}"
+    return None
+
+
+def _same(a, b) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # e.g. a tensor of several elements: not a setting fusedrnn shares with torch
+        return False
+
+
+def _carried(value, old: nn.Module, new: nn.Module):
+    """An attribute value moved from ``old`` to ``new``: a method bound to ``old`` is bound to ``new``."""
+    if isinstance(value, types.MethodType) and value.__self__ is old:
+        return types.MethodType(value.__func__, new)
+    return value
+
+
+def _replacement(m: nn.Module, backend: str) -> Tuple[Optional[nn.Module], Optional[str]]:
+    """The fusedrnn module that takes ``m``'s place, or None with the reason it cannot be."""
+    if parametrize.is_parametrized(m):
+        return None, "parametrized with torch.nn.utils.parametrize: its weights are computed at each access"
+    fused_cls = _twins(m)[1]
+    twin = _build(m, fused_cls, backend)
+    why = _layout_mismatch(m, twin)
+    if why is not None:
+        return None, why
+    try:
+        new_cls = _converted_classes.converted_class(type(m), fused_cls)
+    except TypeError as error:  # e.g. a subclass with __slots__: no class derives from both
+        return None, f"no class derives from both it and fusedrnn.{fused_cls.__name__} ({error})"
+    why = _collision(m, twin, new_cls)
+    if why is not None:
+        return None, why
+    new = _converted_classes.new_instance(type(m), fused_cls)
+    # the twin's settings and bookkeeping (mode, sizes, backend, ...), then from m: nn.Module's
+    # registries and hooks, and every attribute that is neither torch's cache nor the twin's
+    state = dict(twin.__dict__)
+    for key, value in m.__dict__.items():
+        if key in _NOT_CARRIED:
+            continue
+        if key in _OWN_COPY:
+            state[key] = copy.copy(value)
+        elif key in _MODULE_STATE or key not in state:
+            state[key] = _carried(value, m, new)
+    new.__dict__.update(state)
     return new, None
 
 
@@ -84,29 +174,31 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
     """Replace torch.nn's LSTM/GRU/RNN modules and cells inside ``model`` by fusedrnn's, in place.
 
     Returns ``model`` (or, when ``model`` itself is one of those types, its replacement).
-    ``backend`` is given to every new module.  A module reachable from several places
-    is replaced by one new module everywhere (shared weights stay shared).
+    ``backend`` is given to every new module (fusedrnn modules already there keep theirs).
+    A module reachable from several places is replaced by one new module everywhere (shared
+    weights stay shared).
     """
     modules.check_backend_name(backend)
-    done: Dict[int, nn.Module] = {}
+    # id(old) -> (old, new); holding old keeps its id from being reused by another module
+    done: Dict[int, Tuple[nn.Module, nn.Module]] = {}
     skipped: List[str] = []
 
     def swap(m: nn.Module, path: str) -> nn.Module:
-        if isinstance(m, _CONVERTIBLE):
-            if id(m) not in done:
-                new, why = _replacement(m, backend) if type(m) in _CONVERTIBLE else (None, "a subclass, which may change the behaviour")
-                done[id(m)] = m if new is None else new
-                if new is None:
-                    skipped.append(f"{path or '<model>'} ({type(m).__module__}.{type(m).__qualname__}: {why})")
-            return done[id(m)]
         if id(m) in done:  # already visited through another path
-            return m
-        done[id(m)] = m
-        for name, child in list(m.named_children()):
+            return done[id(m)][1]
+        new = m
+        if isinstance(m, _CONVERTIBLE) and not isinstance(m, _FUSED):
+            replacement, why = _replacement(m, backend)
+            if replacement is None:
+                skipped.append(f"{path or '<model>'} ({type(m).__module__}.{type(m).__qualname__}: {why})")
+            else:
+                new = replacement
+        done[id(m)] = (m, new)
+        for name, child in list(new.named_children()):
             new_child = swap(child, f"{path}.{name}" if path else name)
             if new_child is not child:
-                setattr(m, name, new_child)
-        return m
+                setattr(new, name, new_child)
+        return new
 
     result = swap(model, "")
     if skipped:

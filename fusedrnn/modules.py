@@ -6,11 +6,21 @@ same order), same ``state_dict``, forward inputs and outputs, warnings and
 exceptions as their torch.nn twins; the arithmetic runs through
 :func:`fusedrnn.functional.layer`, one op call per layer-direction.
 
-The classes deliberately do not subclass ``torch.nn.RNNBase``: torch._dynamo
-refuses to trace instances of torch's RNN classes (unless
-``torch._dynamo.config.allow_rnn`` is set), and ``torch.compile(fullgraph=True)``
-must work on a model holding these.  The behaviour of ``torch.nn.RNNBase`` is
-reproduced instead (see ``torch/nn/modules/rnn.py``).
+Each class subclasses its torch.nn twin (``LSTM`` is a ``torch.nn.LSTM`` and a
+``torch.nn.RNNBase``, and so on), so that client code branching on
+``isinstance(m, nn.LSTM)`` / ``nn.GRU`` / ``nn.RNNBase`` treats them as the
+layers they replace.  torch's ``__init__`` is not run (it would build cuDNN's
+flat weights); our construction registers the same parameters with the same
+RNG draws.  torch.nn's helpers are inherited where they work on this layout
+(``check_forward_args``, ``check_input``, ``get_expected_hidden_size``,
+``get_expected_cell_size``, ``check_hidden_size``, ``permute_hidden``,
+``all_weights``, ``reset_parameters``) and overridden where they maintain
+torch's cached flat-weight list, which these classes do not keep
+(``_flat_weights`` is computed at each access): see "torch.nn.RNNBase's
+flat-weight cache" below.  torch._dynamo refuses to trace instances of torch's
+RNN classes unless ``torch._dynamo.config.allow_rnn`` is set; for these classes
+alone :mod:`fusedrnn._dynamo_compat` sets it while Dynamo wraps the module, so
+``torch.compile(fullgraph=True)`` works on a model holding them.
 
 Extras beyond torch.nn, keyword-only after torch's arguments:
 
@@ -25,7 +35,6 @@ Extras beyond torch.nn, keyword-only after torch's arguments:
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 import warnings
 from typing import Dict, List, Optional, Tuple
@@ -33,10 +42,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends, functional
+from . import _dynamo_compat, backends, functional
 from .backends.base import LayerWeights
 from .cells import CellSpec
 
@@ -137,16 +145,15 @@ def cast(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
 # ----------------------------------------------------------------------------
 
 
-class FusedRNNBase(nn.Module):
-    """What ``LSTM``, ``GRU`` and ``RNN`` share: torch.nn.RNNBase's behaviour, fused arithmetic.
+class FusedRNNBase(nn.RNNBase):
+    """What ``LSTM``, ``GRU`` and ``RNN`` share: a ``torch.nn.RNNBase`` with fused arithmetic.
 
     Not meant to be built directly; ``cell`` chooses the family and variant.
+    Each subclass lists its torch.nn twin second among its bases (``class LSTM(FusedRNNBase,
+    nn.LSTM)``), so the MRO is ``[LSTM, FusedRNNBase, nn.LSTM, nn.RNNBase, nn.Module]``: what is
+    defined here wins over torch's (``forward`` above all), and torch's family-specific helpers
+    (``nn.LSTM.check_forward_args`` taking ``(h, c)``) win over ``nn.RNNBase``'s.
     """
-
-    __constants__ = [
-        "mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-        "bidirectional", "proj_size",
-    ]
 
     def __init__(
         self,
@@ -166,7 +173,9 @@ class FusedRNNBase(nn.Module):
         backend: str = "auto",
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
+        # nn.Module's __init__ only: the next one in the MRO is torch's (nn.LSTM.__init__), which
+        # would register and draw the parameters its own way and build cuDNN's flat weights
+        nn.Module.__init__(self)
         self.mode = _TORCH_MODE[cell]
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -240,42 +249,43 @@ class FusedRNNBase(nn.Module):
                 self._all_weights.append(names)
         self.reset_parameters()
 
-    # -- torch.nn.RNNBase's public surface -----------------------------------
+    # -- torch.nn.RNNBase's flat-weight cache ---------------------------------
+    #
+    # torch keeps ``self._flat_weights`` (the parameters in cuDNN's order, for _VF's ops) as a
+    # cached list, plus weak references to detect replaced parameters, and refreshes them in
+    # __init__, __setattr__, _apply, __setstate__, __getstate__ and _replicate_for_data_parallel.
+    # Here ``_flat_weights`` is a property read at each access, so it can never go stale, and
+    # each of those methods is nn.Module's (torch's versions assign the property and read
+    # ``_flat_weight_refs``, which these modules do not have).  Everything else of
+    # nn.RNNBase / nn.LSTM / nn.GRU / nn.RNN is inherited unchanged: check_input,
+    # check_forward_args, get_expected_hidden_size, get_expected_cell_size, check_hidden_size,
+    # permute_hidden, all_weights and reset_parameters work on this layout as they are.
 
-    def reset_parameters(self) -> None:
-        """Every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), in registration order."""
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            init.uniform_(weight, -stdv, stdv)
+    @property
+    def _flat_weights(self) -> List[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    __setattr__ = nn.Module.__setattr__
+    _apply = nn.Module._apply
+    # a pickle names its class, so only fusedrnn pickles come here: torch's fix-ups are for
+    # nn.RNNBase pickles older than PyTorch 1.8
+    __getstate__ = nn.Module.__getstate__
+    __setstate__ = nn.Module.__setstate__
+    # the replica reads its parameters by name, like the original; nothing to copy
+    _replicate_for_data_parallel = nn.Module._replicate_for_data_parallel
+
+    def _init_flat_weights(self) -> None:
+        """A no-op: there is no cached list to rebuild."""
+
+    def _weights_have_changed(self) -> bool:
+        """Always False: nothing is cached, so no parameter can have changed behind a cache."""
+        return False
 
     def flatten_parameters(self) -> None:
         """A no-op: the parameters are read as they are at every call (cuDNN's flat buffer is not used)."""
 
-    @property
-    def _flat_weights(self) -> List[Tensor]:
-        # computed at each access, so it can never go stale (torch keeps a cached list in sync instead)
-        return [getattr(self, name) for name in self._flat_weights_names]
-
-    @property
-    def all_weights(self) -> List[List[nn.Parameter]]:
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
-
     def extra_repr(self) -> str:
-        s = "{input_size}, {hidden_size}"
-        if self.proj_size != 0:
-            s += ", proj_size={proj_size}"
-        if self.num_layers != 1:
-            s += ", num_layers={num_layers}"
-        if self.bias is not True:
-            s += ", bias={bias}"
-        if self.batch_first is not False:
-            s += ", batch_first={batch_first}"
-        if self.dropout != 0:
-            s += ", dropout={dropout}"
-        if self.bidirectional is not False:
-            s += ", bidirectional={bidirectional}"
-        s = s.format(**self.__dict__)
-        return s + self._extras_repr()
+        return super().extra_repr() + self._extras_repr()
 
     def _extras_repr(self) -> str:
         s = ""
@@ -479,7 +489,7 @@ _GRU_CONVENTION = """
 """
 
 
-class LSTM(FusedRNNBase):
+class LSTM(FusedRNNBase, nn.LSTM):
     """Drop-in for :class:`torch.nn.LSTM` (same arguments, parameters, inputs and outputs).
 
     ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
@@ -504,7 +514,7 @@ class LSTM(FusedRNNBase):
                          dropout, bidirectional, proj_size, device, dtype, peephole=peephole, backend=backend)
 
 
-class GRU(FusedRNNBase):
+class GRU(FusedRNNBase, nn.GRU):
     """Drop-in for :class:`torch.nn.GRU` (same arguments, parameters, inputs and outputs).
 
     ``GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
@@ -530,7 +540,7 @@ class GRU(FusedRNNBase):
         return (", reset_after=False" if not self.reset_after else "") + super()._extras_repr()
 
 
-class RNN(FusedRNNBase):
+class RNN(FusedRNNBase, nn.RNN):
     """Drop-in for :class:`torch.nn.RNN` (same arguments, parameters, inputs and outputs).
 
     ``RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True, batch_first=False,
@@ -551,3 +561,8 @@ class RNN(FusedRNNBase):
         self.nonlinearity = nonlinearity
         super().__init__(CellSpec("rnn", nonlinearity), input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, 0, device, dtype, backend=backend)
+
+
+# Dynamo refuses nn.RNN/GRU/LSTM instances, hence these classes, unless allow_rnn is set:
+# set it for these classes only (fusedrnn._dynamo_compat)
+_dynamo_compat.install()

@@ -58,6 +58,8 @@ class Model(nn.Module):
 
 
 RNN_TYPES = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+# fusedrnn's modules are instances of RNN_TYPES too (they subclass torch.nn's)
+FUSED_TYPES = (fusedrnn.modules.FusedRNNBase, fusedrnn.cell_modules.FusedRNNCellBase)
 
 
 def outputs(model, x):
@@ -74,7 +76,7 @@ def test_outputs_identical_before_and_after(close):
         warnings.simplefilter("error", UserWarning)  # nothing is left unconverted here
         returned = fusedrnn.convert(model)
     assert returned is model
-    remaining = [name for name, m in model.named_modules() if isinstance(m, RNN_TYPES)]
+    remaining = [name for name, m in model.named_modules() if isinstance(m, RNN_TYPES) and not isinstance(m, FUSED_TYPES)]
     assert remaining == []
     assert type(model.encoders[0]) is fusedrnn.LSTM and type(model.encoders[1]) is fusedrnn.GRU
     assert type(model.stack[0][0]) is fusedrnn.RNN and type(model.decoder.cells["rnn"]) is fusedrnn.RNNCell
@@ -143,22 +145,64 @@ def test_shared_module_is_replaced_once():
 
 
 class LayerNormLSTM(nn.LSTM):
-    """A subclass with its own forward: converting it would drop the normalisation."""
+    """A subclass with its own forward: converting it must keep the normalisation."""
 
     def forward(self, input, hx=None):
         out, state = super().forward(input, hx)
         return nn.functional.layer_norm(out, out.shape[-1:]), state
 
 
-def test_subclasses_are_left_alone_and_named_in_one_warning():
-    model = nn.Sequential(nn.LSTM(I, H), LayerNormLSTM(H, H), nn.Sequential(LayerNormLSTM(H, H)))
+def test_subclasses_are_converted_keeping_their_forward(close):
+    """(More client subclasses in test_client_patterns.py.)"""
+    model = nn.Sequential(nn.LSTM(I, H), LayerNormLSTM(H, H), nn.Sequential(LayerNormLSTM(H, H))).double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    expected = model[2][0](model[1](model[0](x)[0])[0])[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nothing is left unconverted
+        fusedrnn.convert(model)
+    assert type(model[0]) is fusedrnn.LSTM
+    # one generated class for both instances: LayerNormLSTM's methods first, fusedrnn's forward under them
+    assert type(model[1]) is type(model[2][0])
+    assert type(model[1]).__mro__[1:4] == (LayerNormLSTM, fusedrnn.LSTM, fusedrnn.modules.FusedRNNBase)
+    assert isinstance(model[1], LayerNormLSTM) and isinstance(model[1], fusedrnn.LSTM)
+    actual = model[2][0](model[1](model[0](x)[0])[0])[0]
+    close(actual, expected)
+
+
+def test_converting_twice_changes_nothing():
+    model = nn.Sequential(nn.GRU(I, H), LayerNormLSTM(H, H))
+    fusedrnn.convert(model, backend="reference")
+    first = list(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        fusedrnn.convert(model)
+    assert all(a is b for a, b in zip(model, first))
+    assert model[0].backend == "reference"  # fusedrnn's modules keep their settings
+
+
+class ClashingLSTM(nn.LSTM):
+    """A subclass whose own names are fusedrnn's internals: fusedrnn's forward would run them."""
+
+    def _run_layers(self, *args):
+        raise AssertionError("not a fusedrnn layer runner")
+
+
+class BackendLSTM(nn.LSTM):
+    """A subclass with an attribute of fusedrnn's name, another meaning."""
+
+    def __init__(self, *args, backend="cudnn", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+
+def test_subclasses_whose_names_clash_with_fusedrnn_are_left_alone():
+    model = nn.Sequential(ClashingLSTM(I, H), BackendLSTM(I, H))
     with pytest.warns(UserWarning) as record:
         fusedrnn.convert(model)
-    messages = [str(w.message) for w in record if "fusedrnn.convert" in str(w.message)]
-    assert len(messages) == 1
-    assert "1 (" in messages[0] and "2.0 (" in messages[0] and "LayerNormLSTM" in messages[0]
-    assert type(model[0]) is fusedrnn.LSTM
-    assert type(model[1]) is LayerNormLSTM and type(model[2][0]) is LayerNormLSTM
+    message = " ".join(str(w.message) for w in record if "fusedrnn.convert" in str(w.message))
+    assert "0 (" in message and "['_run_layers']" in message
+    assert "1 (" in message and "'backend' = 'cudnn'" in message
+    assert type(model[0]) is ClashingLSTM and type(model[1]) is BackendLSTM
 
 
 def test_parametrized_module_is_left_alone():
@@ -166,7 +210,7 @@ def test_parametrized_module_is_left_alone():
     lstm = nn.LSTM(I, H)
     nn.utils.parametrize.register_parametrization(lstm, "weight_hh_l0", nn.Identity())
     model = nn.Sequential(lstm)
-    with pytest.warns(UserWarning, match="ParametrizedLSTM: a subclass"):
+    with pytest.warns(UserWarning, match="ParametrizedLSTM: parametrized with torch.nn.utils.parametrize"):
         fusedrnn.convert(model)
     assert model[0] is lstm
 
