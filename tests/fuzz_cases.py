@@ -1,0 +1,557 @@
+"""The differential fuzzing campaign's shared parts: hypothesis profiles, the
+strategies that draw module and cell configurations, and the harness that runs
+one configuration on fusedrnn and on its oracle and compares everything.
+
+Used by tests/test_fuzz_differential.py (backends ``reference`` and ``cpu``)
+and tests/triton/test_triton_fuzz.py (``triton`` under the interpreter).
+
+Oracles.  Every comparison is against a float64 computation on the very same
+values (the float32 inputs and weights, upcast), so the error measured is the
+backend's own rounding, not the oracle's:
+
+* torch.nn's twin (``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` and the cells), loaded
+  with the same ``state_dict``, for everything torch.nn has;
+* the ``reference`` backend of fusedrnn for the extras torch.nn lacks (LSTM
+  peepholes, GRU ``reset_after=False``).  For those, whether the call must
+  raise is still torch.nn's decision: the twin without the extra (plain LSTM,
+  GRU) is run too, and an exception there must be matched.
+
+Error measure: :func:`fusedrnn.testing.error`, ``max |actual - expected| /
+max |expected|`` over the whole tensor (NaN or inf anywhere: inf).  Bounds in
+:func:`tolerance`.
+
+Profiles (``HYPOTHESIS_PROFILE``): ``ci`` (default; what ``make test`` runs:
+derandomized, a small example count, no example database) and ``fuzz``
+(``make fuzz``: random, :data:`FUZZ_FACTOR` times more examples and larger
+sizes, failures kept under build/hypothesis so the next run replays them first;
+reproduce a run with ``--hypothesis-seed=N``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import torch
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fusedrnn
+from fusedrnn.testing import error
+
+# ----------------------------------------------------------------------------
+# Profiles
+# ----------------------------------------------------------------------------
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+#: ``make fuzz`` runs this many times the examples of ``make test``
+FUZZ_FACTOR = int(os.environ.get("FUZZ_FACTOR", "20"))
+
+_COMMON = dict(
+    deadline=None,  # timing varies too much on a loaded 2-core machine to mean anything
+    print_blob=True,  # a failure prints the @reproduce_failure line
+    # the examples are slow by design (two modules, forward and backward each)
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("ci", derandomize=True, database=None, **_COMMON)
+settings.register_profile("fuzz", derandomize=False,
+                          database=DirectoryBasedExampleDatabase(str(REPO / "build" / "hypothesis")), **_COMMON)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+if PROFILE not in ("ci", "fuzz"):
+    raise ValueError(f"HYPOTHESIS_PROFILE={PROFILE!r}: expected 'ci' or 'fuzz'")
+settings.load_profile(PROFILE)
+FUZZING = PROFILE == "fuzz"
+
+
+def examples(ci: int) -> settings:
+    """Settings for a test that runs ``ci`` examples in ``make test`` (FUZZ_FACTOR times more under fuzz)."""
+    return settings(max_examples=ci * FUZZ_FACTOR if FUZZING else ci)
+
+
+# ----------------------------------------------------------------------------
+# Tolerances
+# ----------------------------------------------------------------------------
+
+
+def tolerance(dtype: torch.dtype, depth: int) -> float:
+    """Largest relative error (max-abs over max-magnitude, whole tensor) against a float64 oracle.
+
+    float64: 1e-10, the project's documented bound (fusedrnn.testing); the
+    problems here are small (K <= ~100 terms per dot product, <= ~30 steps),
+    so float64 rounding stays near 1e-14 and 1e-10 leaves four orders of slack.
+
+    float32: the documented 1e-5 (about 170 units of float32 roundoff 6e-8),
+    scaled by sqrt(depth), where depth = steps x layers is the length of the
+    longest chain of dependent roundings (forward through time and layers, the
+    backward back along it; weight gradients sum over it).  Rounding errors of
+    a contracting recurrence add up like a random walk, hence the square root;
+    measured on the ci examples, the worst float32 error stays below 2e-6 at
+    depth 1 and 3e-6 at depth 27, so the bound still fails a single wrong
+    gate, bias or step, which are errors of order 1e-2 or more.
+    """
+    if dtype == torch.float64:
+        return 1e-10
+    if dtype == torch.float32:
+        return 1e-5 * max(1.0, depth) ** 0.5
+    raise ValueError(f"no tolerance for {dtype}")
+
+
+# ----------------------------------------------------------------------------
+# Configurations
+# ----------------------------------------------------------------------------
+
+#: variant -> (class name, constructor options, torch.nn has this exact module)
+MODULE_VARIANTS: Dict[str, Tuple[str, dict, bool]] = {
+    "lstm": ("LSTM", {}, True),
+    "lstm-proj": ("LSTM", {}, True),  # proj_size drawn with the sizes
+    "gru": ("GRU", {}, True),
+    "rnn-tanh": ("RNN", {"nonlinearity": "tanh"}, True),
+    "rnn-relu": ("RNN", {"nonlinearity": "relu"}, True),
+    "lstm-peephole": ("LSTM", {"peephole": True}, False),
+    "lstm-peephole-proj": ("LSTM", {"peephole": True}, False),
+    "gru-reset-before": ("GRU", {"reset_after": False}, False),
+}
+#: the options torch.nn lacks (dropped to build the twin that decides whether a call raises)
+EXTRAS = ("peephole", "reset_after")
+LAYOUTS = ("padded", "packed", "unbatched")
+
+
+@dataclass(frozen=True)
+class ModuleConfig:
+    """One call of a stacked module: construction, sizes, input layout, dtype, and the data's seed."""
+
+    variant: str
+    num_layers: int
+    bidirectional: bool
+    batch_first: bool
+    bias: bool
+    T: int
+    B: int
+    I: int
+    H: int
+    proj_size: int
+    layout: str
+    with_state: bool
+    dtype: torch.dtype
+    seed: int
+    #: edit the outputs in place after the forward (as torch.nn allows) before the backward
+    edit_outputs: bool = False
+
+    @property
+    def cls(self) -> str:
+        return MODULE_VARIANTS[self.variant][0]
+
+    @property
+    def has_twin(self) -> bool:
+        return MODULE_VARIANTS[self.variant][2]
+
+    @property
+    def has_cell_state(self) -> bool:
+        return self.cls == "LSTM"
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def depth(self) -> int:
+        return max(1, self.T) * self.num_layers
+
+    def kwargs(self, extras: bool = True) -> dict:
+        options = dict(MODULE_VARIANTS[self.variant][1])
+        if not extras:
+            options = {k: v for k, v in options.items() if k not in EXTRAS}
+        if self.proj_size:
+            options["proj_size"] = self.proj_size
+        return dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                    bidirectional=self.bidirectional, **options)
+
+
+#: size ranges: small in ci (cheap, odd sizes and the 0/1 edges come first with hypothesis),
+#: larger under fuzz to reach the blocked paths of the CPU kernels (16-wide tiles and more)
+LIMITS = dict(T=30, B=40, I=40, H=80, layers=3) if FUZZING else dict(T=9, B=7, I=9, H=20, layers=3)
+
+
+@st.composite
+def module_configs(draw, dtypes=(torch.float32, torch.float64), variants=tuple(MODULE_VARIANTS),
+                   T=None, B=None, layouts=LAYOUTS, edit_outputs=st.just(False), limits=None):
+    """A :class:`ModuleConfig`; ``T`` and ``B`` are strategies (default: at least 1)."""
+    lim = dict(LIMITS, **(limits or {}))
+    variant = draw(st.sampled_from(variants))
+    wants_proj = variant.endswith("-proj")
+    H = draw(st.integers(2 if wants_proj else 1, lim["H"]))
+    layout = draw(st.sampled_from(layouts))
+    T_value = draw(T if T is not None else st.integers(1, lim["T"]))
+    B_value = draw(B if B is not None else st.integers(1, lim["B"]))
+    if layout == "unbatched":
+        B_value = 1  # one sequence: x is [T, I]
+    return ModuleConfig(
+        variant=variant,
+        num_layers=draw(st.integers(1, lim["layers"])),
+        bidirectional=draw(st.booleans()),
+        batch_first=draw(st.booleans()),
+        bias=draw(st.booleans()),
+        T=T_value, B=B_value, I=draw(st.integers(1, lim["I"])), H=H,
+        proj_size=draw(st.integers(1, H - 1)) if wants_proj else 0,
+        layout=layout,
+        with_state=draw(st.booleans()),
+        dtype=draw(st.sampled_from(dtypes)),
+        seed=draw(st.integers(0, 2 ** 31 - 1)),
+        edit_outputs=draw(edit_outputs),
+    )
+
+
+#: cell variant -> (class name, constructor options, torch.nn has this exact cell)
+CELL_VARIANTS: Dict[str, Tuple[str, dict, bool]] = {
+    "lstm": ("LSTMCell", {}, True),
+    "gru": ("GRUCell", {}, True),
+    "rnn-tanh": ("RNNCell", {"nonlinearity": "tanh"}, True),
+    "rnn-relu": ("RNNCell", {"nonlinearity": "relu"}, True),
+    "lstm-peephole": ("LSTMCell", {"peephole": True}, False),
+    "gru-reset-before": ("GRUCell", {"reset_after": False}, False),
+}
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """Some steps of a cell module, the state fed back from step to step."""
+
+    variant: str
+    B: int
+    I: int
+    H: int
+    bias: bool
+    batched: bool
+    with_state: bool
+    steps: int
+    dtype: torch.dtype
+    seed: int
+
+    @property
+    def cls(self) -> str:
+        return CELL_VARIANTS[self.variant][0]
+
+    @property
+    def has_twin(self) -> bool:
+        return CELL_VARIANTS[self.variant][2]
+
+    @property
+    def has_cell_state(self) -> bool:
+        return self.cls == "LSTMCell"
+
+    @property
+    def depth(self) -> int:
+        return self.steps
+
+    def kwargs(self, extras: bool = True) -> dict:
+        options = dict(CELL_VARIANTS[self.variant][1])
+        if not extras:
+            options = {k: v for k, v in options.items() if k not in EXTRAS}
+        return dict(bias=self.bias, **options)
+
+
+@st.composite
+def cell_configs(draw, dtypes=(torch.float32, torch.float64), variants=tuple(CELL_VARIANTS), empty=False,
+                 limits=None):
+    """A :class:`CellConfig`; ``empty``: at least one of B, I, H is 0 (torch.nn's cells accept all three)."""
+    lim = dict(LIMITS, **(limits or {}))
+    low = 0 if empty else 1
+    sizes = [draw(st.integers(low, lim[k])) for k in ("B", "I", "H")]
+    if empty and min(sizes) > 0:
+        sizes[draw(st.integers(0, 2))] = 0
+    batched = draw(st.booleans())
+    if not batched:
+        sizes[0] = 1  # one sample: x is [I]
+        if empty and min(sizes) > 0:
+            sizes[draw(st.integers(1, 2))] = 0
+    B, I, H = sizes
+    return CellConfig(
+        variant=draw(st.sampled_from(variants)), B=B, I=I, H=H, bias=draw(st.booleans()), batched=batched,
+        with_state=draw(st.booleans()), steps=draw(st.integers(1, 3)), dtype=draw(st.sampled_from(dtypes)),
+        seed=draw(st.integers(0, 2 ** 31 - 1)),
+    )
+
+
+# ----------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------
+
+
+class Data:
+    """Random float64 values for a configuration, drawn from its seed (uniform in +-1, weights in
+    +-1/sqrt(H) like torch.nn's initialisation), rounded to the configuration's dtype."""
+
+    def __init__(self, seed: int, dtype: torch.dtype):
+        self.g = torch.Generator().manual_seed(seed)
+        self.dtype = dtype
+
+    def rand(self, *shape, scale=1.0) -> torch.Tensor:
+        return ((torch.rand(*shape, generator=self.g, dtype=torch.float64) * 2 - 1) * scale).to(self.dtype)
+
+
+@dataclass
+class Run:
+    """What one implementation produced: outputs and gradients by name, or the exception it raised."""
+
+    values: Dict[str, torch.Tensor] = field(default_factory=dict)
+    #: exact metadata that must match (packed batch_sizes and indices)
+    exact: Dict[str, torch.Tensor] = field(default_factory=dict)
+    raised: Optional[BaseException] = None
+
+
+def _weights(module: nn.Module, data: Data, hidden: int) -> Dict[str, torch.Tensor]:
+    scale = 1.0 / max(1, hidden) ** 0.5
+    return {name: data.rand(*p.shape, scale=scale) for name, p in module.named_parameters()}
+
+
+def _upstream_loss(outputs: Dict[str, torch.Tensor], data: Data):
+    """A fixed random upstream gradient for every output, as one scalar to differentiate."""
+    loss = 0
+    for name in sorted(outputs):
+        out = outputs[name]
+        loss = loss + (out * data.rand(*out.shape).to(out.dtype)).sum()
+    return loss
+
+
+def _gradients(loss, leaves: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    names = list(leaves)
+    if not torch.is_tensor(loss) or not loss.requires_grad:
+        raise AssertionError("no output requires grad: the outputs are cut off from the inputs and parameters")
+    grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
+    # unused is a zero gradient (e.g. an empty batch): compared as zeros, shapes still checked
+    return {f"grad_{n}": (torch.zeros_like(leaves[n]) if g is None else g) for n, g in zip(names, grads)}
+
+
+# ----------------------------------------------------------------------------
+# Running a stacked module
+# ----------------------------------------------------------------------------
+
+
+def build_module(cfg: ModuleConfig, library: str, dtype: torch.dtype, backend: Optional[str] = None,
+                 extras: bool = True) -> nn.Module:
+    """``library`` 'torch.nn' or 'fusedrnn'; the torch.nn twin has no extras by construction."""
+    if library == "torch.nn":
+        return getattr(nn, cfg.cls)(cfg.I, cfg.H, dtype=dtype, **cfg.kwargs(extras=False))
+    return getattr(fusedrnn, cfg.cls)(cfg.I, cfg.H, dtype=dtype, backend=backend, **cfg.kwargs(extras))
+
+
+def module_data(cfg: ModuleConfig, state_dict_of: nn.Module) -> Dict[str, torch.Tensor]:
+    """Weights (named as ``state_dict_of``'s parameters), x, states and lengths, in cfg.dtype."""
+    data = Data(cfg.seed, cfg.dtype)
+    tensors = {"weights": _weights(state_dict_of, data, cfg.H)}
+    hout = cfg.proj_size or cfg.H
+    states = cfg.num_layers * cfg.directions
+    if cfg.layout == "unbatched":
+        tensors["x"] = data.rand(cfg.T, cfg.I)
+        lead = (states,)
+    else:
+        tensors["x"] = data.rand(cfg.B, cfg.T, cfg.I) if cfg.batch_first else data.rand(cfg.T, cfg.B, cfg.I)
+        lead = (states, cfg.B)
+    if cfg.with_state:
+        tensors["h0"] = data.rand(*lead, hout)
+        if cfg.has_cell_state:
+            tensors["c0"] = data.rand(*lead, cfg.H)
+    if cfg.layout == "packed":
+        # unsorted lengths in [1, T], one of them T (so the padded length is T)
+        lengths = torch.randint(1, cfg.T + 1, (cfg.B,), generator=data.g)
+        lengths[int(torch.randint(0, cfg.B, (1,), generator=data.g))] = cfg.T
+        tensors["lengths"] = lengths
+    return tensors
+
+
+def run_module(cfg: ModuleConfig, module: nn.Module, tensors: Dict[str, torch.Tensor], dtype: torch.dtype,
+               forward_only: bool = False, in_place: bool = False) -> Run:
+    """Load the weights, run forward (and backward under a fixed upstream gradient) in ``dtype``."""
+    run = Run()
+    try:
+        module.load_state_dict({k: v.to(dtype) for k, v in tensors["weights"].items()}, strict=True)
+        leaves = {k: tensors[k].to(dtype).requires_grad_() for k in ("x", "h0", "c0") if k in tensors}
+        x = leaves["x"]
+        if cfg.layout == "packed":
+            x = pack_padded_sequence(x, tensors["lengths"], batch_first=cfg.batch_first, enforce_sorted=False)
+        hx = None
+        if "h0" in leaves:
+            hx = (leaves["h0"], leaves["c0"]) if cfg.has_cell_state else leaves["h0"]
+        out, state = module(x, hx)
+        if forward_only:
+            return run
+        h_n, c_n = state if cfg.has_cell_state else (state, None)
+        if isinstance(out, PackedSequence):
+            run.exact = {"batch_sizes": out.batch_sizes, "sorted_indices": out.sorted_indices,
+                         "unsorted_indices": out.unsorted_indices}
+            out = out.data
+        outputs = {"out": out, "h_n": h_n}
+        if c_n is not None:
+            outputs["c_n"] = c_n
+        if cfg.edit_outputs:
+            # what models do to an RNN's outputs (out.relu_(), masked_fill_): fusedrnn is edited in
+            # place, the oracle out of place, so the values and gradients must still agree (an op
+            # whose backward reads the tensor it returned would now read changed values)
+            outputs = {k: (t.mul_(2.0) if in_place else t * 2.0) for k, t in outputs.items()}
+        run.values = {k: v.detach() for k, v in outputs.items()}
+        leaves.update(dict(module.named_parameters()))
+        run.values.update(_gradients(_upstream_loss(outputs, Data(cfg.seed ^ 0x5EED, cfg.dtype)), leaves))
+    except Exception as exc:  # noqa: BLE001 -- the exception is the result being compared
+        run.raised = exc
+    return run
+
+
+def module_oracles(cfg: ModuleConfig, tensors) -> Tuple[Run, Run]:
+    """(the run that decides whether the call raises, the float64 run that gives the values)."""
+    twin = build_module(cfg, "torch.nn", torch.float64)
+    behaviour = run_module(cfg, twin, _without_extras(cfg, tensors, twin), torch.float64,
+                           forward_only=not cfg.has_twin)
+    if cfg.has_twin:
+        return behaviour, behaviour
+    values = run_module(cfg, build_module(cfg, "fusedrnn", torch.float64, backend="reference"), tensors,
+                        torch.float64)
+    return behaviour, values
+
+
+def _without_extras(cfg, tensors, twin: nn.Module):
+    """The tensors with only the parameters the torch.nn twin has (peepholes dropped)."""
+    names = dict(twin.named_parameters())
+    return dict(tensors, weights={k: v for k, v in tensors["weights"].items() if k in names})
+
+
+def check_module(cfg: ModuleConfig, backend: str) -> None:
+    """fusedrnn (``backend``, cfg.dtype) against the oracles: same exception type, or the same values."""
+    fused = build_module(cfg, "fusedrnn", cfg.dtype, backend=backend)
+    # the weights are named after torch.nn's parameters where torch.nn has the module, so that
+    # fusedrnn's load_state_dict is checked to accept exactly torch.nn's state_dict
+    tensors = module_data(cfg, build_module(cfg, "torch.nn", cfg.dtype) if cfg.has_twin else fused)
+    behaviour, expected = module_oracles(cfg, tensors)
+    actual = run_module(cfg, fused, tensors, cfg.dtype, in_place=True)
+    compare(cfg, behaviour, expected, actual)
+
+
+# ----------------------------------------------------------------------------
+# Running a cell module
+# ----------------------------------------------------------------------------
+
+
+def build_cell(cfg: CellConfig, library: str, dtype: torch.dtype, backend: Optional[str] = None,
+               extras: bool = True) -> nn.Module:
+    if library == "torch.nn":
+        return getattr(nn, cfg.cls)(cfg.I, cfg.H, dtype=dtype, **cfg.kwargs(extras=False))
+    return getattr(fusedrnn, cfg.cls)(cfg.I, cfg.H, dtype=dtype, backend=backend, **cfg.kwargs(extras))
+
+
+def cell_data(cfg: CellConfig, state_dict_of: nn.Module) -> Dict[str, torch.Tensor]:
+    data = Data(cfg.seed, cfg.dtype)
+    lead = (cfg.B,) if cfg.batched else ()
+    tensors = {"weights": _weights(state_dict_of, data, cfg.H),
+               "xs": [data.rand(*lead, cfg.I) for _ in range(cfg.steps)]}
+    if cfg.with_state:
+        tensors["h0"] = data.rand(*lead, cfg.H)
+        if cfg.has_cell_state:
+            tensors["c0"] = data.rand(*lead, cfg.H)
+    return tensors
+
+
+def run_cell(cfg: CellConfig, cell: nn.Module, tensors, dtype: torch.dtype, forward_only: bool = False) -> Run:
+    """``steps`` calls, each step's state fed to the next; every step's outputs and all gradients."""
+    run = Run()
+    try:
+        cell.load_state_dict({k: v.to(dtype) for k, v in tensors["weights"].items()}, strict=True)
+        leaves = {f"x{i}": x.to(dtype).requires_grad_() for i, x in enumerate(tensors["xs"])}
+        for k in ("h0", "c0"):
+            if k in tensors:
+                leaves[k] = tensors[k].to(dtype).requires_grad_()
+        state = None
+        if "h0" in leaves:
+            state = (leaves["h0"], leaves["c0"]) if cfg.has_cell_state else leaves["h0"]
+        outputs = {}
+        for i in range(cfg.steps):
+            state = cell(leaves[f"x{i}"], state)
+            for name, t in zip(("h", "c"), state if cfg.has_cell_state else (state,)):
+                outputs[f"{name}{i + 1}"] = t
+        if forward_only:
+            return run
+        run.values = {k: v.detach() for k, v in outputs.items()}
+        leaves.update(dict(cell.named_parameters()))
+        run.values.update(_gradients(_upstream_loss(outputs, Data(cfg.seed ^ 0x5EED, cfg.dtype)), leaves))
+    except Exception as exc:  # noqa: BLE001 -- the exception is the result being compared
+        run.raised = exc
+    return run
+
+
+def check_cell(cfg: CellConfig, backend: str) -> None:
+    fused = build_cell(cfg, "fusedrnn", cfg.dtype, backend=backend)
+    twin = build_cell(cfg, "torch.nn", torch.float64)
+    tensors = cell_data(cfg, twin if cfg.has_twin else fused)
+    twin_tensors = dict(tensors, weights={k: v for k, v in tensors["weights"].items()
+                                          if k in dict(twin.named_parameters())})
+    behaviour = run_cell(cfg, twin, twin_tensors, torch.float64, forward_only=not cfg.has_twin)
+    expected = behaviour
+    if not cfg.has_twin:
+        expected = run_cell(cfg, build_cell(cfg, "fusedrnn", torch.float64, backend="reference"), tensors,
+                            torch.float64)
+    actual = run_cell(cfg, fused, tensors, cfg.dtype)
+    compare(cfg, behaviour, expected, actual)
+
+
+# ----------------------------------------------------------------------------
+# Comparison
+# ----------------------------------------------------------------------------
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def compare(cfg, behaviour: Run, expected: Run, actual: Run) -> None:
+    """Raise AssertionError naming the configuration and every mismatch."""
+    if behaviour.raised is not None:
+        # torch.nn raises: fusedrnn must raise an exception the same ``except`` clause catches
+        assert actual.raised is not None, (
+            f"torch.nn raised {_describe(behaviour.raised)} but fusedrnn returned a result\n{cfg}")
+        assert isinstance(actual.raised, type(behaviour.raised)), (
+            f"torch.nn raised {_describe(behaviour.raised)}; fusedrnn raised {_describe(actual.raised)}\n{cfg}")
+        return
+    if expected.raised is not None:  # the reference oracle of an extra failed where torch.nn's twin ran
+        raise AssertionError(f"the float64 reference raised {_describe(expected.raised)}\n{cfg}")
+    if actual.raised is not None:
+        raise AssertionError(f"torch.nn ran, fusedrnn raised {_describe(actual.raised)}\n{cfg}") from actual.raised
+    problems = []
+    if set(actual.values) != set(expected.values):
+        problems.append(f"different results: {sorted(actual.values)} vs {sorted(expected.values)}")
+    for name, want in expected.exact.items():
+        got = actual.exact.get(name)
+        if got is None or not torch.equal(got, want):
+            problems.append(f"{name}: {got} != {want}")
+    bound = tolerance(cfg.dtype, cfg.depth)
+    for name in sorted(set(actual.values) & set(expected.values)):
+        got, want = actual.values[name], expected.values[name]
+        if got.dtype != cfg.dtype:
+            problems.append(f"{name}: dtype {got.dtype}, expected {cfg.dtype}")
+        if tuple(got.shape) != tuple(want.shape):
+            problems.append(f"{name}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+            continue
+        max_abs, rel = error(got, want)
+        if not rel <= bound:
+            problems.append(f"{name}: rel error {rel:.3g} > {bound:.3g} (max abs {max_abs:.3g})")
+    assert not problems, "\n".join([str(cfg)] + problems)
+
+
+# ----------------------------------------------------------------------------
+# Backend settings
+# ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def backend_setting(backend: str, attribute: str, value):
+    """Set an attribute of a registered backend instance (a cpu strategy, a Triton forward strategy); restore it."""
+    instance = fusedrnn.backends.get(backend)
+    before = getattr(instance, attribute)
+    setattr(instance, attribute, value)
+    try:
+        yield
+    finally:
+        setattr(instance, attribute, before)
