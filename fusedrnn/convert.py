@@ -115,12 +115,19 @@ def _collision(m: nn.Module, twin: nn.Module, new_cls: type) -> Optional[str]:
     clash = sorted(fused_names & user_names)
     if clash:
         return f"its class defines {clash}, which fusedrnn's {type(twin).__name__} defines too"
+    # a submodule, parameter or buffer is found by nn.Module.__getattr__, which runs only when
+    # neither the class nor the instance's __dict__ (fusedrnn's own settings: backend, ...) has the name
+    fused_attributes = fused_names | (set(twin.__dict__) - set(m.__dict__))
+    registered = sorted(fused_attributes & {*m._modules, *m._parameters, *m._buffers})
+    if registered:
+        return f"its submodules/parameters/buffers {registered} would be hidden by fusedrnn's {type(twin).__name__}"
     for key, value in m.__dict__.items():
         if key in _MODULE_STATE or key in _NOT_CARRIED:
             continue
         if key in twin.__dict__ and not _same(value, twin.__dict__[key]):
             return f"its attribute {key!r} = {value!r} would be fusedrnn's {twin.__dict__[key]!r}"
-        if key not in twin.__dict__ and hasattr(type(inspect.getattr_static(new_cls, key, None)), "__set__"):
+        # a data descriptor of fusedrnn's (a property: cell) wins over the instance's own value
+        if key in fused_names and hasattr(type(inspect.getattr_static(new_cls, key, None)), "__set__"):
             return f"its attribute {key!r} would be hidden by fusedrnn's {type(twin).__name__}.{key}"
     return None
 

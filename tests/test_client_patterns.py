@@ -451,6 +451,43 @@ def test_converted_subclass_state_dict_round_trips_both_ways(forecasting_pair, c
                 close(a, e)
 
 
+class ZoneoutLSTMCell(nn.LSTMCell):
+    """A cell subclass (zoneout, as speech toolkits apply it): its forward wraps ``super().forward``,
+    and draws random masks in training."""
+
+    def __init__(self, *args, zoneout=0.25, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.zoneout = zoneout
+
+    def forward(self, input, hx):
+        h, c = super().forward(input, hx)
+        if not self.training:
+            return h, c
+        keep_h = torch.rand_like(h) < self.zoneout
+        keep_c = torch.rand_like(c) < self.zoneout
+        return torch.where(keep_h, hx[0], h), torch.where(keep_c, hx[1], c)
+
+
+def test_cell_subclass_is_converted_and_steps_like_torch(close):
+    cell = ZoneoutLSTMCell(I, H, zoneout=0.5).double()
+    fused = converted_copy(cell)
+    assert isinstance(fused, ZoneoutLSTMCell) and isinstance(fused, fusedrnn.LSTMCell) and fused.zoneout == 0.5
+    x = torch.randn(T, B, I, dtype=F64, requires_grad=True)
+    results = []
+    for module in (cell, fused):
+        torch.manual_seed(2)  # the same zoneout masks: neither cell draws random numbers itself
+        state = (torch.zeros(B, H, dtype=F64), torch.zeros(B, H, dtype=F64))
+        outputs = []
+        for t in range(T):
+            state = module(x[t], state)
+            outputs.append(state[0])
+        outputs = [torch.stack(outputs), state[1]]
+        results.append((outputs, loss_and_grads(module, outputs, [x])))
+    (expected, expected_grads), (actual, actual_grads) = results
+    for a, e in zip(actual + list(actual_grads), expected + list(expected_grads)):
+        close(a, e)
+
+
 # ----------------------------------------------------------------------------
 # torch.nn's semi-public helpers: the same results and errors as torch's on equivalent modules
 # ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -195,14 +196,24 @@ class BackendLSTM(nn.LSTM):
         self.backend = backend
 
 
+class CellLSTM(nn.LSTM):
+    """A subclass with a submodule that fusedrnn's ``cell`` property would hide."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cell = nn.LSTMCell(H, H)
+
+
 def test_subclasses_whose_names_clash_with_fusedrnn_are_left_alone():
-    model = nn.Sequential(ClashingLSTM(I, H), BackendLSTM(I, H))
+    model = nn.Sequential(ClashingLSTM(I, H), BackendLSTM(I, H), CellLSTM(I, H))
     with pytest.warns(UserWarning) as record:
         fusedrnn.convert(model)
     message = " ".join(str(w.message) for w in record if "fusedrnn.convert" in str(w.message))
     assert "0 (" in message and "['_run_layers']" in message
     assert "1 (" in message and "'backend' = 'cudnn'" in message
-    assert type(model[0]) is ClashingLSTM and type(model[1]) is BackendLSTM
+    assert "2 (" in message and "['cell'] would be hidden by fusedrnn's LSTM" in message
+    assert type(model[0]) is ClashingLSTM and type(model[1]) is BackendLSTM and type(model[2]) is CellLSTM
+    assert type(model[2].cell) is fusedrnn.LSTMCell  # what it holds is converted all the same
 
 
 def test_parametrized_module_is_left_alone():
@@ -251,3 +262,44 @@ def test_unknown_backend_raises_before_changing_anything():
     with pytest.raises(ValueError, match="unknown fusedrnn backend"):
         fusedrnn.convert(model, backend="nope")
     assert type(model[0]) is nn.LSTM
+
+
+class LearntInitialStateGRU(nn.GRU):
+    """A subclass with an extra parameter (a learnt initial state), a buffer, a submodule (in eval
+    mode while the model trains) and a method bound on the instance."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.h0 = nn.Parameter(torch.randn(self.num_layers, 1, self.hidden_size))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.post = nn.Linear(self.hidden_size, self.hidden_size)
+        self.post.eval()
+        self.describe = self._describe
+
+    def _describe(self):
+        return self
+
+    def forward(self, x):
+        self.calls += 1
+        out, h = super().forward(x, self.h0.expand(-1, x.size(1), -1).contiguous())
+        return self.post(out), h
+
+
+def test_a_subclass_keeps_its_parameters_buffers_submodules_and_attributes(close):
+    original = LearntInitialStateGRU(I, H, num_layers=2).double()
+    keep = copy.deepcopy(original)
+    params = dict(original.named_parameters())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    converted = fusedrnn.convert(original)
+    assert isinstance(converted, fusedrnn.GRU) and isinstance(converted, LearntInitialStateGRU)
+    assert list(converted.state_dict()) == list(keep.state_dict())  # h0 where it was, calls after
+    assert all(p is params[n] for n, p in converted.named_parameters())  # the very same objects
+    assert converted.training and not converted.post.training
+    assert converted.describe() is converted  # rebound to the new module
+    expected, actual = keep(x), converted(x)
+    assert int(converted.calls) == 1
+    for a, e in zip(actual, expected):
+        close(a, e)
+    (actual[0].sum() + actual[1].sum()).backward()
+    (expected[0].sum() + expected[1].sum()).backward()
+    close(converted.h0.grad, keep.h0.grad)
