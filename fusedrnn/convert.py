@@ -13,8 +13,10 @@ attributes) becomes an instance of a class deriving from both the user's
 class and fusedrnn's (:mod:`fusedrnn._converted_classes`): the user's methods
 run, their ``super().forward`` runs fusedrnn's, and the instance keeps its
 own attributes.  Left alone, and named in one warning, are modules that
-cannot be a drop-in: parametrized ones (``torch.nn.utils.parametrize``) and
-ones whose parameters are not torch's layout (e.g. the old ``weight_norm``).
+cannot be a drop-in: parametrized ones (``torch.nn.utils.parametrize``), ones
+whose parameters are not torch's layout (e.g. the old ``weight_norm``), and
+subclasses whose own names (methods, attributes, submodules) clash with
+fusedrnn's internals, which would change what fusedrnn's forward runs.
 fusedrnn's own modules (instances of ``nn.LSTM`` and co. too) are kept as they are.
 """
 
