@@ -422,7 +422,7 @@ class FusedRNNBase(nn.RNNBase):
             self._check_states(states, x, batch, cast_to)
             if sorted_indices is not None:
                 # each batch entry's state goes with its sequence, in the packed (sorted) order
-                states = tuple(s.index_select(1, sorted_indices) for s in states)
+                states = self._permute_states(states, sorted_indices)
         x = cast(x, cast_to)
         if states is not None:
             states = tuple(cast(s, cast_to) for s in states)
@@ -431,8 +431,8 @@ class FusedRNNBase(nn.RNNBase):
             output, h_n, c_n = self._run_layers(cell, x, states, batch_sizes, cast_to)
 
         if unsorted_indices is not None:
-            h_n = h_n.index_select(1, unsorted_indices)
-            c_n = None if c_n is None else c_n.index_select(1, unsorted_indices)
+            h_n, *rest = self._permute_states((h_n,) if c_n is None else (h_n, c_n), unsorted_indices)
+            c_n = rest[0] if rest else None
         if is_packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
         elif not is_batched:
@@ -441,6 +441,12 @@ class FusedRNNBase(nn.RNNBase):
         elif self.batch_first:
             output = output.transpose(0, 1)
         return output, ((h_n, c_n) if cell.has_cell_state else h_n)
+
+    def _permute_states(self, states: Tuple[Tensor, ...], permutation: Tensor) -> Tuple[Tensor, ...]:
+        """The states' batch entries reordered through ``self.permute_hidden``, as torch.nn's forward
+        does it, so that a subclass overriding ``permute_hidden`` is honoured."""
+        permuted = self.permute_hidden(states if self.cell.has_cell_state else states[0], permutation)
+        return tuple(permuted) if self.cell.has_cell_state else (permuted,)
 
     def _run_layers(self, cell: CellSpec, x: Tensor, states, batch_sizes, cast_to):
         """The stack: one op call per layer-direction, dropout between layers (training only)."""

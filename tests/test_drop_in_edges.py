@@ -260,3 +260,31 @@ def test_cell_wrong_shaped_weight_is_named(name):
     cell.weight_hh = nn.Parameter(torch.randn(cell.weight_hh.shape[0], 2))
     with pytest.raises(RuntimeError, match=r"weight_hh has shape"):
         cell(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_subclass_permute_hidden_is_called_as_torch_calls_it(name):
+    """torch.nn's forward reorders packed states through ``self.permute_hidden``; a subclass that
+    overrides it (to log, or to keep its own state layout) sees the same calls on fusedrnn."""
+
+    def counting(base):
+        class Counting(base):
+            def permute_hidden(self, hx, permutation):
+                self.calls = getattr(self, "calls", 0) + (permutation is not None)
+                return super().permute_hidden(hx, permutation)
+
+        return Counting
+
+    torch_module = counting(getattr(nn, name))(3, 4).double()
+    ours = counting(getattr(fusedrnn, name))(3, 4).double()
+    ours.load_state_dict(torch_module.state_dict())
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    h = torch.randn(1, 3, 4, dtype=torch.float64)
+    hx = (h, torch.randn_like(h)) if name == "LSTM" else h
+    packed = pack_padded_sequence(x, torch.tensor([2, 5, 3]), enforce_sorted=False)
+    out_t, state_t = torch_module(packed, hx)
+    out_f, state_f = ours(packed, hx)
+    assert ours.calls == torch_module.calls == 2
+    assert_close(out_f.data, out_t.data)
+    for a, b in zip(state_f if name == "LSTM" else (state_f,), state_t if name == "LSTM" else (state_t,)):
+        assert_close(a, b)
