@@ -1,6 +1,7 @@
 # fusedrnn: set-up, build, tests and benchmarks.
 #
 #   make test       the whole test suite (installs and builds first)
+#   make fuzz       the differential fuzzing campaign at length (hypothesis profile "fuzz")
 #   make bench      correctness check of each available backend, then timings against torch.nn
 #   make gpu-check  the GPU validation script (benchmarks/gpu_check.sh)
 #   make build      install the build dependencies and build the C++ extension fusedrnn._C
@@ -49,12 +50,12 @@ REBUILD := $(if $(wildcard fusedrnn/_C*.so fusedrnn/_C*.pyd),,FORCE)
 # the environment's scripts (ninja, pytest) first on PATH, as if it were activated
 RUN := PATH="$(dir $(PY)):$$PATH"
 
-.PHONY: help deps build test bench gpu-check clean distclean FORCE
+.PHONY: help deps build test fuzz bench gpu-check clean distclean FORCE
 # the pip steps write to one environment: never run them side by side under make -j
 .NOTPARALLEL:
 
 help:
-	@sed -n '3,7s/^# \{0,1\}//p' Makefile
+	@sed -n '3,8s/^# \{0,1\}//p' Makefile
 	@echo "Python: $(PY)"
 
 $(VENV)/.torch-installed:
@@ -110,6 +111,21 @@ test: build $(STAMPS)/deps-test
 		--junitxml=$(REPORTS)/triton.xml; \
 	rc=$$?; if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then status=1; fi; \
 	$(PY) -c "$$JUNIT_SUMMARY" $(REPORTS)/*.xml || status=1; \
+	exit $$status
+
+# The fuzz tests of `make test` under the hypothesis profile "fuzz" (tests/fuzz_cases.py):
+# fresh random examples, FUZZ_FACTOR (default 20) times as many, larger sizes; failing
+# examples are kept in build/hypothesis and replayed first.  FUZZ_ARGS go to pytest,
+# e.g. FUZZ_ARGS=--hypothesis-seed=1 to repeat a run.
+FUZZ_ARGS ?=
+fuzz: build $(STAMPS)/deps-test
+	@status=0; \
+	echo "== fuzz (not triton)"; \
+	$(RUN) FUSEDRNN_REQUIRE_EXTENSION=1 HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_fuzz_differential.py \
+		$(PYTEST_FLAGS) $(FUZZ_ARGS) || status=1; \
+	echo "== triton fuzz (TRITON_INTERPRET=1)"; \
+	$(RUN) FUSEDRNN_REQUIRE_EXTENSION=1 HYPOTHESIS_PROFILE=fuzz TRITON_INTERPRET=1 $(PY) -m pytest \
+		tests/triton/test_triton_fuzz.py -m triton $(PYTEST_FLAGS) $(FUZZ_ARGS) || status=1; \
 	exit $$status
 
 bench: build $(STAMPS)/deps-bench
