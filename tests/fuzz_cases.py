@@ -16,9 +16,14 @@ backend's own rounding, not the oracle's:
   raise is still torch.nn's decision: the twin without the extra (plain LSTM,
   GRU) is run too, and an exception there must be matched.
 
-Error measure: :func:`fusedrnn.testing.error`, ``max |actual - expected| /
-max |expected|`` over the whole tensor (NaN or inf anywhere: inf).  Bounds in
-:func:`tolerance`.
+Error measure, per tensor: ``max |actual - expected| / max(1, max |expected|)``
+(NaN or inf anywhere in ``actual``: inf; :func:`fusedrnn.testing.error` gives
+the max-abs part).  That is the relative error over the whole tensor, except
+that a tensor smaller than 1 is measured in absolute terms: the inputs and
+states are uniform in +-1, so rounding errors have the size of the terms
+summed, and a result that cancels to near zero carries them all (seen: one
+hidden unit summing 40 products of size ~0.5 to 1e-3, off by 2 float32 ulps of
+the terms, 4e-5 relative to itself).  The bounds are in :func:`tolerance`.
 
 Profiles (``HYPOTHESIS_PROFILE``): ``ci`` (default; what ``make test`` runs:
 derandomized, a small example count, no example database) and ``fuzz``
@@ -80,7 +85,7 @@ def examples(ci: int) -> settings:
 
 
 def tolerance(dtype: torch.dtype, depth: int) -> float:
-    """Largest relative error (max-abs over max-magnitude, whole tensor) against a float64 oracle.
+    """Largest error (module docstring: relative, absolute below magnitude 1) against a float64 oracle.
 
     float64: 1e-10, the project's documented bound (fusedrnn.testing); the
     problems here are small (K <= ~100 terms per dot product, <= ~30 steps),
@@ -90,10 +95,11 @@ def tolerance(dtype: torch.dtype, depth: int) -> float:
     scaled by sqrt(depth), where depth = steps x layers is the length of the
     longest chain of dependent roundings (forward through time and layers, the
     backward back along it; weight gradients sum over it).  Rounding errors of
-    a contracting recurrence add up like a random walk, hence the square root;
-    measured on the ci examples, the worst float32 error stays below 2e-6 at
-    depth 1 and 3e-6 at depth 27, so the bound still fails a single wrong
-    gate, bias or step, which are errors of order 1e-2 or more.
+    a contracting recurrence add up like a random walk, hence the square root.
+    Measured over 300 examples of the fuzz profile's sizes per backend and cpu
+    strategy, the worst float32 error is 5e-7 x sqrt(depth): the bound leaves
+    20x for unlucky examples and still fails a wrong gate, bias or step
+    (errors of 1e-4 and up: see test_the_harness_catches_a_wrong_gate).
     """
     if dtype == torch.float64:
         return 1e-10
@@ -534,9 +540,11 @@ def compare(cfg, behaviour: Run, expected: Run, actual: Run) -> None:
         if tuple(got.shape) != tuple(want.shape):
             problems.append(f"{name}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
             continue
-        max_abs, rel = error(got, want)
-        if not rel <= bound:
-            problems.append(f"{name}: rel error {rel:.3g} > {bound:.3g} (max abs {max_abs:.3g})")
+        max_abs, _ = error(got, want)  # inf for NaN or inf anywhere in ``got``
+        scaled = max_abs / max(1.0, float(want.abs().max()) if want.numel() else 0.0)
+        if not scaled <= bound:
+            problems.append(f"{name}: error {scaled:.3g} > {bound:.3g} (max abs {max_abs:.3g}, "
+                            f"max |expected| {float(want.abs().max()):.3g})")
     assert not problems, "\n".join([str(cfg)] + problems)
 
 
