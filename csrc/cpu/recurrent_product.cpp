@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "parallel.h"
+
 namespace fusedrnn {
 namespace cpu {
 
@@ -147,6 +149,48 @@ Isa chosen_isa() {
   return detected;
 }
 
+// One panel [K][L]: out[k*L + l] = first[l*rs + k*ks] for the `live` rows l
+// (zero beyond).  k outer, the L lanes inner and unrolled: the stores are
+// whole vectors, the loads contiguous when rs == 1 (W^T of a row-major W) and
+// gathered otherwise (3x faster than l outer, measured at 512 x 128).
+template <int L>
+FUSEDRNN_ALWAYS_INLINE void pack_panel_impl(const float* __restrict__ first, int64_t rs, int64_t ks, int64_t K,
+                                            int64_t live, float* __restrict__ out) {
+  if (live == L) {
+    for (int64_t k = 0; k < K; ++k)
+#pragma GCC unroll 16
+      for (int l = 0; l < L; ++l) out[k * L + l] = first[l * rs + k * ks];
+  } else {
+    for (int64_t k = 0; k < K; ++k)
+      for (int l = 0; l < L; ++l) out[k * L + l] = l < live ? first[l * rs + k * ks] : 0.0f;
+  }
+}
+
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void pack_panel_avx512(const float* first, int64_t rs,
+                                                                              int64_t ks, int64_t K, int64_t live,
+                                                                              float* out) {
+  pack_panel_impl<16>(first, rs, ks, K, live, out);
+}
+
+__attribute__((target("avx2,fma"))) void pack_panel_avx2(const float* first, int64_t rs, int64_t ks, int64_t K,
+                                                         int64_t live, float* out) {
+  pack_panel_impl<8>(first, rs, ks, K, live, out);
+}
+
+void pack_panel(const float* first, int64_t rs, int64_t ks, int64_t K, int64_t live, int64_t lanes, float* out) {
+  const Isa isa = best_isa();
+  if (lanes == 16 && isa == Isa::avx512) {
+    pack_panel_avx512(first, rs, ks, K, live, out);
+  } else if (lanes == 8 && isa != Isa::sse2) {
+    pack_panel_avx2(first, rs, ks, K, live, out);
+  } else if (lanes == 4) {
+    pack_panel_impl<4>(first, rs, ks, K, live, out);
+  } else {
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t l = 0; l < lanes; ++l) out[k * lanes + l] = l < live ? first[l * rs + k * ks] : 0.0f;
+  }
+}
+
 }  // namespace
 
 Isa best_isa() {
@@ -170,14 +214,30 @@ int panel_lanes(Isa isa) {
   }
 }
 
-at::Tensor pack_panels(const at::Tensor& w, int64_t blocks_c, int64_t lanes) {
-  const int64_t U = w.size(0) / blocks_c;
-  const int64_t K = w.size(1);
-  const int64_t nblk = (U + lanes - 1) / lanes;
-  // [C, U, K] -> pad U to nblk*L -> [C, nblk, L, K] -> [nblk, C, K, L]
-  at::Tensor padded = w.reshape({blocks_c, U, K});
-  if (nblk * lanes != U) padded = at::constant_pad_nd(padded, {0, 0, 0, nblk * lanes - U});
-  return padded.reshape({blocks_c, nblk, lanes, K}).permute({1, 0, 3, 2}).contiguous();
+at::Tensor pack_panels(const at::Tensor& w, int64_t blocks_c, int64_t lanes, bool transposed) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat, "fusedrnn_C: pack_panels takes a 2-D float32 weight");
+  // the matrix packed, M [C*U, K]: element (row, k) at src[row*rs + k*ks], whatever w's strides
+  const int64_t rows = w.size(transposed ? 1 : 0), K = w.size(transposed ? 0 : 1);
+  const int64_t rs = w.stride(transposed ? 1 : 0), ks = w.stride(transposed ? 0 : 1);
+  const int64_t U = rows / blocks_c, L = lanes;
+  const int64_t nblk = (U + L - 1) / L;
+  at::Tensor panels = at::empty({nblk, blocks_c, K, L}, w.options());
+  const float* src = w.data_ptr<float>();
+  float* dst = panels.data_ptr<float>();
+  // A pass of our own rather than ATen's permuted copy, which splits so small
+  // a job over the intra-op threads (measured on a busy 2-core machine: 11 ms
+  // for a 1 MiB weight with 2 threads, 0.3 ms with 1; this pass: 0.015 ms for
+  // 256 KiB).  Large weights are split over our threads by unit block.
+  const int nthreads = panels.numel() >= (int64_t(1) << 20) ? max_threads() : 1;
+  run_parallel(nthreads, [&](int tid, int nt, Barrier&) {
+    int64_t b0, b1;
+    split_range(nblk, tid, nt, b0, b1);
+    for (int64_t blk = b0; blk < b1; ++blk)
+      for (int64_t c = 0; c < blocks_c; ++c)
+        pack_panel(src + (c * U + blk * L) * rs, rs, ks, K, std::min(L, U - blk * L), L,
+                   dst + (blk * blocks_c + c) * K * L);
+  });
+  return panels;
 }
 
 void product_tile(Isa isa, const ProductTerm* terms, int nterms, int64_t n, int64_t C, float* tile) {

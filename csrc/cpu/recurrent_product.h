@@ -38,8 +38,18 @@ const char* isa_name(Isa isa);
 // Units per panel (float32 lanes of one vector).
 int panel_lanes(Isa isa);
 
-// Pack W [C*U, K] (float32, contiguous) into panels of `lanes` units.
-at::Tensor pack_panels(const at::Tensor& w, int64_t blocks_c, int64_t lanes);
+// Pack M [C*U, K] = w, or w^T if `transposed`, into panels of `lanes` units
+// (w: 2-D float32, any strides, e.g. a narrowed block of gate rows).
+//
+// Packed in every call that uses them, never kept across calls: a cache keyed
+// by the tensor's version counter (as before) misses writes that do not bump
+// it (through .data or .numpy(), into a flat buffer that .data views, through
+// another tensor on the same storage, from another process sharing the
+// memory), and would then compute with stale weights.  Packing is one pass
+// over the weight, against a pass per time step in the kernels; measured
+// (benchmarks/RESULTS.md, "Packed weights"): up to 9% of the smallest calls
+// (0.3 ms), within the noise at T = 100.
+at::Tensor pack_panels(const at::Tensor& w, int64_t blocks_c, int64_t lanes, bool transposed);
 
 // One term of a product: rows of a left operand (row r at lhs + r*ld, K
 // columns) times K rows of C panels ([C][K][L] from `panels`).

@@ -47,7 +47,6 @@
 #include <sstream>
 
 #include "dense_product.h"
-#include "panel_cache.h"
 #include "parallel.h"
 #include "pointwise.h"
 #include "recurrent_product.h"
@@ -480,14 +479,14 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
   // second barrier)
   const bool reset_before = cell.family == Family::gru && !cell.reset_after;
   const int64_t G1 = reset_before ? 2 : G;  // gates of the first product
-  const at::Tensor panels = cached_panels(reset_before ? w.w_hh.narrow(0, 0, 2 * H) : w.w_hh, G1, L, false);
-  const at::Tensor n_panels = reset_before ? cached_panels(w.w_hh.narrow(0, 2 * H, H), 1, L, false) : at::Tensor();
+  const at::Tensor panels = pack_panels(reset_before ? w.w_hh.narrow(0, 0, 2 * H) : w.w_hh, G1, L, false);
+  const at::Tensor n_panels = reset_before ? pack_panels(w.w_hh.narrow(0, 2 * H, H), 1, L, false) : at::Tensor();
   const float* npan = ptr<float>(n_panels);
   // LSTMP: h = m W_hr^T, a second product per step over the P output units,
   // after all of m is written (a second barrier); m lives in a [B, H] scratch
   const bool project = w.w_proj.defined();
   const int64_t nblk_p = (S + L - 1) / L;
-  const at::Tensor proj_panels = project ? cached_panels(w.w_proj, 1, L, false) : at::Tensor();
+  const at::Tensor proj_panels = project ? pack_panels(w.w_proj, 1, L, false) : at::Tensor();
   const float* ppan = ptr<float>(proj_panels);
   const at::Tensor m_rows = project ? at::empty({B, H}, x.options()) : at::Tensor();
   float* mbuf = ptr<float>(m_rows);
@@ -499,7 +498,7 @@ void fused_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forw
   const int64_t T = s.count();
   const int nthreads = threads_for_step(B * G * H * S, nblk);
   at::Tensor bias = folded_bias(cell, w, H);
-  const at::Tensor x_panels = fold ? cached_panels(w.w_ih, G, L, false) : at::Tensor();
+  const at::Tensor x_panels = fold ? pack_panels(w.w_ih, G, L, false) : at::Tensor();
   const float* xpan = ptr<float>(x_panels);
   if (fold && !bias.defined()) bias = at::zeros({GH}, x.options());
   // steps [p0, p1); unfolded, their input projection rows are xp[(off - r0) * GH ...]
@@ -801,14 +800,14 @@ void fused_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Bac
   // step's da_n is written (a second barrier)
   const bool reset_before = cell.family == Family::gru && !cell.reset_after;
   const int64_t K = reset_before ? 2 * H : GH;
-  const at::Tensor panels = cached_panels(reset_before ? w.w_hh.narrow(0, 0, 2 * H) : w.w_hh, 1, L, true);
+  const at::Tensor panels = pack_panels(reset_before ? w.w_hh.narrow(0, 0, 2 * H) : w.w_hh, 1, L, true);
   const float* pan = ptr<float>(panels);
-  const at::Tensor n_panels = reset_before ? cached_panels(w.w_hh.narrow(0, 2 * H, H), 1, L, true) : at::Tensor();
+  const at::Tensor n_panels = reset_before ? pack_panels(w.w_hh.narrow(0, 2 * H, H), 1, L, true) : at::Tensor();
   const float* npan = ptr<float>(n_panels);
   // LSTMP: dm = (dout + dh) W_hr, units the H columns of W_hr, after all of
   // the step's dout + dh (kept in dH_total for dW_hr) is written
   const bool project = w.w_proj.defined();
-  const at::Tensor proj_panels = project ? cached_panels(w.w_proj, 1, L, true) : at::Tensor();
+  const at::Tensor proj_panels = project ? pack_panels(w.w_proj, 1, L, true) : at::Tensor();
   const float* ppan = ptr<float>(proj_panels);
   const at::Tensor dm_rows = project ? at::empty({B, H}, bb.dh_state.options()) : at::Tensor();
   const at::Tensor zero_row = project ? at::zeros({H}, bb.dh_state.options()) : at::Tensor();
