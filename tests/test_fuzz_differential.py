@@ -131,3 +131,20 @@ def test_the_harness_catches_a_wrong_gate():
         actual = run_module(cfg, fusedrnn.LSTM(4, 6, dtype=dtype, backend="reference", **cfg.kwargs()), nudged, dtype)
         with pytest.raises(AssertionError, match=r"error \S+ > "):
             compare(cfg, behaviour, expected, actual)
+
+
+def test_relu_kinks_are_recognised():
+    """The float32 ReLU example make fuzz reported (a layer-1 reverse preactivation 1.3e-8 from 0:
+    float32 and float64 take different branches, so the gradients cannot be judged) is below the
+    kink threshold; an ordinary example is far above it, so the rejection is rare."""
+    from fuzz_cases import KINK_THRESHOLD, ModuleConfig, build_module, module_data, relu_margin
+
+    def margin(**changes):
+        options = dict(variant="rnn-relu", num_layers=2, bidirectional=True, batch_first=False, bias=True, T=24,
+                       B=25, I=29, H=51, proj_size=0, layout="padded", with_state=False, dtype=torch.float32,
+                       seed=24)
+        cfg = ModuleConfig(**dict(options, **changes))
+        return relu_margin(cfg, module_data(cfg, build_module(cfg, "torch.nn", torch.float32)))
+
+    assert margin() < KINK_THRESHOLD
+    assert margin(T=5, B=3, H=6, layout="packed", with_state=True, seed=3) > 100 * KINK_THRESHOLD
