@@ -319,8 +319,12 @@ def sequence_backward(
             dh[:n] = dh_prev
         else:
             h_new = OUT[span]
-            act_grad = (h_new > 0).to(cdt) if cell.mode == "relu" else _tanh_grad(h_new)
-            dA = dh_t * act_grad
+            if cell.mode == "relu":
+                # torch's threshold_backward: a select, so dh passes where h is NaN and an
+                # infinite dh gives 0 (not NaN) where h <= 0
+                dA = torch.where(h_new <= 0, torch.zeros_like(dh_t), dh_t)
+            else:
+                dA = dh_t * _tanh_grad(h_new)
             dA_x[span] = dA
             dh[:n] = dA @ w.w_hh
 

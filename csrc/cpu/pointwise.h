@@ -224,8 +224,8 @@ FUSEDRNN_POINTWISE void lstm_backward_block(const Block& blk, const LstmBackward
       const T c = ws[4 * H + u];
       const T p_i = kPeephole ? peep[u] : T(0), p_f = kPeephole ? peep[H + u] : T(0);
       const T p_o = kPeephole ? peep[2 * H + u] : T(0);
-      const auto r = gm::lstm_backward<T>(dm_a[u] + dm_b[u], dc[u], ws[u], ws[H + u], ws[2 * H + u], ws[3 * H + u],
-                                          c, c_prev[u], p_i, p_f, p_o);
+      const auto r = gm::lstm_backward<T, kPeephole>(dm_a[u] + dm_b[u], dc[u], ws[u], ws[H + u], ws[2 * H + u],
+                                                     ws[3 * H + u], c, c_prev[u], p_i, p_f, p_o);
       dA[u] = r.da_i;
       dA[H + u] = r.da_f;
       dA[2 * H + u] = r.da_g;

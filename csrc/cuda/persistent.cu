@@ -235,9 +235,12 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
       T* ws_row = ws + (off + b) * W + unit;
       float h;
       if constexpr (CELL == PersistentCell::lstm) {
+        // without peepholes, no p*c terms at all: 0 * inf would be NaN (gate_math.h)
         const float* pp = a.peep;
-        const auto r = gm::lstm_forward<float>(pre[0], pre[1], pre[2], pre[3], Cs[b * U + u], pp ? pp[unit] : 0.0f,
-                                               pp ? pp[H + unit] : 0.0f, pp ? pp[2 * H + unit] : 0.0f);
+        const auto r = pp ? gm::lstm_forward<float, true>(pre[0], pre[1], pre[2], pre[3], Cs[b * U + u], pp[unit],
+                                                          pp[H + unit], pp[2 * H + unit])
+                          : gm::lstm_forward<float, false>(pre[0], pre[1], pre[2], pre[3], Cs[b * U + u], 0.0f, 0.0f,
+                                                           0.0f);
         ws_row[0] = from_float<T>(r.i), ws_row[H] = from_float<T>(r.f), ws_row[2 * H] = from_float<T>(r.g);
         ws_row[3 * H] = from_float<T>(r.o), ws_row[4 * H] = from_float<T>(r.c);
         Cs[b * U + u] = r.c;

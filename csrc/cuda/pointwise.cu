@@ -78,7 +78,9 @@ __global__ void lstm_forward_kernel(const LstmForwardStep a) {
   float gi[V], gf[V], gg[V], go[V], m[V];
 #pragma unroll
   for (int i = 0; i < V; ++i) {
-    const auto r = gm::lstm_forward<float>(ai[i], af[i], ag[i], ao[i], c[i], pi[i], pf[i], po[i]);
+    // without peepholes, no p*c terms at all: 0 * inf would be NaN (gate_math.h)
+    const auto r = a.peep ? gm::lstm_forward<float, true>(ai[i], af[i], ag[i], ao[i], c[i], pi[i], pf[i], po[i])
+                          : gm::lstm_forward<float, false>(ai[i], af[i], ag[i], ao[i], c[i], pi[i], pf[i], po[i]);
     gi[i] = r.i, gf[i] = r.f, gg[i] = r.g, go[i] = r.o, c[i] = r.c, m[i] = r.m;
   }
   T* ws = static_cast<T*>(a.ws) + b * a.ws_ld + u;
@@ -188,7 +190,10 @@ __global__ void lstm_backward_kernel(const LstmBackwardStep a) {
   float di[V], df[V], dg[V], dO[V];
 #pragma unroll
   for (int i = 0; i < V; ++i) {
-    const auto r = gm::lstm_backward<float>(dm[i], dc[i], gi[i], gf[i], gg[i], go[i], c[i], cp[i], pi[i], pf[i], po[i]);
+    const auto r = a.peep ? gm::lstm_backward<float, true>(dm[i], dc[i], gi[i], gf[i], gg[i], go[i], c[i], cp[i], pi[i],
+                                                           pf[i], po[i])
+                          : gm::lstm_backward<float, false>(dm[i], dc[i], gi[i], gf[i], gg[i], go[i], c[i], cp[i],
+                                                            pi[i], pf[i], po[i]);
     di[i] = r.da_i, df[i] = r.da_f, dg[i] = r.da_g, dO[i] = r.da_o, dc[i] = r.dc_prev;
   }
   float* dA = a.dA + b * a.dA_ld + u;

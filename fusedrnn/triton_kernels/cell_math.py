@@ -2,8 +2,9 @@
 
 Three layers, smallest first:
 
-* gate functions (:func:`sigmoid`, :func:`tanh`) that never overflow or
-  produce NaN, whatever the pre-activation (they only take exp of -|x|);
+* gate functions (:func:`sigmoid`, :func:`tanh`) that never overflow nor
+  make a NaN of a finite or infinite pre-activation (they only take exp of
+  -|x|), and pass a NaN on, as torch's do;
 * row-block helpers that load and store ``[BLOCK_B, BLOCK_H]`` tiles of the
   row-major buffers the backend uses (projected input, workspace, states),
   with int64 row offsets so ``rows * width`` cannot wrap past 2^31;
@@ -264,7 +265,10 @@ def gru_epilogue_reset_gates(acc_r, acc_z, h_prev, XP, B_HH, WS, rows64, cols, m
         a_z += load_vector(B_HH, 1, H, cols, col_ok)
     r = sigmoid(a_r)
     z = sigmoid(a_z)
-    k = r * h_prev
+    # k is the left operand of the n gate's product: its columns past H must be exactly 0, not the
+    # NaN that an infinite h gives them there (inf * 0 in the padded columns of W_hh), or that NaN
+    # reaches every unit (the persistent kernel multiplies this tile directly)
+    k = tl.where(col_ok[None, :], r * h_prev, 0.0)
     store_block(WS, rows64, cols, 4 * H, 0, H, mask, r)
     store_block(WS, rows64, cols, 4 * H, 1, H, mask, z)
     store_block(WS, rows64, cols, 4 * H, 3, H, mask, k)
@@ -289,7 +293,8 @@ def rnn_epilogue(acc, XP, B_HH, rows64, cols, mask, H, HAS_BIAS: tl.constexpr, R
     if HAS_BIAS:
         a += load_vector(B_HH, 0, H, cols, cols < H)
     if RELU:
-        h = tl.maximum(a, 0.0)
+        # a select, not tl.maximum: NaN stays NaN as in torch.relu (max may return the other operand)
+        h = tl.where(a < 0.0, 0.0, a)
     else:
         h = tanh(a)
     return h
@@ -332,7 +337,8 @@ def gru_update_backward(dh, z, n, h_prev):
 @device_function
 def rnn_cell_backward(dh, h_new, RELU: tl.constexpr):
     if RELU:
-        d = tl.where(h_new > 0, dh, 0.0)
+        # torch's threshold_backward: 0 where h <= 0, else dh (h = NaN included)
+        d = tl.where(h_new <= 0, 0.0, dh)
     else:
         d = dh * tanh_grad(h_new)
     return d

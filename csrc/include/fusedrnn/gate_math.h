@@ -8,17 +8,25 @@
 //
 // Equations and gate order: fusedrnn/cells.py (PyTorch's convention).
 //
-// Numerics:
+// Numerics (tests/test_nonfinite.py holds them to torch.nn's results):
+//  * NaN propagates through every function, and +-inf gives torch's limits:
+//    sigmoid(+inf) = 1, sigmoid(-inf) = 0, tanh(+-inf) = +-1, relu(inf) = inf,
+//    relu(NaN) = NaN.  Selects are written `x < lo ? lo : x` (false for NaN, so
+//    NaN passes); never std::max/fmaxf or max intrinsics, which drop a NaN.
 //  * float: exp's argument is clamped so that it stays finite (sigmoid's to
-//    [-80, 80], tanh's to [-40, 40]), so pre-activations of +-100 (or +-inf)
-//    give finite values and finite derivatives, never NaN; NaN propagates.
+//    [-88, 88], tanh's to [-40, 40]); sigmoid is exactly 0 below -88.72, where
+//    torch's 1/(1 + exp(-x)) is 0 because exp overflows, so a saturated gate's
+//    derivative y*(1-y) is exactly 0 as torch's is (the earlier floor of
+//    1.8e-35, times weights of 1e30, let gradient through closed gates).
 //    exp is a Cephes-style polynomial (relative error < 2e-7); tanh uses the
 //    Cephes polynomial (relative error < 1e-7) for |x| < 0.625, where
 //    1 - exp(-2x) would cancel.  No branches on the sign: straight-line code
 //    that the CPU loops vectorise (measured: 35% less time per LSTM element
 //    than the earlier exp(-|x|) form with its sign selects).
 //  * double uses the C library (exact to 1 ulp), so float64 tests can ask for 1e-10.
-//  * backward formulas use the saved activations (y*(1-y), 1-y*y).
+//  * backward formulas use the saved activations (y*(1-y), 1-y*y), and leave
+//    out the terms torch's graph does not have (peepholes when absent): 0*inf
+//    is NaN, so a product with a zero weight is not the same as no product.
 #pragma once
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
@@ -50,11 +58,12 @@ FUSEDRNN_GM float bits_to_float(int32_t bits) {
 #endif
 }
 
-// exp(x) for x in [-87, 88] (callers clamp): Cephes expf.  n = round(x/ln2)
+// exp(x) for x in [-88, 88] (callers clamp): Cephes expf.  n = round(x/ln2)
 // through floor(x*log2(e) + 1/2), r = x - n*ln2 in [-ln2/2, ln2/2] (Cody-Waite,
 // ln2 in two parts), a degree-6 polynomial for exp(r) (relative error < 2e-7),
-// and the power of two 2^n built from its exponent bits (n in [-126, 127]:
-// always a normal float, never inf).
+// and the power of two 2^n built from its exponent bits (n in [-127, 127]:
+// never inf; n = -127, only for x < -87.3, builds 0, so exp there is 0 instead
+// of below 1.2e-38, which 1 + exp cannot tell apart).
 FUSEDRNN_GM float exp_clamped(float x) {
   const float nf = floorf(x * 1.44269504088896341f + 0.5f);
   float r = x - nf * 0.693359375f;
@@ -76,11 +85,16 @@ FUSEDRNN_GM T clamp_(T x, T lo, T hi) {
   return x > hi ? hi : x;
 }
 
-// sigmoid = 1/(1 + exp(-x)) with x clamped to [-80, 80]: exp stays finite, and
-// sigmoid(-80) = 1.8e-35 is still a normal float (below it the value returned
-// is 1.8e-35 instead of less: an absolute error under 2e-35).  One exp, one
-// division, no branch on the sign: the vectorised loops run it as straight code.
-FUSEDRNN_GM float sigmoid(float x) { return 1.0f / (1.0f + exp_clamped(-clamp_(x, -80.0f, 80.0f))); }
+// sigmoid = 1/(1 + exp(-x)) with x clamped to [-88, 88], where exp is still
+// a normal float (sigmoid(-88) = 6e-39, a subnormal result), and exactly 0
+// below -88.72 (= -log(FLT_MAX)): there torch's 1/(1 + exp(-x)) is 0, exp(-x)
+// having overflowed.  One exp, one division, one select, no branch: the
+// vectorised loops run it as straight code.  NaN passes the clamp and the
+// select (comparisons with NaN are false).
+FUSEDRNN_GM float sigmoid(float x) {
+  const float s = 1.0f / (1.0f + exp_clamped(-clamp_(x, -88.0f, 88.0f)));
+  return x < -88.7228394f ? 0.0f : s;
+}
 FUSEDRNN_GM double sigmoid(double x) {
   // from e = exp(-|x|) in (0, 1]: never overflows, exact to a few ulp
   const double e = ::exp(-(x < 0.0 ? -x : x));
@@ -106,16 +120,20 @@ FUSEDRNN_GM float tanh_(float x) {
 }
 FUSEDRNN_GM double tanh_(double x) { return ::tanh(x); }
 
+// NaN stays NaN (`x > 0 ? x : 0` would make it 0, torch.relu does not).
 template <typename T>
-FUSEDRNN_GM T relu(T x) { return x > T(0) ? x : T(0); }
+FUSEDRNN_GM T relu(T x) { return x < T(0) ? T(0) : x; }
 
 // Derivatives from the activation's output.
 template <typename T>
 FUSEDRNN_GM T sigmoid_grad(T y) { return y * (T(1) - y); }
 template <typename T>
 FUSEDRNN_GM T tanh_grad(T y) { return T(1) - y * y; }
+// relu's backward as torch's threshold_backward: 0 where y <= 0, else dy
+// itself (for y = NaN too), a select rather than dy * (0 or 1), which would
+// turn an infinite dy into NaN where y <= 0.
 template <typename T>
-FUSEDRNN_GM T relu_grad(T y) { return y > T(0) ? T(1) : T(0); }
+FUSEDRNN_GM T relu_backward(T dy, T y) { return y <= T(0) ? T(0) : dy; }
 
 // ---------------------------------------------------------------------------
 // LSTM (peepholes p_i, p_f, p_o are 0 when absent)
@@ -152,16 +170,20 @@ struct LstmBackward {
 };
 
 // dm: gradient of m = o*tanh(c'); dc: gradient of c' from the later steps.
-template <typename T>
+// kPeephole false ignores p_i, p_f, p_o: without peepholes torch's graph has
+// no da_o*p_o term, and with p_o = 0 an infinite da_o would make it NaN.
+template <typename T, bool kPeephole = true>
 FUSEDRNN_GM LstmBackward<T> lstm_backward(T dm, T dc, T i, T f, T g, T o, T c, T c_prev, T p_i, T p_f, T p_o) {
   LstmBackward<T> r;
   const T tc = tanh_(c);
   r.da_o = dm * tc * sigmoid_grad(o);
-  const T dc_total = dc + dm * o * tanh_grad(tc) + r.da_o * p_o;
+  T dc_total = dc + dm * o * tanh_grad(tc);
+  if constexpr (kPeephole) dc_total += r.da_o * p_o;
   r.da_i = dc_total * g * sigmoid_grad(i);
   r.da_f = dc_total * c_prev * sigmoid_grad(f);
   r.da_g = dc_total * i * tanh_grad(g);
-  r.dc_prev = dc_total * f + r.da_i * p_i + r.da_f * p_f;
+  r.dc_prev = dc_total * f;
+  if constexpr (kPeephole) r.dc_prev += r.da_i * p_i + r.da_f * p_f;
   return r;
 }
 
@@ -226,7 +248,7 @@ template <typename T>
 FUSEDRNN_GM T rnn_forward(T a, bool use_relu) { return use_relu ? relu(a) : tanh_(a); }
 
 template <typename T>
-FUSEDRNN_GM T rnn_backward(T dh, T h, bool use_relu) { return dh * (use_relu ? relu_grad(h) : tanh_grad(h)); }
+FUSEDRNN_GM T rnn_backward(T dh, T h, bool use_relu) { return use_relu ? relu_backward(dh, h) : dh * tanh_grad(h); }
 
 #undef FUSEDRNN_GM
 
