@@ -295,9 +295,10 @@ def test_concurrent_calls_match_serial_calls(strategy):
 @pytest.mark.parametrize("cell", [CellSpec("lstm", "lstm"), CellSpec("gru", "reset_after"),
                                   CellSpec("gru", "reset_before"), CellSpec("rnn", "tanh")], ids=str)
 def test_packed_weights_follow_in_place_updates(cell, strategy):
-    """The packed-weight cache (csrc/cpu/panel_cache.h; W_hh or, for GRU reset_before, views of its gate
-    rows, and W_ih when folded) sees optimizer-style in-place updates, two modules used in turn, and weights
-    created under inference_mode (which have no version counter)."""
+    """The packed weights (W_hh or, for GRU reset_before, views of its gate rows, and W_ih when folded;
+    packed in every call, csrc/cpu/recurrent_product.h) follow optimizer-style in-place updates, two modules
+    used in turn, and weights created under inference_mode (which have no version counter).  Writes that
+    bypass the version counter: tests/test_weight_writes.py."""
     def check(w, x, h0, c0, bs):
         got = functional.layer(cell, x, h0, c0, w, bs, False, backend="cpu")
         want = reference.sequence_forward(cell, x.double(), h0.double(), _double(c0), LayerWeights(*map(_double, w)),
@@ -416,6 +417,14 @@ def test_repeated_calls_do_not_grow_resident_memory():
         _forward_backward(cell, *problem)
     grown = _resident_bytes() - before
     assert grown < 32 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 200 calls"
+
+
+def test_kernel_info_first_thing_in_a_fresh_process():
+    """kernel_info() before any op call (nothing has imported fusedrnn._C yet) loads the extension itself."""
+    code = "import fusedrnn.backends.cpu as cpu\nprint(cpu.kernel_info())\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "isa=" in done.stdout and "threads=" in done.stdout, done.stdout
 
 
 def test_auto_picks_cpu_for_cpu_tensors(monkeypatch):

@@ -6,7 +6,10 @@ schema).  Per step they run one recurrent product and one fused, vectorised,
 parallel pointwise pass.  For float32 LSTM, GRU (reset_after) and RNN the
 product is a cache-resident micro-kernel over packed ``W_hh``
 (csrc/cpu/recurrent_product.h) with the gate pass right behind it; the other
-cells and dtypes run a per-step ATen GEMM.  The products over all steps
+cells and dtypes run a per-step ATen GEMM.  The weights are packed in every
+call, never kept from one call to the next: writes that a tensor's version
+counter does not see (through ``.data`` or ``.numpy()``, from another process
+sharing the memory) must never leave a stale copy (tests/test_weight_writes.py).  The products over all steps
 (input projection, dX) go through oneDNN where torch has it
 (csrc/cpu/dense_product.h).  float16/bfloat16 are computed in float32 inside.
 A no-grad forward keeps no workspace; the backward skips dX and the weight
@@ -84,5 +87,11 @@ class CpuBackend(Backend):
 
 
 def kernel_info() -> str:
-    """ISA and thread count the kernels use on this machine (for reports)."""
+    """ISA and thread count the kernels use on this machine (for reports).
+
+    Loads the extension itself: ``torch.ops.fusedrnn_C`` exists only once ``fusedrnn._C`` is imported,
+    which otherwise first happens when an op is called.
+    """
+    if _extension.load() is None:
+        raise RuntimeError(_extension.load_error())
     return _ops().describe()
