@@ -403,7 +403,8 @@ def seq(rows, batch_sizes, sorted_indices=None, unsorted_indices=None, dtype=f32
 
 
 add(G, "batch_sizes_increasing", lambda L: L.LSTM(I, H)(seq(3, [1, 2])), "batch_sizes")
-add(G, "batch_sizes_int32", lambda L: L.GRU(I, H)(seq(3, torch.tensor([2, 1], dtype=torch.int32))), "batch_sizes|Long|Int")
+add(G, "batch_sizes_int32", lambda L: L.GRU(I, H)(seq(3, torch.tensor([2, 1], dtype=torch.int32))),
+    r"batch_sizes|\bLong\b")
 add(G, "batch_sizes_float", lambda L: L.RNN(I, H)(seq(3, torch.tensor([2.0, 1.0]))), "batch_sizes")
 add(G, "batch_sizes_2d", lambda L: L.LSTM(I, H)(seq(3, [[2, 1]])), "batch_sizes")
 add(G, "batch_sizes_empty", lambda L: L.GRU(I, H)(seq(0, torch.zeros(0, dtype=torch.int64))), "batch_sizes")
@@ -428,8 +429,8 @@ add(G, "sorted_indices_float_no_hx", lambda L: fwd(L.LSTM(I, H), seq(3, [2, 1], 
 add(G, "indices_not_inverse",
     lambda L: fwd(L.GRU(I, H), seq(3, [2, 1], [1, 0], [1, 0]), rand(1, 2, H, grad=True)))
 add(G, "packed_data_3d", lambda L: L.LSTM(I, H)(PackedSequence(rand(3, 1, I), torch.tensor([2, 1]))), "input|dim")
-add(G, "packed_data_int", lambda L: L.GRU(I, H)(PackedSequence(torch.ones(3, I, dtype=torch.int64), torch.tensor([2, 1]))),
-    "dtype")
+add(G, "packed_data_int",
+    lambda L: L.GRU(I, H)(PackedSequence(torch.ones(3, I, dtype=torch.int64), torch.tensor([2, 1]))), "dtype")
 add(G, "packed_data_wrong_size", lambda L: L.RNN(I, H)(PackedSequence(rand(3, I + 1), torch.tensor([2, 1]))),
     "input_size")
 
@@ -486,7 +487,8 @@ add(G, "weight_ih_float64_checked_first",
     lambda L: fwd(set_param(L.GRU(I, H), "weight_ih_l0", rand(3 * H, I, dtype=f64)), x3()), "dtype")
 add(G, "bias_int_data", lambda L: set_param(L.LSTM(I, H), "bias_ih_l0", torch.ones(4 * H, dtype=torch.int64), True),
     "floating|dtype")
-add(G, "weight_meta_data", lambda L: set_param(L.LSTM(I, H), "weight_hh_l0", meta(4 * H, H), True), "tensor type|device")
+add(G, "weight_meta_data", lambda L: set_param(L.LSTM(I, H), "weight_hh_l0", meta(4 * H, H), True),
+    "tensor type|device")
 add(G, "weight_meta_parameter", lambda L: fwd(set_param(L.LSTM(I, H), "weight_hh_l0", meta(4 * H, H)), x3()),
     "device|meta")
 add(G, "weight_plain_tensor", lambda L: setattr(L.GRU(I, H), "weight_ih_l0", rand(3 * H, I)), "weight_ih_l0|Parameter")
@@ -574,7 +576,8 @@ add(G, "cell_nonlinearity_changed", _cell_nonlinearity_changed)
 add(G, "cell_inputs_transposed_expanded", _cell_transposed)
 add(G, "cell_unbatched_expanded_strided", _cell_expanded_unbatched)
 for _kind, _ctor in [("lstm", lambda L: L.LSTMCell(I, H)), ("gru", lambda L: L.GRUCell(I, H)),
-                     ("rnn_tanh", lambda L: L.RNNCell(I, H)), ("rnn_relu", lambda L: L.RNNCell(I, H, nonlinearity="relu"))]:
+                     ("rnn_tanh", lambda L: L.RNNCell(I, H)),
+                     ("rnn_relu", lambda L: L.RNNCell(I, H, nonlinearity="relu"))]:
     add(G, f"{_kind}_cell_input_nan", lambda L, c=_ctor: fwd(c(L), with_value(rand(B, I), (1, 2), NAN)))
     add(G, f"{_kind}_cell_input_inf", lambda L, c=_ctor: fwd(c(L), with_value(rand(B, I), (0, 0), -INF)))
 
@@ -624,8 +627,8 @@ for _name, _fn, _args, _kw in [
     ("all_int", "rnn_layer", lambda: dict(x=torch.ones(T, B, I, dtype=torch.int64),
                                           w_ih=torch.ones(H, I, dtype=torch.int64),
                                           w_hh=torch.ones(H, H, dtype=torch.int64)), r"\bx\b|float"),
-    ("all_complex", "gru_layer", lambda: dict(x=rand(T, B, I).to(torch.complex64), w_ih=rand(3 * H, I).to(torch.complex64),
-                                              w_hh=rand(3 * H, H).to(torch.complex64)), r"\bx\b|dtype|complex"),
+    ("all_complex", "gru_layer", lambda: {k: v.to(torch.complex64) for k, v in dict(
+        x=rand(T, B, I), w_ih=rand(3 * H, I), w_hh=rand(3 * H, H)).items()}, r"\bx\b|dtype|complex"),
     ("w_hh_meta", "lstm_layer", lambda: lstm_args(w_hh=meta(4 * H, H)), "w_hh"),
     ("batch_sizes_increasing", "gru_layer",
      lambda: dict(x=rand(3, I), h0=rand(1, H), w_ih=rand(3 * H, I), w_hh=rand(3 * H, H),

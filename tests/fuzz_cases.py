@@ -389,7 +389,7 @@ def relu_margin(cfg, tensors) -> float:
         outputs = []
         for direction in range(cfg.directions):
             key = f"l{layer}" + ("_reverse" if direction else "")
-            h = h0[layer * cfg.directions + direction] if h0 is not None else torch.zeros(batch, cfg.H, dtype=torch.float64)
+            h = torch.zeros(batch, cfg.H, dtype=torch.float64) if h0 is None else h0[layer * cfg.directions + direction]
             out = torch.zeros(T, batch, cfg.H, dtype=torch.float64)
             for t in (reversed(range(T)) if direction else range(T)):  # a sequence's reverse starts at its own end
                 valid = (t < lengths).unsqueeze(1).expand(batch, cfg.H)
