@@ -1,11 +1,15 @@
 #include "dense_product.h"
 
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <vector>
+
+#include "parallel.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -54,13 +58,54 @@ at::Tensor onednn_linear(const c10::OperatorHandle& op, const at::Tensor& x, con
 
 }  // namespace
 
+void fixed_mm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& add) {
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  // Tiles of at most kTile x kTile outputs: fixed by the shape, so each
+  // element is always the same single-threaded call's result.
+  constexpr int64_t kTile = 128;
+  const int64_t mt = (M + kTile - 1) / kTile, nt = (N + kTile - 1) / kTile, tiles = mt * nt;
+  const auto tile = [&](int64_t i) {
+    const int64_t m0 = (i / nt) * kTile, n0 = (i % nt) * kTile;
+    const int64_t mb = std::min(kTile, M - m0), nb = std::min(kTile, N - n0);
+    at::Tensor o = out.narrow(0, m0, mb).narrow(1, n0, nb);
+    const at::Tensor ai = a.narrow(0, m0, mb), bi = b.narrow(1, n0, nb);
+    SequentialBlas one_thread;  // on this thread, whatever the team
+    if (add.defined()) {
+      // `add` broadcasts like addmm's input: a row [N] or a matrix [M, N]
+      const at::Tensor addi = add.dim() == 1 ? add.narrow(0, n0, nb) : add.narrow(0, m0, mb).narrow(1, n0, nb);
+      at::addmm_out(o, addi, ai, bi);
+    } else {
+      at::mm_out(o, ai, bi);
+    }
+  };
+  // one thread for small products (a team would cost more than the work)
+  const int nthreads = M * N * K >= (int64_t(1) << 18) ? static_cast<int>(std::min<int64_t>(max_threads(), tiles)) : 1;
+  // the caller's dispatcher state on every thread (the ATen calls below the
+  // autograd layer, as on the caller, whose op call excluded it)
+  const at::ThreadLocalState caller_state;
+  run_parallel(nthreads, [&](int tid, int n, Barrier&) {
+    at::ThreadLocalStateGuard same_state(caller_state);
+    int64_t i0, i1;
+    split_range(tiles, tid, n, i0, i1);
+    for (int64_t i = i0; i < i1; ++i) tile(i);
+  });
+}
+
+at::Tensor fixed_mm(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  fixed_mm_out(out, a, b);
+  return out;
+}
+
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   const auto& op = onednn_linear_op();
   // oneDNN's matmul takes float32 and bfloat16; an empty product is ATen's job
   const bool onednn = op.has_value() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
                       x.numel() > 0 && w.numel() > 0;
   if (onednn) return onednn_linear(*op, x, w, bias);
-  return bias.defined() ? at::addmm(bias, x, w.t()) : at::mm(x, w.t());
+  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  fixed_mm_out(out, x, w.t(), bias);
+  return out;
 }
 
 std::string linear_library() { return onednn_linear_op().has_value() ? "onednn" : "aten"; }

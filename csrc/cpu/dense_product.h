@@ -22,7 +22,23 @@ namespace fusedrnn {
 namespace cpu {
 
 // x [M, K] times w^T (w [N, K], any strides), plus bias [N] if defined.
+// Bitwise the same with any number of threads: oneDNN's matmul splits no
+// reduction over threads at any shape measured (M 1..3000, K 16..4096, N
+// 3..4096, 1 vs 2 threads); the ATen path goes through fixed_mm_out.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
+
+// out = a @ b (+ add, if defined), the same bits whatever the number of
+// threads.  MKL's GEMM is not: for a long reduction (K >= ~1024: the weight
+// gradients over T*B rows, the per-step products of the gemm strategy with
+// K = G*H) it splits K over its threads and sums the parts in a different
+// order with 1 and 2 threads (measured: differences of 1e-7 to 2e-6 in the
+// gradients of LSTM, LSTMP and GRU, 3e-5 in an RNN's dW at T*B = 12800).  Here the
+// output is cut into tiles fixed by the shape alone, each computed by one
+// single-threaded BLAS call over the whole K, the tiles spread over threads.
+// `out` may be a strided view (rows of a larger buffer).
+void fixed_mm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                  const at::Tensor& add = at::Tensor());
+at::Tensor fixed_mm(const at::Tensor& a, const at::Tensor& b);
 
 // Which library linear() uses for float32: "onednn" or "aten" (for reports).
 // FUSEDRNN_CPU_LINEAR=aten forces the fallback (tests run both).

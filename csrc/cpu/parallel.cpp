@@ -22,10 +22,13 @@ namespace {
 using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
 using OmpInt = int (*)();
 
+using MklSetThreadsLocal = int (*)(int);
+
 struct OpenMpRuntime {
   GompParallel parallel = nullptr;
   OmpInt thread_num = nullptr;
   OmpInt num_threads = nullptr;
+  MklSetThreadsLocal mkl_threads_local = nullptr;  // torch's MKL, where it has one
   bool usable() const { return parallel && thread_num && num_threads; }
 };
 
@@ -43,6 +46,8 @@ const OpenMpRuntime& runtime() {
     r.parallel = reinterpret_cast<GompParallel>(dlsym(torch_lib, "GOMP_parallel"));
     r.thread_num = reinterpret_cast<OmpInt>(dlsym(torch_lib, "omp_get_thread_num"));
     r.num_threads = reinterpret_cast<OmpInt>(dlsym(torch_lib, "omp_get_num_threads"));
+    // the C entry; the lower-case names are the Fortran one, taking an int*
+    r.mkl_threads_local = reinterpret_cast<MklSetThreadsLocal>(dlsym(torch_lib, "MKL_Set_Num_Threads_Local"));
     return r;
   }();
   return rt;
@@ -90,6 +95,14 @@ void Barrier::wait() {
       std::this_thread::yield();
     }
   }
+}
+
+SequentialBlas::SequentialBlas() {
+  if (runtime().mkl_threads_local) previous_ = runtime().mkl_threads_local(1);
+}
+
+SequentialBlas::~SequentialBlas() {
+  if (runtime().mkl_threads_local) runtime().mkl_threads_local(previous_);  // 0: back to the global setting
 }
 
 int max_threads() {

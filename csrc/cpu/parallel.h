@@ -45,6 +45,22 @@ void run_parallel(int requested, const RegionJob& job);
 // OpenMP runtime was found.
 int max_threads();
 
+// For the lifetime of this object, BLAS calls made on the calling thread run
+// on that thread alone: MKL's thread-local setting (MKL_Set_Num_Threads_Local,
+// which torch's MKL exports), restored after.  A no-op where torch has no MKL;
+// inside a parallel region of two or more threads an OpenMP BLAS is
+// sequential anyway.
+class SequentialBlas {
+ public:
+  SequentialBlas();
+  ~SequentialBlas();
+  SequentialBlas(const SequentialBlas&) = delete;
+  SequentialBlas& operator=(const SequentialBlas&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
 // Thread tid's share [begin, end) of `count` work items split into nthreads
 // contiguous ranges.
 inline void split_range(int64_t count, int tid, int nthreads, int64_t& begin, int64_t& end) {

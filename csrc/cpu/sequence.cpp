@@ -9,9 +9,13 @@
 //  * per step, the recurrent product and ONE fused pointwise pass;
 //  * backward: per step one fused pointwise pass and one product with W_hh,
 //    then dW_ih, dW_hh, dX and the biases as single GEMMs over all steps.
+//  * every result is bitwise the same with any number of threads: work is
+//    split by output element, never a sum over threads (the GEMMs included,
+//    dense_product.h); tests/test_thread_count.py.
 //
 // Strategies for the per-step product:
-//  * gemm:  at::mm into a preallocated buffer (ATen's BLAS), then the
+//  * gemm:  ATen's BLAS into a preallocated buffer (in fixed tiles, so the
+//           bits do not depend on the thread count: dense_product.h), then the
 //           pointwise pass split over hidden units.  Any cell, any dtype;
 //           best at large batch, where the per-step GEMM is efficient.
 //  * fused: float32 only, every cell.  One
@@ -409,7 +413,7 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
     const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
     at::Tensor h_prev = f.h_state.narrow(0, 0, n);
     at::Tensor hp_rows = hp.narrow(0, 0, n);
-    at::mm_out(hp_rows, h_prev, w_rec.t());
+    fixed_mm_out(hp_rows, h_prev, w_rec.t());
     const T* hpp = ptr<T>(hp);
     if (cell.family == Family::lstm) {
       LstmForwardArgs<T> a;
@@ -425,7 +429,7 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
       });
       if (mbuf.defined()) {
         at::Tensor out_rows = f.out.narrow(0, off, n);
-        at::mm_out(out_rows, mbuf.narrow(0, 0, n), w.w_proj.t());
+        fixed_mm_out(out_rows, mbuf.narrow(0, 0, n), w.w_proj.t());
       }
     } else if (cell.family == Family::gru) {
       GruForwardArgs<T> a;
@@ -447,7 +451,8 @@ void gemm_forward(const Cell& cell, const LayerTensors& w, const Steps& s, Forwa
           pw_gru_forward_gates(Block{n, u0, u1, H}, with_product_at_unit(a, u0));
         });
         at::Tensor hp_n_rows = hp_n.narrow(0, 0, n);
-        at::mm_out(hp_n_rows, f.ws.narrow(0, f.ws_row(off), n).narrow(1, 3 * H, H), w.w_hh.narrow(0, 2 * H, H).t());
+        fixed_mm_out(hp_n_rows, f.ws.narrow(0, f.ws_row(off), n).narrow(1, 3 * H, H),
+                     w.w_hh.narrow(0, 2 * H, H).t());
         a.hp = cview(ptr<T>(hp_n), H);
         parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) {
           pw_gru_forward_state(Block{n, u0, u1, H}, with_product_at_unit(a, u0));
@@ -760,7 +765,7 @@ void gemm_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Back
       at::Tensor total = bb.dH_total.narrow(0, off, n);
       at::add_out(total, bb.dout.narrow(0, off, n), dh_rows);
       at::Tensor dm_rows = dm.narrow(0, 0, n);
-      at::mm_out(dm_rows, total, w.w_proj);
+      fixed_mm_out(dm_rows, total, w.w_proj);
       dh_a = cview(ptr<T>(dm), H);
       dh_b = cview(ptr<T>(zeros_bh), H);
     }
@@ -772,18 +777,18 @@ void gemm_backward(const Cell& cell, const LayerTensors& w, const Steps& s, Back
     if (cell.family == Family::gru) {
       at::Tensor direct = bb.dh_direct.narrow(0, 0, n);
       if (cell.reset_after) {
-        at::addmm_out(dh_rows, direct, bb.dA_h.narrow(0, off, n), w.w_hh);
+        fixed_mm_out(dh_rows, bb.dA_h.narrow(0, off, n), w.w_hh, direct);
       } else {
         // dk = da_n W_hn, then the r-gate gradient and dh += dk*r, then the r,z product
         at::Tensor dk_rows = dk.narrow(0, 0, n);
-        at::mm_out(dk_rows, dA_x_rows.narrow(1, 2 * H, H), w.w_hh.narrow(0, 2 * H, H));
+        fixed_mm_out(dk_rows, dA_x_rows.narrow(1, 2 * H, H), w.w_hh.narrow(0, 2 * H, H));
         parallel_units(H, n * H, 16, [&](int64_t u0, int64_t u1) {
           step_backward_reset_gate<T>(s, p, bb, Block{n, u0, u1, H}, cview(ptr<T>(dk), H));
         });
-        at::addmm_out(dh_rows, direct, dA_x_rows.narrow(1, 0, 2 * H), w.w_hh.narrow(0, 0, 2 * H));
+        fixed_mm_out(dh_rows, dA_x_rows.narrow(1, 0, 2 * H), w.w_hh.narrow(0, 0, 2 * H), direct);
       }
     } else {
-      at::mm_out(dh_rows, dA_x_rows, w.w_hh);
+      fixed_mm_out(dh_rows, dA_x_rows, w.w_hh);
     }
   }
 }
@@ -936,13 +941,14 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
   r.dc0 = bb.dc_state;
   if (need_dx) r.dx = linear(bb.dA_x, w.w_ih.t(), at::Tensor());
   if (!need_dweights) return r;
-  r.dw.w_ih = at::mm(bb.dA_x.t(), x);
+  r.dw.w_ih = fixed_mm(bb.dA_x.t(), x);
   const at::Tensor h_prev = previous_rows(out, h0, s);
   if (cell.family == Family::gru && !cell.reset_after) {
     const at::Tensor k = workspace.narrow(1, 3 * H, H);
-    r.dw.w_hh = at::cat({at::mm(bb.dA_h.narrow(1, 0, 2 * H).t(), h_prev), at::mm(bb.dA_h.narrow(1, 2 * H, H).t(), k)});
+    r.dw.w_hh = at::cat({fixed_mm(bb.dA_h.narrow(1, 0, 2 * H).t(), h_prev),
+                         fixed_mm(bb.dA_h.narrow(1, 2 * H, H).t(), k)});
   } else {
-    r.dw.w_hh = at::mm(bb.dA_h.t(), h_prev);
+    r.dw.w_hh = fixed_mm(bb.dA_h.t(), h_prev);
   }
   if (w.b_ih.defined()) r.dw.b_ih = bb.dA_x.sum(0);
   if (w.b_hh.defined()) {
@@ -953,7 +959,7 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
   if (w.w_peep.defined()) r.dw.w_peep = bb.dpeep;
   if (w.w_proj.defined()) {
     const at::Tensor m = workspace.narrow(1, 3 * H, H) * workspace.narrow(1, 4 * H, H).tanh();
-    r.dw.w_proj = at::mm(bb.dH_total.t(), m);
+    r.dw.w_proj = fixed_mm(bb.dH_total.t(), m);
   }
   return r;
 }
