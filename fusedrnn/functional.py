@@ -30,25 +30,39 @@ class LayerOutput(NamedTuple):
     c_n: Optional[torch.Tensor]
 
 
-def _check_batch_sizes(batch_sizes: torch.Tensor, x: torch.Tensor, batch: int) -> None:
-    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
-        raise ValueError(
-            "batch_sizes must be a 1-D int64 CPU tensor (as in PackedSequence), got "
-            f"shape {tuple(batch_sizes.shape)}, dtype {batch_sizes.dtype}, device {batch_sizes.device}"
-        )
+def check_batch_sizes(batch_sizes, rows: int) -> None:
+    """What a PackedSequence's ``batch_sizes`` must be for ``rows`` packed rows.
+
+    With torch.nn's exception types for each mistake (what its RNN modules end up raising), so the
+    modules and the functional API refuse the same things the same way: TypeError when it is not a
+    1-D tensor of integers, IndexError when it is empty, RuntimeError for the wrong integer dtype or
+    device and for values that do not describe ``rows`` rows sorted by length.  Zeros are allowed at
+    the end (steps without rows, as torch.nn allows them).
+    """
+    if (not isinstance(batch_sizes, torch.Tensor) or batch_sizes.dim() != 1 or batch_sizes.is_floating_point()
+            or batch_sizes.is_complex() or batch_sizes.dtype == torch.bool):
+        what = (f"shape {tuple(batch_sizes.shape)}, dtype {batch_sizes.dtype}" if isinstance(batch_sizes, torch.Tensor)
+                else type(batch_sizes).__name__)
+        raise TypeError(f"batch_sizes must be a 1-D int64 CPU tensor (as in PackedSequence), got {what}")
+    if batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        raise RuntimeError("batch_sizes must be a 1-D int64 CPU tensor (as in PackedSequence), got "
+                           f"dtype {batch_sizes.dtype} on {batch_sizes.device}")
     if batch_sizes.numel() == 0:
-        raise ValueError("batch_sizes must not be empty")
-    if x.dim() != 2:
-        raise ValueError(f"x must be 2-D packed rows [N, input_size] when batch_sizes is given, got {x.dim()}-D")
-    if int(batch_sizes[0]) != batch:
-        raise ValueError(f"batch_sizes must start at the batch size of h0 ({batch}), got {int(batch_sizes[0])}")
-    # an empty batch (torch.nn accepts batch_sizes [0]) is zeros throughout; otherwise every step has a row
-    if batch > 0 and int(batch_sizes.min()) < 1:
-        raise ValueError(f"batch_sizes must stay >= 1 (got a step with {int(batch_sizes.min())} rows)")
+        raise IndexError("batch_sizes is empty: a PackedSequence has at least one step")
+    if int(batch_sizes.min()) < 0:
+        raise RuntimeError(f"batch_sizes must be >= 0, got a step with {int(batch_sizes.min())} rows")
     if bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
-        raise ValueError("batch_sizes must be non-increasing (sequences sorted by length, as PackedSequence keeps them)")
-    if int(batch_sizes.sum()) != x.shape[0]:
-        raise ValueError(f"batch_sizes sum to {int(batch_sizes.sum())} but x has {x.shape[0]} rows")
+        raise RuntimeError("batch_sizes must be non-increasing (sequences sorted by length, as PackedSequence "
+                           f"keeps them), got {batch_sizes.tolist()}")
+    if int(batch_sizes.sum()) != rows:
+        raise RuntimeError(f"batch_sizes sum to {int(batch_sizes.sum())} but the packed data has {rows} rows")
+
+
+def _steps_with_rows(batch_sizes: torch.Tensor) -> torch.Tensor:
+    """``batch_sizes`` without its trailing zeros (steps without rows change nothing); all of it if
+    every step is empty (an empty batch)."""
+    steps = int((batch_sizes > 0).sum())
+    return batch_sizes[:steps] if 0 < steps < batch_sizes.numel() else batch_sizes
 
 
 def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> None:
@@ -92,8 +106,9 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
             raise RuntimeError(f"{name} is on {t.device} but x is on {x.device}; all must be on one device")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
-    if batch_sizes is not None:
-        _check_batch_sizes(batch_sizes, x, h0.shape[0])
+    if batch_sizes is not None and int(batch_sizes[0]) != h0.shape[0]:
+        raise RuntimeError(f"batch_sizes must start at the batch size of h0 ({h0.shape[0]}), "
+                           f"got {int(batch_sizes[0])}")
 
 
 def _contiguous(t):
@@ -116,6 +131,14 @@ def layer(
     context and the environment (:mod:`fusedrnn.backends`).
     """
     weights = LayerWeights(*weights)
+    for name, t in (("x", x), ("w_ih", weights.w_ih), ("w_hh", weights.w_hh)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if batch_sizes is not None:
+        if x.dim() != 2:
+            raise ValueError(f"x must be 2-D packed rows [N, input_size] when batch_sizes is given, got {x.dim()}-D")
+        check_batch_sizes(batch_sizes, x.shape[0])
+        batch_sizes = _steps_with_rows(batch_sizes)
     hidden = weights.w_hh.shape[0] // cell.gates
     hout = weights.w_proj.shape[0] if weights.w_proj is not None else hidden
     batch = x.shape[1] if batch_sizes is None else (int(batch_sizes[0]) if batch_sizes.numel() else 0)

@@ -208,6 +208,9 @@ class FusedRNNBase(nn.RNNBase):
             raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
         if hidden_size <= 0:
             raise ValueError("hidden_size must be greater than zero")
+        if not isinstance(num_layers, int):
+            # torch.nn gets here with a TypeError from `num_layers <= 0` that does not name it
+            raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
         if num_layers <= 0:
             raise ValueError("num_layers must be greater than zero")
         if proj_size < 0:
@@ -332,15 +335,40 @@ class FusedRNNBase(nn.RNNBase):
 
     def _state_tuple(self, hx) -> Optional[Tuple[Tensor, ...]]:
         """``hx`` as a tuple of state tensors: ``(h, c)`` for LSTM, ``(h,)`` otherwise."""
+        # The exception types are those torch.nn's forward ends up raising for each mistake (an
+        # IndexError from hx[1], torch's own RuntimeError, an AttributeError from hx.dim()), so code
+        # that catches them behaves the same; the messages say what hx must be.
         if hx is None:
             return None
+        name = type(self).__name__
         if self.cell.has_cell_state:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"{type(self).__name__}: hx must be a tuple (h_0, c_0) of two tensors")
-            return tuple(hx)
+            if isinstance(hx, (tuple, list)) and len(hx) == 2:
+                return tuple(hx)
+            want = f"{name}: hx must be a tuple (h_0, c_0) of two tensors"
+            if isinstance(hx, (tuple, list)) and len(hx) > 2:
+                raise RuntimeError(f"lstm expects two hidden states; {want}, got {len(hx)}")
+            if isinstance(hx, Tensor) and hx.dim() > 0 and hx.shape[0] >= 2:
+                # torch.nn reads hx[0], hx[1] of such a tensor, then its _VF op refuses a tensor for a tuple
+                raise TypeError(f"{want}, got one tensor of shape {list(hx.shape)}")
+            if isinstance(hx, (tuple, list, Tensor)):
+                got = f"a {type(hx).__name__} of {len(hx)}" if not isinstance(hx, Tensor) else "one tensor"
+                raise IndexError(f"{want}, got {got}")
+            raise TypeError(f"{want}, got {type(hx).__name__}")
         if not isinstance(hx, Tensor):
-            raise TypeError(f"{type(self).__name__}: hx must be a tensor, got {type(hx).__name__}")
+            raise AttributeError(f"{name}: hx must be a tensor (h_0), got {type(hx).__name__}")
         return (hx,)
+
+    @staticmethod
+    def _check_packed_states(states: Tuple[Tensor, ...], sorted_indices: Optional[Tensor], batch: int) -> None:
+        """Initial states given with a PackedSequence: 3-D (IndexError, as torch.nn's index_select over
+        dim 1 raises), and a permutation of the whole batch to sort them by (RuntimeError, as torch)."""
+        for state in states:
+            if state.dim() != 3:
+                raise IndexError(f"For packed input, hx must be 3-D (num_layers * num_directions, batch, "
+                                 f"hidden_size), got a {state.dim()}-D tensor")
+        if sorted_indices is not None and sorted_indices.numel() != batch:
+            raise RuntimeError(f"PackedSequence: sorted_indices has {sorted_indices.numel()} entries but the "
+                               f"batch has {batch} sequences (batch_sizes[0]); expected hidden size to match")
 
     def _check_state_dims(self, states: Tuple[Tensor, ...], is_batched: bool) -> None:
         """torch.nn's check that hx has the input's batchedness (RuntimeError, torch's messages)."""
@@ -363,7 +391,10 @@ class FusedRNNBase(nn.RNNBase):
                 f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight_dtype}). "
                 f"Convert input: input.to({weight_dtype}), or convert model: model.to({x.dtype})"
             )
-        for weight in self._flat_weights:
+        for name, weight in zip(self._flat_weights_names, self._flat_weights):
+            if not isinstance(weight, Tensor):  # torch.nn's type for this (its _VF ops take tensors only)
+                raise TypeError(f"{type(self).__name__}: parameter {name} is {type(weight).__name__}, "
+                                "expected a tensor")
             if weight.device != x.device:  # torch.nn's check and message (_VF.lstm and co.)
                 raise RuntimeError(
                     "Input and parameter tensors are not at the same device, found input tensor at "
@@ -395,8 +426,11 @@ class FusedRNNBase(nn.RNNBase):
         if is_packed:
             x, batch_sizes, sorted_indices, unsorted_indices = input
             is_batched = True
+            functional.check_batch_sizes(batch_sizes, x.shape[0])
             batch = int(batch_sizes[0])
             states = self._state_tuple(hx)
+            if states is not None:
+                self._check_packed_states(states, sorted_indices, batch)
         else:
             if input.dim() not in (2, 3):
                 raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")

@@ -198,9 +198,10 @@ def test_functional_rejects_bad_arguments(override, exc, match):
     (torch.tensor([2, 2, 1]), "start at the batch size"),
 ], ids=["increasing", "int32", "sum", "first"])
 def test_functional_rejects_bad_batch_sizes(batch_sizes, match):
+    """RuntimeError, as torch.nn's modules raise for these (functional.check_batch_sizes)."""
     cell = CellSpec("gru", "reset_after")
     case = make_case(cell, packed=True, lengths=[2, 2, 1], dtype=torch.float32)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(RuntimeError, match=match):
         functional.layer(cell, case.x, case.h0, None, case.weights, batch_sizes)
 
 
