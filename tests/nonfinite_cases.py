@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from typing import Dict, List, Optional, Tuple
 
+import pytest
 import torch
 
 import fusedrnn.testing as ft
+from fusedrnn import backends
 
 #: H = 37: two whole AVX-512 vectors of units and a tail, so spots land in both
 SHAPE = ft.Shape(T=3, B=3, I=4, H=37)
@@ -130,6 +133,38 @@ def saturation_oracle_and_baseline(problem: ft.Problem, dtype: torch.dtype):
 
 def run(problem: ft.Problem, backend: str, dtype: torch.dtype, device="cpu") -> ft.Results:
     return ft.run_layer(problem, ft.backend_layer(backend), dtype, device)
+
+
+#: variants the cpu backend's "folded" strategy covers (the GRU has none: it would run "fused" twice)
+FOLDED = ("lstm", "lstm-proj", "lstm-peephole", "rnn-tanh", "rnn-relu")
+#: (backend, strategy or None, dtype): every path the CPU backends have
+CPU_RUNS = [("cpu", s, torch.float32) for s in ("gemm", "fused", "folded")] + [("cpu", "gemm", torch.float64)] + [
+    ("reference", None, d) for d in (torch.float32, torch.float64)]
+
+
+def cpu_runs(variant: str):
+    """The CPU_RUNS that apply to ``variant``, with an id each."""
+    for backend, strategy, dtype in CPU_RUNS:
+        if strategy == "folded" and variant not in FOLDED:
+            continue
+        yield backend, strategy, dtype, backend + (f"-{strategy}" if strategy else "") + f"-{ft.dtype_name(dtype)}"
+
+
+def run_on_cpu(problem: ft.Problem, backend: str, strategy: Optional[str], dtype: torch.dtype) -> ft.Results:
+    """``run`` on the reference or cpu backend, the latter with ``strategy`` forced (restored after);
+    skipped, with the reason, where the extension is not built and not required (FUSEDRNN_REQUIRE_EXTENSION)."""
+    if backend != "cpu":
+        return run(problem, backend, dtype)
+    missing = backends.unavailable_reason("cpu")
+    if missing is not None and os.environ.get("FUSEDRNN_REQUIRE_EXTENSION") != "1":
+        pytest.skip(f"the fused CPU kernels are not built: {missing}")
+    cpu = backends.get("cpu")
+    before = cpu.strategy
+    try:
+        cpu.strategy = strategy
+        return run(problem, backend, dtype)
+    finally:
+        cpu.strategy = before
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

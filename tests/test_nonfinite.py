@@ -17,25 +17,12 @@ tests/triton/test_triton_nonfinite.py.
 
 from __future__ import annotations
 
-import os
-
 import pytest
-import torch
 
 import fusedrnn.testing as ft
-from fusedrnn import backends
-
 import nonfinite_cases as nc
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-REQUIRED = os.environ.get("FUSEDRNN_REQUIRE_EXTENSION") == "1"
-CPU_MISSING = backends.unavailable_reason("cpu")
-FOLDED = ("lstm", "lstm-proj", "lstm-peephole", "rnn-tanh", "rnn-relu")
-
-#: (backend, strategy or None, dtype): every path the CPU backends have
-RUNS = [("cpu", s, torch.float32) for s in ("gemm", "fused", "folded")] + [("cpu", "gemm", torch.float64)] + [
-    ("reference", None, d) for d in (torch.float32, torch.float64)]
 
 
 def _params():
@@ -43,10 +30,7 @@ def _params():
         for variant in nc.VARIANTS:
             for place in nc.places(variant, shape):
                 for value in nc.VALUES:
-                    for backend, strategy, dtype in RUNS:
-                        if strategy == "folded" and variant not in FOLDED:
-                            continue  # the GRU has no folded strategy (it would run the fused one twice)
-                        run_id = backend + (f"-{strategy}" if strategy else "") + f"-{ft.dtype_name(dtype)}"
+                    for backend, strategy, dtype, run_id in nc.cpu_runs(variant):
                         yield pytest.param(variant, shape, place, value, backend, strategy, dtype,
                                            id=f"{variant}-T{shape.T}-{place}-{value}-{run_id}")
 
@@ -59,20 +43,10 @@ def oracles():
 
 @pytest.mark.parametrize("variant, shape, place, value, backend, strategy, dtype", list(_params()))
 def test_special_value_propagates_like_torch(oracles, variant, shape, place, value, backend, strategy, dtype):
-    if backend == "cpu" and CPU_MISSING is not None and not REQUIRED:
-        pytest.skip(f"the fused CPU kernels are not built: {CPU_MISSING}")
     key = (variant, shape, place, value, dtype)
     if key not in oracles:
         problem = nc.with_value(ft.make_problem(nc.case(variant, shape), dtype), place, nc.VALUES[value])
         oracles[key] = (problem, nc.oracle(problem))
     problem, expected = oracles[key]
-    cpu = backends.get("cpu") if backend == "cpu" else None
-    before = cpu.strategy if cpu else None
-    try:
-        if cpu:
-            cpu.strategy = strategy
-        actual = nc.run(problem, backend, dtype)
-    finally:
-        if cpu:
-            cpu.strategy = before
+    actual = nc.run_on_cpu(problem, backend, strategy, dtype)
     nc.assert_agree(actual, expected, dtype)

@@ -20,47 +20,25 @@ tests/triton/test_triton_nonfinite.py.
 
 from __future__ import annotations
 
-import os
-
 import pytest
-import torch
 
 import fusedrnn.testing as ft
-from fusedrnn import backends
-
 import nonfinite_cases as nc
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-REQUIRED = os.environ.get("FUSEDRNN_REQUIRE_EXTENSION") == "1"
-CPU_MISSING = backends.unavailable_reason("cpu")
-FOLDED = ("lstm", "lstm-proj", "lstm-peephole", "rnn-tanh", "rnn-relu")
-RUNS = [("cpu", s, torch.float32) for s in ("gemm", "fused", "folded")] + [("cpu", "gemm", torch.float64)] + [
-    ("reference", None, d) for d in (torch.float32, torch.float64)]
-
 PARAMS = [
-    pytest.param(variant, scale, backend, strategy, dtype,
-                 id=f"{variant}-{scale:.0e}-{backend}" + (f"-{strategy}" if strategy else "") + f"-{ft.dtype_name(dtype)}")
+    pytest.param(variant, scale, backend, strategy, dtype, id=f"{variant}-{scale:.0e}-{run_id}")
     for variant in nc.VARIANTS
     for scale in nc.SCALES
-    for backend, strategy, dtype in RUNS
-    if not (strategy == "folded" and variant not in FOLDED) and nc.saturation_applies(variant, scale, nc.SATURATION_SHAPE)
+    for backend, strategy, dtype, run_id in nc.cpu_runs(variant)
+    if nc.saturation_applies(variant, scale, nc.SATURATION_SHAPE)
 ]
 
 
 @pytest.mark.parametrize("variant, scale, backend, strategy, dtype", PARAMS)
 def test_saturated_gates_match_torch(variant, scale, backend, strategy, dtype):
-    if backend == "cpu" and CPU_MISSING is not None and not REQUIRED:
-        pytest.skip(f"the fused CPU kernels are not built: {CPU_MISSING}")
     problem = nc.scaled(ft.make_problem(nc.case(variant, nc.SATURATION_SHAPE), dtype), scale, dtype)
     expected, baseline = nc.saturation_oracle_and_baseline(problem, dtype)
-    cpu = backends.get("cpu") if backend == "cpu" else None
-    before = cpu.strategy if cpu else None
-    try:
-        if cpu:
-            cpu.strategy = strategy
-        actual = nc.run(problem, backend, dtype)
-    finally:
-        if cpu:
-            cpu.strategy = before
+    actual = nc.run_on_cpu(problem, backend, strategy, dtype)
     nc.assert_agree(actual, expected, dtype, baseline, nc.SATURATION_BASELINE_FACTOR)
