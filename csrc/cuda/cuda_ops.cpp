@@ -25,10 +25,17 @@
 // fused pointwise kernel per step) and, forward only, `persistent` (one
 // cooperative kernel for the whole sequence).  `strategy` forces one;
 // `poison` fills every output and scratch buffer with NaN first (tests).
+//
+// The CPU emulation build (FUSEDRNN_CUDA_EMULATION, csrc/emulation) compiles
+// this same file: the kernels then run on CPU tensors, the products are ATen's
+// CPU ones, and the ops are registered for the CPU dispatch key.  What differs
+// is confined to the "kernel device" section below.
 #include <ATen/ATen.h>
+#include <torch/library.h>
+#ifndef FUSEDRNN_CUDA_EMULATION
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#endif
 
 #include <algorithm>
 #include <limits>
@@ -41,6 +48,40 @@
 namespace fusedrnn {
 namespace cuda {
 namespace {
+
+// ---------------------------------------------------------------------------
+// the kernel device: the CUDA device of x, or the CPU in the emulation build
+// ---------------------------------------------------------------------------
+
+#ifdef FUSEDRNN_CUDA_EMULATION
+constexpr const char* kDeviceWanted = "a CPU tensor (the CUDA emulation build runs on CPU tensors)";
+bool on_kernel_device(const at::Tensor& t) { return t.is_cpu(); }
+
+// No device to select, no stream: the emulated kernels run on the calling thread.
+class KernelDevice {
+ public:
+  explicit KernelDevice(const at::Device&) {}
+  cudaStream_t stream() const { return nullptr; }
+  int ordinal() const { return 0; }  // the emulated device
+};
+#define FUSEDRNN_KERNEL_DISPATCH_KEY CPU
+#else
+constexpr const char* kDeviceWanted = "a CUDA tensor";
+bool on_kernel_device(const at::Tensor& t) { return t.is_cuda(); }
+
+// x's device made current for the call, and its current stream.
+class KernelDevice {
+ public:
+  explicit KernelDevice(const at::Device& device) : guard_(device), device_(device) {}
+  cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream(device_.index()).stream(); }
+  int ordinal() const { return device_.index(); }
+
+ private:
+  c10::cuda::CUDAGuard guard_;
+  at::Device device_;
+};
+#define FUSEDRNN_KERNEL_DISPATCH_KEY CUDA
+#endif
 
 // ---------------------------------------------------------------------------
 // cells, strategies, argument checks
@@ -75,7 +116,7 @@ Geometry check_call(const std::string& family, const std::string& mode, const at
                     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
                     const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_proj,
                     const c10::optional<at::Tensor>& batch_sizes) {
-  TORCH_CHECK(x.is_cuda(), "fusedrnn_C: x must be a CUDA tensor, got device ", x.device());
+  TORCH_CHECK(on_kernel_device(x), "fusedrnn_C: x must be ", kDeviceWanted, ", got device ", x.device());
   const auto dt = x.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
               "fusedrnn_C: the CUDA kernels take float32, float16 or bfloat16, got ", dt);
@@ -211,14 +252,14 @@ struct Choice {
 // sequence has at least 2 steps, and plan_persistent_forward says the weight
 // slices fit in shared memory and the cooperative grid fits on the device.
 Choice choose_forward(const Cell& cell, bool proj, at::ScalarType dtype, int64_t B, int64_t H, int64_t steps,
-                      const at::Device& device) {
+                      int device) {
   Choice c;
   if (!persistent_cell(cell, proj, c.cell)) {
     c.why_not_persistent = proj ? "no persistent kernel for LSTM with a projection"
                                 : "no persistent kernel for GRU reset_before (two dependent products per step)";
     return c;
   }
-  c.plan = plan_persistent_forward(c.cell, storage_dtype(dtype), B, H, device.index());
+  c.plan = plan_persistent_forward(c.cell, storage_dtype(dtype), B, H, device);
   if (!c.plan.ok) {
     c.why_not_persistent = c.plan.reason;
     return c;
@@ -358,8 +399,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const c10::optional<at::Tensor>& batch_sizes, bool reverse, const std::string& strategy, bool poison) {
   const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
   const Strategy requested = parse_strategy(strategy);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const KernelDevice device(x.device());
+  const cudaStream_t stream = device.stream();
   const Steps s(g.sizes, reverse);
   const DType dtype = storage_dtype(x.scalar_type());
   const Weights w = float_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj);
@@ -374,7 +415,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
 
   Choice choice;
   if (requested != Strategy::per_step && s.count() > 0) {
-    choice = choose_forward(g.cell, w.w_proj.defined(), x.scalar_type(), g.B, g.H, s.count(), x.device());
+    choice = choose_forward(g.cell, w.w_proj.defined(), x.scalar_type(), g.B, g.H, s.count(), device.ordinal());
     if (requested == Strategy::persistent) {
       TORCH_CHECK(choice.plan.ok, "fusedrnn_C: the persistent strategy cannot run this call: ",
                   choice.why_not_persistent);
@@ -399,12 +440,12 @@ std::string forward_strategy(const std::string& family, const std::string& mode,
                              const at::Tensor& h0, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_proj,
                              int64_t steps) {
   const Cell cell = checks::parse_cell(family, mode);
-  TORCH_CHECK(x.is_cuda(), "fusedrnn_C: x must be a CUDA tensor, got device ", x.device());
+  TORCH_CHECK(on_kernel_device(x), "fusedrnn_C: x must be ", kDeviceWanted, ", got device ", x.device());
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % cell.gates() == 0, "fusedrnn_C: w_hh must be [G*hidden, hidden]");
   TORCH_CHECK(h0.dim() == 2, "fusedrnn_C: h0 must be 2-D [batch, hidden], got ", h0.dim(), "-D");
-  const c10::cuda::CUDAGuard guard(x.device());
+  const KernelDevice device(x.device());
   const Choice c = choose_forward(cell, defined(w_proj), x.scalar_type(), h0.size(0), w_hh.size(0) / cell.gates(),
-                                  steps, x.device());
+                                  steps, device.ordinal());
   return c.strategy == Strategy::persistent ? std::string("persistent") : "per_step: " + c.why_not_persistent;
 }
 
@@ -424,8 +465,8 @@ std::vector<at::Tensor> backward(const std::string& family, const std::string& m
   const Cell& cell = g.cell;
   const int64_t H = g.H, Hout = g.Hout, G = g.G, GH = G * H, W = cell.workspace_blocks() * H;
   checks::check_backward_call(g, x, grad_out, grad_hn, grad_cn, out, workspace);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const KernelDevice device(x.device());
+  const cudaStream_t stream = device.stream();
   const Steps s(g.sizes, reverse);
   const DType dtype = storage_dtype(x.scalar_type());
   const Weights w = float_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj);
@@ -563,7 +604,7 @@ TORCH_LIBRARY_FRAGMENT(fusedrnn_C, m) {
       "-> str");
 }
 
-TORCH_LIBRARY_IMPL(fusedrnn_C, CUDA, m) {
+TORCH_LIBRARY_IMPL(fusedrnn_C, FUSEDRNN_KERNEL_DISPATCH_KEY, m) {
   m.impl("cuda_forward", &fusedrnn::cuda::forward);
   m.impl("cuda_backward", &fusedrnn::cuda::backward);
   m.impl("cuda_forward_strategy", &fusedrnn::cuda::forward_strategy);

@@ -1,6 +1,11 @@
 // Device-side helpers shared by the .cu files (never included by the wrapper):
-// storage-dtype conversion, vector loads and stores, and the dispatch from the
-// runtime DType to the kernels' template parameter.
+// storage-dtype conversion, vector loads and stores, the dispatch from the
+// runtime DType to the kernels' template parameter, and the kernel launches.
+//
+// The .cu files are one text for nvcc and for the CPU emulation build
+// (csrc/emulation/cuda_emulation.h, included in place of the CUDA headers
+// there): what differs is confined to the launch helpers and
+// FUSEDRNN_DYNAMIC_SHARED below.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -83,6 +88,56 @@ cudaError_t dispatch_dtype(DType dtype, const F& fn) {
   }
   return cudaErrorInvalidValue;
 }
+
+// ---------------------------------------------------------------------------
+// kernel launches: every launch goes through these two.  Under nvcc they are
+// <<<>>> and cudaLaunchCooperativeKernel; in the emulation build the emulator
+// runs the kernel, which needs the parameter types (cudaLaunchCooperativeKernel's
+// void** loses them).  `name` names the kernel in the emulator's errors.
+// Both return the launch's error (cudaGetLastError right after it).
+// ---------------------------------------------------------------------------
+
+// A non-deduced parameter: the arguments convert to the kernel's parameter types.
+template <typename T>
+struct KernelParam {
+  using type = T;
+};
+
+template <typename... Params>
+cudaError_t launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_smem,
+                   cudaStream_t stream, typename KernelParam<Params>::type... args) {
+#ifdef FUSEDRNN_CUDA_EMULATION
+  (void)stream;
+  return ::fusedrnn::emu::launch(name, kernel, grid, block, dynamic_smem, /*cooperative=*/false, args...);
+#else
+  (void)name;
+  kernel<<<grid, block, dynamic_smem, stream>>>(args...);
+  return cudaGetLastError();
+#endif
+}
+
+// Every block resident at once (grid.sync() allowed); the grid must fit on the device.
+template <typename... Params>
+cudaError_t launch_cooperative(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                               size_t dynamic_smem, cudaStream_t stream, typename KernelParam<Params>::type... args) {
+#ifdef FUSEDRNN_CUDA_EMULATION
+  (void)stream;
+  return ::fusedrnn::emu::launch(name, kernel, grid, block, dynamic_smem, /*cooperative=*/true, args...);
+#else
+  (void)name;
+  void* params[] = {static_cast<void*>(&args)...};
+  const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, params,
+                                                      dynamic_smem, stream);
+  const cudaError_t last = cudaGetLastError();
+  return err != cudaSuccess ? err : last;
+#endif
+}
+
+// A kernel's dynamic shared memory (`extern __shared__` under nvcc; the
+// emulation header defines it as the block's buffer).
+#ifndef FUSEDRNN_DYNAMIC_SHARED
+#define FUSEDRNN_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
 
 // Threads per block of the pointwise kernels, and their 1-D grid.
 constexpr int kPointwiseThreads = 256;

@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
   constexpr int64_t U = units_per_block<T>();
   constexpr bool kLstm = CELL == PersistentCell::lstm;
   cg::grid_group grid = cg::this_grid();
-  extern __shared__ __align__(128) unsigned char smem[];
+  FUSEDRNN_DYNAMIC_SHARED(smem);
   const int64_t B = a.B, H = a.H, GH = G * H, W = workspace_blocks_of(CELL) * H;
   const SmemLayout L = smem_layout(kMma, sizeof(T), G, U, B, H, kLstm);
   T* Ws = reinterpret_cast<T*>(smem + L.w);
@@ -275,29 +275,41 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
 
 using KernelPtr = void (*)(PersistentForward);
 
-template <typename T>
-KernelPtr kernel_for(PersistentCell cell) {
-  switch (cell) {
-    case PersistentCell::lstm: return &persistent_forward_kernel<T, PersistentCell::lstm>;
-    case PersistentCell::gru_reset_after: return &persistent_forward_kernel<T, PersistentCell::gru_reset_after>;
-    case PersistentCell::rnn_tanh: return &persistent_forward_kernel<T, PersistentCell::rnn_tanh>;
-    case PersistentCell::rnn_relu: return &persistent_forward_kernel<T, PersistentCell::rnn_relu>;
-  }
-  return nullptr;
-}
-
 struct KernelChoice {
   KernelPtr kernel = nullptr;
+  const char* name = nullptr;
   bool mma = false;
   size_t elem = 0;
   int64_t units = 0;
 };
 
+template <typename T>
+void kernel_for(PersistentCell cell, KernelChoice& k) {
+  switch (cell) {
+    case PersistentCell::lstm:
+      k.kernel = &persistent_forward_kernel<T, PersistentCell::lstm>;
+      k.name = "persistent_forward_kernel<lstm>";
+      return;
+    case PersistentCell::gru_reset_after:
+      k.kernel = &persistent_forward_kernel<T, PersistentCell::gru_reset_after>;
+      k.name = "persistent_forward_kernel<gru_reset_after>";
+      return;
+    case PersistentCell::rnn_tanh:
+      k.kernel = &persistent_forward_kernel<T, PersistentCell::rnn_tanh>;
+      k.name = "persistent_forward_kernel<rnn_tanh>";
+      return;
+    case PersistentCell::rnn_relu:
+      k.kernel = &persistent_forward_kernel<T, PersistentCell::rnn_relu>;
+      k.name = "persistent_forward_kernel<rnn_relu>";
+      return;
+  }
+}
+
 KernelChoice choose_kernel(PersistentCell cell, DType dtype) {
   KernelChoice k;
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    k.kernel = kernel_for<T>(cell);
+    kernel_for<T>(cell, k);
     k.mma = uses_mma<T>();
     k.elem = sizeof(T);
     k.units = units_per_block<T>();
@@ -362,12 +374,7 @@ cudaError_t persistent_forward(PersistentCell cell, DType dtype, const Persisten
   if (!plan.ok) return cudaErrorInvalidConfiguration;
   if (a.steps == 0) return cudaSuccess;
   const KernelChoice k = choose_kernel(cell, dtype);
-  PersistentForward args = a;
-  void* params[] = {&args};
-  cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(k.kernel), dim3(plan.blocks),
-                                                dim3(plan.threads), params, plan.shared_bytes, stream);
-  const cudaError_t last = cudaGetLastError();
-  return err != cudaSuccess ? err : last;
+  return launch_cooperative(k.name, k.kernel, dim3(plan.blocks), dim3(plan.threads), plan.shared_bytes, stream, a);
 }
 
 }  // namespace cuda

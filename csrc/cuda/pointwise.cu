@@ -308,14 +308,11 @@ class VectorRule {
 
 // Launches kernel4 (V=4) or kernel1 (V=1) over n rows of H units; returns the launch's error.
 template <typename Args>
-cudaError_t launch_rows(void (*kernel4)(Args), void (*kernel1)(Args), int V, const Args& a, cudaStream_t stream) {
+cudaError_t launch_rows(const char* name, void (*kernel4)(Args), void (*kernel1)(Args), int V, const Args& a,
+                        cudaStream_t stream) {
   if (a.n <= 0) return cudaSuccess;
-  if (V == 4) {
-    kernel4<<<pointwise_blocks(a.n, a.H, 4), kPointwiseThreads, 0, stream>>>(a);
-  } else {
-    kernel1<<<pointwise_blocks(a.n, a.H, 1), kPointwiseThreads, 0, stream>>>(a);
-  }
-  return cudaGetLastError();
+  return launch(name, V == 4 ? kernel4 : kernel1, dim3(pointwise_blocks(a.n, a.H, V)), dim3(kPointwiseThreads), 0,
+                stream, a);
 }
 
 }  // namespace
@@ -324,7 +321,7 @@ cudaError_t launch_rows(void (*kernel4)(Args), void (*kernel1)(Args), int V, con
   return dispatch_dtype(dtype, [&](auto tag) {                                          \
     using T = decltype(tag);                                                            \
     const int V = (RULE).width();                                                       \
-    return launch_rows(&KERNEL<T, 4>, &KERNEL<T, 1>, V, a, stream);                     \
+    return launch_rows(#KERNEL, &KERNEL<T, 4>, &KERNEL<T, 1>, V, a, stream);             \
   })
 
 cudaError_t lstm_forward_step(DType dtype, const LstmForwardStep& a, cudaStream_t stream) {
