@@ -97,11 +97,15 @@ def available() -> List[str]:
 
 
 def report() -> str:
-    """One line per backend: available, or why not."""
+    """One line per backend: available (with the backend's note, e.g. that it is an emulation), or why not."""
     lines = []
     for n in _REGISTRY:
         why = unavailable_reason(n)
-        lines.append(f"{n}: {'available' if why is None else 'unavailable: ' + why}")
+        if why is None:
+            note = _instance(n).note()
+            lines.append(f"{n}: available" + (f" ({note})" if note else ""))
+        else:
+            lines.append(f"{n}: unavailable: {why}")
     return "\n".join(lines)
 
 

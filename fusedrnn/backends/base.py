@@ -86,6 +86,10 @@ class Backend:
         """None when usable on this machine, else the reason it is not."""
         return None
 
+    def note(self) -> Optional[str]:
+        """What :func:`fusedrnn.report` adds after "available" (None: nothing), e.g. that it is an emulation."""
+        return None
+
     def unsupported(self, cell: CellSpec, x: torch.Tensor, weights: LayerWeights) -> Optional[str]:
         """None when this backend can run these tensors, else why not (device, dtype, option)."""
         return None
