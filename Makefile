@@ -4,6 +4,8 @@
 #   make fuzz       the differential fuzzing campaign at length (hypothesis profile "fuzz")
 #   make bench      correctness check of each available backend, then timings against torch.nn
 #   make gpu-check  the GPU validation script (benchmarks/gpu_check.sh)
+#   make emu-asan   the emulated CUDA tests under AddressSanitizer+UBSan (a sanitizer build of the CUDA emulation)
+#   make emu-tsan   the emulated CUDA tests under ThreadSanitizer
 #   make build      install the build dependencies and build the C++ extension fusedrnn._C
 #   make clean      remove build outputs (make distclean also removes .venv)
 #
@@ -50,12 +52,12 @@ REBUILD := $(if $(wildcard fusedrnn/_C*.so fusedrnn/_C*.pyd),,FORCE)
 # the environment's scripts (ninja, pytest) first on PATH, as if it were activated
 RUN := PATH="$(dir $(PY)):$$PATH"
 
-.PHONY: help deps build test fuzz bench gpu-check clean distclean FORCE
+.PHONY: help deps build test fuzz bench gpu-check emu-asan emu-tsan clean distclean FORCE
 # the pip steps write to one environment: never run them side by side under make -j
 .NOTPARALLEL:
 
 help:
-	@sed -n '3,8s/^# \{0,1\}//p' Makefile
+	@sed -n '3,10s/^# \{0,1\}//p' Makefile
 	@echo "Python: $(PY)"
 
 $(VENV)/.torch-installed:
@@ -133,6 +135,36 @@ bench: build $(STAMPS)/deps-bench
 
 gpu-check: build $(STAMPS)/deps-bench
 	$(RUN) PYTHON=$(PY) bash benchmarks/gpu_check.sh
+
+# Sanitizer builds of the CUDA emulation (csrc/emulation; setup.py builds
+# fusedrnn._cuda_emulation alone, instrumented, into build/emu-<sanitizer>), then
+# the emulated CUDA tests at small shapes with that build loaded
+# (FUSEDRNN_CUDA_EMULATION_LIBRARY) and the sanitizer's runtime preloaded into
+# Python.  Any report fails the run (halt_on_error); what each proves:
+# csrc/cuda/README.md, "Emulation".  One intra-op thread: the kernels run on the
+# calling thread, and torch's uninstrumented thread pool would only add noise.
+EMU_SAN_TESTS := tests/test_cuda_emulation.py tests/test_cuda_backend.py
+EMU_SAN_SELECT := not long_sequence and not benchmark_shape and not aligned
+EMU_SAN_ENV = OMP_NUM_THREADS=1 FUSEDRNN_REQUIRE_EXTENSION=1 \
+	FUSEDRNN_CUDA_EMULATION_LIBRARY=$$(ls $(abspath build/emu-$(1))/fusedrnn/_cuda_emulation*.so) \
+	LD_PRELOAD=$$($(CXX) -print-file-name=lib$(2).so)
+ASAN_SETTINGS := ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+TSAN_SETTINGS := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+
+build/emu-%/.built: setup.py $(CSRC) | $(STAMPS)/deps-build
+	rm -rf $(@D)
+	$(RUN) FUSEDRNN_REQUIRE_EXTENSION=1 FUSEDRNN_EMULATION_ONLY=1 FUSEDRNN_EMULATION_SANITIZER=$* \
+		$(PY) setup.py -q build_ext --build-lib $(@D) --build-temp $(@D)/tmp
+	touch $@
+
+emu-asan: build $(STAMPS)/deps-test build/emu-address/.built
+	$(RUN) $(call EMU_SAN_ENV,address,asan) $(ASAN_SETTINGS) \
+		$(PY) -m pytest $(EMU_SAN_TESTS) -m "not gpu" -k "$(EMU_SAN_SELECT)" $(PYTEST_FLAGS) -p no:cacheprovider
+
+emu-tsan: build $(STAMPS)/deps-test build/emu-thread/.built
+	$(RUN) $(call EMU_SAN_ENV,thread,tsan) $(TSAN_SETTINGS) \
+		$(PY) -m pytest $(EMU_SAN_TESTS) -m "not gpu" -k "$(EMU_SAN_SELECT)" $(PYTEST_FLAGS) -p no:cacheprovider
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .benchmarks

@@ -1,5 +1,5 @@
-"""The CUDA sources build without a GPU: every ``csrc/cuda/*.cu`` with ``nvcc -c`` for
-sm_80 and sm_90, and the ATen wrapper ``csrc/cuda/*.cpp`` through a ``g++
+"""The CUDA sources build without a GPU: every ``csrc/cuda/*.cu`` (and the CUDA
+emulation's self-test kernels) with ``nvcc -c`` for sm_80 and sm_90, and the ATen wrapper ``csrc/cuda/*.cpp`` through a ``g++
 -fsyntax-only`` pass against the installed torch's headers.
 
 Compilation alone proves nothing about results: the ``gpu`` tests in
@@ -19,7 +19,10 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA_DIR = os.path.join(REPO_ROOT, "csrc", "cuda")
 INCLUDE_DIR = os.path.join(REPO_ROOT, "csrc", "include")
-CU_FILES = sorted(glob.glob(os.path.join(CUDA_DIR, "*.cu")))
+#: the kernels, and the CUDA emulation's self-test kernels (csrc/emulation/selftest.cu:
+#: what the emulator is shown to run must be CUDA that nvcc accepts)
+CU_FILES = sorted(glob.glob(os.path.join(CUDA_DIR, "*.cu"))) + [
+    os.path.join(REPO_ROOT, "csrc", "emulation", "selftest.cu")]
 WRAPPER_FILES = sorted(glob.glob(os.path.join(CUDA_DIR, "*.cpp")))
 #: the architectures setup.py builds by default (TORCH_CUDA_ARCH_LIST=8.0;9.0)
 GENCODES = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]

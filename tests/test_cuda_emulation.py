@@ -3,7 +3,7 @@ backend through it (``FUSEDRNN_CUDA_EMULATE=1``, CPU tensors) against the
 float64 reference and torch.nn with :mod:`fusedrnn.testing`.
 
 The first part runs the emulator's self-test kernels (csrc/emulation/selftest.cu,
-plain CUDA) to show that it behaves as a GPU does where the kernels depend on
+plain CUDA: tests/test_cuda_compile.py compiles it with nvcc) to show that it behaves as a GPU does where the kernels depend on
 it (barriers, grid.sync, warp intrinsics, WMMA, atomics, 16-bit conversions,
 launch limits) and that the bugs it exists to find are found: a missing
 barrier gives a wrong result, a barrier in divergent code or a deadlock is an
@@ -24,7 +24,6 @@ runs its own cases (poisoned buffers, schedules, argument errors) in emulation t
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -37,8 +36,6 @@ import fusedrnn.testing as ft
 from fusedrnn import _extension, backends
 from fusedrnn.backends import cuda as cuda_backend
 from fusedrnn.backends.base import LayerWeights
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -287,24 +284,6 @@ def test_thread_sanitizer_sees_a_missing_barrier(emu):
     assert clean.returncode == 0 and "ThreadSanitizer" not in clean.stderr, clean.stderr[-3000:]
     racy = _in_subprocess(SELFTEST + "st.block_sum(torch.ones(256), 256, False, 1024, False)")
     assert "ThreadSanitizer: data race" in racy.stderr and "block_sum_kernel" in racy.stderr, racy.stderr[-3000:]
-
-
-# ----------------------------------------------------------------------------
-# the self-test kernels are CUDA
-# ----------------------------------------------------------------------------
-
-
-def test_selftest_kernels_compile_with_nvcc(tmp_path):
-    """What the emulator is shown to run here is what nvcc accepts (one architecture: a syntax check)."""
-    from test_cuda_compile import INCLUDE_DIR, NVCC, NVCC_FLAGS
-
-    if NVCC is None:
-        pytest.skip("nvcc (a CUDA toolkit) is not installed on this machine")
-    source = os.path.join(REPO_ROOT, "csrc", "emulation", "selftest.cu")
-    cmd = [NVCC, "-c", *NVCC_FLAGS, "-gencode", "arch=compute_80,code=sm_80", "-I", INCLUDE_DIR, source, "-o",
-           str(tmp_path / "selftest.o")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # ----------------------------------------------------------------------------
