@@ -144,10 +144,10 @@ gpu-check: build $(STAMPS)/deps-bench
 # csrc/cuda/README.md, "Emulation".  One intra-op thread: the kernels run on the
 # calling thread, and torch's uninstrumented thread pool would only add noise.
 EMU_SAN_TESTS := tests/test_cuda_emulation.py tests/test_cuda_backend.py
-EMU_SAN_SELECT := not long_sequence and not benchmark_shape and not aligned
+EMU_SAN_SELECT := not long_sequence and not benchmark_shape
 EMU_SAN_ENV = OMP_NUM_THREADS=1 FUSEDRNN_REQUIRE_EXTENSION=1 \
 	FUSEDRNN_CUDA_EMULATION_LIBRARY=$$(ls $(abspath build/emu-$(1))/fusedrnn/_cuda_emulation*.so) \
-	LD_PRELOAD=$$($(CXX) -print-file-name=lib$(2).so)
+	LD_PRELOAD="$$($(CXX) -print-file-name=lib$(2).so) $$($(CXX) -print-file-name=libstdc++.so)"
 ASAN_SETTINGS := ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 TSAN_SETTINGS := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1

@@ -88,9 +88,16 @@ def test_block_barriers_make_a_tree_sum_right(st, schedule, threads):
     assert torch.equal(out, x.view(3, threads).sum(1))
 
 
-def test_a_missing_barrier_gives_a_wrong_result(st):
+def skip_deliberate_race(emu):
+    if emu.sanitizer() == "thread":  # it would stop the run; test_thread_sanitizer_sees_a_missing_barrier runs one
+        pytest.skip("a deliberate race: under ThreadSanitizer it runs in a subprocess "
+                    "(test_thread_sanitizer_sees_a_missing_barrier)")
+
+
+def test_a_missing_barrier_gives_a_wrong_result(st, emu):
     """Without its barriers the tree reads what the other threads have not written yet
     (shared memory starts as NaN, as garbage would on a GPU)."""
+    skip_deliberate_race(emu)
     x = torch.ones(256)
     assert torch.equal(st.block_sum(x, 256, True, 1024, False), torch.tensor([256.0]))
     assert not torch.equal(st.block_sum(x, 256, False, 1024, False), torch.tensor([256.0]))
@@ -115,7 +122,8 @@ def test_grid_sync_orders_the_blocks_of_a_cooperative_launch(st, schedule):
     assert st.grid_exchange(5, True, True).tolist() == [2, 3, 4, 5, 1]
 
 
-def test_a_missing_grid_sync_gives_a_wrong_result(st):
+def test_a_missing_grid_sync_gives_a_wrong_result(st, emu):
+    skip_deliberate_race(emu)
     assert st.grid_exchange(5, False, True).tolist() != [2, 3, 4, 5, 1]
 
 

@@ -166,39 +166,63 @@ fusedrnn_emu_fiber_entry:
 )");
 #endif
 
-// One fiber stack: mmap'd (pages committed as touched) with a guard page below,
-// so an overflow faults instead of overwriting a neighbour.
+struct Thread;
+
+// One fiber: its stack, mmap'd (pages committed as touched) with a guard page
+// below so that an overflow faults instead of overwriting a neighbour, and its
+// saved context.  A fiber runs one CUDA thread after another (fiber_main's
+// loop): a thread that exits leaves it waiting for the next, so stacks are
+// neither re-initialised nor unwound between launches (ThreadSanitizer's
+// shadow call stack of a fiber that never returned would grow for ever).  One
+// whose thread did not exit (a failed kernel) is unmapped instead.
 struct Stack {
   void* base = nullptr;  // the mapping, guard page first
   size_t mapped = 0;
   char* bottom = nullptr;  // lowest usable address
   size_t size = 0;
+  bool started = false;
+  Thread* thread = nullptr;  // the CUDA thread it runs next
+#ifdef FUSEDRNN_EMU_USE_UCONTEXT
+  ucontext_t context;
+#else
+  void* sp = nullptr;
+#endif
+#ifdef FUSEDRNN_EMU_ASAN
+  void* fake_stack = nullptr;
+#endif
 #ifdef FUSEDRNN_EMU_TSAN
   void* tsan_fiber = nullptr;
 #endif
 };
 
+// ThreadSanitizer's happens-before edges (no-ops in other builds).
+inline void tsan_release(void* p) {
+#ifdef FUSEDRNN_EMU_TSAN
+  __tsan_release(p);
+#else
+  (void)p;
+#endif
+}
+inline void tsan_acquire(void* p) {
+#ifdef FUSEDRNN_EMU_TSAN
+  __tsan_acquire(p);
+#else
+  (void)p;
+#endif
+}
+
 class StackPool {
  public:
   ~StackPool() {
-    for (Stack* s : free_) {
-      munmap(s->base, s->mapped);
-#ifdef FUSEDRNN_EMU_TSAN
-      __tsan_destroy_fiber(s->tsan_fiber);
-#endif
-      delete s;
-    }
+    for (Stack* s : free_) release(s);
   }
   Stack* get(size_t size) {
+    ++live_;
     while (!free_.empty()) {
       Stack* s = free_.back();
       free_.pop_back();
       if (s->size == size) return s;
-      munmap(s->base, s->mapped);  // FUSEDRNN_EMU_STACK_KB changed
-#ifdef FUSEDRNN_EMU_TSAN
-      __tsan_destroy_fiber(s->tsan_fiber);
-#endif
-      delete s;
+      release(s);  // FUSEDRNN_EMU_STACK_KB changed
     }
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
     auto* s = new Stack;
@@ -206,7 +230,11 @@ class StackPool {
     s->base = mmap(nullptr, s->mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (s->base == MAP_FAILED) {
       delete s;
-      throw std::bad_alloc();
+      // each stack is two mappings (guard + stack): a cooperative grid of tens of
+      // thousands of threads can reach vm.max_map_count (65530 by default)
+      throw std::runtime_error("fusedrnn CUDA emulation: cannot map another fiber stack (" +
+                               std::to_string(size / 1024) + " KB; " + std::to_string(live_) +
+                               " in use): out of memory or of vm.max_map_count mappings");
     }
     mprotect(s->base, page, PROT_NONE);
     s->bottom = static_cast<char*>(s->base) + page;
@@ -216,16 +244,35 @@ class StackPool {
 #endif
     return s;
   }
+  // A stack whose thread exited: its fiber waits for the next one.
   void put(Stack* s) {
-#ifdef FUSEDRNN_EMU_ASAN
-    // a fiber abandoned by a failed kernel leaves its frames' redzones poisoned
-    ASAN_UNPOISON_MEMORY_REGION(s->bottom, s->size);
-#endif
+    --live_;
+    if (free_.size() >= kKeep) {  // a large cooperative grid once: do not hold its stacks for ever
+      release(s);
+      return;
+    }
     free_.push_back(s);
+  }
+  // A stack whose thread never finished (a failed kernel): its frames are abandoned.
+  void discard(Stack* s) {
+    --live_;
+    tsan_acquire(s);  // what its fiber wrote up to its last suspend (released there)
+    release(s);
   }
 
  private:
+  static constexpr size_t kKeep = 4096;  // stacks kept for the next launches
+
+  static void release(Stack* s) {
+    munmap(s->base, s->mapped);
+#ifdef FUSEDRNN_EMU_TSAN
+    __tsan_destroy_fiber(s->tsan_fiber);
+#endif
+    delete s;
+  }
+
   std::vector<Stack*> free_;
+  size_t live_ = 0;
 };
 
 thread_local StackPool stack_pool;
@@ -249,35 +296,13 @@ struct SyncPair {
   void* of(uint64_t generation) { return &objects[generation & 1]; }
 };
 
-inline void tsan_release(void* p) {
-#ifdef FUSEDRNN_EMU_TSAN
-  __tsan_release(p);
-#else
-  (void)p;
-#endif
-}
-inline void tsan_acquire(void* p) {
-#ifdef FUSEDRNN_EMU_TSAN
-  __tsan_acquire(p);
-#else
-  (void)p;
-#endif
-}
 
 struct Thread : ThreadContext {
   Launch* launch = nullptr;
   Block* block = nullptr;
   Warp* warp = nullptr;
   unsigned linear = 0, lane = 0;
-  Stack* stack = nullptr;
-#ifdef FUSEDRNN_EMU_USE_UCONTEXT
-  ucontext_t context;
-#else
-  void* sp = nullptr;
-#endif
-#ifdef FUSEDRNN_EMU_ASAN
-  void* fake_stack = nullptr;
-#endif
+  Stack* stack = nullptr;  // the fiber running it
   // written by the fiber, read by the scheduler
   std::atomic<int> request{kRunning};
   std::atomic<uint64_t> generation{0};  // of the barrier it arrives at
@@ -336,7 +361,7 @@ struct Launch {
   uint64_t grid_live = 0, grid_arrived = 0, grid_exited = 0;
   std::atomic<uint64_t> grid_generation{0};
   SyncPair grid_sync;
-  char start_sync = 0, end_sync = 0;  // the host's writes before the kernel, the kernel's before the host
+  char end_sync = 0;  // the kernel's writes before the host continues
   std::string error;
   uint64_t shuffle_state = 0;
   // the scheduler's context
@@ -347,13 +372,22 @@ struct Launch {
 #endif
 #ifdef FUSEDRNN_EMU_ASAN
   void* host_fake_stack = nullptr;
-  const void* host_stack_bottom = nullptr;
-  size_t host_stack_size = 0;
 #endif
 #ifdef FUSEDRNN_EMU_TSAN
   void* host_fiber = nullptr;
 #endif
 };
+
+// The host's writes before a block starts (the kernel's inputs, the Thread
+// structs) happen before its threads run: the host releases, each fiber
+// acquires first thing.  Per OS thread, like the launches.
+thread_local char start_sync = 0;
+
+#ifdef FUSEDRNN_EMU_ASAN
+// The scheduler's stack (the OS thread's), as AddressSanitizer reports it to a fiber it switches to.
+thread_local const void* host_stack_bottom = nullptr;
+thread_local size_t host_stack_size = 0;
+#endif
 
 std::string format_dim(const uint3& d) {
   return "(" + std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z) + ")";
@@ -378,16 +412,20 @@ Thread* self() { return static_cast<Thread*>(__atomic_load_n(&current_context, _
 void resume(Launch& L, Thread* t) {
   __atomic_store_n(&current_context, static_cast<ThreadContext*>(t), __ATOMIC_RELAXED);
   t->request.store(kRunning, std::memory_order_relaxed);
+  Stack* const s = t->stack;
+#ifndef FUSEDRNN_EMU_USE_UCONTEXT
+  void* const to = s->sp;  // read as the scheduler: after the TSan switch below, accesses count as t's
+#endif
 #ifdef FUSEDRNN_EMU_ASAN
-  __sanitizer_start_switch_fiber(&L.host_fake_stack, t->stack->bottom, t->stack->size);
+  __sanitizer_start_switch_fiber(&L.host_fake_stack, s->bottom, s->size);
 #endif
 #ifdef FUSEDRNN_EMU_TSAN
-  __tsan_switch_to_fiber(t->stack->tsan_fiber, __tsan_switch_to_fiber_no_sync);
+  __tsan_switch_to_fiber(s->tsan_fiber, __tsan_switch_to_fiber_no_sync);
 #endif
 #ifdef FUSEDRNN_EMU_USE_UCONTEXT
-  swapcontext(&L.host_context, &t->context);
+  swapcontext(&L.host_context, &s->context);
 #else
-  fusedrnn_emu_switch(&L.host_sp, t->sp);
+  fusedrnn_emu_switch(&L.host_sp, to);
 #endif
 #ifdef FUSEDRNN_EMU_ASAN
   __sanitizer_finish_switch_fiber(L.host_fake_stack, nullptr, nullptr);
@@ -395,78 +433,93 @@ void resume(Launch& L, Thread* t) {
   __atomic_store_n(&current_context, static_cast<ThreadContext*>(nullptr), __ATOMIC_RELAXED);
 }
 
-// fiber t -> scheduler, with `request` saying why; returns when resumed
-void suspend(Thread* t, int request, bool exiting = false) {
+// fiber t -> scheduler, with `request` saying why; returns when resumed (for
+// kExit: to run the fiber's next thread; never for kFail)
+void suspend(Thread* t, int request) {
   Launch& L = *t->launch;
+  Stack* const s = t->stack;
+  // everything read from the launch and the thread before a finished thread's last release
+#ifdef FUSEDRNN_EMU_TSAN
+  void* const host_fiber = L.host_fiber;
+#endif
   t->request.store(request, request == kFail ? std::memory_order_release : std::memory_order_relaxed);
+  // the last touch of its Thread by a finished thread: the host frees it once it acquired this
+  if (request == kExit || request == kFail) tsan_release(&L.end_sync);
+  tsan_release(s);  // for the host, before it unmaps the stack of a thread that never finished (discard)
 #ifdef FUSEDRNN_EMU_ASAN
-  __sanitizer_start_switch_fiber(exiting ? nullptr : &t->fake_stack, L.host_stack_bottom, L.host_stack_size);
-#else
-  (void)exiting;
+  __sanitizer_start_switch_fiber(request == kFail ? nullptr : &s->fake_stack, host_stack_bottom, host_stack_size);
 #endif
 #ifdef FUSEDRNN_EMU_TSAN
-  __tsan_switch_to_fiber(L.host_fiber, __tsan_switch_to_fiber_no_sync);
+  __tsan_switch_to_fiber(host_fiber, __tsan_switch_to_fiber_no_sync);
 #endif
 #ifdef FUSEDRNN_EMU_USE_UCONTEXT
-  swapcontext(&t->context, &L.host_context);
+  swapcontext(&s->context, &L.host_context);
 #else
-  fusedrnn_emu_switch(&t->sp, L.host_sp);
+  fusedrnn_emu_switch(&s->sp, L.host_sp);  // L.host_sp read as the scheduler, which wrote it
 #endif
 #ifdef FUSEDRNN_EMU_ASAN
-  __sanitizer_finish_switch_fiber(t->fake_stack, nullptr, nullptr);
+  __sanitizer_finish_switch_fiber(s->fake_stack, &host_stack_bottom, &host_stack_size);
 #endif
 }
 
 }  // namespace
 
-extern "C" __attribute__((visibility("hidden"), noreturn)) void fusedrnn_emu_fiber_main(void* fiber) {
-  Thread* t = static_cast<Thread*>(fiber);
-  Launch& L = *t->launch;
+// A fiber's life: run its stack's thread, report the exit, wait for the next.
+extern "C" __attribute__((visibility("hidden"), noreturn)) void fusedrnn_emu_fiber_main(void* stack) {
+  Stack* const s = static_cast<Stack*>(stack);
 #ifdef FUSEDRNN_EMU_ASAN
-  __sanitizer_finish_switch_fiber(nullptr, &L.host_stack_bottom, &L.host_stack_size);
+  __sanitizer_finish_switch_fiber(nullptr, &host_stack_bottom, &host_stack_size);
 #endif
-  tsan_acquire(&L.start_sync);
-  try {
-    L.body->run(L.body->closure);
-  } catch (const std::exception& e) {
-    fail("the kernel threw %s", e.what());
-  } catch (...) {
-    fail("the kernel threw an exception");
+  for (;;) {
+    tsan_acquire(&start_sync);  // before the first look at its Thread, which the host just wrote
+    Thread* t = s->thread;
+    Launch& L = *t->launch;
+    try {
+      L.body->run(L.body->closure);
+    } catch (const std::exception& e) {
+      fail("the kernel threw %s", e.what());
+    } catch (...) {
+      fail("the kernel threw an exception");
+    }
+    suspend(t, kExit);
   }
-  tsan_release(&L.end_sync);
-  suspend(t, kExit, /*exiting=*/true);
-  __builtin_trap();  // an exited thread is never resumed
 }
 
 namespace {
 
 #ifdef FUSEDRNN_EMU_USE_UCONTEXT
 void fiber_start_ucontext(unsigned hi, unsigned lo) {
-  fusedrnn_emu_fiber_main(reinterpret_cast<Thread*>((static_cast<uintptr_t>(hi) << 32) | lo));
+  fusedrnn_emu_fiber_main(reinterpret_cast<Stack*>((static_cast<uintptr_t>(hi) << 32) | lo));
 }
 #endif
 
+// Gives t a fiber: a waiting one from the pool, or a new one whose first
+// switch enters fusedrnn_emu_fiber_main.
 void start_fiber(Thread* t, size_t stack_bytes) {
-  t->stack = stack_pool.get(stack_bytes);
+  Stack* s = stack_pool.get(stack_bytes);
+  s->thread = t;
+  t->stack = s;
+  if (s->started) return;
+  s->started = true;
 #ifdef FUSEDRNN_EMU_USE_UCONTEXT
-  getcontext(&t->context);
-  t->context.uc_stack.ss_sp = t->stack->bottom;
-  t->context.uc_stack.ss_size = t->stack->size;
-  t->context.uc_link = nullptr;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(t);
-  makecontext(&t->context, reinterpret_cast<void (*)()>(&fiber_start_ucontext), 2, static_cast<unsigned>(p >> 32),
+  getcontext(&s->context);
+  s->context.uc_stack.ss_sp = s->bottom;
+  s->context.uc_stack.ss_size = s->size;
+  s->context.uc_link = nullptr;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(s);
+  makecontext(&s->context, reinterpret_cast<void (*)()>(&fiber_start_ucontext), 2, static_cast<unsigned>(p >> 32),
               static_cast<unsigned>(p & 0xffffffffu));
 #else
   // the frame fusedrnn_emu_switch pops: control words, r15..r12, rbx, rbp, and
-  // the return address (the entry stub, which passes r12 = t to fiber_main)
-  uintptr_t top = reinterpret_cast<uintptr_t>(t->stack->bottom + t->stack->size) & ~uintptr_t(15);
+  // the return address (the entry stub, which passes r12 = s to fiber_main)
+  uintptr_t top = reinterpret_cast<uintptr_t>(s->bottom + s->size) & ~uintptr_t(15);
   auto* frame = reinterpret_cast<uint64_t*>(top - 80);
   frame[0] = 0x1f80u | (uint64_t{0x037f} << 32);  // MXCSR default, x87 control word default
   frame[1] = frame[2] = frame[3] = 0;              // r15, r14, r13
-  frame[4] = reinterpret_cast<uint64_t>(t);        // r12
+  frame[4] = reinterpret_cast<uint64_t>(s);        // r12
   frame[5] = frame[6] = 0;                         // rbx, rbp
   frame[7] = reinterpret_cast<uint64_t>(&fusedrnn_emu_fiber_entry);
-  t->sp = frame;
+  s->sp = frame;
 #endif
 }
 
@@ -478,12 +531,12 @@ class Scheduler {
  public:
   explicit Scheduler(Launch& L) : L_(L) {}
 
-  ~Scheduler() {
+  ~Scheduler() {  // after a failure: what is left resident
+    tsan_acquire(&L_.end_sync);
     for (auto& b : L_.resident) release_block(*b);
   }
 
   void run() {
-    tsan_release(&L_.start_sync);
 #ifdef FUSEDRNN_EMU_TSAN
     L_.host_fiber = __tsan_get_current_fiber();
 #endif
@@ -492,6 +545,7 @@ class Scheduler {
     const uint64_t blocks = 1ull * L_.grid.x * L_.grid.y * L_.grid.z;
     if (L_.cooperative) {
       for (uint64_t i = 0; i < blocks; ++i) add_block(i);
+      tsan_release(&start_sync);
       L_.grid_live = blocks * L_.threads_per_block;
       std::vector<Thread*> all;
       for (auto& b : L_.resident)
@@ -501,10 +555,12 @@ class Scheduler {
     } else {
       for (uint64_t i = 0; i < blocks; ++i) {  // one block at a time: nothing may make them wait on each other
         add_block(i);
+        tsan_release(&start_sync);
         std::vector<Thread*> all;
         for (unsigned j = 0; j < L_.threads_per_block; ++j) all.push_back(&L_.resident.back()->threads[j]);
         make_ready(all);
         schedule();
+        tsan_acquire(&L_.end_sync);  // the block's threads are done with what is freed now
         release_block(*L_.resident.back());
         L_.resident.clear();
       }
@@ -518,7 +574,9 @@ class Scheduler {
   }
 
   void add_block(uint64_t linear) {
-    auto b = std::make_unique<Block>();
+    // resident first: if a stack cannot be had, the destructor returns those taken
+    L_.resident.push_back(std::make_unique<Block>());
+    Block* b = L_.resident.back().get();
     b->linear = linear;
     b->index = uint3{static_cast<unsigned>(linear % L_.grid.x), static_cast<unsigned>(linear / L_.grid.x % L_.grid.y),
                      static_cast<unsigned>(linear / (1ull * L_.grid.x * L_.grid.y))};
@@ -542,7 +600,7 @@ class Scheduler {
       t->shared = b->shared;
       t->shared_bytes = L_.smem;
       t->launch = &L_;
-      t->block = b.get();
+      t->block = b;
       t->linear = i;
       t->lane = i % 32;
       t->warp = &b->warps[i / 32];
@@ -550,13 +608,18 @@ class Scheduler {
       t->warp->present |= 1u << t->lane;
       start_fiber(t, L_.settings.stack_bytes);
     }
-    L_.resident.push_back(std::move(b));
   }
 
   void release_block(Block& b) {
     for (unsigned i = 0; i < L_.threads_per_block; ++i) {
-      if (b.threads[i].stack) stack_pool.put(b.threads[i].stack);
-      b.threads[i].stack = nullptr;
+      Thread& t = b.threads[i];
+      if (t.stack == nullptr) continue;
+      if (t.exited) {
+        stack_pool.put(t.stack);
+      } else {
+        stack_pool.discard(t.stack);
+      }
+      t.stack = nullptr;
     }
   }
 
@@ -786,7 +849,7 @@ void fail(const char* format, ...) {
   Thread* t = self();
   if (t == nullptr) throw std::runtime_error(std::string("fusedrnn CUDA emulation: ") + buf);
   t->error = buf;
-  suspend(t, kFail, /*exiting=*/true);
+  suspend(t, kFail);
   __builtin_trap();  // a failed thread is never resumed
 }
 
