@@ -98,7 +98,8 @@ def _extensions():
     if _flag("FUSEDRNN_EMULATION_ONLY"):
         exts = []
     # The emulation registers the CUDA ops for CPU tensors: never next to the real ones.
-    if not with_cuda and not _flag("FUSEDRNN_NO_EMULATION"):
+    # Linux only (its fiber switch and stacks: mmap, ELF assembly or ucontext).
+    if not with_cuda and sys.platform.startswith("linux") and not _flag("FUSEDRNN_NO_EMULATION"):
         exts.append(_emulation_extension(CppExtension, include_dirs))
     # ninja compiles the sources in parallel (MAX_JOBS caps it); torch falls back to a serial build without it
     return exts, {"build_ext": _optional(BuildExtension).with_options(use_ninja=True)}

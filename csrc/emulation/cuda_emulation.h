@@ -17,9 +17,10 @@
 //    grid.sync() outside a cooperative launch, warp-synchronous calls with
 //    divergent masks or arguments, misaligned WMMA pointers, more dynamic
 //    shared memory than the launch asked for is for ASan to see (the block's
-//    buffer is exactly that size), a kernel running past FUSEDRNN_EMU_TIMEOUT
-//    seconds (spin-waits progress through atomics, __ldcg and __nanosleep,
-//    which let other threads run).
+//    buffer is exactly that size), a kernel in which nothing completes (no
+//    barrier, warp operation or thread exit) for FUSEDRNN_EMU_TIMEOUT seconds
+//    (spin-waits progress through atomics, __ldcg and __nanosleep, which let
+//    other threads run).
 //  * warp intrinsics and WMMA operations are collectives of the lanes named
 //    in their mask: a lane waits until all of them arrived, as on Volta and
 //    later (independent thread scheduling: lanes of a warp do not run in lock

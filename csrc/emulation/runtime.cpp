@@ -540,8 +540,6 @@ class Scheduler {
 #ifdef FUSEDRNN_EMU_TSAN
     L_.host_fiber = __tsan_get_current_fiber();
 #endif
-    deadline_ = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                                        std::chrono::duration<double>(L_.settings.timeout_s));
     const uint64_t blocks = 1ull * L_.grid.x * L_.grid.y * L_.grid.z;
     if (L_.cooperative) {
       for (uint64_t i = 0; i < blocks; ++i) add_block(i);
@@ -639,16 +637,27 @@ class Scheduler {
     for (Thread* t : group) L_.ready.push_back(t);
   }
 
+  // Runs the ready threads until none is left.  A kernel that spins (threads
+  // yield, nothing completes) fails after FUSEDRNN_EMU_TIMEOUT seconds without
+  // progress; a slow one (a sanitizer build) does not.
   void schedule() {
-    uint64_t switches = 0;
+    using Clock = std::chrono::steady_clock;
+    uint64_t switches = 0, seen = progress_;
+    Clock::time_point since = Clock::now();
     while (!L_.ready.empty()) {
       Thread* t = L_.ready.front();
       L_.ready.pop_front();
       resume(L_, t);
       handle(t, t->request.load(std::memory_order_acquire));
-      if ((++switches & 1023) == 0 && std::chrono::steady_clock::now() > deadline_)
-        fail_launch("did not finish within FUSEDRNN_EMU_TIMEOUT=" + std::to_string(L_.settings.timeout_s) +
-                    " s (a spin-wait that never ends?); " + describe());
+      if ((++switches & 1023) != 0) continue;
+      if (progress_ != seen) {
+        seen = progress_, since = Clock::now();
+      } else if (std::chrono::duration<double>(Clock::now() - since).count() > L_.settings.timeout_s) {
+        char limit[32];
+        snprintf(limit, sizeof(limit), "%g", L_.settings.timeout_s);
+        fail_launch(std::string("no barrier, warp operation or thread exit completed for FUSEDRNN_EMU_TIMEOUT=") +
+                    limit + " s (a spin-wait that never ends?); " + describe());
+      }
     }
     for (auto& b : L_.resident)
       if (b->live > 0) fail_launch("deadlock: no thread can continue; " + describe());
@@ -660,6 +669,7 @@ class Scheduler {
       case kYield: L_.ready.push_back(t); return;
       case kFail: fail_launch(t->error + " (" + where(t) + ")");
       case kExit: {
+        ++progress_;
         t->exited = true;
         --b.live, ++b.exited;
         t->warp->exited |= 1u << t->lane;
@@ -678,6 +688,7 @@ class Scheduler {
         waiting_[&b].push_back(t);
         if (++b.arrived == b.live) {
           if (b.exited > 0) divergent_barrier(b);
+          ++progress_;
           b.arrived = 0;
           b.generation.fetch_add(1, std::memory_order_relaxed);
           std::vector<Thread*> group;
@@ -694,6 +705,7 @@ class Scheduler {
         grid_waiting_.push_back(t);
         if (++L_.grid_arrived == L_.grid_live) {
           if (L_.grid_exited > 0) divergent_grid_sync();
+          ++progress_;
           L_.grid_arrived = 0;
           L_.grid_generation.fetch_add(1, std::memory_order_relaxed);
           std::vector<Thread*> group;
@@ -751,6 +763,7 @@ class Scheduler {
     }
     p->arrived |= bit;
     if (p->arrived != mask) return;
+    ++progress_;
     // complete: the last lane to arrive runs the operation, then all continue
     std::vector<Thread*> group;
     for (int lane = 0; lane < 32; ++lane) {
@@ -805,7 +818,7 @@ class Scheduler {
   }
 
   Launch& L_;
-  std::chrono::steady_clock::time_point deadline_;
+  uint64_t progress_ = 0;  // barriers, warp collectives and thread exits completed
   std::map<Block*, std::vector<Thread*>> waiting_;
   std::vector<Thread*> grid_waiting_;
 };
