@@ -264,6 +264,10 @@ class StackPool {
   static constexpr size_t kKeep = 4096;  // stacks kept for the next launches
 
   static void release(Stack* s) {
+#ifdef FUSEDRNN_EMU_ASAN
+    // abandoned frames leave their redzones poisoned; the next mapping at this address must not inherit them
+    ASAN_UNPOISON_MEMORY_REGION(s->bottom, s->size);
+#endif
     munmap(s->base, s->mapped);
 #ifdef FUSEDRNN_EMU_TSAN
     __tsan_destroy_fiber(s->tsan_fiber);
