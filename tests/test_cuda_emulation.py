@@ -37,6 +37,8 @@ from fusedrnn import _extension, backends
 from fusedrnn.backends import cuda as cuda_backend
 from fusedrnn.backends.base import LayerWeights
 
+import nonfinite_cases as nc
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -433,3 +435,25 @@ def test_without_the_variable_the_backend_wants_a_gpu(monkeypatch):
         pytest.skip("a GPU is present: the cuda backend is the real one")
     why = backends.unavailable_reason("cuda")
     assert why is not None and "FUSEDRNN_CUDA_EMULATE=1" in why
+
+
+# ----------------------------------------------------------------------------
+# NaN and inf through the CUDA kernels (issue 12: every backend propagates them as torch.nn)
+# ----------------------------------------------------------------------------
+
+NONFINITE_PARAMS = [
+    pytest.param(variant, place, value, strategy, id=f"{variant}-{place}-{value}-{strategy}")
+    for variant in nc.VARIANTS
+    for place in nc.places(variant)
+    for value in nc.VALUES
+    for strategy in ("per_step", "persistent")
+    if strategy == "per_step" or variant in PERSISTENT_VARIANTS
+]
+
+
+@pytest.mark.parametrize("variant, place, value, strategy", NONFINITE_PARAMS, indirect=["strategy"])
+def test_special_values_propagate_like_torch(variant, place, value, strategy):
+    """tests/nonfinite_cases.py's problems (one NaN or +-inf in one input, state or weight) on the
+    emulated kernels, float32: NaN and inf exactly where torch.nn has them, finite values within 1e-5."""
+    problem = nc.with_value(ft.make_problem(nc.case(variant), torch.float32), place, nc.VALUES[value])
+    nc.assert_agree(nc.run(problem, "cuda", torch.float32), nc.oracle(problem), torch.float32)
