@@ -10,7 +10,10 @@
 //    grid.sync().  The schedule is deterministic (thread order by default,
 //    FUSEDRNN_EMU_SCHEDULE=reverse|shuffle[:seed] for others), each fiber runs
 //    until it blocks, so a missing barrier makes a thread read what its
-//    neighbours have not written yet: a wrong result, not a lucky one.
+//    neighbours have not written yet: a wrong result, not a lucky one.  And a
+//    block runs as far as it can before the others move (threads released
+//    from a barrier go first), so does a block reading another block's data
+//    without a grid.sync between.
 //  * misuse a GPU leaves undefined is an error naming the kernel (a
 //    std::runtime_error, a RuntimeError in Python): a barrier some threads of
 //    the block never reach (they exited, or wait elsewhere: a deadlock), a
@@ -168,7 +171,6 @@ void count_load();   // __ldcg and friends: a yield every few thousand loads
 // fn(lane_data of lanes 0..31 (null outside the mask), mask) and all continue.
 using WarpFn = void (*)(void* const* lane_data, unsigned mask);
 void warp_collective(unsigned mask, const char* what, uint64_t signature, void* lane_data, WarpFn fn);
-unsigned lane_id();  // the caller's lane in its warp
 
 // ---------------------------------------------------------------------------
 // launches
@@ -186,14 +188,10 @@ struct KernelBody {
 cudaError_t launch_kernel(const char* name, dim3 grid, dim3 block, size_t dynamic_smem, bool cooperative,
                           const void* func, const KernelBody& body);
 
-template <typename T>
-struct Identity {
-  using type = T;
-};
-
+// `args` are the kernel's parameters (device_common.cuh's launch helpers converted them).
 template <typename... Params>
 cudaError_t launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_smem,
-                   bool cooperative, typename Identity<Params>::type... args) {
+                   bool cooperative, Params... args) {
   struct Closure {
     void (*kernel)(Params...);
     std::tuple<Params...> params;

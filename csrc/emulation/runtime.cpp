@@ -366,7 +366,6 @@ struct Launch {
   std::atomic<uint64_t> grid_generation{0};
   SyncPair grid_sync;
   char end_sync = 0;  // the kernel's writes before the host continues
-  std::string error;
   uint64_t shuffle_state = 0;
   // the scheduler's context
 #ifdef FUSEDRNN_EMU_USE_UCONTEXT
@@ -625,8 +624,13 @@ class Scheduler {
     }
   }
 
-  // Queue threads released together, in the schedule's order.
-  void make_ready(std::vector<Thread*> group) {
+  // Queue threads released together, in the schedule's order: at the back, or
+  // `ahead` of everything queued.  Threads released from a block barrier or a
+  // warp collective go ahead, so a block runs as far as it can (up to a
+  // grid.sync, or its end) before the other blocks move: a block that reads
+  // what another block writes without a grid.sync between reads it too early,
+  // as a thread that skips a __syncthreads reads its neighbours' data too early.
+  void make_ready(std::vector<Thread*> group, bool ahead = false) {
     switch (L_.settings.order) {
       case Order::forward: break;
       case Order::reverse: std::reverse(group.begin(), group.end()); break;
@@ -638,7 +642,11 @@ class Scheduler {
         }
         break;
     }
-    for (Thread* t : group) L_.ready.push_back(t);
+    if (ahead) {
+      L_.ready.insert(L_.ready.begin(), group.begin(), group.end());
+    } else {
+      L_.ready.insert(L_.ready.end(), group.begin(), group.end());
+    }
   }
 
   // Runs the ready threads until none is left.  A kernel that spins (threads
@@ -698,7 +706,7 @@ class Scheduler {
           std::vector<Thread*> group;
           group.swap(waiting_[&b]);
           std::sort(group.begin(), group.end(), [](Thread* x, Thread* y) { return x->linear < y->linear; });
-          make_ready(group);
+          make_ready(group, /*ahead=*/true);
         }
         return;
       }
@@ -776,8 +784,8 @@ class Scheduler {
       if (w.lanes[lane] != t) group.push_back(w.lanes[lane]);
     }
     w.pending.erase(w.pending.begin() + (p - w.pending.data()));
-    L_.ready.push_back(t);  // the executor runs first
-    make_ready(group);
+    make_ready(group, /*ahead=*/true);
+    L_.ready.push_front(t);  // the executor runs first
   }
 
   [[noreturn]] void divergent_barrier(const Block& b) {
@@ -898,8 +906,6 @@ void count_load() {
   Thread* t = self();
   if (t != nullptr && (++t->loads & 4095) == 0) suspend(t, kYield);
 }
-
-unsigned lane_id() { return self()->lane; }
 
 void warp_collective(unsigned mask, const char* what, uint64_t signature, void* lane_data, WarpFn fn) {
   Thread* t = self();
