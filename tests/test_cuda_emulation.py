@@ -126,6 +126,7 @@ def test_grid_sync_orders_the_blocks_of_a_cooperative_launch(st, schedule):
 
 
 def test_a_missing_grid_sync_gives_a_wrong_result(st, emu):
+    """Block barriers alone do not order blocks: a block runs ahead and reads its neighbour's slot unwritten."""
     skip_deliberate_race(emu)
     assert st.grid_exchange(5, False, True).tolist() != [2, 3, 4, 5, 1]
 

@@ -44,9 +44,14 @@ __global__ void deadlock_kernel() {
   }
 }
 
+// The block barriers around the grid barrier do not order the blocks: without
+// grid.sync() a block reads its neighbour's slot before the neighbour wrote it
+// (in emulation, where a block runs ahead of the others, every time).
 __global__ void grid_exchange_kernel(int* slots, int* seen, bool sync) {
   if (threadIdx.x == 0) slots[blockIdx.x] = static_cast<int>(blockIdx.x) + 1;
+  __syncthreads();
   if (sync) cg::this_grid().sync();
+  __syncthreads();
   if (threadIdx.x == 0) seen[blockIdx.x] = slots[(blockIdx.x + 1) % gridDim.x];
 }
 

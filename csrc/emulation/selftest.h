@@ -19,8 +19,9 @@ cudaError_t block_sum(const float* in, float* out, unsigned blocks, unsigned thr
 cudaError_t divergent_barrier(unsigned threads, unsigned split);
 // Thread 0 waits at grid.sync(), the others at __syncthreads(): neither can complete.
 cudaError_t deadlock(unsigned threads);
-// Each block's thread 0 writes slots[b] = b+1, meets the others at grid.sync()
-// (if `sync`), and reads the next block's slot into seen[b].
+// Each block's thread 0 writes slots[b] = b+1, the block meets the others at
+// grid.sync() (if `sync`; block barriers around it either way), and thread 0
+// reads the next block's slot into seen[b].
 cudaError_t grid_exchange(int* slots, int* seen, unsigned blocks, bool sync, bool cooperative);
 // Warp intrinsics of each of `threads` threads on in[t]: 9 results per thread in out.
 constexpr int kWarpResults = 9;
