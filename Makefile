@@ -168,7 +168,7 @@ emu-tsan: build $(STAMPS)/deps-test build/emu-thread/.built
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .benchmarks
-	rm -f fusedrnn/_C*.so fusedrnn/_C*.pyd
+	rm -f fusedrnn/_C*.so fusedrnn/_C*.pyd fusedrnn/_cuda_emulation*.so
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
