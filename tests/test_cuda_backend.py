@@ -279,21 +279,9 @@ GRID = [
 ]
 
 
-def expect_relu_kink(request, cell, options, dtype, strategy, device):
-    """Found in emulation (tests/test_cuda_emulation.py, RELU_KINK): the persistent kernel's bfloat16 h
-    operand puts one ReLU pre-activation of this case on the other side of 0 than PyTorch's float32 h,
-    and the gradients through it miss the 2x rule.  Strict in emulation (deterministic); on a GPU the
-    tensor cores' summation order may or may not flip it."""
-    if (cell.mode == "relu" and dtype == torch.bfloat16 and strategy == "persistent" and options["T"] == 7
-            and not any(options.get(k) for k in ("packed", "reverse", "bias"))):
-        request.applymarker(pytest.mark.xfail(strict=emulated(device), reason="a ReLU kink flipped by the "
-                                              "bfloat16 h operand of the persistent kernel's product"))
-
-
 @pytest.mark.usefixtures("no_tf32")
 @pytest.mark.parametrize("cell,options,dtype,strategy", GRID)
-def test_forward_and_backward_match_reference(cell, options, dtype, strategy, device, request, fixed_seed):
-    expect_relu_kink(request, cell, options, dtype, strategy, device)
+def test_forward_and_backward_match_reference(cell, options, dtype, strategy, device, fixed_seed):
     case = make_case(cell, generator=torch.Generator().manual_seed(fixed_seed), **options)
     compare_with_reference(case, dtype, strategy, device)
 

@@ -313,26 +313,8 @@ GRID = (
     + ft.cases(shapes=[(1, 5, 3, 37)], options=["padded", "packed-reverse"])
     + ft.cases(shapes=[(4, 16, 8, 64)], options=["padded", "packed-reverse"])
 )
-#: Found by the emulation: the persistent kernel feeds h to the tensor cores
-#: in the 16-bit dtype (README, Numerics), so a ReLU pre-activation within a
-#: rounding of 0 can take the other side of the kink than in the reference
-#: (float32 h), and the gradient through it then differs by more than the 2x
-#: rule allows.  The kernel is right for what it computes
-#: (test_persistent_16_bit_forward_rounds_h_before_the_product); whether the
-#: rule or the kernel should change is csrc/cuda/README.md's open question.
-RELU_KINK = pytest.mark.xfail(strict=True, reason="persistent bfloat16 RNN-relu: one ReLU kink flipped by the "
-                                                  "bfloat16 h operand (see RELU_KINK)")
-
-
-def _marks(case, dtype, strategy):
-    kink = (case.variant == "rnn-relu" and dtype == torch.bfloat16 and case.option == "padded"
-            and tuple(case.shape) == (7, 5, 3, 37) and strategy == "persistent")
-    return [RELU_KINK] if kink else []
-
-
 PARAMS = [
-    pytest.param(case, dtype, strategy, id=f"{case.id}-{ft.dtype_name(dtype)}-{strategy}",
-                 marks=_marks(case, dtype, strategy))
+    pytest.param(case, dtype, strategy, id=f"{case.id}-{ft.dtype_name(dtype)}-{strategy}")
     for case in GRID
     for dtype in CUDA_DTYPES
     for strategy in ("per_step", "persistent")
@@ -365,8 +347,7 @@ def test_matches_reference_and_torch_nn(checker, case, dtype, strategy):
 
 
 MODULE_PARAMS = [
-    pytest.param(case, dtype, id=f"{case.id}-{ft.dtype_name(dtype)}",
-                 marks=[RELU_KINK] if case.variant == "rnn-relu" and dtype == torch.bfloat16 else [])
+    pytest.param(case, dtype, id=f"{case.id}-{ft.dtype_name(dtype)}")
     for case in ft.module_cases(shapes=[(6, 5, 3, 37)])
     for dtype in CUDA_DTYPES
 ]
@@ -382,10 +363,12 @@ def test_whole_modules_match_torch_nn(checker, case, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=ft.dtype_name)
 @pytest.mark.parametrize("variant", ["rnn-relu", "rnn-tanh", "gru", "lstm"])
-def test_persistent_16_bit_forward_rounds_h_before_the_product(variant, dtype):
-    """The persistent forward in 16 bits is the float64 recurrence with h rounded to the dtype before
-    the recurrent product (and the outputs rounded once): what README's Numerics promises, no more error.
-    Then the RELU_KINK cases above are this rounding, not a kernel bug."""
+def test_persistent_16_bit_forward_keeps_h_to_float32_accuracy(variant, dtype):
+    """The persistent forward in 16 bits feeds h to the tensor cores as hi + lo (csrc/cuda/README.md,
+    Numerics), so it is the float64 recurrence with the unrounded h, its outputs rounded once.
+    Found by the emulation: with h rounded to 16 bits before the product, a bfloat16 ReLU
+    pre-activation within a rounding of 0 took the other side of the kink than in the reference
+    (and torch.nn), and the gradient through it missed the checker's 2x rule."""
     case = ft.Case(variant, (7, 5, 3, 37), "padded")
     p = ft.make_problem(case, dtype)
     x, h0, c0 = p.inputs["x"], p.inputs["h0"], p.inputs.get("c0")
@@ -393,20 +376,7 @@ def test_persistent_16_bit_forward_rounds_h_before_the_product(variant, dtype):
     out, h_n, c_n, _ = torch.ops.fusedrnn_C.cuda_forward(
         case.cell.family, case.cell.mode, x.to(dtype), h0.to(dtype), None if c0 is None else c0.to(dtype),
         *(t.to(dtype) for t in w), None, None, None, False, "persistent", True)
-    cell = case.cell
-    h, c, outs = h0, c0, []
-    for t in range(x.shape[0]):  # one step of the reference with the 16-bit h operand
-        step = fusedrnn.reference.sequence_forward(cell, x[t:t + 1], h.to(dtype).double(), c, LayerWeights(*w),
-                                                   None, False)
-        # the reference's h product used the rounded h; its z*h (GRU) must use the exact one
-        if case.cell.family == "gru":
-            z = step.workspace[0, :, h.shape[1]:2 * h.shape[1]]
-            step_h = step.out[0] + z * (h - h.to(dtype).double())
-        else:
-            step_h = step.out[0]
-        h, c = step_h, step.c_n
-        outs.append(h)
-    expected = torch.stack(outs)
+    expected = fusedrnn.reference.sequence_forward(case.cell, x, h0, c0, LayerWeights(*w), None, False).out
     unit = ft.UNIT_ROUNDOFF[dtype]  # the output's one rounding, and float32 arithmetic next to float64's
     torch.testing.assert_close(out.double(), expected, rtol=2 * unit, atol=1e-6)
     if variant == "rnn-relu":  # the same side of every kink

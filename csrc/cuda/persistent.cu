@@ -6,10 +6,16 @@
 // (gate-major: row g*U + u is W_hh row g*H + j*U + u), plus the LSTM cell
 // state of its units for every batch row.  Per step it
 //   1. stages h_prev (float32, from the exchange buffer in global memory) into
-//      shared memory in the storage dtype,
+//      shared memory: as it is for float32; for float16/bfloat16 as a pair of
+//      16-bit values hi + lo (hi = h rounded, lo = h - hi rounded), so that the
+//      tensor cores see h to ~16 bits of mantissa instead of 8 (bfloat16),
 //   2. computes its [rows, G*U] slice of h_prev W_hh^T: tensor cores (WMMA
-//      m16n16k16, float32 accumulation) for float16/bfloat16, float32 FMA for
-//      float32 (exact, where TF32 would cost accuracy the float32 tests check),
+//      m16n16k16, float32 accumulation, hi W + lo W) for float16/bfloat16,
+//      float32 FMA for float32 (exact, where TF32 would cost accuracy the
+//      float32 tests check).  Why the pair: with h rounded to 16 bits the
+//      product is that of a different h, and a pre-activation near a ReLU kink
+//      or a saturating gate lands where the reference (float32 h, as torch.nn
+//      on the CPU and this project's per-step strategy) does not put it,
 //   3. applies the gate math (fusedrnn/gate_math.h) to its units, writes the
 //      outputs and the workspace, and the new h into the other half of the
 //      exchange buffer,
@@ -57,7 +63,7 @@ struct SmemLayout {
   int64_t k_pad = 0;      // K padded for the product (multiple of 16 for WMMA)
   int64_t rows_pad = 0;   // batch rows the h tile holds
   int64_t cols = 0;       // G*U product columns
-  size_t w = 0, h = 0, acc = 0, c = 0, total = 0;  // byte offsets, total size
+  size_t w = 0, h = 0, h_lo = 0, acc = 0, c = 0, total = 0;  // byte offsets, total size
 };
 
 __host__ __device__ inline SmemLayout smem_layout(bool mma, int64_t elem, int G, int64_t units, int64_t B,
@@ -82,6 +88,8 @@ __host__ __device__ inline SmemLayout smem_layout(bool mma, int64_t elem, int G,
   off = round_up(off + L.cols * L.ldk * elem, 128);
   L.h = off;
   off = round_up(off + L.rows_pad * L.ldk * elem, 128);
+  L.h_lo = off;  // the low halves of h (mma only)
+  off = round_up(off + (mma ? L.rows_pad * L.ldk * elem : 0), 128);
   L.acc = off;
   off = round_up(off + acc_floats * sizeof(float), 128);
   L.c = off;
@@ -100,7 +108,8 @@ __host__ __device__ constexpr int64_t units_per_block() {
   return uses_mma<T>() ? kTile : 8;  // WMMA: one 16-column tile per gate; FMA: more, smaller blocks
 }
 
-// The block's product for rows [0, rows) on tensor cores.  The warps split
+// The block's product for rows [0, rows) on tensor cores: (Hs + Hlo) Ws^T,
+// the high and low halves of h into one float32 accumulator.  The warps split
 // the (row tile, column tile) pairs, and the K dimension too when there are
 // fewer pairs than warps.  Every (K-slice, tile) pair is stored as its own
 // 16x16 sheet; sum_acc adds the slices of an element.
@@ -109,8 +118,8 @@ struct MmaSheets {
 };
 
 template <typename T>
-__device__ __forceinline__ MmaSheets product_mma(const T* Hs, const T* Ws, float* acc, const SmemLayout& L,
-                                                 int64_t rows) {
+__device__ __forceinline__ MmaSheets product_mma(const T* Hs, const T* Hlo, const T* Ws, float* acc,
+                                                 const SmemLayout& L, int64_t rows) {
   using namespace nvcuda;
   MmaSheets s;
   const int warp = threadIdx.x / 32;
@@ -127,14 +136,22 @@ __device__ __forceinline__ MmaSheets product_mma(const T* Hs, const T* Ws, float
     for (int kt = k0; kt < k1; ++kt) {
       wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, T, wmma::row_major> a;
       wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, T, wmma::col_major> b;
-      wmma::load_matrix_sync(a, Hs + mt * kTile * L.ldk + kt * kTile, static_cast<unsigned>(L.ldk));
+      const int64_t a_offset = mt * kTile * L.ldk + kt * kTile;
       wmma::load_matrix_sync(b, Ws + nt * kTile * L.ldk + kt * kTile, static_cast<unsigned>(L.ldk));
+      wmma::load_matrix_sync(a, Hs + a_offset, static_cast<unsigned>(L.ldk));
+      wmma::mma_sync(c, a, b, c);
+      wmma::load_matrix_sync(a, Hlo + a_offset, static_cast<unsigned>(L.ldk));
       wmma::mma_sync(c, a, b, c);
     }
     wmma::store_matrix_sync(acc + static_cast<int64_t>(job) * kTile * kTile, c, kTile, wmma::mem_row_major);
   }
   return s;
 }
+
+// What h = v lacks after rounding to hi (rounded again by the caller).  0 where
+// hi is not finite: inf - inf would turn an overflowing h into NaN, where the
+// hi product alone keeps its inf as the float32 product would.
+__device__ __forceinline__ float low_half(float v, float hi) { return isfinite(hi) ? v - hi : 0.0f; }
 
 // Element (b, j) of the product after product_mma.
 __device__ __forceinline__ float sum_acc(const float* acc, const MmaSheets& s, int64_t b, int64_t j) {
@@ -175,6 +192,7 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
   const SmemLayout L = smem_layout(kMma, sizeof(T), G, U, B, H, kLstm);
   T* Ws = reinterpret_cast<T*>(smem + L.w);
   T* Hs = reinterpret_cast<T*>(smem + L.h);
+  T* Hlo = reinterpret_cast<T*>(smem + L.h_lo);
   float* acc = reinterpret_cast<float*>(smem + L.acc);
   float* Cs = reinterpret_cast<float*>(smem + L.c);
   const int64_t u0 = static_cast<int64_t>(blockIdx.x) * U;
@@ -206,12 +224,15 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
     // __ldcg: read around L1, which is not coherent with the other SMs' writes
     for (int64_t idx = threadIdx.x; idx < rows * L.ldk; idx += blockDim.x) {
       const int64_t b = idx / L.ldk, k = idx - b * L.ldk;
-      Hs[idx] = from_float<T>((b < n && k < H) ? __ldcg(cur + b * H + k) : 0.0f);
+      const float v = (b < n && k < H) ? __ldcg(cur + b * H + k) : 0.0f;
+      const T hi = from_float<T>(v);
+      Hs[idx] = hi;
+      if constexpr (kMma) Hlo[idx] = from_float<T>(low_half(v, to_float(hi)));
     }
     __syncthreads();
     MmaSheets sheets;
     if constexpr (kMma) {
-      sheets = product_mma<T>(Hs, Ws, acc, L, n);
+      sheets = product_mma<T>(Hs, Hlo, Ws, acc, L, n);
     } else {
       product_fma(Hs, Ws, acc, L, n, H);
     }
