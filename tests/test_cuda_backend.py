@@ -60,15 +60,9 @@ SIZES = {
 }
 
 
-def has_persistent(cell: CellSpec, options: dict) -> bool:
-    """Cells the persistent forward implements (csrc/cuda/README.md)."""
-    if cell.family == "lstm":
-        return not options.get("proj")
-    return cell.mode != "reset_before"
-
-
 def strategies(cell, options):
-    return ["per_step"] + (["persistent"] if has_persistent(cell, options) else [])
+    """The forward strategies: every cell has a persistent kernel (csrc/cuda/README.md)."""
+    return ["per_step", "persistent"]
 
 
 # ----------------------------------------------------------------------------
@@ -446,15 +440,17 @@ def test_auto_strategy_rule(device):
     assert chosen("gru", "reset_after", 16, 768, 1024, dtype=torch.bfloat16) == "persistent"
     assert chosen("rnn", "relu", 5, 37, 7) == "persistent"
     assert chosen("lstm", "lstm", 5, 37, 1).startswith("per_step: a single step")
-    assert chosen("lstm", "lstm", 5, 37, 7, proj=4).startswith("per_step: no persistent kernel for LSTM with a projection")
-    assert chosen("gru", "reset_before", 5, 37, 7).startswith("per_step: no persistent kernel for GRU reset_before")
+    assert chosen("lstm", "lstm", 5, 37, 7, proj=4) == "persistent"
+    assert chosen("gru", "reset_before", 5, 37, 7) == "persistent"
+    assert chosen("lstm", "lstm", 16, 768, 1024, proj=256, dtype=torch.bfloat16) == "persistent"
     # float32 W_hh rows of 4 gates x 8 units x 8192 inputs need 1 MiB of shared memory per block
     assert "shared memory" in chosen("lstm", "lstm", 4, 8192, 7)
 
 
 def test_forced_persistent_where_impossible_raises(device):
-    case = on_device(make_case(CellSpec("gru", "reset_before")), torch.float32, device)
-    with pytest.raises(RuntimeError, match="persistent strategy cannot run this call: no persistent kernel for GRU"):
+    """float32 W_hh rows of 4 gates x 8 units x 8192 inputs need 1 MiB of shared memory per block."""
+    case = on_device(make_case(CellSpec("lstm", "lstm"), B=2, H=8192, I=3, T=2), torch.float32, device)
+    with pytest.raises(RuntimeError, match="persistent strategy cannot run this call: .*shared memory"):
         cuda_forward(case, "persistent")
 
 

@@ -304,8 +304,6 @@ def test_thread_sanitizer_sees_a_missing_barrier(emu):
 # ----------------------------------------------------------------------------
 
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-#: variants with a persistent forward kernel (csrc/cuda/README.md)
-PERSISTENT_VARIANTS = ("lstm", "lstm-peephole", "gru", "rnn-tanh", "rnn-relu")
 # odd sizes; a single step; H a multiple of 16 (the pointwise kernels' 16-byte
 # vector path, whole WMMA tiles) with B=16 (a whole row tile)
 GRID = (
@@ -317,8 +315,7 @@ PARAMS = [
     pytest.param(case, dtype, strategy, id=f"{case.id}-{ft.dtype_name(dtype)}-{strategy}")
     for case in GRID
     for dtype in CUDA_DTYPES
-    for strategy in ("per_step", "persistent")
-    if strategy == "per_step" or case.variant in PERSISTENT_VARIANTS
+    for strategy in ("per_step", "persistent")  # every cell has both
 ]
 
 
@@ -418,7 +415,6 @@ NONFINITE_PARAMS = [
     for place in nc.places(variant)
     for value in nc.VALUES
     for strategy in ("per_step", "persistent")
-    if strategy == "per_step" or variant in PERSISTENT_VARIANTS
 ]
 
 

@@ -226,19 +226,12 @@ at::Tensor hidden_bias_n(const Weights& w, int64_t H) {
 // strategy choice
 // ---------------------------------------------------------------------------
 
-// The cells the persistent kernel implements (LSTM without projection, GRU
-// reset_after, RNN); the others always run per step.
-bool persistent_cell(const Cell& cell, bool proj, PersistentCell& out) {
-  if (cell.family == Family::lstm) {
-    out = PersistentCell::lstm;
-    return !proj;
-  }
-  if (cell.family == Family::gru) {
-    out = PersistentCell::gru_reset_after;
-    return cell.reset_after;
-  }
-  out = cell.relu ? PersistentCell::rnn_relu : PersistentCell::rnn_tanh;
-  return true;
+// The persistent kernel of a cell (every cell has one).
+PersistentCell persistent_cell(const Cell& cell, bool proj) {
+  if (cell.family == Family::lstm) return proj ? PersistentCell::lstm_projection : PersistentCell::lstm;
+  if (cell.family == Family::gru) return cell.reset_after ? PersistentCell::gru_reset_after
+                                                          : PersistentCell::gru_reset_before;
+  return cell.relu ? PersistentCell::rnn_relu : PersistentCell::rnn_tanh;
 }
 
 struct Choice {
@@ -248,18 +241,14 @@ struct Choice {
   std::string why_not_persistent;
 };
 
-// The rule (README): persistent when the cell has a persistent kernel, the
-// sequence has at least 2 steps, and plan_persistent_forward says the weight
-// slices fit in shared memory and the cooperative grid fits on the device.
-Choice choose_forward(const Cell& cell, bool proj, at::ScalarType dtype, int64_t B, int64_t H, int64_t steps,
-                      int device) {
+// The rule (README): persistent when the sequence has at least 2 steps and
+// plan_persistent_forward says the weight slices fit in shared memory and the
+// cooperative grid fits on the device.  P: the size of h (the projection size, else H).
+Choice choose_forward(const Cell& cell, bool proj, at::ScalarType dtype, int64_t B, int64_t H, int64_t P,
+                      int64_t steps, int device) {
   Choice c;
-  if (!persistent_cell(cell, proj, c.cell)) {
-    c.why_not_persistent = proj ? "no persistent kernel for LSTM with a projection"
-                                : "no persistent kernel for GRU reset_before (two dependent products per step)";
-    return c;
-  }
-  c.plan = plan_persistent_forward(c.cell, storage_dtype(dtype), B, H, device);
+  c.cell = persistent_cell(cell, proj);
+  c.plan = plan_persistent_forward(c.cell, storage_dtype(dtype), B, H, P, device);
   if (!c.plan.ok) {
     c.why_not_persistent = c.plan.reason;
     return c;
@@ -354,9 +343,9 @@ void per_step_forward(const Geometry& g, const Steps& s, const Weights& w, const
 }
 
 void persistent_forward(const Geometry& g, const Steps& s, const Choice& choice, const Weights& w,
-                        const at::Tensor& w_hh, const at::Tensor& h0f, const at::Tensor& c0f, ForwardState& f,
-                        DType dtype, cudaStream_t stream, bool poison) {
-  const int64_t H = g.H, B = s.batch;
+                        const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_proj, const at::Tensor& h0f,
+                        const at::Tensor& c0f, ForwardState& f, DType dtype, cudaStream_t stream, bool poison) {
+  const int64_t H = g.H, P = g.Hout, B = s.batch;
   const auto device = h0f.device();
   std::vector<int32_t> rows;
   std::vector<int64_t> offsets;
@@ -366,22 +355,27 @@ void persistent_forward(const Geometry& g, const Steps& s, const Choice& choice,
   }
   const at::Tensor rows_dev = at::tensor(rows, at::TensorOptions().dtype(at::kInt)).to(device);
   const at::Tensor offsets_dev = at::tensor(offsets, at::TensorOptions().dtype(at::kLong)).to(device);
-  at::Tensor exchange = new_buffer({2, B, H}, h0f.options(), poison);
+  at::Tensor exchange = new_buffer({2, B, P}, h0f.options(), poison);
   exchange[0].copy_(h0f);
+  const bool two_products = choice.cell == PersistentCell::gru_reset_before ||
+                            choice.cell == PersistentCell::lstm_projection;
+  const at::Tensor mid_exchange = two_products ? new_buffer({B, H}, h0f.options(), poison) : at::Tensor();
   const bool lstm = g.cell.family == Family::lstm;
   at::Tensor c_n = lstm ? new_buffer({B, H}, h0f.options(), poison) : at::Tensor();
   const at::Tensor b_hn = g.cell.family == Family::gru ? hidden_bias_n(w, H) : at::Tensor();
   PersistentForward a;
-  a.B = B, a.H = H, a.steps = s.count();
+  a.B = B, a.H = H, a.P = P, a.steps = s.count();
   a.step_rows = ptr<int32_t>(rows_dev);
   a.step_offset = ptr<int64_t>(offsets_dev);
   a.xp = ptr<float>(f.xp);
   a.w_hh = w_hh.data_ptr();
+  a.w_proj = defined(w_proj) ? w_proj->data_ptr() : nullptr;
   a.b_hn = ptr<float>(b_hn);
   a.peep = ptr<float>(w.w_peep);
   a.h0 = ptr<float>(h0f);
   a.c0 = lstm ? ptr<float>(c0f) : nullptr;
   a.h_exchange = ptr<float>(exchange);
+  a.mid_exchange = ptr<float>(mid_exchange);
   a.out = f.out.data_ptr();
   a.ws = f.ws.data_ptr();
   a.c_n = ptr<float>(c_n);
@@ -415,7 +409,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
 
   Choice choice;
   if (requested != Strategy::per_step && s.count() > 0) {
-    choice = choose_forward(g.cell, w.w_proj.defined(), x.scalar_type(), g.B, g.H, s.count(), device.ordinal());
+    choice = choose_forward(g.cell, w.w_proj.defined(), x.scalar_type(), g.B, g.H, g.Hout, s.count(),
+                            device.ordinal());
     if (requested == Strategy::persistent) {
       TORCH_CHECK(choice.plan.ok, "fusedrnn_C: the persistent strategy cannot run this call: ",
                   choice.why_not_persistent);
@@ -423,7 +418,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     }
   }
   if (choice.strategy == Strategy::persistent) {
-    persistent_forward(g, s, choice, w, w_hh, h0f, c0f, f, dtype, stream, poison);
+    persistent_forward(g, s, choice, w, w_hh, w_proj, h0f, c0f, f, dtype, stream, poison);
   } else {
     per_step_forward(g, s, w, h0f, c0f, f, dtype, stream, poison);
   }
@@ -445,7 +440,7 @@ std::string forward_strategy(const std::string& family, const std::string& mode,
   TORCH_CHECK(h0.dim() == 2, "fusedrnn_C: h0 must be 2-D [batch, hidden], got ", h0.dim(), "-D");
   const KernelDevice device(x.device());
   const Choice c = choose_forward(cell, defined(w_proj), x.scalar_type(), h0.size(0), w_hh.size(0) / cell.gates(),
-                                  steps, device.ordinal());
+                                  h0.size(1), steps, device.ordinal());
   return c.strategy == Strategy::persistent ? std::string("persistent") : "per_step: " + c.why_not_persistent;
 }
 

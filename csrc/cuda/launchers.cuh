@@ -128,11 +128,21 @@ cudaError_t rnn_backward_step(DType dtype, const RnnBackwardStep& a, cudaStream_
 // ---------------------------------------------------------------------------
 // persistent strategy, forward: one cooperative launch for all steps.
 // Each block owns `units` hidden units and keeps the W_hh rows of all their
-// gates in shared memory for the whole sequence; h is exchanged through a
-// float32 double buffer in global memory, one grid barrier per step.
+// gates in shared memory for the whole sequence (with a projection, also
+// `units` rows of W_proj); h is exchanged through a float32 double buffer in
+// global memory, one grid barrier per step (two for GRU reset_before and
+// LSTM with a projection, whose second product needs every unit's r*h or
+// o*tanh(c) first).
 // ---------------------------------------------------------------------------
 
-enum class PersistentCell : int { lstm = 0, gru_reset_after = 1, rnn_tanh = 2, rnn_relu = 3 };
+enum class PersistentCell : int {
+  lstm = 0,
+  gru_reset_after = 1,
+  rnn_tanh = 2,
+  rnn_relu = 3,
+  gru_reset_before = 4,
+  lstm_projection = 5,
+};
 
 struct PersistentPlan {
   bool ok = false;
@@ -141,23 +151,27 @@ struct PersistentPlan {
   char reason[200] = {0};  // why not, when !ok
 };
 
-// Whether the persistent forward can run B rows of hidden size H on `device`
-// (weight slices fit in shared memory and the cooperative grid fits on the
-// device), and with which launch geometry.  Queries the device; no launch.
-PersistentPlan plan_persistent_forward(PersistentCell cell, DType dtype, int64_t B, int64_t H, int device);
+// Whether the persistent forward can run B rows of hidden size H (state and
+// output size P: the projection size, else H) on `device` (weight slices fit
+// in shared memory and the cooperative grid fits on the device), and with
+// which launch geometry.  Queries the device; no launch.
+PersistentPlan plan_persistent_forward(PersistentCell cell, DType dtype, int64_t B, int64_t H, int64_t P,
+                                       int device);
 
 struct PersistentForward {
-  int64_t B = 0, H = 0, steps = 0;
+  int64_t B = 0, H = 0, P = 0, steps = 0;  // P: the size of h and out (the projection size, else H)
   const int32_t* step_rows = nullptr;    // device [steps]: rows of each step, in processing order
   const int64_t* step_offset = nullptr;  // device [steps]: first row of each step, in processing order
   const float* xp = nullptr;             // [N, G*H], biases folded (not b_hn)
-  const void* w_hh = nullptr;            // [G*H, H] storage dtype
+  const void* w_hh = nullptr;            // [G*H, P] storage dtype
+  const void* w_proj = nullptr;          // LSTM with a projection: [P, H] storage dtype
   const float* b_hn = nullptr;           // GRU: [H] or null
   const float* peep = nullptr;           // LSTM: [3H] or null
-  const float* h0 = nullptr;             // [B, H]
+  const float* h0 = nullptr;             // [B, P]
   const float* c0 = nullptr;             // LSTM: [B, H]
-  float* h_exchange = nullptr;           // [2, B, H] scratch; the wrapper copies h0 into half 0
-  void* out = nullptr;                   // [N, H]
+  float* h_exchange = nullptr;           // [2, B, P] scratch; the wrapper copies h0 into half 0
+  float* mid_exchange = nullptr;         // [B, H] scratch: GRU reset_before's r*h, the projection's o*tanh(c)
+  void* out = nullptr;                   // [N, P]
   void* ws = nullptr;                    // [N, W]
   float* c_n = nullptr;                  // LSTM: [B, H], each row's cell state after its last step
 };

@@ -1,21 +1,14 @@
 // The persistent strategy's forward: ONE cooperative launch for a whole
-// sequence (LSTM without projection, peephole or not; GRU reset_after; RNN).
+// sequence, every cell (LSTM with peepholes or a projection, GRU both reset
+// forms, RNN tanh/relu).
 //
 // Block j owns hidden units [j*U, (j+1)*U) and, for the whole sequence, keeps
 // in shared memory the G*U rows of W_hh that produce those units' gates
 // (gate-major: row g*U + u is W_hh row g*H + j*U + u), plus the LSTM cell
 // state of its units for every batch row.  Per step it
 //   1. stages h_prev (float32, from the exchange buffer in global memory) into
-//      shared memory: as it is for float32; for float16/bfloat16 as a pair of
-//      16-bit values hi + lo (hi = h rounded, lo = h - hi rounded), so that the
-//      tensor cores see h to ~16 bits of mantissa instead of 8 (bfloat16),
-//   2. computes its [rows, G*U] slice of h_prev W_hh^T: tensor cores (WMMA
-//      m16n16k16, float32 accumulation, hi W + lo W) for float16/bfloat16,
-//      float32 FMA for float32 (exact, where TF32 would cost accuracy the
-//      float32 tests check).  Why the pair: with h rounded to 16 bits the
-//      product is that of a different h, and a pre-activation near a ReLU kink
-//      or a saturating gate lands where the reference (float32 h, as torch.nn
-//      on the CPU and this project's per-step strategy) does not put it,
+//      shared memory (persistent_common.cuh: as hi + lo for tensor cores),
+//   2. computes its [rows, G*U] slice of h_prev W_hh^T (BlockProduct),
 //   3. applies the gate math (fusedrnn/gate_math.h) to its units, writes the
 //      outputs and the workspace, and the new h into the other half of the
 //      exchange buffer,
@@ -23,17 +16,27 @@
 // Double buffering makes one barrier per step enough: step p reads half p%2
 // and writes half (p+1)%2, which nobody reads before the barrier.
 //
+// Two cells need every unit's result before their second product, so they
+// meet the other blocks once more in the middle of the step, exchanging it
+// through `mid_exchange` (written before the mid barrier, read after it, and
+// not written again before the step's final barrier):
+//   * GRU reset_before: n = tanh(x_n + (r*h) W_hn^T + b_hn).  The first
+//     product covers the r and z rows only; the block writes k = r*h of its
+//     units, and after the barrier multiplies all of k with its W_hn rows.
+//   * LSTM with a projection (h = (o*tanh(c)) W_proj^T, P < H values): the
+//     block also keeps U rows of W_proj (outputs [j*U, (j+1)*U) of h, where
+//     they exist: P < H <= blocks*U), writes m = o*tanh(c) of its units, and
+//     after the barrier multiplies all of m with its W_proj rows.
+//
 // Packed rows: step p runs its first n_p batch rows.  Rows that start at the
 // next step (reverse direction) get their h0 row copied into the buffer the
 // next step reads; rows that have finished are simply not read again.
 #include <cooperative_groups.h>
 #include <fusedrnn/gate_math.h>
-#include <mma.h>
 #include <stdio.h>
 
-#include <type_traits>
-
 #include "device_common.cuh"
+#include "persistent_common.cuh"
 
 namespace fusedrnn {
 namespace cuda {
@@ -41,142 +44,64 @@ namespace {
 
 namespace cg = cooperative_groups;
 namespace gm = ::fusedrnn::gate_math;
-
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kTile = 16;  // WMMA m = n = k
+using namespace persistent;
 
 __host__ __device__ constexpr int gates_of(PersistentCell c) {
-  return c == PersistentCell::lstm ? 4 : c == PersistentCell::gru_reset_after ? 3 : 1;
+  return c == PersistentCell::lstm || c == PersistentCell::lstm_projection ? 4
+         : c == PersistentCell::gru_reset_after || c == PersistentCell::gru_reset_before ? 3
+                                                                                         : 1;
 }
 
 __host__ __device__ constexpr int workspace_blocks_of(PersistentCell c) {
-  return c == PersistentCell::lstm ? 5 : c == PersistentCell::gru_reset_after ? 4 : 0;
+  return gates_of(c) == 4 ? 5 : gates_of(c) == 3 ? 4 : 0;
 }
 
-__host__ __device__ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+// float32 values a block keeps per (batch row, unit) across the step: the
+// LSTM cell state; GRU reset_before's r and z across its mid barrier.
+__host__ __device__ constexpr int kept_per_unit(PersistentCell c) {
+  return gates_of(c) == 4 ? 1 : c == PersistentCell::gru_reset_before ? 2 : 0;
+}
 
 // Shared memory of one block; computed identically by the planner (host) and
-// the kernel (device).  Regions are 128-byte aligned (WMMA wants 32).
+// the kernel (device).
 struct SmemLayout {
-  int64_t ldk = 0;        // leading dimension of the W and h tiles, in elements
-  int64_t k_pad = 0;      // K padded for the product (multiple of 16 for WMMA)
-  int64_t rows_pad = 0;   // batch rows the h tile holds
-  int64_t cols = 0;       // G*U product columns
-  size_t w = 0, h = 0, h_lo = 0, acc = 0, c = 0, total = 0;  // byte offsets, total size
+  OperandShape gates;  // the operand of the gate product: h (K = P)
+  OperandShape mid;    // the second product's operand: r*h or o*tanh(c) (K = H)
+  int64_t cols = 0;    // G*U gate columns
+  size_t w = 0, w_proj = 0, a = 0, a_lo = 0, acc = 0, kept = 0, total = 0;  // byte offsets, total size
 };
 
-__host__ __device__ inline SmemLayout smem_layout(bool mma, int64_t elem, int G, int64_t units, int64_t B,
-                                                  int64_t H, bool cell_state) {
+__host__ __device__ inline SmemLayout smem_layout(bool mma, int64_t elem, PersistentCell cell, int64_t units,
+                                                  int64_t B, int64_t H, int64_t P) {
   SmemLayout L;
-  L.cols = G * units;
-  if (mma) {
-    L.k_pad = round_up(H, kTile);
-    L.ldk = L.k_pad + 8;  // 16-byte skew: fewer bank conflicts, rows stay 32-byte aligned every 16 rows
-    L.rows_pad = round_up(B, kTile);
-  } else {
-    L.k_pad = H;
-    L.ldk = H + 1;        // odd stride: the threads of a warp read different banks of W
-    L.rows_pad = B;
-  }
-  // WMMA: (K-slice, tile) sheets of 16x16, at most max(kWarps, tiles) of them (see product_mma)
-  const int64_t acc_floats = mma ? (kWarps * kTile * kTile > L.rows_pad * L.cols ? kWarps * kTile * kTile
-                                                                                   : L.rows_pad * L.cols)
-                                 : L.rows_pad * L.cols;
-  size_t off = 0;
-  L.w = off;
-  off = round_up(off + L.cols * L.ldk * elem, 128);
-  L.h = off;
-  off = round_up(off + L.rows_pad * L.ldk * elem, 128);
-  L.h_lo = off;  // the low halves of h (mma only)
-  off = round_up(off + (mma ? L.rows_pad * L.ldk * elem : 0), 128);
-  L.acc = off;
-  off = round_up(off + acc_floats * sizeof(float), 128);
-  L.c = off;
-  off = round_up(off + (cell_state ? B * units * sizeof(float) : 0), 128);
-  L.total = off;
+  const bool projection = cell == PersistentCell::lstm_projection;
+  const bool two_products = projection || cell == PersistentCell::gru_reset_before;
+  L.cols = gates_of(cell) * units;
+  L.gates = operand_shape(mma, P, B);
+  L.mid = two_products ? operand_shape(mma, H, B) : L.gates;
+  // one operand region serves both products: the wider of the two
+  const OperandShape& wide = L.mid.ld > L.gates.ld ? L.mid : L.gates;
+  const int64_t acc_cols = L.cols > units ? L.cols : units;
+  SmemCarver carve;
+  L.w = carve.take(weight_bytes(L.gates, L.cols, elem));
+  L.w_proj = carve.take(projection ? weight_bytes(L.mid, units, elem) : 0);
+  L.a = carve.take(operand_bytes(false, wide, elem));
+  L.a_lo = carve.take(mma ? operand_bytes(false, wide, elem) : 0);
+  L.acc = carve.take(accumulator_floats(mma, wide.rows_pad, acc_cols) * sizeof(float));
+  L.kept = carve.take(static_cast<size_t>(kept_per_unit(cell) * B * units) * sizeof(float));
+  L.total = carve.total;
   return L;
 }
 
-template <typename T>
-__host__ __device__ constexpr bool uses_mma() {
-  return !std::is_same<T, float>::value;
-}
-
-template <typename T>
-__host__ __device__ constexpr int64_t units_per_block() {
-  return uses_mma<T>() ? kTile : 8;  // WMMA: one 16-column tile per gate; FMA: more, smaller blocks
-}
-
-// The block's product for rows [0, rows) on tensor cores: (Hs + Hlo) Ws^T,
-// the high and low halves of h into one float32 accumulator.  The warps split
-// the (row tile, column tile) pairs, and the K dimension too when there are
-// fewer pairs than warps.  Every (K-slice, tile) pair is stored as its own
-// 16x16 sheet; sum_acc adds the slices of an element.
-struct MmaSheets {
-  int col_tiles = 1, tiles = 1, slices = 1;
-};
-
-template <typename T>
-__device__ __forceinline__ MmaSheets product_mma(const T* Hs, const T* Hlo, const T* Ws, float* acc,
-                                                 const SmemLayout& L, int64_t rows) {
-  using namespace nvcuda;
-  MmaSheets s;
-  const int warp = threadIdx.x / 32;
-  s.col_tiles = static_cast<int>(L.cols / kTile);
-  s.tiles = static_cast<int>(round_up(rows, kTile) / kTile) * s.col_tiles;
-  s.slices = s.tiles >= kWarps ? 1 : kWarps / s.tiles;
-  const int k_tiles = static_cast<int>(L.k_pad / kTile);
-  for (int job = warp; job < s.tiles * s.slices; job += kWarps) {
-    const int tile = job % s.tiles, slice = job / s.tiles;
-    const int mt = tile / s.col_tiles, nt = tile % s.col_tiles;
-    const int k0 = slice * k_tiles / s.slices, k1 = (slice + 1) * k_tiles / s.slices;
-    wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> c;
-    wmma::fill_fragment(c, 0.0f);
-    for (int kt = k0; kt < k1; ++kt) {
-      wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, T, wmma::row_major> a;
-      wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, T, wmma::col_major> b;
-      const int64_t a_offset = mt * kTile * L.ldk + kt * kTile;
-      wmma::load_matrix_sync(b, Ws + nt * kTile * L.ldk + kt * kTile, static_cast<unsigned>(L.ldk));
-      wmma::load_matrix_sync(a, Hs + a_offset, static_cast<unsigned>(L.ldk));
-      wmma::mma_sync(c, a, b, c);
-      wmma::load_matrix_sync(a, Hlo + a_offset, static_cast<unsigned>(L.ldk));
-      wmma::mma_sync(c, a, b, c);
-    }
-    wmma::store_matrix_sync(acc + static_cast<int64_t>(job) * kTile * kTile, c, kTile, wmma::mem_row_major);
-  }
-  return s;
-}
-
-// What h = v lacks after rounding to hi (rounded again by the caller).  0 where
-// hi is not finite: inf - inf would turn an overflowing h into NaN, where the
-// hi product alone keeps its inf as the float32 product would.
-__device__ __forceinline__ float low_half(float v, float hi) { return isfinite(hi) ? v - hi : 0.0f; }
-
-// Element (b, j) of the product after product_mma.
-__device__ __forceinline__ float sum_acc(const float* acc, const MmaSheets& s, int64_t b, int64_t j) {
-  const int64_t tile = (b / kTile) * s.col_tiles + j / kTile;
-  const int64_t inner = (b % kTile) * kTile + j % kTile;
-  float sum = 0.0f;
-  for (int i = 0; i < s.slices; ++i) sum += acc[(i * s.tiles + tile) * kTile * kTile + inner];
-  return sum;
-}
-
-// Element (b, j) of the product after product_fma.
-__device__ __forceinline__ float sum_acc(const float* acc, const SmemLayout& L, int64_t b, int64_t j) {
-  return acc[b * L.cols + j];
-}
-
-// The same product in float32 FMA (float32 storage).
-__device__ __forceinline__ void product_fma(const float* Hs, const float* Ws, float* acc, const SmemLayout& L,
-                                            int64_t rows, int64_t K) {
-  for (int64_t idx = threadIdx.x; idx < rows * L.cols; idx += blockDim.x) {
-    const int64_t b = idx / L.cols, j = idx - b * L.cols;
-    const float* h = Hs + b * L.ldk;
-    const float* w = Ws + j * L.ldk;
-    float s = 0.0f;
-    for (int64_t k = 0; k < K; ++k) s = fmaf(h[k], w[k], s);
-    acc[idx] = s;
+// Fills the block's slice of a weight matrix `w` ([*, K] row-major): slice row
+// j = source row row_of(j) (or zeros where that is < 0), zero padding past K.
+template <typename T, typename F>
+__device__ __forceinline__ void load_weight_slice(T* Ws, const OperandShape& s, int64_t cols, const T* w, int64_t K,
+                                                  const F& row_of) {
+  for (int64_t idx = threadIdx.x; idx < cols * s.ld; idx += blockDim.x) {
+    const int64_t j = idx / s.ld, k = idx - j * s.ld;
+    const int64_t row = row_of(j);
+    Ws[idx] = (row >= 0 && k < K) ? w[row * K + k] : from_float<T>(0.0f);
   }
 }
 
@@ -185,66 +110,61 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
   constexpr int G = gates_of(CELL);
   constexpr bool kMma = uses_mma<T>();
   constexpr int64_t U = units_per_block<T>();
-  constexpr bool kLstm = CELL == PersistentCell::lstm;
+  constexpr bool kLstm = G == 4;
+  constexpr bool kProjection = CELL == PersistentCell::lstm_projection;
+  constexpr bool kResetBefore = CELL == PersistentCell::gru_reset_before;
   cg::grid_group grid = cg::this_grid();
   FUSEDRNN_DYNAMIC_SHARED(smem);
-  const int64_t B = a.B, H = a.H, GH = G * H, W = workspace_blocks_of(CELL) * H;
-  const SmemLayout L = smem_layout(kMma, sizeof(T), G, U, B, H, kLstm);
+  const int64_t B = a.B, H = a.H, P = a.P, GH = G * H, W = workspace_blocks_of(CELL) * H;
+  const SmemLayout L = smem_layout(kMma, sizeof(T), CELL, U, B, H, P);
   T* Ws = reinterpret_cast<T*>(smem + L.w);
-  T* Hs = reinterpret_cast<T*>(smem + L.h);
-  T* Hlo = reinterpret_cast<T*>(smem + L.h_lo);
-  float* acc = reinterpret_cast<float*>(smem + L.acc);
-  float* Cs = reinterpret_cast<float*>(smem + L.c);
+  T* Wp = reinterpret_cast<T*>(smem + L.w_proj);
+  float* kept = reinterpret_cast<float*>(smem + L.kept);  // [B, U] each: c (LSTM); r, z (GRU reset_before)
+  Operand<T> A;
+  A.hi = reinterpret_cast<T*>(smem + L.a);
+  A.lo = reinterpret_cast<T*>(smem + L.a_lo);
+  BlockProduct<T> prod;
+  prod.acc = reinterpret_cast<float*>(smem + L.acc);
+  prod.acc_ld = L.cols;
   const int64_t u0 = static_cast<int64_t>(blockIdx.x) * U;
-  const T* w_hh = static_cast<const T*>(a.w_hh);
   T* out = static_cast<T*>(a.out);
   T* ws = static_cast<T*>(a.ws);
 
-  // The block's W_hh rows, once; zero padding past H (units and K).
-  for (int64_t idx = threadIdx.x; idx < L.cols * L.ldk; idx += blockDim.x) {
-    const int64_t j = idx / L.ldk, k = idx - j * L.ldk;
+  // The block's weight rows, once; zero rows past H (or P) and zero padding past K.
+  load_weight_slice(Ws, L.gates, L.cols, static_cast<const T*>(a.w_hh), P, [&](int64_t j) -> int64_t {
     const int64_t g = j / U, unit = u0 + (j - g * U);
-    Ws[idx] = (unit < H && k < H) ? w_hh[(g * H + unit) * H + k] : from_float<T>(0.0f);
+    return unit < H ? g * H + unit : -1;
+  });
+  if constexpr (kProjection) {
+    load_weight_slice(Wp, L.mid, U, static_cast<const T*>(a.w_proj), H,
+                      [&](int64_t j) -> int64_t { return u0 + j < P ? u0 + j : -1; });
   }
-  if (kLstm) {
+  if constexpr (kLstm) {
     for (int64_t idx = threadIdx.x; idx < B * U; idx += blockDim.x) {
       const int64_t b = idx / U, unit = u0 + (idx - b * U);
-      Cs[idx] = unit < H ? a.c0[b * H + unit] : 0.0f;
+      kept[idx] = unit < H ? a.c0[b * H + unit] : 0.0f;
     }
   }
+
+  // Stages rows [0, n) of a float32 [*, K] matrix in global memory into A.
+  // __ldcg: read around L1, which is not coherent with the other SMs' writes.
+  const auto stage_rows = [&](const float* src, int64_t K, const OperandShape& s, int64_t n) {
+    A.ld = s.ld;
+    A.stage(kMma ? round_up(n, kTile) : n,
+            [&](int64_t b, int64_t k) { return (b < n && k < K) ? __ldcg(src + b * K + k) : 0.0f; });
+  };
 
   for (int64_t p = 0; p < a.steps; ++p) {
     const int64_t n = a.step_rows[p], off = a.step_offset[p];
     const int64_t n_next = p + 1 < a.steps ? a.step_rows[p + 1] : 0;
-    const float* cur = a.h_exchange + (p & 1) * B * H;
-    float* nxt = a.h_exchange + ((p + 1) & 1) * B * H;
-    const int64_t rows = kMma ? round_up(n, kTile) : n;
+    const float* cur = a.h_exchange + (p & 1) * B * P;
+    float* nxt = a.h_exchange + ((p + 1) & 1) * B * P;
 
-    __syncthreads();  // the previous step's readers of Hs / acc are done
-    // __ldcg: read around L1, which is not coherent with the other SMs' writes
-    for (int64_t idx = threadIdx.x; idx < rows * L.ldk; idx += blockDim.x) {
-      const int64_t b = idx / L.ldk, k = idx - b * L.ldk;
-      const float v = (b < n && k < H) ? __ldcg(cur + b * H + k) : 0.0f;
-      const T hi = from_float<T>(v);
-      Hs[idx] = hi;
-      if constexpr (kMma) Hlo[idx] = from_float<T>(low_half(v, to_float(hi)));
-    }
+    __syncthreads();  // the previous step's readers of A / acc are done
+    stage_rows(cur, P, L.gates, n);
     __syncthreads();
-    MmaSheets sheets;
-    if constexpr (kMma) {
-      sheets = product_mma<T>(Hs, Hlo, Ws, acc, L, n);
-    } else {
-      product_fma(Hs, Ws, acc, L, n, H);
-    }
+    prod.run(A, Ws, n, 0, kResetBefore ? 2 * U : L.cols, L.gates.k_pad);
     __syncthreads();
-    // element (b, j) of this step's product h_prev W_slice^T
-    const auto product = [&](int64_t b, int64_t j) {
-      if constexpr (kMma) {
-        return sum_acc(acc, sheets, b, j);
-      } else {
-        return sum_acc(acc, L, b, j);
-      }
-    };
 
     for (int64_t idx = threadIdx.x; idx < n * U; idx += blockDim.x) {
       const int64_t b = idx / U, u = idx - b * U, unit = u0 + u;
@@ -252,44 +172,85 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
       const float* xp = a.xp + (off + b) * GH + unit;
       float pre[G];
 #pragma unroll
-      for (int g = 0; g < G; ++g) pre[g] = xp[g * H] + product(b, g * U + u);
+      for (int g = 0; g < G; ++g) pre[g] = xp[g * H] + (kResetBefore && g == 2 ? 0.0f : prod(b, g * U + u));
       T* ws_row = ws + (off + b) * W + unit;
-      float h;
-      if constexpr (CELL == PersistentCell::lstm) {
+      if constexpr (kLstm) {
         // without peepholes, no p*c terms at all: 0 * inf would be NaN (gate_math.h)
         const float* pp = a.peep;
-        const auto r = pp ? gm::lstm_forward<float, true>(pre[0], pre[1], pre[2], pre[3], Cs[b * U + u], pp[unit],
+        const auto r = pp ? gm::lstm_forward<float, true>(pre[0], pre[1], pre[2], pre[3], kept[b * U + u], pp[unit],
                                                           pp[H + unit], pp[2 * H + unit])
-                          : gm::lstm_forward<float, false>(pre[0], pre[1], pre[2], pre[3], Cs[b * U + u], 0.0f, 0.0f,
-                                                           0.0f);
+                          : gm::lstm_forward<float, false>(pre[0], pre[1], pre[2], pre[3], kept[b * U + u], 0.0f,
+                                                           0.0f, 0.0f);
         ws_row[0] = from_float<T>(r.i), ws_row[H] = from_float<T>(r.f), ws_row[2 * H] = from_float<T>(r.g);
         ws_row[3 * H] = from_float<T>(r.o), ws_row[4 * H] = from_float<T>(r.c);
-        Cs[b * U + u] = r.c;
-        h = r.m;
-      } else if constexpr (CELL == PersistentCell::gru_reset_after) {
+        kept[b * U + u] = r.c;
+        if constexpr (kProjection) {
+          a.mid_exchange[b * H + unit] = r.m;
+        } else {
+          out[(off + b) * H + unit] = from_float<T>(r.m);
+          nxt[b * H + unit] = r.m;
+        }
+      } else if constexpr (kResetBefore) {
+        // r, z now; n after every unit's k = r*h is known
+        const float r = gm::sigmoid(pre[0]), z = gm::sigmoid(pre[1]);
+        const float k = r * __ldcg(cur + b * H + unit);
+        ws_row[0] = from_float<T>(r), ws_row[H] = from_float<T>(z), ws_row[3 * H] = from_float<T>(k);
+        kept[b * U + u] = r, kept[(B + b) * U + u] = z;
+        a.mid_exchange[b * H + unit] = k;
+      } else if constexpr (G == 3) {
         // pre[2] holds x_n + (W_hn h); the n gate needs them apart: k = W_hn h + b_hn
-        const float k = product(b, 2 * U + u) + (a.b_hn ? a.b_hn[unit] : 0.0f);
+        const float k = prod(b, 2 * U + u) + (a.b_hn ? a.b_hn[unit] : 0.0f);
         const auto r = gm::gru_forward_reset_after<float>(pre[0], pre[1], xp[2 * H], k, __ldcg(cur + b * H + unit));
         ws_row[0] = from_float<T>(r.r), ws_row[H] = from_float<T>(r.z), ws_row[2 * H] = from_float<T>(r.n);
         ws_row[3 * H] = from_float<T>(k);
-        h = r.h;
+        out[(off + b) * H + unit] = from_float<T>(r.h);
+        nxt[b * H + unit] = r.h;
       } else {
-        h = gm::rnn_forward<float>(pre[0], CELL == PersistentCell::rnn_relu);
+        const float h = gm::rnn_forward<float>(pre[0], CELL == PersistentCell::rnn_relu);
+        out[(off + b) * H + unit] = from_float<T>(h);
+        nxt[b * H + unit] = h;
       }
-      out[(off + b) * H + unit] = from_float<T>(h);
-      nxt[b * H + unit] = h;
+    }
+
+    if constexpr (kResetBefore || kProjection) {
+      grid.sync();  // every unit's k = r*h (or m = o*tanh(c)) is in mid_exchange
+      stage_rows(a.mid_exchange, H, L.mid, n);
+      __syncthreads();
+      if constexpr (kResetBefore) {
+        prod.run(A, Ws, n, 2 * U, 3 * U, L.mid.k_pad);
+      } else {
+        prod.run(A, Wp, n, 0, U, L.mid.k_pad);
+      }
+      __syncthreads();
+      for (int64_t idx = threadIdx.x; idx < n * U; idx += blockDim.x) {
+        const int64_t b = idx / U, u = idx - b * U, unit = u0 + u;
+        if constexpr (kResetBefore) {
+          if (unit >= H) continue;
+          const float an = a.xp[(off + b) * GH + 2 * H + unit] + prod(b, 2 * U + u) + (a.b_hn ? a.b_hn[unit] : 0.0f);
+          const auto r = gm::gru_forward_reset_before<float>(kept[b * U + u], kept[(B + b) * U + u], an,
+                                                             __ldcg(cur + b * H + unit));
+          ws[(off + b) * W + 2 * H + unit] = from_float<T>(r.n);
+          out[(off + b) * H + unit] = from_float<T>(r.h);
+          nxt[b * H + unit] = r.h;
+        } else {
+          if (unit >= P) continue;  // h has P < H values: the last blocks own fewer, or none
+          const float h = prod(b, u);
+          out[(off + b) * P + unit] = from_float<T>(h);
+          nxt[b * P + unit] = h;
+        }
+      }
     }
     // rows that start at the next step (reverse direction of packed input) start from h0
     for (int64_t idx = threadIdx.x; idx < (n_next - n) * U; idx += blockDim.x) {
       const int64_t b = n + idx / U, unit = u0 + idx % U;
-      if (unit < H) nxt[b * H + unit] = a.h0[b * H + unit];
+      if (unit < P) nxt[b * P + unit] = a.h0[b * P + unit];
     }
     grid.sync();
   }
-  if (kLstm) {
+  if constexpr (kLstm) {
     for (int64_t idx = threadIdx.x; idx < B * U; idx += blockDim.x) {
       const int64_t b = idx / U, unit = u0 + (idx - b * U);
-      if (unit < H) a.c_n[b * H + unit] = Cs[idx];
+      if (unit < H) a.c_n[b * H + unit] = kept[idx];
     }
   }
 }
@@ -323,6 +284,14 @@ void kernel_for(PersistentCell cell, KernelChoice& k) {
       k.kernel = &persistent_forward_kernel<T, PersistentCell::rnn_relu>;
       k.name = "persistent_forward_kernel<rnn_relu>";
       return;
+    case PersistentCell::gru_reset_before:
+      k.kernel = &persistent_forward_kernel<T, PersistentCell::gru_reset_before>;
+      k.name = "persistent_forward_kernel<gru_reset_before>";
+      return;
+    case PersistentCell::lstm_projection:
+      k.kernel = &persistent_forward_kernel<T, PersistentCell::lstm_projection>;
+      k.name = "persistent_forward_kernel<lstm_projection>";
+      return;
   }
 }
 
@@ -341,15 +310,15 @@ KernelChoice choose_kernel(PersistentCell cell, DType dtype) {
 
 }  // namespace
 
-PersistentPlan plan_persistent_forward(PersistentCell cell, DType dtype, int64_t B, int64_t H, int device) {
+PersistentPlan plan_persistent_forward(PersistentCell cell, DType dtype, int64_t B, int64_t H, int64_t P,
+                                       int device) {
   PersistentPlan plan;
   const KernelChoice k = choose_kernel(cell, dtype);
-  if (k.kernel == nullptr || B <= 0 || H <= 0) {
+  if (k.kernel == nullptr || B <= 0 || H <= 0 || P <= 0) {
     snprintf(plan.reason, sizeof(plan.reason), "no persistent kernel for this cell and dtype");
     return plan;
   }
-  const SmemLayout L = smem_layout(k.mma, static_cast<int64_t>(k.elem), gates_of(cell), k.units, B, H,
-                                   cell == PersistentCell::lstm);
+  const SmemLayout L = smem_layout(k.mma, static_cast<int64_t>(k.elem), cell, k.units, B, H, P);
   plan.units = static_cast<int>(k.units);
   plan.threads = kThreads;
   plan.blocks = static_cast<int>((H + k.units - 1) / k.units);
