@@ -3,6 +3,7 @@
 #   make test       the whole test suite (installs and builds first)
 #   make fuzz       the differential fuzzing campaign at length (hypothesis profile "fuzz")
 #   make bench      correctness check of each available backend, then timings against torch.nn
+#   make gpu-smoke  a GPU at hand for minutes: build, each kernel once, memcheck, headline benchmark (< 8 min)
 #   make gpu-check  the GPU validation script (benchmarks/gpu_check.sh)
 #   make emu-asan   the emulated CUDA tests under AddressSanitizer+UBSan (a sanitizer build of the CUDA emulation)
 #   make emu-tsan   the emulated CUDA tests under ThreadSanitizer
@@ -57,7 +58,7 @@ RUN := PATH="$(dir $(PY)):$$PATH"
 .NOTPARALLEL:
 
 help:
-	@sed -n '3,10s/^# \{0,1\}//p' Makefile
+	@sed -n 's/^#   make /  make /p' Makefile
 	@echo "Python: $(PY)"
 
 $(VENV)/.torch-installed:
@@ -135,6 +136,14 @@ bench: build $(STAMPS)/deps-bench
 
 gpu-check: build $(STAMPS)/deps-bench
 	$(RUN) PYTHON=$(PY) bash benchmarks/gpu_check.sh
+
+# The smoke run builds (through `make build`) only where there is a GPU, under its own timeout,
+# so it has no prerequisites here; report: benchmarks/results/gpu-smoke-<time>/ or $OUT.
+# GPU_SMOKE_ARGS go to the script, e.g. --skip-build or --out DIR.
+GPU_SMOKE_ARGS ?=
+.PHONY: gpu-smoke
+gpu-smoke:
+	$(RUN) $(PY) benchmarks/gpu_smoke.py $(GPU_SMOKE_ARGS)
 
 # Sanitizer builds of the CUDA emulation (csrc/emulation; setup.py builds
 # fusedrnn._cuda_emulation alone, instrumented, into build/emu-<sanitizer>), then
