@@ -9,9 +9,13 @@ The forward runs one of three recurrences (:mod:`fusedrnn.triton_kernels`):
 ``persistent`` (hidden size <= 64, no projection: one launch for the whole
 sequence, each program keeping all of W_hh and its rows' state on chip),
 ``per_step`` (one fused launch per step: everything else, LSTM projections
-included) and ``grid_sync`` (CUDA only, for large hidden sizes: one launch,
-hidden tiles on co-resident programs meeting at a grid barrier each step;
-opt-in until it has been validated on a GPU, see
+included) and ``grid_sync`` (for large hidden sizes, no projection: one
+launch, hidden tiles on co-resident programs meeting at a grid barrier each
+step).  ``grid_sync`` is tested under the interpreter too, where
+:mod:`fusedrnn.triton_kernels.concurrent_grid` runs the programs of its grid
+concurrently (a thread each), but it stays opt-in until it has run on a GPU:
+the interpreter cannot show its barrier's memory ordering nor that all its
+programs are resident at once (see
 :func:`fusedrnn.triton_kernels.launch.choose_forward_strategy`).
 ``forward_strategy`` (or the ``FUSEDRNN_TRITON_FORWARD`` environment
 variable) forces one.  The backward is one fused launch per step, then the

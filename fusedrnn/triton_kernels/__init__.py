@@ -8,7 +8,10 @@
   one template per purpose with the cell chosen by ``tl.constexpr``;
 * :mod:`.launch`: the sequence drivers that call them (one layer-direction,
   whole sequence), strategy choice and autotuning;
-* :mod:`.graphs`: CUDA-graph capture and replay of per-step sequences.
+* :mod:`.graphs`: CUDA-graph capture and replay of per-step sequences;
+* :mod:`.concurrent_grid`: under the interpreter, a launch with every
+  program of the grid alive at once (a thread each), for the kernel whose
+  programs wait for each other at a grid barrier.
 
 ``TRITON_INTERPRET=1`` must be set before this package is imported for the
 kernels to run on CPU tensors through Triton's interpreter (DESIGN.md 5).

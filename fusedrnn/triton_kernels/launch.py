@@ -7,7 +7,10 @@ per-step work in the kernels of :mod:`.recurrence`:
 
 * input projection of all steps: one ``torch.addmm``;
 * recurrence: a per-step fused kernel, or one persistent kernel for the whole
-  sequence (``strategy``, see :func:`choose_forward_strategy`);
+  sequence (``strategy``, see :func:`choose_forward_strategy`): small H on
+  independent programs, or large H on programs meeting at a grid barrier
+  each step (``grid_sync``; under the interpreter launched through
+  :mod:`.concurrent_grid`, which runs the programs concurrently);
 * backward: per step one fused kernel (pointwise backward and
   ``dh_{t-1} = dA W_hh``), then the weight gradients as single products over
   all steps.
@@ -28,7 +31,7 @@ import triton
 from ..backends.base import BackwardResult, ForwardResult, LayerWeights
 from ..cells import CellSpec
 from ..reference import Steps, previous_states
-from . import recurrence
+from . import concurrent_grid, recurrence
 
 #: kernels run through Triton's interpreter (read once: triton.jit decided at import)
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -152,26 +155,41 @@ def _rows(t: torch.Tensor, batch_sizes: Optional[torch.Tensor]) -> torch.Tensor:
 
 
 def choose_forward_strategy(cell: CellSpec, x: torch.Tensor, weights: LayerWeights, requested: str = "auto") -> str:
-    """``per_step``, ``persistent`` (small H, any device) or ``grid_sync`` (large H, CUDA only).
+    """``per_step``, ``persistent`` (small H) or ``grid_sync`` (large H); the last two take no projection.
 
-    ``auto`` picks ``persistent`` where it applies, else ``per_step``; it does
-    not pick ``grid_sync`` yet: that kernel has never run on a GPU (none was
-    available when it was written), and a grid barrier that fails to
-    synchronise hangs the process rather than raising.  Request it
-    explicitly, and once its gpu-marked tests and the benchmark pass, let
-    auto choose it for hidden sizes of 768 and up.  A requested strategy
-    that cannot run this call raises ValueError.
+    ``auto`` picks ``persistent`` where it applies, else ``per_step``, never
+    ``grid_sync``.  That kernel matches the reference for every cell, dtype
+    and layout under the interpreter, whose programs :mod:`.concurrent_grid`
+    runs concurrently (the barrier's placement and count are tested there,
+    and a planted barrier bug fails the tests); it has never run on a GPU,
+    and what it needs there the interpreter cannot show:
+
+    * memory ordering.  Under the interpreter every store is seen by every
+      later load.  On a GPU each step's h reaches the programs on other SMs
+      only through the barrier: ``debug_barrier``, a release ``atomic_add``
+      at gpu scope (a scalar atomic, issued by one thread of the program),
+      acquire polls, ``debug_barrier``, then ``.cg`` loads; that the
+      release covers the stores of the program's other threads is the PTX
+      memory model's cumulativity, which no test here exercises;
+    * residency.  A Triton launch is not cooperative: one program per SM
+      makes it likely, not certain, that all are resident at once (another
+      stream's kernels, MPS, a MIG slice can hold SMs), and a program that
+      never starts leaves the others spinning, a hang rather than an error;
+    * speed: it has not been measured against ``per_step``.
+
+    Request it explicitly; once its gpu-marked tests and the benchmark pass
+    on a GPU, let auto choose it for hidden sizes of 768 and up.  A
+    requested strategy that cannot run this call raises ValueError.
     """
     H = weights.w_hh.shape[0] // cell.gates
     small_ok = weights.w_proj is None and H <= PERSISTENT_MAX_H
-    grid_ok = weights.w_proj is None and x.device.type == "cuda" and not INTERPRET
     if requested == "auto":
         return "persistent" if small_ok else "per_step"
     if requested == "persistent" and not small_ok:
         raise ValueError(f"the persistent kernel needs hidden_size <= {PERSISTENT_MAX_H} and no projection, got H={H}")
-    if requested == "grid_sync" and not (grid_ok and grid_sync_programs(H, x.device) is not None):
-        raise ValueError("the grid-synchronised kernel needs a CUDA device (not the interpreter), no projection, "
-                         "and cdiv(H, 16) programs at most the number of SMs")
+    if requested == "grid_sync" and (weights.w_proj is not None or grid_sync_programs(H, x.device) is None):
+        raise ValueError("the grid-synchronised kernel needs no projection, and a CUDA device with at least "
+                         "cdiv(H, 16) SMs (or the interpreter)")
     if requested not in ("per_step", "persistent", "grid_sync"):
         raise ValueError(f"unknown forward strategy {requested!r}; expected auto, per_step, persistent or grid_sync")
     return requested
@@ -278,16 +296,21 @@ GRID_SYNC_BLOCK_H = 16
 
 
 def grid_sync_programs(H: int, device) -> Optional[int]:
-    """Programs the grid-synchronised kernel needs, or None where they cannot all be resident."""
+    """Programs the grid-synchronised kernel needs, or None where they cannot all be alive at once.
+
+    Under the interpreter each program is a thread (:mod:`.concurrent_grid`),
+    so any number can; on a GPU at most one per SM, so that all are resident.
+    """
+    programs = triton.cdiv(H, GRID_SYNC_BLOCK_H)
+    if INTERPRET:
+        return programs
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
-    programs = triton.cdiv(H, GRID_SYNC_BLOCK_H)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     return programs if programs <= sms else None
 
 
-def _forward_grid_sync_run(flags: _Flags, steps, xp, h0, c0, w: LayerWeights, out, ws, h_n, c_n,
-                           H):  # pragma: no cover - GPU
+def _forward_grid_sync_run(flags: _Flags, steps, xp, h0, c0, w: LayerWeights, out, ws, h_n, c_n, H):
     B = h0.shape[0]
     offsets, sizes = _step_tables(steps, xp.device)
     h_x = _scratch((2, B, H), xp)
@@ -298,11 +321,17 @@ def _forward_grid_sync_run(flags: _Flags, steps, xp, h0, c0, w: LayerWeights, ou
     k_scr = _scratch((B, H), xp) if two_phase else xp
     counter = torch.zeros((1,), dtype=torch.int32, device=xp.device)
     T = len(steps.sizes)
-    recurrence.forward_grid_sync_kernel[(grid_sync_programs(H, xp.device),)](
-        xp, w.w_hh, _or(w.b_hh, xp), _or(w.w_peep, xp),
-        out, _or(ws, xp), h_x, c_state, z_scr, k_scr, counter, offsets, sizes,
-        T, B, H, **flags._asdict(), BLOCK_B=16, BLOCK_H=GRID_SYNC_BLOCK_H, BLOCK_K=64, num_warps=4,
-    )
+    grid = (grid_sync_programs(H, xp.device),)
+    args = (xp, w.w_hh, _or(w.b_hh, xp), _or(w.w_peep, xp),
+            out, _or(ws, xp), h_x, c_state, z_scr, k_scr, counter, offsets, sizes, T, B, H)
+    # BLOCK_K: the interpreter's 32, so that a small H spans several ragged K tiles as on the GPU
+    meta = dict(**flags._asdict(), BLOCK_B=16, BLOCK_H=GRID_SYNC_BLOCK_H,
+                BLOCK_K=_INTERPRET_META["BLOCK_K"] if INTERPRET else 64)
+    if INTERPRET:
+        # the interpreter runs programs one after another: the first to reach the barrier would wait forever
+        concurrent_grid.launch(recurrence.forward_grid_sync_kernel, grid, *args, **meta)
+    else:  # pragma: no cover - GPU
+        recurrence.forward_grid_sync_kernel[grid](*args, **meta, num_warps=4)
     h_n.copy_(h_x[T % 2])
     if c_n is not None:
         c_n.copy_(c_state)

@@ -188,8 +188,8 @@ def forward_persistent_kernel(
 
 
 # ----------------------------------------------------------------------------
-# Forward, persistent, large H (GPU only): hidden tiles across co-resident
-# programs, h_t exchanged through global memory, one grid barrier per phase
+# Forward, persistent, large H: hidden tiles across co-resident programs,
+# h_t exchanged through global memory, one grid barrier per phase
 # ----------------------------------------------------------------------------
 
 
@@ -200,9 +200,10 @@ def grid_barrier(COUNTER, target):
     Every program adds 1 with release semantics (its stores before are
     visible to whoever acquires the count) and spins with acquire loads.
     The counter only grows, so phase p waits for ``p * num_programs``.
-    Requires all programs to be resident at once (the launcher sizes the
-    grid to at most one program per SM).  Deadlocks under the interpreter,
-    which runs programs one after another: never launched there.
+    Requires all programs to be alive at once: on a GPU the launcher sizes
+    the grid to at most one program per SM; under the interpreter, which
+    runs a grid's programs one after another, it launches through
+    :mod:`.concurrent_grid` (a thread per program).
     """
     tl.debug_barrier()
     tl.atomic_add(COUNTER, 1, sem="release", scope="gpu")
@@ -245,8 +246,10 @@ def forward_grid_sync_kernel(
     state never leaves its program's columns, so ``C_STATE`` ``[B, H]``
     (c0 on entry, c_n on exit) needs no exchange.  GRU ``reset_before`` has a
     second barrier per step, between k = r*h and its product with W_hn.
-    The twin of :func:`forward_step_kernel` (same epilogues), which the
-    interpreter tests; this one is tested on the GPU.
+    The twin of :func:`forward_step_kernel` (same epilogues).  Tested under
+    the interpreter through :mod:`.concurrent_grid`, which proves the
+    barrier's logic (where it sits, what it counts) but not its memory
+    ordering on a GPU (see :func:`.launch.choose_forward_strategy`).
     """
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)

@@ -11,15 +11,17 @@ fails the comparison.
 
 What covers which kernel:
 
-* ``forward_step_kernel`` / ``forward_persistent_kernel``: the forward tests,
-  once per strategy (``per_step``, ``persistent``), outputs and the whole
-  workspace against :func:`fusedrnn.reference.sequence_forward` in float32;
+* ``forward_step_kernel`` / ``forward_persistent_kernel`` /
+  ``forward_grid_sync_kernel``: the forward tests, once per strategy
+  (``per_step``, ``persistent``, ``grid_sync``), outputs and the whole
+  workspace against :func:`fusedrnn.reference.sequence_forward` in float32
+  (under the interpreter ``grid_sync``'s programs run concurrently, through
+  ``fusedrnn/triton_kernels/concurrent_grid.py``; its gradients, 16-bit
+  dtypes and planted barrier bugs: tests/triton/test_triton_grid_sync.py);
 * ``backward_step_kernel``: the gradient tests, through the ops and autograd,
   compared by :mod:`fusedrnn.testing` with the float64 reference and torch.nn
   (float32: 1e-5 relative; float16/bfloat16: the 2x rule against the
   reference backend in the same dtype);
-* ``forward_grid_sync_kernel``: GPU only (its programs wait for each other,
-  which deadlocks the interpreter).
 
 Sizes are odd (H=37, B=5, I=3, T=1 and 7) so no dimension is a multiple of
 the 16-wide tiles the interpreter runs with; packed batches have unsorted
@@ -53,7 +55,9 @@ from layer_cases import make_case  # noqa: E402
 DEVICE = torch.device("cpu" if INTERPRETING else "cuda")
 SHAPE = ft.Shape(T=7, B=5, I=3, H=37)
 SINGLE_STEP = ft.Shape(T=1, B=5, I=3, H=37)
-STRATEGIES = ("per_step", "persistent")
+STRATEGIES = ("per_step", "persistent", "grid_sync")
+#: the strategies that take no projection, and the message of their refusal
+NO_PROJECTION = {"persistent": "persistent kernel needs", "grid_sync": "grid-synchronised kernel needs no projection"}
 VARIANTS = list(ft.VARIANTS)
 
 
@@ -101,8 +105,8 @@ FORWARD_LAYOUTS = {  # id -> (shape, packed, reverse)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_forward_matches_reference(variant, layout, strategy, triton_backend):
     shape, packed, reverse = FORWARD_LAYOUTS[layout]
-    if strategy == "persistent" and ft.VARIANTS[variant].projection:
-        with pytest.raises(ValueError, match="persistent kernel needs"):
+    if strategy in NO_PROJECTION and ft.VARIANTS[variant].projection:
+        with pytest.raises(ValueError, match=NO_PROJECTION[strategy]):
             launch.choose_forward_strategy(ft.VARIANTS[variant].cell, torch.empty(0),
                                            _layer_case(variant, shape, packed, reverse).weights, strategy)
         return
@@ -248,25 +252,8 @@ def test_cpu_tensors_refused_without_interpreter(triton_backend):  # pragma: no 
 
 
 # ----------------------------------------------------------------------------
-# GPU only: the grid-synchronised kernel, large shapes, bfloat16 on tensor cores
+# GPU only: large shapes, bfloat16 on tensor cores
 # ----------------------------------------------------------------------------
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(INTERPRETING, reason="the grid barrier deadlocks the interpreter (programs run one by one)")
-@pytest.mark.parametrize("layout", ["T7-padded", "T7-packed-reverse"])
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if not ft.VARIANTS[v].projection])
-def test_grid_sync_forward_matches_reference(variant, layout, triton_backend):  # pragma: no cover - GPU
-    shape, packed, reverse = FORWARD_LAYOUTS[layout]
-    case = _layer_case(variant, shape, packed, reverse)
-    inputs = [_move(t) for t in case.inputs()]
-    triton_backend.forward_strategy = "grid_sync"
-    actual = triton_backend.forward(case.cell, *inputs[:3], LayerWeights(*inputs[3:]), case.batch_sizes, reverse)
-    expected = reference.sequence_forward(case.cell, *inputs[:3], LayerWeights(*inputs[3:]),
-                                          case.batch_sizes, reverse)
-    for name, a, e in zip(expected._fields, actual, expected):
-        if e is not None:
-            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
 LARGE = ft.Shape(T=512, B=16, I=64, H=1024)
