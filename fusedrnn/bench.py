@@ -58,7 +58,8 @@ TORCH = "torch.nn"
 MATMUL = "matmul"
 MODES = ("inference", "training")
 #: backends that are never timed on a device type, and why
-NOT_TIMED = {("triton", "cpu"): "the Triton interpreter is for correctness only"}
+NOT_TIMED = {("triton", "cpu"): "the Triton interpreter is for correctness only",
+             ("cpu", "cuda"): "the cpu backend runs CPU tensors only"}
 #: backends too slow for full-size shapes: timed only with --quick or when named
 SLOW = {"reference"}
 DEFAULT_OUT = os.path.join("benchmarks", "results")
