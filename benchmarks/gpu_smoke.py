@@ -125,10 +125,10 @@ FULL_SANITIZED_OPTIONS = "padded,packed-reverse"
 HEADLINE_BENCH = ["--cell", "lstm,gru", "--shapes", "flashrnn", "--dtype", "bfloat16,float32"]
 #: output markers of a tool that cannot run on this machine: the step is a skip, not a failure
 SANITIZER_UNSUPPORTED = {"Device not supported": "compute-sanitizer does not support this device here "
-                                                 "('Device not supported'; seen under gVisor)"}
+                                                 "('Device not supported': some virtualised machines)"}
 #: the last line matching one of these is a step's one-line summary in the report
 SUMMARY_LINE = re.compile(r"^=*\s*(\d+ (passed|failed|errors?|skipped|xfailed|xpassed|deselected)\b.*?)=*$"
-                          r"|^(=+ ERROR SUMMARY: .*|fusedrnn check: .*|fusedrnn-bench: .*|tests: .*)$")
+                          r"|^(=+ ERROR SUMMARY: .*|fusedrnn check: .*|fusedrnn-bench: .*)$")
 
 
 def find_compute_sanitizer() -> Optional[str]:
@@ -141,6 +141,11 @@ def find_compute_sanitizer() -> Optional[str]:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def usable_cpus() -> int:
+    """What ``nproc`` says: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def xdist_args() -> List[str]:
@@ -176,6 +181,7 @@ class Context:
     python: str
     out: Path
     card: dict
+    started: float = field(default_factory=time.time)  # files in ``out`` older than this are another run's
 
     @property
     def no_gpu(self) -> Optional[str]:
@@ -195,7 +201,7 @@ def build_step(ctx: Context, skip_build: bool, estimate_s: float, cap_s: float) 
     # on a GPU, a loadable extension without its CUDA kernels (built before nvcc was found, or with
     # FUSEDRNN_NO_CUDA=1): the stamps would call it up to date
     force = ["REBUILD=FORCE"] if not ctx.no_gpu and ext.get("loaded") and not ext.get("has_cuda") else []
-    env = {"TORCH_CUDA_ARCH_LIST": ctx.arch(), "MAX_JOBS": os.environ.get("MAX_JOBS", str(os.cpu_count() or 1)),
+    env = {"TORCH_CUDA_ARCH_LIST": ctx.arch(), "MAX_JOBS": os.environ.get("MAX_JOBS", str(usable_cpus())),
            "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     skip = ctx.no_gpu and f"{ctx.no_gpu} (the extension is built for the local GPU only; this tree is left as it is)"
     if skip_build and not skip:
@@ -372,7 +378,7 @@ def classify(step: Step, rc: Optional[int], output: str, timeout: float) -> Tupl
         if marker in output:
             return f"skipped: {why}", False
     if rc == PYTEST_NO_TESTS and is_pytest:
-        return "FAILED: no tests collected (the selection matches nothing)", True
+        return "FAILED: no tests collected (the selection matches nothing, or its modules skipped themselves)", True
     return f"FAILED (exit status {rc})", True
 
 
@@ -488,6 +494,13 @@ def card_title(card: dict) -> str:
            f"{gpu['multiprocessors']} SMs{driver})"
 
 
+def nvidia_smi_line(card: dict) -> str:
+    smi = card.get("nvidia_smi", {})
+    if "name" not in smi:
+        return f"nvidia-smi: {smi.get('error', 'not run')}"
+    return f"nvidia-smi: {smi['name']}, {smi['memory']}, driver {smi['driver']}"
+
+
 def extension_line(card: dict) -> str:
     ext = card.get("extension")
     if not ext:
@@ -529,20 +542,18 @@ def verdict(results: Sequence[Result], ctx: Context) -> Tuple[str, int]:
     return "PASSED", 0
 
 
-def newest(out: Path, pattern: str) -> Optional[Path]:
-    found = sorted(glob.glob(str(out / pattern)), key=os.path.getmtime)
+def newest(out: Path, pattern: str, since: float) -> Optional[Path]:
+    found = sorted((p for p in glob.glob(str(out / pattern)) if os.path.getmtime(p) >= since), key=os.path.getmtime)
     return Path(found[-1]) if found else None
 
 
 def report_markdown(plan: str, ctx: Context, results: Sequence[Result], budget_s: Optional[float],
                     seconds: float, when: str) -> str:
     word, _ = verdict(results, ctx)
-    smi = ctx.card.get("nvidia_smi", {})
     budget = f" of a {budget_s:.0f} s budget" if budget_s else ""
     lines = [f"# fusedrnn {plan}: {word}", "",
              f"## GPU: {card_title(ctx.card)}: make {plan}, {when}", "",
-             f"- nvidia-smi: {smi.get('name', '')} {smi.get('memory', '')} driver {smi.get('driver', '')}"
-             if "error" not in smi else f"- nvidia-smi: {smi['error']}",
+             f"- {nvidia_smi_line(ctx.card)}",
              f"- {versions_line(ctx.card)}",
              f"- {extension_line(ctx.card)}", ""]
     if ctx.no_gpu:
@@ -555,7 +566,7 @@ def report_markdown(plan: str, ctx: Context, results: Sequence[Result], budget_s
         lines += ["", f"### {i}. {r.step}: {r.status}", "", f"`{r.command}`"]
         if r.tail:
             lines += ["", "```", r.tail, "```"]
-    bench_md = newest(ctx.out, "bench-cuda-*.md")
+    bench_md = newest(ctx.out, "bench-cuda-*.md", ctx.started)
     if bench_md:
         lines += ["", "## Benchmark", "", bench_md.read_text()]
     return "\n".join(lines) + "\n"

@@ -227,7 +227,7 @@ def test_build_is_for_the_local_gpu_only_and_stays_off_the_network(tmp_path, mon
     step = gs.build_step(gpu_context(tmp_path), skip_build=False, estimate_s=1, cap_s=2)
     assert step.skip is None
     assert step.argv[:4] == ["make", "-C", str(REPO), "build"] and f"PYTHON={sys.executable}" in step.argv
-    assert step.env["TORCH_CUDA_ARCH_LIST"] == "9.0" and step.env["MAX_JOBS"] == str(os.cpu_count())
+    assert step.env["TORCH_CUDA_ARCH_LIST"] == "9.0" and step.env["MAX_JOBS"] == str(len(os.sched_getaffinity(0)))
     assert step.env["PIP_NO_INDEX"] == "1" and "REBUILD=FORCE" not in step.argv
     # an extension that loads without its CUDA kernels is rebuilt whatever the stamps say
     card = {**GPU_CARD, "extension": {"loaded": True, "has_cuda": False, "error": None}}
@@ -243,6 +243,7 @@ def test_benchmark_step_times_the_headline_shapes(tmp_path):
     assert settings.shapes == [ft.Shape(T=1024, B=16, I=768, H=768)]
     assert [str(d) for d in settings.dtypes] == ["torch.bfloat16", "torch.float32"]
     assert args.backends is None, "every available GPU backend, each against torch.nn in the same run"
+    assert "cpu" not in bench.choose_backends(None, torch.device("cuda"), quick=False), "GPU backends only"
     assert args.out == str(tmp_path)
 
 
