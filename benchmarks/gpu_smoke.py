@@ -624,6 +624,9 @@ def output_folder(args: argparse.Namespace, plan: str) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    # the subprocess modes import fusedrnn: from this checkout, which before the build is not installed
+    # (``python benchmarks/gpu_smoke.py`` puts benchmarks/, not the checkout, on sys.path)
+    sys.path.insert(0, str(REPO))
     if args.card_json:
         print(CARD_PREFIX + json.dumps(read_card()))
         return 0

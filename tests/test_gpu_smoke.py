@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import re
+import site
 import subprocess
 import sys
 import time
@@ -54,6 +55,20 @@ GPU_CARD = {"gpu": {"name": "Stand-in", "capability": "9.0", "multiprocessors": 
             "extension": {"loaded": False, "has_cuda": False, "error": "not built"}}
 
 
+#: the card step as on a fresh GPU machine, where the build has not installed fusedrnn yet: ``-S`` leaves
+#: out the site .pth files (the editable install's finder), the site-packages folders give back torch,
+#: and the working folder (the checkout) is not on the path
+CARD_WITHOUT_INSTALL = f"""
+import importlib.util, runpy, sys
+sys.path = [p for p in sys.path if p not in ("", {str(REPO)!r})] + {site.getsitepackages()!r}
+if importlib.util.find_spec("fusedrnn") is not None:
+    print("FUSEDRNN-INSTALLED")
+    sys.exit()
+sys.argv = ["gpu_smoke.py", "--card-json"]
+runpy.run_path({str(SCRIPT)!r}, run_name="__main__")
+"""
+
+
 class Background:
     """Subprocesses started at once, each awaited by the test that needs it."""
 
@@ -87,6 +102,7 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-smoke")
     commands = {f"collect {name}": (collect_command(sel), COLLECT_ENV) for name, sel in gs.SELECTIONS.items()}
     commands["smoke"] = ([sys.executable, str(SCRIPT), "--out", str(out / "smoke")], NO_GPU_ENV)
+    commands["card before install"] = ([sys.executable, "-S", "-c", CARD_WITHOUT_INSTALL], NO_GPU_ENV)
     background = Background(commands)
     background.out = out
     yield background
@@ -129,6 +145,18 @@ def test_without_a_gpu_every_gpu_step_is_skipped_with_its_reason(runs):
     assert gs.CARD_PREFIX in (runs.out / "smoke" / "steps.log").read_text(), "the raw log holds the card step"
 
 
+def test_the_card_is_read_before_fusedrnn_is_installed(runs):
+    """On a fresh GPU machine the card step runs before the build installs fusedrnn: the script
+    imports it from the checkout."""
+    proc = runs["card before install"]
+    if "FUSEDRNN-INSTALLED" in proc.stdout:
+        pytest.skip("fusedrnn is installed as a regular package here: the fresh machine cannot be imitated")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith(gs.CARD_PREFIX))
+    card = json.loads(line[len(gs.CARD_PREFIX):])
+    assert card["versions"]["torch"] == torch.__version__ and "extension" in card
+
+
 def test_gpu_check_runs_the_full_plan_with_its_settings(tmp_path):
     """benchmarks/gpu_check.sh hands its environment to the script's full plan (the interpreter
     replaced by a stand-in that prints its arguments)."""
@@ -161,15 +189,23 @@ def cuda_variant(case_id: str) -> str:
     return re.sub(r"-(packed|reverse|bias)", "", case_id)
 
 
+def parse_cuda_ids(ids):
+    """(variant, size, dtype, strategy) of each reference-grid test id."""
+    matches = [CUDA_ID.search(i) for i in ids]
+    unknown = [i for i, m in zip(ids, matches) if m is None]
+    assert not unknown, f"test ids in a format this test does not know (update CUDA_ID): {unknown[:3]}"
+    return [(cuda_variant(m["case"]), m["size"], m["dtype"], m["strategy"]) for m in matches]
+
+
 def test_cuda_selection_covers_every_variant_dtype_and_strategy(runs):
     """Every (cell variant, dtype, strategy) of the full reference grid, at both the scalar and the
     vector sizes, and the bitwise repeats of both strategies."""
     ids = collected(runs, "cuda kernels")
-    everything = {(cuda_variant(m["case"]), m["dtype"], m["strategy"])
-                  for p in GRID for m in [CUDA_ID.search(f"match_reference[gpu-{p.id}]")]}
-    chosen = [m for m in map(CUDA_ID.search, ids) if m]
-    assert {(cuda_variant(m["case"]), m["dtype"], m["strategy"]) for m in chosen} == everything
-    assert {m["size"] for m in chosen} == {"odd", "aligned"}
+    everything = {(variant, dtype, strategy)
+                  for variant, _, dtype, strategy in parse_cuda_ids([f"match_reference[gpu-{p.id}]" for p in GRID])}
+    chosen = parse_cuda_ids([i for i in ids if "match_reference" in i])
+    assert {(variant, dtype, strategy) for variant, _, dtype, strategy in chosen} == everything
+    assert {size for _, size, _, _ in chosen} == {"odd", "aligned"}
     assert {s for s in ("per_step", "persistent") if any("repeated_runs" in i and s in i for i in ids)} == \
         {"per_step", "persistent"}
 
