@@ -153,6 +153,16 @@ def xdist_args() -> List[str]:
     return ["-n", "4"] if importlib.util.find_spec("xdist") is not None else []
 
 
+def per_test_timeout_args(seconds: float) -> List[str]:
+    """pytest-timeout where it is installed: a kernel that never returns (a grid barrier waiting for a
+    program that is not resident, a flag never seen) fails its own test, not the whole step.  The
+    thread method ends the process, which also works while it waits inside a CUDA call; under xdist
+    only that worker ends, and a new one runs the remaining tests."""
+    if importlib.util.find_spec("pytest_timeout") is None:
+        return []
+    return ["--timeout", str(int(seconds)), "--timeout-method", "thread"]
+
+
 # ----------------------------------------------------------------------------
 # Steps and plans
 # ----------------------------------------------------------------------------
@@ -214,9 +224,10 @@ def extension_step(ctx: Context, estimate_s: float = 5.0, cap_s: float = 60.0) -
     return Step("extension", [ctx.python, __file__, "--extension-check"], cap_s, estimate_s, skip=ctx.no_gpu)
 
 
-def pytest_step(ctx: Context, name: str, selection: Selection, estimate_s: float, cap_s: float) -> Step:
-    return Step(name, [ctx.python, "-m", "pytest", *selection.args(), "-q", *xdist_args()], cap_s, estimate_s,
-                skip=ctx.no_gpu)
+def pytest_step(ctx: Context, name: str, selection: Selection, estimate_s: float, cap_s: float,
+                per_test_s: float) -> Step:
+    argv = [ctx.python, "-m", "pytest", *selection.args(), "-q", *xdist_args(), *per_test_timeout_args(per_test_s)]
+    return Step(name, argv, cap_s, estimate_s, skip=ctx.no_gpu)
 
 
 def sanitizer_step(ctx: Context, tool: str, options: str, estimate_s: float, cap_s: float) -> Step:
@@ -239,9 +250,10 @@ def smoke_plan(ctx: Context, args: argparse.Namespace) -> List[Step]:
     return [
         build_step(ctx, args.skip_build, estimate_s=100, cap_s=240),
         extension_step(ctx),
-        pytest_step(ctx, "cuda kernels", SELECTIONS["cuda kernels"], estimate_s=30, cap_s=120),
-        pytest_step(ctx, "triton kernels", SELECTIONS["triton kernels"], estimate_s=45, cap_s=150),
-        pytest_step(ctx, "against torch.nn", SELECTIONS["against torch.nn"], estimate_s=25, cap_s=90),
+        # one test of these takes seconds; the first Triton one of a worker compiles and tunes its kernels
+        pytest_step(ctx, "cuda kernels", SELECTIONS["cuda kernels"], estimate_s=30, cap_s=120, per_test_s=60),
+        pytest_step(ctx, "triton kernels", SELECTIONS["triton kernels"], estimate_s=45, cap_s=150, per_test_s=60),
+        pytest_step(ctx, "against torch.nn", SELECTIONS["against torch.nn"], estimate_s=25, cap_s=90, per_test_s=60),
         sanitizer_step(ctx, "memcheck", SMOKE_SANITIZED_OPTIONS, estimate_s=45, cap_s=150),
         bench_step(ctx, HEADLINE_BENCH, estimate_s=100, cap_s=180),
     ]
@@ -252,7 +264,7 @@ def full_plan(ctx: Context, args: argparse.Namespace) -> List[Step]:
     return [
         build_step(ctx, args.skip_build, estimate_s=0, cap_s=1800),
         extension_step(ctx),
-        pytest_step(ctx, "gpu tests", FULL_SELECTION, estimate_s=0, cap_s=3600),
+        pytest_step(ctx, "gpu tests", FULL_SELECTION, estimate_s=0, cap_s=3600, per_test_s=600),
         *(sanitizer_step(ctx, tool, FULL_SANITIZED_OPTIONS, estimate_s=0, cap_s=args.sanitizer_timeout)
           for tool in ("memcheck", "racecheck")),
         bench_step(ctx, shlex.split(args.bench_args), estimate_s=0, cap_s=3600),

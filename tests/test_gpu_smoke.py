@@ -270,6 +270,16 @@ def test_build_is_for_the_local_gpu_only_and_stays_off_the_network(tmp_path, mon
     assert "REBUILD=FORCE" in gs.build_step(gs.Context(sys.executable, tmp_path, card), False, 1, 2).argv
 
 
+def test_tests_run_in_parallel_and_each_under_a_time_limit_where_the_plugins_are(tmp_path, monkeypatch):
+    monkeypatch.setattr(gs.importlib.util, "find_spec", lambda name: object())  # xdist and pytest-timeout there
+    argv = gs.pytest_step(gpu_context(tmp_path), "t", gs.SELECTIONS["cuda kernels"], 1, 2, per_test_s=60).argv
+    assert argv[argv.index("-n") + 1] == "4" and argv[argv.index("--timeout") + 1] == "60"
+    assert argv[argv.index("--timeout-method") + 1] == "thread", "ends a process stuck inside a CUDA call"
+    monkeypatch.setattr(gs.importlib.util, "find_spec", lambda name: None)
+    argv = gs.pytest_step(gpu_context(tmp_path), "t", gs.SELECTIONS["cuda kernels"], 1, 2, per_test_s=60).argv
+    assert "-n" not in argv and "--timeout" not in argv
+
+
 def test_benchmark_step_times_the_headline_shapes(tmp_path):
     step = gs.bench_step(gpu_context(tmp_path), gs.HEADLINE_BENCH, estimate_s=1, cap_s=2)
     assert step.argv[1:3] == ["-m", "fusedrnn.bench"]
