@@ -8,8 +8,8 @@ the same kernels on CPU tensors through the CUDA emulation
 which runs in every ``make test``.  They call the ops
 ``torch.ops.fusedrnn_C.cuda_forward`` / ``cuda_backward`` with ``poison=True``
 (every output and scratch buffer filled with NaN first, so an element a kernel
-forgets to write fails) and with each forward strategy (``per_step``
-everywhere, ``persistent`` where it exists).  Only the cuDNN comparison is
+forgets to write fails) and with each strategy (``per_step`` and
+``persistent``, forward and backward alike: every cell has both).  Only the cuDNN comparison is
 GPU-only; the long-sequence and benchmark-shape tests run shorter in emulation.
 
 Tolerances (DESIGN.md section 6): float32 against the float64 reference
@@ -99,10 +99,10 @@ def cuda_forward(case: LayerCase, strategy: str, poison: bool = True):
                                strategy, poison)
 
 
-def cuda_backward(case: LayerCase, grads, out, workspace, poison: bool = True):
+def cuda_backward(case: LayerCase, grads, out, workspace, strategy: str = "auto", poison: bool = True):
     g_out, g_hn, g_cn = grads
     return _ops().cuda_backward(case.cell.family, case.cell.mode, g_out, g_hn, g_cn, *case.inputs(),
-                                case.batch_sizes, case.reverse, out, workspace, poison)
+                                case.batch_sizes, case.reverse, out, workspace, poison, strategy)
 
 
 def random_grads(case: LayerCase, out):
@@ -240,7 +240,7 @@ def compare_with_reference(case, dtype, strategy, device, tol=1e-5):
     gpu = on_device(case, dtype, device)
     out, h_n, c_n, ws = cuda_forward(gpu, strategy)
     grads = random_grads(gpu, out)
-    res = cuda_backward(gpu, grads, out, ws)
+    res = cuda_backward(gpu, grads, out, ws, strategy)
     ref_fwd, ref_bwd = reference_results(in_float64(gpu), [None if g is None else g.double().cpu() for g in grads])
     forward = [("out", out, ref_fwd.out), ("h_n", h_n, ref_fwd.h_n)]
     if case.cell.has_cell_state:
@@ -306,10 +306,11 @@ def test_long_sequence_2048_steps(cell, packed, dtype, strategy, device, fixed_s
 def test_benchmark_shape_both_strategies(family, mode, dtype, device, fixed_seed):
     """The benchmark's shape (B=16, H=768; T shortened to 64, to 2 in emulation): many blocks (48 to 96,
     all resident for grid.sync), tensor cores for 16-bit."""
-    cell = CellSpec(family, mode)
-    assert CudaBackend().chosen_forward_strategy(
-        cell, torch.empty(0, device=device, dtype=dtype), torch.empty(16, 768, device=device, dtype=dtype),
-        LayerWeights(None, torch.empty(cell.gates * 768, 768, device=device, dtype=dtype)), 64) == "persistent"
+    cell, backend = CellSpec(family, mode), CudaBackend()
+    sizes = (cell, torch.empty(0, device=device, dtype=dtype), torch.empty(16, 768, device=device, dtype=dtype),
+             LayerWeights(None, torch.empty(cell.gates * 768, 768, device=device, dtype=dtype)), 64)
+    assert backend.chosen_forward_strategy(*sizes) == "persistent"
+    assert backend.chosen_backward_strategy(*sizes) == "persistent"
     case = make_case(cell, T=2 if emulated(device) else 64, B=16, I=256, H=768,
                      generator=torch.Generator().manual_seed(fixed_seed))
     for strategy in ("per_step", "persistent"):
@@ -417,7 +418,7 @@ def test_repeated_runs_are_bitwise_identical(cell, dtype, strategy, device, monk
         out, h_n, c_n, ws = cuda_forward(case, strategy)
         grads = tuple(torch.linspace(-1, 1, t.numel(), device=device, dtype=dtype).view_as(t) if t is not None
                       else None for t in (out, h_n, c_n if cell.has_cell_state else None))
-        runs.append([out, h_n, c_n, ws, *cuda_backward(case, grads, out, ws)])
+        runs.append([out, h_n, c_n, ws, *cuda_backward(case, grads, out, ws, strategy)])
     for again in runs[1:]:
         for first, second in zip(runs[0], again):
             assert torch.equal(first, second)
@@ -509,9 +510,11 @@ def test_unsupported_names_device_and_dtype(monkeypatch):
         assert backend.unsupported(cell, types.SimpleNamespace(device=torch.device("cuda"), dtype=dtype), None) is None
 
 
-def test_forward_strategy_environment_variable_is_checked(monkeypatch):
-    monkeypatch.setenv("FUSEDRNN_CUDA_FORWARD", "persistent")
-    assert CudaBackend().forward_strategy == "persistent"
-    monkeypatch.setenv("FUSEDRNN_CUDA_FORWARD", "fastest")
-    with pytest.raises(ValueError, match="FUSEDRNN_CUDA_FORWARD"):
+@pytest.mark.parametrize("variable, attribute", [("FUSEDRNN_CUDA_FORWARD", "forward_strategy"),
+                                                 ("FUSEDRNN_CUDA_BACKWARD", "backward_strategy")])
+def test_strategy_environment_variables_are_checked(monkeypatch, variable, attribute):
+    monkeypatch.setenv(variable, "persistent")
+    assert getattr(CudaBackend(), attribute) == "persistent"
+    monkeypatch.setenv(variable, "fastest")
+    with pytest.raises(ValueError, match=variable):
         CudaBackend()

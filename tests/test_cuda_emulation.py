@@ -321,12 +321,12 @@ PARAMS = [
 
 @pytest.fixture
 def strategy(request):
-    """Force the cuda backend's forward strategy for one test (restored after)."""
+    """Force the cuda backend's forward and backward strategy for one test (restored after)."""
     backend = backends.get("cuda")
-    before = backend.forward_strategy
-    backend.forward_strategy = request.param
+    before = backend.forward_strategy, backend.backward_strategy
+    backend.forward_strategy = backend.backward_strategy = request.param
     yield request.param
-    backend.forward_strategy = before
+    backend.forward_strategy, backend.backward_strategy = before
 
 
 @pytest.fixture(scope="module")

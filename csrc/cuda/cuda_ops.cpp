@@ -5,9 +5,10 @@
 //       -> (out, h_n, c_n, workspace)            c_n is empty outside LSTM
 //   cuda_backward(family, mode, grad_out, grad_hn, grad_cn?, x, h0, c0?, w_ih, w_hh,
 //                 b_ih?, b_hh?, w_peep?, w_proj?, batch_sizes?, reverse, out, workspace,
-//                 poison=False)
+//                 poison=False, strategy="auto")
 //       -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_proj]   empty where absent
 //   cuda_forward_strategy(family, mode, x, h0, w_hh, w_proj?, steps) -> str
+//   cuda_backward_strategy(family, mode, x, h0, w_hh, w_proj?, steps) -> str
 //       the forward strategy "auto" picks: "persistent", or "per_step: <why not persistent>"
 //
 // Shapes and layouts: fusedrnn/backends/base.py; batch_sizes is a CPU int64
@@ -22,9 +23,10 @@
 // `out`, `workspace` and the returned tensors are in x's dtype.
 //
 // Strategies (csrc/cuda/README.md): `per_step` (one cuBLAS product and one
-// fused pointwise kernel per step) and, forward only, `persistent` (one
-// cooperative kernel for the whole sequence).  `strategy` forces one;
-// `poison` fills every output and scratch buffer with NaN first (tests).
+// fused pointwise kernel per step) and `persistent` (one cooperative kernel
+// for the whole sequence), for the forward and the backward alike.
+// `strategy` forces one; `poison` fills every output and scratch buffer with
+// NaN first (tests).
 //
 // The CPU emulation build (FUSEDRNN_CUDA_EMULATION, csrc/emulation) compiles
 // this same file: the kernels then run on CPU tensors, the products are ATen's
@@ -161,6 +163,24 @@ at::Tensor previous_rows(const at::Tensor& rows, const at::Tensor& initial, cons
   return at::cat({rows, initial}).index_select(0, index);
 }
 
+// The per-step bookkeeping of the persistent kernels, on the device, in processing order.
+struct StepArrays {
+  at::Tensor rows, offset, carried, prev_offset;
+  StepArrays(const Steps& s, const at::Device& device) {
+    std::vector<int32_t> r, c;
+    std::vector<int64_t> o, po;
+    for (int64_t p = 0; p < s.count(); ++p) {
+      r.push_back(static_cast<int32_t>(s.size[s.order[p]]));
+      o.push_back(s.offset[s.order[p]]);
+      c.push_back(static_cast<int32_t>(s.carried(p)));
+      po.push_back(s.prev_offset(p));
+    }
+    const auto i32 = at::TensorOptions().dtype(at::kInt), i64 = at::TensorOptions().dtype(at::kLong);
+    rows = at::tensor(r, i32).to(device), carried = at::tensor(c, i32).to(device);
+    offset = at::tensor(o, i64).to(device), prev_offset = at::tensor(po, i64).to(device);
+  }
+};
+
 // Each sequence's last row in processing order (its final state).
 at::Tensor last_rows(const Steps& s, const at::Device& device) {
   std::vector<int64_t> last(s.batch, 0);
@@ -241,14 +261,18 @@ struct Choice {
   std::string why_not_persistent;
 };
 
-// The rule (README): persistent when the sequence has at least 2 steps and
-// plan_persistent_forward says the weight slices fit in shared memory and the
-// cooperative grid fits on the device.  P: the size of h (the projection size, else H).
-Choice choose_forward(const Cell& cell, bool proj, at::ScalarType dtype, int64_t B, int64_t H, int64_t P,
-                      int64_t steps, int device) {
+using Planner = PersistentPlan (*)(PersistentCell, DType, int64_t, int64_t, int64_t, int);
+
+// The rule (README), for the forward (plan_persistent_forward) and the
+// backward (plan_persistent_backward): persistent when the sequence has at
+// least 2 steps and the planner says the weight slices fit in shared memory
+// and the cooperative grid fits on the device.  P: the size of h (the
+// projection size, else H).
+Choice choose(Planner planner, const Cell& cell, bool proj, at::ScalarType dtype, int64_t B, int64_t H, int64_t P,
+              int64_t steps, int device) {
   Choice c;
   c.cell = persistent_cell(cell, proj);
-  c.plan = plan_persistent_forward(c.cell, storage_dtype(dtype), B, H, P, device);
+  c.plan = planner(c.cell, storage_dtype(dtype), B, H, P, device);
   if (!c.plan.ok) {
     c.why_not_persistent = c.plan.reason;
     return c;
@@ -259,6 +283,21 @@ Choice choose_forward(const Cell& cell, bool proj, at::ScalarType dtype, int64_t
   }
   c.strategy = Strategy::persistent;
   return c;
+}
+
+// `strategy` as requested: auto's choice, or the persistent one forced (an
+// error where it cannot run, with the planner's reason).
+Choice resolve_strategy(Strategy requested, Planner planner, const Geometry& g, bool proj, at::ScalarType dtype,
+                        const Steps& s, int device) {
+  Choice choice;
+  if (requested == Strategy::per_step || s.count() == 0) return choice;
+  choice = choose(planner, g.cell, proj, dtype, s.batch, g.H, g.Hout, s.count(), device);
+  if (requested == Strategy::persistent) {
+    TORCH_CHECK(choice.plan.ok, "fusedrnn_C: the persistent strategy cannot run this call: ",
+                choice.why_not_persistent);
+    choice.strategy = Strategy::persistent;
+  }
+  return choice;
 }
 
 // ===========================================================================
@@ -347,14 +386,7 @@ void persistent_forward(const Geometry& g, const Steps& s, const Choice& choice,
                         const at::Tensor& c0f, ForwardState& f, DType dtype, cudaStream_t stream, bool poison) {
   const int64_t H = g.H, P = g.Hout, B = s.batch;
   const auto device = h0f.device();
-  std::vector<int32_t> rows;
-  std::vector<int64_t> offsets;
-  for (int64_t p = 0; p < s.count(); ++p) {
-    rows.push_back(static_cast<int32_t>(s.size[s.order[p]]));
-    offsets.push_back(s.offset[s.order[p]]);
-  }
-  const at::Tensor rows_dev = at::tensor(rows, at::TensorOptions().dtype(at::kInt)).to(device);
-  const at::Tensor offsets_dev = at::tensor(offsets, at::TensorOptions().dtype(at::kLong)).to(device);
+  const StepArrays steps(s, device);
   at::Tensor exchange = new_buffer({2, B, P}, h0f.options(), poison);
   exchange[0].copy_(h0f);
   const bool two_products = choice.cell == PersistentCell::gru_reset_before ||
@@ -365,8 +397,8 @@ void persistent_forward(const Geometry& g, const Steps& s, const Choice& choice,
   const at::Tensor b_hn = g.cell.family == Family::gru ? hidden_bias_n(w, H) : at::Tensor();
   PersistentForward a;
   a.B = B, a.H = H, a.P = P, a.steps = s.count();
-  a.step_rows = ptr<int32_t>(rows_dev);
-  a.step_offset = ptr<int64_t>(offsets_dev);
+  a.step_rows = ptr<int32_t>(steps.rows);
+  a.step_offset = ptr<int64_t>(steps.offset);
   a.xp = ptr<float>(f.xp);
   a.w_hh = w_hh.data_ptr();
   a.w_proj = defined(w_proj) ? w_proj->data_ptr() : nullptr;
@@ -407,16 +439,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   f.out = new_buffer({g.N, g.Hout}, x.options(), poison);
   f.ws = new_buffer({g.N, W}, x.options(), poison);
 
-  Choice choice;
-  if (requested != Strategy::per_step && s.count() > 0) {
-    choice = choose_forward(g.cell, w.w_proj.defined(), x.scalar_type(), g.B, g.H, g.Hout, s.count(),
-                            device.ordinal());
-    if (requested == Strategy::persistent) {
-      TORCH_CHECK(choice.plan.ok, "fusedrnn_C: the persistent strategy cannot run this call: ",
-                  choice.why_not_persistent);
-      choice.strategy = Strategy::persistent;
-    }
-  }
+  const Choice choice = resolve_strategy(requested, &plan_persistent_forward, g, w.w_proj.defined(),
+                                         x.scalar_type(), s, device.ordinal());
   if (choice.strategy == Strategy::persistent) {
     persistent_forward(g, s, choice, w, w_hh, w_proj, h0f, c0f, f, dtype, stream, poison);
   } else {
@@ -431,59 +455,102 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   return {f.out.reshape(out_shape), f.h_n.to(x.scalar_type()), c_n, f.ws.reshape(ws_shape)};
 }
 
-std::string forward_strategy(const std::string& family, const std::string& mode, const at::Tensor& x,
-                             const at::Tensor& h0, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_proj,
-                             int64_t steps) {
+// What "auto" picks for the forward (plan_persistent_forward) or the backward.
+std::string chosen_strategy(Planner planner, const std::string& family, const std::string& mode,
+                            const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_hh,
+                            const c10::optional<at::Tensor>& w_proj, int64_t steps) {
   const Cell cell = checks::parse_cell(family, mode);
   TORCH_CHECK(on_kernel_device(x), "fusedrnn_C: x must be ", kDeviceWanted, ", got device ", x.device());
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % cell.gates() == 0, "fusedrnn_C: w_hh must be [G*hidden, hidden]");
   TORCH_CHECK(h0.dim() == 2, "fusedrnn_C: h0 must be 2-D [batch, hidden], got ", h0.dim(), "-D");
   const KernelDevice device(x.device());
-  const Choice c = choose_forward(cell, defined(w_proj), x.scalar_type(), h0.size(0), w_hh.size(0) / cell.gates(),
-                                  h0.size(1), steps, device.ordinal());
+  const Choice c = choose(planner, cell, defined(w_proj), x.scalar_type(), h0.size(0), w_hh.size(0) / cell.gates(),
+                          h0.size(1), steps, device.ordinal());
   return c.strategy == Strategy::persistent ? std::string("persistent") : "per_step: " + c.why_not_persistent;
 }
 
+std::string forward_strategy(const std::string& family, const std::string& mode, const at::Tensor& x,
+                             const at::Tensor& h0, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_proj,
+                             int64_t steps) {
+  return chosen_strategy(&plan_persistent_forward, family, mode, x, h0, w_hh, w_proj, steps);
+}
+
+std::string backward_strategy(const std::string& family, const std::string& mode, const at::Tensor& x,
+                              const at::Tensor& h0, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_proj,
+                              int64_t steps) {
+  return chosen_strategy(&plan_persistent_backward, family, mode, x, h0, w_hh, w_proj, steps);
+}
+
 // ===========================================================================
-// backward (per step; fusedrnn.reference.sequence_backward's structure)
+// backward (fusedrnn.reference.sequence_backward's structure)
 // ===========================================================================
 
-std::vector<at::Tensor> backward(const std::string& family, const std::string& mode, const at::Tensor& grad_out,
-                                 const at::Tensor& grad_hn, const c10::optional<at::Tensor>& grad_cn,
-                                 const at::Tensor& x, const at::Tensor& h0, const c10::optional<at::Tensor>& c0,
-                                 const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                 const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
-                                 const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_proj,
-                                 const c10::optional<at::Tensor>& batch_sizes, bool reverse, const at::Tensor& out,
-                                 const at::Tensor& workspace, bool poison) {
-  const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
+// What the backward's recurrence leaves for the weight gradients.
+struct BackwardState {
+  at::Tensor dA_x, dA_h;  // [N, G*H] gate gradients, input and hidden side (differ for GRU reset_after only)
+  at::Tensor dh, dc;      // float32 gradients of h0, c0
+  at::Tensor dH_total;    // projection: [N, P] dout + dh, each output row's gradient
+};
+
+// The buffers both strategies fill.
+BackwardState backward_buffers(const Geometry& g, const at::Tensor& grad_hn, const c10::optional<at::Tensor>& grad_cn,
+                               const at::TensorOptions& fopt, bool proj, bool poison) {
   const Cell& cell = g.cell;
-  const int64_t H = g.H, Hout = g.Hout, G = g.G, GH = G * H, W = cell.workspace_blocks() * H;
-  checks::check_backward_call(g, x, grad_out, grad_hn, grad_cn, out, workspace);
-  const KernelDevice device(x.device());
-  const cudaStream_t stream = device.stream();
-  const Steps s(g.sizes, reverse);
-  const DType dtype = storage_dtype(x.scalar_type());
-  const Weights w = float_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj);
-  const auto fopt = x.options().dtype(at::kFloat);
+  BackwardState b;
+  b.dA_x = new_buffer({g.N, g.G * g.H}, fopt, poison);
+  b.dA_h = (cell.family == Family::gru && cell.reset_after) ? new_buffer({g.N, g.G * g.H}, fopt, poison) : b.dA_x;
+  b.dh = f32(grad_hn).clone();
+  b.dc = cell.family == Family::lstm ? f32(*grad_cn).clone() : at::Tensor();
+  b.dH_total = proj ? new_buffer({g.N, g.Hout}, fopt, poison) : at::Tensor();
+  return b;
+}
+
+void persistent_backward(const Geometry& g, const Steps& s, const Choice& choice, const Weights& w,
+                         const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_proj, const at::Tensor& grad_out,
+                         const at::Tensor& out, const at::Tensor& workspace, const at::Tensor& h0f,
+                         const at::Tensor& c0f, BackwardState& b, DType dtype, cudaStream_t stream) {
+  const StepArrays steps(s, h0f.device());
+  const at::Tensor dh_n = b.dh.clone(), dc_n = b.dc.defined() ? b.dc.clone() : at::Tensor();
+  PersistentBackward a;
+  a.B = s.batch, a.H = g.H, a.P = g.Hout, a.steps = s.count(), a.k_chunk = choice.plan.k_chunk;
+  a.step_rows = ptr<int32_t>(steps.rows);
+  a.step_offset = ptr<int64_t>(steps.offset);
+  a.step_carried = ptr<int32_t>(steps.carried);
+  a.step_prev_offset = ptr<int64_t>(steps.prev_offset);
+  a.dout = grad_out.data_ptr();
+  a.out = out.data_ptr();
+  a.ws = workspace.data_ptr();
+  a.w_hh = w_hh.data_ptr();
+  a.w_proj = defined(w_proj) ? w_proj->data_ptr() : nullptr;
+  a.peep = ptr<float>(w.w_peep);
+  a.h0 = ptr<float>(h0f);
+  a.c0 = ptr<float>(c0f);
+  a.dh_n = ptr<float>(dh_n);
+  a.dc_n = ptr<float>(dc_n);
+  a.dA_x = ptr<float>(b.dA_x);
+  a.dA_h = ptr<float>(b.dA_h);
+  a.dH = ptr<float>(b.dH_total);
+  a.dh0 = ptr<float>(b.dh);
+  a.dc0 = ptr<float>(b.dc);
+  check_launch(cuda::persistent_backward(choice.cell, dtype, choice.plan, a, stream), "persistent_backward");
+}
+
+void per_step_backward(const Geometry& g, const Steps& s, const Weights& w, const at::Tensor& grad_out,
+                       const at::Tensor& out, const at::Tensor& workspace, const at::Tensor& h0f,
+                       const at::Tensor& c0f, BackwardState& b, DType dtype, cudaStream_t stream, bool poison) {
+  const Cell& cell = g.cell;
+  const int64_t H = g.H, Hout = g.Hout, GH = g.G * H, W = cell.workspace_blocks() * H;
+  const auto fopt = h0f.options();
   const bool proj = w.w_proj.defined();
-  const at::Tensor h0f = f32(h0);
-  const at::Tensor c0f = cell.family == Family::lstm ? f32(*c0) : at::Tensor();
-  const size_t elem = x.element_size();
+  const size_t elem = out.element_size();
   const char* dout = static_cast<const char*>(grad_out.data_ptr());
   const char* outp = static_cast<const char*>(out.data_ptr());
   const char* ws = static_cast<const char*>(workspace.data_ptr());
   const at::Tensor dout_rows = grad_out.reshape({g.N, Hout});
-
-  // gradients of the gate pre-activations, input side and hidden side (they differ for GRU reset_after)
-  at::Tensor dA_x = new_buffer({g.N, GH}, fopt, poison);
-  at::Tensor dA_h = (cell.family == Family::gru && cell.reset_after) ? new_buffer({g.N, GH}, fopt, poison) : dA_x;
-  at::Tensor dh = f32(grad_hn).clone();
-  at::Tensor dc = cell.family == Family::lstm ? f32(*grad_cn).clone() : at::Tensor();
+  at::Tensor &dA_x = b.dA_x, &dA_h = b.dA_h, &dh = b.dh, &dc = b.dc, &dH_total = b.dH_total;
   at::Tensor dh_direct = cell.family == Family::gru ? new_buffer({g.B, H}, fopt, poison) : at::Tensor();
   at::Tensor dk = (cell.family == Family::gru && !cell.reset_after) ? new_buffer({g.B, H}, fopt, poison) : at::Tensor();
   at::Tensor dm = proj ? new_buffer({g.B, H}, fopt, poison) : at::Tensor();
-  at::Tensor dH_total = proj ? new_buffer({g.N, Hout}, fopt, poison) : at::Tensor();
 
   for (int64_t p = s.count() - 1; p >= 0; --p) {
     const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
@@ -544,6 +611,39 @@ std::vector<at::Tensor> backward(const std::string& family, const std::string& m
       mm_into(dh_rows, dA_x_rows, w.w_hh);
     }
   }
+}
+
+std::vector<at::Tensor> backward(const std::string& family, const std::string& mode, const at::Tensor& grad_out,
+                                 const at::Tensor& grad_hn, const c10::optional<at::Tensor>& grad_cn,
+                                 const at::Tensor& x, const at::Tensor& h0, const c10::optional<at::Tensor>& c0,
+                                 const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                 const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                                 const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_proj,
+                                 const c10::optional<at::Tensor>& batch_sizes, bool reverse, const at::Tensor& out,
+                                 const at::Tensor& workspace, bool poison, const std::string& strategy) {
+  const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
+  const Cell& cell = g.cell;
+  const int64_t H = g.H, Hout = g.Hout, W = cell.workspace_blocks() * H;
+  checks::check_backward_call(g, x, grad_out, grad_hn, grad_cn, out, workspace);
+  const Strategy requested = parse_strategy(strategy);
+  const KernelDevice device(x.device());
+  const cudaStream_t stream = device.stream();
+  const Steps s(g.sizes, reverse);
+  const DType dtype = storage_dtype(x.scalar_type());
+  const Weights w = float_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj);
+  const bool proj = w.w_proj.defined();
+  const at::Tensor h0f = f32(h0);
+  const at::Tensor c0f = cell.family == Family::lstm ? f32(*c0) : at::Tensor();
+
+  BackwardState b = backward_buffers(g, grad_hn, grad_cn, x.options().dtype(at::kFloat), proj, poison);
+  const Choice choice = resolve_strategy(requested, &plan_persistent_backward, g, proj, x.scalar_type(), s,
+                                         device.ordinal());
+  if (choice.strategy == Strategy::persistent) {
+    persistent_backward(g, s, choice, w, w_hh, w_proj, grad_out, out, workspace, h0f, c0f, b, dtype, stream);
+  } else {
+    per_step_backward(g, s, w, grad_out, out, workspace, h0f, c0f, b, dtype, stream, poison);
+  }
+  const at::Tensor &dA_x = b.dA_x, &dA_h = b.dA_h, &dh = b.dh, &dc = b.dc, &dH_total = b.dH_total;
 
   // weight gradients: single products over all steps
   const at::Tensor X = x.reshape({g.N, g.I}).to(at::kFloat);
@@ -593,9 +693,13 @@ TORCH_LIBRARY_FRAGMENT(fusedrnn_C, m) {
   m.def(
       "cuda_backward(str family, str mode, Tensor grad_out, Tensor grad_hn, Tensor? grad_cn, Tensor x, Tensor h0, "
       "Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, "
-      "Tensor? batch_sizes, bool reverse, Tensor out, Tensor workspace, bool poison=False) -> Tensor[]");
+      "Tensor? batch_sizes, bool reverse, Tensor out, Tensor workspace, bool poison=False, str strategy=\"auto\") "
+      "-> Tensor[]");
   m.def(
       "cuda_forward_strategy(str family, str mode, Tensor x, Tensor h0, Tensor w_hh, Tensor? w_proj, int steps) "
+      "-> str");
+  m.def(
+      "cuda_backward_strategy(str family, str mode, Tensor x, Tensor h0, Tensor w_hh, Tensor? w_proj, int steps) "
       "-> str");
 }
 
@@ -603,4 +707,5 @@ TORCH_LIBRARY_IMPL(fusedrnn_C, FUSEDRNN_KERNEL_DISPATCH_KEY, m) {
   m.impl("cuda_forward", &fusedrnn::cuda::forward);
   m.impl("cuda_backward", &fusedrnn::cuda::backward);
   m.impl("cuda_forward_strategy", &fusedrnn::cuda::forward_strategy);
+  m.impl("cuda_backward_strategy", &fusedrnn::cuda::backward_strategy);
 }

@@ -148,6 +148,7 @@ struct PersistentPlan {
   bool ok = false;
   int blocks = 0, threads = 0, units = 0;
   size_t shared_bytes = 0;
+  int64_t k_chunk = 0;     // backward: the columns of the product's operand staged at once
   char reason[200] = {0};  // why not, when !ok
 };
 
@@ -178,6 +179,44 @@ struct PersistentForward {
 
 cudaError_t persistent_forward(PersistentCell cell, DType dtype, const PersistentPlan& plan,
                                const PersistentForward& a, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------
+// persistent strategy, backward: one cooperative launch for all steps
+// (reversed).  Each block owns `units` hidden units and keeps the W_hh columns
+// of them (and the W_proj columns, with a projection) in shared memory; the
+// gate gradients dA go through global memory, one grid barrier per step (two
+// for GRU reset_before and LSTM with a projection).  Writes dA_x (and dA_h,
+// dH) for the weight gradients the wrapper computes after it.
+// ---------------------------------------------------------------------------
+
+PersistentPlan plan_persistent_backward(PersistentCell cell, DType dtype, int64_t B, int64_t H, int64_t P,
+                                        int device);
+
+struct PersistentBackward {
+  int64_t B = 0, H = 0, P = 0, steps = 0, k_chunk = 0;  // k_chunk: the plan's
+  const int32_t* step_rows = nullptr;         // device [steps], in processing order (as the forward's)
+  const int64_t* step_offset = nullptr;       // device [steps]
+  const int32_t* step_carried = nullptr;      // device [steps]: rows whose state before the step is the previous step's
+  const int64_t* step_prev_offset = nullptr;  // device [steps]: first row of the previous step
+  const void* dout = nullptr;                 // [N, P] storage dtype: the gradient of out
+  const void* out = nullptr;                  // [N, P]
+  const void* ws = nullptr;                   // [N, W]
+  const void* w_hh = nullptr;                 // [G*H, P] storage dtype
+  const void* w_proj = nullptr;               // [P, H] storage dtype, or null
+  const float* peep = nullptr;                // [3H] or null
+  const float* h0 = nullptr;                  // [B, P]
+  const float* c0 = nullptr;                  // LSTM: [B, H]
+  const float* dh_n = nullptr;                // [B, P]: the gradient of h_n
+  const float* dc_n = nullptr;                // LSTM: [B, H]
+  float* dA_x = nullptr;                      // [N, G*H] gate gradients, input side
+  float* dA_h = nullptr;                      // GRU reset_after: [N, G*H] hidden side
+  float* dH = nullptr;                        // projection: [N, P] dout + dh, the gradient of each output row
+  float* dh0 = nullptr;                       // [B, P]
+  float* dc0 = nullptr;                       // LSTM: [B, H]
+};
+
+cudaError_t persistent_backward(PersistentCell cell, DType dtype, const PersistentPlan& plan,
+                                const PersistentBackward& a, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -46,12 +46,6 @@ namespace cg = cooperative_groups;
 namespace gm = ::fusedrnn::gate_math;
 using namespace persistent;
 
-__host__ __device__ constexpr int gates_of(PersistentCell c) {
-  return c == PersistentCell::lstm || c == PersistentCell::lstm_projection ? 4
-         : c == PersistentCell::gru_reset_after || c == PersistentCell::gru_reset_before ? 3
-                                                                                         : 1;
-}
-
 __host__ __device__ constexpr int workspace_blocks_of(PersistentCell c) {
   return gates_of(c) == 4 ? 5 : gates_of(c) == 3 ? 4 : 0;
 }
@@ -93,16 +87,15 @@ __host__ __device__ inline SmemLayout smem_layout(bool mma, int64_t elem, Persis
   return L;
 }
 
-// Fills the block's slice of a weight matrix `w` ([*, K] row-major): slice row
-// j = source row row_of(j) (or zeros where that is < 0), zero padding past K.
+// The block's slice of a weight matrix `w` ([*, K] row-major) as load_slice's
+// element: slice row j = source row row_of(j) (zeros where that is < 0), zero
+// padding past K.
 template <typename T, typename F>
-__device__ __forceinline__ void load_weight_slice(T* Ws, const OperandShape& s, int64_t cols, const T* w, int64_t K,
-                                                  const F& row_of) {
-  for (int64_t idx = threadIdx.x; idx < cols * s.ld; idx += blockDim.x) {
-    const int64_t j = idx / s.ld, k = idx - j * s.ld;
+__device__ __forceinline__ auto rows_of(const T* w, int64_t K, const F& row_of) {
+  return [=](int64_t j, int64_t k) {
     const int64_t row = row_of(j);
-    Ws[idx] = (row >= 0 && k < K) ? w[row * K + k] : from_float<T>(0.0f);
-  }
+    return (row >= 0 && k < K) ? w[row * K + k] : from_float<T>(0.0f);
+  };
 }
 
 template <typename T, PersistentCell CELL>
@@ -131,13 +124,14 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
   T* ws = static_cast<T*>(a.ws);
 
   // The block's weight rows, once; zero rows past H (or P) and zero padding past K.
-  load_weight_slice(Ws, L.gates, L.cols, static_cast<const T*>(a.w_hh), P, [&](int64_t j) -> int64_t {
-    const int64_t g = j / U, unit = u0 + (j - g * U);
-    return unit < H ? g * H + unit : -1;
-  });
+  load_slice(Ws, L.gates, L.cols, rows_of(static_cast<const T*>(a.w_hh), P, [=](int64_t j) -> int64_t {
+               const int64_t g = j / U, unit = u0 + (j - g * U);
+               return unit < H ? g * H + unit : -1;
+             }));
   if constexpr (kProjection) {
-    load_weight_slice(Wp, L.mid, U, static_cast<const T*>(a.w_proj), H,
-                      [&](int64_t j) -> int64_t { return u0 + j < P ? u0 + j : -1; });
+    load_slice(Wp, L.mid, U, rows_of(static_cast<const T*>(a.w_proj), H, [=](int64_t j) -> int64_t {
+                 return u0 + j < P ? u0 + j : -1;
+               }));
   }
   if constexpr (kLstm) {
     for (int64_t idx = threadIdx.x; idx < B * U; idx += blockDim.x) {
@@ -163,7 +157,7 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
     __syncthreads();  // the previous step's readers of A / acc are done
     stage_rows(cur, P, L.gates, n);
     __syncthreads();
-    prod.run(A, Ws, n, 0, kResetBefore ? 2 * U : L.cols, L.gates.k_pad);
+    prod.run(A, Ws, L.gates.ld, n, 0, kResetBefore ? 2 * U : L.cols, L.gates.k_pad);
     __syncthreads();
 
     for (int64_t idx = threadIdx.x; idx < n * U; idx += blockDim.x) {
@@ -217,9 +211,9 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
       stage_rows(a.mid_exchange, H, L.mid, n);
       __syncthreads();
       if constexpr (kResetBefore) {
-        prod.run(A, Ws, n, 2 * U, 3 * U, L.mid.k_pad);
+        prod.run(A, Ws, L.gates.ld, n, 2 * U, 3 * U, L.mid.k_pad);
       } else {
-        prod.run(A, Wp, n, 0, U, L.mid.k_pad);
+        prod.run(A, Wp, L.mid.ld, n, 0, U, L.mid.k_pad);
       }
       __syncthreads();
       for (int64_t idx = threadIdx.x; idx < n * U; idx += blockDim.x) {
@@ -255,74 +249,27 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
   }
 }
 
-using KernelPtr = void (*)(PersistentForward);
-
-struct KernelChoice {
-  KernelPtr kernel = nullptr;
-  const char* name = nullptr;
-  bool mma = false;
-  size_t elem = 0;
-  int64_t units = 0;
-};
-
-template <typename T>
-void kernel_for(PersistentCell cell, KernelChoice& k) {
-  switch (cell) {
-    case PersistentCell::lstm:
-      k.kernel = &persistent_forward_kernel<T, PersistentCell::lstm>;
-      k.name = "persistent_forward_kernel<lstm>";
-      return;
-    case PersistentCell::gru_reset_after:
-      k.kernel = &persistent_forward_kernel<T, PersistentCell::gru_reset_after>;
-      k.name = "persistent_forward_kernel<gru_reset_after>";
-      return;
-    case PersistentCell::rnn_tanh:
-      k.kernel = &persistent_forward_kernel<T, PersistentCell::rnn_tanh>;
-      k.name = "persistent_forward_kernel<rnn_tanh>";
-      return;
-    case PersistentCell::rnn_relu:
-      k.kernel = &persistent_forward_kernel<T, PersistentCell::rnn_relu>;
-      k.name = "persistent_forward_kernel<rnn_relu>";
-      return;
-    case PersistentCell::gru_reset_before:
-      k.kernel = &persistent_forward_kernel<T, PersistentCell::gru_reset_before>;
-      k.name = "persistent_forward_kernel<gru_reset_before>";
-      return;
-    case PersistentCell::lstm_projection:
-      k.kernel = &persistent_forward_kernel<T, PersistentCell::lstm_projection>;
-      k.name = "persistent_forward_kernel<lstm_projection>";
-      return;
+struct ForwardKernels {
+  template <typename T, PersistentCell CELL>
+  static constexpr auto get() {
+    return &persistent_forward_kernel<T, CELL>;
   }
-}
-
-KernelChoice choose_kernel(PersistentCell cell, DType dtype) {
-  KernelChoice k;
-  dispatch_dtype(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    kernel_for<T>(cell, k);
-    k.mma = uses_mma<T>();
-    k.elem = sizeof(T);
-    k.units = units_per_block<T>();
-    return cudaSuccess;
-  });
-  return k;
-}
+  static constexpr const char* names[] = {
+      "persistent_forward_kernel<lstm>",     "persistent_forward_kernel<gru_reset_after>",
+      "persistent_forward_kernel<rnn_tanh>", "persistent_forward_kernel<rnn_relu>",
+      "persistent_forward_kernel<gru_reset_before>", "persistent_forward_kernel<lstm_projection>"};
+};
 
 }  // namespace
 
-PersistentPlan plan_persistent_forward(PersistentCell cell, DType dtype, int64_t B, int64_t H, int64_t P,
-                                       int device) {
-  PersistentPlan plan;
-  const KernelChoice k = choose_kernel(cell, dtype);
-  if (k.kernel == nullptr || B <= 0 || H <= 0 || P <= 0) {
-    snprintf(plan.reason, sizeof(plan.reason), "no persistent kernel for this cell and dtype");
-    return plan;
-  }
-  const SmemLayout L = smem_layout(k.mma, static_cast<int64_t>(k.elem), cell, k.units, B, H, P);
-  plan.units = static_cast<int>(k.units);
+namespace persistent {
+
+PersistentPlan finish_plan(PersistentPlan plan, const void* kernel, size_t shared_bytes, int64_t blocks, int units,
+                           int device) {
+  plan.units = units;
   plan.threads = kThreads;
-  plan.blocks = static_cast<int>((H + k.units - 1) / k.units);
-  plan.shared_bytes = L.total;
+  plan.blocks = static_cast<int>(blocks);
+  plan.shared_bytes = shared_bytes;
   int cooperative = 0, smem_optin = 0, sms = 0, per_sm = 0;
   cudaError_t err = cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
@@ -335,16 +282,14 @@ PersistentPlan plan_persistent_forward(PersistentCell cell, DType dtype, int64_t
     snprintf(plan.reason, sizeof(plan.reason), "the device does not support cooperative launches");
     return plan;
   }
-  if (L.total > static_cast<size_t>(smem_optin)) {
+  if (shared_bytes > static_cast<size_t>(smem_optin)) {
     snprintf(plan.reason, sizeof(plan.reason),
              "the weight slice and states need %zu bytes of shared memory per block, the device allows %d",
-             L.total, smem_optin);
+             shared_bytes, smem_optin);
     return plan;
   }
-  err = cudaFuncSetAttribute(reinterpret_cast<const void*>(k.kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(L.total));
-  if (err == cudaSuccess)
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k.kernel, kThreads, L.total);
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, shared_bytes);
   if (err != cudaSuccess) {
     snprintf(plan.reason, sizeof(plan.reason), "occupancy query failed: %s", cudaGetErrorString(err));
     return plan;
@@ -359,11 +304,26 @@ PersistentPlan plan_persistent_forward(PersistentCell cell, DType dtype, int64_t
   return plan;
 }
 
+}  // namespace persistent
+
+PersistentPlan plan_persistent_forward(PersistentCell cell, DType dtype, int64_t B, int64_t H, int64_t P,
+                                       int device) {
+  PersistentPlan plan;
+  const auto k = choose_kernel<ForwardKernels, PersistentForward>(cell, dtype);
+  if (k.kernel == nullptr || B <= 0 || H <= 0 || P <= 0) {
+    snprintf(plan.reason, sizeof(plan.reason), "no persistent kernel for this cell and dtype");
+    return plan;
+  }
+  const SmemLayout L = smem_layout(k.mma, k.elem, cell, k.units, B, H, P);
+  return finish_plan(plan, reinterpret_cast<const void*>(k.kernel), L.total, (H + k.units - 1) / k.units,
+                     static_cast<int>(k.units), device);
+}
+
 cudaError_t persistent_forward(PersistentCell cell, DType dtype, const PersistentPlan& plan,
                                const PersistentForward& a, cudaStream_t stream) {
   if (!plan.ok) return cudaErrorInvalidConfiguration;
   if (a.steps == 0) return cudaSuccess;
-  const KernelChoice k = choose_kernel(cell, dtype);
+  const auto k = choose_kernel<ForwardKernels, PersistentForward>(cell, dtype);
   return launch_cooperative(k.name, k.kernel, dim3(plan.blocks), dim3(plan.threads), plan.shared_bytes, stream, a);
 }
 

@@ -37,6 +37,12 @@ __host__ __device__ constexpr bool uses_mma() {
   return !std::is_same<T, float>::value;
 }
 
+__host__ __device__ constexpr int gates_of(PersistentCell c) {
+  return c == PersistentCell::lstm || c == PersistentCell::lstm_projection ? 4
+         : c == PersistentCell::gru_reset_after || c == PersistentCell::gru_reset_before ? 3
+                                                                                         : 1;
+}
+
 // Hidden units (and weight rows per gate) a block owns: one 16-column WMMA
 // tile per gate; with FMA, more and smaller blocks.
 template <typename T>
@@ -100,6 +106,16 @@ __host__ __device__ inline int64_t accumulator_floats(bool mma, int64_t rows_pad
 // the hi product alone keeps its inf as the float32 product would.
 __device__ __forceinline__ float low_half(float v, float hi) { return isfinite(hi) ? v - hi : 0.0f; }
 
+// Fills a block's weight slice (cols rows of s.ld elements, padding included):
+// element (j, k) = element(j, k), which returns 0 past the real rows and K.
+template <typename T, typename F>
+__device__ __forceinline__ void load_slice(T* Ws, const OperandShape& s, int64_t cols, const F& element) {
+  for (int64_t idx = threadIdx.x; idx < cols * s.ld; idx += blockDim.x) {
+    const int64_t j = idx / s.ld, k = idx - j * s.ld;
+    Ws[idx] = element(j, k);
+  }
+}
+
 // A staged operand in shared memory: element (b, k) at hi[b * ld + k] (and lo, tensor cores only).
 template <typename T>
 struct Operand {
@@ -123,21 +139,24 @@ struct Operand {
 };
 
 // The block product acc = A W^T for batch rows [0, rows) and the weight
-// columns [c0, c1) (a column j of the product is row j of the weight slice;
-// with tensor cores c0 and c1 are multiples of 16).  Read an element with
-// operator() after a __syncthreads().
+// columns [c0, c1) (a column j of the product is row j of the weight slice Ws,
+// whose leading dimension is ldw; with tensor cores c0 and c1 are multiples of
+// 16).  `accumulate` adds to the previous run's result instead (same rows and
+// columns): a product over a long K runs in chunks of K, A holding one chunk
+// and Ws pointing at its first column.  Read an element with operator() after
+// a __syncthreads().
 template <typename T>
 struct BlockProduct {
   float* acc = nullptr;
   int64_t acc_ld = 0;              // FMA: acc[b * acc_ld + j]
   int col0 = 0, col_tiles = 1, tiles = 1, slices = 1;  // WMMA sheets
 
-  __device__ __forceinline__ void run(const Operand<T>& A, const T* Ws, int64_t rows, int64_t c0, int64_t c1,
-                                      int64_t k_pad) {
+  __device__ __forceinline__ void run(const Operand<T>& A, const T* Ws, int64_t ldw, int64_t rows, int64_t c0,
+                                      int64_t c1, int64_t k_pad, bool accumulate = false) {
     if constexpr (uses_mma<T>()) {
-      run_mma(A, Ws, rows, c0, c1, k_pad);
+      run_mma(A, Ws, ldw, rows, c0, c1, k_pad, accumulate);
     } else {
-      run_fma(A, Ws, rows, c0, c1, k_pad);
+      run_fma(A, Ws, ldw, rows, c0, c1, k_pad, accumulate);
     }
   }
 
@@ -158,11 +177,10 @@ struct BlockProduct {
   // The warps split the (row tile, column tile) pairs, and the K dimension too
   // when there are fewer pairs than warps.  Every (K-slice, tile) pair is
   // stored as its own 16x16 sheet; operator() adds the slices of an element.
-  __device__ __forceinline__ void run_mma(const Operand<T>& A, const T* Ws, int64_t rows, int64_t c0, int64_t c1,
-                                          int64_t k_pad) {
+  __device__ __forceinline__ void run_mma(const Operand<T>& A, const T* Ws, int64_t ldw, int64_t rows, int64_t c0,
+                                          int64_t c1, int64_t k_pad, bool accumulate) {
     using namespace nvcuda;
     const int warp = threadIdx.x / 32;
-    const unsigned ld = static_cast<unsigned>(A.ld);
     col0 = static_cast<int>(c0 / kTile);
     col_tiles = static_cast<int>((c1 - c0) / kTile);
     tiles = static_cast<int>(round_up(rows, kTile) / kTile) * col_tiles;
@@ -172,35 +190,85 @@ struct BlockProduct {
       const int tile = job % tiles, slice = job / tiles;
       const int mt = tile / col_tiles, nt = col0 + tile % col_tiles;
       const int k0 = slice * k_tiles / slices, k1 = (slice + 1) * k_tiles / slices;
+      float* sheet = acc + static_cast<int64_t>(job) * kTile * kTile;
       wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> c;
-      wmma::fill_fragment(c, 0.0f);
+      if (accumulate) {
+        wmma::load_matrix_sync(c, sheet, kTile, wmma::mem_row_major);
+      } else {
+        wmma::fill_fragment(c, 0.0f);
+      }
       for (int kt = k0; kt < k1; ++kt) {
         wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, T, wmma::row_major> a;
         wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, T, wmma::col_major> b;
         const int64_t a_offset = mt * kTile * A.ld + kt * kTile;
-        wmma::load_matrix_sync(b, Ws + nt * kTile * A.ld + kt * kTile, ld);
-        wmma::load_matrix_sync(a, A.hi + a_offset, ld);
+        wmma::load_matrix_sync(b, Ws + nt * kTile * ldw + kt * kTile, static_cast<unsigned>(ldw));
+        wmma::load_matrix_sync(a, A.hi + a_offset, static_cast<unsigned>(A.ld));
         wmma::mma_sync(c, a, b, c);
-        wmma::load_matrix_sync(a, A.lo + a_offset, ld);
+        wmma::load_matrix_sync(a, A.lo + a_offset, static_cast<unsigned>(A.ld));
         wmma::mma_sync(c, a, b, c);
       }
-      wmma::store_matrix_sync(acc + static_cast<int64_t>(job) * kTile * kTile, c, kTile, wmma::mem_row_major);
+      wmma::store_matrix_sync(sheet, c, kTile, wmma::mem_row_major);
     }
   }
 
-  __device__ __forceinline__ void run_fma(const Operand<T>& A, const T* Ws, int64_t rows, int64_t c0, int64_t c1,
-                                          int64_t K) {
+  __device__ __forceinline__ void run_fma(const Operand<T>& A, const T* Ws, int64_t ldw, int64_t rows, int64_t c0,
+                                          int64_t c1, int64_t K, bool accumulate) {
     const int64_t cols = c1 - c0;
     for (int64_t idx = threadIdx.x; idx < rows * cols; idx += blockDim.x) {
       const int64_t b = idx / cols, j = c0 + (idx - b * cols);
       const T* a = A.hi + b * A.ld;
-      const T* w = Ws + j * A.ld;
-      float s = 0.0f;
+      const T* w = Ws + j * ldw;
+      float s = accumulate ? acc[b * acc_ld + j] : 0.0f;
       for (int64_t k = 0; k < K; ++k) s = fmaf(to_float(a[k]), to_float(w[k]), s);
       acc[b * acc_ld + j] = s;
     }
   }
 };
+
+// ---------------------------------------------------------------------------
+// host side: which kernel runs a (cell, dtype), and the plan's device checks
+// ---------------------------------------------------------------------------
+
+// The kernel of a (cell, dtype), with what its planner needs.
+template <typename Args>
+struct KernelChoice {
+  void (*kernel)(Args) = nullptr;
+  const char* name = nullptr;
+  bool mma = false;
+  int64_t elem = 0, units = 0;
+};
+
+// `Kernels` names a kernel template: `Kernels::get<T, CELL>()` is the kernel,
+// `Kernels::names[cell]` its name for errors (in PersistentCell's order).
+template <typename Kernels, typename Args>
+KernelChoice<Args> choose_kernel(PersistentCell cell, DType dtype) {
+  KernelChoice<Args> k;
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    switch (cell) {
+      case PersistentCell::lstm: k.kernel = Kernels::template get<T, PersistentCell::lstm>(); break;
+      case PersistentCell::gru_reset_after: k.kernel = Kernels::template get<T, PersistentCell::gru_reset_after>(); break;
+      case PersistentCell::rnn_tanh: k.kernel = Kernels::template get<T, PersistentCell::rnn_tanh>(); break;
+      case PersistentCell::rnn_relu: k.kernel = Kernels::template get<T, PersistentCell::rnn_relu>(); break;
+      case PersistentCell::gru_reset_before: k.kernel = Kernels::template get<T, PersistentCell::gru_reset_before>(); break;
+      case PersistentCell::lstm_projection: k.kernel = Kernels::template get<T, PersistentCell::lstm_projection>(); break;
+    }
+    k.name = Kernels::names[static_cast<int>(cell)];
+    k.mma = uses_mma<T>();
+    k.elem = sizeof(T);
+    k.units = units_per_block<T>();
+    return cudaSuccess;
+  });
+  return k;
+}
+
+// Completes a plan of `blocks` blocks of kThreads threads with `shared_bytes`
+// of dynamic shared memory each: ok when the device supports cooperative
+// launches, the shared memory fits its opt-in limit per block, and the whole
+// grid is resident at once at the occupancy the runtime reports (else the
+// reason).  Sets the kernel's shared-memory attribute.  persistent.cu.
+PersistentPlan finish_plan(PersistentPlan plan, const void* kernel, size_t shared_bytes, int64_t blocks, int units,
+                           int device);
 
 }  // namespace persistent
 }  // namespace cuda

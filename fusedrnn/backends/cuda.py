@@ -5,15 +5,15 @@ toolkit is present (setup.py).  The kernels are the dispatcher ops
 ``torch.ops.fusedrnn_C.cuda_forward`` / ``cuda_backward`` (schemas in
 csrc/cuda/cuda_ops.cpp), one call per layer-direction and sequence.
 
-The forward runs one of two strategies (csrc/cuda/README.md has the rule):
-``persistent`` (one cooperative kernel for the whole sequence, each block
-keeping its slice of W_hh in shared memory; LSTM without projection, GRU
-reset_after, RNN) or ``per_step`` (a cuBLAS product and one fused pointwise
-kernel per step; every cell).  ``forward_strategy`` (or the
-``FUSEDRNN_CUDA_FORWARD`` environment variable) forces one.  The backward runs
-per step, then the weight gradients as single GEMMs.  float16/bfloat16 are
-computed in float32 inside (tensor cores with float32 accumulation in the
-persistent kernel).
+The forward and the backward each run one of two strategies, for every cell
+(csrc/cuda/README.md has the rule): ``persistent`` (one cooperative kernel for
+the whole sequence, each block keeping its slice of W_hh in shared memory) or
+``per_step`` (a cuBLAS product and one fused pointwise kernel per step).
+``forward_strategy`` and ``backward_strategy`` (or the ``FUSEDRNN_CUDA_FORWARD``
+and ``FUSEDRNN_CUDA_BACKWARD`` environment variables) force one.  After the
+backward's recurrence, the weight gradients are single GEMMs.  float16/bfloat16
+are computed in float32 inside (tensor cores with float32 accumulation in the
+persistent kernels).
 
 Emulation.  With ``FUSEDRNN_CUDA_EMULATE=1`` the backend runs the same
 kernels on **CPU tensors** through the CUDA emulation build
@@ -43,8 +43,8 @@ from .base import Backend, BackwardResult, ForwardResult, LayerWeights
 
 #: dtypes the kernels take
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-#: values of ``forward_strategy``
-FORWARD_STRATEGIES = ("auto", "per_step", "persistent")
+#: values of ``forward_strategy`` and ``backward_strategy``
+STRATEGIES = ("auto", "per_step", "persistent")
 
 
 #: the emulation module's name; FUSEDRNN_CUDA_EMULATION_LIBRARY may name another file of it
@@ -99,15 +99,19 @@ def emulation_description() -> str:
             + (f"; built with the {sanitizer} sanitizer" if sanitizer else ""))
 
 
+def _strategy_from_environment(variable: str) -> str:
+    value = os.environ.get(variable, "auto")
+    if value not in STRATEGIES:
+        raise ValueError(f"{variable} must be one of {STRATEGIES}, got {value!r}")
+    return value
+
+
 class CudaBackend(Backend):
     name = "cuda"
 
     def __init__(self):
-        self.forward_strategy = os.environ.get("FUSEDRNN_CUDA_FORWARD", "auto")
-        if self.forward_strategy not in FORWARD_STRATEGIES:
-            raise ValueError(
-                f"FUSEDRNN_CUDA_FORWARD must be one of {FORWARD_STRATEGIES}, got {self.forward_strategy!r}"
-            )
+        self.forward_strategy = _strategy_from_environment("FUSEDRNN_CUDA_FORWARD")
+        self.backward_strategy = _strategy_from_environment("FUSEDRNN_CUDA_BACKWARD")
 
     def availability(self) -> Optional[str]:
         if emulated():
@@ -151,6 +155,7 @@ class CudaBackend(Backend):
                  out, workspace, need_dx=True, need_dweights=True) -> BackwardResult:
         grads = _ops().cuda_backward(
             cell.family, cell.mode, grad_out, grad_hn, grad_cn, x, h0, c0, *weights, batch_sizes, bool(reverse), out, workspace,
+            False, self.backward_strategy,
         )
         return BackwardResult.from_op(cell, grads, weights)
 
@@ -158,3 +163,8 @@ class CudaBackend(Backend):
                                 steps: int) -> str:
         """What ``"auto"`` runs for these sizes: ``"persistent"`` or ``"per_step: <why not persistent>"``."""
         return _ops().cuda_forward_strategy(cell.family, cell.mode, x, h0, weights.w_hh, weights.w_proj, steps)
+
+    def chosen_backward_strategy(self, cell: CellSpec, x: torch.Tensor, h0: torch.Tensor, weights: LayerWeights,
+                                 steps: int) -> str:
+        """The same for the backward."""
+        return _ops().cuda_backward_strategy(cell.family, cell.mode, x, h0, weights.w_hh, weights.w_proj, steps)
