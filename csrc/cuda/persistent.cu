@@ -321,10 +321,7 @@ PersistentPlan plan_persistent_forward(PersistentCell cell, DType dtype, int64_t
 
 cudaError_t persistent_forward(PersistentCell cell, DType dtype, const PersistentPlan& plan,
                                const PersistentForward& a, cudaStream_t stream) {
-  if (!plan.ok) return cudaErrorInvalidConfiguration;
-  if (a.steps == 0) return cudaSuccess;
-  const auto k = choose_kernel<ForwardKernels, PersistentForward>(cell, dtype);
-  return launch_cooperative(k.name, k.kernel, dim3(plan.blocks), dim3(plan.threads), plan.shared_bytes, stream, a);
+  return launch_planned<ForwardKernels>(cell, dtype, plan, a, stream);
 }
 
 }  // namespace cuda

@@ -282,10 +282,7 @@ PersistentPlan plan_persistent_backward(PersistentCell cell, DType dtype, int64_
 
 cudaError_t persistent_backward(PersistentCell cell, DType dtype, const PersistentPlan& plan,
                                 const PersistentBackward& a, cudaStream_t stream) {
-  if (!plan.ok) return cudaErrorInvalidConfiguration;
-  if (a.steps == 0) return cudaSuccess;
-  const auto k = choose_kernel<BackwardKernels, PersistentBackward>(cell, dtype);
-  return launch_cooperative(k.name, k.kernel, dim3(plan.blocks), dim3(plan.threads), plan.shared_bytes, stream, a);
+  return launch_planned<BackwardKernels>(cell, dtype, plan, a, stream);
 }
 
 }  // namespace cuda

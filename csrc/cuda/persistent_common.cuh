@@ -262,6 +262,16 @@ KernelChoice<Args> choose_kernel(PersistentCell cell, DType dtype) {
   return k;
 }
 
+// Launches the kernel of (cell, dtype) with the plan's geometry.
+template <typename Kernels, typename Args>
+cudaError_t launch_planned(PersistentCell cell, DType dtype, const PersistentPlan& plan, const Args& a,
+                           cudaStream_t stream) {
+  if (!plan.ok) return cudaErrorInvalidConfiguration;
+  if (a.steps == 0) return cudaSuccess;
+  const auto k = choose_kernel<Kernels, Args>(cell, dtype);
+  return launch_cooperative(k.name, k.kernel, dim3(plan.blocks), dim3(plan.threads), plan.shared_bytes, stream, a);
+}
+
 // Completes a plan of `blocks` blocks of kThreads threads with `shared_bytes`
 // of dynamic shared memory each: ok when the device supports cooperative
 // launches, the shared memory fits its opt-in limit per block, and the whole

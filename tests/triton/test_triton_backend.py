@@ -39,11 +39,9 @@ import torch
 
 pytestmark = pytest.mark.triton
 
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-if not (INTERPRETING or torch.cuda.is_available()):
-    pytest.skip("the Triton kernels need a CUDA GPU or the interpreter: run "
-                "TRITON_INTERPRET=1 python -m pytest tests -m triton", allow_module_level=True)
-pytest.importorskip("triton", reason="Triton is not installed")
+from triton_support import DEVICE, INTERPRETING, assert_passed, skip_module_unless_kernels_run
+
+skip_module_unless_kernels_run()
 
 import fusedrnn.testing as ft  # noqa: E402
 from fusedrnn import backends, reference  # noqa: E402
@@ -52,7 +50,6 @@ from fusedrnn.triton_kernels import launch  # noqa: E402
 
 from layer_cases import make_case  # noqa: E402
 
-DEVICE = torch.device("cpu" if INTERPRETING else "cuda")
 SHAPE = ft.Shape(T=7, B=5, I=3, H=37)
 SINGLE_STEP = ft.Shape(T=1, B=5, I=3, H=37)
 STRATEGIES = ("per_step", "persistent", "grid_sync")
@@ -169,14 +166,6 @@ def checker():
     return ft.Checker(DEVICE)
 
 
-def _assert_passed(outcome: ft.CaseOutcome):
-    assert outcome.skipped is None, outcome.skipped
-    assert outcome.crashed is None, outcome.crashed
-    failed = [f"{r.quantity} vs {r.oracle}: rel {r.rel:.3g} > {r.tolerance:.3g}" for r in outcome.rows if not r.passed]
-    assert not failed, f"{outcome.case.id} {outcome.dtype}: " + "; ".join(failed)
-    assert any(r.quantity.startswith("grad_") for r in outcome.rows), "no gradient was compared"
-
-
 GRADIENT_CASES = [(v, SHAPE, o) for v in VARIANTS for o in ("padded", "packed-reverse")] + \
                  [(v, SINGLE_STEP, "reverse") for v in VARIANTS] + \
                  [(v, SHAPE, o) for v in ("lstm-peephole-proj", "gru-reset-before") for o in ("packed", "no-bias")]
@@ -185,7 +174,7 @@ GRADIENT_CASES = [(v, SHAPE, o) for v in VARIANTS for o in ("padded", "packed-re
 @pytest.mark.parametrize("variant,shape,option", GRADIENT_CASES,
                          ids=[f"{v}-{o}-T{s.T}" for v, s, o in GRADIENT_CASES])
 def test_gradients_float32(variant, shape, option, checker):
-    _assert_passed(checker.check("triton", ft.Case(variant, shape, option), torch.float32))
+    assert_passed(checker.check("triton", ft.Case(variant, shape, option), torch.float32))
 
 
 LOW_PRECISION_CASES = [(v, torch.bfloat16, "packed-reverse") for v in VARIANTS] + \
@@ -196,7 +185,7 @@ LOW_PRECISION_CASES = [(v, torch.bfloat16, "packed-reverse") for v in VARIANTS] 
                          ids=[f"{v}-{ft.dtype_name(d)}-{o}" for v, d, o in LOW_PRECISION_CASES])
 def test_gradients_low_precision(variant, dtype, option, checker):
     """float16/bfloat16 by the 2x rule (bfloat16 dots run in float32 under the interpreter)."""
-    _assert_passed(checker.check("triton", ft.Case(variant, SHAPE, option), dtype))
+    assert_passed(checker.check("triton", ft.Case(variant, SHAPE, option), dtype))
 
 
 # ----------------------------------------------------------------------------
@@ -267,7 +256,7 @@ LARGE = ft.Shape(T=512, B=16, I=64, H=1024)
 @pytest.mark.parametrize("variant", ["lstm", "gru"])
 def test_large_shape_low_precision(variant, dtype, strategy, checker, triton_backend):  # pragma: no cover - GPU
     triton_backend.forward_strategy = strategy
-    _assert_passed(checker.check("triton", ft.Case(variant, LARGE, "padded"), dtype, oracles=("reference",)))
+    assert_passed(checker.check("triton", ft.Case(variant, LARGE, "padded"), dtype, oracles=("reference",)))
 
 
 @pytest.mark.gpu

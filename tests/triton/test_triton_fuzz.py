@@ -15,7 +15,6 @@ the persistent kernel for hidden sizes up to 64 without projection, and
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -24,11 +23,9 @@ from hypothesis import strategies as st
 
 pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("single_thread", "quiet_backend_fallback")]
 
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-if not (INTERPRETING or torch.cuda.is_available()):
-    pytest.skip("the Triton kernels need a CUDA GPU or the interpreter: run "
-                "TRITON_INTERPRET=1 python -m pytest tests -m triton", allow_module_level=True)
-pytest.importorskip("triton", reason="Triton is not installed")
+from triton_support import INTERPRETING, skip_module_unless_kernels_run
+
+skip_module_unless_kernels_run()
 
 from fuzz_cases import backend_setting, cell_configs, check_cell, check_module, examples, module_configs  # noqa: E402
 

@@ -32,7 +32,6 @@ functions in the kernel); the comparisons also run on a GPU.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 
 import pytest
@@ -40,11 +39,9 @@ import torch
 
 pytestmark = pytest.mark.triton
 
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-if not (INTERPRETING or torch.cuda.is_available()):
-    pytest.skip("the Triton kernels need a CUDA GPU or the interpreter: run "
-                "TRITON_INTERPRET=1 python -m pytest tests -m triton", allow_module_level=True)
-pytest.importorskip("triton", reason="Triton is not installed")
+from triton_support import DEVICE, INTERPRETING, assert_passed, skip_module_unless_kernels_run
+
+skip_module_unless_kernels_run()
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -64,7 +61,6 @@ if INTERPRETING:
 
     from fusedrnn.triton_kernels import concurrent_grid
 
-DEVICE = torch.device("cpu" if INTERPRETING else "cuda")
 VARIANTS = [v for v in ft.VARIANTS if not ft.VARIANTS[v].projection]  # grid_sync takes no projection
 SHAPE = ft.Shape(T=7, B=5, I=3, H=37)
 SINGLE_STEP = ft.Shape(T=1, B=5, I=3, H=37)
@@ -92,14 +88,6 @@ def checker():
     return ft.Checker(DEVICE)
 
 
-def _assert_passed(outcome: ft.CaseOutcome):
-    assert outcome.skipped is None, outcome.skipped
-    assert outcome.crashed is None, outcome.crashed
-    failed = [f"{r.quantity} vs {r.oracle}: rel {r.rel:.3g} > {r.tolerance:.3g}" for r in outcome.rows if not r.passed]
-    assert not failed, f"{outcome.case.id} {outcome.dtype}: " + "; ".join(failed)
-    assert any(r.quantity.startswith("grad_") for r in outcome.rows), "no gradient was compared"
-
-
 # ----------------------------------------------------------------------------
 # The kernel against the oracles: outputs, states and gradients
 # ----------------------------------------------------------------------------
@@ -116,7 +104,7 @@ CASES = [(v, SHAPE, "packed-reverse", torch.float32) for v in ("lstm-peephole", 
 @pytest.mark.parametrize("variant,shape,option,dtype", CASES,
                          ids=[f"{v}-{o}-T{s.T}-B{s.B}-H{s.H}-{ft.dtype_name(d)}" for v, s, o, d in CASES])
 def test_outputs_and_gradients_match_the_oracles(variant, shape, option, dtype, checker, grid_sync):
-    _assert_passed(checker.check("triton", ft.Case(variant, shape, option), dtype))
+    assert_passed(checker.check("triton", ft.Case(variant, shape, option), dtype))
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])

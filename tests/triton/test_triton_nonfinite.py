@@ -13,25 +13,21 @@ Runs on CPU tensors under the interpreter::
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
 pytestmark = pytest.mark.triton
 
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-if not (INTERPRETING or torch.cuda.is_available()):
-    pytest.skip("the Triton kernels need a CUDA GPU or the interpreter: run "
-                "TRITON_INTERPRET=1 python -m pytest tests -m triton", allow_module_level=True)
-pytest.importorskip("triton", reason="Triton is not installed")
+from triton_support import DEVICE, skip_module_unless_kernels_run
+
+skip_module_unless_kernels_run()
 
 import fusedrnn.testing as ft  # noqa: E402
 from fusedrnn import backends  # noqa: E402
 
 import nonfinite_cases as nc  # noqa: E402
 
-DEVICE = "cpu" if INTERPRETING else "cuda"
 STRATEGIES = ("per_step", "persistent")
 #: smaller than the CPU tests' shape (the interpreter takes seconds per case), still a whole 16-unit
 #: tile and a partial one, and a second step for x's spot
