@@ -13,7 +13,7 @@ fails to run, 2 on bad arguments.
 
 What is timed is one layer-direction (``fusedrnn.functional.layer``), with the
 weights of a one-layer unidirectional torch.nn module, so the comparison is
-exact and measures the kernels.  Timing: :mod:`fusedrnn.bench_timing`.
+exact and measures the kernels.  Timing: :mod:`fusedrnn.bench.timing`.
 
 Defaults: on CPU the issue-4 shapes in float32 with torch's thread count (the
 reference backend only with ``--quick`` or ``--backends reference``: it is far
@@ -45,14 +45,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from . import backends, bench_env, check, functional, testing
-from .backends.base import LayerWeights
-from .bench_console import progress
-from .bench_report import markdown, print_results, threads_text, write_csv, write_json
-from .bench_shapes import BENCH_CELLS, CHECK_VARIANTS, DEFAULT_PRESET, PRESETS, forward_flops, parse_shapes
-from .bench_timing import (Timing, cuda_peak_bytes, matmul_gflops, peak_matmul_size, saved_activation_bytes,
-                           storage_ptrs, time_call)
-from .testing import Shape, dtype_name
+from .. import backends, functional, testing
+from ..backends.base import LayerWeights
+from ..testing import Shape, dtype_name
+from . import check, env
+from .console import progress
+from .report import markdown, print_results, threads_text, write_csv, write_json
+from .shapes import BENCH_CELLS, CHECK_VARIANTS, DEFAULT_PRESET, PRESETS, forward_flops, parse_shapes
+from .timing import (Timing, cuda_peak_bytes, matmul_gflops, peak_matmul_size, saved_activation_bytes,
+                     storage_ptrs, time_call)
 
 TORCH = "torch.nn"
 MATMUL = "matmul"
@@ -310,7 +311,7 @@ def _time_once(bench: LayerBench, impl: str, mode: str, failed: set, s: "Setting
 
 def write_outputs(out_dir: str, payload: dict, results: List[dict]) -> Dict[str, Optional[str]]:
     """JSON, CSV, markdown and PNG into ``out_dir``; returns the paths (PNG None without matplotlib)."""
-    from .bench_plot import plot_speedups  # matplotlib only when writing
+    from .plot import plot_speedups  # matplotlib only when writing
 
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"bench-{payload['machine']['device'].split(':')[0]}-{payload['timestamp']}")
@@ -388,8 +389,8 @@ def run_check_only(args: argparse.Namespace, settings: Settings, stamp: str) -> 
 def run_bench(args: argparse.Namespace, s: Settings, stamp: str) -> int:
     """Check, time, report; the exit status."""
     started = time.perf_counter()
-    machine = bench_env.machine(s.device, s.threads)
-    warning = bench_env.contention_warning(machine) if s.device.type == "cpu" else None
+    machine = env.machine(s.device, s.threads)
+    warning = env.contention_warning(machine) if s.device.type == "cpu" else None
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     status = "skipped (--no-check)" if args.no_check else "no backend to check"
@@ -406,7 +407,7 @@ def run_bench(args: argparse.Namespace, s: Settings, stamp: str) -> int:
     results = run_benchmarks(s, failed)
 
     payload = {
-        "timestamp": stamp, "machine": machine, "warning": warning, "versions": bench_env.versions(),
+        "timestamp": stamp, "machine": machine, "warning": warning, "versions": env.versions(),
         "settings": {**s.to_dict(), "quick": args.quick},
         "peak_matmul": peak,
         "check": {"status": status, **(check_report.to_dict() if check_report is not None else {})},
@@ -443,6 +444,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_check_only(args, settings, stamp)
     return run_bench(args, settings, stamp)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List
 
-from .cells import CellSpec
-from .testing import Shape
+from ..cells import CellSpec
+from ..testing import Shape
 
 #: cell family -> the CellSpec benchmarked for it (torch.nn's default variant)
 BENCH_CELLS: Dict[str, CellSpec] = {

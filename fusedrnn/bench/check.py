@@ -23,8 +23,8 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-from . import backends, testing
-from .bench_console import print_table, progress
+from .. import backends, testing
+from .console import print_table, progress
 
 #: a small grid for a first look and for tests: one odd shape, the layouts that matter most
 QUICK_SHAPES = (testing.Shape(5, 3, 3, 7),)

@@ -16,7 +16,7 @@ import json
 import math
 from typing import Dict, List, Optional, Sequence
 
-from .bench_console import markdown_table, print_table
+from .console import markdown_table, print_table
 
 #: what the "vs torch.nn" column means (fusedrnn.bench times CPU groups in alternating rounds)
 RATIO_CAPTION = ("vs torch.nn = torch.nn time / this time, the median of its value in each timing round "
