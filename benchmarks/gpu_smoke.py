@@ -120,7 +120,7 @@ SANITIZED_CHECK = ["-m", "fusedrnn.check", "--device", "cuda", "--backends", GPU
                    "--dtype", "float32,bfloat16", "--shapes", "5,3,3,37", "1,2,3,37"]
 SMOKE_SANITIZED_OPTIONS = "packed-reverse"
 FULL_SANITIZED_OPTIONS = "padded,packed-reverse"
-#: the headline: LSTM and GRU at B=16 T=1024 I=H=768 (bench_shapes' "flashrnn" preset) in bfloat16 and
+#: the headline: LSTM and GRU at B=16 T=1024 I=H=768 (fusedrnn/bench/shapes.py's "flashrnn" preset) in bfloat16 and
 #: float32; the backends are the benchmark's default, every available GPU backend, each against torch.nn
 HEADLINE_BENCH = ["--cell", "lstm,gru", "--shapes", "flashrnn", "--dtype", "bfloat16,float32"]
 #: output markers of a tool that cannot run on this machine: the step is a skip, not a failure
@@ -480,7 +480,8 @@ def read_card() -> dict:
     except Exception as exc:  # no torch, or a broken CUDA library under it
         card["no_gpu"] = f"torch cannot be imported ({type(exc).__name__}: {exc})"
         return card
-    from fusedrnn import _extension, bench_env
+    from fusedrnn import _extension
+    from fusedrnn.bench import env as bench_env
 
     card["versions"] = bench_env.versions()
     card["extension"] = {"loaded": _extension.load() is not None, "has_cuda": _extension.has_cuda(),

@@ -23,7 +23,9 @@ import os
 import pytest
 import torch
 
-from fusedrnn import bench, bench_shapes, testing
+from fusedrnn import testing
+from fusedrnn.bench import cli
+from fusedrnn.bench import shapes as bench_shapes
 
 DEVICE = testing.default_device()
 SHAPE_SPECS = os.environ.get("FUSEDRNN_BENCH_SHAPES", bench_shapes.DEFAULT_PRESET[DEVICE.type]).split()
@@ -32,12 +34,12 @@ CELLS = [c.strip() for c in os.environ.get("FUSEDRNN_BENCH_CELLS", "lstm,gru,rnn
 DTYPE = testing.as_dtype(os.environ.get("FUSEDRNN_BENCH_DTYPE", "bfloat16" if DEVICE.type == "cuda" else "float32"))
 ROUNDS = int(os.environ.get("FUSEDRNN_BENCH_ROUNDS", "5"))
 THREADS = int(os.environ.get("FUSEDRNN_BENCH_THREADS", str(torch.get_num_threads())))
-IMPLS = [bench.TORCH] + bench.choose_backends(None, DEVICE, quick=SHAPE_SPECS == ["quick"])
+IMPLS = [cli.TORCH] + cli.choose_backends(None, DEVICE, quick=SHAPE_SPECS == ["quick"])
 
 
 @functools.lru_cache(maxsize=1)  # one problem alive at a time: the large shapes take GiBs on GPU
 def layer_bench(cell, shape):
-    return bench.LayerBench(cell, shape, DTYPE, DEVICE)
+    return cli.LayerBench(cell, shape, DTYPE, DEVICE)
 
 
 def _synchronised(fn):
@@ -52,7 +54,7 @@ def _synchronised(fn):
     return call
 
 
-PARAMS = [(c, s, m, i) for c in CELLS for s in SHAPES for m in bench.MODES for i in IMPLS]
+PARAMS = [(c, s, m, i) for c in CELLS for s in SHAPES for m in cli.MODES for i in IMPLS]
 
 
 @pytest.mark.parametrize("cell,shape,mode,impl", PARAMS,

@@ -17,8 +17,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fusedrnn import backends, bench, bench_shapes, check, reference, testing
+from fusedrnn import backends, reference, testing
 from fusedrnn.backends.base import LayerWeights
+from fusedrnn.bench import check, cli
+from fusedrnn.bench import shapes as bench_shapes
 
 # in-process checks run tiny problems: one thread avoids OpenMP spin-waits on a busy machine
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -94,10 +96,10 @@ def test_quick_bench_json_holds_every_figure_and_consistent_ratios(quick_run):
     assert payload["peak_matmul"]["float32"]["gflops"] > 0
     assert payload["check"]["status"] == "passed"
     results = payload["results"]
-    timed = ["torch.nn"] + bench.choose_backends(None, torch.device("cpu"), quick=True)
+    timed = ["torch.nn"] + cli.choose_backends(None, torch.device("cpu"), quick=True)
     assert "reference" in timed
     expected = {(c, s.T, s.B, s.I, s.H, m, i) for c in ("lstm", "gru", "rnn") for s in bench_shapes.PRESETS["quick"]
-                for m in bench.MODES for i in timed}
+                for m in cli.MODES for i in timed}
     assert {(r["cell"], r["T"], r["B"], r["I"], r["H"], r["mode"], r["impl"]) for r in results
             if r["impl"] != "matmul"} == expected
     for r in results:
@@ -112,7 +114,7 @@ def test_quick_bench_json_holds_every_figure_and_consistent_ratios(quick_run):
         torch_row = next(t for t in results if t["impl"] == "torch.nn" and
                          all(t[k] == r[k] for k in ("cell", "T", "B", "I", "H", "mode", "dtype")))
         # the median over the rounds (which alternate the implementations) of the per-round ratio
-        assert len(r["round_ms"]) == len(torch_row["round_ms"]) == bench.CPU_ROUNDS
+        assert len(r["round_ms"]) == len(torch_row["round_ms"]) == cli.CPU_ROUNDS
         per_round = [t / mine for t, mine in zip(torch_row["round_ms"], r["round_ms"])]
         assert r["ratio_vs_torch"] == pytest.approx(statistics.median(per_round), rel=1e-9)
         assert r["median_ms"] == pytest.approx(statistics.median(r["round_ms"]), rel=1e-9)
@@ -177,22 +179,38 @@ def test_check_only_exits_nonzero_and_names_the_wrong_backend(tmp_path):
 ], ids=["short-shape", "bad-cell", "unknown-backend", "bad-dtype", "zero-threads", "negative-check-steps"])
 def test_bench_bad_arguments_exit_2_naming_the_argument(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
-        bench.main(argv)
+        cli.main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_triton_is_never_timed_on_cpu(isolated_registry):
     backends.register("triton", "wrong_backend:WrongOutputBackend")  # stands in for an available triton
-    assert "triton" not in bench.choose_backends(None, torch.device("cpu"), quick=True)
+    assert "triton" not in cli.choose_backends(None, torch.device("cpu"), quick=True)
     with pytest.raises(ValueError, match="correctness only"):
-        bench.choose_backends(["triton"], torch.device("cpu"), quick=True)
+        cli.choose_backends(["triton"], torch.device("cpu"), quick=True)
 
 
 def test_reference_is_timed_only_when_quick_or_named():
-    assert "reference" not in bench.choose_backends(None, torch.device("cpu"), quick=False)
-    assert "reference" in bench.choose_backends(None, torch.device("cpu"), quick=True)
-    assert bench.choose_backends(["reference"], torch.device("cpu"), quick=False) == ["reference"]
+    assert "reference" not in cli.choose_backends(None, torch.device("cpu"), quick=False)
+    assert "reference" in cli.choose_backends(None, torch.device("cpu"), quick=True)
+    assert cli.choose_backends(["reference"], torch.device("cpu"), quick=False) == ["reference"]
+
+
+def test_tools_are_a_package_the_library_never_imports():
+    """fusedrnn/bench/ uses the library, never the reverse; it imports without rich and matplotlib;
+    the old names (fusedrnn.bench:main, the fusedrnn-bench script's; fusedrnn.check) still work."""
+    code = "\n".join([
+        "import sys",
+        "sys.modules['rich'] = sys.modules['matplotlib'] = None  # as if not installed",
+        "import fusedrnn",
+        "assert not [m for m in sys.modules if m.startswith(('fusedrnn.bench', 'fusedrnn.check'))]",
+        "import fusedrnn.bench.cli, fusedrnn.bench.check, fusedrnn.bench.plot, fusedrnn.check",
+        "assert fusedrnn.check.main is fusedrnn.bench.check.main and fusedrnn.check.run is fusedrnn.bench.check.run",
+        "assert callable(fusedrnn.bench.main) and fusedrnn.bench.console.rich is None",
+    ])
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 # ----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import fusedrnn.testing as ft
-from fusedrnn import bench, check
+from fusedrnn.bench import check, cli
 
 from test_cuda_backend import GRID, NN_CELLS
 
@@ -283,13 +283,13 @@ def test_tests_run_in_parallel_and_each_under_a_time_limit_where_the_plugins_are
 def test_benchmark_step_times_the_headline_shapes(tmp_path):
     step = gs.bench_step(gpu_context(tmp_path), gs.HEADLINE_BENCH, estimate_s=1, cap_s=2)
     assert step.argv[1:3] == ["-m", "fusedrnn.bench"]
-    args = bench.build_parser().parse_args(step.argv[3:])
-    settings = bench.Settings.from_args(args, step.argv[3:])
+    args = cli.build_parser().parse_args(step.argv[3:])
+    settings = cli.Settings.from_args(args, step.argv[3:])
     assert settings.device.type == "cuda" and settings.families == ["lstm", "gru"]
     assert settings.shapes == [ft.Shape(T=1024, B=16, I=768, H=768)]
     assert [str(d) for d in settings.dtypes] == ["torch.bfloat16", "torch.float32"]
     assert args.backends is None, "every available GPU backend, each against torch.nn in the same run"
-    assert "cpu" not in bench.choose_backends(None, torch.device("cuda"), quick=False), "GPU backends only"
+    assert "cpu" not in cli.choose_backends(None, torch.device("cuda"), quick=False), "GPU backends only"
     assert args.out == str(tmp_path)
 
 
