@@ -12,7 +12,7 @@ its converted copy and compares: float64, the project's 1e-10 tolerances
 (``close``), unless stated.
 
 Plain fusedrnn modules' repr, state_dict round trips, pickling and dtype
-moves are tested against torch.nn in test_modules.py and test_cells.py; here
+moves are tested against torch.nn in test_modules.py and test_cell_modules.py; here
 they are tested on converted client models, subclasses included.
 """
 
