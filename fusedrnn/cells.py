@@ -6,7 +6,7 @@ than one layer of the package needs (how many gate blocks the weight matrices
 stack, whether there is a cell state, how wide the saved activations are)
 is derived here, once.
 
-Equations (DESIGN.md section 4; PyTorch's gate order is the contract):
+Equations (docs/design.md section 4; PyTorch's gate order is the contract):
 
 * ``rnn``  (G=1), modes ``tanh`` / ``relu``:  ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``
 * ``lstm`` (G=4, blocks i, f, g, o), mode ``lstm``::

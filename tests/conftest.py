@@ -88,7 +88,7 @@ def close():
 
 
 # ----------------------------------------------------------------------------
-# One step of each cell, written from the equations (DESIGN.md section 4),
+# One step of each cell, written from the equations (docs/design.md section 4),
 # independently of fusedrnn.reference.  ``p`` maps the torch.nn parameter
 # stems (weight_ih, weight_hh, bias_ih, bias_hh, weight_ch, weight_hr) to
 # tensors or None.

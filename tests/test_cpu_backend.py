@@ -7,8 +7,8 @@ every cell) and ``folded`` (fused, with the
 input projection inside the per-step product; LSTM and RNN).  ``auto`` picks
 among them by size, so all are what users get.
 
-Oracles and tolerances are those of :mod:`fusedrnn.testing` (DESIGN.md
-section 6): float64 1e-10, float32 1e-5 (max-abs error over max magnitude),
+Oracles and tolerances are those of :mod:`fusedrnn.testing` (docs/design.md
+section 8): float64 1e-10, float32 1e-5 (max-abs error over max magnitude),
 bfloat16 at most 2x the error of the reference backend run in bfloat16.
 """
 

@@ -12,7 +12,7 @@ forgets to write fails) and with each strategy (``per_step`` and
 ``persistent``, forward and backward alike: every cell has both).  Only the cuDNN comparison is
 GPU-only; the long-sequence and benchmark-shape tests run shorter in emulation.
 
-Tolerances (DESIGN.md section 6): float32 against the float64 reference
+Tolerances (docs/design.md section 8): float32 against the float64 reference
 ``rtol = atol = 1e-5`` (1e-4 over 2048 steps); float16/bfloat16: the largest
 error against the float64 reference at most twice that of the same
 computation done by PyTorch in that dtype (the step equations of

@@ -77,7 +77,7 @@ def test_there_are_cuda_sources():
 
 # Headers a kernel file may include: the CUDA toolkit's, the C/C++ standard
 # library's, and this project's (quoted, or <fusedrnn/...>).  No ATen, c10 or torch:
-# the kernels must compile with bare nvcc (DESIGN.md section 5).
+# the kernels must compile with bare nvcc (docs/design.md section 5).
 _FRAMEWORK_HEADER = re.compile(r"^\s*#\s*include\s*[<\"](ATen|c10|torch|pybind11)/")
 
 

@@ -406,7 +406,7 @@ def test_without_the_variable_the_backend_wants_a_gpu(monkeypatch):
 
 
 # ----------------------------------------------------------------------------
-# NaN and inf through the CUDA kernels (issue 12: every backend propagates them as torch.nn)
+# NaN and inf through the CUDA kernels (every backend propagates them as torch.nn: docs/design.md section 8)
 # ----------------------------------------------------------------------------
 
 NONFINITE_PARAMS = [

@@ -1,7 +1,7 @@
 // The host-side entry points of the CUDA kernels (csrc/cuda/*.cu), shared by
 // the kernels and their ATen wrapper (cuda_ops.cpp).
 //
-// Framework-free on purpose (DESIGN.md section 5): raw pointers, sizes and a
+// Framework-free on purpose (docs/design.md section 5): raw pointers, sizes and a
 // stream only, so the kernels compile with bare nvcc and the wrapper with g++.
 // Every launcher returns the cudaError_t of its launch (cudaGetLastError right
 // after it); the wrapper turns anything but cudaSuccess into a RuntimeError.

@@ -37,7 +37,7 @@ _REGISTRY: Dict[str, str] = {
 #: what "auto" tries, per device type, fastest first
 AUTO_PREFERENCE: Dict[str, List[str]] = {
     "cpu": ["cpu", "reference"],
-    # cuda after triton until GPU measurements say otherwise (issue 6)
+    # cuda after triton until GPU measurements say otherwise (docs/design.md section 6)
     "cuda": ["triton", "cuda", "reference"],
 }
 _DEFAULT_PREFERENCE = ["reference"]

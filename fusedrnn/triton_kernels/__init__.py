@@ -14,5 +14,5 @@
   programs wait for each other at a grid barrier.
 
 ``TRITON_INTERPRET=1`` must be set before this package is imported for the
-kernels to run on CPU tensors through Triton's interpreter (DESIGN.md 5).
+kernels to run on CPU tensors through Triton's interpreter (docs/design.md section 9).
 """

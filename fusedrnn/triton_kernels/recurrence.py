@@ -15,7 +15,7 @@ before (the others start from h0/c0); the first ``n_after`` go on to the step
 processed next (the others end here, so their state is final).
 
 Common meta-parameters: ``UPCAST`` makes the dot operands float32 (bfloat16
-under the interpreter, whose bf16 ``tl.dot`` is wrong, DESIGN.md 5); ``IEEE``
+under the interpreter, whose bf16 ``tl.dot`` is wrong, docs/design.md section 8); ``IEEE``
 asks float32 dots for full precision instead of tf32.
 """
 
