@@ -2,7 +2,7 @@
 //
 // A launch runs on the calling OS thread.  Every CUDA thread of a resident
 // block is a fiber: its own stack (pooled), switched to with a few
-// instructions (x86-64; ucontext elsewhere, ~50x slower because it saves the
+// instructions (x86-64; ucontext elsewhere, far slower because it saves the
 // signal mask with a system call).  The scheduler, on the caller's stack,
 // resumes ready fibers in a fixed order; a fiber runs until it reaches a
 // barrier, a warp collective or a yield, or exits, and then tells the

@@ -21,7 +21,7 @@
 //    exp is a Cephes-style polynomial (relative error < 2e-7); tanh uses the
 //    Cephes polynomial (relative error < 1e-7) for |x| < 0.625, where
 //    1 - exp(-2x) would cancel.  No branches on the sign: straight-line code
-//    that the CPU loops vectorise (measured: 35% less time per LSTM element
+//    that the CPU loops vectorise (measured: less time per LSTM element
 //    than the earlier exp(-|x|) form with its sign selects).
 //  * double uses the C library (exact to 1 ulp), so float64 tests can ask for 1e-10.
 //  * backward formulas use the saved activations (y*(1-y), 1-y*y), and leave
@@ -146,7 +146,7 @@ struct LstmForward {
 
 // kPeephole false ignores p_i, p_f, p_o.  Not only three fewer FMAs: without
 // the peephole o no longer waits for c', and the CPU's vectorised loop then
-// overlaps o's exp with the others (measured: 17% less time per element).
+// overlaps o's exp with the others (measured: less time per element).
 template <typename T, bool kPeephole = true>
 FUSEDRNN_GM LstmForward<T> lstm_forward(T a_i, T a_f, T a_g, T a_o, T c_prev, T p_i, T p_f, T p_o) {
   LstmForward<T> r;
