@@ -1,8 +1,8 @@
-"""Timing of the fused CPU kernels against torch.nn at the issue-4 shapes.
+"""Timing of the fused CPU kernels against torch.nn at the CPU benchmark shapes (docs/design.md section 10).
 
 One layer, one direction, float32, the same weights, one process, the
 machine's thread count.  Prints torch.nn time / fusedrnn time (the ratio the
-issue's targets are stated in) for inference (no_grad forward) and training
+CPU targets in benchmarks/RESULTS.md are stated in) for inference (no_grad forward) and training
 (forward + backward), plus the GFLOP/s of the forward against one large
 torch.matmul of the same FLOPs.
 
@@ -28,7 +28,7 @@ from fusedrnn import backends, functional
 from fusedrnn.backends.base import LayerWeights
 from fusedrnn.cells import CellSpec
 
-#: (T, B, I, H) from issue 4
+#: (T, B, I, H): the CPU benchmark shapes (docs/design.md section 10)
 SHAPES = [(100, 32, 256, 256), (200, 8, 128, 512), (50, 64, 1024, 1024)]
 MODULES = {"lstm": (nn.LSTM, CellSpec("lstm", "lstm")), "gru": (nn.GRU, CellSpec("gru", "reset_after")),
            "rnn": (nn.RNN, CellSpec("rnn", "tanh"))}

@@ -15,7 +15,7 @@ What is timed is one layer-direction (``fusedrnn.functional.layer``), with the
 weights of a one-layer unidirectional torch.nn module, so the comparison is
 exact and measures the kernels.  Timing: :mod:`fusedrnn.bench.timing`.
 
-Defaults: on CPU the issue-4 shapes in float32 with torch's thread count (the
+Defaults: on CPU the shapes of docs/design.md section 10 in float32 with torch's thread count (the
 reference backend only with ``--quick`` or ``--backends reference``: it is far
 too slow for these shapes; Triton never on CPU: its interpreter is for
 correctness only); on CUDA the batch, sequence-length and hidden-size sweeps

@@ -24,7 +24,7 @@ CHECK_VARIANTS = {"lstm": "lstm", "gru": "gru", "rnn": "rnn-tanh"}
 QUOTED = Shape(1024, 16, 768, 768)
 
 PRESETS: Dict[str, List[Shape]] = {
-    # issue 4: the CPU targets
+    # the CPU shapes (docs/design.md section 10)
     "cpu": [Shape(100, 32, 256, 256), Shape(200, 8, 128, 512), Shape(50, 64, 1024, 1024)],
     # tiny shapes for smoke runs and tests (the reference backend is fast enough here)
     "quick": [Shape(5, 3, 4, 8), Shape(9, 2, 3, 5)],
