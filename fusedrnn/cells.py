@@ -2,9 +2,14 @@
 
 A :class:`CellSpec` names a cell family (``lstm``, ``gru``, ``rnn``) and its
 variant (``mode``).  Everything else that differs between cells and that more
-than one layer of the package needs (how many gate blocks the weight matrices
-stack, whether there is a cell state, how wide the saved activations are)
-is derived here, once.
+than one layer of the package needs is one :class:`CellRecord` per cell in
+the cell table (:data:`CELLS`): the gate blocks the weight matrices stack, the
+states, the layout of the saved activations, the optional weights, the
+torch.nn twin.  Every Python module reads it; the C++ side keeps exactly one
+copy (``csrc/include/fusedrnn/cell.h``), and tests/test_cell_table.py checks
+that the two agree.  A new cell is one :func:`register` call (plus its
+reference step in :mod:`fusedrnn.reference`); a backend says which cells it
+runs (:meth:`fusedrnn.backends.base.Backend.runs`).
 
 Equations (docs/design.md section 4; PyTorch's gate order is the contract):
 
@@ -41,60 +46,132 @@ know its shape and tests can compare backends:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
 
-FAMILIES = ("lstm", "gru", "rnn")
 
-_MODES = {
-    "lstm": ("lstm",),
-    "gru": ("reset_after", "reset_before"),
-    "rnn": ("tanh", "relu"),
-}
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-_WORKSPACE_BLOCKS = {"lstm": 5, "gru": 4, "rnn": 0}
+@dataclass(frozen=True)
+class CellRecord:
+    """Everything about one cell (a family and its mode) that is not how a backend computes it."""
+
+    family: str
+    mode: str
+    #: the gate blocks stacked in ``weight_ih`` / ``weight_hh`` (and the biases), in order
+    gates: Tuple[str, ...]
+    #: the blocks of the saved activations (the "workspace"), each hidden_size wide, in order
+    workspace: Tuple[str, ...]
+    #: the recurrent states; ``c`` besides ``h`` for a cell state
+    states: Tuple[str, ...] = ("h",)
+    #: optional weights the cell accepts besides the biases: "peephole" (``weight_ch``), "projection" (``weight_hr``)
+    optional_weights: Tuple[str, ...] = ()
+    #: blocks of the peephole vector (``weight_ch``), when it has one
+    peephole_gates: Tuple[str, ...] = ()
+    #: torch.nn.RNNBase.mode of the torch.nn twin (kept as the module's ``mode`` attribute, as in torch)
+    torch_mode: Optional[str] = None
+    #: whether torch.nn computes this cell itself (GRU reset_before shares GRU's mode but not its equations)
+    torch_computes: bool = True
+    #: the family's default mode (what torch.nn runs)
+    default: bool = False
+
+
+#: The cell table: (family, mode) -> record, in registration order.
+CELLS: Dict[Tuple[str, str], CellRecord] = {}
+
+
+def register(record: CellRecord) -> CellRecord:
+    """Add a cell to the table.  Its reference step goes to :func:`fusedrnn.reference.register_step`."""
+    key = (record.family, record.mode)
+    if key in CELLS:
+        raise ValueError(f"cell {record.family}[{record.mode}] is registered already")
+    if record.default and any(r.default for r in CELLS.values() if r.family == record.family):
+        raise ValueError(f"family {record.family!r} has a default mode already")
+    CELLS[key] = record
+    return record
+
+
+_LSTM_WORKSPACE = ("i", "f", "g", "o", "c'")
+_GRU_GATES = ("r", "z", "n")
+register(CellRecord("lstm", "lstm", gates=("i", "f", "g", "o"), workspace=_LSTM_WORKSPACE, states=("h", "c"),
+                    optional_weights=("peephole", "projection"), peephole_gates=("i", "f", "o"), torch_mode="LSTM",
+                    default=True))
+# k = W_hn h + b_hn (reset_after) or r*h (reset_before): the operand the backward needs for the n-gate's hidden part
+register(CellRecord("gru", "reset_after", gates=_GRU_GATES, workspace=("r", "z", "n", "k"), torch_mode="GRU",
+                    default=True))
+register(CellRecord("gru", "reset_before", gates=_GRU_GATES, workspace=("r", "z", "n", "k"), torch_mode="GRU",
+                    torch_computes=False))
+register(CellRecord("rnn", "tanh", gates=("a",), workspace=(), torch_mode="RNN_TANH", default=True))
+register(CellRecord("rnn", "relu", gates=("a",), workspace=(), torch_mode="RNN_RELU"))
+
+#: the families with kernels in every backend (a registered cell may add another)
+FAMILIES = tuple(dict.fromkeys(family for family, _ in CELLS))
+#: the cells with kernels in every backend: what a backend runs unless it says otherwise
+BUILT_IN_CELLS = frozenset(CELLS)
+
+
+def families() -> tuple:
+    """Every family in the table, registered ones included."""
+    return tuple(dict.fromkeys(family for family, _ in CELLS))
+
+
+def modes(family: str) -> tuple:
+    return tuple(mode for f, mode in CELLS if f == family)
+
+
+def default_mode(family: str) -> str:
+    return next(r.mode for r in CELLS.values() if r.family == family and r.default)
+
+
+def torch_twin(cell: "CellSpec") -> Optional[Tuple[str, dict]]:
+    """The torch.nn class (its name in torch.nn) computing this cell and its constructor's extra
+    arguments, or None where torch.nn has no such cell (GRU reset_before, a registered cell)."""
+    record = cell.record
+    if record.torch_mode is None or not record.torch_computes:
+        return None
+    if record.torch_mode.startswith("RNN_"):
+        return "RNN", {"nonlinearity": record.torch_mode[len("RNN_"):].lower()}
+    return record.torch_mode, {}
+
+
+def all_specs() -> list:
+    return [CellSpec(f, m) for f, m in CELLS]
 
 
 @dataclass(frozen=True)
 class CellSpec:
-    """A cell family and its variant; hashable, so it can key caches."""
+    """A cell family and its variant; hashable, so it can key caches.  Its facts come from the cell table."""
 
     family: str
     mode: str
 
     def __post_init__(self):
-        if self.family not in _MODES:
-            raise ValueError(f"unknown cell family {self.family!r}; expected one of {FAMILIES}")
-        if self.mode not in _MODES[self.family]:
+        if (self.family, self.mode) not in CELLS:
+            if self.family not in families():
+                raise ValueError(f"unknown cell family {self.family!r}; expected one of {families()}")
             raise ValueError(
-                f"unknown mode {self.mode!r} for cell family {self.family!r}; "
-                f"expected one of {_MODES[self.family]}"
+                f"unknown mode {self.mode!r} for cell family {self.family!r}; expected one of {modes(self.family)}"
             )
+
+    @property
+    def record(self) -> CellRecord:
+        return CELLS[(self.family, self.mode)]
 
     @property
     def gates(self) -> int:
         """Number of gate blocks stacked in ``weight_ih`` / ``weight_hh``."""
-        return _GATES[self.family]
+        return len(self.record.gates)
 
     @property
     def has_cell_state(self) -> bool:
-        return self.family == "lstm"
+        return "c" in self.record.states
 
     @property
     def workspace_blocks(self) -> int:
         """Width of the saved activations, in units of hidden_size."""
-        return _WORKSPACE_BLOCKS[self.family]
+        return len(self.record.workspace)
 
     @property
     def peephole_blocks(self) -> int:
         """Blocks of the diagonal peephole vector ``weight_ch`` (i, f, o)."""
-        return 3 if self.family == "lstm" else 0
+        return len(self.record.peephole_gates)
 
     def __str__(self) -> str:
         return self.family if self.mode == self.family else f"{self.family}[{self.mode}]"
-
-
-def modes(family: str) -> tuple:
-    return _MODES[family]
-
-
-def all_specs() -> list:
-    return [CellSpec(f, m) for f in FAMILIES for m in _MODES[f]]

@@ -50,15 +50,6 @@ from .cells import CellSpec
 
 __all__ = ["FusedRNNBase", "LSTM", "GRU", "RNN"]
 
-# torch.nn.RNNBase.mode for each cell: kept as the ``mode`` attribute, as in torch
-_TORCH_MODE = {
-    CellSpec("lstm", "lstm"): "LSTM",
-    CellSpec("gru", "reset_after"): "GRU",
-    CellSpec("gru", "reset_before"): "GRU",
-    CellSpec("rnn", "tanh"): "RNN_TANH",
-    CellSpec("rnn", "relu"): "RNN_RELU",
-}
-
 # Marks an argument the caller did not pass (torch rejects ``proj_size`` on
 # GRU/RNN whenever it is given, even as 0).
 _NOT_GIVEN = object()
@@ -176,7 +167,7 @@ class FusedRNNBase(nn.RNNBase):
         # nn.Module's __init__ only: the next one in the MRO is torch's (nn.LSTM.__init__), which
         # would register and draw the parameters its own way and build cuDNN's flat weights
         nn.Module.__init__(self)
-        self.mode = _TORCH_MODE[cell]
+        self.mode = cell.record.torch_mode  # torch.nn.RNNBase.mode, kept as the attribute torch has
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from . import backends
 from .backends.base import LayerWeights
-from .cells import CellSpec, FAMILIES
+from .cells import CellSpec, FAMILIES, default_mode
 from .reference import sequence_forward
 
 NAMESPACE = "fusedrnn"
@@ -82,7 +82,7 @@ def _fresh(outputs, inputs):
 
 
 def _make_ops(family: str):
-    gates = CellSpec(family, {"lstm": "lstm", "gru": "reset_after", "rnn": "tanh"}[family]).gates
+    gates = CellSpec(family, default_mode(family)).gates  # every mode of a family stacks the same gates
 
     def forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend,
                      for_backward=True):

@@ -55,7 +55,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import backends, functional, reference
 from .backends.base import LayerWeights
-from .cells import CellSpec
+from .cells import CellSpec, torch_twin
 
 __all__ = [
     "OPTIONS",
@@ -350,15 +350,14 @@ def reference_layer(cell, x, h0, c0, weights, batch_sizes, reverse):
 
 def torch_module(case: Case, dtype: torch.dtype = torch.float64, device="cpu") -> Optional[nn.RNNBase]:
     """The torch.nn module computing the case's cell (bidirectional for reverse), or None if torch has none."""
-    cell, I, H = case.cell, case.shape.I, case.shape.H
-    kwargs = dict(bias=case.layout.bias, bidirectional=case.layout.reverse, device=device, dtype=dtype)
-    if cell.family == "lstm" and not case.peephole:
-        return nn.LSTM(I, H, proj_size=case.proj_size, **kwargs)
-    if cell.family == "gru" and cell.mode == "reset_after":
-        return nn.GRU(I, H, **kwargs)
-    if cell.family == "rnn":
-        return nn.RNN(I, H, nonlinearity=cell.mode, **kwargs)
-    return None
+    twin = torch_twin(case.cell)
+    if twin is None or case.peephole:  # torch.nn has no peepholes
+        return None
+    name, kwargs = twin
+    kwargs.update(bias=case.layout.bias, bidirectional=case.layout.reverse, device=device, dtype=dtype)
+    if case.proj_size:
+        kwargs["proj_size"] = case.proj_size
+    return getattr(nn, name)(case.shape.I, case.shape.H, **kwargs)
 
 
 #: fusedrnn weight name -> torch.nn parameter name (layer 0; "_reverse" appended for reverse)

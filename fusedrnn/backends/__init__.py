@@ -156,15 +156,25 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+def _why_not(name: str, cell: CellSpec, x, weights: LayerWeights) -> Optional[str]:
+    """None when backend ``name`` can run this call, else why not: unavailable here, no kernels for
+    the cell, or tensors it does not take."""
+    why = unavailable_reason(name)
+    if why is not None:
+        return why
+    backend = _instance(name)
+    if not backend.runs(cell):
+        return f"it has no kernels for the {cell} cell"
+    return backend.unsupported(cell, x, weights)
+
+
 def resolve(name: Optional[str], cell: CellSpec, x, weights: LayerWeights) -> Backend:
     """The backend to run ``cell`` on these tensors, by the rules above."""
     wanted = requested(name)
     if wanted != "auto":
         if wanted not in _REGISTRY:
             raise _unknown(wanted)
-        why = unavailable_reason(wanted)
-        if why is None:
-            why = _instance(wanted).unsupported(cell, x, weights)
+        why = _why_not(wanted, cell, x, weights)
         if why is not None:
             raise RuntimeError(
                 f"fusedrnn backend {wanted!r} cannot run this call: {why}. "
@@ -174,9 +184,7 @@ def resolve(name: Optional[str], cell: CellSpec, x, weights: LayerWeights) -> Ba
     preference = AUTO_PREFERENCE.get(x.device.type, _DEFAULT_PREFERENCE)
     passed_over = []
     for candidate in preference:
-        why = unavailable_reason(candidate)
-        if why is None:
-            why = _instance(candidate).unsupported(cell, x, weights)
+        why = _why_not(candidate, cell, x, weights)
         if why is None:
             if passed_over:
                 _warn_once(

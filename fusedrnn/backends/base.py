@@ -35,11 +35,11 @@ in float32.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import FrozenSet, NamedTuple, Optional, Tuple
 
 import torch
 
-from ..cells import CellSpec
+from ..cells import BUILT_IN_CELLS, CellSpec
 
 
 class LayerWeights(NamedTuple):
@@ -81,6 +81,13 @@ class Backend:
 
     #: the name users pass as ``backend=``
     name: str = ""
+    #: the cells ((family, mode) keys of :data:`fusedrnn.cells.CELLS`) this backend has kernels for;
+    #: None: every cell of the table (the reference backend)
+    cells: Optional[FrozenSet[Tuple[str, str]]] = BUILT_IN_CELLS
+
+    def runs(self, cell: CellSpec) -> bool:
+        """Whether this backend has kernels for ``cell`` (a cell can land on the reference backend first)."""
+        return self.cells is None or (cell.family, cell.mode) in self.cells
 
     def availability(self) -> Optional[str]:
         """None when usable on this machine, else the reason it is not."""

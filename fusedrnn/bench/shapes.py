@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List
 
-from ..cells import CellSpec
+from ..cells import FAMILIES, CellSpec, default_mode
 from ..testing import Shape
 
 #: cell family -> the CellSpec benchmarked for it (torch.nn's default variant)
-BENCH_CELLS: Dict[str, CellSpec] = {
-    "lstm": CellSpec("lstm", "lstm"),
-    "gru": CellSpec("gru", "reset_after"),
-    "rnn": CellSpec("rnn", "tanh"),
-}
+BENCH_CELLS: Dict[str, CellSpec] = {family: CellSpec(family, default_mode(family)) for family in FAMILIES}
 #: cell family -> the fusedrnn.testing variant with the same cell
 CHECK_VARIANTS = {"lstm": "lstm", "gru": "gru", "rnn": "rnn-tanh"}
 
