@@ -17,81 +17,17 @@ float16 and bfloat16 inputs are computed in float32 and the results cast back.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional
 
 import torch
 
-from .backends.base import BackwardResult, ForwardResult, LayerWeights
 from .cells import CellSpec
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the arithmetic runs in: float32 for 16-bit inputs."""
-    return torch.float32 if dtype in _LOW_PRECISION else dtype
+from .layer import (BackwardResult, ForwardResult, LayerWeights, Steps, as_rows, compute_dtype, previous_states,
+                    weight_gradients)
 
 
 def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
     return None if t is None else t.to(dtype)
-
-
-# ----------------------------------------------------------------------------
-# Row bookkeeping shared by forward and backward
-# ----------------------------------------------------------------------------
-
-
-class Steps:
-    """Which rows step t owns, and the order the steps run in.
-
-    Padded input ``[T, B, I]`` is handled as packed rows with every batch size
-    equal to B, so there is one code path.
-    """
-
-    def __init__(self, x: torch.Tensor, batch_sizes: Optional[torch.Tensor], reverse: bool):
-        if batch_sizes is None:
-            T, B = x.shape[0], x.shape[1]
-            self.sizes: List[int] = [B] * T
-        else:
-            self.sizes = [int(s) for s in batch_sizes.tolist()]
-        self.offsets: List[int] = []
-        total = 0
-        for n in self.sizes:
-            self.offsets.append(total)
-            total += n
-        self.rows = total
-        self.order: Sequence[int] = range(len(self.sizes) - 1, -1, -1) if reverse else range(len(self.sizes))
-
-    def span(self, t: int) -> slice:
-        return slice(self.offsets[t], self.offsets[t] + self.sizes[t])
-
-
-def _as_rows(x: torch.Tensor, batch_sizes: Optional[torch.Tensor]) -> torch.Tensor:
-    return x if batch_sizes is not None else x.flatten(0, 1)
-
-
-def previous_states(rows: torch.Tensor, initial: torch.Tensor, steps: Steps) -> torch.Tensor:
-    """For every row, the state it started its step from.
-
-    ``rows`` holds each row's state after its step (``[N, D]``); ``initial``
-    the initial state ``[B, D]``.  A row's previous state is the same batch
-    entry's row of the step before it in processing order, or its initial
-    state if that entry was not active there (its first step).
-    """
-    pieces = [None] * len(steps.sizes)
-    prev_t = None
-    for t in steps.order:
-        n = steps.sizes[t]
-        if prev_t is None:
-            pieces[t] = initial[:n]
-        else:
-            m = min(n, steps.sizes[prev_t])
-            carried = rows[steps.span(prev_t)][:m]
-            pieces[t] = carried if m == n else torch.cat([carried, initial[m:n]])
-        prev_t = t
-    if not pieces:
-        return rows.new_empty((0, rows.shape[-1]))
-    return torch.cat(pieces)
 
 
 # ----------------------------------------------------------------------------
@@ -181,7 +117,7 @@ def sequence_forward(
     cdt = compute_dtype(dtype)
     w = LayerWeights(*(_cast(t, cdt) for t in weights))
     steps = Steps(x, batch_sizes, reverse)
-    rows = _as_rows(x, batch_sizes).to(cdt)
+    rows = as_rows(x, batch_sizes).to(cdt)
     xp = _linear(rows, w.w_ih, w.b_ih)  # the input projection of all steps: one product
     h = h0.to(cdt)
     c = _cast(c0, cdt)
@@ -223,15 +159,14 @@ def _tanh_grad(y):
 def _lstm_step_backward(dh, dc, ws, c_prev, w: LayerWeights):
     """Pointwise backward of one LSTM step.
 
-    Returns (dA [n, 4H] gate pre-activation gradients, dc_prev, peephole
-    gradient rows [n, 3H] or None, dm [n, H] = gradient of o*tanh(c')).
+    Returns (dA [n, 4H] gate pre-activation gradients, dc_prev).  The peephole
+    weights' gradients follow from dA after the loop (fusedrnn.layer.weight_gradients).
     """
     i, f, g, o, c_new = ws.chunk(5, dim=1)
     dm = dh @ w.w_proj if w.w_proj is not None else dh
     tc = torch.tanh(c_new)
     da_o = dm * tc * _sig_grad(o)
     dc_total = dc + dm * o * _tanh_grad(tc)
-    peep_rows = None
     if w.w_peep is not None:
         p_i, p_f, p_o = w.w_peep.chunk(3)
         dc_total = dc_total + da_o * p_o
@@ -241,8 +176,7 @@ def _lstm_step_backward(dh, dc, ws, c_prev, w: LayerWeights):
     dc_prev = dc_total * f
     if w.w_peep is not None:
         dc_prev = dc_prev + da_i * p_i + da_f * p_f
-        peep_rows = torch.cat([da_i * c_prev, da_f * c_prev, da_o * c_new], dim=1)
-    return torch.cat([da_i, da_f, da_g, da_o], dim=1), dc_prev, peep_rows
+    return torch.cat([da_i, da_f, da_g, da_o], dim=1), dc_prev
 
 
 def sequence_backward(
@@ -264,27 +198,22 @@ def sequence_backward(
     cdt = compute_dtype(dtype)
     w = LayerWeights(*(_cast(t, cdt) for t in weights))
     steps = Steps(x, batch_sizes, reverse)
-    X = _as_rows(x, batch_sizes).to(cdt)
-    OUT = _as_rows(out, batch_sizes).to(cdt)
-    WS = _as_rows(workspace, batch_sizes).to(cdt)
-    dOUT = _as_rows(grad_out, batch_sizes).to(cdt)
+    X = as_rows(x, batch_sizes).to(cdt)
+    OUT = as_rows(out, batch_sizes).to(cdt)
+    WS = as_rows(workspace, batch_sizes).to(cdt)
+    dOUT = as_rows(grad_out, batch_sizes).to(cdt)
     h0c = h0.to(cdt)
     H_prev = previous_states(OUT, h0c, steps)
     H = w.w_hh.shape[0] // cell.gates
     G = cell.gates
 
-    # gradient of each step's gate pre-activations: input side (x W_ih^T + b_ih)
+    # gradient of each step's gate pre-activations (input side: x W_ih^T + b_ih)
     dA_x = X.new_empty((steps.rows, G * H))
-    # hidden side (h W_hh^T + b_hh) differs from the input side only for GRU
-    dA_h = dA_x if cell.family != "gru" else X.new_empty((steps.rows, G * H))
     dh = grad_hn.to(cdt).clone()
     dc = grad_cn.to(cdt).clone() if cell.family == "lstm" else None
+    dH_total = X.new_empty(dOUT.shape) if w.w_proj is not None else None  # each output row's gradient
     if cell.family == "lstm":
-        C = WS[:, 4 * H:]
-        C_prev = previous_states(C, c0.to(cdt), steps)
-        peep_grad = X.new_zeros(3 * H) if w.w_peep is not None else None
-        M = (WS[:, 3 * H:4 * H] * torch.tanh(C)) if w.w_proj is not None else None
-        dH_total = X.new_empty(dOUT.shape) if w.w_proj is not None else None
+        C_prev = previous_states(WS[:, 4 * H:], c0.to(cdt), steps)
 
     for t in reversed(steps.order):
         n, span = steps.sizes[t], steps.span(t)
@@ -292,11 +221,9 @@ def sequence_backward(
         if cell.family == "lstm":
             if dH_total is not None:
                 dH_total[span] = dh_t
-            dA, dc_prev, peep_rows = _lstm_step_backward(dh_t, dc[:n], WS[span], C_prev[span], w)
+            dA, dc_prev = _lstm_step_backward(dh_t, dc[:n], WS[span], C_prev[span], w)
             dA_x[span] = dA
             dc[:n] = dc_prev
-            if peep_rows is not None:
-                peep_grad += peep_rows.sum(0)
             dh[:n] = dA @ w.w_hh
         elif cell.family == "gru":
             r, z, nn_, k = WS[span].chunk(4, dim=1)
@@ -307,14 +234,13 @@ def sequence_backward(
             dh_prev = dh_t * z
             w_rz, w_n = w.w_hh[: 2 * H], w.w_hh[2 * H:]
             if cell.mode == "reset_after":
+                # the hidden side of the n gate is r * (W_hn h + b_hn): its gradient carries the factor r
                 da_r = da_n * k * _sig_grad(r)
-                dA_h[span] = torch.cat([da_r, da_z, da_n * r], dim=1)
-                dh_prev = dh_prev + dA_h[span] @ w.w_hh
+                dh_prev = dh_prev + torch.cat([da_r, da_z, da_n * r], dim=1) @ w.w_hh
             else:
                 dk = da_n @ w_n  # gradient of r*h
                 da_r = dk * h_prev * _sig_grad(r)
-                dA_h[span] = torch.cat([da_r, da_z, da_n], dim=1)
-                dh_prev = dh_prev + dk * r + dA_h[span, : 2 * H] @ w_rz
+                dh_prev = dh_prev + dk * r + torch.cat([da_r, da_z], dim=1) @ w_rz
             dA_x[span] = torch.cat([da_r, da_z, da_n], dim=1)
             dh[:n] = dh_prev
         else:
@@ -328,26 +254,11 @@ def sequence_backward(
             dA_x[span] = dA
             dh[:n] = dA @ w.w_hh
 
-    # weight gradients: single products over all steps
-    dw_ih = dA_x.t() @ X
-    dX = dA_x @ w.w_ih
-    if cell.family == "gru" and cell.mode == "reset_before":
-        K = WS[:, 3 * H:]
-        dw_hh = torch.cat([dA_h[:, : 2 * H].t() @ H_prev, dA_h[:, 2 * H:].t() @ K])
-    else:
-        dw_hh = dA_h.t() @ H_prev
-    db_ih = dA_x.sum(0) if w.b_ih is not None else None
-    db_hh = dA_h.sum(0) if w.b_hh is not None else None
-    dw_peep = dw_proj = None
-    if cell.family == "lstm":
-        dw_peep = peep_grad
-        if w.w_proj is not None:
-            dw_proj = dH_total.t() @ M
-
+    # weight gradients: single products over all steps (fusedrnn.layer, shared with the Triton launcher)
+    dweights = weight_gradients(cell, w, steps, dA_x, X, OUT, WS, h0c, _cast(c0, cdt), dH_total)
     return BackwardResult(
-        dX.reshape(x.shape).to(dtype),
+        (dA_x @ w.w_ih).reshape(x.shape).to(dtype),
         dh.to(dtype),
         dc.to(dtype) if dc is not None else None,
-        LayerWeights(*(None if g is None else g.to(p.dtype) for g, p in zip(
-            (dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_proj), weights))),
+        LayerWeights(*(None if g is None else g.to(p.dtype) for g, p in zip(dweights, weights))),
     )

@@ -35,45 +35,12 @@ in float32.
 
 from __future__ import annotations
 
-from typing import FrozenSet, NamedTuple, Optional, Tuple
+from typing import FrozenSet, Optional, Tuple
 
 import torch
 
 from ..cells import BUILT_IN_CELLS, CellSpec
-
-
-class LayerWeights(NamedTuple):
-    """The parameters of one layer-direction, in PyTorch's layout."""
-
-    w_ih: torch.Tensor
-    w_hh: torch.Tensor
-    b_ih: Optional[torch.Tensor] = None
-    b_hh: Optional[torch.Tensor] = None
-    w_peep: Optional[torch.Tensor] = None
-    w_proj: Optional[torch.Tensor] = None
-
-
-class ForwardResult(NamedTuple):
-    out: torch.Tensor
-    h_n: torch.Tensor
-    c_n: Optional[torch.Tensor]
-    workspace: torch.Tensor
-
-
-class BackwardResult(NamedTuple):
-    """Gradients of the forward's inputs; ``dweights`` has None where the weight is None."""
-
-    dx: torch.Tensor
-    dh0: torch.Tensor
-    dc0: Optional[torch.Tensor]
-    dweights: LayerWeights
-
-    @classmethod
-    def from_op(cls, cell: CellSpec, grads, weights: LayerWeights) -> "BackwardResult":
-        """From a compiled backward op's ``[dx, dh0, dc0, *dweights]`` (empty tensors where absent)."""
-        dx, dh0, dc0, *dweights = grads
-        return cls(dx, dh0, dc0 if cell.has_cell_state else None,
-                   LayerWeights(*(None if w is None else g for g, w in zip(dweights, weights))))
+from ..layer import BackwardResult, ForwardResult, LayerWeights  # noqa: F401  (the contract's types)
 
 
 class Backend:

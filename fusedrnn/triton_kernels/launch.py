@@ -2,7 +2,7 @@
 
 :func:`sequence_forward` and :func:`sequence_backward` follow
 :func:`fusedrnn.reference.sequence_forward` / ``sequence_backward`` step for
-step (same row bookkeeping, :class:`fusedrnn.reference.Steps`), with the
+step (same row bookkeeping, :class:`fusedrnn.layer.Steps`), with the
 per-step work in the kernels of :mod:`.recurrence`:
 
 * input projection of all steps: one ``torch.addmm``;
@@ -28,9 +28,8 @@ from typing import List, NamedTuple, Optional
 import torch
 import triton
 
-from ..backends.base import BackwardResult, ForwardResult, LayerWeights
 from ..cells import CellSpec
-from ..reference import Steps, previous_states
+from ..layer import BackwardResult, ForwardResult, LayerWeights, Steps, weight_gradients
 from . import concurrent_grid, recurrence
 
 #: kernels run through Triton's interpreter (read once: triton.jit decided at import)
@@ -397,34 +396,5 @@ def sequence_backward(cell: CellSpec, grad_out, grad_hn, grad_cn, x, h0, c0, wei
                 PHASE=phase, HAS_DOUT=not proj, FAMILY=flags.FAMILY, RESET_AFTER=flags.RESET_AFTER,
                 PEEPHOLE=flags.PEEPHOLE, RELU=flags.RELU, UPCAST=flags.UPCAST, IEEE=flags.IEEE, **_meta(),
             )
-    dweights = _weight_gradients(cell, weights, steps, dA, X, OUT, WS, h0, c0, H,
-                                 (dH_total if proj else None))
+    dweights = weight_gradients(cell, weights, steps, dA, X, OUT, WS, h0, c0, dH_total if proj else None)
     return BackwardResult((dA @ weights.w_ih).reshape(x.shape), dh0, dc0, dweights)
-
-
-def _weight_gradients(cell: CellSpec, w: LayerWeights, steps: Steps, dA, X, OUT, WS, h0, c0, H, dH_total):
-    """All weight gradients as single products over every step (after the recurrence)."""
-    H_prev = previous_states(OUT, h0, steps)
-    dA_h = dA
-    if cell.family == "gru" and cell.mode == "reset_after":
-        # the hidden side of the n gate is r * (W_hn h + b_hn): its gradient carries the factor r
-        dA_h = torch.cat([dA[:, :2 * H], dA[:, 2 * H:] * WS[:, :H]], dim=1)
-    dw_ih = dA.t() @ X
-    if cell.family == "gru" and cell.mode == "reset_before":
-        dw_hh = torch.cat([dA[:, :2 * H].t() @ H_prev, dA[:, 2 * H:].t() @ WS[:, 3 * H:]])
-    else:
-        dw_hh = dA_h.t() @ H_prev
-    db_ih = dA.sum(0, dtype=torch.float32).to(dA.dtype) if w.b_ih is not None else None
-    db_hh = dA_h.sum(0, dtype=torch.float32).to(dA.dtype) if w.b_hh is not None else None
-    dw_peep = dw_proj = None
-    if cell.family == "lstm" and (w.w_peep is not None or w.w_proj is not None):
-        C = WS[:, 4 * H:].float()
-        if w.w_peep is not None:
-            C_prev = previous_states(C, c0.float(), steps)
-            dAf = dA.float()
-            dw_peep = torch.cat([(dAf[:, :H] * C_prev).sum(0), (dAf[:, H:2 * H] * C_prev).sum(0),
-                                 (dAf[:, 3 * H:] * C).sum(0)]).to(w.w_peep.dtype)
-        if w.w_proj is not None:
-            M = WS[:, 3 * H:4 * H].float() * torch.tanh(C)
-            dw_proj = (dH_total.t() @ M).to(w.w_proj.dtype)
-    return LayerWeights(dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_proj)

@@ -1,0 +1,182 @@
+"""The layer contract, at the bottom of the stack: what one layer-direction
+over a whole sequence takes and returns, and the bookkeeping every
+implementation of it shares.
+
+* :class:`LayerWeights`, :class:`ForwardResult`, :class:`BackwardResult`: the
+  types a backend takes and returns (shapes: :mod:`fusedrnn.backends.base`);
+* :class:`Steps`, :func:`previous_states`, :func:`as_rows`: which rows each
+  time step owns (packed and padded input alike), in which order the steps
+  run, and the state each row started from;
+* :func:`compute_dtype`: float32 arithmetic for 16-bit inputs;
+* :func:`weight_gradients`: the gradients of the weights after the backward's
+  recurrence, as single products over all steps, the same for every Python
+  backend (the reference, the Triton launcher).  The C++ backends compute the
+  same products in C++ (csrc/cpu, csrc/cuda/cuda_ops.cpp).
+
+It imports only :mod:`fusedrnn.cells`: every other module may import it.
+"""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Sequence
+
+import torch
+
+from .cells import CellSpec
+
+
+class LayerWeights(NamedTuple):
+    """The parameters of one layer-direction, in PyTorch's layout."""
+
+    w_ih: torch.Tensor
+    w_hh: torch.Tensor
+    b_ih: Optional[torch.Tensor] = None
+    b_hh: Optional[torch.Tensor] = None
+    w_peep: Optional[torch.Tensor] = None
+    w_proj: Optional[torch.Tensor] = None
+
+
+class ForwardResult(NamedTuple):
+    out: torch.Tensor
+    h_n: torch.Tensor
+    c_n: Optional[torch.Tensor]
+    workspace: torch.Tensor
+
+
+class BackwardResult(NamedTuple):
+    """Gradients of the forward's inputs; ``dweights`` has None where the weight is None."""
+
+    dx: torch.Tensor
+    dh0: torch.Tensor
+    dc0: Optional[torch.Tensor]
+    dweights: LayerWeights
+
+    @classmethod
+    def from_op(cls, cell: CellSpec, grads, weights: LayerWeights) -> "BackwardResult":
+        """From a compiled backward op's ``[dx, dh0, dc0, *dweights]`` (empty tensors where absent)."""
+        dx, dh0, dc0, *dweights = grads
+        return cls(dx, dh0, dc0 if cell.has_cell_state else None,
+                   LayerWeights(*(None if w is None else g for g, w in zip(dweights, weights))))
+
+
+
+# ----------------------------------------------------------------------------
+# dtypes and row bookkeeping
+# ----------------------------------------------------------------------------
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the arithmetic runs in: float32 for 16-bit inputs."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    return None if t is None else t.to(dtype)
+
+
+# ----------------------------------------------------------------------------
+# Row bookkeeping shared by forward and backward
+# ----------------------------------------------------------------------------
+
+
+class Steps:
+    """Which rows step t owns, and the order the steps run in.
+
+    Padded input ``[T, B, I]`` is handled as packed rows with every batch size
+    equal to B, so there is one code path.
+    """
+
+    def __init__(self, x: torch.Tensor, batch_sizes: Optional[torch.Tensor], reverse: bool):
+        if batch_sizes is None:
+            T, B = x.shape[0], x.shape[1]
+            self.sizes: List[int] = [B] * T
+        else:
+            self.sizes = [int(s) for s in batch_sizes.tolist()]
+        self.offsets: List[int] = []
+        total = 0
+        for n in self.sizes:
+            self.offsets.append(total)
+            total += n
+        self.rows = total
+        self.order: Sequence[int] = range(len(self.sizes) - 1, -1, -1) if reverse else range(len(self.sizes))
+
+    def span(self, t: int) -> slice:
+        return slice(self.offsets[t], self.offsets[t] + self.sizes[t])
+
+
+def as_rows(x: torch.Tensor, batch_sizes: Optional[torch.Tensor]) -> torch.Tensor:
+    return x if batch_sizes is not None else x.flatten(0, 1)
+
+
+def previous_states(rows: torch.Tensor, initial: torch.Tensor, steps: Steps) -> torch.Tensor:
+    """For every row, the state it started its step from.
+
+    ``rows`` holds each row's state after its step (``[N, D]``); ``initial``
+    the initial state ``[B, D]``.  A row's previous state is the same batch
+    entry's row of the step before it in processing order, or its initial
+    state if that entry was not active there (its first step).
+    """
+    pieces = [None] * len(steps.sizes)
+    prev_t = None
+    for t in steps.order:
+        n = steps.sizes[t]
+        if prev_t is None:
+            pieces[t] = initial[:n]
+        else:
+            m = min(n, steps.sizes[prev_t])
+            carried = rows[steps.span(prev_t)][:m]
+            pieces[t] = carried if m == n else torch.cat([carried, initial[m:n]])
+        prev_t = t
+    if not pieces:
+        return rows.new_empty((0, rows.shape[-1]))
+    return torch.cat(pieces)
+
+
+
+# ----------------------------------------------------------------------------
+# weight gradients after the recurrence
+# ----------------------------------------------------------------------------
+
+
+def hidden_side(cell: CellSpec, dA: torch.Tensor, WS: torch.Tensor, H: int) -> torch.Tensor:
+    """The gradients of the hidden side of the gate pre-activations (h W_hh^T + b_hh) from those of the
+    input side: the same except GRU reset_after's n gate, r * (W_hn h + b_hn), whose carries the factor r."""
+    if cell.family == "gru" and cell.mode == "reset_after":
+        return torch.cat([dA[:, :2 * H], dA[:, 2 * H:] * WS[:, :H].to(dA.dtype)], dim=1)
+    return dA
+
+
+def weight_gradients(cell: CellSpec, w: LayerWeights, steps: Steps, dA: torch.Tensor, X: torch.Tensor,
+                     OUT: torch.Tensor, WS: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor],
+                     dH_total: Optional[torch.Tensor]) -> LayerWeights:
+    """All weight gradients as single products over every step, each in its weight's dtype.
+
+    ``dA``: ``[N, G*H]`` gradients of the gate pre-activations (input side); ``X``, ``OUT``, ``WS``:
+    the rows of the input, the outputs and the workspace; ``dH_total`` (projection only): each output
+    row's gradient ``dout + dh``.  Sums accumulate in float32 at least."""
+    H = w.w_hh.shape[0] // cell.gates
+    acc = torch.promote_types(dA.dtype, torch.float32)
+    H_prev = previous_states(OUT, h0, steps)
+    dA_h = hidden_side(cell, dA, WS, H)
+    dw_ih = dA.t() @ X
+    if cell.family == "gru" and cell.mode == "reset_before":
+        dw_hh = torch.cat([dA[:, :2 * H].t() @ H_prev, dA[:, 2 * H:].t() @ WS[:, 3 * H:].to(dA.dtype)])
+    else:
+        dw_hh = dA_h.t() @ H_prev
+    db_ih = dA.sum(0, dtype=acc) if w.b_ih is not None else None
+    db_hh = dA_h.sum(0, dtype=acc) if w.b_hh is not None else None
+    dw_peep = dw_proj = None
+    if cell.has_cell_state and (w.w_peep is not None or w.w_proj is not None):
+        C = WS[:, 4 * H:].to(acc)
+        if w.w_peep is not None:  # sums over rows: da_i*c_prev, da_f*c_prev, da_o*c'
+            C_prev = previous_states(C, c0.to(acc), steps)
+            dAf = dA.to(acc)
+            dw_peep = torch.cat([(dAf[:, :H] * C_prev).sum(0), (dAf[:, H:2 * H] * C_prev).sum(0),
+                                 (dAf[:, 3 * H:] * C).sum(0)])
+        if w.w_proj is not None:
+            M = WS[:, 3 * H:4 * H].to(acc) * torch.tanh(C)
+            dw_proj = dH_total.to(acc).t() @ M
+    grads = (dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_proj)
+    return LayerWeights(*(None if g is None else g.to(p.dtype) for g, p in zip(grads, w)))
