@@ -1,0 +1,256 @@
+"""A case's data, and the runs (a backend, the reference, torch.nn, a whole module) that give comparable results."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .. import functional, reference
+from ..backends.base import LayerWeights
+from ..cells import torch_twin
+from .grid import Case, MODULE_LAYERS, ModuleCase
+
+Results = Dict[str, torch.Tensor]
+
+# ----------------------------------------------------------------------------
+# A problem's data, and the runs that produce comparable results
+# ----------------------------------------------------------------------------
+
+#: differentiable inputs, in the ops' argument order
+INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_peep", "w_proj")
+OUTPUTS = ("out", "h_n", "c_n")
+#: every quantity compared, in report order
+QUANTITIES = OUTPUTS + tuple(f"grad_{n}" for n in INPUTS)
+
+
+@dataclass
+class Problem:
+    """Random float64 data for a case: inputs (padded ``x``), lengths, upstream gradients."""
+
+    case: "Case | ModuleCase"
+    inputs: Dict[str, torch.Tensor]
+    upstream: Dict[str, torch.Tensor]
+    lengths: Optional[List[int]]
+
+
+def make_problem(case: Case, dtype: torch.dtype = torch.float64) -> Problem:
+    """The case's data, rounded to ``dtype`` (and held in float64).
+
+    Weights are uniform in +-1/sqrt(fan-in) like torch.nn's initialisation,
+    so the gates neither saturate nor stay linear; inputs and states are
+    uniform in +-1.
+    """
+    T, B, I, H = case.shape
+    G, P = case.cell.gates, case.proj_size
+    hout = P or H
+    g = torch.Generator().manual_seed(zlib.crc32(case.id.encode()))
+
+    def rand(*shape, fan=1):
+        t = (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) / fan ** 0.5
+        return t.to(dtype).to(torch.float64)
+
+    bias = case.layout.bias
+    inputs = {
+        "x": rand(T, B, I),
+        "h0": rand(B, hout),
+        "c0": rand(B, H) if case.cell.has_cell_state else None,
+        "w_ih": rand(G * H, I, fan=I),
+        "w_hh": rand(G * H, hout, fan=hout),
+        "b_ih": rand(G * H, fan=H) if bias else None,
+        "b_hh": rand(G * H, fan=H) if bias else None,
+        "w_peep": rand(3 * H, fan=H) if case.peephole else None,
+        "w_proj": rand(P, H, fan=H) if P else None,
+    }
+    upstream = {
+        "out": rand(T, B, hout),
+        "h_n": rand(B, hout),
+        "c_n": rand(B, H) if case.cell.has_cell_state else None,
+    }
+    lengths = None
+    if case.layout.packed:
+        # unsorted random lengths in [1, T], one of them T so that every step exists
+        lengths = torch.randint(1, T + 1, (B,), generator=g)
+        lengths[torch.randint(0, B, (1,), generator=g)] = T
+        lengths = lengths.tolist()
+    return Problem(case, {k: v for k, v in inputs.items() if v is not None},
+                   {k: v for k, v in upstream.items() if v is not None}, lengths)
+
+
+#: f(cell, x_rows, h0, c0, weights, batch_sizes, reverse) -> (out, h_n, c_n)
+LayerFn = Callable[..., Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]
+
+
+def _leaves(problem: Problem, dtype: torch.dtype, device) -> Dict[str, torch.Tensor]:
+    return {k: v.to(device=device, dtype=dtype).requires_grad_() for k, v in problem.inputs.items()}
+
+
+def _gradients(problem: Problem, leaves: Dict[str, torch.Tensor], outputs: Dict[str, torch.Tensor]) -> Results:
+    """Outputs and the gradients of every input for the problem's upstream gradients (float64)."""
+    device = next(iter(leaves.values())).device
+    loss = sum((outputs[k].to(torch.float64) * problem.upstream[k].to(device)).sum() for k in problem.upstream)
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    results = {k: outputs[k].detach().to(torch.float64) for k in problem.upstream}
+    for name, leaf, grad in zip(leaves, leaves.values(), grads):
+        results[f"grad_{name}"] = (torch.zeros_like(leaf) if grad is None else grad).detach().to(torch.float64)
+    return results
+
+
+def run_layer(problem: Problem, layer_fn: LayerFn, dtype: torch.dtype, device) -> Results:
+    """Run one layer-direction function on the problem in ``dtype``; padded results in batch order.
+
+    Packed cases go in as packed rows (sorted by length, as PackedSequence
+    keeps them) with ``batch_sizes``, and come back padded and unsorted, so
+    results of every run line up element for element.
+    """
+    case = problem.case
+    leaves = _leaves(problem, dtype, device)
+    x, h0, c0 = leaves["x"], leaves["h0"], leaves.get("c0")
+    weights = LayerWeights(*(leaves.get(n) for n in INPUTS[3:]))
+    packed = None
+    rows, batch_sizes = x, None
+    if problem.lengths is not None:
+        packed = pack_padded_sequence(x, torch.tensor(problem.lengths), enforce_sorted=False)
+        rows, batch_sizes = packed.data, packed.batch_sizes
+        h0 = h0[packed.sorted_indices]
+        c0 = None if c0 is None else c0[packed.sorted_indices]
+    out, h_n, c_n = layer_fn(case.cell, rows, h0, c0, weights, batch_sizes, case.layout.reverse)
+    if packed is not None:
+        out = pad_packed_sequence(
+            PackedSequence(out, batch_sizes, packed.sorted_indices, packed.unsorted_indices),
+            total_length=case.shape.T,
+        )[0]
+        h_n = h_n[packed.unsorted_indices]
+        c_n = None if c_n is None else c_n[packed.unsorted_indices]
+    return _gradients(problem, leaves, {"out": out, "h_n": h_n, "c_n": c_n})
+
+
+def backend_layer(name: str) -> LayerFn:
+    """The layer function of fusedrnn backend ``name`` (through the ops and autograd)."""
+
+    def run(cell, x, h0, c0, weights, batch_sizes, reverse):
+        return tuple(functional.layer(cell, x, h0, c0, weights, batch_sizes, reverse, backend=name))
+
+    return run
+
+
+def reference_layer(cell, x, h0, c0, weights, batch_sizes, reverse):
+    """The differentiable reference forward (autograd gives its gradients)."""
+    res = reference.sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse)
+    return res.out, res.h_n, res.c_n
+
+
+def torch_module(case: Case, dtype: torch.dtype = torch.float64, device="cpu") -> Optional[nn.RNNBase]:
+    """The torch.nn module computing the case's cell (bidirectional for reverse), or None if torch has none."""
+    twin = torch_twin(case.cell)
+    if twin is None or case.peephole:  # torch.nn has no peepholes
+        return None
+    name, kwargs = twin
+    kwargs.update(bias=case.layout.bias, bidirectional=case.layout.reverse, device=device, dtype=dtype)
+    if case.proj_size:
+        kwargs["proj_size"] = case.proj_size
+    return getattr(nn, name)(case.shape.I, case.shape.H, **kwargs)
+
+
+#: fusedrnn weight name -> torch.nn parameter name (layer 0; "_reverse" appended for reverse)
+TORCH_NAMES = {"w_ih": "weight_ih_l0", "w_hh": "weight_hh_l0", "b_ih": "bias_ih_l0", "b_hh": "bias_hh_l0",
+               "w_proj": "weight_hr_l0"}
+
+
+def run_torch(problem: Problem, dtype: torch.dtype, device) -> Optional[Results]:
+    """The case computed by torch.nn on the problem's weights, or None where torch lacks the cell."""
+    case = problem.case
+    module = torch_module(case, dtype, device)
+    if module is None:
+        return None
+    reverse = case.layout.reverse
+    suffix = "_reverse" if reverse else ""
+    params = {k: getattr(module, TORCH_NAMES[k] + suffix) for k in TORCH_NAMES if k in problem.inputs}
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(problem.inputs[k])
+    leaves = {k: v.to(device=device, dtype=dtype).requires_grad_()
+              for k, v in problem.inputs.items() if k not in params}
+    x, h0, c0 = leaves["x"], leaves["h0"], leaves.get("c0")
+
+    def directions(state):  # [B, D] -> [1 or 2, B, D]; the unused forward direction starts at zero
+        return torch.stack([torch.zeros_like(state), state]) if reverse else state[None]
+
+    hx = (directions(h0), directions(c0)) if c0 is not None else directions(h0)
+    seq = x if problem.lengths is None else pack_padded_sequence(x, torch.tensor(problem.lengths),
+                                                                 enforce_sorted=False)
+    out, state = module(seq, hx)
+    if problem.lengths is not None:
+        out = pad_packed_sequence(out, total_length=case.shape.T)[0]
+    h_n, c_n = state if c0 is not None else (state, None)
+    hout = h0.shape[-1]
+    outputs = {"out": out[..., hout:] if reverse else out, "h_n": h_n[-1], "c_n": None if c_n is None else c_n[-1]}
+    leaves.update(params)  # gradients of the parameters, under fusedrnn's names
+    ordered = {k: leaves[k] for k in INPUTS if k in leaves}
+    return _gradients(problem, ordered, outputs)
+
+
+
+def modules_available() -> bool:
+    """True once fusedrnn has its drop-in modules."""
+    import fusedrnn
+
+    return all(hasattr(fusedrnn, n) for n in ("LSTM", "GRU", "RNN"))
+
+
+def make_module_problem(case: ModuleCase, dtype: torch.dtype) -> Problem:
+    """Weights (a torch.nn state_dict), inputs and upstream gradients, rounded to ``dtype``."""
+    seed = zlib.crc32(case.id.encode())
+    with torch.random.fork_rng(devices=[]):  # torch.nn's own initialisation, without touching the caller's RNG
+        torch.manual_seed(seed)
+        state = {k: v.detach().to(dtype).to(torch.float64) for k, v in case.build(nn).state_dict().items()}
+    layer = make_problem(case.layer_case, dtype)  # x, lengths and one direction's state, reused
+    T, B, _, H = case.shape
+    g = torch.Generator().manual_seed(seed)
+    hout = layer.inputs["h0"].shape[-1]
+    states = MODULE_LAYERS * 2
+
+    def rand(*shape):
+        return (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1).to(dtype).to(torch.float64)
+
+    inputs = {"x": layer.inputs["x"], "h0": rand(states, B, hout)}
+    upstream = {"out": rand(T, B, 2 * hout), "h_n": rand(states, B, hout)}
+    if case.cell.has_cell_state:
+        inputs["c0"], upstream["c_n"] = rand(states, B, H), rand(states, B, H)
+    inputs.update(state)
+    return Problem(case, inputs, upstream, layer.lengths)
+
+
+def run_module(problem: Problem, module: nn.Module, dtype: torch.dtype, device) -> Results:
+    """Run ``module`` (loaded with the problem's weights) on its packed input; results as :func:`run_layer`'s."""
+    module = module.to(device=device, dtype=dtype)
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(problem.inputs[name])
+    leaves = {k: problem.inputs[k].to(device=device, dtype=dtype).requires_grad_()
+              for k in ("x", "h0", "c0") if k in problem.inputs}
+    hx = (leaves["h0"], leaves["c0"]) if "c0" in leaves else leaves["h0"]
+    seq = pack_padded_sequence(leaves["x"], torch.tensor(problem.lengths), enforce_sorted=False)
+    out, state = module(seq, hx)
+    out = pad_packed_sequence(out, total_length=problem.case.shape.T)[0]
+    h_n, c_n = state if "c0" in leaves else (state, None)
+    leaves.update(params)
+    return _gradients(problem, leaves, {"out": out, "h_n": h_n, "c_n": c_n})
+
+
+#: a module parameter's name -> the quantity its gradient is reported under (all layers and directions)
+_PARAMETER_QUANTITY = {"weight_ih": "grad_w_ih", "weight_hh": "grad_w_hh", "bias_ih": "grad_b_ih",
+                       "bias_hh": "grad_b_hh", "weight_hr": "grad_w_proj", "weight_ch": "grad_w_peep"}
+
+
+def quantity_of(name: str) -> str:
+    """``grad_weight_ih_l1_reverse`` -> ``grad_w_ih``; other names unchanged."""
+    if name.startswith("grad_"):
+        stem = name[len("grad_"):].split("_l")[0]
+        return _PARAMETER_QUANTITY.get(stem, name)
+    return name
