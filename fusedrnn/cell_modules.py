@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from . import functional
 from .backends.base import LayerWeights
-from .cells import CellSpec
+from .cells import CellSpec, modes
 from .modules import (_GRU_CONVENTION, autocast_dtype, autocast_off, cast, check_backend_name, check_flag,
                       check_state_tensor, checked_parameter)
 
@@ -210,7 +210,7 @@ class RNNCell(FusedRNNCellBase, nn.RNNCell):
         self.nonlinearity = nonlinearity
 
     def _cell(self) -> CellSpec:
-        if self.nonlinearity not in ("tanh", "relu"):
+        if self.nonlinearity not in modes("rnn"):  # torch.nn checks at each call, with this message
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         return CellSpec("rnn", self.nonlinearity)
 

@@ -71,6 +71,9 @@ class CellRecord:
     torch_computes: bool = True
     #: the family's default mode (what torch.nn runs)
     default: bool = False
+    #: whether the backends' backward ops compute its gradients (every built-in cell); else the ops
+    #: differentiate its reference step with autograd (a cell that has only its reference step)
+    hand_written_backward: bool = False
 
 
 #: The cell table: (family, mode) -> record, in registration order.
@@ -92,14 +95,15 @@ _LSTM_WORKSPACE = ("i", "f", "g", "o", "c'")
 _GRU_GATES = ("r", "z", "n")
 register(CellRecord("lstm", "lstm", gates=("i", "f", "g", "o"), workspace=_LSTM_WORKSPACE, states=("h", "c"),
                     optional_weights=("peephole", "projection"), peephole_gates=("i", "f", "o"), torch_mode="LSTM",
-                    default=True))
+                    default=True, hand_written_backward=True))
 # k = W_hn h + b_hn (reset_after) or r*h (reset_before): the operand the backward needs for the n-gate's hidden part
 register(CellRecord("gru", "reset_after", gates=_GRU_GATES, workspace=("r", "z", "n", "k"), torch_mode="GRU",
-                    default=True))
+                    default=True, hand_written_backward=True))
 register(CellRecord("gru", "reset_before", gates=_GRU_GATES, workspace=("r", "z", "n", "k"), torch_mode="GRU",
-                    torch_computes=False))
-register(CellRecord("rnn", "tanh", gates=("a",), workspace=(), torch_mode="RNN_TANH", default=True))
-register(CellRecord("rnn", "relu", gates=("a",), workspace=(), torch_mode="RNN_RELU"))
+                    torch_computes=False, hand_written_backward=True))
+register(CellRecord("rnn", "tanh", gates=("a",), workspace=(), torch_mode="RNN_TANH", default=True,
+                    hand_written_backward=True))
+register(CellRecord("rnn", "relu", gates=("a",), workspace=(), torch_mode="RNN_RELU", hand_written_backward=True))
 
 #: the families with kernels in every backend (a registered cell may add another)
 FAMILIES = tuple(dict.fromkeys(family for family, _ in CELLS))

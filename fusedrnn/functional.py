@@ -18,7 +18,7 @@ import torch
 
 from . import backends
 from .backends.base import LayerWeights
-from .cells import CellSpec
+from .cells import CellSpec, modes
 from .ops import forward_op
 
 __all__ = ["LayerOutput", "layer", "lstm_layer", "gru_layer", "rnn_layer", "LayerWeights", "CellSpec"]
@@ -182,10 +182,17 @@ def gru_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, reset_a
                  batch_sizes, reverse, backend)
 
 
+def check_nonlinearity(nonlinearity) -> None:
+    """An Elman RNN's nonlinearity is one of the rnn modes of the cell table (torch.nn's message)."""
+    known = modes("rnn")
+    if nonlinearity not in known:
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from "
+                         + " or ".join(f"'{m}'" for m in known) + ".")
+
+
 def rnn_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, nonlinearity="tanh",
               batch_sizes=None, reverse=False, backend=None) -> LayerOutput:
-    """Elman RNN layer-direction, ``nonlinearity`` 'tanh' or 'relu'."""
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    """Elman RNN layer-direction, ``nonlinearity`` 'tanh' or 'relu' (or another rnn mode of the cell table)."""
+    check_nonlinearity(nonlinearity)
     return layer(CellSpec("rnn", nonlinearity), x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh),
                  batch_sizes, reverse, backend)

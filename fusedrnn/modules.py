@@ -587,8 +587,7 @@ class RNN(FusedRNNBase, nn.RNN):
                  proj_size=_NOT_GIVEN) -> None:
         if proj_size is not _NOT_GIVEN:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        functional.check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(CellSpec("rnn", nonlinearity), input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, 0, device, dtype, backend=backend)

@@ -25,7 +25,7 @@ from torch import Tensor
 from . import backends
 from .backends.base import LayerWeights
 from .cells import CellSpec, FAMILIES, default_mode
-from .reference import sequence_forward
+from .reference import autograd_backward
 
 NAMESPACE = "fusedrnn"
 
@@ -163,10 +163,13 @@ def _make_ops(family: str):
             grad_cn = None
         elif grad_cn is None or grad_cn.numel() == 0:
             grad_cn = torch.zeros_like(c0)
-        if torch.is_grad_enabled():
-            grads = _differentiable_backward(
-                CellSpec(family, ctx.mode), tensors, batch_sizes, ctx.reverse, (grad_out, grad_hn, grad_cn)
-            )
+        cell = CellSpec(family, ctx.mode)
+        # Double backward, or a cell with no hand-written backward (only its reference step): autograd
+        # through the reference forward, here, outside the backward op (inside an op's implementation
+        # autograd records nothing).
+        if torch.is_grad_enabled() or not cell.record.hand_written_backward:
+            grads = autograd_backward(cell, tensors, batch_sizes, ctx.reverse, (grad_out, grad_hn, grad_cn),
+                                      create_graph=torch.is_grad_enabled())
         else:
             need = ctx.needs_input_grad
             grads = bwd(grad_out, grad_hn, grad_cn, *tensors, batch_sizes, ctx.reverse, ctx.mode, ctx.backend,
@@ -176,26 +179,6 @@ def _make_ops(family: str):
 
     fwd.register_autograd(backward, setup_context=setup_context)
     return fwd, bwd
-
-
-def _differentiable_backward(cell, tensors, batch_sizes, reverse, grad_outputs):
-    """First derivatives as a differentiable graph (for double backward), via the reference."""
-    x, h0, c0, *weights = tensors
-    with torch.enable_grad():
-        leaves = [None if t is None else (t if t.requires_grad else t.detach().requires_grad_()) for t in tensors]
-        res = sequence_forward(cell, leaves[0], leaves[1], leaves[2], LayerWeights(*leaves[3:]), batch_sizes, reverse)
-        outs = [res.out, res.h_n] + ([res.c_n] if res.c_n is not None else [])
-        gouts = list(grad_outputs[: len(outs)])
-        present = [t for t in leaves if t is not None]
-        grads = iter(torch.autograd.grad(outs, present, gouts, create_graph=True, allow_unused=True))
-    out = []
-    for t in leaves:
-        if t is None:
-            out.append(None)
-        else:
-            g = next(grads)
-            out.append(torch.zeros_like(t) if g is None else g)
-    return tuple(out)
 
 
 _OPS = {family: _make_ops(family) for family in FAMILIES}

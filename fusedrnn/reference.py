@@ -17,7 +17,7 @@ float16 and bfloat16 inputs are computed in float32 and the results cast back.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -83,15 +83,46 @@ def rnn_step(xp, h, w: LayerWeights, relu: bool):
     return torch.relu(a) if relu else torch.tanh(a)
 
 
-def _step(cell: CellSpec, xp, h, c, w: LayerWeights):
-    """Dispatch to the cell's step: returns (h', c' or None, workspace rows)."""
-    if cell.family == "lstm":
-        return lstm_step(xp, h, c, w)
-    if cell.family == "gru":
-        h_new, ws = gru_step(xp, h, w, cell.mode == "reset_after")
+#: A cell's step: (xp, h, c, w) -> (h', c' or None, workspace rows), where xp = x W_ih^T + b_ih are
+#: the step's rows of the input projection, h and c its states and w the layer's weights (compute dtype).
+Step = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor], LayerWeights],
+                Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]]
+
+#: (family, mode) -> the cell's step: the definition of every cell in the table
+_STEPS: Dict[Tuple[str, str], Step] = {}
+
+
+def register_step(family: str, mode: str, step: Step) -> None:
+    """Define the cell (family, mode) of the cell table (:func:`fusedrnn.cells.register`) by its step.
+    Its backward is autograd through :func:`sequence_forward` unless the cell has a hand-written one
+    (:func:`sequence_backward`): a new cell runs on the reference backend with this alone."""
+    CellSpec(family, mode)  # in the table
+    _STEPS[(family, mode)] = step
+
+
+def _gru(reset_after: bool) -> Step:
+    def step(xp, h, c, w):
+        h_new, ws = gru_step(xp, h, w, reset_after)
         return h_new, None, ws
-    h_new = rnn_step(xp, h, w, cell.mode == "relu")
-    return h_new, None, xp.new_empty((xp.shape[0], 0))
+    return step
+
+
+def _rnn(relu: bool) -> Step:
+    def step(xp, h, c, w):
+        return rnn_step(xp, h, w, relu), None, xp.new_empty((xp.shape[0], 0))  # no workspace
+    return step
+
+
+register_step("lstm", "lstm", lstm_step)
+register_step("gru", "reset_after", _gru(True))
+register_step("gru", "reset_before", _gru(False))
+register_step("rnn", "tanh", _rnn(False))
+register_step("rnn", "relu", _rnn(True))
+
+
+def _step(cell: CellSpec, xp, h, c, w: LayerWeights):
+    """The cell's step: returns (h', c' or None, workspace rows)."""
+    return _STEPS[(cell.family, cell.mode)](xp, h, c, w)
 
 
 def _replace_head(state: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
@@ -144,6 +175,32 @@ def sequence_forward(
 
 
 # ----------------------------------------------------------------------------
+# Backward through autograd (double backward; cells without a hand-written backward)
+# ----------------------------------------------------------------------------
+
+
+def autograd_backward(cell: CellSpec, tensors, batch_sizes, reverse, grad_outputs, create_graph: bool = False):
+    """The gradients of ``tensors`` (x, h0, c0, then the weights; None where absent) given those of
+    (out, h_n, c_n), by autograd through :func:`sequence_forward`; a differentiable graph with
+    ``create_graph`` (double backward).  Zeros where an input does not matter."""
+    with torch.enable_grad():
+        leaves = [None if t is None else (t if t.requires_grad else t.detach().requires_grad_()) for t in tensors]
+        res = sequence_forward(cell, leaves[0], leaves[1], leaves[2], LayerWeights(*leaves[3:]), batch_sizes, reverse)
+        outs = [res.out, res.h_n] + ([res.c_n] if res.c_n is not None else [])
+        gouts = list(grad_outputs[: len(outs)])
+        present = [t for t in leaves if t is not None]
+        grads = iter(torch.autograd.grad(outs, present, gouts, create_graph=create_graph, allow_unused=True))
+    out = []
+    for t in leaves:
+        if t is None:
+            out.append(None)
+        else:
+            g = next(grads)
+            out.append(torch.zeros_like(t) if g is None else g)
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------
 # Backward through time, by hand
 # ----------------------------------------------------------------------------
 
@@ -193,7 +250,12 @@ def sequence_backward(
     out: torch.Tensor,
     workspace: torch.Tensor,
 ) -> BackwardResult:
-    """Gradients of :func:`sequence_forward`, from its saved outputs."""
+    """Gradients of :func:`sequence_forward`, from its saved outputs (a cell without a hand-written
+    backward: autograd through the forward, recomputed; called outside a custom op's implementation,
+    as fusedrnn.ops does, since autograd records nothing inside one)."""
+    if not cell.record.hand_written_backward:
+        grads = autograd_backward(cell, (x, h0, c0, *weights), batch_sizes, reverse, (grad_out, grad_hn, grad_cn))
+        return BackwardResult(grads[0], grads[1], grads[2], LayerWeights(*grads[3:]))
     dtype = x.dtype
     cdt = compute_dtype(dtype)
     w = LayerWeights(*(_cast(t, cdt) for t in weights))
