@@ -249,16 +249,7 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
   }
 }
 
-struct ForwardKernels {
-  template <typename T, PersistentCell CELL>
-  static constexpr auto get() {
-    return &persistent_forward_kernel<T, CELL>;
-  }
-  static constexpr const char* names[] = {
-      "persistent_forward_kernel<lstm>",     "persistent_forward_kernel<gru_reset_after>",
-      "persistent_forward_kernel<rnn_tanh>", "persistent_forward_kernel<rnn_relu>",
-      "persistent_forward_kernel<gru_reset_before>", "persistent_forward_kernel<lstm_projection>"};
-};
+FUSEDRNN_PERSISTENT_KERNELS(ForwardKernels, persistent_forward_kernel);
 
 }  // namespace
 

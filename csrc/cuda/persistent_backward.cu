@@ -244,16 +244,7 @@ __global__ void __launch_bounds__(kThreads) persistent_backward_kernel(const Per
   }
 }
 
-struct BackwardKernels {
-  template <typename T, PersistentCell CELL>
-  static constexpr auto get() {
-    return &persistent_backward_kernel<T, CELL>;
-  }
-  static constexpr const char* names[] = {
-      "persistent_backward_kernel<lstm>",     "persistent_backward_kernel<gru_reset_after>",
-      "persistent_backward_kernel<rnn_tanh>", "persistent_backward_kernel<rnn_relu>",
-      "persistent_backward_kernel<gru_reset_before>", "persistent_backward_kernel<lstm_projection>"};
-};
+FUSEDRNN_PERSISTENT_KERNELS(BackwardKernels, persistent_backward_kernel);
 
 }  // namespace
 

@@ -239,7 +239,19 @@ struct KernelChoice {
 };
 
 // `Kernels` names a kernel template: `Kernels::get<T, CELL>()` is the kernel,
-// `Kernels::names[cell]` its name for errors (in PersistentCell's order).
+// `Kernels::names[cell]` its name for errors (in PersistentCell's order);
+// FUSEDRNN_PERSISTENT_KERNELS defines such a struct.
+#define FUSEDRNN_PERSISTENT_KERNELS(Name, kernel)                                                              \
+  struct Name {                                                                                                \
+    template <typename T, PersistentCell CELL>                                                                 \
+    static constexpr auto get() {                                                                              \
+      return &kernel<T, CELL>;                                                                                 \
+    }                                                                                                          \
+    static constexpr const char* names[] = {#kernel "<lstm>",     #kernel "<gru_reset_after>",                \
+                                            #kernel "<rnn_tanh>", #kernel "<rnn_relu>",                       \
+                                            #kernel "<gru_reset_before>", #kernel "<lstm_projection>"};       \
+  }
+
 template <typename Kernels, typename Args>
 KernelChoice<Args> choose_kernel(PersistentCell cell, DType dtype) {
   KernelChoice<Args> k;
