@@ -7,6 +7,7 @@
 #   make gpu-check  the GPU validation script (benchmarks/gpu_check.sh)
 #   make emu-asan   the emulated CUDA tests under AddressSanitizer+UBSan (a sanitizer build of the CUDA emulation)
 #   make emu-tsan   the emulated CUDA tests under ThreadSanitizer
+#   make mutation-check  known bugs planted in the CUDA kernels one at a time: the emulated tests must catch each
 #   make build      install the build dependencies and build the C++ extension fusedrnn._C
 #   make clean      remove build outputs (make distclean also removes .venv)
 #
@@ -174,6 +175,14 @@ emu-asan: build $(STAMPS)/deps-test build/emu-address/.built
 emu-tsan: build $(STAMPS)/deps-test build/emu-thread/.built
 	$(RUN) $(call EMU_SAN_ENV,thread,tsan) $(TSAN_SETTINGS) \
 		$(PY) -m pytest $(EMU_SAN_TESTS) -m "not gpu" -k "$(EMU_SAN_SELECT)" $(PYTEST_FLAGS) -p no:cacheprovider
+
+# tests/mutation_check.py: builds the emulation (plain, and with the sanitizers) in a copy of the
+# tree kept in build/mutation-check, so a second run recompiles only what changed; the table goes
+# to build/mutation-check.md.  MUTATION_ARGS go to the script, e.g. --only NAME (--list names them).
+MUTATION_ARGS ?=
+.PHONY: mutation-check
+mutation-check: build $(STAMPS)/deps-test
+	$(RUN) $(PY) tests/mutation_check.py --work build/mutation-check $(MUTATION_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .benchmarks
