@@ -2,7 +2,7 @@
 // the call, the strategy that runs the recurrence, and the products over all
 // steps around it.
 //
-// Work split (DESIGN.md section 3):
+// Work split (docs/design.md section 3):
 //  * the input projection Xp = X W_ih^T + b_ih (+ b_hh where it can be folded
 //    in) as large GEMMs (dense_product.h): all steps at once for the gemm
 //    strategy, a ~2 MiB chunk of steps at a time for the fused one (so that
