@@ -16,7 +16,7 @@
 // is checked here (TORCH_CHECK: a RuntimeError naming the argument, never a
 // crash).  float16/bfloat16 run in float32 inside (states, accumulation and
 // gate math) and are rounded once on the way out, as the reference does.
-// `strategy` ("auto", "gemm", "fused", "folded"; sequence.h) and `poison` (fill every output and
+// `strategy` ("auto", "gemm", "fused", "folded"; strategy.h) and `poison` (fill every output and
 // scratch buffer with NaN before the kernels write them) exist for tests.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -71,10 +71,10 @@ at::Tensor to_compute(const c10::optional<at::Tensor>& t, at::ScalarType cdt) {
   return to_compute(value_or_undefined(t), cdt);
 }
 
-LayerTensors compute_weights(const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+LayerWeights compute_weights(const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                              const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_peep,
                              const c10::optional<at::Tensor>& w_proj, at::ScalarType cdt) {
-  return LayerTensors{to_compute(w_ih, cdt), to_compute(w_hh, cdt), to_compute(b_ih, cdt),
+  return LayerWeights{to_compute(w_ih, cdt), to_compute(w_hh, cdt), to_compute(b_ih, cdt),
                       to_compute(b_hh, cdt), to_compute(w_peep, cdt), to_compute(w_proj, cdt)};
 }
 
@@ -99,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
   const Strategy strat = parse_strategy(strategy);
   const at::ScalarType cdt = compute_dtype(x.scalar_type());
-  const LayerTensors w = compute_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, cdt);
+  const LayerWeights w = compute_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, cdt);
   const Steps steps(g.sizes, reverse);
   const ForwardOut r = sequence_forward(g.cell, rows_of(x, g, cdt), to_compute(h0, cdt), to_compute(c0, cdt), w,
                                         steps, strat, poison, for_backward);
@@ -122,7 +122,7 @@ std::vector<at::Tensor> backward(const std::string& family, const std::string& m
   checks::check_backward_call(g, x, grad_out, grad_hn, grad_cn, out, workspace);
   const Strategy strat = parse_strategy(strategy);
   const at::ScalarType cdt = compute_dtype(x.scalar_type());
-  const LayerTensors w = compute_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, cdt);
+  const LayerWeights w = compute_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, cdt);
   const Steps steps(g.sizes, reverse);
   const at::Tensor gcn = g.cell.family == Family::lstm ? to_compute(grad_cn, cdt) : at::Tensor();
   const BackwardOut r = sequence_backward(g.cell, rows_of(grad_out, g, cdt), to_compute(grad_hn, cdt), gcn,

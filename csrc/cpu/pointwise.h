@@ -2,7 +2,7 @@
 // a range of hidden units: everything between two recurrent products.
 //
 // Every array is addressed as (pointer, row stride) with unit stride 1, so
-// the same code serves both strategies of sequence.cpp: the per-step GEMM
+// the same code serves both strategies (strategy.h): the per-step GEMM
 // strategy (pre-activations in a [rows, G*H] buffer) and the fused strategy
 // (a [rows, G*L] tile of one unit block).  Pointers that a pass reads for
 // unit u are offset so that index u reads unit u; "hp" (the hidden-side
@@ -10,7 +10,7 @@
 // fusedrnn/gate_math.h, per element.
 //
 // These are always_inline templates compiled inside ISA-specific wrappers
-// (see sequence.cpp), so the unit loops vectorise with the wrapper's vector
+// (pointwise_dispatch.cpp), so the unit loops vectorise with the wrapper's vector
 // width.  For that the inner loops see only unit-stride __restrict rows, no
 // optional outputs: distinct arrays never overlap (in-place updates, like the
 // cell state, go through one pointer).
@@ -20,29 +20,14 @@
 
 #include <cstdint>
 
+#include "view.h"
+
 namespace fusedrnn {
 namespace cpu {
 
 #define FUSEDRNN_POINTWISE inline __attribute__((always_inline))
 
 namespace gm = ::fusedrnn::gate_math;
-
-// Rows of a 2-D array: element (row b, unit u) at p[b*rs + u].
-template <typename T>
-struct View {
-  T* p = nullptr;
-  int64_t rs = 0;
-  T* row(int64_t b) const { return p + b * rs; }
-};
-
-#define FUSEDRNN_R __restrict__
-
-// The rows and units one call covers; `u0` is the first unit (for "hp").
-struct Block {
-  int64_t rows;
-  int64_t u0, u1;
-  int64_t H;  // hidden size: distance between gate blocks of xp / ws / dA
-};
 
 // ---------------------------------------------------------------------------
 // forward

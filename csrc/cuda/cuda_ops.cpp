@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "fusedrnn/op_checks.h"
+#include "fusedrnn/sequence_frame.h"
 #include "launchers.cuh"
 
 namespace fusedrnn {
@@ -129,35 +130,10 @@ Geometry check_call(const std::string& family, const std::string& mode, const at
 // row bookkeeping (as fusedrnn.reference.Steps / previous_states)
 // ---------------------------------------------------------------------------
 
-struct Steps {
-  std::vector<int64_t> size, offset, order;
-  int64_t batch = 0, rows = 0;
-  Steps(const std::vector<int64_t>& sizes, bool reverse) : size(sizes) {
-    offset.resize(size.size());
-    for (size_t t = 0; t < size.size(); ++t) {
-      offset[t] = rows;
-      rows += size[t];
-    }
-    batch = size.empty() ? 0 : size[0];
-    for (size_t i = 0; i < size.size(); ++i)
-      order.push_back(reverse ? static_cast<int64_t>(size.size() - 1 - i) : static_cast<int64_t>(i));
-  }
-  int64_t count() const { return static_cast<int64_t>(size.size()); }
-  // Rows [0, carried) of the step at processing position p continue the rows
-  // of position p-1 (first row prev_offset); the others start from the initial state.
-  int64_t carried(int64_t p) const { return p == 0 ? 0 : std::min(size[order[p]], size[order[p - 1]]); }
-  int64_t prev_offset(int64_t p) const { return p == 0 ? 0 : offset[order[p - 1]]; }
-};
-
-// For every row, the row of cat([rows, initial]) holding the state it started from.
-at::Tensor previous_index(const Steps& s, const at::Device& device) {
-  std::vector<int64_t> index(s.rows);
-  for (int64_t p = 0; p < s.count(); ++p) {
-    const int64_t t = s.order[p], c = s.carried(p), prev = s.prev_offset(p);
-    for (int64_t b = 0; b < s.size[t]; ++b) index[s.offset[t] + b] = b < c ? prev + b : s.rows + b;
-  }
-  return at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(device);
-}
+// Steps, previous_index, last_rows: fusedrnn/sequence_frame.h (shared with csrc/cpu)
+using frame::last_rows;
+using frame::previous_index;
+using frame::Steps;
 
 at::Tensor previous_rows(const at::Tensor& rows, const at::Tensor& initial, const at::Tensor& index) {
   return at::cat({rows, initial}).index_select(0, index);
@@ -181,16 +157,6 @@ struct StepArrays {
   }
 };
 
-// Each sequence's last row in processing order (its final state).
-at::Tensor last_rows(const Steps& s, const at::Device& device) {
-  std::vector<int64_t> last(s.batch, 0);
-  for (int64_t p = 0; p < s.count(); ++p) {
-    const int64_t t = s.order[p];
-    for (int64_t b = 0; b < s.size[t]; ++b) last[b] = s.offset[t] + b;
-  }
-  return at::tensor(last, at::TensorOptions().dtype(at::kLong)).to(device);
-}
-
 // ---------------------------------------------------------------------------
 // buffers and float32 copies
 // ---------------------------------------------------------------------------
@@ -213,9 +179,7 @@ T* ptr(const at::Tensor& t) {
 }
 
 // The weights in float32 (the compute dtype); undefined where absent.
-struct Weights {
-  at::Tensor w_ih, w_hh, b_ih, b_hh, w_peep, w_proj;
-};
+using Weights = frame::LayerWeights;
 
 Weights float_weights(const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                       const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_peep,
@@ -223,20 +187,8 @@ Weights float_weights(const at::Tensor& w_ih, const at::Tensor& w_hh, const c10:
   return Weights{f32(w_ih), f32(w_hh), f32(b_ih), f32(b_hh), f32(w_peep), f32(w_proj)};
 }
 
-// b_ih + b_hh folded into the input projection, except the GRU n-gate's
-// hidden bias, which sits inside r*(W_hn h + b_hn) or after the n-gate product
-// and is added by the kernels.
-at::Tensor input_projection(const Cell& cell, const at::Tensor& x_rows, const Weights& w, int64_t H) {
-  at::Tensor bias;
-  if (w.b_ih.defined() || w.b_hh.defined()) {
-    bias = w.b_ih.defined() ? w.b_ih.clone() : at::zeros_like(w.b_hh);
-    if (w.b_hh.defined()) {
-      const int64_t folded = cell.family == Family::gru ? 2 * H : bias.size(0);
-      bias.narrow(0, 0, folded).add_(w.b_hh.narrow(0, 0, folded));
-    }
-  }
-  return bias.defined() ? at::addmm(bias, x_rows, w.w_ih.t()) : at::mm(x_rows, w.w_ih.t());
-}
+// Xp = X W_ih^T + b_ih + b_hh (but the GRU n gate's b_hn): fusedrnn/sequence_frame.h
+using frame::input_projection;
 
 at::Tensor hidden_bias_n(const Weights& w, int64_t H) {
   return w.b_hh.defined() ? w.b_hh.narrow(0, 2 * H, H).contiguous() : at::Tensor();

@@ -42,7 +42,7 @@ class CpuBackend(Backend):
     name = "cpu"
 
     #: how the per-step recurrent product runs: "auto" (chosen by size, see
-    #: csrc/cpu/sequence.cpp), "gemm" (MKL per step), "fused" (packed
+    #: csrc/cpu/strategy.cpp), "gemm" (MKL per step), "fused" (packed
     #: micro-kernel; float32, every cell) or
     #: "folded" (fused, with the input projection inside the per-step product;
     #: LSTM and RNN).  Tests set it to cover every path.
