@@ -285,15 +285,16 @@ def detector_environment(module: Path, sanitizer: Optional[str]) -> dict:
 
 SANITIZER_REPORT = re.compile(r"(WARNING: ThreadSanitizer: [^(\n]*|ERROR: AddressSanitizer: [\w-]+|"
                               r"runtime error: [^\n]*)")
-SOURCE_FRAME = re.compile(r"#\d+ .*?/csrc/(?:\S+/)?([\w.]+:\d+)")
+#: the first frame of a sanitizer's stack in the kernels' sources (not the emulation's, e.g. its __ldcg)
+SOURCE_FRAME = re.compile(r"#\d+ .*?/csrc/cuda/([\w.]+:\d+)")
 CRASH = re.compile(r"Fatal Python error: ([^\n]*)")
 CRASHED_TEST = re.compile(r'File "[^"]*/tests/test_\w+\.py", line \d+ in (test_\w+)')
 FAILED_TEST = re.compile(r"^(?:FAILED|ERROR) ([^\s\[]+(?:\[[^\]]*\])?)", re.MULTILINE)
 
 
 def describe_failure(status: Optional[int], output: str) -> str:
-    """What made a run fail: the sanitizer's report (and the first kernel source line of its stack),
-    else the first failing test, else how the process ended."""
+    """What made a run fail: the sanitizer's report (and the kernel's source line on its stack), else
+    the first failing test, else the crash (faulthandler's report) or how the process ended."""
     if status is None:
         return "timed out"
     report = SANITIZER_REPORT.search(output)
