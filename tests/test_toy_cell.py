@@ -20,6 +20,8 @@ from fusedrnn import backends, cells, reference
 from fusedrnn.cells import CellRecord, CellSpec
 
 LEAK = 0.5
+# auto's fallback warning for the cell is asserted once (test_the_drop_in_module_runs_it_...); elsewhere expected
+pytestmark = pytest.mark.filterwarnings("ignore:fusedrnn. using backend 'reference':RuntimeWarning")
 
 
 def leaky_step(xp, h, c, w):
