@@ -75,6 +75,7 @@ class Mutant:
 
 PERSISTENT_CU = "csrc/cuda/persistent.cu"
 POINTWISE_CU = "csrc/cuda/pointwise.cu"
+PERSISTENT_BACKWARD_CU = "csrc/cuda/persistent_backward.cu"
 
 MUTANTS: List[Mutant] = [
     # --- the persistent forward's step loop: barriers (ThreadSanitizer too: the races themselves)
@@ -104,6 +105,20 @@ MUTANTS: List[Mutant] = [
     Mutant("persistent-grid-sync-mid-step", PERSISTENT_CU,
            "grid.sync();  // every unit's", "/* removed */  // every unit's",
            "the mid-step grid.sync() (GRU reset_before, LSTM projection) removed", PERSISTENT, "thread"),
+    # --- the persistent backward (csrc/cuda/persistent_backward.cu)
+    Mutant("persistent-backward-grid-sync", PERSISTENT_BACKWARD_CU,
+           "grid.sync();  // every unit's dA of the step is written", "/* removed */",
+           "the backward's grid.sync() between the gate gradients and the dh product removed", PERSISTENT, "thread"),
+    Mutant("persistent-backward-dc-not-carried", PERSISTENT_BACKWARD_CU,
+           "dc[idx] = r.dc_prev;", "(void)r.dc_prev;",
+           "LSTM backward: the cell state's gradient not carried to the previous step", PERSISTENT),
+    Mutant("persistent-backward-gru-direct-dropped", PERSISTENT_BACKWARD_CU,
+           "dh[idx] = prod(b, u) + (kGru ? direct[idx] : 0.0f);", "dh[idx] = prod(b, u);",
+           "GRU backward: dh_prev loses its z*dh (and dk*r) part", PERSISTENT),
+    # only the benchmark shape (bf16 B=16 H=768) stages dA in chunks: the emulated test of that shape
+    Mutant("persistent-backward-chunks-not-accumulated", PERSISTENT_BACKWARD_CU,
+           "chunk, kc > 0);", "chunk, false);",
+           "the dh product over chunks of K keeps only the last chunk", "benchmark_shape"),
     # --- the persistent forward: arithmetic, layout, bounds, packed rows (AddressSanitizer too where
     # an access leaves its buffer)
     Mutant("persistent-lstm-gates-i-f-swapped", PERSISTENT_CU,
