@@ -120,8 +120,19 @@ def modes(family: str) -> tuple:
     return tuple(mode for f, mode in CELLS if f == family)
 
 
+def check_family(family: str) -> None:
+    """ValueError naming ``family`` unless the table has it."""
+    if family not in families():
+        raise ValueError(f"unknown cell family {family!r}; expected one of {families()}")
+
+
 def default_mode(family: str) -> str:
-    return next(r.mode for r in CELLS.values() if r.family == family and r.default)
+    """The family's default mode (ValueError naming the family if it is unknown or has none)."""
+    check_family(family)
+    for record in CELLS.values():
+        if record.family == family and record.default:
+            return record.mode
+    raise ValueError(f"cell family {family!r} has no default mode; name one of {modes(family)}")
 
 
 def torch_twin(cell: "CellSpec") -> Optional[Tuple[str, dict]]:
@@ -148,8 +159,7 @@ class CellSpec:
 
     def __post_init__(self):
         if (self.family, self.mode) not in CELLS:
-            if self.family not in families():
-                raise ValueError(f"unknown cell family {self.family!r}; expected one of {families()}")
+            check_family(self.family)
             raise ValueError(
                 f"unknown mode {self.mode!r} for cell family {self.family!r}; expected one of {modes(self.family)}"
             )

@@ -1,6 +1,6 @@
 """``torch.library`` custom ops: one forward and one backward op per cell family.
 
-``torch.ops.fusedrnn.{lstm,gru,rnn}_forward`` run one layer-direction over a
+``torch.ops.fusedrnn.{family}_forward`` run one layer-direction over a
 whole sequence (never one call per step: every op call has a fixed cost) and
 dispatch to the backend named by their ``backend`` argument (already resolved
 by :mod:`fusedrnn.functional`).  Each has a fake kernel, so ``torch.compile``
@@ -12,19 +12,30 @@ arguments a family does not use (``c0``, ``w_peep``, ``w_proj`` outside LSTM)
 are None, and outputs it does not have (``c_n`` outside LSTM) are empty
 tensors (ops cannot return None).
 
+The ops of a family are defined the first time it runs (:func:`define`) and
+kept: those of the built-in families at import (``torch.ops.fusedrnn.lstm_forward``
+exists once fusedrnn is imported, as loading a saved ``torch.export`` program
+needs), those of a family registered later (:func:`fusedrnn.cells.register`) on
+its first call, possibly while ``torch.compile`` traces it.  An op holds nothing
+of its family's record: everything it needs (gates, workspace width) is read
+from the cell table at each call, so ops outlive a family's removal from the
+table and serve it again if it is registered anew.
+
 Double backward (``create_graph=True``): the backward recomputes the forward
 through the differentiable reference (:func:`fusedrnn.reference.sequence_forward`)
 and differentiates that, so second derivatives exist whatever backend ran.
 """
 
-from typing import List, Optional, Tuple
+import threading
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor
 
 from . import backends
+from .backends import _constant_when_traced
 from .backends.base import LayerWeights
-from .cells import CellSpec, FAMILIES, default_mode
+from .cells import CellSpec, FAMILIES, check_family
 from .reference import autograd_backward
 
 NAMESPACE = "fusedrnn"
@@ -82,8 +93,6 @@ def _fresh(outputs, inputs):
 
 
 def _make_ops(family: str):
-    gates = CellSpec(family, default_mode(family)).gates  # every mode of a family stacks the same gates
-
     def forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend,
                      for_backward=True):
         cell = CellSpec(family, mode)
@@ -97,13 +106,14 @@ def _make_ops(family: str):
 
     def forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend,
                      for_backward=True):
-        hidden = w_hh.shape[0] // gates
+        cell = CellSpec(family, mode)
+        hidden = w_hh.shape[0] // cell.gates
         lead = x.shape[:-1]
         return (
             x.new_empty((*lead, h0.shape[-1])),
             h0.new_empty(h0.shape),
             c0.new_empty(c0.shape) if c0 is not None else _absent(x),
-            x.new_empty((*lead, CellSpec(family, mode).workspace_blocks * hidden)) if for_backward else _absent(x),
+            x.new_empty((*lead, cell.workspace_blocks * hidden)) if for_backward else _absent(x),
         )
 
     def backward_impl(grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj,
@@ -181,13 +191,41 @@ def _make_ops(family: str):
     return fwd, bwd
 
 
-_OPS = {family: _make_ops(family) for family in FAMILIES}
+#: family -> (forward op, backward op), each family's defined once (torch.library refuses a second definition)
+_OPS: Dict[str, Tuple[torch.library.CustomOpDef, torch.library.CustomOpDef]] = {}
+# two threads running a new family for the first time must not both define its ops
+_DEFINING = threading.Lock()
+
+
+# torch._dynamo cannot trace torch.library's definitions, and the first call of a registered family
+# may come while torch.compile traces (or torch.export strictly traces) it: marked so, Dynamo runs
+# this function itself at trace time and takes its result (the family's name) as a constant.
+@_constant_when_traced
+def define(family: str) -> str:
+    """Define the custom ops of ``family`` (a family of the cell table) unless they are defined; returns
+    ``family``.  Called by :func:`forward_op`; call it directly to make ``torch.ops.fusedrnn.<family>_*``
+    exist before anything runs the family (to load a saved ``torch.export`` program, say)."""
+    if family not in _OPS:
+        with _DEFINING:
+            if family not in _OPS:
+                check_family(family)
+                if not family.isidentifier():  # it names the ops
+                    raise ValueError(f"cell family {family!r} cannot name a custom op: it must be a Python "
+                                     "identifier (letters, digits, underscores)")
+                _OPS[family] = _make_ops(family)
+    return family
 
 
 def forward_op(family: str):
-    """The custom op running ``family``'s sequence forward."""
-    return _OPS[family][0]
+    """The custom op running ``family``'s sequence forward (defined on first use)."""
+    return _OPS[define(family)][0]
 
 
 def backward_op(family: str):
-    return _OPS[family][1]
+    return _OPS[define(family)][1]
+
+
+# the built-in families' ops exist once fusedrnn is imported (a saved torch.export program names them)
+for _family in FAMILIES:
+    define(_family)
+del _family
