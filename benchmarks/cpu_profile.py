@@ -8,8 +8,9 @@ torch.matmul of the same FLOPs.
 
 The two sides are timed alternately, call by call, and the ratio is the
 median of the per-pair ratios: on a shared (virtual) machine the speed of
-the cores drifts by 2x within seconds, and back-to-back blocks of one side
-then the other would mostly measure that drift.
+the cores drifts within seconds (benchmarks/RESULTS.md, "measurements behind
+choices in the code"), and back-to-back blocks of one side then the other
+would mostly measure that drift.
 
     python benchmarks/cpu_profile.py [--cells lstm,gru,rnn] [--strategy auto|gemm|fused] [--shapes 0,1,2]
 """

@@ -10,7 +10,7 @@ implementation of it shares.
 * :func:`compute_dtype`: float32 arithmetic for 16-bit inputs;
 * :func:`weight_gradients`: the gradients of the weights after the backward's
   recurrence, as single products over all steps, the same for every Python
-  backend (the reference, the Triton launcher).  The C++ backends compute the
+  backend (the reference, the Triton sequence driver).  The C++ backends compute the
   same products once in C++ (csrc/include/fusedrnn/sequence_frame.h).
 
 It imports only :mod:`fusedrnn.cells`: every other module may import it.

@@ -316,7 +316,7 @@ def sequence_backward(
             dA_x[span] = dA
             dh[:n] = dA @ w.w_hh
 
-    # weight gradients: single products over all steps (fusedrnn.layer, shared with the Triton launcher)
+    # weight gradients: single products over all steps (fusedrnn.layer, shared with the Triton sequence driver)
     dweights = weight_gradients(cell, w, steps, dA_x, X, OUT, WS, h0c, _cast(c0, cdt), dH_total)
     return BackwardResult(
         (dA_x @ w.w_ih).reshape(x.shape).to(dtype),

@@ -15,7 +15,6 @@ The subprocesses start together when the module's first test asks for them (they
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -36,16 +35,12 @@ from test_cuda_backend import GRID, NN_CELLS
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "gpu_smoke.py"
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("gpu_smoke", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_smoke"] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-gs = _load_script()
+sys.path.insert(0, str(SCRIPT.parent))  # the script (its command line) and its parts, benchmarks/gpu_validation/
+import gpu_smoke as gs  # noqa: E402
+from gpu_validation import card as smoke_card  # noqa: E402
+from gpu_validation import report as smoke_report  # noqa: E402
+from gpu_validation import runner as smoke_runner  # noqa: E402
+from gpu_validation import steps as smoke_steps  # noqa: E402
 
 #: the GPU hidden from torch: the script's "no GPU" mode, on any machine
 NO_GPU_ENV = {**{k: v for k, v in os.environ.items() if k != "OUT"}, "CUDA_VISIBLE_DEVICES": ""}
@@ -100,7 +95,7 @@ def collect_command(selection):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-smoke")
-    commands = {f"collect {name}": (collect_command(sel), COLLECT_ENV) for name, sel in gs.SELECTIONS.items()}
+    commands = {f"collect {name}": (collect_command(sel), COLLECT_ENV) for name, sel in smoke_steps.SELECTIONS.items()}
     commands["smoke"] = ([sys.executable, str(SCRIPT), "--out", str(out / "smoke")], NO_GPU_ENV)
     commands["card before install"] = ([sys.executable, "-S", "-c", CARD_WITHOUT_INSTALL], NO_GPU_ENV)
     background = Background(commands)
@@ -118,7 +113,7 @@ def collected(runs, name):
 
 
 def plan_names(plan):
-    return [s.name for s in plan(gs.Context(sys.executable, Path("."), {}), argparse.Namespace(
+    return [s.name for s in plan(smoke_steps.Context(sys.executable, Path("."), {}), argparse.Namespace(
         skip_build=False, bench_args="", sanitizer_timeout=900.0))]
 
 
@@ -129,10 +124,10 @@ def plan_names(plan):
 
 def test_without_a_gpu_every_gpu_step_is_skipped_with_its_reason(runs):
     proc = runs["smoke"]
-    assert proc.returncode == gs.EXIT_NO_GPU, proc.stdout
+    assert proc.returncode == smoke_report.EXIT_NO_GPU, proc.stdout
     report = json.loads((runs.out / "smoke" / "report.json").read_text())
     steps = {s["step"]: s for s in report["steps"]}
-    assert list(steps) == plan_names(gs.smoke_plan), "the report lists every step of the plan, in order"
+    assert list(steps) == plan_names(smoke_steps.smoke_plan), "the report lists every step of the plan, in order"
     for name, step in steps.items():
         assert step["status"].startswith("skipped: no CUDA device: torch.cuda.is_available() is False"), name
         assert not step["failed"] and step["command"], name
@@ -142,7 +137,7 @@ def test_without_a_gpu_every_gpu_step_is_skipped_with_its_reason(runs):
     assert markdown.startswith("# fusedrnn gpu-smoke: NO GPU") and "## GPU: no CUDA device" in markdown
     assert all(f"| {name} | skipped: no CUDA device" in markdown for name in steps)
     assert "torch " + torch.__version__ in markdown, "the card names the versions"
-    assert gs.CARD_PREFIX in (runs.out / "smoke" / "steps.log").read_text(), "the raw log holds the card step"
+    assert smoke_card.CARD_PREFIX in (runs.out / "smoke" / "steps.log").read_text(), "the raw log holds the card step"
 
 
 def test_the_card_is_read_before_fusedrnn_is_installed(runs):
@@ -152,8 +147,8 @@ def test_the_card_is_read_before_fusedrnn_is_installed(runs):
     if "FUSEDRNN-INSTALLED" in proc.stdout:
         pytest.skip("fusedrnn is installed as a regular package here: the fresh machine cannot be imitated")
     assert proc.returncode == 0, proc.stdout[-3000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith(gs.CARD_PREFIX))
-    card = json.loads(line[len(gs.CARD_PREFIX):])
+    line = next(line for line in proc.stdout.splitlines() if line.startswith(smoke_card.CARD_PREFIX))
+    card = json.loads(line[len(smoke_card.CARD_PREFIX):])
     assert card["versions"]["torch"] == torch.__version__ and "extension" in card
 
 
@@ -173,7 +168,8 @@ def test_gpu_check_runs_the_full_plan_with_its_settings(tmp_path):
     args = gs.build_parser().parse_args(argv)
     assert args.full and args.skip_build and args.sanitizer_timeout == 60
     assert args.bench_args == "--shapes flashrnn --min-time 0.5"
-    assert plan_names(gs.full_plan) == ["build", "extension", "gpu tests", "memcheck", "racecheck", "benchmark"]
+    assert plan_names(smoke_steps.full_plan) == ["build", "extension", "gpu tests", "memcheck", "racecheck",
+                                                 "benchmark"]
 
 
 # ----------------------------------------------------------------------------
@@ -238,11 +234,11 @@ def admits(marker_expression: str, marks) -> bool:
     return eval(marker_expression, {"__builtins__": {}}, {m: m in marks for m in ("gpu", "triton", "slow")})
 
 
-@pytest.mark.parametrize("name", list(gs.SELECTIONS))
+@pytest.mark.parametrize("name", list(smoke_steps.SELECTIONS))
 def test_the_smoke_selections_are_part_of_gpu_check(name):
     """make gpu-check is the long version: it runs every test the smoke run does (files under its
     paths, markers its expression admits)."""
-    selection, full = gs.SELECTIONS[name], gs.FULL_SELECTION
+    selection, full = smoke_steps.SELECTIONS[name], smoke_steps.FULL_SELECTION
     assert all(p.startswith(full.paths) for p in selection.paths)
     for marks in ({"gpu"}, {"triton"}, {"gpu", "triton"}, {"gpu", "slow"}, {"triton", "slow"}, set(), {"slow"}):
         assert not admits(selection.marker, marks) or admits(full.marker, marks), marks
@@ -254,34 +250,36 @@ def test_the_smoke_selections_are_part_of_gpu_check(name):
 
 
 def gpu_context(tmp_path):
-    return gs.Context(sys.executable, tmp_path, GPU_CARD)
+    return smoke_steps.Context(sys.executable, tmp_path, GPU_CARD)
 
 
 def test_build_is_for_the_local_gpu_only_and_stays_off_the_network(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     monkeypatch.delenv("MAX_JOBS", raising=False)
-    step = gs.build_step(gpu_context(tmp_path), skip_build=False, estimate_s=1, cap_s=2)
+    step = smoke_steps.build_step(gpu_context(tmp_path), skip_build=False, estimate_s=1, cap_s=2)
     assert step.skip is None
     assert step.argv[:4] == ["make", "-C", str(REPO), "build"] and f"PYTHON={sys.executable}" in step.argv
     assert step.env["TORCH_CUDA_ARCH_LIST"] == "9.0" and step.env["MAX_JOBS"] == str(len(os.sched_getaffinity(0)))
     assert step.env["PIP_NO_INDEX"] == "1" and "REBUILD=FORCE" not in step.argv
     # an extension that loads without its CUDA kernels is rebuilt whatever the stamps say
     card = {**GPU_CARD, "extension": {"loaded": True, "has_cuda": False, "error": None}}
-    assert "REBUILD=FORCE" in gs.build_step(gs.Context(sys.executable, tmp_path, card), False, 1, 2).argv
+    step = smoke_steps.build_step(smoke_steps.Context(sys.executable, tmp_path, card), False, 1, 2)
+    assert "REBUILD=FORCE" in step.argv
 
 
 def test_tests_run_in_parallel_and_each_under_a_time_limit_where_the_plugins_are(tmp_path, monkeypatch):
-    monkeypatch.setattr(gs.importlib.util, "find_spec", lambda name: object())  # xdist and pytest-timeout there
-    argv = gs.pytest_step(gpu_context(tmp_path), "t", gs.SELECTIONS["cuda kernels"], 1, 2, per_test_s=60).argv
+    selection = smoke_steps.SELECTIONS["cuda kernels"]
+    monkeypatch.setattr(smoke_steps.importlib.util, "find_spec", lambda name: object())  # xdist, pytest-timeout there
+    argv = smoke_steps.pytest_step(gpu_context(tmp_path), "t", selection, 1, 2, per_test_s=60).argv
     assert argv[argv.index("-n") + 1] == "4" and argv[argv.index("--timeout") + 1] == "60"
     assert argv[argv.index("--timeout-method") + 1] == "thread", "ends a process stuck inside a CUDA call"
-    monkeypatch.setattr(gs.importlib.util, "find_spec", lambda name: None)
-    argv = gs.pytest_step(gpu_context(tmp_path), "t", gs.SELECTIONS["cuda kernels"], 1, 2, per_test_s=60).argv
+    monkeypatch.setattr(smoke_steps.importlib.util, "find_spec", lambda name: None)
+    argv = smoke_steps.pytest_step(gpu_context(tmp_path), "t", selection, 1, 2, per_test_s=60).argv
     assert "-n" not in argv and "--timeout" not in argv
 
 
 def test_benchmark_step_times_the_headline_shapes(tmp_path):
-    step = gs.bench_step(gpu_context(tmp_path), gs.HEADLINE_BENCH, estimate_s=1, cap_s=2)
+    step = smoke_steps.bench_step(gpu_context(tmp_path), smoke_steps.HEADLINE_BENCH, estimate_s=1, cap_s=2)
     assert step.argv[1:3] == ["-m", "fusedrnn.bench"]
     args = cli.build_parser().parse_args(step.argv[3:])
     settings = cli.Settings.from_args(args, step.argv[3:])
@@ -294,14 +292,15 @@ def test_benchmark_step_times_the_headline_shapes(tmp_path):
 
 
 def test_sanitizer_runs_the_check_on_the_smallest_shapes(tmp_path, monkeypatch):
-    monkeypatch.setattr(gs, "find_compute_sanitizer", lambda: "/opt/cuda/bin/compute-sanitizer")
-    step = gs.sanitizer_step(gpu_context(tmp_path), "memcheck", gs.SMOKE_SANITIZED_OPTIONS, 1, 2)
+    monkeypatch.setattr(smoke_steps, "find_compute_sanitizer", lambda: "/opt/cuda/bin/compute-sanitizer")
+    step = smoke_steps.sanitizer_step(gpu_context(tmp_path), "memcheck", smoke_steps.SMOKE_SANITIZED_OPTIONS, 1, 2)
     assert step.skip is None and step.argv[:3] == ["/opt/cuda/bin/compute-sanitizer", "--tool", "memcheck"]
     check_args = step.argv[step.argv.index("fusedrnn.check") + 1:]
     args = check.build_parser().parse_args(check_args)
     assert args.backends == ["cuda", "triton"] and max(s.T for s in args.shapes) <= 5
-    monkeypatch.setattr(gs, "find_compute_sanitizer", lambda: None)
-    assert "compute-sanitizer not found" in gs.sanitizer_step(gpu_context(tmp_path), "memcheck", "padded", 1, 2).skip
+    monkeypatch.setattr(smoke_steps, "find_compute_sanitizer", lambda: None)
+    step = smoke_steps.sanitizer_step(gpu_context(tmp_path), "memcheck", "padded", 1, 2)
+    assert "compute-sanitizer not found" in step.skip
 
 
 # ----------------------------------------------------------------------------
@@ -310,7 +309,7 @@ def test_sanitizer_runs_the_check_on_the_smallest_shapes(tmp_path, monkeypatch):
 
 
 def python_step(name, code, cap_s=60.0):
-    return gs.Step(name, [sys.executable, "-c", code], cap_s)
+    return smoke_steps.Step(name, [sys.executable, "-c", code], cap_s)
 
 
 def process_gone(pid):
@@ -327,7 +326,7 @@ def test_a_failing_step_does_not_stop_the_next_and_a_hanging_one_is_killed_with_
             f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
     steps = [python_step("fails", "raise SystemExit(3)"), python_step("passes", "print('5 passed in 0.1s')"),
              python_step("hangs", hang, cap_s=1.5), python_step("after", "print('still ran')")]
-    runner = gs.Runner(tmp_path, budget_s=None)
+    runner = smoke_runner.Runner(tmp_path, budget_s=None)
     start = time.monotonic()
     results = [runner.step(n, steps) for n in range(1, len(steps) + 1)]
     assert time.monotonic() - start < 30
@@ -342,18 +341,19 @@ def test_a_failing_step_does_not_stop_the_next_and_a_hanging_one_is_killed_with_
 
 
 def test_outcomes_are_classified_from_exit_status_and_output():
-    pytest_step = gs.Step("tests", ["python", "-m", "pytest"], 10)
-    assert gs.classify(pytest_step, 0, "3 passed, 1 skipped in 2s", 10) == ("passed", False)
-    assert gs.classify(pytest_step, 0, "4 skipped in 2s", 10)[1], "a GPU step that ran no test tells nothing"
-    assert gs.classify(pytest_step, 5, "no tests ran", 10)[0].startswith("FAILED: no tests collected")
-    sanitizer = gs.Step("memcheck", ["compute-sanitizer"], 10, unsupported=gs.SANITIZER_UNSUPPORTED)
-    assert gs.classify(sanitizer, 1, "========= Error: Device not supported", 10)[0].startswith("skipped: ")
-    assert gs.classify(sanitizer, 99, "========= ERROR SUMMARY: 3 errors", 10) == ("FAILED (exit status 99)", True)
-    assert gs.summary_line("x\n========= ERROR SUMMARY: 3 errors\n") == "ERROR SUMMARY: 3 errors"
+    pytest_step = smoke_steps.Step("tests", ["python", "-m", "pytest"], 10)
+    assert smoke_runner.classify(pytest_step, 0, "3 passed, 1 skipped in 2s", 10) == ("passed", False)
+    assert smoke_runner.classify(pytest_step, 0, "4 skipped in 2s", 10)[1], "a GPU step that ran no test tells nothing"
+    assert smoke_runner.classify(pytest_step, 5, "no tests ran", 10)[0].startswith("FAILED: no tests collected")
+    sanitizer = smoke_steps.Step("memcheck", ["compute-sanitizer"], 10, unsupported=smoke_steps.SANITIZER_UNSUPPORTED)
+    assert smoke_runner.classify(sanitizer, 1, "========= Error: Device not supported", 10)[0].startswith("skipped: ")
+    assert smoke_runner.classify(sanitizer, 99, "========= ERROR SUMMARY: 3 errors", 10) == \
+        ("FAILED (exit status 99)", True)
+    assert smoke_runner.summary_line("x\n========= ERROR SUMMARY: 3 errors\n") == "ERROR SUMMARY: 3 errors"
 
 
 def smoke_steps_on_a_gpu(tmp_path):
-    steps = gs.smoke_plan(gpu_context(tmp_path), argparse.Namespace(skip_build=False))
+    steps = smoke_steps.smoke_plan(gpu_context(tmp_path), argparse.Namespace(skip_build=False))
     for step in steps:
         step.skip = None  # as on a machine with compute-sanitizer
     return steps
@@ -364,24 +364,24 @@ def simulate(steps, hangs, card_s=5.0):
     ``hangs``, their whole timeout and the kill's grace period)."""
     elapsed, timeouts = card_s, []
     for i, step in enumerate(steps):
-        timeout = gs.allot(step, steps[i + 1:], gs.SMOKE_BUDGET_S - elapsed)
+        timeout = smoke_runner.allot(step, steps[i + 1:], smoke_steps.SMOKE_BUDGET_S - elapsed)
         timeouts.append(timeout)
         if timeout is not None:
-            elapsed += timeout + gs.KILL_GRACE_S if step.name in hangs else min(step.estimate_s, timeout)
+            elapsed += timeout + smoke_runner.KILL_GRACE_S if step.name in hangs else min(step.estimate_s, timeout)
     return elapsed, timeouts
 
 
 def test_smoke_budget_fits_in_8_minutes_and_a_hanging_step_leaves_the_others_their_time(tmp_path):
     steps = smoke_steps_on_a_gpu(tmp_path)
     assert all(0 < s.estimate_s <= s.cap_s for s in steps)
-    assert gs.SMOKE_BUDGET_S < 8 * 60 and sum(s.estimate_s for s in steps) < gs.SMOKE_BUDGET_S
+    assert smoke_steps.SMOKE_BUDGET_S < 8 * 60 and sum(s.estimate_s for s in steps) < smoke_steps.SMOKE_BUDGET_S
     elapsed, timeouts = simulate(steps, hangs=set())
     assert all(s.estimate_s <= t <= s.cap_s for s, t in zip(steps, timeouts)), "on schedule"
     for hanging in steps:
         elapsed, timeouts = simulate(steps, hangs={hanging.name})
-        assert elapsed <= gs.SMOKE_BUDGET_S, hanging.name
+        assert elapsed <= smoke_steps.SMOKE_BUDGET_S, hanging.name
         later = steps[steps.index(hanging) + 1:]
         assert all(t >= s.estimate_s for s, t in zip(later, timeouts[-len(later):] if later else [])), hanging.name
     elapsed, timeouts = simulate(steps, hangs={s.name for s in steps})
-    assert elapsed <= gs.SMOKE_BUDGET_S, "even when every step hangs"
-    assert gs.allot(steps[0], steps[1:], remaining=None) == steps[0].cap_s, "no budget: the cap"
+    assert elapsed <= smoke_steps.SMOKE_BUDGET_S, "even when every step hangs"
+    assert smoke_runner.allot(steps[0], steps[1:], remaining=None) == steps[0].cap_s, "no budget: the cap"

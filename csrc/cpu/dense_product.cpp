@@ -63,8 +63,9 @@ void fixed_mm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& 
   // Tiles of at most kTile x kTile outputs: fixed by the shape, so each
   // element is always the same single-threaded call's result.  The largest
   // side that still leaves a few tiles to share out: BLAS runs a 128-wide tile
-  // of a long reduction at about 65% of its speed on the whole product, a
-  // 512-wide one at about 90% (the weight gradients over T*B rows).
+  // of a long reduction (the weight gradients over T*B rows) well below its
+  // speed on the whole product, a 512-wide one nearer it (benchmarks/RESULTS.md,
+  // "measurements behind choices in the code").
   int64_t kTile = 512;
   while (kTile > 128 && ((M + kTile - 1) / kTile) * ((N + kTile - 1) / kTile) < 4) kTile /= 2;
   const int64_t mt = (M + kTile - 1) / kTile, nt = (N + kTile - 1) / kTile, tiles = mt * nt;

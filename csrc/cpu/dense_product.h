@@ -3,8 +3,9 @@
 //
 // Why not at::addmm: on this project's development machine (AMD Zen 4) MKL
 // runs float32 GEMMs through a generic kernel ("mkl_blas_def_sgemm_kernel_0_zen"
-// in perf) at 125-165 GFLOP/s, while oneDNN's matmul, which torch.nn's own
-// LSTM uses, runs the same products at 160-205 GFLOP/s.  torch has no public
+// in perf), clearly slower than oneDNN's matmul, which torch.nn's own LSTM
+// uses, on the same products (benchmarks/RESULTS.md, "measurements behind
+// choices in the code").  torch has no public
 // C++ entry to oneDNN's matmul for dense float32 tensors, but it registers one
 // as a dispatcher op, mkldnn::_linear_pointwise (Inductor calls it).  We find
 // it by name at run time, check its schema, and fall back to at::addmm / at::mm
@@ -37,8 +38,8 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bi
 // single-threaded BLAS call over the whole K, the tiles spread over threads.
 // `out` may be a strided view (rows of a larger buffer).  Cost, measured with
 // 1 thread against MKL's whole-matrix call: the gemm strategy's training step
-// 6-10% slower (LSTM T=20, B=32, H=256, float32 and float64), the fused ones
-// unchanged; with 2 threads the shared machine was too noisy to tell.
+// a little slower, the fused ones unchanged (benchmarks/RESULTS.md,
+// "measurements behind choices in the code").
 void fixed_mm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
                   const at::Tensor& add = at::Tensor());
 at::Tensor fixed_mm(const at::Tensor& a, const at::Tensor& b);

@@ -88,8 +88,9 @@ FUSEDRNN_ALWAYS_INLINE void product_group(const ProductTerm* terms, int nterms, 
 // block (6 with AVX-512), a short last block (n mod R4 <= R4/2 rows after
 // full ones) would stream all four panels again for a few rows, latency-bound.
 // Two panels at a time take 8 rows per block instead.  Measured in isolation
-// (one core, AVX-512, K = 256..1024): n = 8 runs 20% faster as pairs, n = 32
-// 5%; n = 2, 4, 12, 24, 48, 64 as fast or faster with four.
+// (one core, AVX-512, K = 256..1024): pairs faster at n = 8 and 32, four at
+// once as fast or faster at the other n tried (benchmarks/RESULTS.md, AMD EPYC
+// section, "What changed since the previous table": the four gate panels).
 template <int L>
 bool four_panels_at_once(int64_t n) {
   constexpr int R4 = rows_per_block<L, 4>();
@@ -152,7 +153,8 @@ Isa chosen_isa() {
 // One panel [K][L]: out[k*L + l] = first[l*rs + k*ks] for the `live` rows l
 // (zero beyond).  k outer, the L lanes inner and unrolled: the stores are
 // whole vectors, the loads contiguous when rs == 1 (W^T of a row-major W) and
-// gathered otherwise (3x faster than l outer, measured at 512 x 128).
+// gathered otherwise (faster than l outer: benchmarks/RESULTS.md, "Packed
+// weights").
 template <int L>
 FUSEDRNN_ALWAYS_INLINE void pack_panel_impl(const float* __restrict__ first, int64_t rs, int64_t ks, int64_t K,
                                             int64_t live, float* __restrict__ out) {
@@ -225,9 +227,9 @@ at::Tensor pack_panels(const at::Tensor& w, int64_t blocks_c, int64_t lanes, boo
   const float* src = w.data_ptr<float>();
   float* dst = panels.data_ptr<float>();
   // A pass of our own rather than ATen's permuted copy, which splits so small
-  // a job over the intra-op threads (measured on a busy 2-core machine: 11 ms
-  // for a 1 MiB weight with 2 threads, 0.3 ms with 1; this pass: 0.015 ms for
-  // 256 KiB).  Large weights are split over our threads by unit block.
+  // a job over the intra-op threads that on a busy 2-core machine it cost far
+  // more than this pass (benchmarks/RESULTS.md, "Packed weights").  Large
+  // weights are split over our threads by unit block.
   const int nthreads = panels.numel() >= (int64_t(1) << 20) ? max_threads() : 1;
   run_parallel(nthreads, [&](int tid, int nt, Barrier&) {
     int64_t b0, b1;

@@ -47,8 +47,8 @@ int panel_lanes(Isa isa);
 // another tensor on the same storage, from another process sharing the
 // memory), and would then compute with stale weights.  Packing is one pass
 // over the weight, against a pass per time step in the kernels; measured
-// (benchmarks/RESULTS.md, "Packed weights"): up to 9% of the smallest calls
-// (0.3 ms), within the noise at T = 100.
+// against the cache it replaced, it shows only at the smallest calls
+// (benchmarks/RESULTS.md, "Packed weights").
 at::Tensor pack_panels(const at::Tensor& w, int64_t blocks_c, int64_t lanes, bool transposed);
 
 // One term of a product: rows of a left operand (row r at lhs + r*ld, K

@@ -12,18 +12,18 @@ namespace {
 // Whether the fused forward computes the input projection inside its per-step
 // product ([x_t, h_{t-1}] times [W_ih; W_hh]^T, two terms of one register
 // tile) rather than as a GEMM over a chunk of steps: the micro-kernel runs
-// near the core's FMA peak (113 of 116 GFLOP/s per core measured here), the
-// GEMM at 80-87% of it, and the gate pass then reads no projected-input
-// buffer.  But each step then streams W_ih's panels too, so only while both
-// packed weights stay in the last-level cache and a step has rows enough to
-// reuse them.  Measured (LSTM inference, 2 threads, Zen 4 with 32 MiB L3),
-// folded vs chunked GEMM: 7-17% faster from B = 4 with up to 18 MiB of
-// panels, and 4% at B = 2 with I <= H; 14% slower at B = 1, 30% slower at
-// B = 2 with I = 4096, H = 128 (the input product, nearly all the work, turns
-// from a compute-bound GEMM into a per-step stream of W_ih); 7-13% slower at
-// B = 16..32 with 24-48 MiB of panels; even at B = 64 with 32 MiB.  Not for
-// the GRU, whose n gate keeps the input and hidden products apart (r scales
-// only the hidden one).
+// nearer the core's FMA peak than the GEMM does, and the gate pass then reads
+// no projected-input buffer.  But each step then streams W_ih's panels too, so
+// only while both packed weights stay in the last-level cache and a step has
+// rows enough to reuse them.  Paired runs (LSTM inference, 2 threads, Zen 4
+// with 32 MiB L3), folded against the chunked GEMM: faster from B = 4 with up
+// to 18 MiB of panels, and at B = 2 with I <= H; slower at B = 1, at B = 2
+// with I = 4096, H = 128 (the input product, nearly all the work, turns from a
+// compute-bound GEMM into a per-step stream of W_ih), and with 24 MiB of
+// panels or more, even at B = 64.  The figures: benchmarks/RESULTS.md, AMD
+// EPYC section, "What changed since the previous table" (the first item).
+// Not for the GRU, whose n gate keeps the input and hidden products apart (r
+// scales only the hidden one).
 bool fold_input_projection(const Cell& cell, int64_t batch, int64_t input_size, int64_t hidden_size,
                            int64_t state_size) {
   constexpr int64_t kMaxPanelBytes = int64_t(20) << 20;
@@ -52,9 +52,9 @@ Strategy choose_strategy(const Cell& cell, const ProblemSizes& n, at::ScalarType
   };
   if (!fused_supported(cell, dtype)) return gemm("the fused kernels compute in float32; float64 runs ATen's BLAS");
   if (n.steps < 2) return gemm("a single step: packing W_hh would cost as much as the step");
-  // Measured on the issue-4 shapes (B = 8, 32, 64; 2 threads, AVX-512): the
-  // fused kernel beat the per-step MKL GEMM at all of them, so no batch
-  // cut-off yet (benchmarks/RESULTS.md).
+  // The fused kernel beat the per-step MKL GEMM at every one of the issue-4
+  // shapes (B = 8, 32, 64; 2 threads, AVX-512), so no batch cut-off yet
+  // (benchmarks/RESULTS.md, "measurements behind choices in the code").
   return fold_input_projection(cell, n.batch, n.input, n.hidden, n.state) ? Strategy::folded : Strategy::fused;
 }
 

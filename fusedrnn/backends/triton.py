@@ -16,7 +16,7 @@ step).  ``grid_sync`` is tested under the interpreter too, where
 concurrently (a thread each), but it stays opt-in until it has run on a GPU:
 the interpreter cannot show its barrier's memory ordering nor that all its
 programs are resident at once (see
-:func:`fusedrnn.triton_kernels.launch.choose_forward_strategy`).
+:func:`fusedrnn.triton_kernels.sequence.choose_forward_strategy`).
 ``forward_strategy`` (or the ``FUSEDRNN_TRITON_FORWARD`` environment
 variable) forces one.  The backward is one fused launch per step, then the
 weight gradients as single GEMMs.
@@ -76,9 +76,9 @@ class TritonBackend(Backend):
 
     @staticmethod
     def _kernels():
-        from ..triton_kernels import launch
+        from ..triton_kernels import sequence
 
-        return launch
+        return sequence
 
     def _graph_cache(self, x, per_step: bool):
         """The graph cache when this call should be replayed from a CUDA graph, else None."""

@@ -247,8 +247,9 @@ def run_benchmarks(s: "Settings", failed: set) -> List[dict]:
 
 
 #: CPU timings are taken in this many rounds, each timing every implementation of a group in turn
-#: with 1/ROUNDS of the time budget: a (virtual) CPU's speed drifts by 10-20% within seconds, and
-#: back-to-back blocks of one implementation then the other would partly measure that drift.
+#: with 1/ROUNDS of the time budget: a (virtual) CPU's speed drifts within seconds (benchmarks/RESULTS.md,
+#: "measurements behind choices in the code"), and back-to-back blocks of one implementation then the
+#: other would partly measure that drift.
 CPU_ROUNDS = 3
 
 

@@ -6,7 +6,7 @@
 * :mod:`.recurrence`: the kernels (per-step forward, persistent small-H
   forward, persistent large-H forward with a grid barrier, per-step backward),
   one template per purpose with the cell chosen by ``tl.constexpr``;
-* :mod:`.launch`: the sequence drivers that call them (one layer-direction,
+* :mod:`.sequence`: the sequence drivers that call them (one layer-direction,
   whole sequence), strategy choice and autotuning;
 * :mod:`.graphs`: CUDA-graph capture and replay of per-step sequences;
 * :mod:`.concurrent_grid`: under the interpreter, a launch with every

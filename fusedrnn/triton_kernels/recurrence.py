@@ -200,7 +200,7 @@ def grid_barrier(COUNTER, target):
     Every program adds 1 with release semantics (its stores before are
     visible to whoever acquires the count) and spins with acquire loads.
     The counter only grows, so phase p waits for ``p * num_programs``.
-    Requires all programs to be alive at once: on a GPU the launcher sizes
+    Requires all programs to be alive at once: on a GPU the sequence driver sizes
     the grid to at most one program per SM; under the interpreter, which
     runs a grid's programs one after another, it launches through
     :mod:`.concurrent_grid` (a thread per program).
@@ -249,7 +249,7 @@ def forward_grid_sync_kernel(
     The twin of :func:`forward_step_kernel` (same epilogues).  Tested under
     the interpreter through :mod:`.concurrent_grid`, which proves the
     barrier's logic (where it sits, what it counts) but not its memory
-    ordering on a GPU (see :func:`.launch.choose_forward_strategy`).
+    ordering on a GPU (see :func:`.sequence.choose_forward_strategy`).
     """
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)

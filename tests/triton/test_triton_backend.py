@@ -5,8 +5,8 @@ Runs on CPU tensors through Triton's interpreter in its own process::
     TRITON_INTERPRET=1 python -m pytest tests -m triton
 
 and on a CUDA GPU without the interpreter (the ``gpu``-marked tests add the
-GPU-only kernels and large shapes).  Every buffer the launchers allocate is
-filled with NaN first (``launch.POISON``), so an element no kernel writes
+GPU-only kernels and large shapes).  Every buffer the sequence drivers allocate is
+filled with NaN first (``sequence.POISON``), so an element no kernel writes
 fails the comparison.
 
 What covers which kernel:
@@ -46,7 +46,7 @@ skip_module_unless_kernels_run()
 import fusedrnn.testing as ft  # noqa: E402
 from fusedrnn import backends, reference  # noqa: E402
 from fusedrnn.backends.base import LayerWeights  # noqa: E402
-from fusedrnn.triton_kernels import launch  # noqa: E402
+from fusedrnn.triton_kernels import sequence  # noqa: E402
 
 from layer_cases import make_case  # noqa: E402
 
@@ -60,8 +60,8 @@ VARIANTS = list(ft.VARIANTS)
 
 @pytest.fixture(autouse=True)
 def poisoned(monkeypatch):
-    """Every buffer a launcher allocates starts as NaN."""
-    monkeypatch.setattr(launch, "POISON", True)
+    """Every buffer a sequence driver allocates starts as NaN."""
+    monkeypatch.setattr(sequence, "POISON", True)
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_forward_matches_reference(variant, layout, strategy, triton_backend):
     shape, packed, reverse = FORWARD_LAYOUTS[layout]
     if strategy in NO_PROJECTION and ft.VARIANTS[variant].projection:
         with pytest.raises(ValueError, match=NO_PROJECTION[strategy]):
-            launch.choose_forward_strategy(ft.VARIANTS[variant].cell, torch.empty(0),
+            sequence.choose_forward_strategy(ft.VARIANTS[variant].cell, torch.empty(0),
                                            _layer_case(variant, shape, packed, reverse).weights, strategy)
         return
     case = _layer_case(variant, shape, packed, reverse)
@@ -215,15 +215,15 @@ def test_explicit_request_for_unsupported_call_raises(triton_backend):
 def test_unknown_strategy_is_rejected():
     case = _layer_case("rnn-tanh", SINGLE_STEP, False, False)
     with pytest.raises(ValueError, match="unknown forward strategy"):
-        launch.choose_forward_strategy(case.cell, case.x, case.weights, "sideways")
+        sequence.choose_forward_strategy(case.cell, case.x, case.weights, "sideways")
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="the interpreter's choice; a GPU may pick grid_sync")
 def test_auto_strategy_picks_persistent_for_small_hidden():
     small = _layer_case("lstm", SINGLE_STEP, False, False)
-    assert launch.choose_forward_strategy(small.cell, small.x, small.weights) == "persistent"
+    assert sequence.choose_forward_strategy(small.cell, small.x, small.weights) == "persistent"
     projected = _layer_case("lstm-proj", SINGLE_STEP, False, False)
-    assert launch.choose_forward_strategy(projected.cell, projected.x, projected.weights) == "per_step"
+    assert sequence.choose_forward_strategy(projected.cell, projected.x, projected.weights) == "per_step"
 
 
 def test_importing_fusedrnn_does_not_import_the_kernels():

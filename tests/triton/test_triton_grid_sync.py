@@ -49,7 +49,7 @@ import triton.language as tl  # noqa: E402
 import fusedrnn.testing as ft  # noqa: E402
 from fusedrnn import backends, reference  # noqa: E402
 from fusedrnn.backends.base import LayerWeights  # noqa: E402
-from fusedrnn.triton_kernels import launch, recurrence  # noqa: E402
+from fusedrnn.triton_kernels import recurrence, sequence  # noqa: E402
 
 import nonfinite_cases as nc  # noqa: E402
 
@@ -71,8 +71,8 @@ SPECIAL_VALUE_SHAPE = ft.Shape(T=2, B=2, I=3, H=20)  # two programs, the second 
 
 @pytest.fixture(autouse=True)
 def poisoned(monkeypatch):
-    """Every buffer a launcher allocates starts as NaN, so an element no program writes fails."""
-    monkeypatch.setattr(launch, "POISON", True)
+    """Every buffer a sequence driver allocates starts as NaN, so an element no program writes fails."""
+    monkeypatch.setattr(sequence, "POISON", True)
 
 
 @pytest.fixture
@@ -117,19 +117,19 @@ def test_special_value_in_h0_propagates_like_torch(variant, value, grid_sync):
 
 
 def test_auto_leaves_grid_sync_opt_in_for_large_hidden():
-    """Until it has run on a GPU (launch.choose_forward_strategy says why), auto takes the per-step kernel."""
+    """Until it has run on a GPU (sequence.choose_forward_strategy says why), auto takes the per-step kernel."""
     cell = ft.VARIANTS["lstm"].cell
     H = 1024
     weights = LayerWeights(torch.empty(1).expand(4 * H, 8), torch.empty(1).expand(4 * H, H), None, None, None, None)
     x = torch.empty(1, 1, 8, device=DEVICE)
-    assert launch.choose_forward_strategy(cell, x, weights) == "per_step"
+    assert sequence.choose_forward_strategy(cell, x, weights) == "per_step"
 
 
 def test_projection_is_refused():
     inputs = ft.make_problem(ft.Case("lstm-proj", SINGLE_STEP, "padded")).inputs
     weights = LayerWeights(*(inputs.get(n) for n in ft.INPUTS[3:]))
     with pytest.raises(ValueError, match="grid-synchronised kernel needs no projection"):
-        launch.choose_forward_strategy(ft.VARIANTS["lstm-proj"].cell, inputs["x"], weights, "grid_sync")
+        sequence.choose_forward_strategy(ft.VARIANTS["lstm-proj"].cell, inputs["x"], weights, "grid_sync")
 
 
 # ----------------------------------------------------------------------------

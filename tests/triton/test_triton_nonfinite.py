@@ -44,7 +44,7 @@ def triton_backend(monkeypatch):
 
 
 def _strategies(variant):
-    # the persistent kernel takes no projection (launch.choose_forward_strategy)
+    # the persistent kernel takes no projection (sequence.choose_forward_strategy)
     return [s for s in STRATEGIES if not (s == "persistent" and ft.VARIANTS[variant].projection)]
 
 

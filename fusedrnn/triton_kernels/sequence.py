@@ -72,7 +72,7 @@ else:  # pragma: no cover - GPU
 
 
 def _meta(**fixed):
-    """Meta-parameters the launcher passes: the fixed tiles under the interpreter, else the tuner's."""
+    """Meta-parameters the sequence drivers pass: the fixed tiles under the interpreter, else the tuner's."""
     return {**fixed, **_INTERPRET_META} if INTERPRET else fixed
 
 
