@@ -1,15 +1,17 @@
 // fusedrnn._C: the Python module the compiled kernels live in.
 //
-// The kernels themselves are registered as dispatcher ops in the
-// `fusedrnn_C` namespace by the files under csrc/cpu and csrc/cuda
-// (TORCH_LIBRARY_FRAGMENT), and called from the Python backends through
-// torch.ops.fusedrnn_C.*.  This file only makes `import fusedrnn._C` load the
-// shared library (which runs those registrations) and reports how it was built.
+// The kernels are dispatcher ops in the `fusedrnn_C` namespace, called from
+// the Python backends through torch.ops.fusedrnn_C.*: their one schema is
+// defined here (fusedrnn/op_schema.h), and implemented per dispatch key by
+// csrc/cpu/ops.cpp (CPU) and csrc/cuda/ops.cpp (CUDA).  Besides, this file
+// makes `import fusedrnn._C` load the shared library (which runs those
+// registrations) and reports how it was built.
 #include <torch/extension.h>
 
 #include <tuple>
 
 #include "fusedrnn/op_checks.h"
+#include "fusedrnn/op_schema.h"
 
 namespace fusedrnn {
 
@@ -36,3 +38,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("built_with_cuda", &fusedrnn::built_with_cuda, "True when the CUDA kernels were compiled in");
   m.def("cell_layout", &fusedrnn::cell_layout, "(gates, workspace blocks, has cell state) of a cell, as the kernels see it");
 }
+
+TORCH_LIBRARY_FRAGMENT(fusedrnn_C, m) { fusedrnn::schema::define_ops(m); }

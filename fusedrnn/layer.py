@@ -11,7 +11,7 @@ implementation of it shares.
 * :func:`weight_gradients`: the gradients of the weights after the backward's
   recurrence, as single products over all steps, the same for every Python
   backend (the reference, the Triton sequence driver).  The C++ backends compute the
-  same products in C++ (csrc/cpu, csrc/cuda/cuda_ops.cpp).
+  same products once in C++ (csrc/include/fusedrnn/sequence_frame.h).
 
 It imports only :mod:`fusedrnn.cells`: every other module may import it.
 """

@@ -131,7 +131,7 @@ MUTANTS: List[Mutant] = [
            "(b < n && k < K) ?", "(b < n && k < K - 1) ?",
            "the last column of h (and of r*h, o*tanh(c)) not staged: k < K - 1", PERSISTENT),
     Mutant("persistent-workspace-row-off-by-one", PERSISTENT_CU,
-           "ws + (off + b) * W + unit", "ws + (off + b + 1) * W + unit",
+           "ws + (ws_off + b) * W + unit", "ws + (ws_off + b + 1) * W + unit",
            "the workspace row one batch row too far", PERSISTENT, "address"),
     Mutant("persistent-packed-rows-of-step-0", PERSISTENT_CU,
            "n = a.step_rows[p], off", "n = a.step_rows[0], off",

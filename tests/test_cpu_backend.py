@@ -484,3 +484,24 @@ def test_bad_backward_calls_raise_runtime_error():
         torch.ops.fusedrnn_C.backward("lstm", "lstm", out, h_n, None, *rest, out, ws)
     with pytest.raises(RuntimeError, match="strategy must be"):
         torch.ops.fusedrnn_C.backward("lstm", "lstm", out, h_n, c_n, *rest, out, ws, "fast")
+
+
+def test_strategy_query_names_what_auto_runs():
+    """forward_strategy / backward_strategy (the schema every device shares, csrc/include/fusedrnn/op_schema.h):
+    the strategy "auto" runs, with the reason where it is the per-step GEMM; checked against the run itself
+    by forcing that strategy and comparing the results bitwise."""
+    cell = CellSpec("lstm", "lstm")
+    g = torch.Generator().manual_seed(0)
+    x, h0, c0 = torch.randn(6, 4, 5, generator=g), torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    w = LayerWeights(torch.randn(32, 5, generator=g), torch.randn(32, 8, generator=g), None, None, None, None)
+    assert CPU.chosen_forward_strategy(cell, x, h0, w, 6) in ("fused", "folded")
+    assert CPU.chosen_backward_strategy(cell, x, h0, w, 6) == "fused"
+    assert CPU.chosen_forward_strategy(cell, x, h0, w, 1).startswith("gemm: a single step")
+    assert CPU.chosen_forward_strategy(cell, x.double(), h0.double(), w, 6).startswith("gemm: ")
+    chosen = CPU.chosen_forward_strategy(cell, x, h0, w, 6)
+    auto = torch.ops.fusedrnn_C.forward("lstm", "lstm", x, h0, c0, *w, None, False, "auto")
+    forced = torch.ops.fusedrnn_C.forward("lstm", "lstm", x, h0, c0, *w, None, False, chosen)
+    for a, b in zip(auto, forced):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="w_hh must be"):
+        torch.ops.fusedrnn_C.forward_strategy("lstm", "lstm", x, h0, torch.zeros(30, 8), None, 6)

@@ -5,8 +5,8 @@ The kernel tests run on two targets (the ``device`` fixture): ``gpu`` (marked
 ``TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation -e .``) and ``emu``,
 the same kernels on CPU tensors through the CUDA emulation
 (``FUSEDRNN_CUDA_EMULATE=1``, csrc/emulation; built where torch has no CUDA),
-which runs in every ``make test``.  They call the ops
-``torch.ops.fusedrnn_C.cuda_forward`` / ``cuda_backward`` with ``poison=True``
+which runs in every ``make test``.  They call the ops ``forward`` / ``backward``
+(``torch.ops.fusedrnn_C``, or ``torch.ops.fusedrnn_cuda_emulation`` in emulation) with ``poison=True``
 (every output and scratch buffer filled with NaN first, so an element a kernel
 forgets to write fails) and with each strategy (``per_step`` and
 ``persistent``, forward and backward alike: every cell has both).  Only the cuDNN comparison is
@@ -71,7 +71,8 @@ def strategies(cell, options):
 
 
 def _ops():
-    return torch.ops.fusedrnn_C
+    """The backend's ops: the real ones, or the emulation's (FUSEDRNN_CUDA_EMULATE, set by the device fixture)."""
+    return CudaBackend().ops()
 
 
 def on_device(case: LayerCase, dtype, device) -> LayerCase:
@@ -95,14 +96,14 @@ def in_float64(case: LayerCase) -> LayerCase:
 
 
 def cuda_forward(case: LayerCase, strategy: str, poison: bool = True):
-    return _ops().cuda_forward(case.cell.family, case.cell.mode, *case.inputs(), case.batch_sizes, case.reverse,
-                               strategy, poison)
+    return _ops().forward(case.cell.family, case.cell.mode, *case.inputs(), case.batch_sizes, case.reverse,
+                          strategy, poison)
 
 
 def cuda_backward(case: LayerCase, grads, out, workspace, strategy: str = "auto", poison: bool = True):
     g_out, g_hn, g_cn = grads
-    return _ops().cuda_backward(case.cell.family, case.cell.mode, g_out, g_hn, g_cn, *case.inputs(),
-                                case.batch_sizes, case.reverse, out, workspace, poison, strategy)
+    return _ops().backward(case.cell.family, case.cell.mode, g_out, g_hn, g_cn, *case.inputs(),
+                           case.batch_sizes, case.reverse, out, workspace, strategy, poison)
 
 
 def random_grads(case: LayerCase, out):
@@ -424,6 +425,55 @@ def test_repeated_runs_are_bitwise_identical(cell, dtype, strategy, device, monk
             assert torch.equal(first, second)
 
 
+INFERENCE_CELLS = [pytest.param(CellSpec("lstm", "lstm"), {"proj": 4}, id="lstm-proj4"),
+                   pytest.param(CellSpec("gru", "reset_before"), {}, id="gru-reset_before"),
+                   pytest.param(CellSpec("gru", "reset_after"), {}, id="gru-reset_after")]
+
+
+@pytest.mark.parametrize("strategy", ["per_step", "persistent"])
+@pytest.mark.parametrize("cell,options", INFERENCE_CELLS)
+def test_inference_keeps_no_workspace_and_gives_the_training_results(cell, options, strategy, device):
+    """for_backward=False (a forward without grad): the steps share one [B, W] workspace and none is
+    returned; out, h_n and c_n are bitwise those of a forward kept for the backward."""
+    case = on_device(make_case(cell, T=6, B=5, I=3, H=37, packed=True, reverse=True, **options), torch.float32,
+                     device)
+    kept = cuda_forward(case, strategy)
+    inference = _ops().forward(case.cell.family, case.cell.mode, *case.inputs(), case.batch_sizes, case.reverse,
+                               strategy, True, False)
+    assert inference[3].numel() == 0 and kept[3].numel() > 0
+    for name, a, b in zip(("out", "h_n", "c_n"), kept[:3], inference[:3]):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("strategy", ["per_step", "persistent"])
+def test_backward_skips_the_gradients_not_asked_for(strategy, device):
+    """need_dx / need_dweights False: those gradients come back empty, the others unchanged."""
+    case = on_device(make_case(CellSpec("lstm", "lstm"), T=5, B=4, I=3, H=9, peephole=True), torch.float32, device)
+    out, h_n, c_n, ws = cuda_forward(case, strategy)
+    grads = random_grads(case, out)
+
+    def backward(need_dx, need_dweights):
+        return _ops().backward(case.cell.family, case.cell.mode, *grads, *case.inputs(), case.batch_sizes,
+                               case.reverse, out, ws, strategy, True, need_dx, need_dweights)
+
+    every = backward(True, True)
+    no_dx, no_dweights = backward(False, True), backward(True, False)
+    assert no_dx[0].numel() == 0 and all(t.numel() == 0 for t in no_dweights[3:])
+    for kept, all_of in ((no_dx[1:], every[1:]), (no_dweights[:3], every[:3])):
+        for a, b in zip(kept, all_of):
+            assert torch.equal(a, b)
+
+
+def test_every_device_implements_one_schema(device):
+    """The ops of csrc/include/fusedrnn/op_schema.h: the same schema whichever namespace holds them."""
+    ops = _ops()
+    assert fusedrnn._extension.load() is not None, fusedrnn._extension.load_error()  # torch.ops.fusedrnn_C
+    for name in ("forward", "backward", "forward_strategy", "backward_strategy"):
+        ours = str(getattr(ops, name).default._schema).split("::", 1)[1]
+        cpu = str(getattr(torch.ops.fusedrnn_C, name).default._schema).split("::", 1)[1]
+        assert ours == cpu, name
+
+
 def test_auto_strategy_rule(device):
     """The rule of csrc/cuda/README.md on the device (the emulation's is an H100's: 132 SMs, 227 KB)."""
     backend = CudaBackend()
@@ -461,7 +511,7 @@ def test_bad_arguments_raise_runtime_errors_naming_them(device):
 
     def call(strategy="auto", **changes):
         a = dict(args, **changes)
-        return _ops().cuda_forward("lstm", "lstm", *a.values(), None, False, strategy, False)
+        return _ops().forward("lstm", "lstm", *a.values(), None, False, strategy, False)
 
     with pytest.raises(RuntimeError, match="h0 has dtype"):
         call(h0=args["h0"].half())

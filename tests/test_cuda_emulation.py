@@ -370,7 +370,7 @@ def test_persistent_16_bit_forward_keeps_h_to_float32_accuracy(variant, dtype):
     p = ft.make_problem(case, dtype)
     x, h0, c0 = p.inputs["x"], p.inputs["h0"], p.inputs.get("c0")
     w = [p.inputs[k] for k in ("w_ih", "w_hh", "b_ih", "b_hh")]
-    out, h_n, c_n, _ = torch.ops.fusedrnn_C.cuda_forward(
+    out, h_n, c_n, _ = torch.ops.fusedrnn_cuda_emulation.forward(
         case.cell.family, case.cell.mode, x.to(dtype), h0.to(dtype), None if c0 is None else c0.to(dtype),
         *(t.to(dtype) for t in w), None, None, None, False, "persistent", True)
     expected = fusedrnn.reference.sequence_forward(case.cell, x, h0, c0, LayerWeights(*w), None, False).out

@@ -1,23 +1,11 @@
-// Dispatcher ops of the fused CPU backend, namespace fusedrnn_C:
+// The ops of op_schema.h (csrc/include/fusedrnn) for the CPU dispatch key,
+// and describe() -> str (the ISA and threads in use).
 //
-//   forward(family, mode, x, h0, c0?, w_ih, w_hh, b_ih?, b_hh?, w_peep?, w_proj?,
-//           batch_sizes?, reverse, strategy="auto", poison=False, for_backward=True)
-//       -> (out, h_n, c_n, workspace)            c_n is empty outside LSTM; workspace
-//                                                is empty without for_backward
-//   backward(family, mode, grad_out, grad_hn, grad_cn?, x, h0, c0?, w_ih, w_hh,
-//            b_ih?, b_hh?, w_peep?, w_proj?, batch_sizes?, reverse, out, workspace,
-//            strategy="auto", poison=False, need_dx=True, need_dweights=True)
-//       -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_proj]
-//                                                empty where the input is absent or the
-//                                                gradient was not asked for
-//   describe() -> str                            ISA and threads in use
-//
-// Shapes and layouts are those of fusedrnn/backends/base.py.  Every argument
-// is checked here (TORCH_CHECK: a RuntimeError naming the argument, never a
-// crash).  float16/bfloat16 run in float32 inside (states, accumulation and
-// gate math) and are rounded once on the way out, as the reference does.
-// `strategy` ("auto", "gemm", "fused", "folded"; strategy.h) and `poison` (fill every output and
-// scratch buffer with NaN before the kernels write them) exist for tests.
+// Every argument is checked here (TORCH_CHECK: a RuntimeError naming the
+// argument, never a crash).  float16/bfloat16 run in float32 inside (states,
+// accumulation and gate math) and are rounded once on the way out, as the
+// reference does.  The strategies ("auto", "gemm", "fused", "folded") are
+// strategy.h's.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -25,6 +13,7 @@
 #include <vector>
 
 #include "fusedrnn/op_checks.h"
+#include "fusedrnn/op_schema.h"
 #include "sequence.h"
 
 namespace fusedrnn {
@@ -39,6 +28,10 @@ Strategy parse_strategy(const std::string& s) {
   if (s == "folded") return Strategy::folded;
   TORCH_CHECK(s == "fused", "fusedrnn_C: strategy must be 'auto', 'gemm', 'fused' or 'folded', got '", s, "'");
   return Strategy::fused;
+}
+
+const char* strategy_name(Strategy s) {
+  return s == Strategy::gemm ? "gemm" : s == Strategy::fused ? "fused" : s == Strategy::folded ? "folded" : "auto";
 }
 
 bool supported_dtype(at::ScalarType t) {
@@ -141,24 +134,41 @@ std::vector<at::Tensor> backward(const std::string& family, const std::string& m
           back(r.dw.w_proj)};
 }
 
+// What "auto" runs: "fused" or "folded", or "gemm: <why not fused>".  The
+// backward runs the fused kernels after either fused forward.
+std::string chosen_strategy(const std::string& family, const std::string& mode, const at::Tensor& x,
+                            const at::Tensor& h0, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_proj,
+                            int64_t steps, bool backward) {
+  const checks::QuerySizes q = checks::check_strategy_query(family, mode, h0, w_hh, w_proj, steps);
+  std::string why_gemm;
+  const ProblemSizes sizes{q.B, q.steps, x.size(-1), q.H, q.P};
+  const Strategy s = choose_strategy(q.cell, sizes, compute_dtype(x.scalar_type()), &why_gemm);
+  if (s == Strategy::gemm) return "gemm: " + why_gemm;
+  return backward ? "fused" : strategy_name(s);
+}
+
+std::string forward_strategy(const std::string& family, const std::string& mode, const at::Tensor& x,
+                             const at::Tensor& h0, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_proj,
+                             int64_t steps) {
+  return chosen_strategy(family, mode, x, h0, w_hh, w_proj, steps, false);
+}
+
+std::string backward_strategy(const std::string& family, const std::string& mode, const at::Tensor& x,
+                              const at::Tensor& h0, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_proj,
+                              int64_t steps) {
+  return chosen_strategy(family, mode, x, h0, w_hh, w_proj, steps, true);
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace fusedrnn
 
-TORCH_LIBRARY_FRAGMENT(fusedrnn_C, m) {
-  m.def(
-      "forward(str family, str mode, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, Tensor? batch_sizes, bool reverse, str strategy=\"auto\", "
-      "bool poison=False, bool for_backward=True) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "backward(str family, str mode, Tensor grad_out, Tensor grad_hn, Tensor? grad_cn, Tensor x, Tensor h0, "
-      "Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, "
-      "Tensor? batch_sizes, bool reverse, Tensor out, Tensor workspace, str strategy=\"auto\", bool poison=False, "
-      "bool need_dx=True, bool need_dweights=True) -> Tensor[]");
-  m.def("describe() -> str", &fusedrnn::cpu::describe);
-}
+// the schema is defined once (csrc/fusedrnn.cpp, op_schema.h); describe() is the CPU kernels' own
+TORCH_LIBRARY_FRAGMENT(fusedrnn_C, m) { m.def("describe() -> str", &fusedrnn::cpu::describe); }
 
 TORCH_LIBRARY_IMPL(fusedrnn_C, CPU, m) {
   m.impl("forward", &fusedrnn::cpu::forward);
   m.impl("backward", &fusedrnn::cpu::backward);
+  m.impl("forward_strategy", &fusedrnn::cpu::forward_strategy);
+  m.impl("backward_strategy", &fusedrnn::cpu::backward_strategy);
 }

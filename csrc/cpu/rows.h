@@ -31,8 +31,5 @@ void for_prev_segments(const frame::Steps& s, int64_t p, const Block& blk, const
   }
 }
 
-// Each row's state from before its step: rows [N, D] -> [N, D] (the reference's previous_states).
-at::Tensor previous_rows(const at::Tensor& rows, const at::Tensor& initial, const frame::Steps& s);
-
 }  // namespace cpu
 }  // namespace fusedrnn

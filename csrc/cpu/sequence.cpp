@@ -24,12 +24,13 @@
 //                         fused_backward.cpp)
 //  * pointwise.h          the passes; pointwise_dispatch.h compiles them per ISA
 //  * backward_pointwise.h a backward step's pass, for both strategies
-//  * rows.h               where a step's rows find their previous state
+//  * rows.h               where a step's rows find their previous state (in the kernels)
 //  * buffers.h            the tensors a call works on
 //  * recurrent_product.h, dense_product.h, parallel.h: the micro-kernel, the
 //                         large GEMMs, the parallel region
 //  * fusedrnn/sequence_frame.h (shared with csrc/cuda): the steps' rows and
-//                         order, the last rows, the folded input bias
+//                         order, the previous and last rows, the folded input
+//                         bias, the weight gradients after the recurrence
 #include "sequence.h"
 
 #include <sstream>
@@ -40,7 +41,6 @@
 #include "gemm_strategy.h"
 #include "parallel.h"
 #include "recurrent_product.h"
-#include "rows.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -141,26 +141,9 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
   r.dc0 = bb.dc_state;
   if (need_dx) r.dx = linear(bb.dA_x, w.w_ih.t(), at::Tensor());
   if (!need_dweights) return r;
-  r.dw.w_ih = fixed_mm(bb.dA_x.t(), x);
-  const at::Tensor h_prev = previous_rows(out, h0, s);
-  if (cell.family == Family::gru && !cell.reset_after) {
-    const at::Tensor k = workspace.narrow(1, 3 * H, H);
-    r.dw.w_hh = at::cat({fixed_mm(bb.dA_h.narrow(1, 0, 2 * H).t(), h_prev),
-                         fixed_mm(bb.dA_h.narrow(1, 2 * H, H).t(), k)});
-  } else {
-    r.dw.w_hh = fixed_mm(bb.dA_h.t(), h_prev);
-  }
-  if (w.b_ih.defined()) r.dw.b_ih = bb.dA_x.sum(0);
-  if (w.b_hh.defined()) {
-    // one buffer serves both sides outside GRU reset_after: sum it once
-    const bool same = bb.dA_h.is_same(bb.dA_x) && r.dw.b_ih.defined();
-    r.dw.b_hh = same ? r.dw.b_ih.clone() : bb.dA_h.sum(0);
-  }
-  if (w.w_peep.defined()) r.dw.w_peep = bb.dpeep;
-  if (w.w_proj.defined()) {
-    const at::Tensor m = workspace.narrow(1, 3 * H, H) * workspace.narrow(1, 4 * H, H).tanh();
-    r.dw.w_proj = fixed_mm(bb.dH_total.t(), m);
-  }
+  const frame::GateGradients d{bb.dA_x, bb.dA_h, bb.dH_total, bb.peephole ? bb.dpeep : at::Tensor()};
+  r.dw = frame::weight_gradients(cell, w, s, x, out, h0, c0, workspace, d,
+                                 [](const at::Tensor& a, const at::Tensor& b) { return fixed_mm(a, b); });
   return r;
 }
 

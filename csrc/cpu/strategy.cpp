@@ -41,22 +41,26 @@ bool fused_supported(const Cell&, at::ScalarType dtype) {
 
 }  // namespace
 
-Strategy choose_strategy(const Cell& cell, const frame::LayerWeights& w, const frame::Steps& steps,
-                         at::ScalarType dtype) {
-  if (!fused_supported(cell, dtype)) return Strategy::gemm;
-  // One step (a cell call): packing W_hh would cost as much as the step.
-  if (steps.count() < 2) return Strategy::gemm;
+ProblemSizes problem_sizes(const Cell& cell, const frame::LayerWeights& w, const frame::Steps& steps) {
+  return ProblemSizes{steps.batch, steps.count(), w.w_ih.size(1), w.w_hh.size(0) / cell.gates(), w.w_hh.size(1)};
+}
+
+Strategy choose_strategy(const Cell& cell, const ProblemSizes& n, at::ScalarType dtype, std::string* why_gemm) {
+  const auto gemm = [&](const char* why) {
+    if (why_gemm != nullptr) *why_gemm = why;
+    return Strategy::gemm;
+  };
+  if (!fused_supported(cell, dtype)) return gemm("the fused kernels compute in float32; float64 runs ATen's BLAS");
+  if (n.steps < 2) return gemm("a single step: packing W_hh would cost as much as the step");
   // The fused kernel beat the per-step MKL GEMM at every one of the issue-4
   // shapes (B = 8, 32, 64; 2 threads, AVX-512), so no batch cut-off yet
   // (benchmarks/RESULTS.md, "measurements behind choices in the code").
-  const int64_t H = w.w_hh.size(0) / cell.gates();
-  return fold_input_projection(cell, steps.batch, w.w_ih.size(1), H, w.w_hh.size(1)) ? Strategy::folded
-                                                                                     : Strategy::fused;
+  return fold_input_projection(cell, n.batch, n.input, n.hidden, n.state) ? Strategy::folded : Strategy::fused;
 }
 
 Strategy resolve_strategy(Strategy strategy, const Cell& cell, const frame::LayerWeights& w, const frame::Steps& s,
                           at::ScalarType dtype) {
-  if (strategy == Strategy::automatic) return choose_strategy(cell, w, s, dtype);
+  if (strategy == Strategy::automatic) return choose_strategy(cell, problem_sizes(cell, w, s), dtype);
   TORCH_CHECK(strategy == Strategy::gemm || fused_supported(cell, dtype),
               "fusedrnn_C: the fused strategies run float32 only (float16/bfloat16 are computed in float32)");
   TORCH_CHECK(strategy != Strategy::folded || cell.family != Family::gru,

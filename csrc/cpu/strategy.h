@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+
 #include "fusedrnn/cell.h"
 #include "fusedrnn/sequence_frame.h"
 
@@ -18,9 +20,16 @@ namespace cpu {
 // the same for both fused ones.
 enum class Strategy { automatic, gemm, fused, folded };
 
-// The strategy `automatic` picks for these sizes (exposed for tests and benchmarks).
-Strategy choose_strategy(const Cell& cell, const frame::LayerWeights& w, const frame::Steps& steps,
-                         at::ScalarType dtype);
+// The sizes a strategy is chosen by.
+struct ProblemSizes {
+  int64_t batch = 0, steps = 0, input = 0, hidden = 0, state = 0;  // state: the size of h (P with a projection)
+};
+ProblemSizes problem_sizes(const Cell& cell, const frame::LayerWeights& w, const frame::Steps& steps);
+
+// The strategy `automatic` picks for these sizes, and (when it is gemm) why
+// not a fused one (the forward_strategy op reports it).
+Strategy choose_strategy(const Cell& cell, const ProblemSizes& sizes, at::ScalarType dtype,
+                         std::string* why_gemm = nullptr);
 
 // The strategy to run: `automatic` resolved, a forced one checked.
 Strategy resolve_strategy(Strategy strategy, const Cell& cell, const frame::LayerWeights& w, const frame::Steps& s,

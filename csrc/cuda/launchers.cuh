@@ -1,5 +1,5 @@
 // The host-side entry points of the CUDA kernels (csrc/cuda/*.cu), shared by
-// the kernels and their ATen wrapper (cuda_ops.cpp).
+// the kernels and their ATen side (sequence.cpp).
 //
 // Framework-free on purpose (docs/design.md section 5): raw pointers, sizes and a
 // stream only, so the kernels compile with bare nvcc and the wrapper with g++.
@@ -173,7 +173,8 @@ struct PersistentForward {
   float* h_exchange = nullptr;           // [2, B, P] scratch; the wrapper copies h0 into half 0
   float* mid_exchange = nullptr;         // [B, H] scratch: GRU reset_before's r*h, the projection's o*tanh(c)
   void* out = nullptr;                   // [N, P]
-  void* ws = nullptr;                    // [N, W]
+  void* ws = nullptr;                    // [N, W], or [B, W] without keep_workspace
+  bool keep_workspace = true;            // false (inference): each step overwrites rows [0, n) of ws
   float* c_n = nullptr;                  // LSTM: [B, H], each row's cell state after its last step
 };
 

@@ -150,6 +150,7 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
 
   for (int64_t p = 0; p < a.steps; ++p) {
     const int64_t n = a.step_rows[p], off = a.step_offset[p];
+    const int64_t ws_off = a.keep_workspace ? off : 0;  // inference: every step's rows in one [B, W] buffer
     const int64_t n_next = p + 1 < a.steps ? a.step_rows[p + 1] : 0;
     const float* cur = a.h_exchange + (p & 1) * B * P;
     float* nxt = a.h_exchange + ((p + 1) & 1) * B * P;
@@ -167,7 +168,7 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
       float pre[G];
 #pragma unroll
       for (int g = 0; g < G; ++g) pre[g] = xp[g * H] + (kResetBefore && g == 2 ? 0.0f : prod(b, g * U + u));
-      T* ws_row = ws + (off + b) * W + unit;
+      T* ws_row = ws + (ws_off + b) * W + unit;
       if constexpr (kLstm) {
         // without peepholes, no p*c terms at all: 0 * inf would be NaN (gate_math.h)
         const float* pp = a.peep;
@@ -223,7 +224,7 @@ __global__ void __launch_bounds__(kThreads) persistent_forward_kernel(const Pers
           const float an = a.xp[(off + b) * GH + 2 * H + unit] + prod(b, 2 * U + u) + (a.b_hn ? a.b_hn[unit] : 0.0f);
           const auto r = gm::gru_forward_reset_before<float>(kept[b * U + u], kept[(B + b) * U + u], an,
                                                              __ldcg(cur + b * H + unit));
-          ws[(off + b) * W + 2 * H + unit] = from_float<T>(r.n);
+          ws[(ws_off + b) * W + 2 * H + unit] = from_float<T>(r.n);
           out[(off + b) * H + unit] = from_float<T>(r.h);
           nxt[b * H + unit] = r.h;
         } else {

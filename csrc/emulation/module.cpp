@@ -1,7 +1,7 @@
 // fusedrnn._cuda_emulation: the CUDA kernels of csrc/cuda and their ATen
 // wrapper compiled for the CPU emulation (csrc/emulation/cuda_emulation.h).
-// Loading it registers torch.ops.fusedrnn_C.cuda_forward / cuda_backward /
-// cuda_forward_strategy for CPU tensors; fusedrnn/backends/cuda.py loads it
+// Loading it registers the ops of csrc/include/fusedrnn/op_schema.h as
+// torch.ops.fusedrnn_cuda_emulation.* for CPU tensors; fusedrnn/backends/cuda.py loads it
 // under FUSEDRNN_CUDA_EMULATE=1.  The Python functions here describe the
 // build, set the emulated device, and run the emulator's self-test kernels
 // (selftest.cu) for tests/test_cuda_emulation.py.

@@ -1,8 +1,9 @@
 """The ``cpu`` backend: fused C++ kernels from ``fusedrnn._C`` (csrc/cpu).
 
-The kernels are dispatcher ops ``torch.ops.fusedrnn_C.forward`` / ``backward``
-(one call per layer-direction and sequence; see csrc/cpu/ops.cpp for their
-schema).  Per step they run one recurrent product and one fused, vectorised,
+The kernels are the dispatcher ops ``torch.ops.fusedrnn_C.forward`` /
+``backward`` for CPU tensors (one call per layer-direction and sequence; the
+schema every device shares: csrc/include/fusedrnn/op_schema.h; the calls:
+:mod:`fusedrnn.backends.compiled`).  Per step they run one recurrent product and one fused, vectorised,
 parallel pointwise pass.  For float32 LSTM, GRU (reset_after) and RNN the
 product is a cache-resident micro-kernel over packed ``W_hh``
 (csrc/cpu/recurrent_product.h) with the gate pass right behind it; the other
@@ -23,22 +24,13 @@ from typing import Optional
 import torch
 
 from .. import _extension
-from .base import Backend, BackwardResult, ForwardResult, LayerWeights
+from .compiled import CompiledBackend
 
 #: dtypes the kernels take (16-bit ones are computed in float32)
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def _ops():
-    return torch.ops.fusedrnn_C
-
-
-def _present(t: torch.Tensor) -> Optional[torch.Tensor]:
-    """The ops return empty tensors for outputs that do not exist."""
-    return t if t.numel() > 0 else None
-
-
-class CpuBackend(Backend):
+class CpuBackend(CompiledBackend):
     name = "cpu"
 
     #: how the per-step recurrent product runs: "auto" (chosen by size, see
@@ -51,7 +43,7 @@ class CpuBackend(Backend):
     def availability(self) -> Optional[str]:
         if _extension.load() is None:
             return _extension.load_error()
-        if not hasattr(torch.ops, "fusedrnn_C") or not hasattr(torch.ops.fusedrnn_C, "forward"):
+        if not hasattr(torch.ops, "fusedrnn_C") or not hasattr(torch.ops.fusedrnn_C, "describe"):
             return "fusedrnn._C was built without the fused CPU kernels (csrc/cpu); rebuild the extension"
         return None
 
@@ -62,28 +54,13 @@ class CpuBackend(Backend):
             return f"the cpu backend supports {[str(d) for d in SUPPORTED_DTYPES]}, got {x.dtype}"
         return None
 
-    def _strategy(self, cell, x, weights) -> str:
+    def strategy_for(self, cell, x, backward: bool) -> str:
         """A forced strategy falls back for what it does not cover: "folded" to "fused" (GRU), "fused" to "gemm"."""
         if self.strategy not in ("fused", "folded"):
             return self.strategy
         if x.dtype == torch.float64:
             return "gemm"
         return "fused" if cell.family == "gru" else self.strategy
-
-    def forward(self, cell, x, h0, c0, weights: LayerWeights, batch_sizes, reverse, for_backward=True) -> ForwardResult:
-        out, h_n, c_n, workspace = _ops().forward(
-            cell.family, cell.mode, x, h0, c0, *weights, batch_sizes, bool(reverse), self._strategy(cell, x, weights),
-            for_backward=bool(for_backward),
-        )
-        return ForwardResult(out, h_n, c_n if cell.has_cell_state else None, workspace)
-
-    def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
-                 out, workspace, need_dx=True, need_dweights=True) -> BackwardResult:
-        grads = _ops().backward(
-            cell.family, cell.mode, grad_out, grad_hn, grad_cn, x, h0, c0, *weights, batch_sizes, bool(reverse), out,
-            workspace, self._strategy(cell, x, weights), need_dx=bool(need_dx), need_dweights=bool(need_dweights),
-        )
-        return BackwardResult.from_op(cell, grads, weights)
 
 
 def kernel_info() -> str:
@@ -94,4 +71,4 @@ def kernel_info() -> str:
     """
     if _extension.load() is None:
         raise RuntimeError(_extension.load_error())
-    return _ops().describe()
+    return torch.ops.fusedrnn_C.describe()

@@ -2,8 +2,9 @@
 
 Built into the extension only where the installed torch has CUDA and a CUDA
 toolkit is present (setup.py).  The kernels are the dispatcher ops
-``torch.ops.fusedrnn_C.cuda_forward`` / ``cuda_backward`` (schemas in
-csrc/cuda/cuda_ops.cpp), one call per layer-direction and sequence.
+``torch.ops.fusedrnn_C.forward`` / ``backward`` for CUDA tensors (the schema
+every device shares: csrc/include/fusedrnn/op_schema.h; the calls:
+:mod:`fusedrnn.backends.compiled`), one call per layer-direction and sequence.
 
 The forward and the backward each run one of two strategies, for every cell
 (csrc/cuda/README.md has the rule): ``persistent`` (one cooperative kernel for
@@ -20,7 +21,8 @@ kernels on **CPU tensors** through the CUDA emulation build
 ``fusedrnn._cuda_emulation`` (built where torch has no CUDA; csrc/cuda/README.md,
 "Emulation"): every CUDA thread a fiber, barriers and warp collectives as on a
 GPU, so the kernels can be tested and debugged without one.  It is for
-testing, not speed; ``"auto"`` never picks it (it is not in
+testing, not speed; its ops are ``torch.ops.fusedrnn_cuda_emulation.*`` (the
+CPU key of ``fusedrnn_C`` belongs to the CPU kernels); ``"auto"`` never picks it (it is not in
 ``AUTO_PREFERENCE["cpu"]``), and :func:`fusedrnn.report` says it is the
 emulation.  ``FUSEDRNN_CUDA_EMULATION_LIBRARY`` loads another build of that
 module (the sanitizer builds of ``make emu-asan`` / ``make emu-tsan``).  The
@@ -39,7 +41,8 @@ import torch
 
 from .. import _extension
 from ..cells import CellSpec
-from .base import Backend, BackwardResult, ForwardResult, LayerWeights
+from .base import LayerWeights
+from .compiled import CompiledBackend
 
 #: dtypes the kernels take
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -49,10 +52,6 @@ STRATEGIES = ("auto", "per_step", "persistent")
 
 #: the emulation module's name; FUSEDRNN_CUDA_EMULATION_LIBRARY may name another file of it
 EMULATION_MODULE = "fusedrnn._cuda_emulation"
-
-
-def _ops():
-    return torch.ops.fusedrnn_C
 
 
 def emulated() -> bool:
@@ -69,7 +68,7 @@ def load_emulation():
         _emulation["loaded"] = True
         path = os.environ.get("FUSEDRNN_CUDA_EMULATION_LIBRARY")
         try:
-            if _extension.has_cuda():  # both would register the same ops
+            if _extension.has_cuda():
                 raise ImportError("fusedrnn._C has the real CUDA kernels; the emulation is built only where torch "
                                   "has no CUDA")
             if path:
@@ -106,7 +105,7 @@ def _strategy_from_environment(variable: str) -> str:
     return value
 
 
-class CudaBackend(Backend):
+class CudaBackend(CompiledBackend):
     name = "cuda"
 
     def __init__(self):
@@ -145,26 +144,8 @@ class CudaBackend(Backend):
             return f"the cuda backend supports {[str(d) for d in SUPPORTED_DTYPES]}, got {x.dtype}"
         return None
 
-    def forward(self, cell, x, h0, c0, weights: LayerWeights, batch_sizes, reverse, for_backward=True) -> ForwardResult:
-        out, h_n, c_n, workspace = _ops().cuda_forward(
-            cell.family, cell.mode, x, h0, c0, *weights, batch_sizes, bool(reverse), self.forward_strategy
-        )
-        return ForwardResult(out, h_n, c_n if cell.has_cell_state else None, workspace)
+    def ops(self):
+        return torch.ops.fusedrnn_cuda_emulation if emulated() else torch.ops.fusedrnn_C
 
-    def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
-                 out, workspace, need_dx=True, need_dweights=True) -> BackwardResult:
-        grads = _ops().cuda_backward(
-            cell.family, cell.mode, grad_out, grad_hn, grad_cn, x, h0, c0, *weights, batch_sizes, bool(reverse), out, workspace,
-            False, self.backward_strategy,
-        )
-        return BackwardResult.from_op(cell, grads, weights)
-
-    def chosen_forward_strategy(self, cell: CellSpec, x: torch.Tensor, h0: torch.Tensor, weights: LayerWeights,
-                                steps: int) -> str:
-        """What ``"auto"`` runs for these sizes: ``"persistent"`` or ``"per_step: <why not persistent>"``."""
-        return _ops().cuda_forward_strategy(cell.family, cell.mode, x, h0, weights.w_hh, weights.w_proj, steps)
-
-    def chosen_backward_strategy(self, cell: CellSpec, x: torch.Tensor, h0: torch.Tensor, weights: LayerWeights,
-                                 steps: int) -> str:
-        """The same for the backward."""
-        return _ops().cuda_backward_strategy(cell.family, cell.mode, x, h0, weights.w_hh, weights.w_proj, steps)
+    def strategy_for(self, cell: CellSpec, x: torch.Tensor, backward: bool) -> str:
+        return self.backward_strategy if backward else self.forward_strategy

@@ -1,5 +1,5 @@
 // Argument checks shared by the ATen wrappers of every compiled backend
-// (csrc/cpu/ops.cpp, csrc/cuda/cuda_ops.cpp): one op schema, one set of checks.
+// (csrc/cpu/ops.cpp, csrc/cuda/ops.cpp): one op schema (op_schema.h), one set of checks.
 //
 // Every failure is a TORCH_CHECK, i.e. a Python RuntimeError naming the
 // argument, never a crash.  Shapes and layouts: fusedrnn/backends/base.py.
@@ -145,6 +145,27 @@ inline void check_backward_call(const Geometry& g, const at::Tensor& x, const at
     TORCH_CHECK(defined(grad_cn), "fusedrnn_C: grad_cn is required for an lstm cell");
     check_tensor(*grad_cn, "grad_cn", x, {g.B, g.H});
   }
+}
+
+// The sizes of a strategy query (forward_strategy / backward_strategy).
+struct QuerySizes {
+  Cell cell;
+  int64_t B = 0, H = 0, P = 0, steps = 0;
+};
+
+inline QuerySizes check_strategy_query(const std::string& family, const std::string& mode, const at::Tensor& h0,
+                                       const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_proj,
+                                       int64_t steps) {
+  QuerySizes q;
+  q.cell = parse_cell(family, mode);
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) > 0 && w_hh.size(0) % q.cell.gates() == 0,
+              "fusedrnn_C: w_hh must be [", q.cell.gates(), "*hidden_size, hidden], got ", w_hh.sizes());
+  TORCH_CHECK(h0.dim() == 2, "fusedrnn_C: h0 must be 2-D [batch, hidden], got ", h0.dim(), "-D");
+  TORCH_CHECK(h0.size(1) == w_hh.size(1), "fusedrnn_C: h0 has ", h0.size(1), " columns but w_hh has ", w_hh.size(1));
+  TORCH_CHECK(q.cell.family == Family::lstm || !defined(w_proj), "fusedrnn_C: w_proj exists only for lstm cells");
+  TORCH_CHECK(steps >= 0, "fusedrnn_C: steps must be >= 0, got ", steps);
+  q.B = h0.size(0), q.H = w_hh.size(0) / q.cell.gates(), q.P = h0.size(1), q.steps = steps;
+  return q;
 }
 
 }  // namespace checks

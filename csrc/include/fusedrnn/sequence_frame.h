@@ -1,9 +1,10 @@
 // The frame of one layer-direction's sequence, the same for every backend
 // that runs a whole sequence per call (the CPU kernels, csrc/cpu, and the
-// CUDA wrapper, csrc/cuda/cuda_ops.cpp): a layer's tensors, which rows each
+// CUDA ones, csrc/cuda/sequence.cpp): a layer's tensors, which rows each
 // step owns and the order the steps run in, where each row's previous state
-// lies, each sequence's last row, and the input projection with its folded
-// bias.  As fusedrnn.reference (Steps, previous_states).
+// lies, each sequence's last row, the input projection with its folded bias,
+// and the weight gradients after the backward's recurrence.  As
+// fusedrnn/layer.py (Steps, previous_states, weight_gradients).
 //
 // ATen only and header-only, so it builds into either extension; the tensors
 // it returns are on the device asked for (index tensors are built on the host).
@@ -60,6 +61,43 @@ inline at::Tensor previous_index(const Steps& s, const at::Device& device = at::
   return at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(device);
 }
 
+// Each row's state from before its step: rows [N, D] -> [N, D] (layer.previous_states).
+// On the CPU the rows are copied as maximal runs (contiguous in source and
+// destination: two copies for padded input, where a gather would index every
+// row); on a GPU one gather (index_select) is one launch where the runs of
+// packed input would be one copy per step.
+inline at::Tensor previous_rows(const at::Tensor& rows, const at::Tensor& initial, const Steps& s) {
+  if (!rows.is_cpu()) return at::cat({rows, initial}).index_select(0, previous_index(s, rows.device()));
+  at::Tensor prev = at::empty({s.rows, rows.size(1)}, rows.options());
+  struct Run {
+    const at::Tensor* src;
+    int64_t src0, dst0, n;
+  } run{nullptr, 0, 0, 0};
+  const auto flush = [&] {
+    if (run.n > 0) prev.narrow(0, run.dst0, run.n).copy_(run.src->narrow(0, run.src0, run.n));
+  };
+  const auto add = [&](const at::Tensor& src, int64_t src0, int64_t dst0, int64_t n) {
+    if (n == 0) return;
+    if (run.src == &src && run.src0 + run.n == src0 && run.dst0 + run.n == dst0) {  // forward direction
+      run.n += n;
+      return;
+    }
+    if (run.src == &src && src0 + n == run.src0 && dst0 + n == run.dst0) {  // reverse direction
+      run = Run{&src, src0, dst0, run.n + n};
+      return;
+    }
+    flush();
+    run = Run{&src, src0, dst0, n};
+  };
+  for (int64_t p = 0; p < s.count(); ++p) {
+    const int64_t t = s.order[p], n = s.size[t], carried = s.carried(p);
+    add(rows, s.prev_offset(p), s.offset[t], carried);
+    add(initial, carried, s.offset[t] + carried, n - carried);
+  }
+  flush();
+  return prev;
+}
+
 // Each sequence's last row in processing order (its final state).
 inline at::Tensor last_rows(const Steps& s, const at::Device& device = at::kCPU) {
   std::vector<int64_t> last(s.batch, 0);
@@ -90,6 +128,58 @@ inline at::Tensor folded_bias(const Cell& cell, const LayerWeights& w, int64_t H
 inline at::Tensor input_projection(const Cell& cell, const at::Tensor& x_rows, const LayerWeights& w, int64_t H) {
   const at::Tensor bias = folded_bias(cell, w, H);
   return bias.defined() ? at::addmm(bias, x_rows, w.w_ih.t()) : at::mm(x_rows, w.w_ih.t());
+}
+
+// What the backward's recurrence leaves for the products after it: [N, *]
+// rows in the compute dtype.
+struct GateGradients {
+  at::Tensor dA_x;      // [N, G*H] pre-activation gradients, input side
+  at::Tensor dA_h;      // [N, G*H] hidden side: its own buffer for GRU reset_after only, else dA_x
+  at::Tensor dH_total;  // LSTM with a projection: [N, P] each output row's whole gradient (dout + dh)
+  at::Tensor dpeep;     // LSTM with peepholes: [3H] if the recurrence summed it already, else undefined
+};
+
+// The weight gradients after the recurrence, each a product (or sum) over all
+// steps at once (layer.weight_gradients): x [N, I], out [N, P], ws [N, W] and
+// h0/c0 in the compute dtype.  `mm(a, b)` is the device's matrix product (the
+// CPU's keeps every result independent of the thread count, csrc/cpu/dense_product.h).
+// dW_hh of GRU reset_before: its n rows multiply k = r*h_prev (workspace
+// block 3), not h_prev.  The peephole gradient sums da_i*c_prev, da_f*c_prev
+// and da_o*c' over the rows (c' is workspace block 4).
+template <typename MatMul>
+LayerWeights weight_gradients(const Cell& cell, const LayerWeights& w, const Steps& s, const at::Tensor& x,
+                              const at::Tensor& out, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& ws,
+                              const GateGradients& d, const MatMul& mm) {
+  const int64_t H = w.w_hh.size(0) / cell.gates();
+  LayerWeights dw;
+  dw.w_ih = mm(d.dA_x.t(), x);
+  const at::Tensor h_prev = previous_rows(out, h0, s);
+  if (cell.family == Family::gru && !cell.reset_after) {
+    dw.w_hh = at::cat({mm(d.dA_h.narrow(1, 0, 2 * H).t(), h_prev), mm(d.dA_h.narrow(1, 2 * H, H).t(),
+                                                                       ws.narrow(1, 3 * H, H))});
+  } else {
+    dw.w_hh = mm(d.dA_h.t(), h_prev);
+  }
+  if (w.b_ih.defined()) dw.b_ih = d.dA_x.sum(0);
+  if (w.b_hh.defined()) {
+    // one buffer serves both sides outside GRU reset_after: sum it once
+    const bool same = d.dA_h.is_same(d.dA_x) && dw.b_ih.defined();
+    dw.b_hh = same ? dw.b_ih.clone() : d.dA_h.sum(0);
+  }
+  if (w.w_peep.defined()) {
+    if (d.dpeep.defined()) {
+      dw.w_peep = d.dpeep;
+    } else {
+      const at::Tensor c = ws.narrow(1, 4 * H, H), c_prev = previous_rows(c, c0, s);
+      dw.w_peep = at::cat({(d.dA_x.narrow(1, 0, H) * c_prev).sum(0), (d.dA_x.narrow(1, H, H) * c_prev).sum(0),
+                           (d.dA_x.narrow(1, 3 * H, H) * c).sum(0)});
+    }
+  }
+  if (w.w_proj.defined()) {  // h = m W_proj^T with m = o * tanh(c')
+    const at::Tensor m = ws.narrow(1, 3 * H, H) * ws.narrow(1, 4 * H, H).tanh();
+    dw.w_proj = mm(d.dH_total.t(), m);
+  }
+  return dw;
 }
 
 }  // namespace frame

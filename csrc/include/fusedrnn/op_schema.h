@@ -1,0 +1,47 @@
+// The schema of the compiled ops, one for every device.
+//
+//   forward(family, mode, x, h0, c0?, w_ih, w_hh, b_ih?, b_hh?, w_peep?, w_proj?,
+//           batch_sizes?, reverse, strategy="auto", poison=False, for_backward=True)
+//       -> (out, h_n, c_n, workspace)            c_n is empty outside LSTM; workspace
+//                                                is empty without for_backward
+//   backward(family, mode, grad_out, grad_hn, grad_cn?, x, h0, c0?, w_ih, w_hh,
+//            b_ih?, b_hh?, w_peep?, w_proj?, batch_sizes?, reverse, out, workspace,
+//            strategy="auto", poison=False, need_dx=True, need_dweights=True)
+//       -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_proj]
+//                                                empty where the input is absent or the
+//                                                gradient was not asked for
+//   forward_strategy(family, mode, x, h0, w_hh, w_proj?, steps) -> str
+//   backward_strategy(family, mode, x, h0, w_hh, w_proj?, steps) -> str
+//       what strategy="auto" runs for these sizes: the strategy's name, then
+//       ": <why>" where it is not the device's fastest one
+//
+// Each device implements them for its dispatch key: csrc/cpu/ops.cpp (CPU),
+// csrc/cuda/ops.cpp (CUDA; in the CUDA emulation build, the CPU key of its own
+// namespace `fusedrnn_cuda_emulation`, as the CPU key of `fusedrnn_C` belongs to
+// the CPU kernels).  Shapes and layouts: fusedrnn/backends/base.py; the checks
+// every implementation runs: op_checks.h.  `strategy` names one of the
+// device's strategies ("auto" chooses); `poison` fills every output and
+// scratch buffer with NaN before the kernels write them (tests).
+#pragma once
+
+#include <torch/library.h>
+
+namespace fusedrnn {
+namespace schema {
+
+inline void define_ops(torch::Library& m) {
+  m.def(
+      "forward(str family, str mode, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, Tensor? batch_sizes, bool reverse, str strategy=\"auto\", "
+      "bool poison=False, bool for_backward=True) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "backward(str family, str mode, Tensor grad_out, Tensor grad_hn, Tensor? grad_cn, Tensor x, Tensor h0, "
+      "Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, "
+      "Tensor? batch_sizes, bool reverse, Tensor out, Tensor workspace, str strategy=\"auto\", bool poison=False, "
+      "bool need_dx=True, bool need_dweights=True) -> Tensor[]");
+  m.def("forward_strategy(str family, str mode, Tensor x, Tensor h0, Tensor w_hh, Tensor? w_proj, int steps) -> str");
+  m.def("backward_strategy(str family, str mode, Tensor x, Tensor h0, Tensor w_hh, Tensor? w_proj, int steps) -> str");
+}
+
+}  // namespace schema
+}  // namespace fusedrnn

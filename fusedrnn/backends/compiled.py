@@ -1,0 +1,56 @@
+"""What the two compiled backends share: the ops of ``fusedrnn._C``.
+
+The ``cpu`` and ``cuda`` backends call the same four dispatcher ops, one
+schema for every device (csrc/include/fusedrnn/op_schema.h): ``forward``,
+``backward``, ``forward_strategy`` and ``backward_strategy``; the dispatcher
+picks the device's implementation from the tensors (csrc/cpu/ops.cpp,
+csrc/cuda/ops.cpp).  A subclass says where its ops live (:meth:`ops`: the
+CUDA emulation has its own namespace) and which strategy to ask for.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..cells import CellSpec
+from .base import Backend, BackwardResult, ForwardResult, LayerWeights
+
+
+class CompiledBackend(Backend):
+    """A backend whose kernels are the dispatcher ops of op_schema.h."""
+
+    def ops(self):
+        """The ``torch.ops`` namespace holding the ops."""
+        return torch.ops.fusedrnn_C
+
+    def strategy_for(self, cell: CellSpec, x: torch.Tensor, backward: bool) -> str:
+        """The ``strategy`` argument of a forward (``backward`` False) or backward call."""
+        return "auto"
+
+    def forward(self, cell, x, h0, c0, weights: LayerWeights, batch_sizes, reverse, for_backward=True) -> ForwardResult:
+        out, h_n, c_n, workspace = self.ops().forward(
+            cell.family, cell.mode, x, h0, c0, *weights, batch_sizes, bool(reverse),
+            self.strategy_for(cell, x, backward=False), for_backward=bool(for_backward),
+        )
+        return ForwardResult(out, h_n, c_n if cell.has_cell_state else None, workspace)
+
+    def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
+                 out, workspace, need_dx=True, need_dweights=True) -> BackwardResult:
+        grads = self.ops().backward(
+            cell.family, cell.mode, grad_out, grad_hn, grad_cn, x, h0, c0, *weights, batch_sizes, bool(reverse), out,
+            workspace, self.strategy_for(cell, x, backward=True), need_dx=bool(need_dx),
+            need_dweights=bool(need_dweights),
+        )
+        return BackwardResult.from_op(cell, grads, weights)
+
+    def chosen_forward_strategy(self, cell: CellSpec, x: torch.Tensor, h0: torch.Tensor, weights: LayerWeights,
+                                steps: int) -> str:
+        """What ``"auto"`` runs for these sizes: the strategy's name, then ``": <why>"`` where it is not the
+        device's fastest one (``"per_step: ..."`` on CUDA, ``"gemm: ..."`` on the CPU)."""
+        return self.ops().forward_strategy(cell.family, cell.mode, x, h0, weights.w_hh, weights.w_proj, steps)
+
+    def chosen_backward_strategy(self, cell: CellSpec, x: torch.Tensor, h0: torch.Tensor, weights: LayerWeights,
+                                 steps: int) -> str:
+        """The same for the backward."""
+        return self.ops().backward_strategy(cell.family, cell.mode, x, h0, weights.w_hh, weights.w_proj, steps)
+
