@@ -9,6 +9,10 @@ build would have no torch, or would download an unpinned one)::
     pip install --no-build-isolation -e .          # the Makefile's targets do this
     TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation -e .   # on an H100/H200
 
+``fusedrnn._C`` is built with ``py_limited_api`` and links no Python library
+(not torch's libtorch_python either): the ops it registers then also run in a
+process without Python (csrc/fusedrnn.cpp says how it is still importable).
+
 If the extension cannot be built (no compiler, say) the package still
 installs and ``fusedrnn`` runs on its reference backend, saying why once at
 run time.  Environment switches:
@@ -89,11 +93,13 @@ def _extensions():
             "fusedrnn._C",
             sources,
             include_dirs=include_dirs,
+            py_limited_api=True,
             define_macros=[("FUSEDRNN_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
         )
     else:
-        ext = CppExtension("fusedrnn._C", sources, include_dirs=include_dirs, extra_compile_args=cxx_flags)
+        ext = CppExtension("fusedrnn._C", sources, include_dirs=include_dirs, extra_compile_args=cxx_flags,
+                           py_limited_api=True)
     exts = [ext]
     if _flag("FUSEDRNN_EMULATION_ONLY"):
         exts = []
