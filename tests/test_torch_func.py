@@ -334,3 +334,14 @@ def test_jvp_and_grad_under_torch_compile():
     torch._dynamo.reset()
     assert_matches(torch.compile(jvp_of(fused), backend="eager", fullgraph=True)(x, v), jvp_of(ref)(x, v), "jvp")
     assert_matches([torch.compile(grad_of(fused), backend="eager", fullgraph=True)(x)], [grad_of(ref)(x)], "grad")
+
+
+def test_a_compiled_model_called_on_dual_tensors_raises():
+    """The compiled graph holds the op (Dynamo does not see the tangent while tracing), and the op
+    has no forward-mode formula: torch raises, which is what is pinned here; never zero tangents."""
+    _, fused = pair("lstm")
+    x = torch.randn(T, B, I, dtype=DTYPE)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: run(fused, x), backend="eager", fullgraph=True)
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="jvp"):
+        compiled(fwAD.make_dual(x, torch.randn_like(x)))
