@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from . import functional
 from .backends.base import LayerWeights
 from .cells import CellSpec, modes
-from .modules import (_GRU_CONVENTION, autocast_dtype, autocast_off, cast, check_backend_name, check_flag,
-                      check_state_tensor, checked_parameter)
+from ._autocast import autocast_dtype, autocast_off, cast
+from ._module_checks import check_backend_name, check_flag, check_state_tensor, checked_parameter
+from .modules import _GRU_CONVENTION
 
 __all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
 

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import _converted_classes, cell_modules, modules
+from ._module_checks import check_backend_name
 
 __all__ = ["convert"]
 
@@ -187,7 +188,7 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
     A module reachable from several places is replaced by one new module everywhere (shared
     weights stay shared).
     """
-    modules.check_backend_name(backend)
+    check_backend_name(backend)
     # id(old) -> (old, new); holding old keeps its id from being reused by another module
     done: Dict[int, Tuple[nn.Module, nn.Module]] = {}
     skipped: List[str] = []

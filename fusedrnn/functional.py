@@ -15,11 +15,14 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
+import torch.autograd.forward_ad as forward_ad
+from torch._C._functorch import peek_interpreter_stack
 
 from . import backends
 from .backends.base import LayerWeights
 from .cells import CellSpec, modes
 from .ops import forward_op
+from .reference import sequence_forward
 
 __all__ = ["LayerOutput", "layer", "lstm_layer", "gru_layer", "rnn_layer", "LayerWeights", "CellSpec"]
 
@@ -157,6 +160,14 @@ def layer(
         # nothing to compute: the fused kernels assume at least one hidden unit and one row,
         # and the reference gives torch.nn's results for every empty size (h_n = h0, zero gradients)
         chosen = backends.get("reference")
+    # A transform the custom op cannot take part in (torch.func.grad, jvp, ...; forward-mode AD): the
+    # reference's forward as plain torch ops, which every transform differentiates (called directly:
+    # under torch.compile the backend registry is read as it was when tracing began).  Outside any
+    # transform and dual level, the common case, the cost is the two checks before the `and`.
+    if ((peek_interpreter_stack() is not None or forward_ad._current_level >= 0)
+            and backends.differentiable_only(chosen, (x, h0, c0, *weights))):
+        res = sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse)
+        return LayerOutput(res.out, res.h_n, res.c_n if cell.has_cell_state else None)
     # inference keeps no workspace (the saved activations the backward reads)
     for_backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *weights))

@@ -20,8 +20,9 @@ LAYERS = [
     ["fusedrnn.backends"],
     ["fusedrnn.ops"],
     ["fusedrnn.functional"],
-    ["fusedrnn.modules", "fusedrnn.cell_modules", "fusedrnn._dynamo_compat", "fusedrnn.pyramid",
-     "fusedrnn.convert", "fusedrnn._converted_classes"],
+    ["fusedrnn.modules", "fusedrnn.rnn_base", "fusedrnn._module_checks", "fusedrnn._autocast",
+     "fusedrnn.cell_modules", "fusedrnn._dynamo_compat", "fusedrnn.pyramid", "fusedrnn.convert",
+     "fusedrnn._converted_classes"],
     ["fusedrnn"],  # the package's __init__: the public names
     ["fusedrnn.testing"],
     ["fusedrnn.bench", "fusedrnn.check"],

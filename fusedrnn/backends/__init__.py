@@ -23,6 +23,9 @@ import os
 import warnings
 from typing import Dict, Iterator, List, Optional
 
+import torch.autograd.forward_ad as forward_ad
+from torch._C._functorch import TransformType, get_interpreter_stack, peek_interpreter_stack
+
 from ..cells import CellSpec
 from .base import Backend, BackwardResult, ForwardResult, LayerWeights
 
@@ -199,6 +202,56 @@ def resolve(name: Optional[str], cell: CellSpec, x, weights: LayerWeights) -> Ba
     )
 
 
+#: functorch transforms the custom ops run under as they are: vmap (torch runs an op that has no
+#: vmap rule once per sample) and functionalize (the ops mutate nothing)
+_OP_TRANSFORMS = frozenset((TransformType.Vmap, TransformType.Functionalize))
+#: what the user called, per differentiating transform, for the warning
+_TRANSFORM_NAMES = {TransformType.Grad: "torch.func.grad/vjp/jacrev", TransformType.Jvp: "torch.func.jvp/jacfwd"}
+
+
+@_constant_when_traced
+def _differentiating_transform() -> Optional[str]:
+    """The torch.func transform in force that differentiates (grad, vjp, jacrev, jvp, jacfwd,
+    hessian, also around or inside vmap), or None.
+
+    The fused ops cannot run under these: torch.library has no forward-mode formula for a custom op
+    (``register_autograd`` is reverse mode only), and the autograd.Function it builds lacks the
+    ``setup_context`` staticmethod functorch requires (pytorch/pytorch#168393, #179652), so jvp
+    gives zero tangents and grad/jacrev raise.  Constant when traced: Dynamo models
+    ``peek_interpreter_stack()`` as never None, which would send every compiled call to the
+    reference; called for real while Dynamo traces, it sees the transforms being traced.
+    """
+    if peek_interpreter_stack() is None:  # no transform in force
+        return None
+    for interpreter in get_interpreter_stack():
+        if interpreter.key() not in _OP_TRANSFORMS:
+            return _TRANSFORM_NAMES.get(interpreter.key(), f"torch.func ({interpreter.key().name})")
+    return None
+
+
+def differentiable_only(chosen: Backend, tensors) -> bool:
+    """True when a call on ``tensors`` must run as plain differentiable torch ops (the reference's
+    forward, called directly) rather than as a fused op: under a differentiating torch.func
+    transform, or with a forward-mode tangent on one of ``tensors``.  Then, when ``chosen`` (the
+    backend resolved for the call) is another backend, it warns once per (backend, reason), as auto
+    does when it passes a backend over.  False whenever no functorch transform is in force and no
+    forward-AD dual level is open (``fusedrnn.functional.layer`` checks that first, inline)."""
+    why = _differentiating_transform()
+    if why is None and forward_ad._current_level >= 0:  # inside a dual_level: look for tangents
+        if any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+            why = "torch.autograd.forward_ad"
+    if why is None:
+        return False
+    if chosen.name != "reference":
+        _warn_once(
+            f"differentiable:{chosen.name}:{why}",
+            f"fusedrnn: using backend 'reference' instead of {chosen.name!r} under {why}: the fused ops "
+            "have no forward-mode formula and torch.func cannot differentiate through them, so this "
+            "call runs as plain torch ops (exact, slower)",
+        )
+    return True
+
+
 def get(name: str) -> Backend:
     """The backend called ``name`` (raises if unknown or unavailable)."""
     if name not in _REGISTRY:
@@ -216,6 +269,7 @@ __all__ = [
     "ForwardResult",
     "LayerWeights",
     "available",
+    "differentiable_only",
     "get",
     "names",
     "register",

@@ -1,0 +1,337 @@
+"""The stacked, optionally bidirectional recurrent module every drop-in class and :class:`fusedrnn.Recurrent` is.
+
+:class:`FusedRNNBase` is a ``torch.nn.RNNBase`` whose arithmetic runs through
+:func:`fusedrnn.functional.layer`, one op call per layer-direction; the cell it
+runs (a :class:`fusedrnn.cells.CellSpec`) and the cell table decide the rest:
+the gate blocks the weights stack, the states, the optional weights.
+
+The drop-in classes (:mod:`fusedrnn.modules`) subclass their torch.nn twin as well
+(``LSTM`` is a ``torch.nn.LSTM`` and a ``torch.nn.RNNBase``, and so on), so that
+client code branching on ``isinstance(m, nn.LSTM)`` / ``nn.GRU`` / ``nn.RNNBase``
+treats them as the layers they replace.  torch's ``__init__`` is not run (it would
+build cuDNN's flat weights); the construction here registers the same parameters
+with the same RNG draws.  torch.nn's helpers are inherited where they work on this
+layout (``check_forward_args``, ``check_input``, ``get_expected_hidden_size``,
+``get_expected_cell_size``, ``check_hidden_size``, ``permute_hidden``,
+``all_weights``, ``reset_parameters``) and overridden where they maintain torch's
+cached flat-weight list, which these classes do not keep (``_flat_weights`` is
+computed at each access): see "torch.nn.RNNBase's flat-weight cache" below.
+torch._dynamo refuses to trace instances of torch's RNN classes unless
+``torch._dynamo.config.allow_rnn`` is set; for these classes alone
+:mod:`fusedrnn._dynamo_compat` sets it while Dynamo wraps the module, so
+``torch.compile(fullgraph=True)`` works on a model holding them.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import functional
+from ._autocast import autocast_dtype, autocast_off, cast
+from ._module_checks import (check_backend_name, check_flag, check_input, check_packed_states, check_state_dims,
+                             check_states, checked_parameter, state_tuple)
+from .backends.base import LayerWeights
+from .cells import CellSpec
+
+__all__ = ["FusedRNNBase"]
+
+
+class FusedRNNBase(nn.RNNBase):
+    """What ``LSTM``, ``GRU``, ``RNN`` and ``Recurrent`` share: a ``torch.nn.RNNBase`` with fused arithmetic.
+
+    Not meant to be built directly; ``cell`` chooses the family and variant.
+    Each drop-in subclass lists its torch.nn twin second among its bases (``class LSTM(FusedRNNBase,
+    nn.LSTM)``), so the MRO is ``[LSTM, FusedRNNBase, nn.LSTM, nn.RNNBase, nn.Module]``: what is
+    defined here wins over torch's (``forward`` above all), and torch's family-specific helpers
+    (``nn.LSTM.check_forward_args`` taking ``(h, c)``) win over ``nn.RNNBase``'s.  ``Recurrent``,
+    for any family of the cell table, has no twin: ``[Recurrent, FusedRNNBase, nn.RNNBase, nn.Module]``.
+    """
+
+    def __init__(
+        self,
+        cell: CellSpec,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        peephole: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        # nn.Module's __init__ only: the next one in the MRO is torch's (nn.LSTM.__init__), which
+        # would register and draw the parameters its own way and build cuDNN's flat weights
+        nn.Module.__init__(self)
+        self.mode = cell.record.torch_mode  # torch.nn.RNNBase.mode, kept as the attribute torch has
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        num_directions = 2 if bidirectional else 1
+
+        # The checks, their order, messages and exception types are torch.nn.RNNBase's.
+        if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
+            raise ValueError(
+                "dropout should be a number in range [0, 1] representing the probability of an element being zeroed"
+            )
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=3,
+            )
+        check_flag("bias", bias)
+        check_flag("batch_first", batch_first)
+        if not isinstance(input_size, int):
+            raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+        if input_size <= 0:
+            raise ValueError("input_size must be greater than zero")
+        if not isinstance(hidden_size, int):
+            raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+        if hidden_size <= 0:
+            raise ValueError("hidden_size must be greater than zero")
+        if not isinstance(num_layers, int):
+            # torch.nn gets here with a TypeError from `num_layers <= 0` that does not name it
+            raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        # which extras a cell takes is the cell table's to say (CellRecord.optional_weights)
+        if proj_size > 0 and "projection" not in cell.record.optional_weights:
+            raise ValueError(f"proj_size argument is only supported for cells with a projection (LSTM), not {cell}")
+        check_flag("peephole", peephole)
+        if peephole and "peephole" not in cell.record.optional_weights:
+            raise ValueError(f"peephole connections exist only for cells that have them (LSTM), not {cell}")
+        check_backend_name(backend)
+        self.peephole = peephole
+        self.backend = backend
+        self._cell_spec = cell
+
+        gate_size = cell.gates * hidden_size
+        real_hidden_size = proj_size if proj_size > 0 else hidden_size
+        self._flat_weights_names: List[str] = []
+        self._all_weights: List[List[str]] = []
+        # every parameter's shape, to name the parameter when one is replaced by a wrong-shaped one
+        self._param_shapes: Dict[str, Tuple[int, ...]] = {}
+        for layer in range(num_layers):
+            for direction in range(num_directions):
+                layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
+                shapes = [("weight_ih_l{}{}", (gate_size, layer_input_size)),
+                          ("weight_hh_l{}{}", (gate_size, real_hidden_size))]
+                if bias:
+                    shapes += [("bias_ih_l{}{}", (gate_size,)), ("bias_hh_l{}{}", (gate_size,))]
+                if peephole:
+                    shapes += [("weight_ch_l{}{}", (cell.peephole_blocks * hidden_size,))]
+                if proj_size > 0:
+                    shapes += [("weight_hr_l{}{}", (proj_size, hidden_size))]
+                suffix = "_reverse" if direction == 1 else ""
+                names = []
+                for pattern, shape in shapes:
+                    name = pattern.format(layer, suffix)
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory_kwargs)))
+                    self._param_shapes[name] = shape
+                    names.append(name)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    # -- torch.nn.RNNBase's flat-weight cache ---------------------------------
+    #
+    # torch keeps ``self._flat_weights`` (the parameters in cuDNN's order, for _VF's ops) as a
+    # cached list, plus weak references to detect replaced parameters, and refreshes them in
+    # __init__, __setattr__, _apply, __setstate__, __getstate__ and _replicate_for_data_parallel.
+    # Here ``_flat_weights`` is a property read at each access, so it can never go stale, and
+    # each of those methods is nn.Module's (torch's versions assign the property and read
+    # ``_flat_weight_refs``, which these modules do not have).  Everything else of
+    # nn.RNNBase / nn.LSTM / nn.GRU / nn.RNN is inherited unchanged: check_input,
+    # check_forward_args, get_expected_hidden_size, get_expected_cell_size, check_hidden_size,
+    # permute_hidden, all_weights and reset_parameters work on this layout as they are.
+
+    @property
+    def _flat_weights(self) -> List[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    __setattr__ = nn.Module.__setattr__
+    _apply = nn.Module._apply
+    # a pickle names its class, so only fusedrnn pickles come here: torch's fix-ups are for
+    # nn.RNNBase pickles older than PyTorch 1.8
+    __getstate__ = nn.Module.__getstate__
+    __setstate__ = nn.Module.__setstate__
+    # the replica reads its parameters by name, like the original; nothing to copy
+    _replicate_for_data_parallel = nn.Module._replicate_for_data_parallel
+
+    def _init_flat_weights(self) -> None:
+        """A no-op: there is no cached list to rebuild."""
+
+    def _weights_have_changed(self) -> bool:
+        """Always False: nothing is cached, so no parameter can have changed behind a cache."""
+        return False
+
+    def flatten_parameters(self) -> None:
+        """A no-op: the parameters are read as they are at every call (cuDNN's flat buffer is not used)."""
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._extras_repr()
+
+    def _extras_repr(self) -> str:
+        s = ""
+        if self.peephole:
+            s += ", peephole=True"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    # -- forward -------------------------------------------------------------
+
+    @property
+    def cell(self) -> CellSpec:
+        """The cell family and variant every layer-direction runs."""
+        return self._cell_spec
+
+    def _direction_weights(self, layer: int, direction: int, dtype: Optional[torch.dtype]) -> LayerWeights:
+        """One layer-direction's parameters, read now (so in-place edits and functional_call take effect)."""
+        suffix = "_reverse" if direction == 1 else ""
+
+        def param(prefix: str, present: bool) -> Optional[Tensor]:
+            if not present:
+                return None
+            name = f"{prefix}_l{layer}{suffix}"
+            return cast(checked_parameter(self, name), dtype)
+
+        return LayerWeights(
+            param("weight_ih", True),
+            param("weight_hh", True),
+            param("bias_ih", self.bias),
+            param("bias_hh", self.bias),
+            param("weight_ch", self.peephole),
+            param("weight_hr", self.proj_size > 0),
+        )
+
+    def _state_sizes(self, batch: int) -> List[Tuple[int, int, int]]:
+        """Expected shape of each initial state tensor (h, and c for LSTM)."""
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        sizes = [(self.num_layers * num_directions, batch, real_hidden_size)]
+        if self.cell.has_cell_state:
+            sizes.append((self.num_layers * num_directions, batch, self.hidden_size))
+        return sizes
+
+    def forward(self, input, hx=None):
+        """Run the stack over ``input`` (tensor or PackedSequence); returns ``(output, h_n)`` /
+        ``(output, (h_n, c_n))`` exactly as the torch.nn twin."""
+        cell = self.cell
+        name = type(self).__name__
+        is_packed = isinstance(input, PackedSequence)
+        if is_packed:
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            is_batched = True
+            functional.check_batch_sizes(batch_sizes, x.shape[0])
+            batch = int(batch_sizes[0])
+            states = state_tuple(self, hx)
+            if states is not None:
+                check_packed_states(states, sorted_indices, batch)
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            batch_sizes = sorted_indices = unsorted_indices = None
+            is_batched = input.dim() == 3
+            # the layers run time-major [T, B, I]; unbatched input is one sequence of batch 1
+            if not is_batched:
+                x = input.unsqueeze(1)
+            else:
+                x = input.transpose(0, 1) if self.batch_first else input
+            batch = x.size(1)
+            states = state_tuple(self, hx)
+            if states is not None:
+                check_state_dims(states, is_batched)
+                if not is_batched:
+                    states = tuple(s.unsqueeze(1) for s in states)
+
+        if batch_sizes is None and x.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")  # torch.nn's check
+        cast_to = autocast_dtype(x.device)
+        check_input(self, x, batch_sizes, cast_to)
+        if states is not None:
+            check_states(self, states, x, batch, cast_to)
+            if sorted_indices is not None:
+                # each batch entry's state goes with its sequence, in the packed (sorted) order
+                states = self._permute_states(states, sorted_indices)
+        x = cast(x, cast_to)
+        if states is not None:
+            states = tuple(cast(s, cast_to) for s in states)
+
+        with autocast_off(x.device, cast_to):
+            output, h_n, c_n = self._run_layers(cell, x, states, batch_sizes, cast_to)
+
+        if unsorted_indices is not None:
+            h_n, *rest = self._permute_states((h_n,) if c_n is None else (h_n, c_n), unsorted_indices)
+            c_n = rest[0] if rest else None
+        if is_packed:
+            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+        elif not is_batched:
+            output, h_n = output.squeeze(1), h_n.squeeze(1)
+            c_n = None if c_n is None else c_n.squeeze(1)
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, ((h_n, c_n) if cell.has_cell_state else h_n)
+
+    def _permute_states(self, states: Tuple[Tensor, ...], permutation: Tensor) -> Tuple[Tensor, ...]:
+        """The states' batch entries reordered through ``self.permute_hidden``, as torch.nn's forward
+        does it, so that a subclass overriding ``permute_hidden`` is honoured."""
+        permuted = self.permute_hidden(states if self.cell.has_cell_state else states[0], permutation)
+        return tuple(permuted) if self.cell.has_cell_state else (permuted,)
+
+    def _run_layers(self, cell: CellSpec, x: Tensor, states, batch_sizes, cast_to):
+        """The stack: one op call per layer-direction, dropout between layers (training only)."""
+        num_directions = 2 if self.bidirectional else 1
+        h_finals, c_finals = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            if layer > 0 and self.training and self.dropout > 0:
+                # on the previous layer's output (torch: after all but the last layer); packed rows as they are
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+            outputs = []
+            for direction in range(num_directions):
+                index = layer * num_directions + direction
+                result = functional.layer(
+                    cell,
+                    layer_input,
+                    None if states is None else states[0][index],
+                    None if states is None or not cell.has_cell_state else states[1][index],
+                    self._direction_weights(layer, direction, cast_to),
+                    batch_sizes,
+                    direction == 1,
+                    self.backend,
+                )
+                outputs.append(result.out)
+                h_finals.append(result.h_n)
+                c_finals.append(result.c_n)
+            layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=-1)
+        if num_directions == 1 and layer_input.requires_grad:
+            # the op saved this very tensor for its backward; the caller gets a copy, so that
+            # in-place edits of the output (out.relu_(), masked_fill_), which torch.nn allows,
+            # neither raise nor change what the backward reads
+            layer_input = layer_input.clone()
+        h_n = torch.stack(h_finals)
+        c_n = torch.stack(c_finals) if cell.has_cell_state else None
+        return layer_input, h_n, c_n
