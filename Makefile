@@ -95,7 +95,10 @@ deps: $(STAMPS)/deps-build $(STAMPS)/deps-bench $(STAMPS)/deps-test
 # --no-deps: the dependencies are installed above; pip must not resolve torch again.
 # The build follows the sources, not the stamps of the pip steps (order-only);
 # after changing torch itself, `make clean`.
+# fusedrnn._C is a limited-API library (_C.abi3.so): an older build named for one interpreter
+# (_C.cpython-*.so) would be imported before it, so it goes first.
 $(STAMPS)/built: setup.py pyproject.toml $(CSRC) $(REBUILD) | $(STAMPS)/deps-build
+	rm -f fusedrnn/_C.cpython-*.so
 	$(RUN) FUSEDRNN_REQUIRE_EXTENSION=1 $(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $@
 

@@ -2,12 +2,20 @@
 
 Nothing here warns: the backend registry says which backend it fell back to,
 and why, the first time the choice matters.
+
+The module ``fusedrnn._C`` holds nothing itself: importing it loads the
+library, which registers the ops (``torch.ops.fusedrnn_C.*``, the kernels,
+and ``torch.ops.fusedrnn.*``, the graph ops; csrc/fusedrnn.cpp).  It is
+loaded when fusedrnn is imported (:mod:`fusedrnn.ops` asks), because the
+graph ops must exist before a saved program that names them is loaded.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Optional
+
+import torch
 
 _state = {"loaded": False, "module": None, "error": None}
 
@@ -34,5 +42,4 @@ def load_error() -> Optional[str]:
 
 def has_cuda() -> bool:
     """True when the extension was built with its CUDA kernels."""
-    module = load()
-    return bool(module is not None and getattr(module, "built_with_cuda", lambda: False)())
+    return load() is not None and bool(torch.ops.fusedrnn_C.built_with_cuda())

@@ -156,10 +156,14 @@ def layer(
         chosen = backends.get("reference")
     else:
         chosen = backends.resolve(backend, cell, x, weights)
+    # A traced graph names the backend the call asked for ("auto" unless a module or the call named one):
+    # the ops resolve it where the graph runs (csrc/graph_ops.cpp), not as it resolved on this machine.
+    name = (backend if backend not in (None, "auto") else "auto") if torch.compiler.is_compiling() else chosen.name
     if hidden == 0 or batch == 0:
         # nothing to compute: the fused kernels assume at least one hidden unit and one row,
         # and the reference gives torch.nn's results for every empty size (h_n = h0, zero gradients)
         chosen = backends.get("reference")
+        name = chosen.name
     # A transform the custom op cannot take part in (torch.func.grad, jvp, ...; forward-mode AD): the
     # reference's forward as plain torch ops, which every transform differentiates (called directly:
     # under torch.compile the backend registry is read as it was when tracing began).  Outside any
@@ -168,12 +172,14 @@ def layer(
             and backends.differentiable_only(chosen, (x, h0, c0, *weights))):
         res = sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse)
         return LayerOutput(res.out, res.h_n, res.c_n if cell.has_cell_state else None)
-    # inference keeps no workspace (the saved activations the backward reads)
-    for_backward = torch.is_grad_enabled() and any(
+    # Inference keeps no workspace (the saved activations the backward reads); nor does an exported
+    # program, which torch.export makes for inference whether or not grad was enabled while exporting.
+    for_backward = torch.is_grad_enabled() and not torch.compiler.is_exporting() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *weights))
     out, h_n, c_n, _ = forward_op(cell.family)(
         _contiguous(x), _contiguous(h0), _contiguous(c0), *(_contiguous(w) for w in weights),
-        batch_sizes, bool(reverse), cell.mode, chosen.name, for_backward,
+        batch_sizes, bool(reverse), cell.mode, name, for_backward,
+        backends.strategy_for(name, cell, x, backward=False),
     )
     return LayerOutput(out, h_n, c_n if cell.has_cell_state else None)
 

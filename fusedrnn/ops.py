@@ -1,11 +1,23 @@
-"""``torch.library`` custom ops: one forward and one backward op per cell family.
+"""The ops a model's graph holds: one forward and one backward op per cell family.
 
 ``torch.ops.fusedrnn.{family}_forward`` run one layer-direction over a
 whole sequence (never one call per step: every op call has a fixed cost) and
-dispatch to the backend named by their ``backend`` argument (already resolved
-by :mod:`fusedrnn.functional`).  Each has a fake kernel, so ``torch.compile``
-and ``torch.export`` see one opaque node, and an autograd formula that calls
-the matching ``*_backward`` op.
+dispatch to the backend named by their ``backend`` argument (resolved by
+:mod:`fusedrnn.functional` in eager calls; ``"auto"`` in a traced graph, so that
+the backend is chosen where the graph runs), with the backend's ``strategy``.
+Each has a fake kernel, so ``torch.compile`` and ``torch.export`` see one
+opaque node, and an autograd formula that calls the matching ``*_backward`` op.
+
+Where they are defined.  The built-in families' ops are defined in C++ by the
+extension (csrc/graph_ops.cpp), so that an exported program or an AOTInductor
+package runs in a process with the extension library and no Python: there the
+compiled kernels run ``"cpu"`` and ``"cuda"`` calls themselves, and this module
+adds the fake kernels, the autograd formulas, and the Python implementation
+(``{family}_forward_in_python``) they hand every other call to (``"reference"``,
+``"triton"``, the CUDA emulation, ``"auto"`` resolved as eager calls resolve
+it).  Where the extension is not built, and for a family registered from
+Python, this module defines the ops itself with the same schema
+(csrc/include/fusedrnn/graph_schema.h; tests/test_graph_ops.py compares).
 
 All three families share one schema so that one autograd formula serves them:
 arguments a family does not use (``c0``, ``w_peep``, ``w_proj`` outside LSTM)
@@ -27,12 +39,12 @@ and differentiates that, so second derivatives exist whatever backend ran.
 """
 
 import threading
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 from torch import Tensor
 
-from . import backends
+from . import _extension, backends
 from .backends import _constant_when_traced
 from .backends.base import LayerWeights
 from .cells import CellSpec, FAMILIES, check_family
@@ -43,13 +55,13 @@ NAMESPACE = "fusedrnn"
 _FORWARD_SCHEMA = (
     "(Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
     "Tensor? w_peep, Tensor? w_proj, Tensor? batch_sizes, bool reverse, str mode, str backend, "
-    "bool for_backward=True) -> (Tensor, Tensor, Tensor, Tensor)"
+    "bool for_backward=True, str strategy=\"auto\") -> (Tensor, Tensor, Tensor, Tensor)"
 )
 _BACKWARD_SCHEMA = (
     "(Tensor grad_out, Tensor grad_hn, Tensor? grad_cn, Tensor x, Tensor h0, Tensor? c0, "
     "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, "
     "Tensor? batch_sizes, bool reverse, str mode, str backend, Tensor out, Tensor workspace, "
-    "bool need_dx=True, bool need_dweights=True) "
+    "bool need_dx=True, bool need_dweights=True, str strategy=\"auto\") "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 # positions of the differentiable inputs of the forward op
@@ -92,20 +104,31 @@ def _fresh(outputs, inputs):
     )
 
 
+def _backend(name: str, cell: CellSpec, x: Tensor, weights: LayerWeights):
+    """The backend that runs a call naming ``name``: ``"auto"`` (a traced graph's) is resolved here, at run
+    time, as :func:`fusedrnn.functional.layer` resolves an eager call (empty sizes included)."""
+    if name != "auto":
+        return backends.get(name)
+    if weights.w_hh.shape[0] == 0 or x.numel() == 0:
+        return backends.get("reference")
+    return backends.resolve(name, cell, x, weights)
+
+
 def _make_ops(family: str):
+    # `strategy`: the one the backend's own setting gives (backends.strategy_for), which it reads itself
     def forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend,
-                     for_backward=True):
+                     for_backward=True, strategy="auto"):
         cell = CellSpec(family, mode)
         x, h0, c0, *weights = _contiguous((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj))
         weights = LayerWeights(*weights)
-        res = backends.get(backend).forward(cell, x, h0, c0, weights, batch_sizes, reverse,
+        res = _backend(backend, cell, x, weights).forward(cell, x, h0, c0, weights, batch_sizes, reverse,
                                              for_backward=for_backward)
         c_n = res.c_n if res.c_n is not None else _absent(x)
         workspace = res.workspace if for_backward else _absent(x)  # whatever the backend kept
         return _fresh((res.out, res.h_n, c_n, workspace), (x, h0, c0, *weights))
 
     def forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend,
-                     for_backward=True):
+                     for_backward=True, strategy="auto"):
         cell = CellSpec(family, mode)
         hidden = w_hh.shape[0] // cell.gates
         lead = x.shape[:-1]
@@ -117,12 +140,13 @@ def _make_ops(family: str):
         )
 
     def backward_impl(grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj,
-                      batch_sizes, reverse, mode, backend, out, workspace, need_dx=True, need_dweights=True):
+                      batch_sizes, reverse, mode, backend, out, workspace, need_dx=True, need_dweights=True,
+                      strategy="auto"):
         cell = CellSpec(family, mode)
         grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, *weights = _contiguous(
             (grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj))
         weights = LayerWeights(*weights)
-        res = backends.get(backend).backward(
+        res = _backend(backend, cell, x, weights).backward(
             cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace,
             need_dx=need_dx, need_dweights=need_dweights,
         )
@@ -134,24 +158,31 @@ def _make_ops(family: str):
         return _fresh(tuple(_absent(x) if g is None else g for g in grads), inputs)
 
     def backward_fake(grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj,
-                      batch_sizes, reverse, mode, backend, out, workspace, need_dx=True, need_dweights=True):
+                      batch_sizes, reverse, mode, backend, out, workspace, need_dx=True, need_dweights=True,
+                      strategy="auto"):
         wanted = (need_dx, True, True, *(need_dweights,) * 6)
         return tuple(_absent(x) if t is None or not want else t.new_empty(t.shape)
                      for t, want in zip((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj), wanted))
 
-    fwd = torch.library.custom_op(
-        f"{NAMESPACE}::{family}_forward", forward_impl, mutates_args=(), schema=_FORWARD_SCHEMA
-    )
-    fwd.register_fake(forward_fake)
-    bwd = torch.library.custom_op(
-        f"{NAMESPACE}::{family}_backward", backward_impl, mutates_args=(), schema=_BACKWARD_SCHEMA
-    )
-    bwd.register_fake(backward_fake)
+    forward_name, backward_name = f"{NAMESPACE}::{family}_forward", f"{NAMESPACE}::{family}_backward"
+    if _defined_in_cpp(forward_name):
+        # the graph ops are the extension's; what they hand to Python is defined here
+        for name, impl, schema in ((forward_name, forward_impl, _FORWARD_SCHEMA),
+                                   (backward_name, backward_impl, _BACKWARD_SCHEMA)):
+            torch.library.custom_op(f"{name}_in_python", impl, mutates_args=(), schema=schema)
+        fwd = getattr(torch.ops.fusedrnn, f"{family}_forward").default
+        bwd = getattr(torch.ops.fusedrnn, f"{family}_backward").default
+    else:
+        fwd = torch.library.custom_op(forward_name, forward_impl, mutates_args=(), schema=_FORWARD_SCHEMA)
+        bwd = torch.library.custom_op(backward_name, backward_impl, mutates_args=(), schema=_BACKWARD_SCHEMA)
+    torch.library.register_fake(forward_name, forward_fake)
+    torch.library.register_fake(backward_name, backward_fake)
 
     def setup_context(ctx, inputs, output):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend, *rest = inputs
         out, _, _, workspace = output
         ctx.for_backward = rest[0] if rest else True
+        ctx.strategy = rest[1] if len(rest) > 1 else "auto"
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, out, workspace)
         ctx.reverse, ctx.mode, ctx.backend = reverse, mode, backend
         ctx.mark_non_differentiable(workspace)
@@ -182,17 +213,29 @@ def _make_ops(family: str):
                                       create_graph=torch.is_grad_enabled())
         else:
             need = ctx.needs_input_grad
+            strategy = backends.strategy_for(ctx.backend, cell, x, backward=True)
             grads = bwd(grad_out, grad_hn, grad_cn, *tensors, batch_sizes, ctx.reverse, ctx.mode, ctx.backend,
-                        out, workspace, need[0], any(need[3:9]))
+                        out, workspace, need[0], any(need[3:9]), strategy)
             grads = tuple(g if t is not None and wanted else None for g, t, wanted in zip(grads, tensors, need))
-        return (*grads, None, None, None, None, None)  # batch_sizes, reverse, mode, backend, for_backward
+        return (*grads, None, None, None, None, None, None)  # batch_sizes .. for_backward, strategy
 
-    fwd.register_autograd(backward, setup_context=setup_context)
+    torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
     return fwd, bwd
 
 
-#: family -> (forward op, backward op), each family's defined once (torch.library refuses a second definition)
-_OPS: Dict[str, Tuple[torch.library.CustomOpDef, torch.library.CustomOpDef]] = {}
+def _defined_in_cpp(name: str) -> bool:
+    """Whether the extension defines the op ``name`` (csrc/graph_ops.cpp), loading the extension first."""
+    if _extension.load() is None:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeExplicitAutograd")
+    except RuntimeError:  # no such op: a family the extension does not know
+        return False
+
+
+#: family -> (forward op, backward op), each family's defined once (torch.library refuses a second definition):
+#: the extension's OpOverloads, or CustomOpDefs defined here
+_OPS: Dict[str, Tuple[Callable, Callable]] = {}
 # two threads running a new family for the first time must not both define its ops
 _DEFINING = threading.Lock()
 

@@ -252,6 +252,12 @@ def differentiable_only(chosen: Backend, tensors) -> bool:
     return True
 
 
+def strategy_for(name: str, cell: CellSpec, x, backward: bool) -> str:
+    """The ``strategy`` argument of the ops for a call on backend ``name``: the backend's setting
+    (:meth:`Backend.strategy_for`), or ``"auto"`` for ``"auto"`` (a traced graph's backend, resolved where it runs)."""
+    return "auto" if name == "auto" else get(name).strategy_for(cell, x, backward)
+
+
 def get(name: str) -> Backend:
     """The backend called ``name`` (raises if unknown or unavailable)."""
     if name not in _REGISTRY:
@@ -272,6 +278,7 @@ __all__ = [
     "differentiable_only",
     "get",
     "names",
+    "strategy_for",
     "register",
     "report",
     "requested",

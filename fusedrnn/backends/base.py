@@ -68,6 +68,11 @@ class Backend:
         """None when this backend can run these tensors, else why not (device, dtype, option)."""
         return None
 
+    def strategy_for(self, cell: CellSpec, x: torch.Tensor, backward: bool) -> str:
+        """The ``strategy`` argument of the ops for a forward (``backward`` False) or backward call: one of the
+        backend's strategies, or ``"auto"`` (the backend chooses; the only one for a backend without any)."""
+        return "auto"
+
     def forward(
         self,
         cell: CellSpec,

@@ -23,10 +23,6 @@ class CompiledBackend(Backend):
         """The ``torch.ops`` namespace holding the ops."""
         return torch.ops.fusedrnn_C
 
-    def strategy_for(self, cell: CellSpec, x: torch.Tensor, backward: bool) -> str:
-        """The ``strategy`` argument of a forward (``backward`` False) or backward call."""
-        return "auto"
-
     def forward(self, cell, x, h0, c0, weights: LayerWeights, batch_sizes, reverse, for_backward=True) -> ForwardResult:
         out, h_n, c_n, workspace = self.ops().forward(
             cell.family, cell.mode, x, h0, c0, *weights, batch_sizes, bool(reverse),
