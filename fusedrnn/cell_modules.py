@@ -23,6 +23,7 @@ from .cells import CellSpec, modes
 from ._autocast import autocast_dtype, autocast_off, cast
 from ._module_checks import check_backend_name, check_flag, check_state_tensor, checked_parameter
 from .modules import _GRU_CONVENTION
+from .torchscript import refuse_script
 
 __all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -61,6 +62,9 @@ class FusedRNNCellBase(nn.RNNCellBase):
             self.weight_ch = nn.Parameter(torch.empty(3 * hidden_size, **factory_kwargs))
         self._param_shapes = {name: tuple(p.shape) for name, p in self.named_parameters(recurse=False)}
         self.reset_parameters()
+
+    # torch.jit.script calls it on every submodule first: one clear error naming fusedrnn.revert
+    __prepare_scriptable__ = refuse_script
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

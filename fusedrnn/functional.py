@@ -23,6 +23,7 @@ from .backends.base import LayerWeights
 from .cells import CellSpec, modes
 from .ops import forward_op
 from .reference import sequence_forward
+from .torchscript import check_not_traced
 
 __all__ = ["LayerOutput", "layer", "lstm_layer", "gru_layer", "rnn_layer", "LayerWeights", "CellSpec"]
 
@@ -133,6 +134,7 @@ def layer(
     ``h0``/``c0`` None mean zeros.  ``backend`` None or ``"auto"`` defers to the
     context and the environment (:mod:`fusedrnn.backends`).
     """
+    check_not_traced()  # torch.jit.trace would freeze the op's backend into its program (fusedrnn/torchscript.py)
     weights = LayerWeights(*weights)
     for name, t in (("x", x), ("w_ih", weights.w_ih), ("w_hh", weights.w_hh)):
         if not isinstance(t, torch.Tensor):

@@ -39,6 +39,7 @@ from ._module_checks import (check_backend_name, check_flag, check_input, check_
                              check_states, checked_parameter, state_tuple)
 from .backends.base import LayerWeights
 from .cells import CellSpec
+from .torchscript import refuse_script
 
 __all__ = ["FusedRNNBase"]
 
@@ -179,6 +180,8 @@ class FusedRNNBase(nn.RNNBase):
     __setstate__ = nn.Module.__setstate__
     # the replica reads its parameters by name, like the original; nothing to copy
     _replicate_for_data_parallel = nn.Module._replicate_for_data_parallel
+    # torch.jit.script calls it on every submodule first: one clear error naming fusedrnn.revert
+    __prepare_scriptable__ = refuse_script
 
     def _init_flat_weights(self) -> None:
         """A no-op: there is no cached list to rebuild."""

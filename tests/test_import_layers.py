@@ -16,13 +16,13 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "fusedrnn"
 LAYERS = [
     ["fusedrnn.cells"],
     ["fusedrnn.layer"],
-    ["fusedrnn.reference", "fusedrnn._extension", "fusedrnn.triton_kernels"],
+    ["fusedrnn.reference", "fusedrnn._extension", "fusedrnn.triton_kernels", "fusedrnn.torchscript"],
     ["fusedrnn.backends"],
     ["fusedrnn.ops"],
     ["fusedrnn.functional"],
     ["fusedrnn.modules", "fusedrnn.rnn_base", "fusedrnn._module_checks", "fusedrnn._autocast",
      "fusedrnn.cell_modules", "fusedrnn._dynamo_compat", "fusedrnn.pyramid", "fusedrnn.convert",
-     "fusedrnn._converted_classes"],
+     "fusedrnn._converted_classes", "fusedrnn.revert", "fusedrnn.quantization", "fusedrnn.onnx"],
     ["fusedrnn"],  # the package's __init__: the public names
     ["fusedrnn.testing"],
     ["fusedrnn.bench", "fusedrnn.check"],
