@@ -21,7 +21,7 @@ from torch._C._functorch import peek_interpreter_stack
 from . import backends
 from .backends.base import LayerWeights
 from .cells import CellSpec, modes
-from .ops import forward_op
+from .ops import forward_op, forward_without_autograd
 from .reference import sequence_forward
 from .torchscript import check_not_traced
 
@@ -119,6 +119,17 @@ def _contiguous(t):
     return None if t is None else t.contiguous()
 
 
+def _plain_eager_call(tensors) -> bool:
+    """Whether the op can be left out (:func:`fusedrnn.ops.forward_without_autograd`): an eager call on plain
+    tensors (not traced, no dispatch mode such as FakeTensorMode watching the ops, no tensor subclass),
+    where the op would add nothing but its cost."""
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and all(t is None or type(t) in _PLAIN for t in tensors))
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def layer(
     cell: CellSpec,
     x: torch.Tensor,
@@ -178,6 +189,9 @@ def layer(
     # program, which torch.export makes for inference whether or not grad was enabled while exporting.
     for_backward = torch.is_grad_enabled() and not torch.compiler.is_exporting() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *weights))
+    if not for_backward and _plain_eager_call((x, h0, c0, *weights)):
+        out, h_n, c_n = forward_without_autograd(cell, name, x, h0, c0, weights, batch_sizes, reverse)
+        return LayerOutput(out, h_n, c_n if cell.has_cell_state else None)
     out, h_n, c_n, _ = forward_op(cell.family)(
         _contiguous(x), _contiguous(h0), _contiguous(c0), *(_contiguous(w) for w in weights),
         batch_sizes, bool(reverse), cell.mode, name, for_backward,

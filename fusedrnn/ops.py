@@ -114,6 +114,23 @@ def _backend(name: str, cell: CellSpec, x: Tensor, weights: LayerWeights):
     return backends.resolve(name, cell, x, weights)
 
 
+def forward_without_autograd(cell: CellSpec, backend: str, x, h0, c0, weights: LayerWeights, batch_sizes, reverse):
+    """What the forward op returns for a call no backward will follow, without the op: (out, h_n, c_n or None).
+
+    For eager calls that need no autograd (no grad, or nothing requires it): the op would only add its
+    dispatch and autograd layers (a cell step is a few microseconds of arithmetic; those layers cost
+    more), so :func:`fusedrnn.functional.layer` calls the backend directly.  The same rules hold: the
+    backend gets contiguous tensors and keeps no workspace; no output aliases an input or is a view.
+    """
+    x, h0, c0, *rest = _contiguous((x, h0, c0, *weights))
+    weights = LayerWeights(*rest)
+    res = _backend(backend, cell, x, weights).forward(cell, x, h0, c0, weights, batch_sizes, reverse,
+                                                        for_backward=False)
+    outputs = (res.out, res.h_n) if res.c_n is None else (res.out, res.h_n, res.c_n)
+    fresh = _fresh(outputs, (x, h0, c0, *weights))
+    return fresh[0], fresh[1], (fresh[2] if res.c_n is not None else None)
+
+
 def _make_ops(family: str):
     # `strategy`: the one the backend's own setting gives (backends.strategy_for), which it reads itself
     def forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend,
