@@ -12,21 +12,23 @@ forgets to write fails) and with each strategy (``per_step`` and
 ``persistent``, forward and backward alike: every cell has both).  Only the cuDNN comparison is
 GPU-only; the long-sequence and benchmark-shape tests run shorter in emulation.
 
-Tolerances (docs/design.md section 8): float32 against the float64 reference
-``rtol = atol = 1e-5`` (1e-4 over 2048 steps); float16/bfloat16: the largest
-error against the float64 reference at most twice that of the same
-computation done by PyTorch in that dtype (the step equations of
-tests/conftest.py, or cuDNN), the FlashAttention rule, plus one unit roundoff
-of the dtype relative to the largest expected magnitude, as in
-:mod:`fusedrnn.testing` (at these small sizes PyTorch's own error is sometimes
-near zero by luck: seen in emulation, a persistent float16 T=1 case at 2.04x).
+Cases, data, oracles and tolerances are :mod:`fusedrnn.testing`'s (docs/design.md
+section 8): the ops go in as a layer function (:class:`OpsLayer`) that
+:meth:`fusedrnn.testing.Checker.check` compares, outputs and every gradient,
+with the float64 reference and torch.nn in float64: float32 ``rel <= 1e-5``;
+float16/bfloat16 at most twice the error of the reference backend run in that
+dtype, plus one unit roundoff.  The long sequences and the benchmark's shape
+give float32 the same 2x allowance against the reference backend in float32,
+never above the 1e-4 they had before.  The workspace is compared by the same
+rule (:func:`fusedrnn.testing.error_row`), and against cuDNN the 16-bit
+baseline is cuDNN itself.
 
 The tests at the end run anywhere: how the backend explains that it cannot run.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import types
 
 import pytest
@@ -39,30 +41,31 @@ from fusedrnn import _extension, backends, reference
 from fusedrnn.backends.base import LayerWeights
 from fusedrnn.backends.cuda import CudaBackend
 from fusedrnn.cells import CellSpec
+from fusedrnn.layer import Steps
 
-from conftest import gru_step, lstm_step, rnn_step
-from layer_cases import LayerCase, case_id, make_case, option_grid
+from conftest import assert_close, gru_step, lstm_step, rnn_step
 from test_cuda_emulation import emulation_expected
 
 #: one intra-op thread: the tensors are tiny, and two spinning OpenMP threads on 2 cores cost 10-100x (conftest)
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-LOW_PRECISION = (torch.float16, torch.bfloat16)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DTYPE_IDS = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+#: the forward and backward strategies: every cell has a persistent kernel (csrc/cuda/README.md)
+STRATEGIES = ("per_step", "persistent")
 
 #: problem sizes: odd (nothing a multiple of a block: scalar kernels), aligned
 #: (H a multiple of 16: the 16-byte vector path) and a single step
 SIZES = {
-    "odd": dict(T=7, B=5, I=3, H=37),
-    "aligned": dict(T=5, B=4, I=8, H=64),
-    "T1": dict(T=1, B=3, I=5, H=16),
+    "odd": ft.Shape(T=7, B=5, I=3, H=37),
+    "aligned": ft.Shape(T=5, B=4, I=8, H=64),
+    "T1": ft.Shape(T=1, B=3, I=5, H=16),
 }
-
-
-def strategies(cell, options):
-    """The forward strategies: every cell has a persistent kernel (csrc/cuda/README.md)."""
-    return ["per_step", "persistent"]
+#: proj_size of the projection variants at every size: 4 (one 16-byte row of float32)
+PROJECTION = 4
+#: float32 over long sequences and at the benchmark's shape: the bound these tests had before the 2x rule
+#: against the reference backend in float32 replaced it; that rule must stay tighter
+FLOAT32_LONG_BOUND = 1e-4
 
 
 # ----------------------------------------------------------------------------
@@ -75,72 +78,62 @@ def _ops():
     return CudaBackend().ops()
 
 
-def on_device(case: LayerCase, dtype, device) -> LayerCase:
-    """The case's tensors in ``dtype`` on ``device`` (batch_sizes stays on the CPU, as in PackedSequence)."""
-
-    def move(t):
-        return None if t is None else t.to(device=device, dtype=dtype).contiguous()
-
-    return LayerCase(case.cell, move(case.x), move(case.h0), move(case.c0), LayerWeights(*map(move, case.weights)),
-                     case.batch_sizes, case.reverse)
-
-
-def in_float64(case: LayerCase) -> LayerCase:
-    """The same (already rounded) values in float64 on the CPU: the reference's inputs."""
-
-    def move(t):
-        return None if t is None else t.detach().to(device="cpu", dtype=torch.float64)
-
-    return LayerCase(case.cell, move(case.x), move(case.h0), move(case.c0), LayerWeights(*map(move, case.weights)),
-                     case.batch_sizes, case.reverse)
-
-
-def cuda_forward(case: LayerCase, strategy: str, poison: bool = True):
+def cuda_forward(case: ft.LayerCase, strategy: str, poison: bool = True, for_backward: bool = True):
     return _ops().forward(case.cell.family, case.cell.mode, *case.inputs(), case.batch_sizes, case.reverse,
-                          strategy, poison)
+                          strategy, poison, for_backward)
 
 
-def cuda_backward(case: LayerCase, grads, out, workspace, strategy: str = "auto", poison: bool = True):
-    g_out, g_hn, g_cn = grads
-    return _ops().backward(case.cell.family, case.cell.mode, g_out, g_hn, g_cn, *case.inputs(),
-                           case.batch_sizes, case.reverse, out, workspace, strategy, poison)
+def cuda_backward(case: ft.LayerCase, grads, out, workspace, strategy: str, poison: bool = True,
+                  need_dx: bool = True, need_dweights: bool = True):
+    return _ops().backward(case.cell.family, case.cell.mode, *grads, *case.inputs(), case.batch_sizes,
+                           case.reverse, out, workspace, strategy, poison, need_dx, need_dweights)
 
 
-def random_grads(case: LayerCase, out):
-    g_out = torch.randn_like(out)
-    g_hn = torch.randn_like(case.h0)
-    g_cn = torch.randn_like(case.c0) if case.c0 is not None else None
-    return g_out, g_hn, g_cn
+class OpsLayer:
+    """The cuda ops as a :data:`fusedrnn.testing.LayerFn`: ``forward`` and ``backward`` called directly with
+    ``strategy`` and ``poison=True`` (autograd joins them); ``last`` keeps the last forward's arguments and
+    workspace."""
+
+    def __init__(self, strategy: str):
+        self.strategy = strategy
+        self.last = None
+
+    def __call__(self, cell, x, h0, c0, weights, batch_sizes, reverse):
+        out, h_n, c_n = _OpsCall.apply(self, cell, batch_sizes, reverse, x, h0, c0, *weights)
+        return out, h_n, c_n if cell.has_cell_state else None
 
 
-def reference_results(case64: LayerCase, grads64):
-    fwd = reference.sequence_forward(case64.cell, case64.x, case64.h0, case64.c0, case64.weights,
-                                     case64.batch_sizes, case64.reverse)
-    bwd = reference.sequence_backward(case64.cell, *grads64, case64.x, case64.h0, case64.c0, case64.weights,
-                                      case64.batch_sizes, case64.reverse, fwd.out, fwd.workspace)
-    return fwd, bwd
+class _OpsCall(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, layer, cell, batch_sizes, reverse, *inputs):
+        x, h0, c0, *w = inputs
+        case = ft.LayerCase(cell, x, h0, c0, LayerWeights(*w), batch_sizes, reverse, (None, None, None))
+        out, h_n, c_n, workspace = cuda_forward(case, layer.strategy)
+        layer.last = (case.detach(), workspace)
+        ctx.layer, ctx.case = layer, case
+        ctx.save_for_backward(out, workspace)
+        return out, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, g_out, g_hn, g_cn):
+        out, workspace = ctx.saved_tensors
+        case = ctx.case
+        grads = cuda_backward(case, (g_out, g_hn, g_cn if case.cell.has_cell_state else None), out, workspace,
+                              ctx.layer.strategy)
+        absent = [i for i, t in enumerate(case.inputs()) if t is None]
+        assert all(grads[i].numel() == 0 for i in absent), "a gradient of an absent input is not empty"
+        return (None, None, None, None, *(None if t is None else g for g, t in zip(grads, case.inputs())))
 
 
-def gradient_list(bwd):
-    """(name, tensor) of every gradient the backward returns, in the ops' order."""
-    names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_peep", "dw_proj")
-    tensors = (bwd.dx, bwd.dh0, bwd.dc0, *bwd.dweights)
-    return [(n, t) for n, t in zip(names, tensors) if t is not None]
-
-
-# ----------------------------------------------------------------------------
-# the same computation in a low precision dtype, by PyTorch: the baseline error
-# ----------------------------------------------------------------------------
-
-
-def same_dtype_forward(case: LayerCase):
-    """out, h_n, c_n from the step equations of tests/conftest.py, every op in the case's dtype."""
-    cell, w = case.cell, case.weights
-    steps = reference.Steps(case.x, case.batch_sizes, case.reverse)
-    rows = case.x if case.batch_sizes is not None else case.x.flatten(0, 1)
+def steps_in_dtype(cell, x, h0, c0, weights, batch_sizes, reverse):
+    """The layer computed by PyTorch with every op in the inputs' dtype: the step equations of
+    tests/conftest.py (a baseline of the 2x rule, as a :data:`fusedrnn.testing.LayerFn`)."""
+    w = weights
+    steps = Steps(x, batch_sizes, reverse)
+    rows = x if batch_sizes is not None else x.flatten(0, 1)
     p = dict(weight_ih=w.w_ih, weight_hh=w.w_hh, bias_ih=w.b_ih, bias_hh=w.b_hh, weight_ch=w.w_peep,
              weight_hr=w.w_proj)
-    h, c = case.h0, case.c0
+    h, c = h0, c0
     outs = [None] * len(steps.sizes)
     for t in steps.order:
         n, xt = steps.sizes[t], rows[steps.span(t)]
@@ -153,38 +146,38 @@ def same_dtype_forward(case: LayerCase):
             h_new = rnn_step(xt, h[:n], p, nonlinearity=cell.mode)
         outs[t] = h_new
         h = torch.cat([h_new, h[n:]])
-    out = torch.cat(outs).reshape(*case.x.shape[:-1], h.shape[-1])
-    return out, h, c
+    return torch.cat(outs).reshape(*x.shape[:-1], h.shape[-1]), h, c
 
 
-def same_dtype_results(case: LayerCase, grads):
-    """The baseline's forward outputs and gradients (autograd through same_dtype_forward)."""
-    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in case.inputs()]
-    x, h0, c0, *w = leaves
-    base = LayerCase(case.cell, x, h0, c0, LayerWeights(*w), case.batch_sizes, case.reverse)
-    out, h_n, c_n = same_dtype_forward(base)
-    outputs = [out, h_n] + ([c_n] if c_n is not None else [])
-    present = [t for t in leaves if t is not None]
-    g = torch.autograd.grad(outputs, present, [t for t in grads if t is not None])
-    return (out, h_n, c_n), g
+#: the same computation in the dtype under test: the reference backend (float32 inside) and PyTorch's
+#: step equations in that dtype; the 2x rule takes the smaller of their errors
+BASELINES = ("reference", steps_in_dtype)
 
 
-def max_error(actual, expected64) -> float:
-    return (actual.detach().double().cpu() - expected64).abs().max().item() if expected64.numel() else 0.0
+def check_workspace(layer: OpsLayer, dtype, float32_baseline: bool = False):
+    """The last forward's workspace against the reference's in float64 on the same inputs (16-bit: by
+    the 2x rule against the reference backend's in ``dtype``)."""
+    case, workspace = layer.last
+    expected = reference.sequence_forward(*case.to(torch.float64, "cpu").args()).workspace
+    baselines = []
+    if dtype != torch.float32 or float32_baseline:
+        baselines.append(reference.sequence_forward(*case.args()).workspace)
+    row = ft.error_row("workspace", "reference", workspace, expected, dtype, baselines)
+    assert row.passed, f"{layer.strategy}: {row}"
 
 
-def check_float32(name, actual, expected64, tol=1e-5):
-    assert torch.isfinite(actual).all(), f"{name}: not finite (an element left unwritten?)"
-    torch.testing.assert_close(actual.double().cpu(), expected64, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
-
-
-def check_low_precision(name, actual, baseline, expected64):
-    assert torch.isfinite(actual).all(), f"{name}: not finite (an element left unwritten?)"
-    ours, base = max_error(actual, expected64), max_error(baseline, expected64)
-    slack = ft.UNIT_ROUNDOFF[actual.dtype] * (expected64.abs().max().item() if expected64.numel() else 0.0)
-    assert ours <= 2 * base + slack, (
-        f"{name}: max error {ours:.3g} against the float64 reference exceeds twice that of PyTorch "
-        f"in {actual.dtype} ({base:.3g}) plus one unit roundoff ({slack:.3g})")
+def check_against_reference(checker: ft.Checker, case: ft.Case, dtype, strategy: str,
+                            float32_baseline: bool = False):
+    """Forward and backward of the cuda ops on ``case`` in ``dtype`` against the oracles of
+    :mod:`fusedrnn.testing`; ``float32_baseline``: float32 may have twice the error of the
+    BASELINES in float32 (long sequences), up to FLOAT32_LONG_BOUND."""
+    layer = OpsLayer(strategy)
+    use_baselines = dtype != torch.float32 or float32_baseline
+    outcome = checker.check("cuda", case, dtype, baseline=BASELINES if use_baselines else None, layer=layer)
+    outcome.assert_passed()
+    if dtype == torch.float32:
+        assert max(r.tolerance for r in outcome.rows) <= FLOAT32_LONG_BOUND, outcome.rows
+    check_workspace(layer, dtype, float32_baseline)
 
 
 @pytest.fixture
@@ -197,19 +190,25 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-def _require_cuda_backend():
+def use_cuda_backend(monkeypatch, emulate: bool):
+    """The cuda backend on the GPU or (``emulate``) through the CUDA emulation: skip with the reason
+    where it cannot run here, fail where it should (a GPU but no kernels: a broken build; the
+    emulation missing where setup.py builds it)."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_EMULATE", "1" if emulate else "0")
     why = backends.unavailable_reason("cuda")
-    if why is not None:
-        if torch.cuda.is_available():  # a GPU but no kernels: a broken build, not missing hardware
-            pytest.fail(f"a CUDA GPU is present but the cuda backend is unavailable: {why}")
-        pytest.skip(why)
+    if why is None:
+        return
+    if emulate and emulation_expected():
+        pytest.fail(f"the CUDA emulation should have been built here but is unavailable: {why}")
+    if not emulate and torch.cuda.is_available():
+        pytest.fail(f"a CUDA GPU is present but the cuda backend is unavailable: {why}")
+    pytest.skip(why)
 
 
 @pytest.fixture
 def require_cuda_backend(monkeypatch):
     """The real cuda backend (GPU-only tests)."""
-    monkeypatch.setenv("FUSEDRNN_CUDA_EMULATE", "0")
-    _require_cuda_backend()
+    use_cuda_backend(monkeypatch, emulate=False)
 
 
 #: where the kernels run: "emu" (the CUDA emulation on CPU tensors) and "gpu"
@@ -219,103 +218,86 @@ TARGETS = [pytest.param("cpu", id="emu"), pytest.param("cuda", id="gpu", marks=p
 @pytest.fixture(params=TARGETS)
 def device(request, monkeypatch):
     """The device of the kernels' tensors: "cuda" on a GPU, "cpu" through the CUDA emulation."""
-    if request.param == "cuda":
-        monkeypatch.setenv("FUSEDRNN_CUDA_EMULATE", "0")
-        _require_cuda_backend()
-        return "cuda"
-    monkeypatch.setenv("FUSEDRNN_CUDA_EMULATE", "1")
-    why = backends.unavailable_reason("cuda")
-    if why is not None:
-        if emulation_expected():
-            pytest.fail(f"the CUDA emulation should have been built here but is unavailable: {why}")
-        pytest.skip(why)
-    return "cpu"
+    use_cuda_backend(monkeypatch, emulate=request.param == "cpu")
+    return request.param
 
 
 def emulated(device) -> bool:
     return device == "cpu"
 
 
-def compare_with_reference(case, dtype, strategy, device, tol=1e-5):
-    """Forward and backward of the cuda ops on ``case`` in ``dtype`` against the float64 reference."""
-    gpu = on_device(case, dtype, device)
-    out, h_n, c_n, ws = cuda_forward(gpu, strategy)
-    grads = random_grads(gpu, out)
-    res = cuda_backward(gpu, grads, out, ws, strategy)
-    ref_fwd, ref_bwd = reference_results(in_float64(gpu), [None if g is None else g.double().cpu() for g in grads])
-    forward = [("out", out, ref_fwd.out), ("h_n", h_n, ref_fwd.h_n)]
-    if case.cell.has_cell_state:
-        forward.append(("c_n", c_n, ref_fwd.c_n))
-    ours = [g for g, t in zip(res, gpu.inputs()) if t is not None]  # the ops return empties for absent inputs
-    backward = [(name, g, ref) for (name, ref), g in zip(gradient_list(ref_bwd), ours)]
-    assert len(backward) == len(ours)
-    if dtype == torch.float32:
-        for name, actual, expected in forward + [("workspace", ws, ref_fwd.workspace)] + backward:
-            check_float32(f"{strategy} {name}", actual, expected, tol)
-        return
-    (b_out, b_hn, b_cn), b_grads = same_dtype_results(gpu, grads)
-    baselines = [b_out, b_hn] + ([b_cn] if case.cell.has_cell_state else []) + list(b_grads)
-    assert torch.isfinite(ws).all(), "workspace: not finite (an element left unwritten?)"
-    for (name, actual, expected), base in zip(forward + backward, baselines):
-        check_low_precision(f"{strategy} {name}", actual, base, expected)
+@pytest.fixture(scope="module")
+def checkers():
+    return {}
+
+
+@pytest.fixture
+def checker(device, checkers):
+    """One :class:`fusedrnn.testing.Checker` per device: a case's data, oracles and baselines are computed
+    once for all its strategies."""
+    return checkers.setdefault(device, ft.Checker(device))
 
 
 # ----------------------------------------------------------------------------
 # every cell, option, dtype and strategy against the reference
 # ----------------------------------------------------------------------------
 
+
+def layout_flags(case: ft.Case) -> str:
+    """``packed-reverse-bias``: the layout's flags as the GPU selections (benchmarks/gpu_validation) name them."""
+    layout = case.layout
+    return "-".join(f for f, on in (("packed", layout.packed), ("reverse", layout.reverse), ("bias", layout.bias))
+                    if on)
+
+
 GRID = [
-    pytest.param(cell, dict(options, **size), dtype, strategy,
-                 id=f"{case_id(cell, options)}-{size_id}-{DTYPE_IDS[dtype]}-{strategy}")
-    for cell, options in option_grid()
+    pytest.param(case, dtype, strategy,
+                 id="-".join(filter(None, [case.variant, layout_flags(case), size_id, DTYPE_IDS[dtype], strategy])))
     for size_id, size in SIZES.items()
+    for case in ft.cases(shapes=[size], options=ft.LAYOUTS, projection=PROJECTION)
     for dtype in DTYPES
-    for strategy in strategies(cell, options)
+    for strategy in STRATEGIES
 ]
 
 
 @pytest.mark.usefixtures("no_tf32")
-@pytest.mark.parametrize("cell,options,dtype,strategy", GRID)
-def test_forward_and_backward_match_reference(cell, options, dtype, strategy, device, fixed_seed):
-    case = make_case(cell, generator=torch.Generator().manual_seed(fixed_seed), **options)
-    compare_with_reference(case, dtype, strategy, device)
+@pytest.mark.parametrize("case,dtype,strategy", GRID)
+def test_forward_and_backward_match_reference(case, dtype, strategy, device, checker):
+    check_against_reference(checker, case, dtype, strategy)
 
 
 LONG = [
-    pytest.param(CellSpec(family, mode), packed, dtype, strategy,
-                 id=f"{family}[{mode}]-{'packed-reverse' if packed else 'padded'}-{DTYPE_IDS[dtype]}-{strategy}")
-    for family, mode in (("lstm", "lstm"), ("gru", "reset_after"), ("gru", "reset_before"))
-    for packed in (False, True)
+    pytest.param(variant, option, dtype, strategy, id=f"{variant}-{option}-{DTYPE_IDS[dtype]}-{strategy}")
+    for variant in ("lstm", "gru", "gru-reset-before")
+    for option in ("padded", "packed-reverse")
     for dtype in (torch.float32, torch.bfloat16)
-    for strategy in strategies(CellSpec(family, mode), {})
+    for strategy in STRATEGIES
 ]
 
 
 @pytest.mark.usefixtures("no_tf32")
-@pytest.mark.parametrize("cell,packed,dtype,strategy", LONG)
-def test_long_sequence_2048_steps(cell, packed, dtype, strategy, device, fixed_seed):
+@pytest.mark.parametrize("variant,option,dtype,strategy", LONG)
+def test_long_sequence_2048_steps(variant, option, dtype, strategy, device, checker):
     """T=2048 (256 in emulation: the step loop is the same, the CPU slower): errors must not grow along the
-    sequence (float32 tolerance 1e-4 for up to 2048 accumulated steps)."""
-    case = make_case(cell, T=256 if emulated(device) else 2048, B=3, I=5, H=37, packed=packed, reverse=packed,
-                     generator=torch.Generator().manual_seed(fixed_seed))
-    compare_with_reference(case, dtype, strategy, device, tol=1e-4)
+    sequence faster than in the same computation in float32 (float32: twice the reference backend's error)."""
+    case = ft.Case(variant, ft.Shape(T=256 if emulated(device) else 2048, B=3, I=5, H=37), option)
+    check_against_reference(checker, case, dtype, strategy, float32_baseline=True)
 
 
 @pytest.mark.usefixtures("no_tf32")
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("family,mode", [("lstm", "lstm"), ("gru", "reset_after")])
-def test_benchmark_shape_both_strategies(family, mode, dtype, device, fixed_seed):
+@pytest.mark.parametrize("variant", ["lstm", "gru"])
+def test_benchmark_shape_both_strategies(variant, dtype, device, checker):
     """The benchmark's shape (B=16, H=768; T shortened to 64, to 2 in emulation): many blocks (48 to 96,
     all resident for grid.sync), tensor cores for 16-bit."""
-    cell, backend = CellSpec(family, mode), CudaBackend()
+    cell, backend = ft.VARIANTS[variant].cell, CudaBackend()
     sizes = (cell, torch.empty(0, device=device, dtype=dtype), torch.empty(16, 768, device=device, dtype=dtype),
              LayerWeights(None, torch.empty(cell.gates * 768, 768, device=device, dtype=dtype)), 64)
     assert backend.chosen_forward_strategy(*sizes) == "persistent"
     assert backend.chosen_backward_strategy(*sizes) == "persistent"
-    case = make_case(cell, T=2 if emulated(device) else 64, B=16, I=256, H=768,
-                     generator=torch.Generator().manual_seed(fixed_seed))
-    for strategy in ("per_step", "persistent"):
-        compare_with_reference(case, dtype, strategy, device, tol=1e-4)
+    case = ft.Case(variant, ft.Shape(T=2 if emulated(device) else 64, B=16, I=256, H=768))
+    for strategy in STRATEGIES:
+        check_against_reference(checker, case, dtype, strategy, float32_baseline=True)
 
 
 # ----------------------------------------------------------------------------
@@ -326,7 +308,7 @@ NN_CELLS = [("lstm", "lstm", "LSTM", {}), ("gru", "reset_after", "GRU", {}),
             ("rnn", "tanh", "RNN", {"nonlinearity": "tanh"}), ("rnn", "relu", "RNN", {"nonlinearity": "relu"})]
 
 
-def _cudnn_module(kind, kwargs, case, dtype):
+def _cudnn_module(kind, kwargs, case: ft.LayerCase, dtype):
     """A bidirectional torch.nn layer whose two directions both hold the case's weights."""
     I, H = case.x.shape[-1], case.h0.shape[-1]
     module = getattr(torch.nn, kind)(I, H, bidirectional=True, **kwargs).to(device="cuda", dtype=dtype)
@@ -343,10 +325,12 @@ def _cudnn_module(kind, kwargs, case, dtype):
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("family,mode,kind,kwargs", NN_CELLS, ids=[f"{f}-{m}" for f, m, _, _ in NN_CELLS])
 def test_matches_cudnn(family, mode, kind, kwargs, packed, dtype, fixed_seed):
-    """Both directions of a cuDNN bidirectional layer against our forward and reverse calls."""
+    """Both directions of a cuDNN bidirectional layer against our forward and reverse calls: float32 within
+    1e-5 of cuDNN (the same-dtype tolerance); 16-bit by the 2x rule with cuDNN in that dtype as the baseline."""
     cell = CellSpec(family, mode)
-    case = on_device(make_case(cell, T=9, B=5, I=3, H=37, packed=packed,
-                               generator=torch.Generator().manual_seed(fixed_seed)), dtype, "cuda")
+    case = ft.layer_case(ft.Case(ft.variant_of(cell), ft.Shape(T=9, B=5, I=3, H=37), "packed" if packed else "padded"),
+                         dtype, "cuda", seed=fixed_seed)
+    H = case.h0.shape[-1]
     module = _cudnn_module(kind, kwargs, case, dtype)
     h0 = torch.stack([case.h0, case.h0])
     x = PackedSequence(case.x, case.batch_sizes) if packed else case.x
@@ -356,41 +340,30 @@ def test_matches_cudnn(family, mode, kind, kwargs, packed, dtype, fixed_seed):
         else:
             nn_out, nn_h = module(x, h0)
     nn_out = nn_out.data if packed else nn_out
-    ref64 = in_float64(case)
     for direction, reverse in enumerate((False, True)):
-        run = LayerCase(cell, case.x, case.h0, case.c0, case.weights, case.batch_sizes, reverse)
-        ref = reference.sequence_forward(cell, ref64.x, ref64.h0, ref64.c0, ref64.weights, ref64.batch_sizes, reverse)
-        pairs = [("out", nn_out[..., direction * 37:(direction + 1) * 37], ref.out), ("h_n", nn_h[direction], ref.h_n)]
+        run = dataclasses.replace(case, reverse=reverse)
+        ref = reference.sequence_forward(*run.to(torch.float64, "cpu").args())
+        pairs = [("out", nn_out[..., direction * H:(direction + 1) * H], ref.out), ("h_n", nn_h[direction], ref.h_n)]
         if family == "lstm":
             pairs.append(("c_n", nn_c[direction], ref.c_n))
-        for strategy in strategies(cell, {}):
+        for strategy in STRATEGIES:
             ours = cuda_forward(run, strategy)
             for (name, theirs, expected), mine in zip(pairs, ours):
                 label = f"{strategy} reverse={reverse} {name}"
-                if dtype == torch.float32:
-                    check_float32(label, mine, theirs.double().cpu())
+                if dtype == torch.float32:  # the same dtype: the same-dtype tolerance against cuDNN's values
+                    assert_close(mine, theirs, msg=label)
                 else:
-                    check_low_precision(label, mine, theirs, expected)
+                    row = ft.error_row(name, "reference", mine, expected, dtype, [theirs])
+                    assert row.passed, f"{label}: {row}"
 
 
 @pytest.mark.usefixtures("no_tf32")
-def test_module_matches_torch_nn_through_the_backend(device, fixed_seed):
-    """fusedrnn.LSTM(backend='cuda'), two bidirectional layers, packed input: outputs and gradients."""
-    torch_lstm = torch.nn.LSTM(3, 37, num_layers=2, bidirectional=True).to(device)
-    ours = fusedrnn.LSTM(3, 37, num_layers=2, bidirectional=True, backend="cuda").to(device)
-    ours.load_state_dict(torch_lstm.state_dict())
-    lengths = [7, 2, 5, 1, 6]
-    seqs = [torch.randn(n, 3, device=device) for n in lengths]
-    packed = torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
-    results = []
-    for module in (torch_lstm, ours):
-        out, (h, c) = module(packed)
-        loss = (out.data * torch.linspace(-1, 1, out.data.numel(), device=device).view_as(out.data)).sum() \
-            + (h * 0.5).sum() + (c * 0.25).sum()
-        grads = torch.autograd.grad(loss, list(module.parameters()))
-        results.append([out.data, h, c, *grads])
-    for theirs, mine in zip(*results):
-        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("variant", list(ft.MODULE_VARIANTS))
+def test_module_matches_torch_nn_through_the_backend(variant, device, checker):
+    """fusedrnn.LSTM/GRU/RNN(backend='cuda'), two bidirectional layers, packed unsorted input: outputs and the
+    gradients of every parameter and state against torch.nn in float64 on the same weights."""
+    check = checker.check("cuda", ft.ModuleCase(variant, ft.Shape(T=7, B=5, I=3, H=37)), torch.float32)
+    check.assert_passed()
 
 
 # ----------------------------------------------------------------------------
@@ -398,67 +371,65 @@ def test_module_matches_torch_nn_through_the_backend(device, fixed_seed):
 # ----------------------------------------------------------------------------
 
 REPEAT = [
-    pytest.param(CellSpec(f, m), dtype, strategy, id=f"{f}-{m}-{DTYPE_IDS[dtype]}-{strategy}")
-    for f, m in (("lstm", "lstm"), ("gru", "reset_after"), ("gru", "reset_before"), ("rnn", "tanh"))
+    pytest.param(variant, dtype, strategy, id=f"{variant}-{DTYPE_IDS[dtype]}-{strategy}")
+    for variant in ("lstm-peephole", "gru", "gru-reset-before", "rnn-tanh")
     for dtype in (torch.float32, torch.bfloat16)
-    for strategy in strategies(CellSpec(f, m), {})
+    for strategy in STRATEGIES
 ]
 
 
-@pytest.mark.parametrize("cell,dtype,strategy", REPEAT)
-def test_repeated_runs_are_bitwise_identical(cell, dtype, strategy, device, monkeypatch, fixed_seed):
+@pytest.mark.parametrize("variant,dtype,strategy", REPEAT)
+def test_repeated_runs_are_bitwise_identical(variant, dtype, strategy, device, monkeypatch, fixed_seed):
     """A result that changes between identical runs is a race (or an unwritten element).  In emulation
     the runs are deterministic, so each runs its CUDA threads in another order (forward, reverse,
     shuffled): a result that depends on the order is a race there."""
-    size = dict(T=16, B=16, I=8, H=48) if emulated(device) else dict(T=50, B=16, I=32, H=128)  # several blocks
-    case = on_device(make_case(cell, **size, packed=True, peephole=cell.family == "lstm",
-                               generator=torch.Generator().manual_seed(fixed_seed)), dtype, device)
+    shape = ft.Shape(16, 16, 8, 48) if emulated(device) else ft.Shape(50, 16, 32, 128)  # several blocks
+    case = ft.layer_case(ft.Case(variant, shape, "packed"), dtype, device, seed=fixed_seed)
     runs = []
     for schedule in ("forward", "reverse", "shuffle:11"):
         monkeypatch.setenv("FUSEDRNN_EMU_SCHEDULE", schedule)
         out, h_n, c_n, ws = cuda_forward(case, strategy)
         grads = tuple(torch.linspace(-1, 1, t.numel(), device=device, dtype=dtype).view_as(t) if t is not None
-                      else None for t in (out, h_n, c_n if cell.has_cell_state else None))
+                      else None for t in (out, h_n, c_n if case.cell.has_cell_state else None))
         runs.append([out, h_n, c_n, ws, *cuda_backward(case, grads, out, ws, strategy)])
     for again in runs[1:]:
         for first, second in zip(runs[0], again):
             assert torch.equal(first, second)
 
 
-INFERENCE_CELLS = [pytest.param(CellSpec("lstm", "lstm"), {"proj": 4}, id="lstm-proj4"),
-                   pytest.param(CellSpec("gru", "reset_before"), {}, id="gru-reset_before"),
-                   pytest.param(CellSpec("gru", "reset_after"), {}, id="gru-reset_after")]
+INFERENCE_CASES = [pytest.param(ft.Case("lstm-proj", ft.Shape(6, 5, 3, 37), "packed-reverse", projection=4),
+                                id="lstm-proj4"),
+                   pytest.param(ft.Case("gru-reset-before", ft.Shape(6, 5, 3, 37), "packed-reverse"),
+                                id="gru-reset_before"),
+                   pytest.param(ft.Case("gru", ft.Shape(6, 5, 3, 37), "packed-reverse"), id="gru-reset_after")]
 
 
-@pytest.mark.parametrize("strategy", ["per_step", "persistent"])
-@pytest.mark.parametrize("cell,options", INFERENCE_CELLS)
-def test_inference_keeps_no_workspace_and_gives_the_training_results(cell, options, strategy, device):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("case", INFERENCE_CASES)
+def test_inference_keeps_no_workspace_and_gives_the_training_results(case, strategy, device, fixed_seed):
     """for_backward=False (a forward without grad): the steps share one [B, W] workspace and none is
     returned; out, h_n and c_n are bitwise those of a forward kept for the backward."""
-    case = on_device(make_case(cell, T=6, B=5, I=3, H=37, packed=True, reverse=True, **options), torch.float32,
-                     device)
+    case = ft.layer_case(case, torch.float32, device, seed=fixed_seed)
     kept = cuda_forward(case, strategy)
-    inference = _ops().forward(case.cell.family, case.cell.mode, *case.inputs(), case.batch_sizes, case.reverse,
-                               strategy, True, False)
+    inference = cuda_forward(case, strategy, for_backward=False)
     assert inference[3].numel() == 0 and kept[3].numel() > 0
     for name, a, b in zip(("out", "h_n", "c_n"), kept[:3], inference[:3]):
         assert torch.equal(a, b), name
 
 
-@pytest.mark.parametrize("strategy", ["per_step", "persistent"])
-def test_backward_skips_the_gradients_not_asked_for(strategy, device):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_backward_skips_the_gradients_not_asked_for(strategy, device, fixed_seed):
     """need_dx / need_dweights False: those gradients come back empty, the others unchanged."""
-    case = on_device(make_case(CellSpec("lstm", "lstm"), T=5, B=4, I=3, H=9, peephole=True), torch.float32, device)
+    case = ft.layer_case(ft.Case("lstm-peephole", ft.Shape(5, 4, 3, 9)), torch.float32, device, seed=fixed_seed)
     out, h_n, c_n, ws = cuda_forward(case, strategy)
-    grads = random_grads(case, out)
 
     def backward(need_dx, need_dweights):
-        return _ops().backward(case.cell.family, case.cell.mode, *grads, *case.inputs(), case.batch_sizes,
-                               case.reverse, out, ws, strategy, True, need_dx, need_dweights)
+        return cuda_backward(case, case.upstream, out, ws, strategy, True, need_dx, need_dweights)
 
     every = backward(True, True)
     no_dx, no_dweights = backward(False, True), backward(True, False)
     assert no_dx[0].numel() == 0 and all(t.numel() == 0 for t in no_dweights[3:])
+    assert every[0].numel() > 0 and all(t.numel() > 0 for t in every[3:8])
     for kept, all_of in ((no_dx[1:], every[1:]), (no_dweights[:3], every[:3])):
         for a, b in zip(kept, all_of):
             assert torch.equal(a, b)
@@ -500,14 +471,14 @@ def test_auto_strategy_rule(device):
 
 def test_forced_persistent_where_impossible_raises(device):
     """float32 W_hh rows of 4 gates x 8 units x 8192 inputs need 1 MiB of shared memory per block."""
-    case = on_device(make_case(CellSpec("lstm", "lstm"), B=2, H=8192, I=3, T=2), torch.float32, device)
+    case = ft.layer_case(ft.Case("lstm", ft.Shape(T=2, B=2, I=3, H=8192)), torch.float32, device)
     with pytest.raises(RuntimeError, match="persistent strategy cannot run this call: .*shared memory"):
         cuda_forward(case, "persistent")
 
 
 def test_bad_arguments_raise_runtime_errors_naming_them(device):
-    case = on_device(make_case(CellSpec("lstm", "lstm")), torch.float32, device)
-    args = dict(zip(("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_peep", "w_proj"), case.inputs()))
+    case = ft.layer_case(ft.Case("lstm", ft.SMALL_SHAPE), torch.float32, device)
+    args = dict(zip(ft.INPUTS, case.inputs()))
 
     def call(strategy="auto", **changes):
         a = dict(args, **changes)

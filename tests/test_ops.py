@@ -4,20 +4,17 @@ import pytest
 import torch
 from torch.library import opcheck
 
+import fusedrnn.testing as ft
 from fusedrnn import functional, ops
 from fusedrnn.backends.base import LayerWeights
-from fusedrnn.cells import CellSpec, all_specs
 
-from layer_cases import case_id, make_case
-
-SPECS = all_specs()
 OPCHECK_CASES = [
-    (CellSpec("lstm", "lstm"), dict(peephole=True, proj=4, packed=True, reverse=True)),
-    (CellSpec("lstm", "lstm"), dict(bias=False)),
-    (CellSpec("gru", "reset_after"), dict(packed=True)),
-    (CellSpec("gru", "reset_before"), dict(reverse=True)),
-    (CellSpec("rnn", "relu"), dict(packed=True, reverse=True)),
-    (CellSpec("rnn", "tanh"), dict(bias=False)),
+    ft.Case("lstm-peephole-proj", ft.SMALL_SHAPE, "packed-reverse", projection=4),
+    ft.Case("lstm", ft.SMALL_SHAPE, "no-bias"),
+    ft.Case("gru", ft.SMALL_SHAPE, "packed"),
+    ft.Case("gru-reset-before", ft.SMALL_SHAPE, "reverse"),
+    ft.Case("rnn-relu", ft.SMALL_SHAPE, "packed-reverse"),
+    ft.Case("rnn-tanh", ft.SMALL_SHAPE, "no-bias"),
 ]
 
 
@@ -25,30 +22,30 @@ def _op_args(case, backend="reference"):
     return (*case.inputs(), case.batch_sizes, case.reverse, case.cell.mode, backend)
 
 
-@pytest.mark.parametrize("cell,options", OPCHECK_CASES, ids=[case_id(c, o) for c, o in OPCHECK_CASES])
-def test_forward_op_opcheck(cell, options):
-    case = make_case(cell, **options)
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
+def test_forward_op_opcheck(case):
+    case = ft.layer_case(case)
     args = list(_op_args(case))
     for i in range(9):  # x, h0, c0, weights: differentiable inputs
         if args[i] is not None:
             args[i] = args[i].clone().requires_grad_()
-    opcheck(ops.forward_op(cell.family), tuple(args))
+    opcheck(ops.forward_op(case.cell.family), tuple(args))
 
 
-@pytest.mark.parametrize("cell,options", OPCHECK_CASES[:3], ids=[case_id(c, o) for c, o in OPCHECK_CASES[:3]])
-def test_forward_op_opcheck_without_workspace(cell, options):
+@pytest.mark.parametrize("case", OPCHECK_CASES[:3], ids=str)
+def test_forward_op_opcheck_without_workspace(case):
     """for_backward=False: the fake kernel's empty workspace matches the real one's."""
-    case = make_case(cell, **options)
-    opcheck(ops.forward_op(cell.family), (*_op_args(case), False))
-    assert ops.forward_op(cell.family)(*_op_args(case), False)[3].numel() == 0
+    case = ft.layer_case(case)
+    family = case.cell.family
+    opcheck(ops.forward_op(family), (*_op_args(case), False))
+    assert ops.forward_op(family)(*_op_args(case), False)[3].numel() == 0
 
 
 def test_backward_op_opcheck_with_skipped_gradients():
     """need_dx / need_dweights False: empty gradients, the same in the fake kernel as in the real one."""
-    case = make_case(CellSpec("lstm", "lstm"), peephole=True, packed=True)
+    case = ft.layer_case(ft.Case("lstm-peephole", ft.SMALL_SHAPE, "packed"))
     out, h_n, c_n, ws = ops.forward_op("lstm")(*_op_args(case))
-    args = (torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n), *case.inputs(), case.batch_sizes,
-            case.reverse, "lstm", "reference", out, ws)
+    args = (*case.upstream, *case.inputs(), case.batch_sizes, case.reverse, "lstm", "reference", out, ws)
     for need_dx, need_dweights in ((False, True), (True, False)):
         opcheck(ops.backward_op("lstm"), (*args, need_dx, need_dweights))
         grads = ops.backward_op("lstm")(*args, need_dx, need_dweights)
@@ -57,7 +54,7 @@ def test_backward_op_opcheck_with_skipped_gradients():
 
 
 def test_differentiating_a_forward_without_workspace_raises():
-    case = make_case(CellSpec("lstm", "lstm"))
+    case = ft.layer_case(ft.Case("lstm", ft.SMALL_SHAPE))
     x, *rest = case.inputs()
     out = ops.forward_op("lstm")(x.clone().requires_grad_(), *rest, *_op_args(case)[9:], False)[0]
     with pytest.raises(RuntimeError, match="for_backward=False"):
@@ -66,7 +63,7 @@ def test_differentiating_a_forward_without_workspace_raises():
 
 def test_no_grad_layer_matches_grad_layer():
     """functional.layer asks for no workspace under no_grad; the outputs do not change."""
-    case = make_case(CellSpec("gru", "reset_before"), packed=True)
+    case = ft.layer_case(ft.Case("gru-reset-before", ft.SMALL_SHAPE, "packed"))
     x, h0, c0, *w = case.inputs()
     with_grad = functional.layer(case.cell, x.clone().requires_grad_(), h0, c0, LayerWeights(*w), case.batch_sizes,
                                  case.reverse)
@@ -77,14 +74,13 @@ def test_no_grad_layer_matches_grad_layer():
             torch.testing.assert_close(a.detach(), b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cell,options", OPCHECK_CASES, ids=[case_id(c, o) for c, o in OPCHECK_CASES])
-def test_backward_op_opcheck(cell, options):
-    case = make_case(cell, **options)
-    out, h_n, c_n, ws = ops.forward_op(cell.family)(*_op_args(case))
-    grad_cn = torch.randn_like(c_n) if cell.has_cell_state else None
-    args = (torch.randn_like(out), torch.randn_like(h_n), grad_cn, *case.inputs(), case.batch_sizes,
-            case.reverse, cell.mode, "reference", out, ws)
-    opcheck(ops.backward_op(cell.family), args)
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
+def test_backward_op_opcheck(case):
+    case = ft.layer_case(case)
+    family = case.cell.family
+    out, h_n, c_n, ws = ops.forward_op(family)(*_op_args(case))
+    args = (*case.upstream, *case.inputs(), case.batch_sizes, case.reverse, case.cell.mode, "reference", out, ws)
+    opcheck(ops.backward_op(family), args)
 
 
 def _layer_fn(case):
@@ -103,29 +99,29 @@ def _layer_fn(case):
     return fn
 
 
-GRAD_CASES = [(c, dict(packed=p, reverse=r, peephole=c.family == "lstm"))
-              for c in SPECS for p, r in ((False, False), (True, True))]
+#: every cell once, the LSTM with peepholes
+GRAD_VARIANTS = [name for name, v in ft.VARIANTS.items() if not v.projection and v.peephole == (v.cell.family == "lstm")]
+GRAD_CASES = [ft.Case(v, ft.Shape(T=3, B=3, I=2, H=3), o) for v in GRAD_VARIANTS for o in ("padded", "packed-reverse")]
 
 
-@pytest.mark.parametrize("cell,options", GRAD_CASES, ids=[case_id(c, o) for c, o in GRAD_CASES])
-def test_gradcheck_through_ops(cell, options):
-    case = make_case(cell, T=3, B=3, I=2, H=3, **options)
+@pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+def test_gradcheck_through_ops(case):
+    case = ft.layer_case(case)
     inputs = [t.clone().requires_grad_() for t in case.differentiable()]
     assert torch.autograd.gradcheck(_layer_fn(case), inputs)
 
 
-@pytest.mark.parametrize("cell", [CellSpec("lstm", "lstm"), CellSpec("gru", "reset_before"), CellSpec("rnn", "tanh")],
-                         ids=str)
-def test_gradgradcheck_through_ops(cell):
+@pytest.mark.parametrize("variant", ["lstm", "gru-reset-before", "rnn-tanh"])
+def test_gradgradcheck_through_ops(variant):
     """Double backward (gradient penalties) works through the ops."""
-    case = make_case(cell, T=2, B=2, I=2, H=2, packed=True, lengths=[2, 1])
+    case = ft.layer_case(ft.Case(variant, ft.Shape(T=2, B=2, I=2, H=2), "packed", lengths=(2, 1)))
     inputs = [t.clone().requires_grad_() for t in case.differentiable()]
     assert torch.autograd.gradgradcheck(_layer_fn(case), inputs)
 
 
 def test_one_op_call_per_layer_direction():
     """The layer is a single op call whatever the sequence length (no per-step ops at the boundary)."""
-    case = make_case(CellSpec("lstm", "lstm"), T=9)
+    case = ft.layer_case(ft.Case("lstm", ft.SMALL_SHAPE._replace(T=9)))
     calls = []
 
     class Count(torch.overrides.TorchFunctionMode):
@@ -141,7 +137,7 @@ def test_one_op_call_per_layer_direction():
 
 def test_compile_fullgraph_functional():
     """torch.compile(fullgraph=True) traces the functional API without graph breaks."""
-    case = make_case(CellSpec("gru", "reset_before"), dtype=torch.float32)
+    case = ft.layer_case(ft.Case("gru-reset-before", ft.SMALL_SHAPE), torch.float32)
     w = [t.clone().requires_grad_() for t in case.weights[:4]]
 
     def f(x):
@@ -164,7 +160,7 @@ def test_compile_fullgraph_functional():
 
 
 def _lstm(**override):
-    case = make_case(CellSpec("lstm", "lstm"), dtype=torch.float32)
+    case = ft.layer_case(ft.Case("lstm", ft.SMALL_SHAPE), torch.float32)
     args = dict(x=case.x, h0=case.h0, c0=case.c0, w_ih=case.weights.w_ih, w_hh=case.weights.w_hh,
                 b_ih=case.weights.b_ih, b_hh=case.weights.b_hh)
     args.update(override)
@@ -199,13 +195,12 @@ def test_functional_rejects_bad_arguments(override, exc, match):
 ], ids=["increasing", "int32", "sum", "first"])
 def test_functional_rejects_bad_batch_sizes(batch_sizes, match):
     """RuntimeError, as torch.nn's modules raise for these (functional.check_batch_sizes)."""
-    cell = CellSpec("gru", "reset_after")
-    case = make_case(cell, packed=True, lengths=[2, 2, 1], dtype=torch.float32)
+    case = ft.layer_case(ft.Case("gru", ft.SMALL_SHAPE._replace(T=2), "packed", lengths=(2, 2, 1)), torch.float32)
     with pytest.raises(RuntimeError, match=match):
-        functional.layer(cell, case.x, case.h0, None, case.weights, batch_sizes)
+        functional.layer(case.cell, case.x, case.h0, None, case.weights, batch_sizes)
 
 
 def test_rnn_layer_rejects_unknown_nonlinearity():
-    case = make_case(CellSpec("rnn", "tanh"), dtype=torch.float32)
+    case = ft.layer_case(ft.Case("rnn-tanh", ft.SMALL_SHAPE), torch.float32)
     with pytest.raises(ValueError, match="nonlinearity"):
         functional.rnn_layer(case.x, case.h0, *case.weights[:4], nonlinearity="sigmoid")

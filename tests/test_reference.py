@@ -1,35 +1,31 @@
 """The reference backend against autograd, torch.nn, and loops written here from the equations."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
+import fusedrnn.testing as ft
 from fusedrnn import reference
-from fusedrnn.backends.base import LayerWeights
 from fusedrnn.cells import CellSpec
 
-from layer_cases import case_id, make_case, option_grid
+#: every cell variant and layout (projection 4), at the small shape
+GRID = ft.cases(shapes=[ft.SMALL_SHAPE], options=ft.LAYOUTS, projection=4)
 
-GRID = option_grid()
 
-
-@pytest.mark.parametrize("cell,options", GRID, ids=[case_id(c, o) for c, o in GRID])
-def test_hand_written_bptt_matches_autograd(cell, options):
+@pytest.mark.parametrize("case", GRID, ids=str)
+def test_hand_written_bptt_matches_autograd(case):
     """sequence_backward (by hand) equals autograd through sequence_forward, float64."""
-    case = make_case(cell, **options)
-    leaves = [t.detach().requires_grad_() if t is not None else None for t in case.inputs()]
-    x, h0, c0, *w = leaves
-    res = reference.sequence_forward(cell, x, h0, c0, LayerWeights(*w), case.batch_sizes, case.reverse)
-    g = torch.Generator().manual_seed(1)
-    grads = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in (res.out, res.h_n, res.c_n) if t is not None]
+    case = ft.layer_case(case)
+    leaves = case.requiring_grad()
+    res = reference.sequence_forward(*leaves.args())
     outs = [t for t in (res.out, res.h_n, res.c_n) if t is not None]
-    present = [t for t in leaves if t is not None]
-    expected = torch.autograd.grad(outs, present, grads)
+    grads = [g for g in case.upstream if g is not None]
+    expected = torch.autograd.grad(outs, leaves.differentiable(), grads)
     with torch.no_grad():
-        got = reference.sequence_backward(
-            cell, grads[0], grads[1], grads[2] if cell.has_cell_state else None,
-            *case.inputs()[:3], case.weights, case.batch_sizes, case.reverse, res.out, res.workspace,
-        )
+        got = reference.sequence_backward(case.cell, *case.upstream, *case.inputs()[:3], case.weights,
+                                          case.batch_sizes, case.reverse, res.out, res.workspace)
     got = [t for t in (got.dx, got.dh0, got.dc0, *got.dweights) if t is not None]
     assert len(got) == len(expected)
     for e, a in zip(expected, got):
@@ -44,26 +40,25 @@ def _torch_module(cell: CellSpec, I, H, proj, bias):
     return nn.RNN(I, H, nonlinearity=cell.mode, bias=bias)
 
 
-TORCH_CELLS = [CellSpec("lstm", "lstm"), CellSpec("gru", "reset_after"), CellSpec("rnn", "tanh"), CellSpec("rnn", "relu")]
+TORCH_VARIANTS = [("lstm", 0), ("lstm-proj", 3), ("gru", 0), ("rnn-tanh", 0), ("rnn-relu", 0)]
 
 
-TORCH_CASES = [(c, p) for c in TORCH_CELLS for p in ((0, 3) if c.family == "lstm" else (0,))]
-
-
-@pytest.mark.parametrize("cell,proj", TORCH_CASES, ids=[f"{c}-proj{p}" for c, p in TORCH_CASES])
+@pytest.mark.parametrize("variant,proj", TORCH_VARIANTS, ids=[f"{v}-proj{p}" for v, p in TORCH_VARIANTS])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_forward_matches_torch_nn(cell, proj, packed, reverse):
+def test_forward_matches_torch_nn(variant, proj, packed, reverse):
     """Same numbers as torch.nn's single-direction layer on the same weights (reverse: on reversed time)."""
     T, B, I, H = 7, 5, 3, 37
-    case = make_case(cell, T=T, B=B, I=I, H=H, proj=proj, packed=packed, reverse=reverse)
+    option = ft.layout_name(packed=packed, reverse=reverse)
+    case = ft.layer_case(ft.Case(variant, ft.Shape(T, B, I, H), option, projection=proj or None))
+    cell = case.cell
     mod = _torch_module(cell, I, H, proj, True).double()
     with torch.no_grad():
         for name, t in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"), case.weights):
             getattr(mod, name).copy_(t)
         if proj:
             mod.weight_hr_l0.copy_(case.weights.w_proj)
-    res = reference.sequence_forward(cell, *case.inputs()[:3], case.weights, case.batch_sizes, reverse)
+    res = reference.sequence_forward(*case.args())
     hx = (case.h0[None], case.c0[None]) if cell.has_cell_state else case.h0[None]
     if packed:
         # torch.nn walks packed rows forward only; compare the forward direction, and for reverse
@@ -130,16 +125,16 @@ def _cho_gru_loop(x, h, w_ih, w_hh, b_ih, b_hh):
 
 
 def test_peephole_lstm_matches_equations():
-    case = make_case(CellSpec("lstm", "lstm"), T=6, B=4, I=3, H=5, peephole=True)
-    res = reference.sequence_forward(case.cell, *case.inputs()[:3], case.weights)
+    case = ft.layer_case(ft.Case("lstm-peephole", ft.Shape(T=6, B=4, I=3, H=5)))
+    res = reference.sequence_forward(*case.args())
     out, h, c = _peephole_lstm_loop(case.x, case.h0, case.c0, *case.weights[:5])
     torch.testing.assert_close(res.out, out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(res.c_n, c, rtol=1e-12, atol=1e-12)
 
 
 def test_reset_before_gru_matches_equations():
-    case = make_case(CellSpec("gru", "reset_before"), T=6, B=4, I=3, H=5)
-    res = reference.sequence_forward(case.cell, *case.inputs()[:3], case.weights)
+    case = ft.layer_case(ft.Case("gru-reset-before", ft.Shape(T=6, B=4, I=3, H=5)))
+    res = reference.sequence_forward(*case.args())
     out, h = _cho_gru_loop(case.x, case.h0, *case.weights[:4])
     torch.testing.assert_close(res.out, out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(res.h_n, h, rtol=1e-12, atol=1e-12)
@@ -147,19 +142,19 @@ def test_reset_before_gru_matches_equations():
 
 def test_reset_before_differs_from_reset_after():
     """The two GRU forms are different functions (guards against a mode being ignored)."""
-    a = make_case(CellSpec("gru", "reset_after"))
-    b = make_case(CellSpec("gru", "reset_before"))
-    ra = reference.sequence_forward(a.cell, *a.inputs()[:3], a.weights)
-    rb = reference.sequence_forward(b.cell, *b.inputs()[:3], b.weights)
+    a = ft.layer_case(ft.Case("gru", ft.SMALL_SHAPE))
+    b = dataclasses.replace(a, cell=CellSpec("gru", "reset_before"))  # the same numbers
+    ra = reference.sequence_forward(*a.args())
+    rb = reference.sequence_forward(*b.args())
     assert (ra.out - rb.out).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("cell", [CellSpec("lstm", "lstm"), CellSpec("gru", "reset_after"),
-                                  CellSpec("gru", "reset_before"), CellSpec("rnn", "tanh")], ids=str)
+@pytest.mark.parametrize("variant", ["lstm-peephole", "gru", "gru-reset-before", "rnn-tanh"])
 @pytest.mark.parametrize("sign", [1.0, -1.0], ids=["pos", "neg"])
-def test_saturated_preactivations_stay_finite(cell, sign):
+def test_saturated_preactivations_stay_finite(variant, sign):
     """Pre-activations of +-100 give finite outputs and gradients (float32)."""
-    case = make_case(cell, dtype=torch.float32, peephole=cell.family == "lstm")
+    case = ft.layer_case(ft.Case(variant, ft.SMALL_SHAPE), torch.float32)
+    cell = case.cell
     weights = case.weights._replace(w_ih=torch.full_like(case.weights.w_ih, sign * 100.0))
     x = case.x.abs()
     res = reference.sequence_forward(cell, x, case.h0, case.c0, weights)
@@ -175,11 +170,9 @@ def test_saturated_preactivations_stay_finite(cell, sign):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_low_precision_accumulates_in_float32(dtype):
     """16-bit inputs: results in the input dtype, error no worse than rounding the float64 result."""
-    cell = CellSpec("lstm", "lstm")
-    case64 = make_case(cell, T=5, B=3, I=8, H=16)
-    case16 = make_case(cell, T=5, B=3, I=8, H=16, dtype=dtype)
-    want = reference.sequence_forward(cell, *case64.inputs()[:3], case64.weights).out
-    got = reference.sequence_forward(cell, *case16.inputs()[:3], case16.weights).out
+    case = ft.Case("lstm", ft.Shape(T=5, B=3, I=8, H=16))
+    want = reference.sequence_forward(*ft.layer_case(case).args()).out
+    got = reference.sequence_forward(*ft.layer_case(case, dtype).args()).out
     assert got.dtype == dtype
     # the inputs themselves were rounded to 16 bits, so allow a few ulps of the output
     eps = torch.finfo(dtype).eps

@@ -11,7 +11,7 @@ from torch import nn
 from .. import backends
 from ..backends.base import LayerWeights
 from .grid import Case, DEFAULT_SHAPES, MODULE_VARIANTS, ModuleCase, Shape, VARIANTS, cases
-from .runs import (INPUTS, Problem, QUANTITIES, Results, backend_layer, make_module_problem, make_problem,
+from .runs import (INPUTS, LayerFn, Problem, QUANTITIES, Results, backend_layer, make_module_problem, make_problem,
                    modules_available, quantity_of, reference_layer, run_layer, run_module, run_torch)
 from .tolerance import LOW_PRECISION, dtype_name, error, tolerance, tolerance_rule
 
@@ -36,6 +36,28 @@ class ErrorRow:
     def passed(self) -> bool:
         return self.rel <= self.tolerance
 
+    def __str__(self) -> str:
+        return (f"{self.quantity} vs {self.oracle}: rel {self.rel:.3g} (max_abs {self.max_abs:.3g}) "
+                f"{'<=' if self.passed else '>'} tolerance {self.tolerance:.3g}")
+
+
+def error_row(quantity: str, oracle: str, actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype,
+              baselines: Sequence[torch.Tensor] = ()) -> ErrorRow:
+    """``actual`` against the oracle's ``expected`` under the rule for ``dtype`` (:func:`tolerance`);
+    ``baselines``: the same computation in ``dtype`` by other implementations; the smallest of their
+    errors against the same oracle sets the 2x bound."""
+    max_abs, rel = error(actual, expected)
+    base_rel = min((error(b, expected)[1] for b in baselines), default=None)
+    return ErrorRow(quantity, oracle, max_abs, rel, tolerance(dtype, base_rel))
+
+
+#: a baseline of the 2x rule: "reference" (the reference backend), "torch.nn", or a layer function
+Baseline = Union[str, LayerFn]
+
+
+def baseline_name(baseline: Baseline) -> str:
+    return baseline if isinstance(baseline, str) else getattr(baseline, "__name__", type(baseline).__name__)
+
 
 @dataclass
 class CaseOutcome:
@@ -52,6 +74,19 @@ class CaseOutcome:
     @property
     def passed(self) -> bool:
         return self.crashed is None and all(r.passed for r in self.rows)
+
+    def assert_passed(self) -> None:
+        """Raise AssertionError unless the case ran, compared outputs and gradients, and every row is
+        within its tolerance (a skip is a failure here: a test asks for a case the backend must run)."""
+        problems = [f"skipped: {self.skipped}"] if self.skipped is not None else []
+        problems += [f"crashed: {self.crashed}"] if self.crashed is not None else []
+        problems += [str(r) for r in self.rows if not r.passed]
+        quantities = {r.quantity for r in self.rows}
+        if not problems and not ({"out", "h_n"} <= quantities and any(q.startswith("grad_") for q in quantities)):
+            problems.append(f"nothing compared but {sorted(quantities)}")
+        if problems:
+            raise AssertionError(f"{self.backend} on {self.case.id} in {dtype_name(self.dtype)} ({self.rule}): "
+                                 + "; ".join(problems))
 
     def to_dict(self) -> dict:
         return {
@@ -85,9 +120,12 @@ class Checker:
         make = make_module_problem if isinstance(case, ModuleCase) else make_problem
         return self._cached(("problem", case, dtype), lambda: make(case, dtype))
 
-    def _run(self, case, dtype: torch.dtype, implementation: str) -> Optional[Results]:
-        """Results of ``"oracle:reference"``, ``"torch.nn"`` or a fusedrnn backend name, in ``dtype``."""
+    def _run(self, case, dtype: torch.dtype, implementation: str, layer: Optional[LayerFn] = None) -> Optional[Results]:
+        """Results of ``"oracle:reference"``, ``"torch.nn"`` or a fusedrnn backend name, in ``dtype``
+        (``layer``: this layer function stands for the backend's)."""
         problem = self.problem(case, dtype)
+        if layer is not None:
+            return run_layer(problem, layer, dtype, self.device)
         if isinstance(case, ModuleCase):
             if implementation == "oracle:reference":
                 return None  # the whole-module check has torch.nn as its oracle
@@ -114,11 +152,13 @@ class Checker:
         key = "oracle:reference" if name == "reference" else name
         return self._cached(("oracle", case, dtype, name), lambda: self._run(case, torch.float64, key))
 
-    def baseline(self, case, dtype: torch.dtype, name: str) -> Optional[Results]:
-        """Results of the same-dtype baseline computation: the reference backend or torch.nn."""
-        if name not in ("reference", "torch.nn"):
-            raise ValueError(f"unknown baseline {name!r}; expected 'reference' or 'torch.nn'")
-        return self._cached(("baseline", case, dtype, name), lambda: self._run(case, dtype, name))
+    def baseline(self, case, dtype: torch.dtype, name: Baseline) -> Optional[Results]:
+        """Results of a same-dtype baseline computation: the reference backend, torch.nn (None where torch.nn
+        lacks the cell) or a layer function (cached per function object)."""
+        if isinstance(name, str) and name not in ("reference", "torch.nn"):
+            raise ValueError(f"unknown baseline {name!r}; expected 'reference', 'torch.nn' or a layer function")
+        layer = None if isinstance(name, str) else name
+        return self._cached(("baseline", case, dtype, name), lambda: self._run(case, dtype, baseline_name(name), layer))
 
     def unsupported(self, backend: str, case, dtype: torch.dtype) -> Optional[str]:
         """Why ``backend`` cannot run the case in ``dtype`` on this device, or None."""
@@ -134,39 +174,49 @@ class Checker:
         return backends.get(backend).unsupported(case.cell, x, weights)
 
     def check(self, backend: str, case, dtype: torch.dtype, oracles: Sequence[str] = ORACLES,
-              baseline: Optional[str] = "auto") -> CaseOutcome:
+              baseline: Union[None, Baseline, Sequence[Baseline]] = "auto",
+              layer: Optional[LayerFn] = None) -> CaseOutcome:
         """Compare ``backend`` with each oracle on ``case`` in ``dtype``.
 
         ``baseline`` names the same-dtype computation the 2x rule measures
         against: ``"auto"`` is the reference backend for 16-bit dtypes and none
         otherwise; ``"torch.nn"`` suits long sequences where float32 rounding
-        in torch.nn itself exceeds 1e-5.
+        in torch.nn itself exceeds 1e-5 (``"reference"`` gives float32 the same
+        allowance against the reference backend).  A layer function computing
+        in the dtype may be a baseline too, and with several baselines the
+        bound takes the smallest of their errors (the tightest).  ``layer``: a
+        layer function (:func:`run_layer`'s ``layer_fn``, e.g. a backend's ops
+        called directly with a forced strategy) run in place of the backend's,
+        on the tensors the backend accepts; a layer case only.
         """
         if baseline == "auto":
             baseline = "reference" if dtype in LOW_PRECISION else None
-        outcome = CaseOutcome(backend, case, dtype, rule=tolerance_rule(dtype, baseline))
+        baselines = [] if baseline is None else list(baseline) if isinstance(baseline, (list, tuple)) else [baseline]
+        if isinstance(case, ModuleCase) and (layer is not None or not all(isinstance(b, str) for b in baselines)):
+            raise ValueError("a layer function runs layer cases, not whole modules")
+        names = [baseline_name(b) for b in baselines]
+        label = f"min({', '.join(names)})" if len(names) > 1 else (names or [None])[0]
+        outcome = CaseOutcome(backend, case, dtype, rule=tolerance_rule(dtype, label))
         if backend not in backends.names():
             raise ValueError(f"unknown fusedrnn backend {backend!r}; expected one of {backends.names()}")
         outcome.skipped = self.unsupported(backend, case, dtype)
         if outcome.skipped is not None:
             return outcome
         try:
-            actual = self._run(case, dtype, backend)
+            actual = self._run(case, dtype, backend, layer)
         except Exception as exc:  # a crashing backend is a failure of the check, not of the checker
             outcome.crashed = f"{type(exc).__name__}: {exc}"
             return outcome
-        base = None
-        if baseline is not None:  # torch.nn lacks some variants: the reference backend stands in there
-            base = self.baseline(case, dtype, baseline) or self.baseline(case, dtype, "reference")
+        # torch.nn lacks some variants: the reference backend stands in there
+        bases = [self.baseline(case, dtype, b) or self.baseline(case, dtype, "reference") for b in baselines]
         for oracle_name in oracles:
             expected = self.oracle(case, dtype, oracle_name)
             if expected is None:  # torch.nn has no such cell
                 continue
             worst: Dict[str, ErrorRow] = {}  # per quantity, the tensor nearest its bound (module parameters)
             for name in expected:
-                max_abs, rel = error(actual[name], expected[name])
-                base_rel = error(base[name], expected[name])[1] if base is not None else None
-                row = ErrorRow(quantity_of(name), oracle_name, max_abs, rel, tolerance(dtype, base_rel))
+                row = error_row(quantity_of(name), oracle_name, actual[name], expected[name], dtype,
+                                [base[name] for base in bases])
                 held = worst.get(row.quantity)
                 if held is None or row.rel / row.tolerance > held.rel / held.tolerance:
                     worst[row.quantity] = row

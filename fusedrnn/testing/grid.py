@@ -51,15 +51,20 @@ class Option:
     bias: bool = True
 
 
+def layout_name(packed: bool = False, reverse: bool = False, bias: bool = True) -> str:
+    """``"packed-reverse-no-bias"``: the flags that differ from a padded forward layer with biases."""
+    flags = [name for name, on in (("packed", packed), ("reverse", reverse), ("no-bias", not bias)) if on]
+    return "-".join(flags) or "padded"
+
+
+#: every layout: packed or padded, forward or reverse, with or without biases
+LAYOUTS: Dict[str, Option] = {
+    layout_name(p, r, b): Option(layout_name(p, r, b), p, r, b)
+    for p, r, b in itertools.product((False, True), (False, True), (True, False))
+}
+#: the layouts of the default grid (``python -m fusedrnn.check``): each flag once, and packed reversed
 OPTIONS: Dict[str, Option] = {
-    o.name: o
-    for o in (
-        Option("padded"),
-        Option("packed", packed=True),
-        Option("reverse", reverse=True),
-        Option("packed-reverse", packed=True, reverse=True),
-        Option("no-bias", bias=False),
-    )
+    name: LAYOUTS[name] for name in ("padded", "packed", "reverse", "packed-reverse", "no-bias")
 }
 
 
@@ -81,9 +86,21 @@ class Shape(NamedTuple):
 DEFAULT_SHAPES: Tuple[Shape, ...] = (Shape(7, 5, 3, 37), Shape(1, 5, 3, 37), Shape(3, 65, 5, 257))
 
 
+#: tiny sizes for the op-level tests (gradcheck-sized problems, argument checks)
+SMALL_SHAPE = Shape(4, 3, 5, 6)
+
+
 def projection_size(hidden: int) -> int:
-    """The proj_size used for ``*-proj`` variants: about a third of H, at least 1, below H."""
+    """The proj_size used for ``*-proj`` variants by default: about a third of H, at least 1, below H."""
     return max(1, hidden // 3)
+
+
+def variant_of(cell: CellSpec, peephole: bool = False, projection: bool = False) -> str:
+    """The name in :data:`VARIANTS` of ``cell`` with those LSTM extras."""
+    for name, v in VARIANTS.items():
+        if (v.cell, v.peephole, v.projection) == (cell, peephole, projection):
+            return name
+    raise ValueError(f"no variant of {cell} with peephole={peephole}, projection={projection} in VARIANTS")
 
 
 @dataclass(frozen=True)
@@ -117,19 +134,45 @@ class _GridCase:
 
 @dataclass(frozen=True)
 class Case(_GridCase):
-    """One layer-direction problem of the grid."""
+    """One layer-direction problem of the grid.
+
+    ``option`` names a layout (:data:`LAYOUTS`; the default grid takes :data:`OPTIONS`).
+    ``projection`` sets a ``*-proj`` variant's proj_size (default :func:`projection_size`);
+    ``lengths`` fixes a packed case's sequence lengths (one per batch entry, the longest T;
+    default: random, unsorted).  Either appears in :attr:`id` only when set.
+    """
 
     option: str = "padded"
+    projection: Optional[int] = None
+    lengths: Optional[Tuple[int, ...]] = None
     _variants: ClassVar[Dict] = VARIANTS
 
     def __post_init__(self):
         super().__post_init__()
-        if self.option not in OPTIONS:
-            raise ValueError(f"unknown option {self.option!r}; expected one of {list(OPTIONS)}")
+        if self.option not in LAYOUTS:
+            raise ValueError(f"unknown option {self.option!r}; expected one of {list(LAYOUTS)}")
+        if self.projection is not None and not (VARIANTS[self.variant].projection
+                                                and 0 < self.projection < self.shape.H):
+            raise ValueError(f"projection={self.projection} needs a '*-proj' variant and 0 < proj_size < H "
+                             f"(got {self.variant!r}, H={self.shape.H})")
+        if self.lengths is not None:
+            object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
+            if not (self.layout.packed and len(self.lengths) == self.shape.B and max(self.lengths) == self.shape.T
+                    and min(self.lengths) >= 1):
+                raise ValueError(f"lengths={self.lengths} need a packed option, one length in [1, T] per batch "
+                                 f"entry and the longest T (got {self.option!r}, {self.shape.label})")
+
+    @property
+    def id(self) -> str:
+        extras = ([f"P{self.projection}"] if self.projection is not None else []) + \
+                 ([f"L{','.join(map(str, self.lengths))}"] if self.lengths is not None else [])
+        return " ".join([super().id] + extras)
 
     @property
     def proj_size(self) -> int:
-        return projection_size(self.shape.H) if VARIANTS[self.variant].projection else 0
+        if not VARIANTS[self.variant].projection:
+            return 0
+        return self.projection if self.projection is not None else projection_size(self.shape.H)
 
     @property
     def peephole(self) -> bool:
@@ -137,16 +180,18 @@ class Case(_GridCase):
 
     @property
     def layout(self) -> Option:
-        return OPTIONS[self.option]
+        return LAYOUTS[self.option]
 
 
 def cases(cells: Optional[Iterable[str]] = None, shapes: Optional[Iterable] = None,
-          options: Optional[Iterable[str]] = None) -> List[Case]:
-    """Every combination of the given variants, shapes and options (all of each by default)."""
+          options: Optional[Iterable[str]] = None, projection: Optional[int] = None) -> List[Case]:
+    """Every combination of the given variants, shapes and options (by default: all variants,
+    :data:`DEFAULT_SHAPES`, :data:`OPTIONS`); ``projection``: the proj_size of the ``*-proj`` variants."""
     cells = list(cells) if cells is not None else list(VARIANTS)
     shapes = [Shape(*s) for s in shapes] if shapes is not None else list(DEFAULT_SHAPES)
     options = list(options) if options is not None else list(OPTIONS)
-    return [Case(v, s, o) for v, s, o in itertools.product(cells, shapes, options)]
+    return [Case(v, s, o, projection if VARIANTS[v].projection else None)
+            for v, s, o in itertools.product(cells, shapes, options)]
 
 
 

@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .. import functional, reference
 from ..backends.base import LayerWeights
-from ..cells import torch_twin
+from ..cells import CellSpec, torch_twin
 from .grid import Case, MODULE_LAYERS, ModuleCase
 
 Results = Dict[str, torch.Tensor]
@@ -29,6 +29,64 @@ QUANTITIES = OUTPUTS + tuple(f"grad_{n}" for n in INPUTS)
 
 
 @dataclass
+class LayerCase:
+    """One layer-direction call's arguments as the backends and ops take them (:mod:`fusedrnn.backends.base`).
+
+    A packed case's ``x`` is its packed rows (sorted by length, as PackedSequence
+    keeps them) with ``batch_sizes``, and ``h0``, ``c0`` are in that sorted order;
+    ``upstream`` holds the gradients of ``out``, ``h_n``, ``c_n`` in the same layout.
+    Made by :meth:`Problem.layer_case` (or :func:`layer_case`), so it holds the
+    problem's values: the same as every run of :func:`run_layer` sees.
+    """
+
+    cell: CellSpec
+    x: torch.Tensor
+    h0: torch.Tensor
+    c0: Optional[torch.Tensor]
+    weights: LayerWeights
+    batch_sizes: Optional[torch.Tensor]
+    reverse: bool
+    upstream: Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
+
+    def inputs(self) -> List[Optional[torch.Tensor]]:
+        """x, h0, c0 and the weights, in the ops' argument order (None where absent)."""
+        return [self.x, self.h0, self.c0, *self.weights]
+
+    def differentiable(self) -> List[torch.Tensor]:
+        """The inputs that are present."""
+        return [t for t in self.inputs() if t is not None]
+
+    def args(self) -> tuple:
+        """(cell, x, h0, c0, weights, batch_sizes, reverse): the arguments of a backend's ``forward`` and of
+        :func:`fusedrnn.reference.sequence_forward`."""
+        return self.cell, self.x, self.h0, self.c0, self.weights, self.batch_sizes, self.reverse
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "LayerCase":
+        """The case with ``fn`` applied to each tensor (inputs and upstream gradients; not ``batch_sizes``)."""
+
+        def apply(t):
+            return None if t is None else fn(t)
+
+        return LayerCase(self.cell, apply(self.x), apply(self.h0), apply(self.c0),
+                         LayerWeights(*map(apply, self.weights)), self.batch_sizes, self.reverse,
+                         tuple(map(apply, self.upstream)))
+
+    def to(self, dtype: Optional[torch.dtype] = None, device=None) -> "LayerCase":
+        """The same values in ``dtype`` on ``device`` (contiguous); ``batch_sizes`` stays on the CPU, as in
+        PackedSequence."""
+        return self.map(lambda t: t.to(device=device, dtype=dtype).contiguous())
+
+    def detach(self) -> "LayerCase":
+        return self.map(torch.Tensor.detach)
+
+    def requiring_grad(self) -> "LayerCase":
+        """Detached copies of the inputs that require grad (autograd's leaves); upstream unchanged."""
+        leaves = self.map(lambda t: t.detach().clone().requires_grad_())
+        leaves.upstream = self.upstream
+        return leaves
+
+
+@dataclass
 class Problem:
     """Random float64 data for a case: inputs (padded ``x``), lengths, upstream gradients."""
 
@@ -37,21 +95,41 @@ class Problem:
     upstream: Dict[str, torch.Tensor]
     lengths: Optional[List[int]]
 
+    def layer_case(self, dtype: torch.dtype, device="cpu") -> LayerCase:
+        """The problem as one layer-direction call's arguments (:class:`LayerCase`), in ``dtype`` on ``device``."""
+        inputs = self.inputs
+        x, batch_sizes, h0, c0, _ = _pack(self, inputs["x"], inputs["h0"], inputs.get("c0"))
+        up_out, _, up_hn, up_cn, _ = _pack(self, self.upstream["out"], self.upstream["h_n"], self.upstream.get("c_n"))
+        case = LayerCase(self.case.cell, x, h0, c0, LayerWeights(*(inputs.get(n) for n in INPUTS[3:])), batch_sizes,
+                         self.case.layout.reverse, (up_out, up_hn, up_cn))
+        return case.to(dtype, device)
 
-def make_problem(case: Case, dtype: torch.dtype = torch.float64) -> Problem:
+
+def _pack(problem: Problem, x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor]):
+    """(rows, batch_sizes, h0, c0, packed) of a padded ``x`` and states [B, *] in batch order: a packed
+    problem's rows sorted by length and its states in that order; a padded one's unchanged (packed None)."""
+    if problem.lengths is None:
+        return x, None, h0, c0, None
+    packed = pack_padded_sequence(x, torch.tensor(problem.lengths), enforce_sorted=False)
+    order = packed.sorted_indices
+    return packed.data, packed.batch_sizes, h0[order], None if c0 is None else c0[order], packed
+
+
+def make_problem(case: Case, dtype: torch.dtype = torch.float64, seed: Optional[int] = None) -> Problem:
     """The case's data, rounded to ``dtype`` (and held in float64).
 
     Weights are uniform in +-1/sqrt(fan-in) like torch.nn's initialisation,
     so the gates neither saturate nor stay linear; inputs and states are
-    uniform in +-1.
+    uniform in +-1.  The random numbers come from ``seed`` (default: derived from
+    the case's id); packed lengths are random and unsorted unless the case fixes them.
     """
     T, B, I, H = case.shape
     G, P = case.cell.gates, case.proj_size
     hout = P or H
-    g = torch.Generator().manual_seed(zlib.crc32(case.id.encode()))
+    g = torch.Generator().manual_seed(zlib.crc32(case.id.encode()) if seed is None else seed)
 
-    def rand(*shape, fan=1):
-        t = (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) / fan ** 0.5
+    def rand(*shape, fan=1):  # in place: a large weight (H=8192) costs no temporaries
+        t = torch.rand(*shape, generator=g, dtype=torch.float64).mul_(2).sub_(1).div_(fan ** 0.5)
         return t.to(dtype).to(torch.float64)
 
     bias = case.layout.bias
@@ -72,13 +150,20 @@ def make_problem(case: Case, dtype: torch.dtype = torch.float64) -> Problem:
         "c_n": rand(B, H) if case.cell.has_cell_state else None,
     }
     lengths = None
-    if case.layout.packed:
+    if getattr(case, "lengths", None) is not None:  # a layer Case may fix them; a ModuleCase never does
+        lengths = list(case.lengths)
+    elif case.layout.packed:
         # unsorted random lengths in [1, T], one of them T so that every step exists
         lengths = torch.randint(1, T + 1, (B,), generator=g)
         lengths[torch.randint(0, B, (1,), generator=g)] = T
         lengths = lengths.tolist()
     return Problem(case, {k: v for k, v in inputs.items() if v is not None},
                    {k: v for k, v in upstream.items() if v is not None}, lengths)
+
+
+def layer_case(case: Case, dtype: torch.dtype = torch.float64, device="cpu", seed: Optional[int] = None) -> LayerCase:
+    """The case's data (:func:`make_problem`) as one layer-direction call's arguments in ``dtype`` on ``device``."""
+    return make_problem(case, dtype, seed).layer_case(dtype, device)
 
 
 #: f(cell, x_rows, h0, c0, weights, batch_sizes, reverse) -> (out, h_n, c_n)
@@ -109,15 +194,8 @@ def run_layer(problem: Problem, layer_fn: LayerFn, dtype: torch.dtype, device) -
     """
     case = problem.case
     leaves = _leaves(problem, dtype, device)
-    x, h0, c0 = leaves["x"], leaves["h0"], leaves.get("c0")
     weights = LayerWeights(*(leaves.get(n) for n in INPUTS[3:]))
-    packed = None
-    rows, batch_sizes = x, None
-    if problem.lengths is not None:
-        packed = pack_padded_sequence(x, torch.tensor(problem.lengths), enforce_sorted=False)
-        rows, batch_sizes = packed.data, packed.batch_sizes
-        h0 = h0[packed.sorted_indices]
-        c0 = None if c0 is None else c0[packed.sorted_indices]
+    rows, batch_sizes, h0, c0, packed = _pack(problem, leaves["x"], leaves["h0"], leaves.get("c0"))
     out, h_n, c_n = layer_fn(case.cell, rows, h0, c0, weights, batch_sizes, case.layout.reverse)
     if packed is not None:
         out = pad_packed_sequence(

@@ -23,6 +23,9 @@ What covers which kernel:
   (float32: 1e-5 relative; float16/bfloat16: the 2x rule against the
   reference backend in the same dtype);
 
+every case's data is :mod:`fusedrnn.testing`'s (:func:`fusedrnn.testing.layer_case`
+for the direct calls to the backend).
+
 Sizes are odd (H=37, B=5, I=3, T=1 and 7) so no dimension is a multiple of
 the 16-wide tiles the interpreter runs with; packed batches have unsorted
 lengths.
@@ -39,16 +42,14 @@ import torch
 
 pytestmark = pytest.mark.triton
 
-from triton_support import DEVICE, INTERPRETING, assert_passed, skip_module_unless_kernels_run
+from conftest import assert_close
+from triton_support import DEVICE, INTERPRETING, skip_module_unless_kernels_run
 
 skip_module_unless_kernels_run()
 
 import fusedrnn.testing as ft  # noqa: E402
 from fusedrnn import backends, reference  # noqa: E402
-from fusedrnn.backends.base import LayerWeights  # noqa: E402
 from fusedrnn.triton_kernels import sequence  # noqa: E402
-
-from layer_cases import make_case  # noqa: E402
 
 SHAPE = ft.Shape(T=7, B=5, I=3, H=37)
 SINGLE_STEP = ft.Shape(T=1, B=5, I=3, H=37)
@@ -72,28 +73,30 @@ def triton_backend(monkeypatch):
     return backend
 
 
-def _move(t):
-    return None if t is None else t.to(DEVICE)
+def _layer_case(variant: str, shape: ft.Shape, option: str = "padded", dtype=torch.float32) -> ft.LayerCase:
+    return ft.layer_case(ft.Case(variant, shape, option), dtype, DEVICE)
 
 
-def _layer_case(variant: str, shape: ft.Shape, packed: bool, reverse: bool, dtype=torch.float32):
-    v = ft.VARIANTS[variant]
-    case = make_case(v.cell, T=shape.T, B=shape.B, I=shape.I, H=shape.H, proj=ft.projection_size(shape.H)
-                     if v.projection else 0, peephole=v.peephole, packed=packed, reverse=reverse, dtype=dtype,
-                     generator=torch.Generator().manual_seed(len(variant) * 31 + shape.T))
-    return case
+def assert_forward_matches(actual, expected, label: str):
+    """A forward result (out, h_n, c_n, workspace) against the reference's on the same float32 inputs: the
+    same fields present, each within the same-dtype tolerance (tests/conftest.py, docs/design.md section 8)."""
+    for name, a, e in zip(expected._fields, actual, expected):
+        if e is None:
+            assert a is None, f"{label} {name}"
+            continue
+        assert_close(a, e, msg=f"{label} {name}")
 
 
 # ----------------------------------------------------------------------------
 # Forward kernels: outputs and workspace, per strategy
 # ----------------------------------------------------------------------------
 
-FORWARD_LAYOUTS = {  # id -> (shape, packed, reverse)
-    "T7-padded": (SHAPE, False, False),
-    "T7-padded-reverse": (SHAPE, False, True),
-    "T7-packed": (SHAPE, True, False),
-    "T7-packed-reverse": (SHAPE, True, True),
-    "T1-padded": (SINGLE_STEP, False, False),
+FORWARD_LAYOUTS = {  # id -> (shape, option)
+    "T7-padded": (SHAPE, "padded"),
+    "T7-padded-reverse": (SHAPE, "reverse"),
+    "T7-packed": (SHAPE, "packed"),
+    "T7-packed-reverse": (SHAPE, "packed-reverse"),
+    "T1-padded": (SINGLE_STEP, "padded"),
 }
 
 
@@ -101,47 +104,32 @@ FORWARD_LAYOUTS = {  # id -> (shape, packed, reverse)
 @pytest.mark.parametrize("layout", list(FORWARD_LAYOUTS))
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_forward_matches_reference(variant, layout, strategy, triton_backend):
-    shape, packed, reverse = FORWARD_LAYOUTS[layout]
+    case = _layer_case(variant, *FORWARD_LAYOUTS[layout])
     if strategy in NO_PROJECTION and ft.VARIANTS[variant].projection:
         with pytest.raises(ValueError, match=NO_PROJECTION[strategy]):
-            sequence.choose_forward_strategy(ft.VARIANTS[variant].cell, torch.empty(0),
-                                           _layer_case(variant, shape, packed, reverse).weights, strategy)
+            sequence.choose_forward_strategy(case.cell, torch.empty(0), case.weights, strategy)
         return
-    case = _layer_case(variant, shape, packed, reverse)
-    inputs = [_move(t) for t in case.inputs()]
     triton_backend.forward_strategy = strategy
-    expected = reference.sequence_forward(case.cell, *inputs[:3], LayerWeights(*inputs[3:]),
-                                          case.batch_sizes, reverse)
-    actual = triton_backend.forward(case.cell, *inputs[:3], LayerWeights(*inputs[3:]), case.batch_sizes, reverse)
-    for name, a, e in zip(expected._fields, actual, expected):
-        if e is None:
-            assert a is None, name
-            continue
-        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert_forward_matches(triton_backend.forward(*case.args()), reference.sequence_forward(*case.args()), strategy)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "gru-reset-before", "rnn-tanh"])
 def test_forward_saturated_gates_stay_finite(cell, triton_backend):
     """Pre-activations around +-100: sigmoid and tanh must saturate, not overflow into NaN."""
-    case = _layer_case(cell, SHAPE, packed=False, reverse=False)
-    inputs = [_move(t) for t in case.inputs()]
-    inputs[0] = inputs[0] * 100 * case.x.shape[-1] ** 0.5  # x W_ih^T of order 100
+    case = _layer_case(cell, SHAPE)
+    case.x = case.x * 100 * case.x.shape[-1] ** 0.5  # x W_ih^T of order 100
     for strategy in STRATEGIES:
         triton_backend.forward_strategy = strategy
-        actual = triton_backend.forward(case.cell, *inputs[:3], LayerWeights(*inputs[3:]), None, False)
-        expected = reference.sequence_forward(case.cell, *inputs[:3], LayerWeights(*inputs[3:]), None, False)
+        actual = triton_backend.forward(*case.args())
         assert bool(torch.isfinite(actual.out).all()), strategy
-        torch.testing.assert_close(actual.out, expected.out, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(actual.workspace, expected.workspace, rtol=1e-5, atol=1e-5)
+        assert_forward_matches(actual, reference.sequence_forward(*case.args()), strategy)
 
 
 @pytest.mark.parametrize("variant", ["lstm-peephole", "gru-reset-before", "rnn-relu"])
 def test_empty_sequence_passes_states_through(variant, triton_backend):
     """T=0: no kernel runs; the final state is the initial one, and so are their gradients."""
-    case = _layer_case(variant, SINGLE_STEP, False, False)
-    x, h0, c0, *w = [_move(t) for t in case.inputs()]
-    x = x[:0]
-    weights = LayerWeights(*w)
+    case = _layer_case(variant, SINGLE_STEP)
+    x, h0, c0, weights = case.x[:0], case.h0, case.c0, case.weights
     expected = reference.sequence_forward(case.cell, x, h0, c0, weights, None, False)
     actual = triton_backend.forward(case.cell, x, h0, c0, weights, None, False)
     for name, a, e in zip(expected._fields, actual, expected):
@@ -174,7 +162,7 @@ GRADIENT_CASES = [(v, SHAPE, o) for v in VARIANTS for o in ("padded", "packed-re
 @pytest.mark.parametrize("variant,shape,option", GRADIENT_CASES,
                          ids=[f"{v}-{o}-T{s.T}" for v, s, o in GRADIENT_CASES])
 def test_gradients_float32(variant, shape, option, checker):
-    assert_passed(checker.check("triton", ft.Case(variant, shape, option), torch.float32))
+    checker.check("triton", ft.Case(variant, shape, option), torch.float32).assert_passed()
 
 
 LOW_PRECISION_CASES = [(v, torch.bfloat16, "packed-reverse") for v in VARIANTS] + \
@@ -185,7 +173,7 @@ LOW_PRECISION_CASES = [(v, torch.bfloat16, "packed-reverse") for v in VARIANTS] 
                          ids=[f"{v}-{ft.dtype_name(d)}-{o}" for v, d, o in LOW_PRECISION_CASES])
 def test_gradients_low_precision(variant, dtype, option, checker):
     """float16/bfloat16 by the 2x rule (bfloat16 dots run in float32 under the interpreter)."""
-    assert_passed(checker.check("triton", ft.Case(variant, SHAPE, option), dtype))
+    checker.check("triton", ft.Case(variant, SHAPE, option), dtype).assert_passed()
 
 
 # ----------------------------------------------------------------------------
@@ -198,31 +186,30 @@ def test_backend_is_available_here():
 
 
 def test_unsupported_dtype_is_named(triton_backend):
-    case = _layer_case("lstm", SINGLE_STEP, False, False, dtype=torch.float64)
-    why = triton_backend.unsupported(case.cell, _move(case.x), case.weights)
+    case = _layer_case("lstm", SINGLE_STEP, dtype=torch.float64)
+    why = triton_backend.unsupported(case.cell, case.x, case.weights)
     assert why is not None and "float64" in why
 
 
 def test_explicit_request_for_unsupported_call_raises(triton_backend):
     from fusedrnn import functional
 
-    case = _layer_case("gru", SINGLE_STEP, False, False, dtype=torch.float64)
+    case = _layer_case("gru", SINGLE_STEP, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="triton"):
-        functional.layer(case.cell, _move(case.x), _move(case.h0), None,
-                         LayerWeights(*(_move(w) for w in case.weights)), backend="triton")
+        functional.layer(case.cell, case.x, case.h0, None, case.weights, backend="triton")
 
 
 def test_unknown_strategy_is_rejected():
-    case = _layer_case("rnn-tanh", SINGLE_STEP, False, False)
+    case = _layer_case("rnn-tanh", SINGLE_STEP)
     with pytest.raises(ValueError, match="unknown forward strategy"):
         sequence.choose_forward_strategy(case.cell, case.x, case.weights, "sideways")
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="the interpreter's choice; a GPU may pick grid_sync")
 def test_auto_strategy_picks_persistent_for_small_hidden():
-    small = _layer_case("lstm", SINGLE_STEP, False, False)
+    small = _layer_case("lstm", SINGLE_STEP)
     assert sequence.choose_forward_strategy(small.cell, small.x, small.weights) == "persistent"
-    projected = _layer_case("lstm-proj", SINGLE_STEP, False, False)
+    projected = _layer_case("lstm-proj", SINGLE_STEP)
     assert sequence.choose_forward_strategy(projected.cell, projected.x, projected.weights) == "per_step"
 
 
@@ -236,7 +223,7 @@ def test_importing_fusedrnn_does_not_import_the_kernels():
 
 @pytest.mark.skipif(INTERPRETING, reason="checks the message given without the interpreter")
 def test_cpu_tensors_refused_without_interpreter(triton_backend):  # pragma: no cover - GPU machines
-    case = _layer_case("rnn-tanh", SINGLE_STEP, False, False)
+    case = _layer_case("rnn-tanh", SINGLE_STEP)
     assert "TRITON_INTERPRET" in triton_backend.unsupported(case.cell, case.x, case.weights)
 
 
@@ -256,7 +243,7 @@ LARGE = ft.Shape(T=512, B=16, I=64, H=1024)
 @pytest.mark.parametrize("variant", ["lstm", "gru"])
 def test_large_shape_low_precision(variant, dtype, strategy, checker, triton_backend):  # pragma: no cover - GPU
     triton_backend.forward_strategy = strategy
-    assert_passed(checker.check("triton", ft.Case(variant, LARGE, "padded"), dtype, oracles=("reference",)))
+    checker.check("triton", ft.Case(variant, LARGE, "padded"), dtype, oracles=("reference",)).assert_passed()
 
 
 @pytest.mark.gpu
@@ -265,16 +252,13 @@ def test_large_shape_low_precision(variant, dtype, strategy, checker, triton_bac
 def test_cuda_graph_replay_matches_direct_run(variant, triton_backend, monkeypatch):  # pragma: no cover - GPU
     """Forward and backward replayed from graphs equal direct runs, for new inputs of the captured shape too."""
     triton_backend.forward_strategy = "per_step"
-    case = _layer_case(variant, SHAPE, packed=True, reverse=True)
-    first = [_move(t) for t in case.inputs()]
-    second = [None if t is None else t * 0.5 for t in first]
+    first = _layer_case(variant, SHAPE, "packed-reverse")
+    second = first.map(lambda t: t * 0.5)  # new values in the captured shapes
 
-    def run(inputs):
-        weights = LayerWeights(*inputs[3:])
-        fwd = triton_backend.forward(case.cell, *inputs[:3], weights, case.batch_sizes, True)
-        grads = (torch.ones_like(fwd.out), torch.ones_like(fwd.h_n), None if fwd.c_n is None else fwd.c_n * 0 + 1)
-        bwd = triton_backend.backward(case.cell, *grads, *inputs[:3], weights, case.batch_sizes, True, fwd.out,
-                                      fwd.workspace)
+    def run(case):
+        fwd = triton_backend.forward(*case.args())
+        bwd = triton_backend.backward(case.cell, *case.upstream, *case.inputs()[:3], case.weights, case.batch_sizes,
+                                      case.reverse, fwd.out, fwd.workspace)
         return [*fwd, bwd.dx, bwd.dh0, bwd.dc0, *bwd.dweights]
 
     monkeypatch.setattr(triton_backend, "cuda_graphs", False)
