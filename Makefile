@@ -29,7 +29,10 @@ TRITON_VERSION ?= 3.8.0
 # goes to the network.  setuptools>=70.1 builds editable wheels by itself.
 BUILD_REQUIREMENTS := "setuptools>=70.1" ninja pybind11
 BENCH_REQUIREMENTS := rich matplotlib numpy
-TEST_REQUIREMENTS := pytest pytest-benchmark hypothesis expecttest $(BENCH_REQUIREMENTS)
+# ONNX export tests (tests/test_onnx_export.py): the versions tested with torch 2.13; none requires torch, and
+# the constraints file below keeps the installed torch whatever they say
+ONNX_REQUIREMENTS := onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2
+TEST_REQUIREMENTS := pytest pytest-benchmark hypothesis expecttest $(BENCH_REQUIREMENTS) $(ONNX_REQUIREMENTS)
 # -ra: the reasons for skips (and a summary of failures) at the end
 PYTEST_FLAGS ?= -q -ra
 BENCH_ARGS ?=

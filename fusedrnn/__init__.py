@@ -16,7 +16,7 @@ Importing fusedrnn loads neither Triton nor the compiled extension: backends
 are imported the first time a call needs them.
 """
 
-from . import functional, quantization
+from . import functional, onnx, quantization
 from .backends import available, report, use_backend
 from .cell_modules import GRUCell, LSTMCell, RNNCell
 from .cells import CellSpec

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
+from ._export_limits import check_not_exporting_packed
 from ._autocast import autocast_dtype, autocast_off, cast
 from ._module_checks import (check_backend_name, check_flag, check_input, check_packed_states, check_state_dims,
                              check_states, checked_parameter, state_tuple)
@@ -246,6 +247,7 @@ class FusedRNNBase(nn.RNNBase):
         name = type(self).__name__
         is_packed = isinstance(input, PackedSequence)
         if is_packed:
+            check_not_exporting_packed()  # batch_sizes are data torch.export cannot trace (_export_limits.py)
             x, batch_sizes, sorted_indices, unsorted_indices = input
             is_batched = True
             functional.check_batch_sizes(batch_sizes, x.shape[0])

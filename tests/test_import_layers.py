@@ -16,7 +16,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "fusedrnn"
 LAYERS = [
     ["fusedrnn.cells"],
     ["fusedrnn.layer"],
-    ["fusedrnn.reference", "fusedrnn._extension", "fusedrnn.triton_kernels", "fusedrnn.torchscript"],
+    ["fusedrnn.reference", "fusedrnn._extension", "fusedrnn.triton_kernels", "fusedrnn.torchscript",
+     "fusedrnn._export_limits"],
     ["fusedrnn.backends"],
     ["fusedrnn.ops"],
     ["fusedrnn.functional"],
