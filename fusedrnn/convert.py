@@ -65,24 +65,33 @@ def _twins(m: nn.Module) -> Tuple[type, type]:
     return next((torch_cls, fused) for torch_cls, fused in _TWINS if isinstance(m, torch_cls))
 
 
+def construct_like(cls: type, m: nn.Module, **extra) -> nn.Module:
+    """A ``cls`` with the settings of ``m``, where ``cls`` is one of torch.nn's recurrent classes or fusedrnn's
+    twin of one (the same constructor) and ``m`` a module of the same kind, torch.nn's or fusedrnn's.
+    ``extra`` go to the constructor (``device``, fusedrnn's ``backend``)."""
+    def nonlinearity():  # an Elman RNN's: torch.nn's and fusedrnn's attribute, or a fusedrnn.Recurrent's mode
+        return m.nonlinearity if hasattr(m, "nonlinearity") else m.cell.mode
+
+    if issubclass(cls, nn.RNNBase):
+        settings = dict(num_layers=m.num_layers, bias=m.bias, batch_first=m.batch_first, dropout=m.dropout,
+                        bidirectional=m.bidirectional)
+        if issubclass(cls, nn.LSTM):
+            settings["proj_size"] = m.proj_size
+        if issubclass(cls, nn.RNN):
+            settings["nonlinearity"] = nonlinearity()
+        return cls(m.input_size, m.hidden_size, **settings, **extra)
+    if issubclass(cls, nn.RNNCell):
+        return cls(m.input_size, m.hidden_size, m.bias, nonlinearity(), **extra)
+    return cls(m.input_size, m.hidden_size, m.bias, **extra)
+
+
 def _build(m: nn.Module, fused_cls: type, backend: str) -> nn.Module:
     """A ``fused_cls`` with ``m``'s settings and uninitialised (meta) parameters.
 
     Built on the meta device so that construction draws nothing from the RNG
     and allocates nothing: only its settings and bookkeeping are kept.
     """
-    meta = dict(device="meta", backend=backend)
-    if issubclass(fused_cls, modules.FusedRNNBase):
-        settings = dict(num_layers=m.num_layers, bias=m.bias, batch_first=m.batch_first, dropout=m.dropout,
-                        bidirectional=m.bidirectional)
-        if fused_cls is modules.LSTM:
-            settings["proj_size"] = m.proj_size
-        if fused_cls is modules.RNN:
-            settings["nonlinearity"] = m.nonlinearity
-        return fused_cls(m.input_size, m.hidden_size, **settings, **meta)
-    if fused_cls is cell_modules.RNNCell:
-        return fused_cls(m.input_size, m.hidden_size, m.bias, m.nonlinearity, **meta)
-    return fused_cls(m.input_size, m.hidden_size, m.bias, **meta)
+    return construct_like(fused_cls, m, device="meta", backend=backend)
 
 
 def _layout_mismatch(m: nn.Module, twin: nn.Module) -> Optional[str]:
@@ -166,18 +175,24 @@ def _replacement(m: nn.Module, backend: str) -> Tuple[Optional[nn.Module], Optio
     if why is not None:
         return None, why
     new = _converted_classes.new_instance(type(m), fused_cls)
-    # the twin's settings and bookkeeping (mode, sizes, backend, ...), then from m: nn.Module's
-    # registries and hooks, and every attribute that is neither torch's cache nor the twin's
+    transplant(m, new, twin)
+    return new, None
+
+
+def transplant(old: nn.Module, new: nn.Module, twin: nn.Module, dropped=frozenset()) -> None:
+    """Give the empty instance ``new`` the state that takes ``old``'s place: ``twin``'s settings and bookkeeping
+    (mode, sizes, fusedrnn's backend, ...; ``twin`` is a module of ``new``'s kind built with ``old``'s settings),
+    then from ``old`` nn.Module's registries and hooks, and every attribute that is neither torch's cache, nor
+    the twin's, nor in ``dropped``.  Used both ways: by convert, and by fusedrnn.revert."""
     state = dict(twin.__dict__)
-    for key, value in m.__dict__.items():
-        if key in _NOT_CARRIED:
+    for key, value in old.__dict__.items():
+        if key in _NOT_CARRIED or key in dropped:
             continue
         if key in _OWN_COPY:
             state[key] = copy.copy(value)
         elif key in _MODULE_STATE or key not in state:
-            state[key] = _carried(value, m, new)
+            state[key] = _carried(value, old, new)
     new.__dict__.update(state)
-    return new, None
 
 
 def convert(model: nn.Module, backend: str = "auto") -> nn.Module:

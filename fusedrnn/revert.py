@@ -18,7 +18,6 @@ parametrized layer).
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -27,7 +26,7 @@ from torch.nn.utils import parametrize
 
 from . import _converted_classes, cell_modules, modules
 from .cells import CellSpec, torch_twin
-from .convert import _MODULE_STATE, _NOT_CARRIED, _OWN_COPY, _TWINS, _build, _carried
+from .convert import _TWINS, _build, construct_like, transplant
 
 __all__ = ["revert", "reverted"]
 
@@ -35,7 +34,8 @@ _FUSED = (modules.FusedRNNBase, cell_modules.FusedRNNCellBase)
 # fusedrnn's classes whose instances revert to the torch.nn class of their cell (Recurrent has no twin
 # class of its own, but a Recurrent of a torch.nn cell is that cell's module)
 _OWN_CLASSES = {fused for _, fused in _TWINS} | {modules.Recurrent}
-_TORCH_CELL_CLASSES = {fused: torch_cls for torch_cls, fused in _TWINS if issubclass(fused, cell_modules.FusedRNNCellBase)}
+_TORCH_CELL_CLASSES = {fused: torch_cls for torch_cls, fused in _TWINS
+                       if issubclass(fused, cell_modules.FusedRNNCellBase)}
 
 
 def _cell_of(m: nn.Module) -> CellSpec:
@@ -52,7 +52,8 @@ def _torch_class(m: nn.Module) -> Tuple[Optional[type], Optional[str]]:
     if twin is None:
         if cell.family == "gru":
             torch_name = "GRUCell" if isinstance(m, cell_modules.FusedRNNCellBase) else "GRU"
-            return None, f"reset_after=False (the original GRU of Cho et al.), which torch.nn.{torch_name} does not compute"
+            return None, (f"reset_after=False (the original GRU of Cho et al.), which torch.nn.{torch_name} "
+                          "does not compute")
         return None, f"the cell {cell}, which only fusedrnn's cell table has"
     if isinstance(m, modules.FusedRNNBase):
         if m.peephole:
@@ -76,29 +77,20 @@ def _settings(m: nn.Module, torch_cls: type) -> nn.Module:
     """A ``torch_cls`` with ``m``'s settings, its parameters on the meta device (its settings and torch's
     bookkeeping are kept; its parameters are replaced by ``m``'s)."""
     base = next(k for k in torch_cls.__mro__ if k in {t for t, _ in _TWINS})
-    meta = dict(device="meta")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.nn's dropout-with-one-layer warning was given at construction
-        if issubclass(base, nn.RNNBase):
-            settings = dict(num_layers=m.num_layers, bias=m.bias, batch_first=m.batch_first, dropout=m.dropout,
-                            bidirectional=m.bidirectional)
-            if base is nn.LSTM:
-                settings["proj_size"] = m.proj_size
-            if base is nn.RNN:
-                settings["nonlinearity"] = m.cell.mode
-            return base(m.input_size, m.hidden_size, **settings, **meta)
-        if base is nn.RNNCell:
-            return base(m.input_size, m.hidden_size, m.bias, m.nonlinearity, **meta)
-        return base(m.input_size, m.hidden_size, m.bias, **meta)
+        return construct_like(base, m, device="meta")
 
 
 def _fused_only(m: nn.Module, twin: nn.Module) -> set:
     """The attributes fusedrnn's construction gives ``m`` and torch.nn's does not give ``twin`` (backend, ...)."""
     base = next(k for k in type(m).__mro__ if k in _OWN_CLASSES)
-    if base is modules.Recurrent:
-        fresh = base(m.cell.family, m.input_size, m.hidden_size, m.num_layers, device="meta", mode=m.cell.mode)
-    else:
-        fresh = _build(twin, base, "auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dropout-with-one-layer warning, as in _settings
+        if base is modules.Recurrent:
+            fresh = base(m.cell.family, m.input_size, m.hidden_size, m.num_layers, device="meta", mode=m.cell.mode)
+        else:
+            fresh = _build(twin, base, "auto")
     return set(fresh.__dict__) - set(twin.__dict__)
 
 
@@ -106,15 +98,7 @@ def _replacement(m: nn.Module, cls: type) -> nn.Module:
     twin = _settings(m, cls)
     dropped = _fused_only(m, twin)
     new = cls.__new__(cls)
-    state = dict(twin.__dict__)
-    for key, value in m.__dict__.items():
-        if key in _NOT_CARRIED or key in dropped:
-            continue
-        if key in _OWN_COPY:
-            state[key] = copy.copy(value)
-        elif key in _MODULE_STATE or key not in state:
-            state[key] = _carried(value, m, new)
-    new.__dict__.update(state)
+    transplant(m, new, twin, dropped)
     if isinstance(new, nn.RNNBase):
         new._init_flat_weights()  # torch's cached list of the (now real) parameters, and its weak references
     return new

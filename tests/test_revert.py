@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -177,3 +178,12 @@ def test_reverted_is_a_deep_copy_safe_torch_nn_module(close):
     fresh.load_state_dict(model.state_dict())
     x = torch.randn(T, B, I)
     close(run(fresh, x)[0], run(model, x)[0])
+
+
+def test_revert_warns_nothing():
+    """The modules revert builds to read settings from are not the user's: their warnings are not given again."""
+    with pytest.warns(UserWarning, match="dropout"):
+        lstm = fusedrnn.LSTM(I, H, dropout=0.5)  # torch.nn's warning, at construction
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert type(fusedrnn.revert(lstm)) is nn.LSTM
