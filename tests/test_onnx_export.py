@@ -256,9 +256,11 @@ def test_unbatched_input(close):
             close(got, want)
 
 
-def test_torch_nn_dynamo_export_fixes_the_sequence_length_fusedrnn_keeps_it():
-    """The comparison README's table makes: torch.nn.LSTM's dynamo export has T fixed in its graph (its output's
-    time axis is the example's), fusedrnn's keeps it dynamic (the test above runs it at other lengths)."""
+def test_torch_nn_on_the_same_paths():
+    """The torch.nn column of README's Deployment table.  Its dynamo export fixes T in the graph (the output's time
+    axis is the example's, where fusedrnn's is "T"), and it has no ONNX export of an LSTM with a projection:
+    the TorchScript-based exporter refuses it, the dynamo one emits an ONNX LSTM (which has no projection)
+    that onnxruntime refuses to run.  An assertion failing here means torch changed: update the table."""
     x = torch.randn(EXPORT_T, EXPORT_B, I)
 
     def time_axis(module):
@@ -266,9 +268,15 @@ def test_torch_nn_dynamo_export_fixes_the_sequence_length_fusedrnn_keeps_it():
         return graph.output[0].type.tensor_type.shape.dim[0]
 
     torch_axis = time_axis(nn.LSTM(I, H))
-    assert torch_axis.dim_value == EXPORT_T, (
-        f"torch.nn's dynamo export now keeps T dynamic ({torch_axis}): update README.md's Deployment table")
+    assert torch_axis.dim_value == EXPORT_T, f"torch.nn's dynamo export now keeps T dynamic ({torch_axis})"
     assert time_axis(fusedrnn.LSTM(I, H)).dim_param == "T"
+
+    projected = nn.LSTM(I, H, proj_size=P).eval()
+    with quiet_exporter(), pytest.raises(torch.onnx.errors.SymbolicValueError, match="LSTMs with projections"):
+        torch.onnx.export(projected, (x,), io.BytesIO(), dynamo=False)
+    model_bytes = export(projected, (x,), dynamo=True)
+    with pytest.raises(Exception, match="initial_c must have shape"):
+        run_onnx(model_bytes, x)
 
 
 class PackedModel(nn.Module):

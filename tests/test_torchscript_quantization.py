@@ -175,6 +175,14 @@ def test_layers_torch_cannot_quantize_stay_float32_with_a_warning(make, reason):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def test_torch_nn_lstm_with_a_projection_quantizes_to_a_module_that_fails():
+    """What fusedrnn's warning spares (README's Deployment table): torch's quantized LSTM has no projection."""
+    quantized = quantize_dynamic(nn.Sequential(nn.LSTM(I, H, proj_size=2)), {nn.LSTM}, torch.qint8)
+    assert type(quantized[0]) is nnqd.LSTM
+    with pytest.raises(RuntimeError):
+        quantized(torch.randn(T, B, I))
+
+
 def test_specs_naming_torch_nn_leave_fusedrnn_layers_as_they_were():
     """torch matches the spec's classes exactly: fusedrnn's layers (instances of nn.LSTM, ...) are not
     selected by {nn.LSTM} nor by the default spec; they stay float32 and compute what they did."""
