@@ -35,20 +35,12 @@ std::tuple<int64_t, int64_t, bool> cell_layout(const std::string& family, const 
   return {cell.gates(), cell.workspace_blocks(), cell.family == Family::lstm};
 }
 
-bool built_with_cuda() {
-#ifdef FUSEDRNN_WITH_CUDA
-  return true;
-#else
-  return false;
-#endif
-}
-
 }  // namespace
 }  // namespace fusedrnn
 
 TORCH_LIBRARY_FRAGMENT(fusedrnn_C, m) {
   fusedrnn::schema::define_ops(m);
-  m.def("built_with_cuda() -> bool", &fusedrnn::built_with_cuda);
+  m.def("built_with_cuda() -> bool", [] { return fusedrnn::built_with_cuda(); });
   m.def("cell_layout(str family, str mode) -> (int, int, bool)", &fusedrnn::cell_layout);
 }
 

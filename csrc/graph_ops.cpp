@@ -29,6 +29,7 @@
 
 #include "fusedrnn/graph_schema.h"
 #include "fusedrnn/op_checks.h"
+#include "fusedrnn/op_schema.h"
 
 namespace fusedrnn {
 namespace graph {
@@ -40,14 +41,6 @@ using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
                                   at::Tensor, at::Tensor>;
 
 const char* const kFamilies[] = {"lstm", "gru", "rnn"};
-
-bool built_with_cuda() {
-#ifdef FUSEDRNN_WITH_CUDA
-  return true;
-#else
-  return false;
-#endif
-}
 
 // Whether the compiled kernels run `backend` on x's device.
 bool compiled(const std::string& backend, const at::Tensor& x, bool python_present) {

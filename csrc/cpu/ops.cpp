@@ -122,16 +122,7 @@ std::vector<at::Tensor> backward(const std::string& family, const std::string& m
                                           rows_of(x, g, cdt), to_compute(h0, cdt), to_compute(c0, cdt), w, steps,
                                           rows_of(out, g, cdt), rows_of(workspace, g, cdt), strat, poison,
                                           need_dx, need_dweights);
-  const auto back = [&](const at::Tensor& t) { return t.defined() ? t.to(x.scalar_type()) : x.new_empty({0}); };
-  return {r.dx.defined() ? r.dx.reshape(x.sizes()).to(x.scalar_type()) : x.new_empty({0}),
-          back(r.dh0),
-          back(r.dc0),
-          back(r.dw.w_ih),
-          back(r.dw.w_hh),
-          back(r.dw.b_ih),
-          back(r.dw.b_hh),
-          back(r.dw.w_peep),
-          back(r.dw.w_proj)};
+  return frame::op_result(r, x);
 }
 
 // What "auto" runs: "fused" or "folded", or "gemm: <why not fused>".  The

@@ -23,10 +23,7 @@ struct ForwardOut {
   at::Tensor out, h_n, c_n, workspace;  // c_n undefined outside LSTM
 };
 
-struct BackwardOut {
-  at::Tensor dx, dh0, dc0;
-  LayerWeights dw;
-};
+using BackwardOut = frame::Gradients;
 
 // Without `for_backward` (inference) no workspace is kept: `workspace` is undefined.
 ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,

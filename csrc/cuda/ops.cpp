@@ -140,16 +140,7 @@ std::vector<at::Tensor> backward(const std::string& family, const std::string& m
   const BackwardOut r = sequence_backward(call, grad_out, grad_hn, value_or_undefined(grad_cn), x, h0,
                                           value_or_undefined(c0), weights_of(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj),
                                           out, workspace, need_dx, need_dweights);
-  const auto back = [&](const at::Tensor& t) { return t.defined() ? t.to(x.scalar_type()) : x.new_empty({0}); };
-  return {r.dx.defined() ? back(r.dx.reshape(x.sizes())) : x.new_empty({0}),
-          back(r.dh0),
-          back(r.dc0),
-          back(r.dw.w_ih),
-          back(r.dw.w_hh),
-          back(r.dw.b_ih),
-          back(r.dw.b_hh),
-          back(r.dw.w_peep),
-          back(r.dw.w_proj)};
+  return frame::op_result(r, x);
 }
 
 // What "auto" runs: "persistent" or "per_step: <why not persistent>".

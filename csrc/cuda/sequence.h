@@ -38,10 +38,7 @@ struct ForwardOut {
 ForwardOut sequence_forward(const Call& c, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
                             const frame::LayerWeights& w, bool for_backward);
 
-struct BackwardOut {
-  at::Tensor dx, dh0, dc0;  // float32; dx undefined without need_dx
-  frame::LayerWeights dw;   // float32; undefined without need_dweights or where the weight is absent
-};
+using BackwardOut = frame::Gradients;  // float32
 
 BackwardOut sequence_backward(const Call& c, const at::Tensor& grad_out, const at::Tensor& grad_hn,
                               const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& h0,

@@ -27,6 +27,16 @@
 #include <torch/library.h>
 
 namespace fusedrnn {
+
+// Whether this build has the CUDA kernels (the op built_with_cuda; graph_ops.cpp).
+constexpr bool built_with_cuda() {
+#ifdef FUSEDRNN_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
 namespace schema {
 
 inline void define_ops(torch::Library& m) {

@@ -130,6 +130,28 @@ inline at::Tensor input_projection(const Cell& cell, const at::Tensor& x_rows, c
   return bias.defined() ? at::addmm(bias, x_rows, w.w_ih.t()) : at::mm(x_rows, w.w_ih.t());
 }
 
+// A backward's results in the compute dtype: dx undefined without need_dx,
+// the weights' undefined without need_dweights or where the weight is absent.
+struct Gradients {
+  at::Tensor dx, dh0, dc0;
+  LayerWeights dw;
+};
+
+// The backward op's result list (op_schema.h): every gradient in x's dtype,
+// dx in x's shape, an empty tensor for each one there is not.
+inline std::vector<at::Tensor> op_result(const Gradients& r, const at::Tensor& x) {
+  const auto back = [&](const at::Tensor& t) { return t.defined() ? t.to(x.scalar_type()) : x.new_empty({0}); };
+  return {r.dx.defined() ? back(r.dx.reshape(x.sizes())) : x.new_empty({0}),
+          back(r.dh0),
+          back(r.dc0),
+          back(r.dw.w_ih),
+          back(r.dw.w_hh),
+          back(r.dw.b_ih),
+          back(r.dw.b_hh),
+          back(r.dw.w_peep),
+          back(r.dw.w_proj)};
+}
+
 // What the backward's recurrence leaves for the products after it: [N, *]
 // rows in the compute dtype.
 struct GateGradients {
