@@ -1,12 +1,13 @@
 """TorchScript (``torch.jit.script``, ``torch.jit.trace``) refuses fusedrnn's layers with one clear error.
 
-Why refuse rather than make them compile: each layer-direction is a Python ``torch.library``
-custom op (``fusedrnn::lstm_forward``), so a TorchScript program holding one could run only in a
-Python process that imported fusedrnn, never where TorchScript is for (C++ ``torch::jit::load``,
-mobile).  A trace would also freeze into the program the backend chosen while tracing and whether
-the op kept its training workspace, and a scripted forward would need the layers' Python-only
-argument handling (PackedSequence, backends, autocast) rewritten in TorchScript.  torch.nn's
-twins do compile, with the same weights: :func:`fusedrnn.revert` swaps them in.
+Why refuse rather than make them compile: ``torch.jit.script`` cannot compile the layers'
+forward (PackedSequence, backend choice and autocast are Python), and ``torch.jit.trace`` would
+record each layer-direction as one ``fusedrnn::<family>_forward`` call with the backend, its
+strategy and whether it keeps the training workspace, as chosen on the tracing machine in the
+tracing grad mode, frozen into the program (the trace's own check then fails on the last).
+torch.nn's twins do compile, with the same weights: :func:`fusedrnn.revert` swaps them in.  A
+program without Python is ``torch.export``'s and AOTInductor's job, which fusedrnn's layers
+support with the backend resolved where the program runs (README.md, "Deployment").
 
 So ``torch.jit.script(model)`` stops at :func:`refuse_script` (the layers' ``__prepare_scriptable__``,
 which torch.jit.script calls on every submodule before compiling anything) and ``torch.jit.trace``
@@ -24,11 +25,11 @@ __all__ = ["MESSAGE", "check_not_traced", "refuse_script"]
 
 MESSAGE = (
     "fusedrnn's layers do not compile to TorchScript (torch.jit.script, torch.jit.trace and tools built on them): "
-    "each runs a Python custom op (fusedrnn::<family>_forward) that a TorchScript program could only call in a "
-    "Python process with fusedrnn imported, with the backend chosen while tracing frozen in.  Call "
-    "fusedrnn.revert(model) first: it swaps them for torch.nn's LSTM/GRU/RNN and cells holding the same weights, "
-    "which TorchScript compiles (peephole LSTMs and reset_after=False GRUs have no torch.nn twin: export them to "
-    "ONNX instead, fusedrnn.onnx.export, or use torch.export / torch.compile)."
+    "script cannot compile their Python forward, and a trace would freeze in the backend, strategy and training "
+    "workspace chosen while tracing.  Call fusedrnn.revert(model) first: it swaps them for torch.nn's "
+    "LSTM/GRU/RNN and cells holding the same weights, which TorchScript compiles (peephole LSTMs and "
+    "reset_after=False GRUs have no torch.nn twin).  For a program without Python use torch.export and "
+    "AOTInductor, for ONNX fusedrnn.onnx.export."
 )
 
 
