@@ -56,6 +56,19 @@ def single_thread():
 
 
 @pytest.fixture
+def strategy(request):
+    """The cpu backend's strategy forced for one test (restored after), for tests that parametrize
+    ``strategy`` indirectly; a direct parametrization of ``strategy`` (other backends' tests) overrides it."""
+    from fusedrnn import backends
+
+    cpu = backends.get("cpu")
+    before = cpu.strategy
+    cpu.strategy = request.param
+    yield request.param
+    cpu.strategy = before
+
+
+@pytest.fixture
 def quiet_backend_fallback():
     """Silence auto's one-time RuntimeWarning that it fell back to another backend
     (e.g. to ``reference`` while the fused CPU kernels are not built): tests that

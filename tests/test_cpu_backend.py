@@ -39,15 +39,6 @@ STRATEGIES = ("gemm", "fused", "folded")
 FOLDED_VARIANTS = ("lstm", "lstm-peephole", "lstm-proj", "lstm-peephole-proj", "rnn-tanh", "rnn-relu")
 
 
-@pytest.fixture
-def strategy(request):
-    """Force the cpu backend's strategy for one test (restored after)."""
-    before = CPU.strategy
-    CPU.strategy = request.param
-    yield request.param
-    CPU.strategy = before
-
-
 @pytest.fixture(scope="module")
 def checker():
     """One Checker for the module: oracle runs are cached and shared by both strategies."""

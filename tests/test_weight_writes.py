@@ -48,15 +48,6 @@ VARIANTS = {
 }
 
 
-@pytest.fixture
-def strategy(request):
-    """Force the cpu backend's strategy for one test (restored after)."""
-    before = CPU.strategy
-    CPU.strategy = request.param
-    yield request.param
-    CPU.strategy = before
-
-
 def build(variant: str, backend: str = "cpu") -> nn.Module:
     cls, extras, _ = VARIANTS[variant]
     return cls(I, H, backend=backend, **extras)
