@@ -120,12 +120,14 @@ def _contiguous(t):
 
 
 def _plain_eager_call(tensors) -> bool:
-    """Whether the op can be left out (:func:`fusedrnn.ops.forward_without_autograd`): an eager call on plain
-    tensors (not traced, no dispatch mode such as FakeTensorMode watching the ops, no tensor subclass),
-    where the op would add nothing but its cost."""
+    """Whether the op can be left out (:func:`fusedrnn.ops.forward_without_autograd`, and with a backward
+    :func:`fusedrnn.ops.forward_with_autograd`): an eager call on plain tensors (not traced, no dispatch mode
+    such as FakeTensorMode or TorchFunctionMode watching the ops, no tensor subclass), where the op would add
+    nothing but its cost."""
     # not under torch.jit.trace either: torch.onnx.export(dynamo=False) traces, and must see the op it exports
     return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and torch._C._len_torch_dispatch_stack() == 0 and all(t is None or type(t) in _PLAIN for t in tensors))
+            and torch._C._len_torch_dispatch_stack() == 0 and torch._C._len_torch_function_stack() == 0
+            and all(t is None or type(t) in _PLAIN for t in tensors))
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
