@@ -25,7 +25,11 @@ def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     its GRU, its cells and its LSTM over a PackedSequence stay float32 there,
     an accident of which ATen ops are on the CPU autocast list.)
     """
-    # autocast exists for some device types only (not meta): asking about others raises
+    # one call answers the common case, autocast off everywhere (the per-device questions cost more,
+    # on every call of a cell step); autocast exists for some device types only (not meta): asking
+    # about others raises
+    if not torch._C._is_any_autocast_enabled():
+        return None
     if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None

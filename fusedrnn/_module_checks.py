@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from . import backends
 
-__all__ = ["NOT_GIVEN", "check_backend_name", "check_flag", "check_state_tensor", "checked_parameter", "state_tuple",
-           "check_packed_states", "check_state_dims", "check_input", "check_states"]
+__all__ = ["NOT_GIVEN", "attribute", "check_backend_name", "check_flag", "check_state_tensor", "checked_parameter",
+           "state_tuple", "check_packed_states", "check_state_dims", "check_input", "check_states",
+           "check_weights_match"]
 
 # Marks an argument the caller did not pass (torch rejects ``proj_size`` on
 # GRU/RNN whenever it is given, even as 0).
@@ -54,15 +55,46 @@ def check_state_tensor(name: str, state: Tensor, x: Tensor, what: str, check_dty
         )
 
 
-def checked_parameter(module: nn.Module, name: str) -> Optional[Tensor]:
-    """``module.<name>``, after checking it still has the shape the module was built with.
+_MISSING = object()
+
+
+def attribute(module: nn.Module, name: str, default=_MISSING):
+    """``getattr(module, name[, default])``, without the cost of ``nn.Module.__getattr__`` on each call.
+
+    Parameters live in ``module._parameters``, which plain attribute lookup does not see, so each
+    ``module.weight_ih`` goes through Python code, and a missing name raises an AttributeError with a
+    formatted message before ``hasattr`` returns False (microseconds per name, several names per call
+    of a cell step).  A registered parameter first (``torch.func.functional_call`` puts its tensors there
+    too): nn.Module keeps a name in one place, and a name it registers as a parameter is neither an
+    instance attribute nor a class one (``torch.nn.utils.parametrize`` removes the parameter before it
+    installs its property).  Otherwise in getattr's order: the class and the instance (that property, a
+    tensor the old ``weight_norm`` sets), buffers, submodules.
+    """
+    params = module._parameters
+    if name in params:
+        return params[name]
+    if name in module.__dict__ or hasattr(type(module), name):
+        return getattr(module, name)
+    for registry in (module._buffers, module._modules):
+        if name in registry:
+            return registry[name]
+    if default is _MISSING:
+        return getattr(module, name)  # nn.Module's AttributeError and message
+    return default
+
+
+def checked_parameter(module: nn.Module, name: str, default=_MISSING) -> Optional[Tensor]:
+    """``module.<name>`` (``default`` if it has none, when given), after checking it still has the shape
+    the module was built with.
 
     A parameter replaced by one of another shape (``m.weight_ih_l0 = nn.Parameter(...)``) is
     reported under its own name (RuntimeError), not as a mismatch of the input it meets first.
     """
-    value = getattr(module, name)
-    expected = getattr(module, "_param_shapes", {}).get(name)
-    if value is not None and expected is not None and tuple(value.shape) != tuple(expected):
+    value = attribute(module, name, default)
+    expected = module.__dict__.get("_param_shapes", {}).get(name)
+    # torch.Size against the tuple first: equal in every call but a faulty one, and cheaper than two tuples
+    if (value is not None and expected is not None and value.shape != expected
+            and tuple(value.shape) != tuple(expected)):
         raise RuntimeError(
             f"{type(module).__name__}: parameter {name} has shape {list(value.shape)}, but this module "
             f"needs {list(expected)} ({module.extra_repr()})"
@@ -108,6 +140,26 @@ def check_packed_states(states: Tuple[Tensor, ...], sorted_indices: Optional[Ten
                            f"batch has {batch} sequences (batch_sizes[0]); expected hidden size to match")
 
 
+def check_weights_match(module: nn.Module, named_weights, x: Tensor) -> None:
+    """Every weight of the (cast) input's dtype and device, the input floating point: what
+    :func:`fusedrnn.functional.layer` checks that torch.nn's own checks (the others here) leave out, so that
+    a module can call :func:`fusedrnn.functional.run_checked` (RuntimeError / TypeError, as layer raises).
+    ``named_weights``: (name, tensor or None) pairs, as the call reads them (a parametrized weight is not a
+    registered parameter)."""
+    if not x.is_floating_point():
+        raise TypeError(f"{type(module).__name__}: input must be a floating-point tensor, got {x.dtype}")
+    dtype, device = x.dtype, x.device
+    for name, weight in named_weights:
+        if weight is None:
+            continue
+        if weight.dtype != dtype:
+            raise RuntimeError(f"{type(module).__name__}: parameter {name} has dtype {weight.dtype} but the input "
+                               f"has dtype {x.dtype}; all must match (convert the module with .to({x.dtype}))")
+        if weight.device != device:
+            raise RuntimeError(f"{type(module).__name__}: parameter {name} is on {weight.device} but the input is "
+                               f"on {x.device}; all must be on one device")
+
+
 def check_state_dims(states: Tuple[Tensor, ...], is_batched: bool) -> None:
     """torch.nn's check that hx has the input's batchedness (RuntimeError, torch's messages)."""
     want = 3 if is_batched else 2
@@ -130,7 +182,8 @@ def check_input(rnn: nn.Module, x: Tensor, batch_sizes: Optional[Tensor], cast_t
             f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight_dtype}). "
             f"Convert input: input.to({weight_dtype}), or convert model: model.to({x.dtype})"
         )
-    for name, weight in zip(rnn._flat_weights_names, rnn._flat_weights):
+    for name in rnn._flat_weights_names:
+        weight = attribute(rnn, name)
         if not isinstance(weight, Tensor):  # torch.nn's type for this (its _VF ops take tensors only)
             raise TypeError(f"{type(rnn).__name__}: parameter {name} is {type(weight).__name__}, "
                             "expected a tensor")

@@ -21,11 +21,18 @@ from . import functional
 from .backends.base import LayerWeights
 from .cells import CellSpec, modes
 from ._autocast import autocast_dtype, autocast_off, cast
-from ._module_checks import check_backend_name, check_flag, check_state_tensor, checked_parameter
+from ._module_checks import (attribute, check_backend_name, check_flag, check_state_tensor, check_weights_match,
+                             checked_parameter)
 from .modules import _GRU_CONVENTION
 from .torchscript import refuse_script
 
 __all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
+
+# The cells' CellSpecs, built once: a step is a few microseconds of arithmetic, and building one (its
+# check against the cell table) at each call was a visible share of a step's Python time.
+_LSTM = CellSpec("lstm", "lstm")
+_GRU_RESET_AFTER, _GRU_RESET_BEFORE = CellSpec("gru", "reset_after"), CellSpec("gru", "reset_before")
+_RNN_BUILT_IN = {mode: CellSpec("rnn", mode) for mode in ("tanh", "relu")}
 
 
 class FusedRNNCellBase(nn.RNNCellBase):
@@ -81,27 +88,28 @@ class FusedRNNCellBase(nn.RNNCellBase):
     def _cell(self) -> CellSpec:
         raise NotImplementedError
 
-    def _weights(self, dtype: Optional[torch.dtype]) -> LayerWeights:
-        """The parameters, read now (so in-place edits and functional_call take effect)."""
-        def param(name: str) -> Optional[Tensor]:
-            return cast(checked_parameter(self, name), dtype) if hasattr(self, name) else None
+    #: the parameters a cell step reads, in LayerWeights' order (no projection: w_proj is None)
+    _WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ch")
 
-        return LayerWeights(param("weight_ih"), param("weight_hh"), param("bias_ih"), param("bias_hh"),
-                            param("weight_ch"), None)
+    def _weights(self, dtype: Optional[torch.dtype]) -> LayerWeights:
+        """The parameters, read now (so in-place edits and functional_call take effect), each checked
+        against the shape the cell was built with."""
+        return LayerWeights(*[cast(checked_parameter(self, name, None), dtype) for name in self._WEIGHT_NAMES], None)
 
     # -- shared forward ------------------------------------------------------
 
     def _step(self, input: Tensor, states: Optional[Tuple[Tensor, ...]]) -> Tuple[Tensor, ...]:
-        """Checks as torch's cells, then one op call with T=1; returns the new states."""
-        name = type(self).__name__
+        """Checks as torch's cells (each once: functional.run_checked makes none of its own), then one
+        step through the kernels (a sequence of T=1); returns the new states."""
         cell = self._cell()
         if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+            raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if states is not None:
             for idx, value in enumerate(states):
                 if value.dim() not in (1, 2):
                     what = f"hx[{idx}]" if cell.has_cell_state else "hidden"
-                    raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {value.dim()}D instead")
+                    raise ValueError(f"{type(self).__name__}: Expected {what} to be 1D or 2D, "
+                                     f"got {value.dim()}D instead")
         is_batched = input.dim() == 2
         x = input if is_batched else input.unsqueeze(0)
         cast_to = autocast_dtype(x.device)
@@ -112,13 +120,18 @@ class FusedRNNCellBase(nn.RNNCellBase):
         else:
             states = tuple(s if is_batched else s.unsqueeze(0) for s in states)
             self._check_states(x, states, cast_to)
-        x = cast(x, cast_to)
-        states = tuple(cast(s, cast_to) for s in states)
-        with autocast_off(x.device, cast_to):
-            result = functional.layer(
-                cell, x.unsqueeze(0), states[0], states[1] if cell.has_cell_state else None,
-                self._weights(cast_to), None, False, self.backend,
-            )
+        weights = self._weights(cast_to)
+        if cast_to is not None:
+            x = x.to(cast_to)
+            states = tuple(s.to(cast_to) for s in states)
+        check_weights_match(self, zip(self._WEIGHT_NAMES, weights), x)
+        c0 = states[1] if cell.has_cell_state else None
+        if cast_to is None:
+            result = functional.run_checked(cell, x.unsqueeze(0), states[0], c0, weights, None, False, self.backend)
+        else:
+            with autocast_off(x.device, cast_to):
+                result = functional.run_checked(cell, x.unsqueeze(0), states[0], c0, weights, None, False,
+                                                self.backend)
         new_states = (result.h_n, result.c_n) if cell.has_cell_state else (result.h_n,)
         return new_states if is_batched else tuple(s.squeeze(0) for s in new_states)
 
@@ -128,30 +141,35 @@ class FusedRNNCellBase(nn.RNNCellBase):
 
     def _check_input(self, x: Tensor, cast_to: Optional[torch.dtype]) -> None:
         """ATen's check_rnn_cell_forward_input, then the dtype (RuntimeError, as torch raises)."""
-        for name, weight in self.named_parameters(recurse=False):
-            if weight.device != x.device:
+        device = x.device
+        for name, weight in self._parameters.items():  # named_parameters(recurse=False), without its generator
+            if weight is not None and weight.device != device:
                 raise RuntimeError(
                     f"{type(self).__name__}: input is on {x.device} but parameter {name} is on {weight.device}; "
                     "move the input or the module"
                 )
         if x.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
-        if cast_to is None and x.dtype != self.weight_ih.dtype:
+        weight_ih = attribute(self, "weight_ih")
+        if cast_to is None and x.dtype != weight_ih.dtype:
             raise RuntimeError(
                 f"{type(self).__name__}: input dtype ({x.dtype}) does not match weight dtype "
-                f"({self.weight_ih.dtype}); convert the input or the module"
+                f"({weight_ih.dtype}); convert the input or the module"
             )
 
     def _check_states(self, x: Tensor, states: Tuple[Tensor, ...], cast_to: Optional[torch.dtype]) -> None:
         """ATen's check_rnn_cell_forward_hidden for each state (RuntimeError, torch's messages)."""
+        batch, hidden = x.size(0), self.hidden_size
         for idx, state in enumerate(states):
-            if x.size(0) != state.size(0):
-                raise RuntimeError(f"Input batch size {x.size(0)} doesn't match hidden{idx} batch size {state.size(0)}")
-            if state.dim() != 2 or state.size(1) != self.hidden_size:
+            if batch != state.size(0):
+                raise RuntimeError(f"Input batch size {batch} doesn't match hidden{idx} batch size {state.size(0)}")
+            if state.dim() != 2 or state.size(1) != hidden:
                 got = state.size(1) if state.dim() > 1 else "none"
-                raise RuntimeError(f"hidden{idx} has inconsistent hidden_size: got {got}, expected {self.hidden_size}")
-        for state, name in zip(states, self._state_names(self._cell())):
-            check_state_tensor(name, state, x, type(self).__name__, check_dtype=cast_to is None)
+                raise RuntimeError(f"hidden{idx} has inconsistent hidden_size: got {got}, expected {hidden}")
+        device, dtype = x.device, x.dtype
+        for state, name in zip(states, ("hx", "cx")):
+            if state.device != device or (cast_to is None and state.dtype != dtype):  # the check's cheap part inline
+                check_state_tensor(name, state, x, type(self).__name__, check_dtype=cast_to is None)
 
 
 class LSTMCell(FusedRNNCellBase, nn.LSTMCell):
@@ -170,7 +188,7 @@ class LSTMCell(FusedRNNCellBase, nn.LSTMCell):
         self.peephole = peephole
 
     def _cell(self) -> CellSpec:
-        return CellSpec("lstm", "lstm")
+        return _LSTM
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         if hx is not None and not isinstance(hx, (tuple, list)):
@@ -195,7 +213,7 @@ class GRUCell(FusedRNNCellBase, nn.GRUCell):
         self.reset_after = reset_after
 
     def _cell(self) -> CellSpec:
-        return CellSpec("gru", "reset_after" if self.reset_after else "reset_before")
+        return _GRU_RESET_AFTER if self.reset_after else _GRU_RESET_BEFORE
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         return self._step(input, None if hx is None else (hx,))[0]
@@ -215,9 +233,12 @@ class RNNCell(FusedRNNCellBase, nn.RNNCell):
         self.nonlinearity = nonlinearity
 
     def _cell(self) -> CellSpec:
+        spec = _RNN_BUILT_IN.get(self.nonlinearity)
+        if spec is not None:
+            return spec
         if self.nonlinearity not in modes("rnn"):  # torch.nn checks at each call, with this message
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        return CellSpec("rnn", self.nonlinearity)
+        return CellSpec("rnn", self.nonlinearity)  # an rnn mode registered after import
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         return self._step(input, None if hx is None else (hx,))[0]

@@ -1,8 +1,11 @@
 """Functional API: one layer-direction over a whole sequence.
 
 ``layer(cell, x, h0, c0, weights)`` checks its arguments, picks the backend
-(:mod:`fusedrnn.backends`) and calls the cell family's custom op once.  The
-named wrappers (:func:`lstm_layer`, :func:`gru_layer`, :func:`rnn_layer`) spell
+(:mod:`fusedrnn.backends`) and calls the cell family's custom op once (an eager
+call on plain tensors runs what the op would, its implementation and autograd
+formula, without the op's dispatch: :func:`fusedrnn.ops.forward_without_autograd`,
+:func:`fusedrnn.ops.forward_with_autograd`).  The modules, which make its checks
+themselves, call :func:`run_checked`.  The named wrappers (:func:`lstm_layer`, :func:`gru_layer`, :func:`rnn_layer`) spell
 the options out.  Shapes are those of :mod:`fusedrnn.backends.base`.
 
 Example::
@@ -21,11 +24,11 @@ from torch._C._functorch import peek_interpreter_stack
 from . import backends
 from .backends.base import LayerWeights
 from .cells import CellSpec, modes
-from .ops import forward_op, forward_without_autograd
+from .ops import define, forward_op, forward_with_autograd, forward_without_autograd
 from .reference import sequence_forward
 from .torchscript import check_not_traced
 
-__all__ = ["LayerOutput", "layer", "lstm_layer", "gru_layer", "rnn_layer", "LayerWeights", "CellSpec"]
+__all__ = ["LayerOutput", "layer", "run_checked", "lstm_layer", "gru_layer", "rnn_layer", "LayerWeights", "CellSpec"]
 
 
 class LayerOutput(NamedTuple):
@@ -158,14 +161,46 @@ def layer(
             raise ValueError(f"x must be 2-D packed rows [N, input_size] when batch_sizes is given, got {x.dim()}-D")
         check_batch_sizes(batch_sizes, x.shape[0])
         batch_sizes = _steps_with_rows(batch_sizes)
-    hidden = weights.w_hh.shape[0] // cell.gates
-    hout = weights.w_proj.shape[0] if weights.w_proj is not None else hidden
-    batch = x.shape[1] if batch_sizes is None else (int(batch_sizes[0]) if batch_sizes.numel() else 0)
-    if h0 is None:
-        h0 = x.new_zeros((batch, hout))
-    if c0 is None and cell.has_cell_state:
-        c0 = x.new_zeros((h0.shape[0], hidden))
+    h0, c0 = _default_states(cell, x, h0, c0, weights, batch_sizes)
     _check(cell, x, h0, c0, weights, batch_sizes)
+    return _run(cell, x, h0, c0, weights, batch_sizes, reverse, backend)
+
+
+def _default_states(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes):
+    """``(h0, c0)`` with zeros for the ones that are None (``c0`` only for a cell with a cell state)."""
+    if h0 is None or (c0 is None and cell.has_cell_state):
+        hidden = weights.w_hh.shape[0] // cell.gates
+        hout = weights.w_proj.shape[0] if weights.w_proj is not None else hidden
+        batch = x.shape[1] if batch_sizes is None else (int(batch_sizes[0]) if batch_sizes.numel() else 0)
+        if h0 is None:
+            h0 = x.new_zeros((batch, hout))
+        if c0 is None and cell.has_cell_state:
+            c0 = x.new_zeros((h0.shape[0], hidden))
+    return h0, c0
+
+
+def run_checked(cell: CellSpec, x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor],
+                weights: LayerWeights, batch_sizes: Optional[torch.Tensor] = None, reverse: bool = False,
+                backend: Optional[str] = None) -> LayerOutput:
+    """:func:`layer` without its argument checks, for callers that have made them: the modules, whose
+    checks (torch.nn's, then every weight's shape and dtype) cover layer's, so that a call checks each
+    thing once (a cell step is a few microseconds of arithmetic; checking twice cost more than it).
+
+    What the caller guarantees: ``weights`` a :class:`LayerWeights` of tensors of the cell's shapes; ``x``
+    (3-D, or packed rows with ``batch_sizes`` that passed :func:`check_batch_sizes`), ``h0`` and ``c0``
+    (None: zeros; ``c0`` None for a cell without a cell state) of those shapes; every tensor of ``x``'s
+    floating dtype and device.
+    """
+    check_not_traced()  # torch.jit.trace would freeze the op's backend into its program (fusedrnn/torchscript.py)
+    if batch_sizes is not None:
+        batch_sizes = _steps_with_rows(batch_sizes)
+    h0, c0 = _default_states(cell, x, h0, c0, weights, batch_sizes)
+    return _run(cell, x, h0, c0, weights, batch_sizes, reverse, backend)
+
+
+def _run(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes, reverse, backend) -> LayerOutput:
+    """The call once its arguments are checked: the backend resolved, then one op call (or the eager
+    equivalent of the op, :func:`_plain_eager_call`)."""
     if x.device.type == "meta":
         # meta tensors hold no data, only shapes: whatever backend the module names (it may run CPU
         # tensors only, as modules built on meta and moved later do), the reference gives the shapes
@@ -175,8 +210,8 @@ def layer(
     # A traced graph names the backend the call asked for ("auto" unless a module or the call named one):
     # the ops resolve it where the graph runs (csrc/graph_ops.cpp), not as it resolved on this machine.
     name = (backend if backend not in (None, "auto") else "auto") if torch.compiler.is_compiling() else chosen.name
-    if hidden == 0 or batch == 0:
-        # nothing to compute: the fused kernels assume at least one hidden unit and one row,
+    if weights.w_hh.shape[0] == 0 or h0.shape[0] == 0:
+        # no hidden unit or no row, nothing to compute: the fused kernels assume at least one of each,
         # and the reference gives torch.nn's results for every empty size (h_n = h0, zero gradients)
         chosen = backends.get("reference")
         name = chosen.name
@@ -184,17 +219,20 @@ def layer(
     # reference's forward as plain torch ops, which every transform differentiates (called directly:
     # under torch.compile the backend registry is read as it was when tracing began).  Outside any
     # transform and dual level, the common case, the cost is the two checks before the `and`.
-    if ((peek_interpreter_stack() is not None or forward_ad._current_level >= 0)
-            and backends.differentiable_only(chosen, (x, h0, c0, *weights))):
+    functorch = peek_interpreter_stack() is not None
+    if (functorch or forward_ad._current_level >= 0) and backends.differentiable_only(chosen, (x, h0, c0, *weights)):
         res = sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse)
         return LayerOutput(res.out, res.h_n, res.c_n if cell.has_cell_state else None)
     # Inference keeps no workspace (the saved activations the backward reads); nor does an exported
     # program, which torch.export makes for inference whether or not grad was enabled while exporting.
     for_backward = torch.is_grad_enabled() and not torch.compiler.is_exporting() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *weights))
-    if not for_backward and _plain_eager_call((x, h0, c0, *weights)):
-        out, h_n, c_n = forward_without_autograd(cell, name, x, h0, c0, weights, batch_sizes, reverse)
-        return LayerOutput(out, h_n, c_n if cell.has_cell_state else None)
+    if _plain_eager_call((x, h0, c0, *weights)):
+        define(cell.family)  # the op is not called, but a family's ops exist once it has run (fusedrnn.ops.define)
+        if not for_backward:
+            return LayerOutput(*forward_without_autograd(cell, chosen, x, h0, c0, weights, batch_sizes, reverse))
+        if not functorch:  # an autograd.Function outside functorch's transforms (vmap keeps the op)
+            return LayerOutput(*forward_with_autograd(cell, chosen, x, h0, c0, weights, batch_sizes, reverse))
     out, h_n, c_n, _ = forward_op(cell.family)(
         _contiguous(x), _contiguous(h0), _contiguous(c0), *(_contiguous(w) for w in weights),
         batch_sizes, bool(reverse), cell.mode, name, for_backward,

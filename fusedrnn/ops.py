@@ -46,7 +46,7 @@ from torch import Tensor
 
 from . import _extension, backends
 from .backends import _constant_when_traced
-from .backends.base import LayerWeights
+from .backends.base import Backend, LayerWeights
 from .cells import CellSpec, FAMILIES, check_family
 from .reference import autograd_backward
 
@@ -77,7 +77,7 @@ def _contiguous(tensors):
     """Backends take contiguous tensors.  Done inside the op implementations, at run time: a
     compiled graph may hand the op strides that differ from the ones seen while tracing
     (seen: a non-contiguous grad_out in Inductor's backward even after a traced .contiguous())."""
-    return tuple(None if t is None else t.contiguous() for t in tensors)
+    return tuple([None if t is None else t.contiguous() for t in tensors])
 
 
 def _not_a_view(t: Tensor) -> Tensor:
@@ -88,20 +88,22 @@ def _not_a_view(t: Tensor) -> Tensor:
     "one of several views returned by a function", and then in-place edits of the
     output (``out.relu_()``, ``out.masked_fill_(...)``), which torch.nn allows, raise.
     The base is private to the op, so a plain tensor over its storage (no copy) is
-    what the op returns instead.
+    what the op returns instead: ``detach()``, which is no view for autograd (a fifth of
+    the cost of ``new_empty(0).set_(storage, ...)``, which a cell step paid twice).
     """
     if t._base is None:
         return t
-    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+    return t.detach()
 
 
 def _fresh(outputs, inputs):
     """Outputs the op may return: a clone of any that shares storage with an input (ops must
-    not alias), and none that is a view (:func:`_not_a_view`)."""
+    not alias), and none that is a view (:func:`_not_a_view`); None stays None."""
     ptrs = {t.untyped_storage().data_ptr() for t in inputs if t is not None and t.numel() > 0}
-    return tuple(
-        t.clone() if t.numel() > 0 and t.untyped_storage().data_ptr() in ptrs else _not_a_view(t) for t in outputs
-    )
+    return tuple([
+        t if t is None else t.clone() if t.numel() > 0 and t.untyped_storage().data_ptr() in ptrs else _not_a_view(t)
+        for t in outputs
+    ])
 
 
 def _backend(name: str, cell: CellSpec, x: Tensor, weights: LayerWeights):
@@ -114,21 +116,114 @@ def _backend(name: str, cell: CellSpec, x: Tensor, weights: LayerWeights):
     return backends.resolve(name, cell, x, weights)
 
 
-def forward_without_autograd(cell: CellSpec, backend: str, x, h0, c0, weights: LayerWeights, batch_sizes, reverse):
+def _run_forward(backend: Backend, cell: CellSpec, tensors, batch_sizes, reverse, for_backward):
+    """``backend``'s forward on ``tensors`` (x, h0, c0, *weights) made contiguous: (out, h_n, c_n, workspace),
+    None for c_n outside LSTM and for the workspace without ``for_backward``, no output aliasing an input
+    or a view.  What the forward op and the op-less eager paths run."""
+    x, h0, c0, *weights = tensors = _contiguous(tensors)
+    with torch._C._AutoDispatchBelowAutograd():  # see _run_backward
+        res = backend.forward(cell, x, h0, c0, LayerWeights(*weights), batch_sizes, reverse,
+                              for_backward=for_backward)
+    return _fresh((res.out, res.h_n, res.c_n, res.workspace if for_backward else None), tensors)
+
+
+def _run_backward(backend: Backend, cell: CellSpec, grad_out, grad_hn, grad_cn, tensors, batch_sizes, reverse, out,
+                  workspace, need_dx, need_dweights):
+    """``backend``'s backward on contiguous tensors: the gradients of ``tensors`` (x, h0, c0, *weights), None
+    where a tensor is absent or its gradient was not asked for (whatever the backend computed), none
+    aliasing an input or a view.  What the backward op and the op-less eager path run."""
+    grad_out, grad_hn, grad_cn, out, workspace, *tensors = _contiguous(
+        (grad_out, grad_hn, grad_cn, out, workspace, *tensors))
+    x, h0, c0, *weights = tensors
+    # Below the autograd keys, where an op's implementation runs (torch.library's autograd wrapper
+    # redispatches so): the eager paths call this outside any op, and there each ATen call inside a
+    # kernel would pass through autograd's kernel for the weights that require grad (a single step:
+    # a third of its time, benchmarks/RESULTS.md "Per-call overhead").
+    with torch._C._AutoDispatchBelowAutograd():
+        res = backend.backward(cell, grad_out, grad_hn, grad_cn, x, h0, c0, LayerWeights(*weights), batch_sizes,
+                               reverse, out, workspace, need_dx=need_dx, need_dweights=need_dweights)
+    dweights = res.dweights if need_dweights else (None,) * len(res.dweights)
+    return _fresh((res.dx if need_dx else None, res.dh0, res.dc0, *dweights), tensors)
+
+
+def _layer_backward(cell: CellSpec, run, tensors, batch_sizes, reverse, out, grads, needs_input_grad):
+    """The autograd formula of a layer-direction, for the registered op and the op-less eager path alike: the
+    gradients of ``tensors`` (x, h0, c0, *weights) given ``grads`` (of out, h_n, c_n; None where none
+    flowed, as ``set_materialize_grads(False)`` leaves them).  ``run(grad_out, grad_hn, grad_cn, need_dx,
+    need_dweights)`` runs a backward kernel and returns the nine gradients."""
+    grad_out, grad_hn, grad_cn = grads
+    x, h0, c0 = tensors[:3]
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    if grad_hn is None:
+        grad_hn = torch.zeros_like(h0)
+    if c0 is None:
+        grad_cn = None
+    elif grad_cn is None or grad_cn.numel() == 0:
+        grad_cn = torch.zeros_like(c0)
+    # Double backward, or a cell with no hand-written backward (only its reference step): autograd
+    # through the reference forward, here, outside any op (inside an op's implementation autograd
+    # records nothing).
+    if torch.is_grad_enabled() or not cell.record.hand_written_backward:
+        return autograd_backward(cell, tensors, batch_sizes, reverse, (grad_out, grad_hn, grad_cn),
+                                 create_graph=torch.is_grad_enabled())
+    need = needs_input_grad
+    grads = run(grad_out, grad_hn, grad_cn, need[0], any(need[3:9]))
+    return tuple(g if t is not None and wanted else None for g, t, wanted in zip(grads, tensors, need))
+
+
+def forward_without_autograd(cell: CellSpec, backend: Backend, x, h0, c0, weights: LayerWeights, batch_sizes,
+                             reverse):
     """What the forward op returns for a call no backward will follow, without the op: (out, h_n, c_n or None).
 
     For eager calls that need no autograd (no grad, or nothing requires it): the op would only add its
     dispatch and autograd layers (a cell step is a few microseconds of arithmetic; those layers cost
-    more), so :func:`fusedrnn.functional.layer` calls the backend directly.  The same rules hold: the
-    backend gets contiguous tensors and keeps no workspace; no output aliases an input or is a view.
+    more), so :func:`fusedrnn.functional.layer` calls the backend it resolved directly.  The same rules
+    hold: the backend gets contiguous tensors and keeps no workspace; no output aliases an input or is a view.
     """
-    x, h0, c0, *rest = _contiguous((x, h0, c0, *weights))
-    weights = LayerWeights(*rest)
-    res = _backend(backend, cell, x, weights).forward(cell, x, h0, c0, weights, batch_sizes, reverse,
-                                                        for_backward=False)
-    outputs = (res.out, res.h_n) if res.c_n is None else (res.out, res.h_n, res.c_n)
-    fresh = _fresh(outputs, (x, h0, c0, *weights))
-    return fresh[0], fresh[1], (fresh[2] if res.c_n is not None else None)
+    return _run_forward(backend, cell, (x, h0, c0, *weights), batch_sizes, reverse, False)[:3]
+
+
+class _EagerLayer(torch.autograd.Function):
+    """The forward op and its autograd formula as one autograd.Function, for eager calls on plain tensors
+    that need a backward (:func:`forward_with_autograd`).
+
+    The registered op reaches the same formula through the dispatcher, the C++ graph op, torch.library's
+    autograd wrapper and the op's Python implementation, layers that cost several times a cell step's
+    arithmetic; here one Function calls the backend.  It saves what the op saves (the inputs as given,
+    ``out`` and the workspace) and keeps the workspace out of its outputs.  Old-style (``forward(ctx,
+    ...)``) because it runs outside functorch transforms only (:func:`fusedrnn.functional.layer` sends
+    those to the op or to the reference).
+    """
+
+    @staticmethod
+    def forward(ctx, cell, backend, batch_sizes, reverse, x, h0, c0, *weights):
+        out, h_n, c_n, workspace = _run_forward(backend, cell, (x, h0, c0, *weights), batch_sizes, reverse, True)
+        ctx.save_for_backward(x, h0, c0, *weights, batch_sizes, out, workspace)
+        ctx.cell, ctx.backend, ctx.reverse = cell, backend, reverse
+        # the backward fills in zeros itself where it must (the cells never use `out`'s gradient)
+        ctx.set_materialize_grads(False)
+        return out, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn, grad_cn):
+        *tensors, batch_sizes, out, workspace = ctx.saved_tensors
+        cell, backend, reverse = ctx.cell, ctx.backend, ctx.reverse
+
+        def run(*grads_and_needs):
+            return _run_backward(backend, cell, *grads_and_needs[:3], tensors, batch_sizes, reverse, out, workspace,
+                                 *grads_and_needs[3:])
+
+        grads = _layer_backward(cell, run, tensors, batch_sizes, reverse, out, (grad_out, grad_hn, grad_cn),
+                                ctx.needs_input_grad[4:])
+        return (None, None, None, None, *grads)
+
+
+def forward_with_autograd(cell: CellSpec, backend: Backend, x, h0, c0, weights: LayerWeights, batch_sizes,
+                          reverse):
+    """The forward op's results and autograd formula without the op, for eager calls on plain tensors that need
+    a backward: (out, h_n, c_n or None), differentiable (:class:`_EagerLayer`)."""
+    return _EagerLayer.apply(cell, backend, batch_sizes, bool(reverse), x, h0, c0, *weights)
 
 
 def _make_ops(family: str):
@@ -136,13 +231,10 @@ def _make_ops(family: str):
     def forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend,
                      for_backward=True, strategy="auto"):
         cell = CellSpec(family, mode)
-        x, h0, c0, *weights = _contiguous((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj))
-        weights = LayerWeights(*weights)
-        res = _backend(backend, cell, x, weights).forward(cell, x, h0, c0, weights, batch_sizes, reverse,
-                                             for_backward=for_backward)
-        c_n = res.c_n if res.c_n is not None else _absent(x)
-        workspace = res.workspace if for_backward else _absent(x)  # whatever the backend kept
-        return _fresh((res.out, res.h_n, c_n, workspace), (x, h0, c0, *weights))
+        weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj)
+        outputs = _run_forward(_backend(backend, cell, x, weights), cell, (x, h0, c0, *weights), batch_sizes,
+                               reverse, for_backward)
+        return tuple(_absent(x) if t is None else t for t in outputs)  # whatever the backend kept
 
     def forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend,
                      for_backward=True, strategy="auto"):
@@ -160,19 +252,10 @@ def _make_ops(family: str):
                       batch_sizes, reverse, mode, backend, out, workspace, need_dx=True, need_dweights=True,
                       strategy="auto"):
         cell = CellSpec(family, mode)
-        grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, *weights = _contiguous(
-            (grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj))
-        weights = LayerWeights(*weights)
-        res = _backend(backend, cell, x, weights).backward(
-            cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace,
-            need_dx=need_dx, need_dweights=need_dweights,
-        )
-        # what was not asked for is empty, whatever the backend computed
-        dx = res.dx if need_dx else None
-        dweights = res.dweights if need_dweights else (None,) * len(res.dweights)
-        grads = (dx, res.dh0, res.dc0, *dweights)
-        inputs = (x, h0, c0, *weights)
-        return _fresh(tuple(_absent(x) if g is None else g for g in grads), inputs)
+        weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj)
+        grads = _run_backward(_backend(backend, cell, x, weights), cell, grad_out, grad_hn, grad_cn,
+                              (x, h0, c0, *weights), batch_sizes, reverse, out, workspace, need_dx, need_dweights)
+        return tuple(_absent(x) if g is None else g for g in grads)  # what was not asked for is empty
 
     def backward_fake(grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj,
                       batch_sizes, reverse, mode, backend, out, workspace, need_dx=True, need_dweights=True,
@@ -213,27 +296,15 @@ def _make_ops(family: str):
             raise RuntimeError(f"fusedrnn::{family}_forward ran with for_backward=False, so it kept no "
                                "workspace to differentiate; call it with for_backward=True")
         tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj)
-        if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        if grad_hn is None:
-            grad_hn = torch.zeros_like(h0)
-        if c0 is None:
-            grad_cn = None
-        elif grad_cn is None or grad_cn.numel() == 0:
-            grad_cn = torch.zeros_like(c0)
         cell = CellSpec(family, ctx.mode)
-        # Double backward, or a cell with no hand-written backward (only its reference step): autograd
-        # through the reference forward, here, outside the backward op (inside an op's implementation
-        # autograd records nothing).
-        if torch.is_grad_enabled() or not cell.record.hand_written_backward:
-            grads = autograd_backward(cell, tensors, batch_sizes, ctx.reverse, (grad_out, grad_hn, grad_cn),
-                                      create_graph=torch.is_grad_enabled())
-        else:
-            need = ctx.needs_input_grad
+
+        def run(grad_out, grad_hn, grad_cn, need_dx, need_dweights):
             strategy = backends.strategy_for(ctx.backend, cell, x, backward=True)
-            grads = bwd(grad_out, grad_hn, grad_cn, *tensors, batch_sizes, ctx.reverse, ctx.mode, ctx.backend,
-                        out, workspace, need[0], any(need[3:9]), strategy)
-            grads = tuple(g if t is not None and wanted else None for g, t, wanted in zip(grads, tensors, need))
+            return bwd(grad_out, grad_hn, grad_cn, *tensors, batch_sizes, ctx.reverse, ctx.mode, ctx.backend,
+                       out, workspace, need_dx, need_dweights, strategy)
+
+        grads = _layer_backward(cell, run, tensors, batch_sizes, ctx.reverse, out, (grad_out, grad_hn, grad_cn),
+                                ctx.needs_input_grad)
         return (*grads, None, None, None, None, None, None)  # batch_sizes .. for_backward, strategy
 
     torch.library.register_autograd(forward_name, backward, setup_context=setup_context)

@@ -37,12 +37,15 @@ from . import functional
 from ._export_limits import check_not_exporting_packed
 from ._autocast import autocast_dtype, autocast_off, cast
 from ._module_checks import (check_backend_name, check_flag, check_input, check_packed_states, check_state_dims,
-                             check_states, checked_parameter, state_tuple)
+                             check_states, check_weights_match, checked_parameter, state_tuple)
 from .backends.base import LayerWeights
 from .cells import CellSpec
 from .torchscript import refuse_script
 
 __all__ = ["FusedRNNBase"]
+
+#: a layer-direction's parameter names, ``{prefix}_l{layer}[_reverse]``, in LayerWeights' order
+_WEIGHT_PREFIXES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ch", "weight_hr")
 
 
 class FusedRNNBase(nn.RNNBase):
@@ -212,24 +215,16 @@ class FusedRNNBase(nn.RNNBase):
         """The cell family and variant every layer-direction runs."""
         return self._cell_spec
 
+    def _direction_names(self, layer: int, direction: int) -> List[Optional[str]]:
+        """One layer-direction's parameter names in LayerWeights' order, None where it has no such weight."""
+        suffix = "_reverse" if direction == 1 else ""
+        present = (True, True, self.bias, self.bias, self.peephole, self.proj_size > 0)
+        return [f"{prefix}_l{layer}{suffix}" if there else None for prefix, there in zip(_WEIGHT_PREFIXES, present)]
+
     def _direction_weights(self, layer: int, direction: int, dtype: Optional[torch.dtype]) -> LayerWeights:
         """One layer-direction's parameters, read now (so in-place edits and functional_call take effect)."""
-        suffix = "_reverse" if direction == 1 else ""
-
-        def param(prefix: str, present: bool) -> Optional[Tensor]:
-            if not present:
-                return None
-            name = f"{prefix}_l{layer}{suffix}"
-            return cast(checked_parameter(self, name), dtype)
-
-        return LayerWeights(
-            param("weight_ih", True),
-            param("weight_hh", True),
-            param("bias_ih", self.bias),
-            param("bias_hh", self.bias),
-            param("weight_ch", self.peephole),
-            param("weight_hr", self.proj_size > 0),
-        )
+        return LayerWeights(*(None if name is None else cast(checked_parameter(self, name), dtype)
+                              for name in self._direction_names(layer, direction)))
 
     def _state_sizes(self, batch: int) -> List[Tuple[int, int, int]]:
         """Expected shape of each initial state tensor (h, and c for LSTM)."""
@@ -318,12 +313,15 @@ class FusedRNNBase(nn.RNNBase):
             outputs = []
             for direction in range(num_directions):
                 index = layer * num_directions + direction
-                result = functional.layer(
+                weights = self._direction_weights(layer, direction, cast_to)
+                # functional.layer's checks are made: torch.nn's in forward, the weights' here
+                check_weights_match(self, zip(self._direction_names(layer, direction), weights), x)
+                result = functional.run_checked(
                     cell,
                     layer_input,
                     None if states is None else states[0][index],
                     None if states is None or not cell.has_cell_state else states[1][index],
-                    self._direction_weights(layer, direction, cast_to),
+                    weights,
                     batch_sizes,
                     direction == 1,
                     self.backend,

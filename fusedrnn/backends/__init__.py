@@ -143,10 +143,29 @@ def use_backend(name: str) -> Iterator[None]:
         _selected.reset(token)
 
 
+_ENV = "FUSEDRNN_BACKEND"
+# os.environ's own store, keyed as it keys it (bytes on POSIX), where os.environ is the standard mapping
+_ENV_KEY = os.environ.encodekey(_ENV) if isinstance(os.environ, os._Environ) else None
+
+
+def _environment() -> Optional[str]:
+    """``os.environ.get("FUSEDRNN_BACKEND")``, read at every call (so ``os.environ`` writes and pytest's
+    ``monkeypatch.setenv`` count at once) from the dict os.environ keeps: the mapping's ``get``
+    (encode the key, look it up, decode the value, through Python frames) was the largest part of
+    resolving a backend, on every layer call."""
+    environ = os.environ
+    if _ENV_KEY is None or type(environ) is not os._Environ:  # replaced by something else: ask it
+        return environ.get(_ENV)
+    value = environ._data.get(_ENV_KEY)
+    return None if value is None else environ.decodevalue(value)
+
+
 @_constant_when_traced
 def requested(name: Optional[str] = None) -> str:
     """The backend name in force for a call that asked for ``name``."""
-    for candidate in (name, _selected.get(), os.environ.get("FUSEDRNN_BACKEND")):
+    if name and name != "auto":
+        return name
+    for candidate in (_selected.get(), _environment()):
         if candidate and candidate != "auto":
             return candidate
     return "auto"
