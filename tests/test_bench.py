@@ -122,6 +122,41 @@ def test_quick_bench_json_holds_every_figure_and_consistent_ratios(quick_run):
             assert r["memory_bytes"] > 0 and r["memory_kind"].startswith("saved activations")
 
 
+def test_quick_bench_times_the_per_call_overhead_group(quick_run):
+    """Every case of the group (cell step, 2-layer stack on one step, attention decoder) in both modes,
+    torch.nn then fusedrnn, with the ratio computed as in the layer groups; in the markdown too."""
+    from fusedrnn.bench import overhead
+
+    _, out = quick_run
+    payload = json.loads(_only(out, "bench-cpu-*.json").read_text())
+    rows = payload["overhead"]
+    assert payload["settings"]["overhead"] == list(overhead.DEFAULT_FAMILIES)
+    expected = [(c.kind, c.family, tuple(c.shape), m, i) for c in overhead.cases(overhead.DEFAULT_FAMILIES)
+                for m in cli.MODES for i in ("torch.nn", overhead.FUSEDRNN)]
+    assert [(r["case"], r["cell"], (r["T"], r["B"], r["I"], r["H"]), r["mode"], r["impl"]) for r in rows] == expected
+    assert {r["case"] for r in rows} == {"cell", "layer", "decoder"}
+    for torch_row, ours in zip(rows[::2], rows[1::2]):
+        assert torch_row["status"] == ours["status"] == "ok", (torch_row, ours)
+        assert len(ours["round_ms"]) == len(torch_row["round_ms"]) == cli.CPU_ROUNDS
+        per_round = [t / mine for t, mine in zip(torch_row["round_ms"], ours["round_ms"])]
+        assert ours["ratio_vs_torch"] == pytest.approx(statistics.median(per_round), rel=1e-9)
+        assert ours["q20_ms"] <= ours["median_ms"] <= ours["q80_ms"]
+    md = _only(out, "bench-cpu-*.md").read_text()
+    assert "#### Per-call overhead" in md and "| decoder | lstm | 20,16,64,128 | training | fusedrnn |" in md
+
+
+def test_overhead_group_compares_fusedrnn_with_torch_nn_before_timing():
+    """The forward is compared before timing (run() then reports fusedrnn as failed, untimed): a wrong
+    result is caught."""
+    from fusedrnn.bench import overhead
+
+    bench = overhead.OverheadBench(overhead.cases(["gru"])[0], torch.device("cpu"))
+    assert bench.disagreement() is None
+    with torch.no_grad():
+        bench.modules[overhead.FUSEDRNN].bias_hh.add_(1e-2)
+    assert "not close" in bench.disagreement()
+
+
 def test_quick_bench_csv_matches_json(quick_run):
     _, out = quick_run
     payload = json.loads(_only(out, "bench-cpu-*.json").read_text())
@@ -176,7 +211,9 @@ def test_check_only_exits_nonzero_and_names_the_wrong_backend(tmp_path):
     (["--dtype", "int8"], "unknown floating dtype"),
     (["--threads", "0"], "--threads"),
     (["--check-steps", "-1"], "--check-steps"),
-], ids=["short-shape", "bad-cell", "unknown-backend", "bad-dtype", "zero-threads", "negative-check-steps"])
+    (["--overhead", "lstmx"], "--overhead"),
+], ids=["short-shape", "bad-cell", "unknown-backend", "bad-dtype", "zero-threads", "negative-check-steps",
+        "bad-overhead-family"])
 def test_bench_bad_arguments_exit_2_naming_the_argument(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)

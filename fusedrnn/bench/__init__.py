@@ -5,6 +5,8 @@ Modules:
 ``cli``      the ``python -m fusedrnn.bench`` command (``fusedrnn-bench``, ``make bench``): check, then time, against torch.nn
 ``check``    the ``python -m fusedrnn.check`` command: every available backend against the reference and torch.nn
 ``shapes``   benchmark shapes (presets or ``T,B,I,H``) and a layer's FLOP count
+``rounds``   one group timed: torch.nn and each implementation in alternating rounds, and its rows
+``overhead`` the per-call overhead group (cell steps, one-step stacks, an attention decoder)
 ``timing``   timing and memory measurement, the same for every implementation
 ``report``   the figures as a table, JSON and CSV
 ``plot``     the speedup plot (matplotlib, optional)

@@ -13,7 +13,13 @@ fails to run, 2 on bad arguments.
 
 What is timed is one layer-direction (``fusedrnn.functional.layer``), with the
 weights of a one-layer unidirectional torch.nn module, so the comparison is
-exact and measures the kernels.  Timing: :mod:`fusedrnn.bench.timing`.
+exact and measures the kernels.  Timing: :mod:`fusedrnn.bench.timing`; the rounds that
+alternate the implementations: :mod:`fusedrnn.bench.rounds`.
+
+Then the per-call overhead group (:mod:`fusedrnn.bench.overhead`; ``--overhead``): a cell
+step, a 2-layer stack called on one time step and an attention decoder stepping 20 tokens,
+fusedrnn's modules against torch.nn's, where a call's fixed cost matters as much as its
+arithmetic.
 
 Defaults: on CPU the shapes of docs/design.md section 10 in float32 with torch's thread count (the
 reference backend only with ``--quick`` or ``--backends reference``: it is far
@@ -36,7 +42,6 @@ import argparse
 import itertools
 import os
 import shlex
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -48,12 +53,12 @@ from torch import nn
 from .. import backends, functional, testing
 from ..backends.base import LayerWeights
 from ..testing import Shape, dtype_name
-from . import check, env
+from . import check, env, overhead
 from .console import progress
 from .report import markdown, print_results, threads_text, write_csv, write_json
 from .shapes import BENCH_CELLS, CHECK_VARIANTS, DEFAULT_PRESET, PRESETS, forward_flops, parse_shapes
-from .timing import (Timing, cuda_peak_bytes, matmul_gflops, peak_matmul_size, saved_activation_bytes,
-                     storage_ptrs, time_call)
+from .rounds import CPU_ROUNDS, measure_group, result_row, timed_fields  # noqa: F401  (CPU_ROUNDS: tests)
+from .timing import cuda_peak_bytes, matmul_gflops, peak_matmul_size, saved_activation_bytes, storage_ptrs
 
 TORCH = "torch.nn"
 MATMUL = "matmul"
@@ -66,8 +71,6 @@ SLOW = {"reference"}
 DEFAULT_OUT = os.path.join("benchmarks", "results")
 #: steps of each benchmark shape the CPU check runs (torch.nn in float64 at full length costs ~a minute)
 CPU_CHECK_STEPS = 10
-#: on CUDA, calls faster than this are also timed as a CUDA graph (launch overhead would dominate)
-GRAPH_BELOW_S = 0.010
 
 
 # ----------------------------------------------------------------------------
@@ -147,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check-steps", type=int, default=None, metavar="T",
                         help="check the benchmark shapes on their first T steps only (default: "
                              f"{CPU_CHECK_STEPS} on CPU, where torch.nn in float64 is slow; all steps on CUDA; 0: all)")
+    parser.add_argument("--overhead", default=",".join(overhead.DEFAULT_FAMILIES), metavar="FAMILIES|none",
+                        help="the per-call overhead group (a cell step, a 2-layer stack on one step, an attention "
+                             "decoder; float32, backend auto, whatever --shapes/--dtype/--backends say) for these "
+                             "comma-separated families, or none (default: "
+                             f"{','.join(overhead.DEFAULT_FAMILIES)})")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, here "
                                                                   f"{torch.get_num_threads()})")
     parser.add_argument("--min-time", type=float, default=None,
@@ -201,23 +209,6 @@ def check_shapes(s: "Settings") -> tuple:
     return testing.Report(outcomes, str(s.device)), failed
 
 
-def _result(bench: LayerBench, mode: str, impl: str, **fields) -> dict:
-    shape = bench.shape
-    row = {"cell": bench.family, "T": shape.T, "B": shape.B, "I": shape.I, "H": shape.H,
-           "dtype": dtype_name(bench.dtype), "mode": mode, "impl": impl, "median_ms": None, "q20_ms": None,
-           "q80_ms": None, "samples": None, "cuda_graph": False, "flops": None, "gflops": None,
-           "ratio_vs_torch": None, "matmul_fraction": None, "memory_bytes": None, "memory_kind": None, "status": "ok",
-           "round_ms": None}
-    row.update(fields)
-    return row
-
-
-def _timed(timing: Timing, flops: float) -> dict:
-    return {"median_ms": timing.median * 1e3, "q20_ms": timing.q20 * 1e3, "q80_ms": timing.q80 * 1e3,
-            "samples": timing.samples, "cuda_graph": timing.cuda_graph, "flops": flops,
-            "gflops": flops / timing.median / 1e9}
-
-
 def run_benchmarks(s: "Settings", failed: set) -> List[dict]:
     """Time every implementation; rows in table order: per group torch.nn, the backends, then the matmul."""
     impls = [TORCH] + s.backends
@@ -234,80 +225,17 @@ def run_benchmarks(s: "Settings", failed: set) -> List[dict]:
             advance(f"matmul {label}")
             for mode in MODES:
                 flops = fwd_flops * (3 if mode == "training" else 1)
-                group = _measure_group(bench, impls, mode, flops, failed, s)
+                group = measure_group(bench, impls, mode, flops, failed, s)
                 for impl in impls:
                     advance(f"{impl} {label} {mode}")
                 for row in group:
                     if row["gflops"] is not None:
                         row["matmul_fraction"] = row["gflops"] / gemm_gflops
                 results += group
-            results.append(_result(bench, "inference", MATMUL, matmul_fraction=1.0, **_timed(gemm, fwd_flops)))
+            results.append(result_row(bench, "inference", MATMUL, matmul_fraction=1.0,
+                                      **timed_fields(gemm, fwd_flops)))
             del bench  # free the problem before building the next (GiBs on GPU at the large shapes)
     return results
-
-
-#: CPU timings are taken in this many rounds, each timing every implementation of a group in turn
-#: with 1/ROUNDS of the time budget: a (virtual) CPU's speed drifts within seconds (benchmarks/RESULTS.md,
-#: "measurements behind choices in the code"), and back-to-back blocks of one implementation then the
-#: other would partly measure that drift.
-CPU_ROUNDS = 3
-
-
-def _measure_group(bench: LayerBench, impls: List[str], mode: str, flops: float, failed: set,
-                   s: "Settings") -> List[dict]:
-    """One row per implementation; ``ratio_vs_torch`` is the median over rounds of the per-round
-    ratio torch.nn / this (the first implementation is torch.nn)."""
-    rounds = CPU_ROUNDS if s.device.type == "cpu" else 1
-    timings: Dict[str, List[Timing]] = {impl: [] for impl in impls}
-    rows: Dict[str, dict] = {}
-    for _ in range(rounds):
-        for impl in impls:
-            if impl in rows:  # failed, unsupported or broken: reported once, not timed again
-                continue
-            outcome = _time_once(bench, impl, mode, failed, s, s.min_time / rounds, s.max_time / rounds)
-            if isinstance(outcome, dict):
-                rows[impl] = outcome
-            else:
-                timings[impl].append(outcome)
-    group = []
-    for impl in impls:
-        if impl in rows:
-            group.append(rows[impl])
-            continue
-        row = _result(bench, mode, impl, round_ms=[t.median * 1e3 for t in timings[impl]],
-                      **_timed(_merged(timings[impl]), flops))
-        try:
-            row["memory_bytes"], row["memory_kind"] = bench.memory(impl, mode)
-        except Exception as exc:  # one broken implementation must not hide the others' figures
-            row = _result(bench, mode, impl, status=f"error: {type(exc).__name__}: {exc}")
-        torch_rounds = timings[impls[0]]
-        if row["median_ms"] is not None and len(torch_rounds) == len(timings[impl]):
-            row["ratio_vs_torch"] = statistics.median(
-                t.median / mine.median for t, mine in zip(torch_rounds, timings[impl]))
-        group.append(row)
-    return group
-
-
-def _merged(rounds: List[Timing]) -> Timing:
-    """Rounds of one implementation as one figure: median of the round medians, widest quantiles."""
-    return Timing(statistics.median(t.median for t in rounds), min(t.q20 for t in rounds),
-                  max(t.q80 for t in rounds), sum(t.samples for t in rounds),
-                  any(t.cuda_graph for t in rounds))
-
-
-def _time_once(bench: LayerBench, impl: str, mode: str, failed: set, s: "Settings", min_time: float,
-               max_time: float):
-    """A Timing, or the finished row of an implementation that cannot be timed."""
-    if (impl, bench.family, bench.shape, bench.dtype) in failed:
-        return _result(bench, mode, impl, status="FAILED the check: not timed")
-    why = bench.unsupported(impl)
-    if why is not None:
-        return _result(bench, mode, impl, status=f"unsupported: {why}")
-    try:
-        return time_call(bench.call(impl, mode), s.device, s.threads, min_time, max_time,
-                         graph_below=GRAPH_BELOW_S if s.device.type == "cuda" else 0.0)
-    except Exception as exc:  # one broken implementation must not hide the others' figures
-        return _result(bench, mode, impl, status=f"error: {type(exc).__name__}: {exc}")
 
 
 def write_outputs(out_dir: str, payload: dict, results: List[dict]) -> Dict[str, Optional[str]]:
@@ -320,7 +248,7 @@ def write_outputs(out_dir: str, payload: dict, results: List[dict]) -> Dict[str,
     write_json(paths["json"], payload)
     write_csv(paths["csv"], results, payload)
     with open(paths["markdown"], "w") as f:
-        f.write(markdown(results, payload))
+        f.write(markdown(results, payload) + overhead.markdown(payload.get("overhead", [])))
     m = payload["machine"]
     title = f"fusedrnn vs torch.nn: {m['gpu'] or m['cpu_model']}, {threads_text(m['torch_threads'])}"
     paths["png"] = plot_speedups(results, stem + ".png", title)
@@ -338,6 +266,7 @@ class Settings:
     backends: Optional[List[str]]  # None with --check-only
     threads: int
     check_steps: int  # 0: the whole sequence
+    overhead: List[str]  # families of the per-call overhead group (none: [])
     min_time: float
     max_time: float
     command: str
@@ -363,6 +292,7 @@ class Settings:
             backends=None if args.check_only else choose_backends(args.backends, device, quick),
             threads=args.threads or torch.get_num_threads(),
             check_steps=args.check_steps if args.check_steps is not None else (0 if gpu else CPU_CHECK_STEPS),
+            overhead=overhead.parse_families(args.overhead),
             min_time=args.min_time if args.min_time is not None else (0.02 if quick else 0.1 if gpu else 0.3),
             max_time=args.max_time if args.max_time is not None else (0.2 if quick else 2.0),
             command=" ".join(["python -m fusedrnn.bench", *(shlex.quote(a) for a in argv)]),
@@ -371,7 +301,7 @@ class Settings:
     def to_dict(self) -> dict:
         return {"command": self.command, "cells": self.families, "shapes": [list(s) for s in self.shapes],
                 "dtypes": [dtype_name(d) for d in self.dtypes], "backends": self.backends, "threads": self.threads,
-                "check_steps": self.check_steps,
+                "check_steps": self.check_steps, "overhead": self.overhead,
                 "min_time_s": self.min_time, "max_time_s": self.max_time, "device": str(self.device)}
 
 
@@ -406,6 +336,10 @@ def run_bench(args: argparse.Namespace, s: Settings, stamp: str) -> int:
         gflops, timing = matmul_gflops(n, n, n, dtype, s.device, s.threads, s.min_time, s.max_time)
         peak[dtype_name(dtype)] = {"n": n, "gflops": gflops, "median_ms": timing.median * 1e3}
     results = run_benchmarks(s, failed)
+    overhead_rows: List[dict] = []
+    if s.overhead:
+        with progress(overhead.count(s.overhead), "timing the per-call overhead") as advance:
+            overhead_rows = overhead.run(s.overhead, s, advance)
 
     payload = {
         "timestamp": stamp, "machine": machine, "warning": warning, "versions": env.versions(),
@@ -413,15 +347,18 @@ def run_bench(args: argparse.Namespace, s: Settings, stamp: str) -> int:
         "peak_matmul": peak,
         "check": {"status": status, **(check_report.to_dict() if check_report is not None else {})},
         "results": results,
+        "overhead": overhead_rows,
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
     if check_report is not None:
         check.render(check_report)
-    print_results(results, peak, f"fusedrnn vs torch.nn on {machine['gpu'] or machine['cpu_model']} "
-                                 f"({threads_text(s.threads)})")
+    where = f"{machine['gpu'] or machine['cpu_model']} ({threads_text(s.threads)})"
+    print_results(results, peak, f"fusedrnn vs torch.nn on {where}")
+    if overhead_rows:
+        overhead.print_rows(overhead_rows, f"per-call overhead: fusedrnn vs torch.nn on {where}")
     for kind, path in write_outputs(args.out, payload, results).items():
         print(f"wrote {path}" if path else f"no {kind}: matplotlib is not installed")
-    errors = [r for r in results if r["status"].startswith("error")]
+    errors = [r for r in results + overhead_rows if r["status"].startswith(("error", "FAILED"))]
     if failed or errors:
         culprits = sorted({name for name, *_ in failed} | {r["impl"] for r in errors})
         print(f"fusedrnn-bench: FAILED: backend(s) {', '.join(culprits)} disagree with torch.nn or did not run",
