@@ -260,6 +260,7 @@ def test_parse_shapes_presets_explicit_and_bad():
     assert shapes == bench_shapes.PRESETS["cpu"] + [testing.Shape(5, 3, 4, 8)]  # repeats dropped
     assert testing.Shape(1024, 16, 768, 768) in bench_shapes.parse_shapes(["gpu"])  # the quoted shape
     assert {s.B for s in bench_shapes.PRESETS["batch-sweep"]} == {1, 2, 4, 8, 16, 32, 64, 128, 256}
+    assert bench_shapes.parse_shapes(["none"]) == []  # the per-call overhead group alone
     for bad in ("1,2,3", "a,b,c,d", "0,1,1,1", "nosuch"):
         with pytest.raises(ValueError, match="T,B,I,H"):
             bench_shapes.parse_shapes([bad])

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cell", type=check.comma_list, default=list(BENCH_CELLS),
                         help="comma-separated cells: lstm, gru, rnn (default: all three)")
     parser.add_argument("--shapes", nargs="+", default=None, metavar="PRESET|T,B,I,H",
-                        help=f"presets ({', '.join(PRESETS)}) or explicit T,B,I,H "
+                        help=f"presets ({', '.join(PRESETS)}) or explicit T,B,I,H, or none for no layer group "
                              "(default: cpu on CPU, gpu on CUDA; quick with --quick)")
     check.add_arguments(parser)  # --backends, --dtype, --device, --register, --quick
     parser.add_argument("--check-only", action="store_true",

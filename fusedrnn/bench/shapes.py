@@ -36,9 +36,12 @@ DEFAULT_PRESET = {"cpu": "cpu", "cuda": "gpu"}
 
 
 def parse_shapes(specs: Iterable[str]) -> List[Shape]:
-    """Preset names and explicit ``T,B,I,H`` shapes, in order, without repeats."""
+    """Preset names and explicit ``T,B,I,H`` shapes, in order, without repeats; ``none`` adds none (a run
+    of the per-call overhead group alone)."""
     shapes: List[Shape] = []
     for spec in specs:
+        if spec == "none":
+            continue
         if spec in PRESETS:
             new = PRESETS[spec]
         else:
