@@ -324,9 +324,10 @@ def run_bench(args: argparse.Namespace, s: Settings, stamp: str) -> int:
     warning = env.contention_warning(machine) if s.device.type == "cpu" else None
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    status = "skipped (--no-check)" if args.no_check else "no backend to check"
+    status = ("skipped (--no-check)" if args.no_check else "no backend to check" if not s.backends
+              else "no layer group to check (the per-call overhead group compares its own forwards)")
     failed, check_report = set(), None
-    if not args.no_check and s.backends:
+    if not args.no_check and s.backends and s.shapes:
         check_report, failed = check_shapes(s)
         status = "passed" if check_report.passed else f"FAILED: {', '.join(check_report.failed_backends())}"
 
@@ -353,7 +354,8 @@ def run_bench(args: argparse.Namespace, s: Settings, stamp: str) -> int:
     if check_report is not None:
         check.render(check_report)
     where = f"{machine['gpu'] or machine['cpu_model']} ({threads_text(s.threads)})"
-    print_results(results, peak, f"fusedrnn vs torch.nn on {where}")
+    if results:
+        print_results(results, peak, f"fusedrnn vs torch.nn on {where}")
     if overhead_rows:
         overhead.print_rows(overhead_rows, f"per-call overhead: fusedrnn vs torch.nn on {where}")
     for kind, path in write_outputs(args.out, payload, results).items():

@@ -104,12 +104,15 @@ def markdown(results: Sequence[dict], payload: dict) -> str:
                                      for d, p in payload["peak_matmul"].items()) + "  ",
         f"Correctness check before timing: {payload['check']['status']}  ",
         *([f"**Warning:** {payload['warning']}"] if payload.get("warning") else []),
-        "",
-        markdown_table(COLUMNS, [_row_cells(r) for r in results]),
-        "",
-        f"{memory_caption(results)}; {RATIO_CAPTION}; "
-        "% matmul = GFLOP/s as a share of one torch matmul of the forward's FLOPs in the same run.",
     ]
+    if results:  # none with --shapes none (the per-call overhead group alone)
+        lines += [
+            "",
+            markdown_table(COLUMNS, [_row_cells(r) for r in results]),
+            "",
+            f"{memory_caption(results)}; {RATIO_CAPTION}; "
+            "% matmul = GFLOP/s as a share of one torch matmul of the forward's FLOPs in the same run.",
+        ]
     return "\n".join(lines) + "\n"
 
 
