@@ -475,7 +475,12 @@ def test_strategy_query_names_what_auto_runs():
     w = LayerWeights(torch.randn(32, 5, generator=g), torch.randn(32, 8, generator=g), None, None, None, None)
     assert CPU.chosen_forward_strategy(cell, x, h0, w, 6) in ("fused", "folded")
     assert CPU.chosen_backward_strategy(cell, x, h0, w, 6) == "fused"
-    assert CPU.chosen_forward_strategy(cell, x, h0, w, 1).startswith("gemm: a single step")
+    assert CPU.chosen_forward_strategy(cell, x, h0, w, 1) == "folded"  # a cell step with small weights
+    big = LayerWeights(torch.empty(2048, 512), torch.empty(2048, 512), None, None, None, None)
+    assert CPU.chosen_forward_strategy(cell, torch.empty(1, 4, 512), torch.empty(4, 512), big, 1).startswith(
+        "gemm: a single step with large weights")
+    assert CPU.chosen_forward_strategy(CellSpec("gru", "reset_after"), x, h0, LayerWeights(
+        torch.randn(24, 5), torch.randn(24, 8), None, None, None, None), 1) == "fused"
     assert CPU.chosen_forward_strategy(cell, x.double(), h0.double(), w, 6).startswith("gemm: ")
     chosen = CPU.chosen_forward_strategy(cell, x, h0, w, 6)
     auto = torch.ops.fusedrnn_C.forward("lstm", "lstm", x, h0, c0, *w, None, False, "auto")

@@ -24,19 +24,30 @@ namespace {
 // EPYC section, "What changed since the previous table" (the first item).
 // Not for the GRU, whose n gate keeps the input and hidden products apart (r
 // scales only the hidden one).
+// The packed weights of a step's product with the input projection folded in: [W_ih; W_hh] panels.
+int64_t panel_bytes(const Cell& cell, int64_t input_size, int64_t hidden_size, int64_t state_size) {
+  return cell.gates() * hidden_size * (input_size + state_size) * int64_t(sizeof(float));
+}
+
 bool fold_input_projection(const Cell& cell, int64_t batch, int64_t input_size, int64_t hidden_size,
                            int64_t state_size) {
   constexpr int64_t kMaxPanelBytes = int64_t(20) << 20;
   if (cell.family == Family::gru || batch < 2) return false;
   if (batch < 4 && input_size > hidden_size) return false;
-  const int64_t panel_bytes = cell.gates() * hidden_size * (input_size + state_size) * int64_t(sizeof(float));
-  return panel_bytes <= kMaxPanelBytes;
+  return panel_bytes(cell, input_size, hidden_size, state_size) <= kMaxPanelBytes;
 }
 
 // The fused kernels are float32 (float16/bfloat16 run in float32 inside);
 // double takes the gemm strategy.
 bool fused_supported(const Cell&, at::ScalarType dtype) {
   return dtype == at::kFloat;
+}
+
+// A single step runs the fused kernels up to this much of packed weights (choose_strategy).
+constexpr int64_t kSingleStepPanelBytes = int64_t(512) << 10;
+
+int64_t panel_bytes(const Cell& cell, const ProblemSizes& n) {
+  return panel_bytes(cell, n.input, n.hidden, n.state);
 }
 
 }  // namespace
@@ -51,7 +62,16 @@ Strategy choose_strategy(const Cell& cell, const ProblemSizes& n, at::ScalarType
     return Strategy::gemm;
   };
   if (!fused_supported(cell, dtype)) return gemm("the fused kernels compute in float32; float64 runs ATen's BLAS");
-  if (n.steps < 2) return gemm("a single step: packing W_hh would cost as much as the step");
+  // One step (a cell call): packing the weights costs about as much as the step, except where they
+  // are small and the per-step GEMM path's dozens of ATen calls cost more than packing them
+  // (benchmarks/RESULTS.md, "One step": the measurements the threshold comes from).  Folded at any
+  // batch then (faster than fused there even at B = 1); the GRU has no folded form.
+  if (n.steps < 2) {
+    if (panel_bytes(cell, n) > kSingleStepPanelBytes) {
+      return gemm("a single step with large weights: packing them would cost as much as the step");
+    }
+    return cell.family == Family::gru ? Strategy::fused : Strategy::folded;
+  }
   // The fused kernel beat the per-step MKL GEMM at every one of the issue-4
   // shapes (B = 8, 32, 64; 2 threads, AVX-512), so no batch cut-off yet
   // (benchmarks/RESULTS.md, "measurements behind choices in the code").
