@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor, nn
+from torch._C._functorch import peek_interpreter_stack
 
-from . import functional
+from . import backends, functional
 from .backends.base import LayerWeights
 from .cells import CellSpec, modes
 from ._autocast import autocast_dtype, autocast_off, cast
@@ -33,6 +35,19 @@ __all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
 _LSTM = CellSpec("lstm", "lstm")
 _GRU_RESET_AFTER, _GRU_RESET_BEFORE = CellSpec("gru", "reset_after"), CellSpec("gru", "reset_before")
 _RNN_BUILT_IN = {mode: CellSpec("rnn", mode) for mode in ("tanh", "relu")}
+#: cells whose step op has a double backward (csrc/step_autograd.cpp differentiates ATen's own cell for it)
+_ATEN_CELLS = frozenset((("lstm", "lstm"), ("gru", "reset_after"), ("rnn", "tanh"), ("rnn", "relu")))
+_PLAIN = (torch.Tensor, nn.Parameter)
+_MISSING = object()
+
+
+def _plain_eager_context() -> bool:
+    """No tracing, compiling, dispatch or function mode, functorch transform, forward-mode AD level or autocast
+    that a step must be visible to or cast for: then a cell step may call the backend's step op directly."""
+    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and torch._C._len_torch_dispatch_stack() == 0 and torch._C._len_torch_function_stack() == 0
+            and peek_interpreter_stack() is None and forward_ad._current_level < 0
+            and not torch._C._is_any_autocast_enabled())
 
 
 class FusedRNNCellBase(nn.RNNCellBase):
@@ -102,6 +117,9 @@ class FusedRNNCellBase(nn.RNNCellBase):
         """Checks as torch's cells (each once: functional.run_checked makes none of its own), then one
         step through the kernels (a sequence of T=1); returns the new states."""
         cell = self._cell()
+        fast = self._direct_step(cell, input, states)
+        if fast is not None:
+            return fast
         if input.dim() not in (1, 2):
             raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if states is not None:
@@ -134,6 +152,55 @@ class FusedRNNCellBase(nn.RNNCellBase):
                                                 self.backend)
         new_states = (result.h_n, result.c_n) if cell.has_cell_state else (result.h_n,)
         return new_states if is_batched else tuple(s.squeeze(0) for s in new_states)
+
+    def _direct_step(self, cell: CellSpec, x: Tensor, states: Optional[Tuple[Tensor, ...]]):
+        """The new states from the backend's single-step op (:meth:`fusedrnn.backends.base.Backend.step_op`),
+        or None where the call takes the general path below.
+
+        A decoder calls its cell once per token, at sizes where a step is a few microseconds of arithmetic:
+        the general path's Python (checks, casts, the op-less eager call, an autograd.Function) cost more
+        than torch.nn's whole call (benchmarks/RESULTS.md, "Per-call overhead").  This path takes the
+        common call only, a batched input and states of the module's sizes, dtype and device, the
+        parameters as the module registered them, plain tensors in plain eager mode, and makes each of the
+        general path's checks as a condition: anything unusual (a mistake that must raise torch.nn's
+        error, autocast, a parametrized weight, a tensor subclass, tracing) goes the general way.  The
+        weights are read at every call, as there (nothing of them is kept between calls).
+        """
+        if (type(x) not in _PLAIN or x.dim() != 2 or x.is_meta or not x.is_floating_point() or x.size(0) == 0
+                or x.size(1) != self.input_size
+                or self.input_size == 0 or self.hidden_size == 0):
+            return None
+        if not _plain_eager_context():
+            return None
+        if (cell.family, cell.mode) not in _ATEN_CELLS and torch.is_grad_enabled():
+            return None  # its step op has no double backward: the general path's ops do
+        params, shapes = self._parameters, self._param_shapes
+        weights = []
+        for name in self._WEIGHT_NAMES:
+            w = params.get(name, _MISSING)
+            if w is _MISSING:  # not registered: parametrized, or an option the cell was built without
+                if name in shapes or name.startswith("bias"):
+                    return None
+                w = None
+            elif w is not None and (type(w) not in _PLAIN or w.dtype != x.dtype or w.device != x.device
+                                    or not w.is_contiguous() or w.shape != shapes.get(name, w.shape)):
+                return None
+            weights.append(w)
+        batch, hidden = x.size(0), self.hidden_size
+        if states is None:
+            states = (x.new_zeros((batch, hidden)),) * (2 if cell.has_cell_state else 1)
+        else:
+            for state in states:
+                if (type(state) not in _PLAIN or state.dim() != 2 or state.size(0) != batch
+                        or state.size(1) != hidden or state.dtype != x.dtype or state.device != x.device):
+                    return None
+        chosen = backends.resolve(self.backend, cell, x, LayerWeights(*weights, None))
+        op = chosen.step_op(cell, x)
+        if op is None:
+            return None
+        h, c = states[0].contiguous(), (states[1].contiguous() if cell.has_cell_state else None)
+        h_new, c_new = op(cell.family, cell.mode, x.contiguous(), h, c, *weights)
+        return (h_new, c_new) if cell.has_cell_state else (h_new,)
 
     @staticmethod
     def _state_names(cell: CellSpec) -> Tuple[str, ...]:

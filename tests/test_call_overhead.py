@@ -35,6 +35,11 @@ def _eager_grad_fn(out) -> bool:
     return type(out.grad_fn).__name__ == "_EagerLayerBackward"
 
 
+def _step_grad_fn(out) -> bool:
+    """A cell step's node: the step op's autograd formula in C++ (csrc/step_autograd.cpp)."""
+    return out.grad_fn is not None and out.grad_fn.name().endswith("StepFunction>")
+
+
 def _run(case, eager: bool):
     """(outputs, gradients of every input) of one call on fresh leaves: through functional.layer (which
     takes the eager path for these plain tensors) or the registered op called directly."""
@@ -74,7 +79,7 @@ def test_gradients_only_where_asked_and_the_cells_unused_output():
     x, h = torch.randn(B, I, requires_grad=True), torch.randn(B, H)
     c = torch.randn(B, H, requires_grad=True)
     got = cell(x, (h, c))
-    assert _eager_grad_fn(got[0]) and _eager_grad_fn(got[1])
+    assert _step_grad_fn(got[0]) and _step_grad_fn(got[1])
     upstream = [torch.randn(B, H), torch.randn(B, H)]
     names = ["weight_hh", "bias_ih", "bias_hh"]
     got_grads = torch.autograd.grad(got, [x, c, *(getattr(cell, n) for n in names)], upstream)
@@ -88,13 +93,13 @@ def test_gradients_only_where_asked_and_the_cells_unused_output():
 
 @needs_cpu
 def test_double_backward_through_a_cell_step_matches_torch_nn():
-    """A gradient penalty: the input gradient's own gradient (the eager path's backward differentiates the
-    reference forward when the graph is to be differentiated again)."""
+    """A gradient penalty: the input gradient's own gradient (the step op's backward differentiates ATen's
+    own cell when the graph is to be differentiated again)."""
     torch.manual_seed(0)
     ref, cell = nn.GRUCell(I, H, dtype=torch.float64), fusedrnn.GRUCell(I, H, dtype=torch.float64)
     cell.load_state_dict(ref.state_dict())
     x = torch.randn(B, I, dtype=torch.float64, requires_grad=True)
-    assert _eager_grad_fn(cell(x))
+    assert _step_grad_fn(cell(x))
     penalties = []
     for module in (cell, ref):
         (gx,) = torch.autograd.grad(module(x).square().sum(), x, create_graph=True)

@@ -15,6 +15,7 @@
 #include "fusedrnn/op_checks.h"
 #include "fusedrnn/op_schema.h"
 #include "sequence.h"
+#include "step.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -125,6 +126,62 @@ std::vector<at::Tensor> backward(const std::string& family, const std::string& m
   return frame::op_result(r, x);
 }
 
+// One step (op_schema.h's step_forward): step.h's kernel for float32, the
+// sequence op with T = 1 for every other call it checks (float64, half
+// precision, an empty batch).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> step_forward(
+    const std::string& family, const std::string& mode, const at::Tensor& x, const at::Tensor& h,
+    const c10::optional<at::Tensor>& c, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const c10::optional<at::Tensor>& w_peep, bool for_backward) {
+  TORCH_CHECK(x.dim() == 2, "fusedrnn_C: x of a step must be 2-D [batch, input_size], got ", x.dim(), "-D");
+  const at::Tensor x_steps = x.unsqueeze(0);
+  const Geometry g = check_call(family, mode, x_steps, h, c, w_ih, w_hh, b_ih, b_hh, w_peep, {}, {});
+  const at::Tensor c_t = value_or_undefined(c), b_ih_t = value_or_undefined(b_ih), b_hh_t = value_or_undefined(b_hh);
+  const at::Tensor w_peep_t = value_or_undefined(w_peep);
+  if (step_kernel_runs(x, h, c_t, w_ih, w_hh, b_ih_t, b_hh_t, w_peep_t)) {
+    auto [h_new, c_new, workspace] =
+        cpu::step_kernel(g.cell, x, h, c_t, w_ih, w_hh, b_ih_t, b_hh_t, w_peep_t, for_backward);
+    return {h_new, c_new.defined() ? c_new : x.new_empty({0}), workspace.defined() ? workspace : x.new_empty({0})};
+  }
+  auto [out, h_n, c_n, workspace] = forward(family, mode, x_steps, h, c, w_ih, w_hh, b_ih, b_hh, w_peep, {}, {},
+                                            false, "auto", false, for_backward);
+  return {h_n, c_n, workspace.numel() > 0 ? workspace.squeeze(0) : x.new_empty({0})};
+}
+
+// The gradients of one step (op_schema.h's step_backward): step.h's kernel
+// where it runs, else the sequence backward with T = 1.
+std::vector<at::Tensor> step_backward(const std::string& family, const std::string& mode, const at::Tensor& grad_h,
+                                      const c10::optional<at::Tensor>& grad_c, const at::Tensor& x,
+                                      const at::Tensor& h, const c10::optional<at::Tensor>& c,
+                                      const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                      const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                                      const c10::optional<at::Tensor>& w_peep, const at::Tensor& h_new,
+                                      const at::Tensor& workspace, bool need_dx, bool need_dweights) {
+  TORCH_CHECK(x.dim() == 2, "fusedrnn_C: x of a step must be 2-D [batch, input_size], got ", x.dim(), "-D");
+  const at::Tensor x_steps = x.unsqueeze(0);
+  const Geometry g = check_call(family, mode, x_steps, h, c, w_ih, w_hh, b_ih, b_hh, w_peep, {}, {});
+  const int64_t W = g.cell.workspace_blocks() * g.H;
+  const at::Tensor ws_steps = workspace.reshape({1, g.B, W});
+  checks::check_backward_call(g, x_steps, grad_h.unsqueeze(0), grad_h, grad_c, h_new.unsqueeze(0), ws_steps);
+  const at::Tensor w_peep_t = value_or_undefined(w_peep);
+  if (step_backward_kernel_runs(g.cell, x, w_ih, w_hh, w_peep_t)) {
+    const StepGradients d =
+        step_backward_kernel(g.cell, grad_h, value_or_undefined(grad_c), x, h, value_or_undefined(c), w_ih, w_hh,
+                             checks::defined(b_ih), checks::defined(b_hh), h_new, workspace, need_dx, need_dweights);
+    const auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : x.new_empty({0}); };
+    return {or_empty(d.dx), d.dh, or_empty(d.dc), or_empty(d.dw_ih), or_empty(d.dw_hh), or_empty(d.db_ih),
+            or_empty(d.db_hh), x.new_empty({0})};
+  }
+  // h' is both the step's output and its last state: its gradient enters once, as the output's
+  std::vector<at::Tensor> d = backward(family, mode, grad_h.unsqueeze(0), at::zeros_like(h), grad_c, x_steps, h, c,
+                                       w_ih, w_hh, b_ih, b_hh, w_peep, {}, {}, false, h_new.unsqueeze(0), ws_steps,
+                                       "auto", false, need_dx, need_dweights);
+  if (d[0].numel() > 0) d[0] = d[0].view(x.sizes());
+  d.pop_back();  // dw_proj: a step has no projection
+  return d;
+}
+
 // What "auto" runs: "fused" or "folded", or "gemm: <why not fused>".  The
 // backward runs the fused kernels after either fused forward.
 std::string chosen_strategy(const std::string& family, const std::string& mode, const at::Tensor& x,
@@ -160,6 +217,8 @@ TORCH_LIBRARY_FRAGMENT(fusedrnn_C, m) { m.def("describe() -> str", &fusedrnn::cp
 TORCH_LIBRARY_IMPL(fusedrnn_C, CPU, m) {
   m.impl("forward", &fusedrnn::cpu::forward);
   m.impl("backward", &fusedrnn::cpu::backward);
+  m.impl("step_forward", &fusedrnn::cpu::step_forward);
+  m.impl("step_backward", &fusedrnn::cpu::step_backward);
   m.impl("forward_strategy", &fusedrnn::cpu::forward_strategy);
   m.impl("backward_strategy", &fusedrnn::cpu::backward_strategy);
 }

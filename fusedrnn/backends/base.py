@@ -73,6 +73,12 @@ class Backend:
         backend's strategies, or ``"auto"`` (the backend chooses; the only one for a backend without any)."""
         return "auto"
 
+    def step_op(self, cell: CellSpec, x: torch.Tensor):
+        """The backend's single-step op for a cell step on tensors like ``x`` (the schema of ``step`` in
+        csrc/include/fusedrnn/op_schema.h: differentiable, its autograd formula in C++), or None where a step
+        runs as a sequence of one step (:meth:`forward`).  The cell modules call it (fusedrnn/cell_modules.py)."""
+        return None
+
     def forward(
         self,
         cell: CellSpec,

@@ -54,6 +54,11 @@ class CpuBackend(CompiledBackend):
             return f"the cpu backend supports {[str(d) for d in SUPPORTED_DTYPES]}, got {x.dtype}"
         return None
 
+    def step_op(self, cell, x):
+        """``fusedrnn_C::step`` (csrc/cpu/step.h; its autograd in csrc/step_autograd.cpp) under ``"auto"``: a
+        forced strategy is what a test asked the sequence kernels to run, so steps then take them too."""
+        return torch.ops.fusedrnn_C.step.default if self.strategy == "auto" else None
+
     def strategy_for(self, cell, x, backward: bool) -> str:
         """A forced strategy falls back for what it does not cover: "folded" to "fused" (GRU), "fused" to "gemm"."""
         if self.strategy not in ("fused", "folded"):

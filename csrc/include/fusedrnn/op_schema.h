@@ -10,6 +10,17 @@
 //       -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_proj]
 //                                                empty where the input is absent or the
 //                                                gradient was not asked for
+//   step(family, mode, x, h, c?, w_ih, w_hh, b_ih?, b_hh?, w_peep?) -> (h', c')
+//       one time step of a cell (x [B, I], h and c [B, H]), differentiable: the
+//       call a cell module makes (csrc/step_autograd.cpp); c' is empty outside LSTM
+//   step_forward(family, mode, x, h, c?, w_ih, w_hh, b_ih?, b_hh?, w_peep?, for_backward)
+//       -> (h', c', workspace)               the step's kernel, below autograd:
+//                                            workspace [B, W] as forward's rows
+//                                            (empty without for_backward)
+//   step_backward(family, mode, grad_h, grad_c?, x, h, c?, w_ih, w_hh, b_ih?, b_hh?, w_peep?,
+//                 h_new, workspace, need_dx, need_dweights)
+//       -> [dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_peep]
+//                                            the step's gradients (as backward's)
 //   forward_strategy(family, mode, x, h0, w_hh, w_proj?, steps) -> str
 //   backward_strategy(family, mode, x, h0, w_hh, w_proj?, steps) -> str
 //       what strategy="auto" runs for these sizes: the strategy's name, then
@@ -49,6 +60,16 @@ inline void define_ops(torch::Library& m) {
       "Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, "
       "Tensor? batch_sizes, bool reverse, Tensor out, Tensor workspace, str strategy=\"auto\", bool poison=False, "
       "bool need_dx=True, bool need_dweights=True) -> Tensor[]");
+  m.def(
+      "step(str family, str mode, Tensor x, Tensor h, Tensor? c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? w_peep) -> (Tensor, Tensor)");
+  m.def(
+      "step_forward(str family, str mode, Tensor x, Tensor h, Tensor? c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? w_peep, bool for_backward) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "step_backward(str family, str mode, Tensor grad_h, Tensor? grad_c, Tensor x, Tensor h, Tensor? c, "
+      "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor h_new, Tensor workspace, "
+      "bool need_dx, bool need_dweights) -> Tensor[]");
   m.def("forward_strategy(str family, str mode, Tensor x, Tensor h0, Tensor w_hh, Tensor? w_proj, int steps) -> str");
   m.def("backward_strategy(str family, str mode, Tensor x, Tensor h0, Tensor w_hh, Tensor? w_proj, int steps) -> str");
 }
