@@ -172,8 +172,6 @@ class FusedRNNCellBase(nn.RNNCellBase):
             return None
         if not _plain_eager_context():
             return None
-        if (cell.family, cell.mode) not in _ATEN_CELLS and torch.is_grad_enabled():
-            return None  # its step op has no double backward: the general path's ops do
         params, shapes = self._parameters, self._param_shapes
         weights = []
         for name in self._WEIGHT_NAMES:
@@ -186,6 +184,8 @@ class FusedRNNCellBase(nn.RNNCellBase):
                                     or not w.is_contiguous() or w.shape != shapes.get(name, w.shape)):
                 return None
             weights.append(w)
+        if torch.is_grad_enabled() and ((cell.family, cell.mode) not in _ATEN_CELLS or weights[4] is not None):
+            return None  # its step op has no double backward (peepholes, GRU reset_before): the general path's has
         batch, hidden = x.size(0), self.hidden_size
         if states is None:
             states = (x.new_zeros((batch, hidden)),) * (2 if cell.has_cell_state else 1)
