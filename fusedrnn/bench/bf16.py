@@ -29,7 +29,7 @@ from torch import nn
 
 from .. import modules, testing
 from .console import print_table
-from .module_bench import FUSEDRNN, TORCH, Case, ModuleBench, Subject, time_cases
+from .module_bench import FUSEDRNN, TORCH, Case, ModuleBench, Subject, forward_backward, time_cases
 from .module_bench import count as count_steps
 from .peaks import share
 from .report import gflops_text, ms_text, percent_text, ratio_style, ratio_text, section, spread_text
@@ -73,19 +73,15 @@ class Bf16Bench(ModuleBench):
     def flops(self, mode: str) -> float:
         return forward_flops(BENCH_CELLS[self.family], self.shape) * (3 if mode == "training" else 1)
 
-    def _results(self, subject: Subject, x: torch.Tensor) -> List[torch.Tensor]:
-        out = subject.output(x)
-        return [out.detach(), *torch.autograd.grad(out, [x, *subject.module.parameters()], subject.grad_out)]
-
     def measure_errors(self) -> Dict[str, str]:
         """Each implementation's relative error vs float64, per mode, into ``self.errors[impl][mode]``;
         returns impl -> why for those that failed to run."""
         leaf = lambda s: s.x.detach().clone().requires_grad_()  # noqa: E731
-        expected = self._results(self.reference, leaf(self.reference))
+        expected = forward_backward(self.reference, leaf(self.reference))
         crashed = {}
         for impl, subject in self.subjects.items():
             try:
-                got = self._results(subject, leaf(subject))
+                got = forward_backward(subject, leaf(subject))
             except Exception as exc:  # reported on its row; the other implementations are still timed
                 crashed[impl] = f"error: {type(exc).__name__}: {exc}"
                 continue

@@ -62,6 +62,14 @@ class Subject:
         return self.run(self.module, self.x if x is None else x, self.state)
 
 
+def forward_backward(subject: Subject, x: Tensor) -> List[Tensor]:
+    """``subject``'s output on ``x`` (a leaf that requires grad), then the gradients of ``x`` and every
+    parameter for the subject's upstream gradient."""
+    out = subject.output(x)
+    grad_out = torch.ones_like(out) if subject.grad_out is None else subject.grad_out
+    return [out.detach(), *torch.autograd.grad(out, [x, *subject.module.parameters()], grad_out)]
+
+
 class ModuleBench:
     """One case: a :class:`Subject` per implementation, the first torch.nn's (the ratios' base)."""
 
@@ -80,12 +88,9 @@ class ModuleBench:
             self._x_train[impl] = self.subjects[impl].x.detach().clone().requires_grad_()
         return self._x_train[impl]
 
-    def gradients(self, impl: str, create: bool = False) -> List[Tensor]:
-        """The gradients of the input and every parameter, for the subject's upstream gradient."""
-        subject, x = self.subjects[impl], self.x_train(impl)
-        out = subject.output(x)
-        grad_out = torch.ones_like(out) if subject.grad_out is None else subject.grad_out
-        return list(torch.autograd.grad(out, [x, *subject.module.parameters()], grad_out))
+    def gradients(self, impl: str) -> List[Tensor]:
+        """What training computes: the output, then the gradients of the input and every parameter."""
+        return forward_backward(self.subjects[impl], self.x_train(impl))
 
     def call(self, impl: str, mode: str) -> Callable[[], Any]:
         """The timed call: a no-grad forward, or forward + gradients of the input and every parameter."""
