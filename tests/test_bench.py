@@ -552,10 +552,12 @@ def test_groups_option_selects_what_runs():
     assert settings.groups == list(cli.DEFAULT_GROUPS) and settings.shapes and settings.overhead
     settings = cli.Settings.from_args(cli.build_parser().parse_args(["--groups", "overhead,bf16"]), [])
     assert settings.shapes == [] and settings.overhead and settings.groups == ["overhead", "bf16"]
-    assert cli.parse_groups("all") == list(cli.GROUPS)
 
 
-def test_quick_default_run_has_no_extra_groups(quick_run):
+def test_quick_default_run_has_every_group_but_bf16(quick_run):
     _, out = quick_run
     payload = json.loads(_only(out, "bench-cpu-*.json").read_text())
-    assert payload["groups"] == {} and payload["peaks"] == {}
+    assert payload["settings"]["groups"] == ["layers", "overhead", "streaming", "bidir"]
+    assert list(payload["groups"]) == ["streaming", "bidir"] and payload["peaks"]["gflops"]["float32"]["1"] > 0
+    settings = cli.Settings.from_args(cli.build_parser().parse_args(["--groups", "all"]), [])
+    assert settings.groups == list(cli.GROUPS)

@@ -21,6 +21,12 @@ step, a 2-layer stack called on one time step and an attention decoder stepping 
 fusedrnn's modules against torch.nn's, where a call's fixed cost matters as much as its
 arithmetic.
 
+Then, with the machine's float32 and bf16 matmul ceilings measured first (:mod:`fusedrnn.bench.peaks`), the
+B=1 streaming group (:mod:`fusedrnn.bench.streaming`: per-sequence and per-step latency) and the 2-layer
+bidirectional group (:mod:`fusedrnn.bench.stacks`), and, opt-in (``--groups bf16`` or ``all``: slow), the
+bfloat16 group (:mod:`fusedrnn.bench.bf16`: against torch.nn bf16 and our own float32, with errors vs
+float64).  ``--groups`` picks the groups (``layers``, ``overhead``, ``streaming``, ``bidir``, ``bf16``).
+
 Defaults: on CPU the shapes of docs/design.md section 10 in float32 with torch's thread count (the
 reference backend only with ``--quick`` or ``--backends reference``: it is far
 too slow for these shapes; Triton never on CPU: its interpreter is for
@@ -30,9 +36,10 @@ against cuDNN in the same dtype.
 
 Examples::
 
-    python -m fusedrnn.bench                                  # the default run (CPU: under 2 minutes)
+    python -m fusedrnn.bench                                  # the default run (CPU: about 6 minutes on 2 cores)
     python -m fusedrnn.bench --quick --out /tmp/b             # a few seconds, tiny shapes
     python -m fusedrnn.bench --cell lstm --shapes flashrnn 256,16,768,768 --dtype bfloat16
+    python -m fusedrnn.bench --groups bf16,streaming          # those groups alone
     python -m fusedrnn.bench --check-only                     # the correctness grid (python -m fusedrnn.check)
 """
 
@@ -73,9 +80,10 @@ DEFAULT_OUT = os.path.join("benchmarks", "results")
 #: with run(families, s, peaks, quick, advance), count(families, quick), FAMILIES, print_rows and markdown
 EXTRA_GROUPS = {bf16.NAME: bf16, streaming.NAME: streaming, stacks.NAME: stacks}
 GROUPS = ("layers", "overhead", *EXTRA_GROUPS)
-#: what a run times unless --groups says otherwise (the extra groups: benchmarks/RESULTS.md has their wall
-#: time; together they would take the default CPU run past ten minutes on 2 cores)
-DEFAULT_GROUPS = ("layers", "overhead")
+#: what a run times unless --groups says otherwise: all but bf16, whose torch.nn bf16 side alone (without
+#: avx512_bf16, converted to float32 inside) would take the default CPU run past ten minutes on 2 cores
+#: (wall times in benchmarks/RESULTS.md)
+DEFAULT_GROUPS = ("layers", "overhead", streaming.NAME, stacks.NAME)
 #: the groups that show a share of the machine's measured ceilings (peaks.py), so need them measured
 NEEDS_PEAKS = {bf16.NAME, streaming.NAME}
 #: steps of each benchmark shape the CPU check runs (torch.nn in float64 at full length costs ~a minute)
