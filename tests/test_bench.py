@@ -212,8 +212,9 @@ def test_check_only_exits_nonzero_and_names_the_wrong_backend(tmp_path):
     (["--threads", "0"], "--threads"),
     (["--check-steps", "-1"], "--check-steps"),
     (["--overhead", "lstmx"], "--overhead"),
+    (["--groups", "nosuch"], "--groups"),
 ], ids=["short-shape", "bad-cell", "unknown-backend", "bad-dtype", "zero-threads", "negative-check-steps",
-        "bad-overhead-family"])
+        "bad-overhead-family", "bad-group"])
 def test_bench_bad_arguments_exit_2_naming_the_argument(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
@@ -381,3 +382,182 @@ def test_check_passes_on_cuda_for_every_available_backend(tmp_path):
     proc = run_cli("fusedrnn.check", "--device", "cuda", "--quick", "--json", str(tmp_path / "check.json"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((tmp_path / "check.json").read_text())["device"].startswith("cuda")
+
+
+# ----------------------------------------------------------------------------
+# The bf16, streaming and stack groups, and the machine's ceilings (issue 17)
+# ----------------------------------------------------------------------------
+
+EXTRA = ("bf16", "streaming", "bidir")
+
+
+@pytest.fixture(scope="module")
+def extra_groups_run(tmp_path_factory):
+    """The three groups alone at --quick's tiny sizes (what --quick does to each: the group's module)."""
+    out = tmp_path_factory.mktemp("bench-groups")
+    proc = run_cli("fusedrnn.bench", "--quick", "--threads", "1", "--groups", ",".join(EXTRA), "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc, json.loads(_only(out, "bench-cpu-*.json").read_text()), _only(out, "bench-cpu-*.md").read_text()
+
+
+def _settings(threads=1):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(device=torch.device("cpu"), threads=threads, min_time=0.01, max_time=0.05)
+
+
+def _pairs_of_rounds_agree(base, row, key):
+    per_round = [b / mine for b, mine in zip(base["round_ms"], row["round_ms"])]
+    assert len(per_round) == cli.CPU_ROUNDS
+    assert row[key] == pytest.approx(statistics.median(per_round), rel=1e-9)
+
+
+def test_extra_groups_run_alone_with_every_case_and_no_layer_or_overhead_rows(extra_groups_run):
+    from fusedrnn.bench import bf16, stacks, streaming
+
+    _, payload, _ = extra_groups_run
+    assert payload["results"] == [] and payload["overhead"] == []
+    assert payload["settings"]["groups"] == list(EXTRA) and list(payload["groups"]) == list(EXTRA)
+    expected = {
+        "bf16": [(c.family, tuple(c.shape), m, i) for c in bf16.cases(["lstm", "gru"], quick=True)
+                 for m in cli.MODES for i in ("torch.nn", "fusedrnn", bf16.FLOAT32)],
+        "streaming": [(c.family, tuple(c.shape), "inference", i) for c in streaming.cases(["lstm", "gru"], quick=True)
+                      for i in ("torch.nn", "fusedrnn")],
+        "bidir": [("lstm", tuple(stacks.QUICK_SHAPE), m, i) for m in cli.MODES for i in ("torch.nn", "fusedrnn")],
+    }
+    for name, rows in payload["groups"].items():
+        assert [(r["cell"], (r["T"], r["B"], r["I"], r["H"]), r["mode"], r["impl"]) for r in rows] == expected[name]
+        for r in rows:
+            assert r["status"] == "ok", r
+            assert r["q20_ms"] <= r["median_ms"] <= r["q80_ms"] and r["gflops"] > 0
+            torch_row = next(t for t in rows if t["impl"] == "torch.nn" and t["case"] == r["case"] and
+                             all(t[k] == r[k] for k in ("cell", "T", "B", "I", "H", "mode")))
+            _pairs_of_rounds_agree(torch_row, r, "ratio_vs_torch")
+    assert {r["case"] for r in payload["groups"]["streaming"]} == {"sequence", "step"}
+
+
+def test_bf16_group_reports_errors_vs_float64_and_the_ratio_to_its_own_float32(extra_groups_run):
+    _, payload, _ = extra_groups_run
+    rows = payload["groups"]["bf16"]
+    for i in range(0, len(rows), 3):
+        torch_row, ours, f32 = rows[i:i + 3]
+        assert (torch_row["dtype"], ours["dtype"], f32["dtype"]) == ("bfloat16", "bfloat16", "float32")
+        _pairs_of_rounds_agree(f32, ours, "ratio_vs_own_float32")
+        assert torch_row["ratio_vs_own_float32"] is None and f32["ratio_vs_own_float32"] is None
+        # bf16 rounding shows in both bf16 errors, float32's is orders of magnitude below them
+        for r in (torch_row, ours):
+            assert 1e-5 < r["error_vs_float64"] < 0.1
+        assert f32["error_vs_float64"] < 1e-2 * min(torch_row["error_vs_float64"], ours["error_vs_float64"])
+        for r in (torch_row, ours, f32):
+            for dtype in ("float32", "bfloat16"):
+                ceiling = payload["peaks"]["gflops"][dtype]["1"]
+                assert r[f"peak_fraction_{dtype}"] == pytest.approx(r["gflops"] / ceiling, rel=1e-9)
+
+
+def test_streaming_group_reports_per_step_latency_and_the_share_of_the_float32_peak(extra_groups_run):
+    _, payload, _ = extra_groups_run
+    ceiling = payload["peaks"]["gflops"]["float32"]["1"]
+    for r in payload["groups"]["streaming"]:
+        assert r["B"] == 1 and r["mode"] == "inference"
+        assert r["step_ms"] == pytest.approx(r["median_ms"] / r["T"], rel=1e-9)
+        assert r["peak_fraction_float32"] == pytest.approx(r["gflops"] / ceiling, rel=1e-9)
+        step_flops = r["flops"] / r["T"]
+        assert r["step_at_peak_ms"] == pytest.approx(step_flops / (ceiling * 1e9) * 1e3, rel=1e-9)
+
+
+def test_bidir_group_is_its_own_layer_by_layer_baseline_until_a_whole_stack_path_exists(extra_groups_run):
+    from fusedrnn.bench import stacks
+
+    from fusedrnn import modules
+
+    _, payload, _ = extra_groups_run
+    assert not hasattr(modules.LSTM(4, 4), stacks.LAYER_BY_LAYER_SWITCH)  # else this group times it (below)
+    for r in payload["groups"]["bidir"]:
+        assert r["ratio_vs_layer_by_layer"] == (None if r["impl"] == "torch.nn" else 1.0)
+        flops = stacks.stack_flops(testing.Shape(r["T"], r["B"], r["I"], r["H"]))
+        assert r["flops"] == flops * (3 if r["mode"] == "training" else 1)
+
+
+def test_bidir_group_times_the_forced_layer_by_layer_path_when_the_module_has_the_switch(monkeypatch):
+    from fusedrnn import modules
+    from fusedrnn.bench import module_bench, stacks
+
+    monkeypatch.setattr(modules.LSTM, stacks.LAYER_BY_LAYER_SWITCH, True, raising=False)
+    bench = stacks.StackBench(stacks.cases(["lstm"], quick=True)[0], _settings())
+    assert bench.impls == ["torch.nn", "fusedrnn", stacks.LAYER_BY_LAYER]
+    forced = bench.subjects[stacks.LAYER_BY_LAYER].module
+    assert getattr(forced, stacks.LAYER_BY_LAYER_SWITCH) is False
+    assert getattr(bench.subjects["fusedrnn"].module, stacks.LAYER_BY_LAYER_SWITCH) is True
+    rows = module_bench.time_cases([bench.case], lambda case: bench, _settings())
+    by_impl = {(r["mode"], r["impl"]): r for r in rows}
+    for mode in cli.MODES:
+        _pairs_of_rounds_agree(by_impl[mode, stacks.LAYER_BY_LAYER], by_impl[mode, "fusedrnn"],
+                               "ratio_vs_layer_by_layer")
+
+
+def test_extra_groups_print_the_ceilings_and_write_their_markdown_sections(extra_groups_run):
+    from fusedrnn.bench import peaks
+
+    proc, payload, md = extra_groups_run
+    assert set(payload["peaks"]["isa"]) == set(peaks.BF16_FLAGS)
+    assert set(payload["peaks"]["gflops"]) == {"float32", "bfloat16"}
+    assert all(g > 0 for by_threads in payload["peaks"]["gflops"].values() for g in by_threads.values())
+    assert "avx512_bf16" in proc.stdout and "GFLOP/s" in proc.stdout
+    for heading in ("#### bfloat16", "#### B=1 streaming", "#### 2-layer bidirectional LSTM", "Ceilings: peaks"):
+        assert heading in md
+    assert "| lstm | 5,3,4,8 | inference | fusedrnn float32 | float32 |" in md
+    assert "| step | gru | 5,1,16,16 | fusedrnn |" in md
+
+
+@pytest.mark.parametrize("group", ["bf16", "streaming", "bidir"])
+def test_extra_groups_refuse_to_time_fusedrnn_when_it_disagrees(group):
+    """Each group's check before timing catches a wrong fusedrnn (a bias off by 0.1): reported, not timed."""
+    from fusedrnn.bench import bf16, module_bench, stacks, streaming
+
+    s = _settings()
+    if group == "bf16":
+        bench = bf16.Bf16Bench(bf16.cases(["gru"], quick=True)[0], s, peaks={})
+    elif group == "streaming":
+        bench = streaming.StreamingBench(streaming.cases(["lstm"], quick=True)[1], s, peaks={})  # the cell steps
+    else:
+        bench = stacks.StackBench(stacks.cases(["lstm"], quick=True)[0], s)
+    assert bench.failures() == {}
+    module = bench.subjects[module_bench.FUSEDRNN].module
+    with torch.no_grad():
+        next(p for name, p in module.named_parameters() if name.startswith("bias_hh")).add_(0.1)
+    failures = bench.failures()
+    assert list(failures) == [module_bench.FUSEDRNN]
+    rows = module_bench.time_cases([bench.case], lambda case: bench, s)
+    ours = [r for r in rows if r["impl"] == module_bench.FUSEDRNN]
+    assert ours and all(r["status"].startswith("FAILED the check: not timed") and r["median_ms"] is None for r in ours)
+
+
+def test_cpu_flags_and_bf16_isa_read_proc_cpuinfo(tmp_path):
+    from fusedrnn.bench import peaks
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile\n\nflags\t: other\n")
+    flags = peaks.cpu_flags(str(cpuinfo))
+    assert flags == {"fpu", "avx512f", "avx512_bf16", "amx_tile"}
+    isa = peaks.bf16_isa(flags)
+    assert isa["avx512_bf16"] is True and isa["amx_tile"] is True and isa["amx_bf16"] is False
+    assert peaks.cpu_flags(str(tmp_path / "absent")) is None
+    assert set(peaks.bf16_isa(set()).values()) == {False}
+    text = peaks.describe({"n": 8, "isa": peaks.bf16_isa(set()), "gflops": {"float32": {"1": 1.0}}})
+    assert "no bf16 dot-product instructions" in text
+
+
+def test_groups_option_selects_what_runs():
+    settings = cli.Settings.from_args(cli.build_parser().parse_args([]), [])
+    assert settings.groups == list(cli.DEFAULT_GROUPS) and settings.shapes and settings.overhead
+    settings = cli.Settings.from_args(cli.build_parser().parse_args(["--groups", "overhead,bf16"]), [])
+    assert settings.shapes == [] and settings.overhead and settings.groups == ["overhead", "bf16"]
+
+
+def test_quick_default_run_has_every_group_but_bf16(quick_run):
+    _, out = quick_run
+    payload = json.loads(_only(out, "bench-cpu-*.json").read_text())
+    assert payload["settings"]["groups"] == ["layers", "overhead", "streaming", "bidir"]
+    assert list(payload["groups"]) == ["streaming", "bidir"] and payload["peaks"]["gflops"]["float32"]["1"] > 0
+    settings = cli.Settings.from_args(cli.build_parser().parse_args(["--groups", "all"]), [])
+    assert settings.groups == list(cli.GROUPS)

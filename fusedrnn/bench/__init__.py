@@ -7,6 +7,11 @@ Modules:
 ``shapes``   benchmark shapes (presets or ``T,B,I,H``) and a layer's FLOP count
 ``rounds``   one group timed: torch.nn and each implementation in alternating rounds, and its rows
 ``overhead`` the per-call overhead group (cell steps, one-step stacks, an attention decoder)
+``bf16``     the bfloat16 group (--groups bf16): against torch.nn bf16 and fusedrnn's own float32, with errors
+``streaming`` the B=1 streaming group (--groups streaming): per-sequence and per-step latency
+``stacks``   the 2-layer bidirectional group (--groups bidir), and the hook for a whole-stack path
+``module_bench`` benches of whole modules (torch.nn's against fusedrnn's), checked then timed
+``peaks``    the machine's float32 and bf16 matmul ceilings and its bf16 ISA flags
 ``timing``   timing and memory measurement, the same for every implementation
 ``report``   the figures as a table, JSON and CSV
 ``plot``     the speedup plot (matplotlib, optional)

@@ -21,6 +21,12 @@ step, a 2-layer stack called on one time step and an attention decoder stepping 
 fusedrnn's modules against torch.nn's, where a call's fixed cost matters as much as its
 arithmetic.
 
+Then, with the machine's float32 and bf16 matmul ceilings measured first (:mod:`fusedrnn.bench.peaks`), the
+B=1 streaming group (:mod:`fusedrnn.bench.streaming`: per-sequence and per-step latency) and the 2-layer
+bidirectional group (:mod:`fusedrnn.bench.stacks`), and, opt-in (``--groups bf16`` or ``all``: slow), the
+bfloat16 group (:mod:`fusedrnn.bench.bf16`: against torch.nn bf16 and our own float32, with errors vs
+float64).  ``--groups`` picks the groups (``layers``, ``overhead``, ``streaming``, ``bidir``, ``bf16``).
+
 Defaults: on CPU the shapes of docs/design.md section 10 in float32 with torch's thread count (the
 reference backend only with ``--quick`` or ``--backends reference``: it is far
 too slow for these shapes; Triton never on CPU: its interpreter is for
@@ -30,9 +36,10 @@ against cuDNN in the same dtype.
 
 Examples::
 
-    python -m fusedrnn.bench                                  # the default run (CPU: under 2 minutes)
+    python -m fusedrnn.bench                                  # the default run (CPU: about 6 minutes on 2 cores)
     python -m fusedrnn.bench --quick --out /tmp/b             # a few seconds, tiny shapes
     python -m fusedrnn.bench --cell lstm --shapes flashrnn 256,16,768,768 --dtype bfloat16
+    python -m fusedrnn.bench --groups bf16,streaming          # those groups alone
     python -m fusedrnn.bench --check-only                     # the correctness grid (python -m fusedrnn.check)
 """
 
@@ -53,7 +60,7 @@ from torch import nn
 from .. import backends, functional, testing
 from ..backends.base import LayerWeights
 from ..testing import Shape, dtype_name
-from . import check, env, overhead
+from . import bf16, check, env, overhead, peaks, stacks, streaming
 from .console import progress
 from .report import markdown, print_results, threads_text, write_csv, write_json
 from .shapes import BENCH_CELLS, CHECK_VARIANTS, DEFAULT_PRESET, PRESETS, forward_flops, parse_shapes
@@ -69,6 +76,16 @@ NOT_TIMED = {("triton", "cpu"): "the Triton interpreter is for correctness only"
 #: backends too slow for full-size shapes: timed only with --quick or when named
 SLOW = {"reference"}
 DEFAULT_OUT = os.path.join("benchmarks", "results")
+#: the groups beside the layer group ("layers") and the per-call overhead group ("overhead"), each a module
+#: with run(families, s, peaks, quick, advance), count(families, quick), FAMILIES, print_rows and markdown
+EXTRA_GROUPS = {bf16.NAME: bf16, streaming.NAME: streaming, stacks.NAME: stacks}
+GROUPS = ("layers", "overhead", *EXTRA_GROUPS)
+#: what a run times unless --groups says otherwise: all but bf16, whose torch.nn bf16 side alone (without
+#: avx512_bf16, converted to float32 inside) would take the default CPU run past ten minutes on 2 cores
+#: (wall times in benchmarks/RESULTS.md)
+DEFAULT_GROUPS = ("layers", "overhead", streaming.NAME, stacks.NAME)
+#: the groups that show a share of the machine's measured ceilings (peaks.py), so need them measured
+NEEDS_PEAKS = {bf16.NAME, streaming.NAME}
 #: steps of each benchmark shape the CPU check runs (torch.nn in float64 at full length costs ~a minute)
 CPU_CHECK_STEPS = 10
 
@@ -155,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "decoder; float32, backend auto, whatever --shapes/--dtype/--backends say) for these "
                              "comma-separated families, or none (default: "
                              f"{','.join(overhead.DEFAULT_FAMILIES)})")
+    parser.add_argument("--groups", default=",".join(DEFAULT_GROUPS), metavar="GROUPS|all",
+                        help="comma-separated groups to run: layers (the layer groups of --shapes), overhead (the "
+                             "per-call overhead group), bf16 (bfloat16 against torch.nn bf16 at the cpu shapes, "
+                             "LSTM and GRU), streaming (B=1, T=100 layer and cell-step latency, LSTM and GRU), "
+                             "bidir (a 2-layer bidirectional LSTM); all for every one (default: "
+                             f"{','.join(DEFAULT_GROUPS)}; --cell filters the families of every group)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, here "
                                                                   f"{torch.get_num_threads()})")
     parser.add_argument("--min-time", type=float, default=None,
@@ -162,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-time", type=float, default=None,
                         help="seconds per measurement at most on CPU (default 2; 0.2 quick)")
     return parser
+
+
+def parse_groups(text: str) -> List[str]:
+    """``--groups``' value: comma-separated names of :data:`GROUPS`, or ``all``."""
+    if text.strip() == "all":
+        return list(GROUPS)
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or not groups:
+        raise ValueError(f"--groups takes 'all' or comma-separated names of {', '.join(GROUPS)}; got {text!r}")
+    return groups
 
 
 def _default_dtypes(device: torch.device) -> List[str]:
@@ -248,7 +282,8 @@ def write_outputs(out_dir: str, payload: dict, results: List[dict]) -> Dict[str,
     write_json(paths["json"], payload)
     write_csv(paths["csv"], results, payload)
     with open(paths["markdown"], "w") as f:
-        f.write(markdown(results, payload) + overhead.markdown(payload.get("overhead", [])))
+        f.write(markdown(results, payload) + overhead.markdown(payload.get("overhead", []))
+                + "".join(EXTRA_GROUPS[name].markdown(rows) for name, rows in payload.get("groups", {}).items()))
     m = payload["machine"]
     title = f"fusedrnn vs torch.nn: {m['gpu'] or m['cpu_model']}, {threads_text(m['torch_threads'])}"
     paths["png"] = plot_speedups(results, stem + ".png", title)
@@ -267,6 +302,7 @@ class Settings:
     threads: int
     check_steps: int  # 0: the whole sequence
     overhead: List[str]  # families of the per-call overhead group (none: [])
+    groups: List[str]  # the groups run (GROUPS)
     min_time: float
     max_time: float
     command: str
@@ -284,15 +320,18 @@ class Settings:
         if args.check_steps is not None and args.check_steps < 0:
             raise ValueError("--check-steps must be 0 (all steps) or positive")
         quick, gpu = args.quick, device.type == "cuda"
+        groups = parse_groups(args.groups)
+        shapes = parse_shapes(args.shapes or ["quick" if quick else DEFAULT_PRESET[device.type]])
         return cls(
             device=device,
             families=args.cell,
-            shapes=parse_shapes(args.shapes or ["quick" if quick else DEFAULT_PRESET[device.type]]),
+            shapes=shapes if "layers" in groups else [],  # a group not run is an empty one
             dtypes=[testing.as_dtype(d) for d in (args.dtype or _default_dtypes(device))],
             backends=None if args.check_only else choose_backends(args.backends, device, quick),
             threads=args.threads or torch.get_num_threads(),
             check_steps=args.check_steps if args.check_steps is not None else (0 if gpu else CPU_CHECK_STEPS),
-            overhead=overhead.parse_families(args.overhead),
+            overhead=overhead.parse_families(args.overhead) if "overhead" in groups else [],
+            groups=groups,
             min_time=args.min_time if args.min_time is not None else (0.02 if quick else 0.1 if gpu else 0.3),
             max_time=args.max_time if args.max_time is not None else (0.2 if quick else 2.0),
             command=" ".join(["python -m fusedrnn.bench", *(shlex.quote(a) for a in argv)]),
@@ -301,8 +340,20 @@ class Settings:
     def to_dict(self) -> dict:
         return {"command": self.command, "cells": self.families, "shapes": [list(s) for s in self.shapes],
                 "dtypes": [dtype_name(d) for d in self.dtypes], "backends": self.backends, "threads": self.threads,
-                "check_steps": self.check_steps, "overhead": self.overhead,
+                "check_steps": self.check_steps, "overhead": self.overhead, "groups": self.groups,
                 "min_time_s": self.min_time, "max_time_s": self.max_time, "device": str(self.device)}
+
+
+def run_extra_groups(s: Settings, ceilings: dict, quick: bool) -> Dict[str, List[dict]]:
+    """The chosen groups of :data:`EXTRA_GROUPS`, in that order: name -> rows (none for a group --cell empties)."""
+    out: Dict[str, List[dict]] = {}
+    for name, group in EXTRA_GROUPS.items():
+        families = [f for f in s.families if f in group.FAMILIES]
+        if name not in s.groups or not families:
+            continue
+        with progress(group.count(families, quick), f"timing the {name} group") as advance:
+            out[name] = group.run(families, s, ceilings, quick, advance)
+    return out
 
 
 def run_check_only(args: argparse.Namespace, settings: Settings, stamp: str) -> int:
@@ -325,22 +376,21 @@ def run_bench(args: argparse.Namespace, s: Settings, stamp: str) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     status = ("skipped (--no-check)" if args.no_check else "no backend to check" if not s.backends
-              else "no layer group to check (the per-call overhead group compares its own forwards)")
+              else "no layer group to check (the other groups compare their own forwards)")
     failed, check_report = set(), None
     if not args.no_check and s.backends and s.shapes:
         check_report, failed = check_shapes(s)
         status = "passed" if check_report.passed else f"FAILED: {', '.join(check_report.failed_backends())}"
 
-    peak = {}
     n = peak_matmul_size(s.device, args.quick)
-    for dtype in s.dtypes:
-        gflops, timing = matmul_gflops(n, n, n, dtype, s.device, s.threads, s.min_time, s.max_time)
-        peak[dtype_name(dtype)] = {"n": n, "gflops": gflops, "median_ms": timing.median * 1e3}
+    peak = {dtype_name(d): peaks.matmul_peak(n, d, s.device, s.threads, s.min_time, s.max_time) for d in s.dtypes}
     results = run_benchmarks(s, failed)
     overhead_rows: List[dict] = []
     if s.overhead:
         with progress(overhead.count(s.overhead), "timing the per-call overhead") as advance:
             overhead_rows = overhead.run(s.overhead, s, advance)
+    ceilings = peaks.measure(s, args.quick, known=peak) if NEEDS_PEAKS & set(s.groups) else {}
+    group_rows = run_extra_groups(s, ceilings, args.quick)
 
     payload = {
         "timestamp": stamp, "machine": machine, "warning": warning, "versions": env.versions(),
@@ -349,6 +399,8 @@ def run_bench(args: argparse.Namespace, s: Settings, stamp: str) -> int:
         "check": {"status": status, **(check_report.to_dict() if check_report is not None else {})},
         "results": results,
         "overhead": overhead_rows,
+        "peaks": ceilings,
+        "groups": group_rows,
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
     if check_report is not None:
@@ -358,9 +410,14 @@ def run_bench(args: argparse.Namespace, s: Settings, stamp: str) -> int:
         print_results(results, peak, f"fusedrnn vs torch.nn on {where}")
     if overhead_rows:
         overhead.print_rows(overhead_rows, f"per-call overhead: fusedrnn vs torch.nn on {where}")
+    if ceilings:
+        print(peaks.describe(ceilings))
+    for name, rows in group_rows.items():
+        EXTRA_GROUPS[name].print_rows(rows, f"{name}: fusedrnn vs torch.nn on {where}")
     for kind, path in write_outputs(args.out, payload, results).items():
         print(f"wrote {path}" if path else f"no {kind}: matplotlib is not installed")
-    errors = [r for r in results + overhead_rows if r["status"].startswith(("error", "FAILED"))]
+    every_row = results + overhead_rows + [r for rows in group_rows.values() for r in rows]
+    errors = [r for r in every_row if r["status"].startswith(("error", "FAILED"))]
     if failed or errors:
         culprits = sorted({name for name, *_ in failed} | {r["impl"] for r in errors})
         print(f"fusedrnn-bench: FAILED: backend(s) {', '.join(culprits)} disagree with torch.nn or did not run",

@@ -22,7 +22,6 @@ the arithmetic): a case that disagrees is reported and not timed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -31,11 +30,11 @@ from torch import nn
 
 from .. import cell_modules, modules
 from ..testing import Shape
-from .console import markdown_table, print_table
-from .rounds import measure_group
+from .console import print_table
+from .report import ratio_style, ratio_text, section, spread_text, us_text
+from .module_bench import FUSEDRNN, Case, time_cases
+from .module_bench import count as count_steps
 
-#: the name fusedrnn's rows carry (its modules with backend "auto")
-FUSEDRNN = "fusedrnn"
 KINDS = ("cell", "layer", "decoder")
 BATCHES = (1, 16)
 HIDDEN_SIZES = (64, 128)
@@ -51,17 +50,6 @@ TOLERANCE = dict(rtol=1e-4, atol=1e-4)
 _CELLS = {"lstm": (nn.LSTMCell, cell_modules.LSTMCell), "gru": (nn.GRUCell, cell_modules.GRUCell),
           "rnn": (nn.RNNCell, cell_modules.RNNCell)}
 _STACKS = {"lstm": (nn.LSTM, modules.LSTM), "gru": (nn.GRU, modules.GRU), "rnn": (nn.RNN, modules.RNN)}
-
-
-@dataclass(frozen=True)
-class Case:
-    kind: str  # one of KINDS
-    family: str
-    shape: Shape  # T, B, I, H (T: the steps one timed call runs)
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind} {self.family} B={self.shape.B} H={self.shape.H}"
 
 
 def parse_families(text: str) -> List[str]:
@@ -175,8 +163,21 @@ class OverheadBench:
         inputs = list(self.modules[impl].parameters()) + ([] if self.case.kind == "decoder" else [self.x_train])
         return lambda: torch.autograd.grad(forward(), inputs)
 
+    impls = ("torch.nn", FUSEDRNN)
+    modes = ("inference", "training")
+
     def unsupported(self, impl: str) -> Optional[str]:
         return None
+
+    def flops(self, mode: str) -> float:
+        return 0.0  # a call's fixed cost is the point here, not its arithmetic
+
+    def failures(self) -> dict:
+        why = self.disagreement()
+        return {FUSEDRNN: why} if why else {}
+
+    def annotate(self, group: List[dict], mode: str) -> None:
+        """Nothing beyond the common columns."""
 
     def memory(self, impl: str, mode: str) -> tuple:
         return None, None
@@ -199,24 +200,12 @@ class OverheadBench:
 def run(families: Sequence[str], s, advance: Callable[[str], None] = lambda label: None) -> List[dict]:
     """Every case of ``families`` timed on the run's settings ``s``: result rows (those of
     :func:`fusedrnn.bench.rounds.result_row`, plus ``case``), torch.nn's row first in each group."""
-    rows: List[dict] = []
-    for case in cases(families):
-        bench = OverheadBench(case, s.device)
-        why = bench.disagreement()
-        failed = {(FUSEDRNN, bench.family, bench.shape, bench.dtype)} if why else set()
-        for mode in ("inference", "training"):
-            for row in measure_group(bench, ["torch.nn", FUSEDRNN], mode, 0.0, failed, s):
-                row.update(case=case.kind, flops=None, gflops=None)
-                if why and row["impl"] == FUSEDRNN:
-                    row["status"] += f" ({why})"
-                rows.append(row)
-            advance(f"{case.label} {mode}")
-    return rows
+    return time_cases(cases(families), lambda case: OverheadBench(case, s.device), s, advance)
 
 
 def count(families: Sequence[str]) -> int:
     """Progress steps :func:`run` makes (one per case and mode)."""
-    return 2 * len(cases(families))
+    return count_steps(cases(families))
 
 
 COLUMNS = ["case", "cell", "T,B,I,H", "mode", "impl", "median us", "q20-q80 us", "vs torch.nn", "note"]
@@ -225,32 +214,18 @@ CAPTION = ("per-call overhead, float32: one timed call = one cell step (cell), o
            "parameter; vs torch.nn = torch.nn time / fusedrnn time, the median of its value in each round")
 
 
-def _us(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value * 1e3:.0f}" if value >= 0.1 else f"{value * 1e3:.3g}"
-
-
 def _cells(r: dict) -> List[str]:
-    ratio = r.get("ratio_vs_torch")
-    return [r["case"], r["cell"], f"{r['T']},{r['B']},{r['I']},{r['H']}", r["mode"], r["impl"], _us(r["median_ms"]),
-            "-" if r["q20_ms"] is None else f"{_us(r['q20_ms'])}-{_us(r['q80_ms'])}",
-            "-" if ratio is None else f"{ratio:.2f}x", "" if r["status"] == "ok" else r["status"]]
-
-
-def _style(r: dict) -> Optional[str]:
-    if r["status"] != "ok":
-        return "bold red"
-    if r["impl"] == "torch.nn":
-        return None
-    return "green" if (r.get("ratio_vs_torch") or 0) >= 1.0 else "yellow"
+    return [r["case"], r["cell"], f"{r['T']},{r['B']},{r['I']},{r['H']}", r["mode"], r["impl"], us_text(r["median_ms"]),
+            spread_text(r, us_text),
+            ratio_text(r.get("ratio_vs_torch")), "" if r["status"] == "ok" else r["status"]]
 
 
 def print_rows(rows: Sequence[dict], title: str) -> None:
-    print_table(title, COLUMNS, [_cells(r) for r in rows], [_style(r) for r in rows], caption=CAPTION)
+    print_table(title, COLUMNS, [_cells(r) for r in rows], [ratio_style(r) for r in rows], caption=CAPTION)
 
 
 def markdown(rows: Sequence[dict]) -> str:
     """The group's section of the run's markdown report (empty when it did not run)."""
     if not rows:
         return ""
-    return "\n".join(["", "#### Per-call overhead", "", markdown_table(COLUMNS, [_cells(r) for r in rows]), "",
-                      CAPTION + ".", ""])
+    return section("Per-call overhead", COLUMNS, [_cells(r) for r in rows], CAPTION)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from .console import markdown_table, print_table
+from .peaks import describe
 
 #: what the "vs torch.nn" column means (fusedrnn.bench times CPU groups in alternating rounds)
 RATIO_CAPTION = ("vs torch.nn = torch.nn time / this time, the median of its value in each timing round "
@@ -55,6 +56,46 @@ def human_bytes(n: Optional[float]) -> str:
 def _ms(value: float) -> str:
     """Milliseconds with three significant digits, without exponents."""
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def ms_text(ms: Optional[float]) -> str:
+    return "-" if ms is None else _ms(ms)
+
+
+def spread_text(r: dict, unit: Callable[[Optional[float]], str] = ms_text) -> str:
+    """A row's 20%-80% quantiles, in ``unit``'s format."""
+    return "-" if r.get("q20_ms") is None else f"{unit(r['q20_ms'])}-{unit(r['q80_ms'])}"
+
+
+def gflops_text(r: dict) -> str:
+    return _num(r.get("gflops"), ".3g")
+
+
+def us_text(ms: Optional[float]) -> str:
+    """Milliseconds shown in microseconds (the small-call groups)."""
+    return "-" if ms is None else f"{ms * 1e3:.0f}" if ms >= 0.1 else f"{ms * 1e3:.3g}"
+
+
+def ratio_text(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def percent_text(fraction: Optional[float]) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.0f}"
+
+
+def ratio_style(r: dict, key: str = "ratio_vs_torch", base: str = "torch.nn") -> Optional[str]:
+    """A row's colour: red when it failed, none for the baseline, green at or above 1x, else yellow."""
+    if r["status"] != "ok":
+        return "bold red"
+    if r["impl"] == base or r.get(key) is None:
+        return None
+    return "green" if r[key] >= 1.0 else "yellow"
+
+
+def section(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], caption: str) -> str:
+    """A group's section of the run's markdown report: a heading, the table, its caption."""
+    return "\n".join(["", f"#### {title}", "", markdown_table(columns, rows), "", caption + ".", ""])
 
 
 def _row_cells(r: dict) -> List[str]:
@@ -102,6 +143,7 @@ def markdown(results: Sequence[dict], payload: dict) -> str:
         f"torch {v['torch']}, triton {v['triton']}, python {v['python']}, fusedrnn commit {v['git_commit']}  ",
         "Peak matmul: " + "; ".join(f"{d} {p['gflops']:.1f} GFLOP/s ({p['n']}x{p['n']})"
                                      for d, p in payload["peak_matmul"].items()) + "  ",
+        *([f"Ceilings: {describe(payload['peaks'])}  "] if payload.get("peaks") else []),
         f"Correctness check before timing: {payload['check']['status']}  ",
         *([f"**Warning:** {payload['warning']}"] if payload.get("warning") else []),
     ]

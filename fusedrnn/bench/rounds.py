@@ -71,12 +71,26 @@ def measure_group(bench, impls: List[str], mode: str, flops: float, failed: set,
             row["memory_bytes"], row["memory_kind"] = bench.memory(impl, mode)
         except Exception as exc:  # one broken implementation must not hide the others' figures
             row = result_row(bench, mode, impl, status=f"error: {type(exc).__name__}: {exc}")
-        torch_rounds = timings[impls[0]]
-        if row["median_ms"] is not None and len(torch_rounds) == len(timings[impl]):
-            row["ratio_vs_torch"] = statistics.median(
-                t.median / mine.median for t, mine in zip(torch_rounds, timings[impl]))
+        if row["median_ms"] is not None:
+            row["ratio_vs_torch"] = round_ratio(row_of(impls[0], timings), row)
         group.append(row)
     return group
+
+
+def row_of(impl: str, timings: Dict[str, List[Timing]]) -> dict:
+    """Just the per-round medians of ``impl``, as a row holds them (``round_ms``)."""
+    return {"round_ms": [t.median * 1e3 for t in timings[impl]]}
+
+
+def round_ratio(base: dict, row: dict):
+    """``base``'s time / ``row``'s: the median over the rounds of the per-round ratio (None unless both rows
+    were timed in the same rounds).  Each round times every implementation of a group in turn, so a ratio
+    within a round is taken at one speed of a drifting CPU; the median drops a round a burst of other work
+    spoiled."""
+    mine, theirs = row.get("round_ms"), base.get("round_ms")
+    if not mine or not theirs or len(mine) != len(theirs):
+        return None
+    return statistics.median(t / m for t, m in zip(theirs, mine))
 
 
 def _merged(rounds: List[Timing]) -> Timing:
