@@ -24,9 +24,10 @@ from ._autocast import autocast_dtype, autocast_off, cast
 from ._module_checks import (attribute, check_backend_name, check_flag, check_state_tensor, check_weights_match,
                              checked_parameter)
 from .modules import _GRU_CONVENTION
+from .rnn_base import init_cell_parameters
 from .torchscript import refuse_script
 
-__all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
+__all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell", "IndRNNCell"]
 
 # The cells' CellSpecs, built once: a step is a few microseconds of arithmetic, and building one (its
 # check against the cell table) at each call was a visible share of a step's Python time.
@@ -46,7 +47,9 @@ class FusedRNNCellBase(nn.RNNCellBase):
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None, dtype=None,
-                 *, peephole: bool = False, backend: str = "auto") -> None:
+                 *, peephole: bool = False, backend: str = "auto", layout: Optional[CellSpec] = None) -> None:
+        """``layout``: the cell whose record gives the parameters' shapes beyond torch.nn's (a diagonal
+        recurrent weight); None for the torch.nn cells, whose layout is torch's."""
         factory_kwargs = {"device": device, "dtype": dtype}
         # nn.Module's __init__ only: the next one in the MRO is torch's (nn.LSTMCell.__init__), which
         # would register and draw the parameters without our extras (weight_ch)
@@ -57,8 +60,11 @@ class FusedRNNCellBase(nn.RNNCellBase):
         self.hidden_size = hidden_size
         self.bias = bias
         self.backend = backend
+        self._layout = layout
+        recurrent_shape = ((num_chunks * hidden_size, hidden_size) if layout is None
+                           else layout.recurrent_shape(hidden_size, hidden_size))
         self.weight_ih = nn.Parameter(torch.empty((num_chunks * hidden_size, input_size), **factory_kwargs))
-        self.weight_hh = nn.Parameter(torch.empty((num_chunks * hidden_size, hidden_size), **factory_kwargs))
+        self.weight_hh = nn.Parameter(torch.empty(recurrent_shape, **factory_kwargs))
         if bias:
             self.bias_ih = nn.Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
             self.bias_hh = nn.Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
@@ -72,6 +78,13 @@ class FusedRNNCellBase(nn.RNNCellBase):
 
     # torch.jit.script calls it on every submodule first: one clear error naming fusedrnn.revert
     __prepare_scriptable__ = refuse_script
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation (the same draws as the torch.nn twin), then what the cell's record asks
+        (:func:`fusedrnn.rnn_base.init_cell_parameters`)."""
+        super().reset_parameters()
+        if self._layout is not None:
+            init_cell_parameters(self._layout, self.named_parameters())
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -239,6 +252,43 @@ class RNNCell(FusedRNNCellBase, nn.RNNCell):
         if self.nonlinearity not in modes("rnn"):  # torch.nn checks at each call, with this message
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         return CellSpec("rnn", self.nonlinearity)  # an rnn mode registered after import
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        return self._step(input, None if hx is None else (hx,))[0]
+
+
+class IndRNNCell(FusedRNNCellBase):
+    """One step of :class:`fusedrnn.IndRNN`: ``h_1 = cell(input, h_0)``, for step-by-step decoding.
+
+    ``IndRNNCell(input_size, hidden_size, bias=True, nonlinearity='relu', device=None, dtype=None, *,
+    backend="auto")``: ``h' = act(W_ih x + b_ih + u * h + b_hh)``.  Parameters ``weight_ih``
+    ``[hidden_size, input_size]``, ``weight_hh`` ``[hidden_size]`` (u, element-wise), ``bias_ih``,
+    ``bias_hh`` ``[hidden_size]``: a layer-direction of :class:`fusedrnn.IndRNN` under the names of
+    torch.nn's cells, initialised as it is.  Inputs and outputs as :class:`torch.nn.RNNCell` (batched 2-D
+    or unbatched 1-D input, optional state).  Runs on the reference backend only so far.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "relu",
+                 device=None, dtype=None, *, backend: str = "auto") -> None:
+        functional.check_nonlinearity(nonlinearity, "indrnn")
+        cell = CellSpec("indrnn", nonlinearity)
+        super().__init__(input_size, hidden_size, bias, num_chunks=1, device=device, dtype=dtype, backend=backend,
+                         layout=cell)
+        self.nonlinearity = nonlinearity
+        self._cell_spec = cell
+
+    def _cell(self) -> CellSpec:
+        return self._cell_spec
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.nonlinearity != "relu":
+            s += f", nonlinearity={self.nonlinearity!r}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         return self._step(input, None if hx is None else (hx,))[0]

@@ -32,6 +32,13 @@ Equations (docs/design.md section 4; PyTorch's gate order is the contract):
 
   The seed writes ``h' = (1-z)*h + z*n``: the same function with z relabelled
   as 1-z.  We keep PyTorch's convention for both forms.
+* ``indrnn`` (G=1; Li et al. 2018), modes ``relu`` / ``tanh``, an element-wise
+  recurrent weight ``u = weight_hh`` of shape ``[H]`` (``recurrent="diagonal"``)::
+
+      h' = act(W_ih x + b_ih + u*h + b_hh)
+
+Cells without kernels yet (IndRNN) run on the reference backend only; "auto"
+falls back to it with its once-only warning (docs/design.md section 11).
 
 Saved activations ("workspace"), one row per input row, ``workspace_blocks * H``
 wide, written by every backend's forward in this layout so the fake kernels
@@ -40,13 +47,26 @@ know its shape and tests can compare backends:
 * lstm: ``[i, f, g, o, c']`` (gate activations and the new cell state)
 * gru:  ``[r, z, n, k]`` with ``k = W_hn h + b_hn`` (reset_after) or ``k = r*h``
   (reset_before): the operand the backward needs for the n-gate's hidden part
-* rnn:  nothing (the activation's derivative follows from the output itself)
+* rnn, indrnn:  nothing (the activation's derivative follows from the output itself)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class ExtraWeight:
+    """One vector of a cell's extra weights (``LayerWeights.w_extra``), ``blocks * hidden_size`` long.
+
+    The modules register it as a parameter of its own, ``{name}_l{k}[_reverse]`` in a stack and
+    ``{name}`` in a cell, initialised to ``init`` (a gain to one, a shift to zero); a layer call
+    passes a cell's extra weights concatenated in the record's order as one tensor, ``w_extra``."""
+
+    name: str
+    blocks: int
+    init: float
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,15 @@ class CellRecord:
     #: whether the backends' backward ops compute its gradients (every built-in cell); else the ops
     #: differentiate its reference step with autograd (a cell that has only its reference step)
     hand_written_backward: bool = False
+    #: the recurrent weight ``weight_hh``: "matrix" ``[G*H, Hout]`` (h W_hh^T), or "diagonal" ``[G*H]``
+    #: (u * h, element-wise: IndRNN), whose hidden side has no product
+    recurrent: str = "matrix"
+    #: weights beyond torch.nn's layout (layer-norm gains and shifts), in ``w_extra``'s order
+    extra_weights: Tuple[ExtraWeight, ...] = ()
+
+    def __post_init__(self):
+        if self.recurrent not in ("matrix", "diagonal"):
+            raise ValueError(f"recurrent must be 'matrix' or 'diagonal', got {self.recurrent!r}")
 
 
 #: The cell table: (family, mode) -> record, in registration order.
@@ -105,10 +134,19 @@ register(CellRecord("rnn", "tanh", gates=("a",), workspace=(), torch_mode="RNN_T
                     hand_written_backward=True))
 register(CellRecord("rnn", "relu", gates=("a",), workspace=(), torch_mode="RNN_RELU", hand_written_backward=True))
 
-#: the families with kernels in every backend (a registered cell may add another)
+#: the families with kernels in every backend (a registered cell may add another); their graph ops
+#: are the C++ extension's (csrc/graph_ops.cpp), with the schema that has no ``w_extra``
 FAMILIES = tuple(dict.fromkeys(family for family, _ in CELLS))
 #: the cells with kernels in every backend: what a backend runs unless it says otherwise
 BUILT_IN_CELLS = frozenset(CELLS)
+
+# The cells that run on the reference backend only so far (kernels to come, one backend at a time:
+# docs/design.md section 11).  Their ops are defined from Python (fusedrnn.ops), with ``w_extra``.
+#
+# IndRNN (Li et al. 2018): one gate block, an element-wise recurrent weight u [H]; no saved activations
+# (the activation's derivative follows from the output, as for the Elman RNN).
+register(CellRecord("indrnn", "relu", gates=("a",), workspace=(), recurrent="diagonal", default=True))
+register(CellRecord("indrnn", "tanh", gates=("a",), workspace=(), recurrent="diagonal"))
 
 
 def families() -> tuple:
@@ -186,6 +224,22 @@ class CellSpec:
     def peephole_blocks(self) -> int:
         """Blocks of the diagonal peephole vector ``weight_ch`` (i, f, o)."""
         return len(self.record.peephole_gates)
+
+    def recurrent_shape(self, hidden: int, hout: int) -> Tuple[int, ...]:
+        """The shape of ``weight_hh``: ``[G*H, Hout]``, or ``[G*H]`` for an element-wise recurrent weight."""
+        if self.record.recurrent == "diagonal":
+            return (self.gates * hidden,)
+        return (self.gates * hidden, hout)
+
+    @property
+    def extra_blocks(self) -> int:
+        """Length of ``w_extra`` (the cell's extra weights, concatenated), in units of hidden_size (0: none)."""
+        return sum(e.blocks for e in self.record.extra_weights)
+
+    def split_extra(self, w_extra, hidden: int) -> dict:
+        """``w_extra`` as its named vectors (:class:`ExtraWeight`), in the record's order."""
+        sizes = [e.blocks * hidden for e in self.record.extra_weights]
+        return dict(zip((e.name for e in self.record.extra_weights), w_extra.split(sizes)))
 
     def __str__(self) -> str:
         return self.family if self.mode == self.family else f"{self.family}[{self.mode}]"

@@ -28,7 +28,8 @@ from .ops import define, forward_op, forward_with_autograd, forward_without_auto
 from .reference import sequence_forward
 from .torchscript import check_not_traced
 
-__all__ = ["LayerOutput", "layer", "run_checked", "lstm_layer", "gru_layer", "rnn_layer", "LayerWeights", "CellSpec"]
+__all__ = ["LayerOutput", "layer", "run_checked", "lstm_layer", "gru_layer", "rnn_layer", "indrnn_layer",
+           "LayerWeights", "CellSpec"]
 
 
 class LayerOutput(NamedTuple):
@@ -77,9 +78,13 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
     if batch_sizes is None and x.dim() != 3:
         raise ValueError(f"x must be 3-D [T, B, input_size] (or packed rows with batch_sizes), got {x.dim()}-D")
     w_ih, w_hh = weights.w_ih, weights.w_hh
-    if w_ih.dim() != 2 or w_hh.dim() != 2 or w_hh.shape[0] % cell.gates != 0 or w_ih.shape[0] != w_hh.shape[0]:
+    # the recurrent weight's rank is the cell's (a matrix, or IndRNN's vector): the record says which
+    diagonal = cell.record.recurrent == "diagonal"
+    if (w_ih.dim() != 2 or w_hh.dim() != (1 if diagonal else 2) or w_hh.shape[0] % cell.gates != 0
+            or w_ih.shape[0] != w_hh.shape[0]):
+        recurrent = f"[{cell.gates}*H]" if diagonal else f"[{cell.gates}*H, H or P]"
         raise ValueError(
-            f"weights of a {cell.family} layer must be w_ih [{cell.gates}*H, I] and w_hh [{cell.gates}*H, H or P], "
+            f"weights of a {cell} layer must be w_ih [{cell.gates}*H, I] and w_hh {recurrent}, "
             f"got w_ih {tuple(w_ih.shape)}, w_hh {tuple(w_hh.shape)}"
         )
     hidden = w_hh.shape[0] // cell.gates
@@ -88,7 +93,7 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
     expected = {
         "x": (x, (*x.shape[:-1], w_ih.shape[1])),
         "h0": (h0, (x.shape[1] if batch_sizes is None else batch, hout)),
-        "w_hh": (w_hh, (cell.gates * hidden, hout)),
+        "w_hh": (w_hh, cell.recurrent_shape(hidden, hout)),
         "b_ih": (weights.b_ih, (cell.gates * hidden,)),
         "b_hh": (weights.b_hh, (cell.gates * hidden,)),
         "w_peep": (weights.w_peep, (cell.peephole_blocks * hidden,)),
@@ -100,8 +105,10 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
         expected["c0"] = (c0, (h0.shape[0], hidden))
     elif c0 is not None:
         raise ValueError(f"c0 must be None for a {cell.family} layer")
-    if cell.family != "lstm" and (weights.w_peep is not None or weights.w_proj is not None):
-        raise ValueError("w_peep and w_proj exist only for LSTM layers")
+    optional = cell.record.optional_weights  # which extras a cell takes is the cell table's to say
+    if ((weights.w_peep is not None and "peephole" not in optional)
+            or (weights.w_proj is not None and "projection" not in optional)):
+        raise ValueError(f"w_peep and w_proj exist only for LSTM layers, not {cell}")
     for name, (t, shape) in expected.items():
         if t is None:
             continue
@@ -256,9 +263,10 @@ def gru_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, reset_a
                  batch_sizes, reverse, backend)
 
 
-def check_nonlinearity(nonlinearity) -> None:
-    """An Elman RNN's nonlinearity is one of the rnn modes of the cell table (torch.nn's message)."""
-    known = modes("rnn")
+def check_nonlinearity(nonlinearity, family: str = "rnn") -> None:
+    """An Elman RNN's (or an IndRNN's) nonlinearity is one of the family's modes in the cell table
+    (torch.nn.RNN's exception and message)."""
+    known = modes(family)
     if nonlinearity not in known:
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from "
                          + " or ".join(f"'{m}'" for m in known) + ".")
@@ -269,4 +277,13 @@ def rnn_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, nonline
     """Elman RNN layer-direction, ``nonlinearity`` 'tanh' or 'relu' (or another rnn mode of the cell table)."""
     check_nonlinearity(nonlinearity)
     return layer(CellSpec("rnn", nonlinearity), x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh),
+                 batch_sizes, reverse, backend)
+
+
+def indrnn_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, nonlinearity="relu",
+                 batch_sizes=None, reverse=False, backend=None) -> LayerOutput:
+    """IndRNN layer-direction: ``h' = act(x W_ih^T + b_ih + w_hh * h + b_hh)``, ``w_hh`` the element-wise
+    recurrent weight [H]; ``nonlinearity`` 'relu' or 'tanh'."""
+    check_nonlinearity(nonlinearity, "indrnn")
+    return layer(CellSpec("indrnn", nonlinearity), x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh),
                  batch_sizes, reverse, backend)

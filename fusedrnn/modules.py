@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple, Union
 
+import torch
 from torch import Tensor, nn
 
 from . import _dynamo_compat, functional
@@ -29,7 +30,7 @@ from ._module_checks import NOT_GIVEN, check_flag
 from .cells import CellSpec, default_mode
 from .rnn_base import FusedRNNBase
 
-__all__ = ["FusedRNNBase", "LSTM", "GRU", "RNN", "Recurrent"]
+__all__ = ["FusedRNNBase", "LSTM", "GRU", "RNN", "Recurrent", "IndRNN"]
 
 
 _GRU_CONVENTION = """
@@ -160,6 +161,73 @@ class Recurrent(FusedRNNBase):
             return super().permute_hidden(hx, permutation)
         permute = super().permute_hidden
         return tuple(permute(state, permutation) for state in hx)
+
+
+class _NamedRecurrent(Recurrent):
+    """A named class for one family of the cell table that torch.nn lacks: :class:`Recurrent` with the
+    family fixed (its repr, like a torch.nn class's, shows the arguments alone)."""
+
+    def extra_repr(self) -> str:
+        return FusedRNNBase.extra_repr(self)
+
+
+class IndRNN(_NamedRecurrent):
+    """Independently recurrent network (Li et al. 2018), stacked like :class:`torch.nn.RNN`.
+
+    ``IndRNN(input_size, hidden_size, num_layers=1, nonlinearity='relu', bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto")``
+
+    Each unit has its own scalar recurrent weight: ``h' = act(W_ih x + b_ih + u * h + b_hh)``, ``u`` the
+    vector ``weight_hh_l{k}[_reverse]`` of shape ``[hidden_size]`` (element-wise product), ``act`` ReLU
+    (the paper's) or tanh (haste's).  Inputs and outputs are :class:`torch.nn.RNN`'s (batched, unbatched,
+    ``PackedSequence``, ``h_0``; ``(output, h_n)``); dropout between layers as torch.nn.
+
+    Parameters per layer-direction: ``weight_ih_l{k}`` ``[hidden_size, input_size]`` (the first layer;
+    ``num_directions * hidden_size`` columns above it), ``weight_hh_l{k}`` ``[hidden_size]``,
+    ``bias_ih_l{k}``, ``bias_hh_l{k}`` ``[hidden_size]``.  Initialisation: torch.nn.RNN's
+    (``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter, in registration order), then ``weight_hh`` redrawn
+    from ``U(-0.5, 0.5)`` as haste does (``|u| < 1`` keeps h bounded over long sequences).  :meth:`load_haste_state_dict` loads
+    the parameters of a ``haste_pytorch.IndRNN`` (tanh).
+
+    Runs on the reference backend only so far: ``"auto"`` falls back to it with a once-only warning
+    (kernels to come).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "relu",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, backend: str = "auto") -> None:
+        functional.check_nonlinearity(nonlinearity, "indrnn")
+        self.nonlinearity = nonlinearity
+        super().__init__("indrnn", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, mode=nonlinearity, backend=backend)
+
+    def _extras_repr(self) -> str:
+        # the nonlinearity in torch.nn.RNN's place (after the sizes), not as a mode
+        return (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "relu" else "") \
+            + FusedRNNBase._extras_repr(self)
+
+    def load_haste_state_dict(self, state_dict) -> None:
+        """Load a ``haste_pytorch.IndRNN``'s ``state_dict`` into this (one-layer, one-direction, tanh) IndRNN.
+
+        haste's ``kernel`` ``[input_size, hidden_size]`` is ``weight_ih_l0`` transposed, its
+        ``recurrent_scale`` ``[hidden_size]`` is ``weight_hh_l0`` and its single ``bias`` is ``bias_ih_l0``
+        (``bias_hh_l0`` is set to zero: only the sum of the two biases matters)."""
+        _check_haste_target(self, "IndRNN", nonlinearity=("tanh", self.nonlinearity))
+        with torch.no_grad():
+            self.weight_ih_l0.copy_(state_dict["kernel"].t())
+            self.weight_hh_l0.copy_(state_dict["recurrent_scale"])
+            self.bias_ih_l0.copy_(state_dict["bias"])
+            self.bias_hh_l0.zero_()
+
+
+def _check_haste_target(module: FusedRNNBase, haste_class: str, **required) -> None:
+    """haste's layers have one layer, one direction and biases: a module that differs cannot take their
+    weights (ValueError naming what differs).  ``required``: name -> (haste's value, this module's)."""
+    wrong = {"num_layers": (1, module.num_layers), "bidirectional": (False, module.bidirectional),
+             "bias": (True, module.bias), **required}
+    for name, (theirs, ours) in wrong.items():
+        if theirs != ours:
+            raise ValueError(f"haste's {haste_class} has {name}={theirs!r}; this module has {name}={ours!r}")
 
 
 # Dynamo refuses nn.RNN/GRU/LSTM instances, hence these classes, unless allow_rnn is set:

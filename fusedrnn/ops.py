@@ -47,7 +47,7 @@ from torch import Tensor
 from . import _extension, backends
 from .backends import _constant_when_traced
 from .backends.base import Backend, LayerWeights
-from .cells import CellSpec, FAMILIES, check_family
+from .cells import CellSpec, check_family, families
 from .reference import autograd_backward
 
 NAMESPACE = "fusedrnn"
@@ -356,7 +356,8 @@ def backward_op(family: str):
     return _OPS[define(family)][1]
 
 
-# the built-in families' ops exist once fusedrnn is imported (a saved torch.export program names them)
-for _family in FAMILIES:
+# the ops of every family in the table at import exist once fusedrnn is imported (a saved torch.export
+# program names them): the built-in families' and those that run on the reference backend only so far
+for _family in families():
     define(_family)
 del _family

@@ -113,11 +113,27 @@ def _rnn(relu: bool) -> Step:
     return step
 
 
+def indrnn_step(xp, h, w: LayerWeights, relu: bool):
+    """One IndRNN step: the recurrent weight ``w_hh`` is the vector u [H], applied element-wise."""
+    a = xp + w.w_hh * h
+    if w.b_hh is not None:
+        a = a + w.b_hh
+    return torch.relu(a) if relu else torch.tanh(a)
+
+
+def _indrnn(relu: bool) -> Step:
+    def step(xp, h, c, w):
+        return indrnn_step(xp, h, w, relu), None, xp.new_empty((xp.shape[0], 0))  # no workspace
+    return step
+
+
 register_step("lstm", "lstm", lstm_step)
 register_step("gru", "reset_after", _gru(True))
 register_step("gru", "reset_before", _gru(False))
 register_step("rnn", "tanh", _rnn(False))
 register_step("rnn", "relu", _rnn(True))
+register_step("indrnn", "relu", _indrnn(True))
+register_step("indrnn", "tanh", _indrnn(False))
 
 
 def _step(cell: CellSpec, xp, h, c, w: LayerWeights):

@@ -42,7 +42,24 @@ from .backends.base import LayerWeights
 from .cells import CellSpec
 from .torchscript import refuse_script
 
-__all__ = ["FusedRNNBase"]
+__all__ = ["FusedRNNBase", "init_cell_parameters"]
+
+#: the range a diagonal (element-wise) recurrent weight is drawn from: haste's IndRNN initialisation
+#: (lmnt-com/haste#7); |u| < 1 keeps h bounded over long sequences with either activation
+DIAGONAL_RECURRENT_INIT = 0.5
+
+
+def init_cell_parameters(cell: CellSpec, named_parameters) -> None:
+    """What a cell's record asks of its parameters after torch.nn's initialisation (``U(-1/sqrt(H), 1/sqrt(H))``
+    for each, in registration order): a diagonal recurrent weight ``weight_hh*`` redrawn from ``U(-0.5, 0.5)``.
+    Nothing for the built-in cells, whose draws stay torch.nn's.  ``named_parameters``: (name, parameter)
+    pairs of a stack (``weight_hh_l0``) or a cell (``weight_hh``)."""
+    if cell.record.recurrent != "diagonal":
+        return
+    with torch.no_grad():
+        for name, param in named_parameters:
+            if name.split("_l")[0] == "weight_hh":
+                param.uniform_(-DIAGONAL_RECURRENT_INIT, DIAGONAL_RECURRENT_INIT)
 
 #: a layer-direction's parameter names, ``{prefix}_l{layer}[_reverse]``, in LayerWeights' order
 _WEIGHT_PREFIXES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ch", "weight_hr")
@@ -142,7 +159,7 @@ class FusedRNNBase(nn.RNNBase):
             for direction in range(num_directions):
                 layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
                 shapes = [("weight_ih_l{}{}", (gate_size, layer_input_size)),
-                          ("weight_hh_l{}{}", (gate_size, real_hidden_size))]
+                          ("weight_hh_l{}{}", cell.recurrent_shape(hidden_size, real_hidden_size))]
                 if bias:
                     shapes += [("bias_ih_l{}{}", (gate_size,)), ("bias_hh_l{}{}", (gate_size,))]
                 if peephole:
@@ -186,6 +203,12 @@ class FusedRNNBase(nn.RNNBase):
     _replicate_for_data_parallel = nn.Module._replicate_for_data_parallel
     # torch.jit.script calls it on every submodule first: one clear error naming fusedrnn.revert
     __prepare_scriptable__ = refuse_script
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation (the same draws as the torch.nn twin), then what the cell's record asks
+        (:func:`init_cell_parameters`)."""
+        super().reset_parameters()
+        init_cell_parameters(self.cell, self.named_parameters())
 
     def _init_flat_weights(self) -> None:
         """A no-op: there is no cached list to rebuild."""

@@ -59,12 +59,13 @@ def _applies(strategy: str, variant: str, dtype: torch.dtype) -> bool:
 # blocks with AVX-512: the fused kernels' pairs of unit blocks then end in a
 # partial block); B=65, H=257 puts more than 16384 elements in a step, so the
 # per-step GEMM strategy splits its pointwise pass over threads.
+KERNELS = ft.kernel_variants()  # the cells the cpu backend has kernels for
 GRID = (
-    ft.cases(shapes=[(7, 5, 3, 37)])
-    + ft.cases(shapes=[(1, 5, 3, 37)], options=["padded", "packed-reverse"])
-    + ft.cases(shapes=[(3, 29, 5, 70)], options=["padded", "packed-reverse"])
-    + ft.cases(shapes=[(4, 7, 3, 60)], options=["padded", "packed-reverse"])
-    + ft.cases(shapes=[(3, 65, 5, 257)], options=["padded"])
+    ft.cases(KERNELS, shapes=[(7, 5, 3, 37)])
+    + ft.cases(KERNELS, shapes=[(1, 5, 3, 37)], options=["padded", "packed-reverse"])
+    + ft.cases(KERNELS, shapes=[(3, 29, 5, 70)], options=["padded", "packed-reverse"])
+    + ft.cases(KERNELS, shapes=[(4, 7, 3, 60)], options=["padded", "packed-reverse"])
+    + ft.cases(KERNELS, shapes=[(3, 65, 5, 257)], options=["padded"])
 )
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 PARAMS = [

@@ -254,7 +254,7 @@ GRID = [
     pytest.param(case, dtype, strategy,
                  id="-".join(filter(None, [case.variant, layout_flags(case), size_id, DTYPE_IDS[dtype], strategy])))
     for size_id, size in SIZES.items()
-    for case in ft.cases(shapes=[size], options=ft.LAYOUTS, projection=PROJECTION)
+    for case in ft.cases(ft.kernel_variants(), shapes=[size], options=ft.LAYOUTS, projection=PROJECTION)
     for dtype in DTYPES
     for strategy in STRATEGIES
 ]

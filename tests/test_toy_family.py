@@ -90,8 +90,7 @@ def fresh_name(kind: str) -> str:
     return f"{kind}_{uuid.uuid4().hex[:8]}"
 
 
-#: The traced tests name the reference backend: under Dynamo, "auto" falling back past a backend fails
-#: whatever the family (see test_compile_with_auto_falling_back).
+#: The traced tests name the reference backend (test_compile_with_auto_falling_back compiles "auto").
 TRACED_BACKEND = "reference"
 
 
@@ -335,10 +334,8 @@ def test_compile_defines_the_ops_while_tracing():
             torch.testing.assert_close(a, b)
 
 
-@pytest.mark.xfail(strict=True, raises=torch._dynamo.exc.Unsupported,
-                   reason="fusedrnn.backends.resolve composes auto's fallback warning with str.join over a "
-                          "generator, which Dynamo cannot trace (also for a new mode of a built-in family)")
 def test_compile_with_auto_falling_back(toy):
+    """auto's fallback (its warning composed where Dynamo runs it itself) compiles with fullgraph=True."""
     cell, _ = toy
     rnn = fusedrnn.Recurrent(cell.family, 3, 4)
     x = torch.randn(5, 2, 3)

@@ -138,7 +138,7 @@ def make_problem(case: Case, dtype: torch.dtype = torch.float64, seed: Optional[
         "h0": rand(B, hout),
         "c0": rand(B, H) if case.cell.has_cell_state else None,
         "w_ih": rand(G * H, I, fan=I),
-        "w_hh": rand(G * H, hout, fan=hout),
+        "w_hh": rand(*case.cell.recurrent_shape(H, hout), fan=hout if case.cell.record.recurrent == "matrix" else 1),
         "b_ih": rand(G * H, fan=H) if bias else None,
         "b_hh": rand(G * H, fan=H) if bias else None,
         "w_peep": rand(3 * H, fan=H) if case.peephole else None,
