@@ -37,16 +37,33 @@ Equations (docs/design.md section 4; PyTorch's gate order is the contract):
 
       h' = act(W_ih x + b_ih + u*h + b_hh)
 
-Cells without kernels yet (IndRNN) run on the reference backend only; "auto"
+* ``layer_norm_lstm`` (G=4, blocks i, f, g, o; Ba et al. 2016 as haste's
+  ``LayerNormLSTM`` computes it) and ``layer_norm_gru`` (G=3, blocks r, z, n;
+  haste's ``LayerNormGRU``, PyTorch's reset_after form), with
+  ``LN(v; γ, β) = (v - mean(v)) / sqrt(var(v) + 1e-5) * γ (+ β)`` over the
+  *whole* row of G*H pre-activations (all gate blocks together: mean and
+  biased variance per row, as haste and Ba et al.), the gains γ and shift β
+  in ``w_extra`` (:class:`ExtraWeight`)::
+
+      x̂ = LN(W_ih x; γ_ih) + b_ih,   ĥ = LN(W_hh h; γ_hh) + b_hh
+      layer_norm_lstm:  i, f, g, o from a = x̂ + ĥ as the LSTM's
+                        c' = f*c + i*g,  h' = o*tanh(LN(c'; γ_c, β_c))   (c' itself is carried)
+      layer_norm_gru:   r = σ(x̂_r + ĥ_r), z = σ(x̂_z + ĥ_z), n = tanh(x̂_n + r*ĥ_n)
+                        h' = (1-z)*n + z*h
+
+  ``w_extra`` = ``[γ_ih (G*H), γ_hh (G*H)]`` (+ ``[γ_c (H), β_c (H)]`` for the LSTM).
+
+Cells without kernels yet (IndRNN, the layer-normalised cells) run on the reference backend only; "auto"
 falls back to it with its once-only warning (docs/design.md section 11).
 
 Saved activations ("workspace"), one row per input row, ``workspace_blocks * H``
 wide, written by every backend's forward in this layout so the fake kernels
 know its shape and tests can compare backends:
 
-* lstm: ``[i, f, g, o, c']`` (gate activations and the new cell state)
+* lstm, layer_norm_lstm: ``[i, f, g, o, c']`` (gate activations and the new cell state)
 * gru:  ``[r, z, n, k]`` with ``k = W_hn h + b_hn`` (reset_after) or ``k = r*h``
-  (reset_before): the operand the backward needs for the n-gate's hidden part
+  (reset_before): the operand the backward needs for the n-gate's hidden part;
+  layer_norm_gru likewise, ``k = ĥ_n``
 * rnn, indrnn:  nothing (the activation's derivative follows from the output itself)
 """
 
@@ -147,6 +164,18 @@ BUILT_IN_CELLS = frozenset(CELLS)
 # (the activation's derivative follows from the output, as for the Elman RNN).
 register(CellRecord("indrnn", "relu", gates=("a",), workspace=(), recurrent="diagonal", default=True))
 register(CellRecord("indrnn", "tanh", gates=("a",), workspace=(), recurrent="diagonal"))
+# Layer-normalised LSTM and GRU (Ba et al. 2016, as haste computes them): gains of the input and the
+# recurrent pre-activations (each normalised over its whole G*H row), and for the LSTM the gain and
+# shift of the cell state's normalisation before tanh.
+register(CellRecord("layer_norm_lstm", "layer_norm_lstm", gates=("i", "f", "g", "o"), workspace=_LSTM_WORKSPACE,
+                    states=("h", "c"), default=True,
+                    extra_weights=(ExtraWeight("ln_weight_ih", 4, 1.0), ExtraWeight("ln_weight_hh", 4, 1.0),
+                                   ExtraWeight("ln_weight_c", 1, 1.0), ExtraWeight("ln_bias_c", 1, 0.0))))
+register(CellRecord("layer_norm_gru", "layer_norm_gru", gates=_GRU_GATES, workspace=("r", "z", "n", "k"),
+                    default=True,
+                    extra_weights=(ExtraWeight("ln_weight_ih", 3, 1.0), ExtraWeight("ln_weight_hh", 3, 1.0))))
+#: the epsilon of every layer normalisation (haste's and torch.nn.LayerNorm's)
+LAYER_NORM_EPS = 1e-5
 
 
 def families() -> tuple:

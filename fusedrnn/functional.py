@@ -24,12 +24,12 @@ from torch._C._functorch import peek_interpreter_stack
 from . import backends
 from .backends.base import LayerWeights
 from .cells import CellSpec, modes
-from .ops import define, forward_op, forward_with_autograd, forward_without_autograd
+from .ops import define, forward_op, forward_with_autograd, forward_without_autograd, op_weights
 from .reference import sequence_forward
 from .torchscript import check_not_traced
 
 __all__ = ["LayerOutput", "layer", "run_checked", "lstm_layer", "gru_layer", "rnn_layer", "indrnn_layer",
-           "LayerWeights", "CellSpec"]
+           "layer_norm_lstm_layer", "layer_norm_gru_layer", "LayerWeights", "CellSpec"]
 
 
 class LayerOutput(NamedTuple):
@@ -99,6 +99,14 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
         "w_peep": (weights.w_peep, (cell.peephole_blocks * hidden,)),
         "w_proj": (weights.w_proj, (hout, hidden)),
     }
+    # a cell's extra weights (layer-norm gains) come as one vector, laid out by its record
+    if cell.extra_blocks:
+        if weights.w_extra is None:
+            names = ", ".join(e.name for e in cell.record.extra_weights)
+            raise ValueError(f"w_extra is required for a {cell} layer: its {names}, concatenated")
+        expected["w_extra"] = (weights.w_extra, (cell.extra_blocks * hidden,))
+    elif weights.w_extra is not None:
+        raise ValueError(f"w_extra must be None for a {cell} layer: the cell has no extra weights")
     if cell.has_cell_state:
         if c0 is None:
             raise ValueError("c0 is required for an LSTM layer")
@@ -240,8 +248,10 @@ def _run(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
             return LayerOutput(*forward_without_autograd(cell, chosen, x, h0, c0, weights, batch_sizes, reverse))
         if not functorch:  # an autograd.Function outside functorch's transforms (vmap keeps the op)
             return LayerOutput(*forward_with_autograd(cell, chosen, x, h0, c0, weights, batch_sizes, reverse))
+    # the family's ops take six weights (the C++ schema), or seven with w_extra (ops.op_weights)
+    op_args = weights[:op_weights(cell.family)]
     out, h_n, c_n, _ = forward_op(cell.family)(
-        _contiguous(x), _contiguous(h0), _contiguous(c0), *(_contiguous(w) for w in weights),
+        _contiguous(x), _contiguous(h0), _contiguous(c0), *(_contiguous(w) for w in op_args),
         batch_sizes, bool(reverse), cell.mode, name, for_backward,
         backends.strategy_for(name, cell, x, backward=False),
     )
@@ -287,3 +297,35 @@ def indrnn_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, nonl
     check_nonlinearity(nonlinearity, "indrnn")
     return layer(CellSpec("indrnn", nonlinearity), x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh),
                  batch_sizes, reverse, backend)
+
+
+def _packed_extras(cell: CellSpec, named: dict) -> Optional[torch.Tensor]:
+    """A cell's extra weights given by name, concatenated in its record's order into ``w_extra`` (TypeError
+    naming one that is missing)."""
+    for extra in cell.record.extra_weights:
+        if not isinstance(named.get(extra.name), torch.Tensor):
+            raise TypeError(f"{extra.name} must be a tensor, got {type(named.get(extra.name)).__name__}")
+    return torch.cat([named[extra.name] for extra in cell.record.extra_weights])
+
+
+def layer_norm_lstm_layer(x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, ln_weight_ih=None,
+                          ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None, batch_sizes=None, reverse=False,
+                          backend=None) -> LayerOutput:
+    """LayerNorm LSTM layer-direction (:class:`fusedrnn.LayerNormLSTM`): the gains ``ln_weight_ih``,
+    ``ln_weight_hh`` [4H] of the input and recurrent pre-activations, the gain and shift ``ln_weight_c``,
+    ``ln_bias_c`` [H] of the cell state's normalisation."""
+    cell = CellSpec("layer_norm_lstm", "layer_norm_lstm")
+    w_extra = _packed_extras(cell, dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh,
+                                        ln_weight_c=ln_weight_c, ln_bias_c=ln_bias_c))
+    return layer(cell, x, h0, c0, LayerWeights(w_ih, w_hh, b_ih, b_hh, None, None, w_extra), batch_sizes, reverse,
+                 backend)
+
+
+def layer_norm_gru_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, ln_weight_ih=None,
+                         ln_weight_hh=None, batch_sizes=None, reverse=False, backend=None) -> LayerOutput:
+    """LayerNorm GRU layer-direction (:class:`fusedrnn.LayerNormGRU`): the gains ``ln_weight_ih``,
+    ``ln_weight_hh`` [3H] of the input and recurrent pre-activations."""
+    cell = CellSpec("layer_norm_gru", "layer_norm_gru")
+    w_extra = _packed_extras(cell, dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh))
+    return layer(cell, x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh, None, None, w_extra), batch_sizes,
+                 reverse, backend)

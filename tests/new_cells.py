@@ -1,6 +1,7 @@
 """The cells users pick haste for (issue 16), written out a second time for the tests: each one's step in
-plain PyTorch from its equations (docs/design.md section 4), independent of fusedrnn.reference, and
-the loops that run a module's layers and directions with them.
+plain PyTorch from its equations (docs/design.md section 4), independent of fusedrnn.reference (the layer
+norm is torch.nn.functional.layer_norm here, written out there), and the loops that run a module's layers
+and directions with them.
 
 A step reads a layer-direction's parameters by the names the module registers them under (without the
 ``_l{k}[_reverse]`` suffix), so it also checks the parameter layout: ``step(x_t, h, c, p) -> (h', c')``.
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 import fusedrnn
 
@@ -30,6 +32,30 @@ def indrnn_step(act: Callable) -> Callable:
     return step
 
 
+def layer_norm_lstm_step(x, h, c, p: Params):
+    """haste's LayerNormLSTM in PyTorch's gate order: each pre-activation row (all four blocks) normalised with
+    its gain, the new cell state normalised with gain and shift before tanh; torch.nn.functional.layer_norm."""
+    G = p["weight_ih"].shape[0]
+    xh = F.layer_norm(x @ p["weight_ih"].t(), (G,), weight=p["ln_weight_ih"]) + _bias(p, "bias_ih")
+    hh = F.layer_norm(h @ p["weight_hh"].t(), (G,), weight=p["ln_weight_hh"]) + _bias(p, "bias_hh")
+    i, f, g, o = (xh + hh).chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    normalised = F.layer_norm(c, (c.shape[-1],), weight=p["ln_weight_c"], bias=p["ln_bias_c"])
+    return torch.sigmoid(o) * torch.tanh(normalised), c
+
+
+def layer_norm_gru_step(x, h, c, p: Params):
+    """haste's LayerNormGRU in PyTorch's gate order (r, z, n) and convention h' = (1-z)*n + z*h."""
+    G = p["weight_ih"].shape[0]
+    x_r, x_z, x_n = (F.layer_norm(x @ p["weight_ih"].t(), (G,), weight=p["ln_weight_ih"])
+                     + _bias(p, "bias_ih")).chunk(3, dim=-1)
+    h_r, h_z, h_n = (F.layer_norm(h @ p["weight_hh"].t(), (G,), weight=p["ln_weight_hh"])
+                     + _bias(p, "bias_hh")).chunk(3, dim=-1)
+    r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return (1 - z) * n + z * h, None
+
+
 #: name -> (module builder(input_size, hidden_size, **kwargs), cell builder or None, plain step, has a cell state)
 KINDS: Dict[str, Tuple[Callable, Optional[Callable], Callable, bool]] = {
     "indrnn-relu": (lambda i, h, **kw: fusedrnn.IndRNN(i, h, nonlinearity="relu", **kw),
@@ -38,6 +64,8 @@ KINDS: Dict[str, Tuple[Callable, Optional[Callable], Callable, bool]] = {
     "indrnn-tanh": (lambda i, h, **kw: fusedrnn.IndRNN(i, h, nonlinearity="tanh", **kw),
                     lambda i, h, **kw: fusedrnn.IndRNNCell(i, h, nonlinearity="tanh", **kw),
                     indrnn_step(torch.tanh), False),
+    "layer-norm-lstm": (fusedrnn.LayerNormLSTM, fusedrnn.LayerNormLSTMCell, layer_norm_lstm_step, True),
+    "layer-norm-gru": (fusedrnn.LayerNormGRU, fusedrnn.LayerNormGRUCell, layer_norm_gru_step, False),
 }
 
 

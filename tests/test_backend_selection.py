@@ -126,6 +126,11 @@ def run_layer(case, backend=None):
     if case.cell.family == "gru":
         return functional.gru_layer(case.x, case.h0, w.w_ih, w.w_hh, w.b_ih, w.b_hh,
                                     reset_after=case.cell.mode == "reset_after", **common)
+    if case.cell.family.startswith("layer_norm"):  # the gains and shifts by name, from w_extra's layout
+        named = case.cell.split_extra(w.w_extra, w.w_hh.shape[0] // case.cell.gates)
+        wrapper = getattr(functional, f"{case.cell.family}_layer")
+        states = (case.h0, case.c0) if case.cell.has_cell_state else (case.h0,)
+        return wrapper(case.x, *states, w.w_ih, w.w_hh, w.b_ih, w.b_hh, **named, **common)
     if case.cell.family == "indrnn":
         return functional.indrnn_layer(case.x, case.h0, w.w_ih, w.w_hh, w.b_ih, w.b_hh,
                                        nonlinearity=case.cell.mode, **common)

@@ -1,4 +1,4 @@
-"""The cells users pick haste for (issue 16), on the reference backend: IndRNN.
+"""The cells users pick haste for (issue 16), on the reference backend: IndRNN, LayerNorm LSTM and GRU.
 
 Each cell's module and step-wise cell against an independent plain-PyTorch loop of its equations
 (tests/new_cells.py) in float64 (values and gradients) and float32; batched, batch_first, unbatched,
@@ -400,3 +400,157 @@ def test_indrnn_loads_hastes_parameters():
                          (fusedrnn.IndRNN(I, H, nonlinearity="tanh", num_layers=2), "num_layers=1")):
         with pytest.raises(ValueError, match=f"haste's IndRNN has {what}"):
             module.load_haste_state_dict(haste)
+
+
+# ----------------------------------------------------------------------------
+# LayerNorm LSTM and GRU
+# ----------------------------------------------------------------------------
+
+
+def haste_layer_norm_lstm(x, h0, c0, kernel, recurrent_kernel, bias, gamma, gamma_h, beta_h):
+    """haste_pytorch.LayerNormLSTM's CPU path (LayerNormLSTMScript, zoneout off), in haste's layout
+    (gate blocks i, g, f, o; kernels [in, 4H])."""
+    H = recurrent_kernel.shape[0]
+    h, c, outs = h0, c0, []
+    Wx = torch.nn.functional.layer_norm(x @ kernel, (H * 4,), weight=gamma[0])
+    for t in range(x.shape[0]):
+        v = torch.nn.functional.layer_norm(h @ recurrent_kernel, (H * 4,), weight=gamma[1]) + Wx[t] + bias
+        i, g, f, o = torch.chunk(v, 4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(torch.nn.functional.layer_norm(c, (H,), weight=gamma_h, bias=beta_h))
+        outs.append(h)
+    return torch.stack(outs), h, c
+
+
+def haste_layer_norm_gru(x, h0, kernel, recurrent_kernel, bias, recurrent_bias, gamma):
+    """haste_pytorch.LayerNormGRU's CPU path (LayerNormGRUScript, zoneout off), in haste's layout (z, r, h)."""
+    H = recurrent_kernel.shape[0]
+    h, outs = h0, []
+    Wx = torch.nn.functional.layer_norm(x @ kernel, (H * 3,), weight=gamma[0]) + bias
+    for t in range(x.shape[0]):
+        Rh = torch.nn.functional.layer_norm(h @ recurrent_kernel, (H * 3,), weight=gamma[1]) + recurrent_bias
+        vx, vh = torch.chunk(Wx[t], 3, 1), torch.chunk(Rh, 3, 1)
+        z = torch.sigmoid(vx[0] + vh[0])
+        r = torch.sigmoid(vx[1] + vh[1])
+        g = torch.tanh(vx[2] + r * vh[2])
+        h = z * h + (1 - z) * g
+        outs.append(h)
+    return torch.stack(outs), h
+
+
+def _random_haste(I, H, G, gru=False):
+    """Random parameters in haste's layout (gains away from one, so that a misplaced gain shows)."""
+    p = {"kernel": torch.randn(I, G * H, dtype=F64), "recurrent_kernel": torch.randn(H, G * H, dtype=F64) / H ** 0.5,
+         "bias": torch.randn(G * H, dtype=F64), "gamma": torch.rand(2, G * H, dtype=F64) + 0.5}
+    if gru:
+        p["recurrent_bias"] = torch.randn(G * H, dtype=F64)
+    else:
+        p["gamma_h"], p["beta_h"] = torch.rand(H, dtype=F64) + 0.5, torch.randn(H, dtype=F64)
+    return p
+
+
+def test_layer_norm_lstm_loads_hastes_parameters_and_computes_hastes_function():
+    I, H = 3, 5
+    haste = _random_haste(I, H, 4)
+    rnn = fusedrnn.LayerNormLSTM(I, H, dtype=F64)
+    rnn.load_haste_state_dict(haste)
+    x, h0, c0 = torch.randn(6, 2, I, dtype=F64), torch.randn(2, H, dtype=F64), torch.randn(2, H, dtype=F64)
+    out, (h_n, c_n) = rnn(x, (h0[None], c0[None]))
+    for a, b in zip((out, h_n[0], c_n[0]), haste_layer_norm_lstm(x, h0, c0, **haste)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="haste's LayerNormLSTM has bidirectional=False"):
+        fusedrnn.LayerNormLSTM(I, H, bidirectional=True).load_haste_state_dict(haste)
+
+
+def test_layer_norm_gru_loads_hastes_parameters_and_computes_hastes_function():
+    I, H = 3, 5
+    haste = _random_haste(I, H, 3, gru=True)
+    rnn = fusedrnn.LayerNormGRU(I, H, dtype=F64)
+    rnn.load_haste_state_dict(haste)
+    x, h0 = torch.randn(6, 2, I, dtype=F64), torch.randn(2, H, dtype=F64)
+    out, h_n = rnn(x, h0[None])
+    for a, b in zip((out, h_n[0]), haste_layer_norm_gru(x, h0, **haste)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="haste's LayerNormGRU has bias=True"):
+        fusedrnn.LayerNormGRU(I, H, bias=False).load_haste_state_dict(haste)
+
+
+@pytest.mark.parametrize("stack, cell, G", [(fusedrnn.LayerNormLSTM, fusedrnn.LayerNormLSTMCell, 4),
+                                            (fusedrnn.LayerNormGRU, fusedrnn.LayerNormGRUCell, 3)])
+def test_layer_norm_layout_and_initialisation(stack, cell, G):
+    H = 5
+    rnn = stack(3, H, num_layers=2, bidirectional=True)
+    twin = getattr(torch.nn, stack.__name__[len("LayerNorm"):])(3, H, num_layers=2, bidirectional=True)
+    names = [n for n, _ in rnn.named_parameters()]
+    lstm = G == 4
+    extras = ["ln_weight_ih", "ln_weight_hh"] + (["ln_weight_c", "ln_bias_c"] if lstm else [])
+    expected = []
+    for torch_names in twin._all_weights:  # per layer-direction: torch.nn's four, then the gains (and shift)
+        suffix = torch_names[0][len("weight_ih"):]
+        expected += torch_names + [e + suffix for e in extras]
+    assert names == expected
+    for name, p in rnn.named_parameters():
+        stem = name.split("_l")[0] if not name.startswith("ln_") else name.rsplit("_l", 1)[0]
+        if stem.startswith("ln_weight"):
+            assert torch.equal(p, torch.ones_like(p)), name  # gains: one
+            assert p.shape == ((H,) if stem == "ln_weight_c" else (G * H,))
+        elif stem == "ln_bias_c" or stem == "bias_hh":
+            assert not p.any(), name
+        elif stem == "bias_ih":  # haste's: zeros, the forget block forget_bias (1.0) for the LSTM
+            expected_bias = torch.zeros(G * H)
+            if lstm:
+                expected_bias[H:2 * H] = 1.0
+            assert torch.equal(p.detach(), expected_bias), name
+        else:
+            assert p.abs().max() <= 1 / H ** 0.5, name  # torch.nn's U(-1/sqrt(H), 1/sqrt(H))
+    one = cell(3, H)
+    assert [n for n, _ in one.named_parameters()] == ["weight_ih", "weight_hh", "bias_ih", "bias_hh", *extras]
+    assert repr(rnn) == f"{stack.__name__}(3, 5, num_layers=2, bidirectional=True)"
+    assert repr(one) == f"{cell.__name__}(3, 5)"
+
+
+def test_layer_norm_lstm_forget_bias():
+    rnn = fusedrnn.LayerNormLSTM(3, 4, forget_bias=2.5)
+    assert rnn.bias_ih_l0[4:8].eq(2.5).all() and not rnn.bias_ih_l0[:4].any() and not rnn.bias_hh_l0.any()
+    assert "forget_bias=2.5" in repr(rnn)
+    cell = fusedrnn.LayerNormLSTMCell(3, 4, forget_bias=None)  # None: all biases zero
+    assert not cell.bias_ih.any() and "forget_bias=None" in repr(cell)
+
+
+def test_layer_norm_functional_forms():
+    H, I = 4, 3
+    x, h0, c0 = torch.randn(5, 2, I), torch.randn(2, H), torch.randn(2, H)
+    rnn = fusedrnn.LayerNormLSTM(I, H)
+    p = {n[: -len("_l0")]: t for n, t in rnn.named_parameters()}
+    out, h_n, c_n = functional.layer_norm_lstm_layer(x, h0, c0, p["weight_ih"], p["weight_hh"], p["bias_ih"],
+                                                     p["bias_hh"], ln_weight_ih=p["ln_weight_ih"],
+                                                     ln_weight_hh=p["ln_weight_hh"], ln_weight_c=p["ln_weight_c"],
+                                                     ln_bias_c=p["ln_bias_c"])
+    expected, (expected_h, expected_c) = rnn(x, (h0[None], c0[None]))
+    for a, b in zip((out, h_n, c_n), (expected, expected_h[0], expected_c[0])):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(TypeError, match="ln_weight_c must be a tensor, got NoneType"):
+        functional.layer_norm_lstm_layer(x, h0, c0, p["weight_ih"], p["weight_hh"], ln_weight_ih=p["ln_weight_ih"],
+                                         ln_weight_hh=p["ln_weight_hh"])
+    gru = fusedrnn.LayerNormGRU(I, H)
+    q = {n[: -len("_l0")]: t for n, t in gru.named_parameters()}
+    with pytest.raises(RuntimeError, match="w_extra must have shape \\[24\\], got \\[23\\]"):
+        functional.layer_norm_gru_layer(x, h0, q["weight_ih"], q["weight_hh"], ln_weight_ih=q["ln_weight_ih"],
+                                        ln_weight_hh=q["ln_weight_hh"][1:])
+    w = gru._direction_weights(0, 0, None)
+    with pytest.raises(ValueError, match="w_extra is required for a layer_norm_gru layer: its ln_weight_ih, "
+                                         "ln_weight_hh, concatenated"):
+        functional.layer(gru.cell, x, h0, None, w._replace(w_extra=None))
+    with pytest.raises(ValueError, match="w_extra must be None for a gru\\[reset_after\\] layer"):
+        functional.layer(fusedrnn.CellSpec("gru", "reset_after"), x, h0, None, w)
+
+
+def test_an_extra_parameter_of_the_wrong_dtype_is_named():
+    rnn = fusedrnn.LayerNormLSTM(3, 4)
+    rnn.ln_weight_c_l0.data = rnn.ln_weight_c_l0.data.double()
+    with pytest.raises(RuntimeError, match="parameter ln_weight_c_l0 has dtype torch.float64"):
+        rnn(torch.randn(2, 1, 3))
+    cell = fusedrnn.LayerNormGRUCell(3, 4)
+    cell.ln_weight_hh = torch.nn.Parameter(torch.ones(5))
+    with pytest.raises(RuntimeError, match="parameter ln_weight_hh has shape \\[5\\]"):
+        cell(torch.randn(2, 3))

@@ -268,8 +268,10 @@ def test_the_functional_form_and_the_op(toy):
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     op = getattr(torch.ops.fusedrnn, f"{cell.family}_forward")  # defined by the call above
-    # w holds w_peep and w_proj (None) after the biases; then batch_sizes, reverse, mode, backend
-    out, h_n, c_n, workspace = op(x, states[0], c0, *w, None, False, cell.mode, "reference")
+    # the op's weights: w_ih .. w_proj (w_peep and w_proj None after the biases; w_extra only for a family with
+    # extra weights, which these have not: ops.op_weights); then batch_sizes, reverse, mode, backend
+    assert ops.op_weights(cell.family) == 6
+    out, h_n, c_n, workspace = op(x, states[0], c0, *w[:6], None, False, cell.mode, "reference")
     torch.testing.assert_close(out, expected[0], rtol=1e-12, atol=1e-12)
     assert workspace.shape == (4, 2, cell.workspace_blocks * 5)
     assert c_n.numel() == (2 * 5 if cell.has_cell_state else 0)  # absent outputs are empty tensors

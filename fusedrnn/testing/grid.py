@@ -40,6 +40,8 @@ VARIANTS: Dict[str, Variant] = {
         # the cells that run on the reference backend only so far (no kernels yet)
         Variant("indrnn-relu", CellSpec("indrnn", "relu")),
         Variant("indrnn-tanh", CellSpec("indrnn", "tanh")),
+        Variant("layer-norm-lstm", CellSpec("layer_norm_lstm", "layer_norm_lstm")),
+        Variant("layer-norm-gru", CellSpec("layer_norm_gru", "layer_norm_gru")),
     )
 }
 
