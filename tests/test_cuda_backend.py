@@ -101,7 +101,8 @@ class OpsLayer:
         self.last = None
 
     def __call__(self, cell, x, h0, c0, weights, batch_sizes, reverse):
-        out, h_n, c_n = _OpsCall.apply(self, cell, batch_sizes, reverse, x, h0, c0, *weights)
+        # the kernel ops take six weights, w_ih .. w_proj (the cells they run have no w_extra)
+        out, h_n, c_n = _OpsCall.apply(self, cell, batch_sizes, reverse, x, h0, c0, *weights[:6])
         return out, h_n, c_n if cell.has_cell_state else None
 
 
