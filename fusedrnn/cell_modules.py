@@ -26,9 +26,11 @@ from ._autocast import autocast_dtype, autocast_off, cast
 from ._module_checks import (attribute, check_backend_name, check_flag, check_state_tensor, check_weights_match,
                              checked_parameter)
 from .modules import _GRU_CONVENTION
+from .rnn_base import init_cell_parameters, init_haste_biases
 from .torchscript import refuse_script
 
-__all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
+__all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell", "IndRNNCell", "LayerNormLSTMCell",
+           "LayerNormGRUCell"]
 
 # The cells' CellSpecs, built once: a step is a few microseconds of arithmetic, and building one (its
 # check against the cell table) at each call was a visible share of a step's Python time.
@@ -61,7 +63,9 @@ class FusedRNNCellBase(nn.RNNCellBase):
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None, dtype=None,
-                 *, peephole: bool = False, backend: str = "auto") -> None:
+                 *, peephole: bool = False, backend: str = "auto", layout: Optional[CellSpec] = None) -> None:
+        """``layout``: the cell whose record gives the parameters' shapes beyond torch.nn's (a diagonal
+        recurrent weight); None for the torch.nn cells, whose layout is torch's."""
         factory_kwargs = {"device": device, "dtype": dtype}
         # nn.Module's __init__ only: the next one in the MRO is torch's (nn.LSTMCell.__init__), which
         # would register and draw the parameters without our extras (weight_ch)
@@ -72,8 +76,11 @@ class FusedRNNCellBase(nn.RNNCellBase):
         self.hidden_size = hidden_size
         self.bias = bias
         self.backend = backend
+        self._layout = layout
+        recurrent_shape = ((num_chunks * hidden_size, hidden_size) if layout is None
+                           else layout.recurrent_shape(hidden_size, hidden_size))
         self.weight_ih = nn.Parameter(torch.empty((num_chunks * hidden_size, input_size), **factory_kwargs))
-        self.weight_hh = nn.Parameter(torch.empty((num_chunks * hidden_size, hidden_size), **factory_kwargs))
+        self.weight_hh = nn.Parameter(torch.empty(recurrent_shape, **factory_kwargs))
         if bias:
             self.bias_ih = nn.Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
             self.bias_hh = nn.Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
@@ -82,11 +89,26 @@ class FusedRNNCellBase(nn.RNNCellBase):
             self.register_parameter("bias_hh", None)
         if peephole:
             self.weight_ch = nn.Parameter(torch.empty(3 * hidden_size, **factory_kwargs))
+        # a cell's extra weights (layer-norm gains), each a parameter of its own, after torch.nn's
+        self._extra_names = tuple(e.name for e in layout.record.extra_weights) if layout is not None else ()
+        for extra in layout.record.extra_weights if layout is not None else ():
+            setattr(self, extra.name, nn.Parameter(torch.empty(extra.blocks * hidden_size, **factory_kwargs)))
         self._param_shapes = {name: tuple(p.shape) for name, p in self.named_parameters(recurse=False)}
         self.reset_parameters()
 
     # torch.jit.script calls it on every submodule first: one clear error naming fusedrnn.revert
     __prepare_scriptable__ = refuse_script
+    # the cell whose record gives the layout beyond torch.nn's, and its extra parameters' names (class-level
+    # defaults: a cell pickled before they existed has neither)
+    _layout: Optional[CellSpec] = None
+    _extra_names: Tuple[str, ...] = ()
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation (the same draws as the torch.nn twin), then what the cell's record asks
+        (:func:`fusedrnn.rnn_base.init_cell_parameters`)."""
+        super().reset_parameters()
+        if self._layout is not None:
+            init_cell_parameters(self._layout, self.named_parameters())
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -108,8 +130,12 @@ class FusedRNNCellBase(nn.RNNCellBase):
 
     def _weights(self, dtype: Optional[torch.dtype]) -> LayerWeights:
         """The parameters, read now (so in-place edits and functional_call take effect), each checked
-        against the shape the cell was built with."""
-        return LayerWeights(*[cast(checked_parameter(self, name, None), dtype) for name in self._WEIGHT_NAMES], None)
+        against the shape the cell was built with; extra parameters concatenated into ``w_extra``."""
+        weights = [cast(checked_parameter(self, name, None), dtype) for name in self._WEIGHT_NAMES]
+        if not self._extra_names:
+            return LayerWeights(*weights, None)
+        return LayerWeights(*weights, None, torch.cat([cast(checked_parameter(self, name), dtype)
+                                                       for name in self._extra_names]))
 
     # -- shared forward ------------------------------------------------------
 
@@ -142,7 +168,10 @@ class FusedRNNCellBase(nn.RNNCellBase):
         if cast_to is not None:
             x = x.to(cast_to)
             states = tuple(s.to(cast_to) for s in states)
-        check_weights_match(self, zip(self._WEIGHT_NAMES, weights), x)
+        named = zip(self._WEIGHT_NAMES, weights)
+        if self._extra_names:  # each extra parameter under its own name, not as w_extra
+            named = [*named, *((n, cast(checked_parameter(self, n), cast_to)) for n in self._extra_names)]
+        check_weights_match(self, named, x)
         c0 = states[1] if cell.has_cell_state else None
         if cast_to is None:
             result = functional.run_checked(cell, x.unsqueeze(0), states[0], c0, weights, None, False, self.backend)
@@ -259,7 +288,8 @@ class LSTMCell(FusedRNNCellBase, nn.LSTMCell):
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         if hx is not None and not isinstance(hx, (tuple, list)):
-            raise TypeError(f"LSTMCell: hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
+            raise TypeError(f"{type(self).__name__}: hx must be a tuple (h_0, c_0) of two tensors, "
+                            f"got {type(hx).__name__}")
         if hx is not None and len(hx) != 2:  # torch.nn's exception type and message
             raise RuntimeError(f"lstm_cell expects two hidden states, got {len(hx)} in hx")
         h, c = self._step(input, None if hx is None else tuple(hx))
@@ -309,3 +339,101 @@ class RNNCell(FusedRNNCellBase, nn.RNNCell):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         return self._step(input, None if hx is None else (hx,))[0]
+
+
+class IndRNNCell(FusedRNNCellBase):
+    """One step of :class:`fusedrnn.IndRNN`: ``h_1 = cell(input, h_0)``, for step-by-step decoding.
+
+    ``IndRNNCell(input_size, hidden_size, bias=True, nonlinearity='relu', device=None, dtype=None, *,
+    backend="auto")``: ``h' = act(W_ih x + b_ih + u * h + b_hh)``.  Parameters ``weight_ih``
+    ``[hidden_size, input_size]``, ``weight_hh`` ``[hidden_size]`` (u, element-wise), ``bias_ih``,
+    ``bias_hh`` ``[hidden_size]``: a layer-direction of :class:`fusedrnn.IndRNN` under the names of
+    torch.nn's cells, initialised as it is.  Inputs and outputs as :class:`torch.nn.RNNCell` (batched 2-D
+    or unbatched 1-D input, optional state).  Runs on the reference backend only so far.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "relu",
+                 device=None, dtype=None, *, backend: str = "auto") -> None:
+        functional.check_nonlinearity(nonlinearity, "indrnn")
+        cell = CellSpec("indrnn", nonlinearity)
+        super().__init__(input_size, hidden_size, bias, num_chunks=1, device=device, dtype=dtype, backend=backend,
+                         layout=cell)
+        self.nonlinearity = nonlinearity
+        self._cell_spec = cell
+
+    def _cell(self) -> CellSpec:
+        return self._cell_spec
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.nonlinearity != "relu":
+            s += f", nonlinearity={self.nonlinearity!r}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        return self._step(input, None if hx is None else (hx,))[0]
+
+
+class _LayerNormCell(FusedRNNCellBase):
+    """What the two layer-normalised cells share: the layout and initialisation of a layer-direction of their
+    stacked module, under the names of torch.nn's cells."""
+
+    def __init__(self, family: str, input_size: int, hidden_size: int, bias: bool, device, dtype, backend: str,
+                 forget_bias: Optional[float] = None) -> None:
+        cell = CellSpec(family, family)
+        self.forget_bias = forget_bias  # read by reset_parameters, which the base's __init__ calls
+        super().__init__(input_size, hidden_size, bias, num_chunks=cell.gates, device=device, dtype=dtype,
+                         backend=backend, layout=cell)
+
+    def _cell(self) -> CellSpec:
+        return self._layout
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        init_haste_biases(self._layout, self.named_parameters(), self.forget_bias)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if self._layout.has_cell_state and self.forget_bias != 1.0:  # the LSTM cell's default is haste's, 1.0
+            s += f", forget_bias={self.forget_bias!r}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+
+class LayerNormLSTMCell(_LayerNormCell):
+    """One step of :class:`fusedrnn.LayerNormLSTM`: ``(h_1, c_1) = cell(input, (h_0, c_0))``.
+
+    ``LayerNormLSTMCell(input_size, hidden_size, bias=True, device=None, dtype=None, *, forget_bias=1.0,
+    backend="auto")``.  Parameters ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (torch.nn.LSTMCell's),
+    ``ln_weight_ih``, ``ln_weight_hh`` ``[4*hidden_size]``, ``ln_weight_c``, ``ln_bias_c`` ``[hidden_size]``:
+    a layer-direction of the stacked module, initialised as it is.  Runs on the reference backend only so far.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 forget_bias: Optional[float] = 1.0, backend: str = "auto") -> None:
+        super().__init__("layer_norm_lstm", input_size, hidden_size, bias, device, dtype, backend, forget_bias)
+
+    forward = LSTMCell.forward
+
+
+class LayerNormGRUCell(_LayerNormCell):
+    """One step of :class:`fusedrnn.LayerNormGRU`: ``h_1 = cell(input, h_0)``.
+
+    ``LayerNormGRUCell(input_size, hidden_size, bias=True, device=None, dtype=None, *, backend="auto")``.
+    Parameters ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (torch.nn.GRUCell's), ``ln_weight_ih``,
+    ``ln_weight_hh`` ``[3*hidden_size]``: a layer-direction of the stacked module, initialised as it is.  Runs
+    on the reference backend only so far.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 backend: str = "auto") -> None:
+        super().__init__("layer_norm_gru", input_size, hidden_size, bias, device, dtype, backend)
+
+    forward = GRUCell.forward

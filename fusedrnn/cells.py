@@ -32,21 +32,58 @@ Equations (docs/design.md section 4; PyTorch's gate order is the contract):
 
   The seed writes ``h' = (1-z)*h + z*n``: the same function with z relabelled
   as 1-z.  We keep PyTorch's convention for both forms.
+* ``indrnn`` (G=1; Li et al. 2018), modes ``relu`` / ``tanh``, an element-wise
+  recurrent weight ``u = weight_hh`` of shape ``[H]`` (``recurrent="diagonal"``)::
+
+      h' = act(W_ih x + b_ih + u*h + b_hh)
+
+* ``layer_norm_lstm`` (G=4, blocks i, f, g, o; Ba et al. 2016 as haste's
+  ``LayerNormLSTM`` computes it) and ``layer_norm_gru`` (G=3, blocks r, z, n;
+  haste's ``LayerNormGRU``, PyTorch's reset_after form), with
+  ``LN(v; γ, β) = (v - mean(v)) / sqrt(var(v) + 1e-5) * γ (+ β)`` over the
+  *whole* row of G*H pre-activations (all gate blocks together: mean and
+  biased variance per row, as haste and Ba et al.), the gains γ and shift β
+  in ``w_extra`` (:class:`ExtraWeight`)::
+
+      x̂ = LN(W_ih x; γ_ih) + b_ih,   ĥ = LN(W_hh h; γ_hh) + b_hh
+      layer_norm_lstm:  i, f, g, o from a = x̂ + ĥ as the LSTM's
+                        c' = f*c + i*g,  h' = o*tanh(LN(c'; γ_c, β_c))   (c' itself is carried)
+      layer_norm_gru:   r = σ(x̂_r + ĥ_r), z = σ(x̂_z + ĥ_z), n = tanh(x̂_n + r*ĥ_n)
+                        h' = (1-z)*n + z*h
+
+  ``w_extra`` = ``[γ_ih (G*H), γ_hh (G*H)]`` (+ ``[γ_c (H), β_c (H)]`` for the LSTM).
+
+Cells without kernels yet (IndRNN, the layer-normalised cells) run on the reference backend only; "auto"
+falls back to it with its once-only warning (docs/design.md section 11).
 
 Saved activations ("workspace"), one row per input row, ``workspace_blocks * H``
 wide, written by every backend's forward in this layout so the fake kernels
 know its shape and tests can compare backends:
 
-* lstm: ``[i, f, g, o, c']`` (gate activations and the new cell state)
+* lstm, layer_norm_lstm: ``[i, f, g, o, c']`` (gate activations and the new cell state)
 * gru:  ``[r, z, n, k]`` with ``k = W_hn h + b_hn`` (reset_after) or ``k = r*h``
-  (reset_before): the operand the backward needs for the n-gate's hidden part
-* rnn:  nothing (the activation's derivative follows from the output itself)
+  (reset_before): the operand the backward needs for the n-gate's hidden part;
+  layer_norm_gru likewise, ``k = ĥ_n``
+* rnn, indrnn:  nothing (the activation's derivative follows from the output itself)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class ExtraWeight:
+    """One vector of a cell's extra weights (``LayerWeights.w_extra``), ``blocks * hidden_size`` long.
+
+    The modules register it as a parameter of its own, ``{name}_l{k}[_reverse]`` in a stack and
+    ``{name}`` in a cell, initialised to ``init`` (a gain to one, a shift to zero); a layer call
+    passes a cell's extra weights concatenated in the record's order as one tensor, ``w_extra``."""
+
+    name: str
+    blocks: int
+    init: float
 
 
 @dataclass(frozen=True)
@@ -74,6 +111,15 @@ class CellRecord:
     #: whether the backends' backward ops compute its gradients (every built-in cell); else the ops
     #: differentiate its reference step with autograd (a cell that has only its reference step)
     hand_written_backward: bool = False
+    #: the recurrent weight ``weight_hh``: "matrix" ``[G*H, Hout]`` (h W_hh^T), or "diagonal" ``[G*H]``
+    #: (u * h, element-wise: IndRNN), whose hidden side has no product
+    recurrent: str = "matrix"
+    #: weights beyond torch.nn's layout (layer-norm gains and shifts), in ``w_extra``'s order
+    extra_weights: Tuple[ExtraWeight, ...] = ()
+
+    def __post_init__(self):
+        if self.recurrent not in ("matrix", "diagonal"):
+            raise ValueError(f"recurrent must be 'matrix' or 'diagonal', got {self.recurrent!r}")
 
 
 #: The cell table: (family, mode) -> record, in registration order.
@@ -105,10 +151,31 @@ register(CellRecord("rnn", "tanh", gates=("a",), workspace=(), torch_mode="RNN_T
                     hand_written_backward=True))
 register(CellRecord("rnn", "relu", gates=("a",), workspace=(), torch_mode="RNN_RELU", hand_written_backward=True))
 
-#: the families with kernels in every backend (a registered cell may add another)
+#: the families with kernels in every backend (a registered cell may add another); their graph ops
+#: are the C++ extension's (csrc/graph_ops.cpp), with the schema that has no ``w_extra``
 FAMILIES = tuple(dict.fromkeys(family for family, _ in CELLS))
 #: the cells with kernels in every backend: what a backend runs unless it says otherwise
 BUILT_IN_CELLS = frozenset(CELLS)
+
+# The cells that run on the reference backend only so far (kernels to come, one backend at a time:
+# docs/design.md section 11).  Their ops are defined from Python (fusedrnn.ops), with ``w_extra``.
+#
+# IndRNN (Li et al. 2018): one gate block, an element-wise recurrent weight u [H]; no saved activations
+# (the activation's derivative follows from the output, as for the Elman RNN).
+register(CellRecord("indrnn", "relu", gates=("a",), workspace=(), recurrent="diagonal", default=True))
+register(CellRecord("indrnn", "tanh", gates=("a",), workspace=(), recurrent="diagonal"))
+# Layer-normalised LSTM and GRU (Ba et al. 2016, as haste computes them): gains of the input and the
+# recurrent pre-activations (each normalised over its whole G*H row), and for the LSTM the gain and
+# shift of the cell state's normalisation before tanh.
+register(CellRecord("layer_norm_lstm", "layer_norm_lstm", gates=("i", "f", "g", "o"), workspace=_LSTM_WORKSPACE,
+                    states=("h", "c"), default=True,
+                    extra_weights=(ExtraWeight("ln_weight_ih", 4, 1.0), ExtraWeight("ln_weight_hh", 4, 1.0),
+                                   ExtraWeight("ln_weight_c", 1, 1.0), ExtraWeight("ln_bias_c", 1, 0.0))))
+register(CellRecord("layer_norm_gru", "layer_norm_gru", gates=_GRU_GATES, workspace=("r", "z", "n", "k"),
+                    default=True,
+                    extra_weights=(ExtraWeight("ln_weight_ih", 3, 1.0), ExtraWeight("ln_weight_hh", 3, 1.0))))
+#: the epsilon of every layer normalisation (haste's and torch.nn.LayerNorm's)
+LAYER_NORM_EPS = 1e-5
 
 
 def families() -> tuple:
@@ -186,6 +253,22 @@ class CellSpec:
     def peephole_blocks(self) -> int:
         """Blocks of the diagonal peephole vector ``weight_ch`` (i, f, o)."""
         return len(self.record.peephole_gates)
+
+    def recurrent_shape(self, hidden: int, hout: int) -> Tuple[int, ...]:
+        """The shape of ``weight_hh``: ``[G*H, Hout]``, or ``[G*H]`` for an element-wise recurrent weight."""
+        if self.record.recurrent == "diagonal":
+            return (self.gates * hidden,)
+        return (self.gates * hidden, hout)
+
+    @property
+    def extra_blocks(self) -> int:
+        """Length of ``w_extra`` (the cell's extra weights, concatenated), in units of hidden_size (0: none)."""
+        return sum(e.blocks for e in self.record.extra_weights)
+
+    def split_extra(self, w_extra, hidden: int) -> dict:
+        """``w_extra`` as its named vectors (:class:`ExtraWeight`), in the record's order."""
+        sizes = [e.blocks * hidden for e in self.record.extra_weights]
+        return dict(zip((e.name for e in self.record.extra_weights), w_extra.split(sizes)))
 
     def __str__(self) -> str:
         return self.family if self.mode == self.family else f"{self.family}[{self.mode}]"

@@ -24,11 +24,12 @@ from torch._C._functorch import peek_interpreter_stack
 from . import backends
 from .backends.base import LayerWeights
 from .cells import CellSpec, modes
-from .ops import define, forward_op, forward_with_autograd, forward_without_autograd
+from .ops import define, forward_op, forward_with_autograd, forward_without_autograd, op_weights
 from .reference import sequence_forward
 from .torchscript import check_not_traced
 
-__all__ = ["LayerOutput", "layer", "run_checked", "lstm_layer", "gru_layer", "rnn_layer", "LayerWeights", "CellSpec"]
+__all__ = ["LayerOutput", "layer", "run_checked", "lstm_layer", "gru_layer", "rnn_layer", "indrnn_layer",
+           "layer_norm_lstm_layer", "layer_norm_gru_layer", "LayerWeights", "CellSpec"]
 
 
 class LayerOutput(NamedTuple):
@@ -77,9 +78,13 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
     if batch_sizes is None and x.dim() != 3:
         raise ValueError(f"x must be 3-D [T, B, input_size] (or packed rows with batch_sizes), got {x.dim()}-D")
     w_ih, w_hh = weights.w_ih, weights.w_hh
-    if w_ih.dim() != 2 or w_hh.dim() != 2 or w_hh.shape[0] % cell.gates != 0 or w_ih.shape[0] != w_hh.shape[0]:
+    # the recurrent weight's rank is the cell's (a matrix, or IndRNN's vector): the record says which
+    diagonal = cell.record.recurrent == "diagonal"
+    if (w_ih.dim() != 2 or w_hh.dim() != (1 if diagonal else 2) or w_hh.shape[0] % cell.gates != 0
+            or w_ih.shape[0] != w_hh.shape[0]):
+        recurrent = f"[{cell.gates}*H]" if diagonal else f"[{cell.gates}*H, H or P]"
         raise ValueError(
-            f"weights of a {cell.family} layer must be w_ih [{cell.gates}*H, I] and w_hh [{cell.gates}*H, H or P], "
+            f"weights of a {cell} layer must be w_ih [{cell.gates}*H, I] and w_hh {recurrent}, "
             f"got w_ih {tuple(w_ih.shape)}, w_hh {tuple(w_hh.shape)}"
         )
     hidden = w_hh.shape[0] // cell.gates
@@ -88,20 +93,30 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
     expected = {
         "x": (x, (*x.shape[:-1], w_ih.shape[1])),
         "h0": (h0, (x.shape[1] if batch_sizes is None else batch, hout)),
-        "w_hh": (w_hh, (cell.gates * hidden, hout)),
+        "w_hh": (w_hh, cell.recurrent_shape(hidden, hout)),
         "b_ih": (weights.b_ih, (cell.gates * hidden,)),
         "b_hh": (weights.b_hh, (cell.gates * hidden,)),
         "w_peep": (weights.w_peep, (cell.peephole_blocks * hidden,)),
         "w_proj": (weights.w_proj, (hout, hidden)),
     }
+    # a cell's extra weights (layer-norm gains) come as one vector, laid out by its record
+    if cell.extra_blocks:
+        if weights.w_extra is None:
+            names = ", ".join(e.name for e in cell.record.extra_weights)
+            raise ValueError(f"w_extra is required for a {cell} layer: its {names}, concatenated")
+        expected["w_extra"] = (weights.w_extra, (cell.extra_blocks * hidden,))
+    elif weights.w_extra is not None:
+        raise ValueError(f"w_extra must be None for a {cell} layer: the cell has no extra weights")
     if cell.has_cell_state:
         if c0 is None:
             raise ValueError("c0 is required for an LSTM layer")
         expected["c0"] = (c0, (h0.shape[0], hidden))
     elif c0 is not None:
         raise ValueError(f"c0 must be None for a {cell.family} layer")
-    if cell.family != "lstm" and (weights.w_peep is not None or weights.w_proj is not None):
-        raise ValueError("w_peep and w_proj exist only for LSTM layers")
+    optional = cell.record.optional_weights  # which extras a cell takes is the cell table's to say
+    if ((weights.w_peep is not None and "peephole" not in optional)
+            or (weights.w_proj is not None and "projection" not in optional)):
+        raise ValueError(f"w_peep and w_proj exist only for LSTM layers, not {cell}")
     for name, (t, shape) in expected.items():
         if t is None:
             continue
@@ -233,8 +248,10 @@ def _run(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
             return LayerOutput(*forward_without_autograd(cell, chosen, x, h0, c0, weights, batch_sizes, reverse))
         if not functorch:  # an autograd.Function outside functorch's transforms (vmap keeps the op)
             return LayerOutput(*forward_with_autograd(cell, chosen, x, h0, c0, weights, batch_sizes, reverse))
+    # the family's ops take six weights (the C++ schema), or seven with w_extra (ops.op_weights)
+    op_args = weights[:op_weights(cell.family)]
     out, h_n, c_n, _ = forward_op(cell.family)(
-        _contiguous(x), _contiguous(h0), _contiguous(c0), *(_contiguous(w) for w in weights),
+        _contiguous(x), _contiguous(h0), _contiguous(c0), *(_contiguous(w) for w in op_args),
         batch_sizes, bool(reverse), cell.mode, name, for_backward,
         backends.strategy_for(name, cell, x, backward=False),
     )
@@ -256,9 +273,10 @@ def gru_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, reset_a
                  batch_sizes, reverse, backend)
 
 
-def check_nonlinearity(nonlinearity) -> None:
-    """An Elman RNN's nonlinearity is one of the rnn modes of the cell table (torch.nn's message)."""
-    known = modes("rnn")
+def check_nonlinearity(nonlinearity, family: str = "rnn") -> None:
+    """An Elman RNN's (or an IndRNN's) nonlinearity is one of the family's modes in the cell table
+    (torch.nn.RNN's exception and message)."""
+    known = modes(family)
     if nonlinearity not in known:
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from "
                          + " or ".join(f"'{m}'" for m in known) + ".")
@@ -270,3 +288,44 @@ def rnn_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, nonline
     check_nonlinearity(nonlinearity)
     return layer(CellSpec("rnn", nonlinearity), x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh),
                  batch_sizes, reverse, backend)
+
+
+def indrnn_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, nonlinearity="relu",
+                 batch_sizes=None, reverse=False, backend=None) -> LayerOutput:
+    """IndRNN layer-direction: ``h' = act(x W_ih^T + b_ih + w_hh * h + b_hh)``, ``w_hh`` the element-wise
+    recurrent weight [H]; ``nonlinearity`` 'relu' or 'tanh'."""
+    check_nonlinearity(nonlinearity, "indrnn")
+    return layer(CellSpec("indrnn", nonlinearity), x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh),
+                 batch_sizes, reverse, backend)
+
+
+def _packed_extras(cell: CellSpec, named: dict) -> Optional[torch.Tensor]:
+    """A cell's extra weights given by name, concatenated in its record's order into ``w_extra`` (TypeError
+    naming one that is missing)."""
+    for extra in cell.record.extra_weights:
+        if not isinstance(named.get(extra.name), torch.Tensor):
+            raise TypeError(f"{extra.name} must be a tensor, got {type(named.get(extra.name)).__name__}")
+    return torch.cat([named[extra.name] for extra in cell.record.extra_weights])
+
+
+def layer_norm_lstm_layer(x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, ln_weight_ih=None,
+                          ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None, batch_sizes=None, reverse=False,
+                          backend=None) -> LayerOutput:
+    """LayerNorm LSTM layer-direction (:class:`fusedrnn.LayerNormLSTM`): the gains ``ln_weight_ih``,
+    ``ln_weight_hh`` [4H] of the input and recurrent pre-activations, the gain and shift ``ln_weight_c``,
+    ``ln_bias_c`` [H] of the cell state's normalisation."""
+    cell = CellSpec("layer_norm_lstm", "layer_norm_lstm")
+    w_extra = _packed_extras(cell, dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh,
+                                        ln_weight_c=ln_weight_c, ln_bias_c=ln_bias_c))
+    return layer(cell, x, h0, c0, LayerWeights(w_ih, w_hh, b_ih, b_hh, None, None, w_extra), batch_sizes, reverse,
+                 backend)
+
+
+def layer_norm_gru_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, ln_weight_ih=None,
+                         ln_weight_hh=None, batch_sizes=None, reverse=False, backend=None) -> LayerOutput:
+    """LayerNorm GRU layer-direction (:class:`fusedrnn.LayerNormGRU`): the gains ``ln_weight_ih``,
+    ``ln_weight_hh`` [3H] of the input and recurrent pre-activations."""
+    cell = CellSpec("layer_norm_gru", "layer_norm_gru")
+    w_extra = _packed_extras(cell, dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh))
+    return layer(cell, x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh, None, None, w_extra), batch_sizes,
+                 reverse, backend)

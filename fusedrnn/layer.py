@@ -34,6 +34,9 @@ class LayerWeights(NamedTuple):
     b_hh: Optional[torch.Tensor] = None
     w_peep: Optional[torch.Tensor] = None
     w_proj: Optional[torch.Tensor] = None
+    #: a cell's weights beyond torch.nn's layout (its record's ``extra_weights``, e.g. layer-norm gains),
+    #: concatenated in the record's order into one vector ``[extra_blocks * H]``; None for the other cells
+    w_extra: Optional[torch.Tensor] = None
 
 
 class ForwardResult(NamedTuple):

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 from typing import Optional, Tuple, Union
 
+import torch
 from torch import Tensor, nn
 
 from . import _dynamo_compat, functional
 from ._module_checks import NOT_GIVEN, check_flag
 from .cells import CellSpec, default_mode
-from .rnn_base import FusedRNNBase
+from .rnn_base import FusedRNNBase, init_haste_biases
 
-__all__ = ["FusedRNNBase", "LSTM", "GRU", "RNN", "Recurrent"]
+__all__ = ["FusedRNNBase", "LSTM", "GRU", "RNN", "Recurrent", "IndRNN", "LayerNormLSTM", "LayerNormGRU"]
 
 
 _GRU_CONVENTION = """
@@ -160,6 +161,192 @@ class Recurrent(FusedRNNBase):
             return super().permute_hidden(hx, permutation)
         permute = super().permute_hidden
         return tuple(permute(state, permutation) for state in hx)
+
+
+class _NamedRecurrent(Recurrent):
+    """A named class for one family of the cell table that torch.nn lacks: :class:`Recurrent` with the
+    family fixed (its repr, like a torch.nn class's, shows the arguments alone)."""
+
+    def extra_repr(self) -> str:
+        return FusedRNNBase.extra_repr(self)
+
+
+class IndRNN(_NamedRecurrent):
+    """Independently recurrent network (Li et al. 2018), stacked like :class:`torch.nn.RNN`.
+
+    ``IndRNN(input_size, hidden_size, num_layers=1, nonlinearity='relu', bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto")``
+
+    Each unit has its own scalar recurrent weight: ``h' = act(W_ih x + b_ih + u * h + b_hh)``, ``u`` the
+    vector ``weight_hh_l{k}[_reverse]`` of shape ``[hidden_size]`` (element-wise product), ``act`` ReLU
+    (the paper's) or tanh (haste's).  Inputs and outputs are :class:`torch.nn.RNN`'s (batched, unbatched,
+    ``PackedSequence``, ``h_0``; ``(output, h_n)``); dropout between layers as torch.nn.
+
+    Parameters per layer-direction: ``weight_ih_l{k}`` ``[hidden_size, input_size]`` (the first layer;
+    ``num_directions * hidden_size`` columns above it), ``weight_hh_l{k}`` ``[hidden_size]``,
+    ``bias_ih_l{k}``, ``bias_hh_l{k}`` ``[hidden_size]``.  Initialisation: torch.nn.RNN's
+    (``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter, in registration order), then ``weight_hh`` redrawn
+    from ``U(-0.5, 0.5)`` as haste does (``|u| < 1`` keeps h bounded over long sequences).  :meth:`load_haste_state_dict` loads
+    the parameters of a ``haste_pytorch.IndRNN`` (tanh).
+
+    Runs on the reference backend only so far: ``"auto"`` falls back to it with a once-only warning
+    (kernels to come).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "relu",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, backend: str = "auto") -> None:
+        functional.check_nonlinearity(nonlinearity, "indrnn")
+        self.nonlinearity = nonlinearity
+        super().__init__("indrnn", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, mode=nonlinearity, backend=backend)
+
+    def _extras_repr(self) -> str:
+        # the nonlinearity in torch.nn.RNN's place (after the sizes), not as a mode
+        return (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "relu" else "") \
+            + FusedRNNBase._extras_repr(self)
+
+    def load_haste_state_dict(self, state_dict) -> None:
+        """Load a ``haste_pytorch.IndRNN``'s ``state_dict`` into this (one-layer, one-direction, tanh) IndRNN.
+
+        haste's ``kernel`` ``[input_size, hidden_size]`` is ``weight_ih_l0`` transposed, its
+        ``recurrent_scale`` ``[hidden_size]`` is ``weight_hh_l0`` and its single ``bias`` is ``bias_ih_l0``
+        (``bias_hh_l0`` is set to zero: only the sum of the two biases matters)."""
+        _check_haste_target(self, "IndRNN", nonlinearity=("tanh", self.nonlinearity))
+        with torch.no_grad():
+            self.weight_ih_l0.copy_(state_dict["kernel"].t())
+            self.weight_hh_l0.copy_(state_dict["recurrent_scale"])
+            self.bias_ih_l0.copy_(state_dict["bias"])
+            self.bias_hh_l0.zero_()
+
+
+_LAYER_NORM_DOC = """
+    Layer normalisation (Ba et al. 2016), as haste computes it: ``LN(v; γ, β) = (v - mean(v)) /
+    sqrt(var(v) + 1e-5) * γ (+ β)`` over the whole row of ``{G}*hidden_size`` pre-activations (all gate
+    blocks together), of the input side ``W_ih x`` and of the recurrent side ``W_hh h`` separately, each with
+    its own gain and no shift (the biases follow them)::
+
+        x̂ = LN(W_ih x; γ_ih) + b_ih,   ĥ = LN(W_hh h; γ_hh) + b_hh
+{equations}
+    Parameters per layer-direction: torch.nn.{twin}'s (``weight_ih_l{{k}}``, ``weight_hh_l{{k}}``,
+    ``bias_ih_l{{k}}``, ``bias_hh_l{{k}}``, gate blocks in its order {order}), then ``ln_weight_ih_l{{k}}`` (γ_ih)
+    and ``ln_weight_hh_l{{k}}`` (γ_hh), ``[{G}*hidden_size]``{more}.  Initialisation: the weights as torch.nn's
+    (``U(-1/sqrt(H), 1/sqrt(H))``), the biases as haste's (zeros{forget}), the gains ones{shift}.
+    :meth:`load_haste_state_dict` loads a ``haste_pytorch.{haste}``'s parameters (one layer, one direction).
+
+    Inputs and outputs are torch.nn.{twin}'s (batched, unbatched, ``PackedSequence``, initial states);
+    dropout between layers as torch.nn.  Runs on the reference backend only so far: ``"auto"`` falls back to
+    it with a once-only warning (kernels to come).
+"""
+
+
+def _blocks(t: Tensor, order, dim: int = 0) -> Tensor:
+    """``t``'s gate blocks (``len(order)`` equal blocks along ``dim``) taken in ``order``."""
+    chunks = t.chunk(len(order), dim)
+    return torch.cat([chunks[i] for i in order], dim)
+
+
+class LayerNormLSTM(_NamedRecurrent):
+    __doc__ = """LSTM with layer-normalised pre-activations and cell state (haste's ``LayerNormLSTM``), stacked like
+    :class:`torch.nn.LSTM`.
+
+    ``LayerNormLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, device=None, dtype=None, *, forget_bias=1.0, backend="auto")``
+    """ + _LAYER_NORM_DOC.format(
+        G=4, twin="LSTM", order="i, f, g, o", haste="LayerNormLSTM",
+        equations="""        i, f, g, o = σ, σ, tanh, σ of x̂ + ĥ (blocks i, f, g, o)
+        c' = f*c + i*g,   h' = o * tanh(LN(c'; γ_c, β_c))      (c' itself is carried)
+""",
+        more=", ``ln_weight_c_l{k}`` (γ_c) and ``ln_bias_c_l{k}`` (β_c), ``[hidden_size]``",
+        forget=", the forget block of ``bias_ih`` set to ``forget_bias`` unless it is None",
+        shift=", β_c zeros")
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, forget_bias: Optional[float] = 1.0, backend: str = "auto") -> None:
+        self.forget_bias = forget_bias  # read by reset_parameters, which the base's __init__ calls
+        super().__init__("layer_norm_lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, backend=backend)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        init_haste_biases(self.cell, self.named_parameters(), self.forget_bias)
+
+    def load_haste_state_dict(self, state_dict) -> None:
+        """Load a ``haste_pytorch.LayerNormLSTM``'s ``state_dict`` into this one-layer, one-direction module.
+
+        haste's ``kernel`` ``[input_size, 4H]`` and ``recurrent_kernel`` ``[H, 4H]`` (gate blocks i, g, f, o)
+        are ``weight_ih_l0`` and ``weight_hh_l0`` transposed, blocks reordered to i, f, g, o; its one ``bias``
+        is ``bias_ih_l0`` (``bias_hh_l0`` zero); ``gamma[0]`` and ``gamma[1]`` are ``ln_weight_ih_l0`` and
+        ``ln_weight_hh_l0`` (reordered likewise: the row's mean and variance do not depend on the order),
+        ``gamma_h`` and ``beta_h`` are ``ln_weight_c_l0`` and ``ln_bias_c_l0``."""
+        _check_haste_target(self, "LayerNormLSTM")
+        order = (0, 2, 1, 3)  # haste's i, g, f, o -> i, f, g, o
+        with torch.no_grad():
+            self.weight_ih_l0.copy_(_blocks(state_dict["kernel"].t(), order))
+            self.weight_hh_l0.copy_(_blocks(state_dict["recurrent_kernel"].t(), order))
+            self.bias_ih_l0.copy_(_blocks(state_dict["bias"], order))
+            self.bias_hh_l0.zero_()
+            self.ln_weight_ih_l0.copy_(_blocks(state_dict["gamma"][0], order))
+            self.ln_weight_hh_l0.copy_(_blocks(state_dict["gamma"][1], order))
+            self.ln_weight_c_l0.copy_(state_dict["gamma_h"])
+            self.ln_bias_c_l0.copy_(state_dict["beta_h"])
+
+    def _extras_repr(self) -> str:
+        return (f", forget_bias={self.forget_bias!r}" if self.forget_bias != 1.0 else "") \
+            + FusedRNNBase._extras_repr(self)
+
+
+class LayerNormGRU(_NamedRecurrent):
+    __doc__ = """GRU with layer-normalised pre-activations (haste's ``LayerNormGRU``; PyTorch's ``reset_after`` form and
+    convention ``h' = (1 - z) * n + z * h``, which is haste's too), stacked like :class:`torch.nn.GRU`.
+
+    ``LayerNormGRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, device=None, dtype=None, *, backend="auto")``
+    """ + _LAYER_NORM_DOC.format(
+        G=3, twin="GRU", order="r, z, n", haste="LayerNormGRU",
+        equations="""        r = σ(x̂_r + ĥ_r),  z = σ(x̂_z + ĥ_z),  n = tanh(x̂_n + r * ĥ_n)
+        h' = (1 - z) * n + z * h
+""",
+        more="", forget="", shift="")
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, backend: str = "auto") -> None:
+        super().__init__("layer_norm_gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, backend=backend)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        init_haste_biases(self.cell, self.named_parameters())
+
+    def load_haste_state_dict(self, state_dict) -> None:
+        """Load a ``haste_pytorch.LayerNormGRU``'s ``state_dict`` into this one-layer, one-direction module.
+
+        haste's ``kernel`` ``[input_size, 3H]`` and ``recurrent_kernel`` ``[H, 3H]`` (gate blocks z, r, h) are
+        ``weight_ih_l0`` and ``weight_hh_l0`` transposed, blocks reordered to r, z, n; ``bias`` and
+        ``recurrent_bias`` are ``bias_ih_l0`` and ``bias_hh_l0``, ``gamma[0]`` and ``gamma[1]``
+        ``ln_weight_ih_l0`` and ``ln_weight_hh_l0``, reordered likewise.  haste's update
+        ``h' = z * h + (1 - z) * g`` is PyTorch's: z needs no conversion."""
+        _check_haste_target(self, "LayerNormGRU")
+        order = (1, 0, 2)  # haste's z, r, h -> r, z, n
+        with torch.no_grad():
+            self.weight_ih_l0.copy_(_blocks(state_dict["kernel"].t(), order))
+            self.weight_hh_l0.copy_(_blocks(state_dict["recurrent_kernel"].t(), order))
+            self.bias_ih_l0.copy_(_blocks(state_dict["bias"], order))
+            self.bias_hh_l0.copy_(_blocks(state_dict["recurrent_bias"], order))
+            self.ln_weight_ih_l0.copy_(_blocks(state_dict["gamma"][0], order))
+            self.ln_weight_hh_l0.copy_(_blocks(state_dict["gamma"][1], order))
+
+
+def _check_haste_target(module: FusedRNNBase, haste_class: str, **required) -> None:
+    """haste's layers have one layer, one direction and biases: a module that differs cannot take their
+    weights (ValueError naming what differs).  ``required``: name -> (haste's value, this module's)."""
+    wrong = {"num_layers": (1, module.num_layers), "bidirectional": (False, module.bidirectional),
+             "bias": (True, module.bias), **required}
+    for name, (theirs, ours) in wrong.items():
+        if theirs != ours:
+            raise ValueError(f"haste's {haste_class} has {name}={theirs!r}; this module has {name}={ours!r}")
 
 
 # Dynamo refuses nn.RNN/GRU/LSTM instances, hence these classes, unless allow_rnn is set:

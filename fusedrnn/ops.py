@@ -19,10 +19,13 @@ it).  Where the extension is not built, and for a family registered from
 Python, this module defines the ops itself with the same schema
 (csrc/include/fusedrnn/graph_schema.h; tests/test_graph_ops.py compares).
 
-All three families share one schema so that one autograd formula serves them:
+All families share one schema so that one autograd formula serves them:
 arguments a family does not use (``c0``, ``w_peep``, ``w_proj`` outside LSTM)
 are None, and outputs it does not have (``c_n`` outside LSTM) are empty
-tensors (ops cannot return None).
+tensors (ops cannot return None).  A family whose cells have extra weights
+(layer-norm gains: :class:`fusedrnn.cells.ExtraWeight`) takes ``Tensor? w_extra``
+after ``w_proj`` as well (:func:`op_weights`; docs/design.md section 11); such a
+family is defined here, never in C++, so the C++ schema is untouched.
 
 The ops of a family are defined the first time it runs (:func:`define`) and
 kept: those of the built-in families at import (``torch.ops.fusedrnn.lstm_forward``
@@ -47,7 +50,7 @@ from torch import Tensor
 from . import _extension, backends
 from .backends import _constant_when_traced
 from .backends.base import Backend, LayerWeights
-from .cells import CellSpec, FAMILIES, check_family
+from .cells import CellSpec, check_family, families
 from .reference import autograd_backward
 
 NAMESPACE = "fusedrnn"
@@ -66,6 +69,8 @@ _BACKWARD_SCHEMA = (
 )
 # positions of the differentiable inputs of the forward op
 _STATE_AND_WEIGHTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_peep", "w_proj")
+#: the weight arguments of the C++ ops' schema (a family with extra weights adds ``w_extra`` after them)
+_WEIGHTS = _STATE_AND_WEIGHTS[3:]
 
 
 def _absent(like: Tensor) -> Tensor:
@@ -150,7 +155,7 @@ def _layer_backward(cell: CellSpec, run, tensors, batch_sizes, reverse, out, gra
     """The autograd formula of a layer-direction, for the registered op and the op-less eager path alike: the
     gradients of ``tensors`` (x, h0, c0, *weights) given ``grads`` (of out, h_n, c_n; None where none
     flowed, as ``set_materialize_grads(False)`` leaves them).  ``run(grad_out, grad_hn, grad_cn, need_dx,
-    need_dweights)`` runs a backward kernel and returns the nine gradients."""
+    need_dweights)`` runs a backward kernel and returns a gradient per tensor."""
     grad_out, grad_hn, grad_cn = grads
     x, h0, c0 = tensors[:3]
     if grad_out is None:
@@ -168,7 +173,7 @@ def _layer_backward(cell: CellSpec, run, tensors, batch_sizes, reverse, out, gra
         return autograd_backward(cell, tensors, batch_sizes, reverse, (grad_out, grad_hn, grad_cn),
                                  create_graph=torch.is_grad_enabled())
     need = needs_input_grad
-    grads = run(grad_out, grad_hn, grad_cn, need[0], any(need[3:9]))
+    grads = run(grad_out, grad_hn, grad_cn, need[0], any(need[3:]))
     return tuple(g if t is not None and wanted else None for g, t, wanted in zip(grads, tensors, need))
 
 
@@ -226,20 +231,48 @@ def forward_with_autograd(cell: CellSpec, backend: Backend, x, h0, c0, weights: 
     return _EagerLayer.apply(cell, backend, batch_sizes, bool(reverse), x, h0, c0, *weights)
 
 
+def _schemas(weights: int) -> Tuple[str, str]:
+    """The forward and backward schemas for ``weights`` weight arguments: the C++ ops' (six, up to ``w_proj``),
+    or with ``Tensor? w_extra`` after ``w_proj`` (seven) for a family whose cells have extra weights."""
+    if weights == len(_WEIGHTS):
+        return _FORWARD_SCHEMA, _BACKWARD_SCHEMA
+    extra = "Tensor? w_proj, Tensor? w_extra, "
+    return (_FORWARD_SCHEMA.replace("Tensor? w_proj, ", extra),
+            _BACKWARD_SCHEMA.replace("Tensor? w_proj, ", extra).replace("-> (Tensor, ", "-> (Tensor, Tensor, ", 1))
+
+
+def op_weights(family: str) -> int:
+    """How many weight arguments ``family``'s ops take: six (``w_ih`` .. ``w_proj``: the C++ ops' schema), or
+    seven with ``w_extra`` where a cell of the family has extra weights (a family defined from Python)."""
+    from .cells import CELLS
+
+    return len(_WEIGHTS) + any(r.extra_weights for r in CELLS.values() if r.family == family)
+
+
 def _make_ops(family: str):
-    # `strategy`: the one the backend's own setting gives (backends.strategy_for), which it reads itself
-    def forward_impl(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend,
-                     for_backward=True, strategy="auto"):
-        cell = CellSpec(family, mode)
-        weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj)
+    # The ops take (x, h0, c0, *weights, ...): six weights (w_ih .. w_proj), or seven with w_extra for a family
+    # with extra weights (layer-norm gains), defined here; the arguments are split by position.
+    nw = op_weights(family)
+    forward_schema, backward_schema = _schemas(nw)
+
+    def forward_args(args):
+        """(cell, x, h0, c0, weights, batch_sizes, reverse, backend, for_backward) of a forward call."""
+        x, h0, c0, *rest = args
+        weights, (batch_sizes, reverse, mode, backend, *options) = LayerWeights(*rest[:nw]), rest[nw:]
+        return CellSpec(family, mode), x, h0, c0, weights, batch_sizes, reverse, backend, \
+            options[0] if options else True
+
+    # `strategy` (the last argument): the one the backend's own setting gives (backends.strategy_for), which
+    # the backend reads itself
+    def forward_impl(*args):
+        cell, x, h0, c0, weights, batch_sizes, reverse, backend, for_backward = forward_args(args)
         outputs = _run_forward(_backend(backend, cell, x, weights), cell, (x, h0, c0, *weights), batch_sizes,
                                reverse, for_backward)
         return tuple(_absent(x) if t is None else t for t in outputs)  # whatever the backend kept
 
-    def forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend,
-                     for_backward=True, strategy="auto"):
-        cell = CellSpec(family, mode)
-        hidden = w_hh.shape[0] // cell.gates
+    def forward_fake(*args):
+        cell, x, h0, c0, weights, _, _, _, for_backward = forward_args(args)
+        hidden = weights.w_hh.shape[0] // cell.gates
         lead = x.shape[:-1]
         return (
             x.new_empty((*lead, h0.shape[-1])),
@@ -248,42 +281,51 @@ def _make_ops(family: str):
             x.new_empty((*lead, cell.workspace_blocks * hidden)) if for_backward else _absent(x),
         )
 
-    def backward_impl(grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj,
-                      batch_sizes, reverse, mode, backend, out, workspace, need_dx=True, need_dweights=True,
-                      strategy="auto"):
-        cell = CellSpec(family, mode)
-        weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj)
-        grads = _run_backward(_backend(backend, cell, x, weights), cell, grad_out, grad_hn, grad_cn,
-                              (x, h0, c0, *weights), batch_sizes, reverse, out, workspace, need_dx, need_dweights)
-        return tuple(_absent(x) if g is None else g for g in grads)  # what was not asked for is empty
+    def backward_args(args):
+        """(cell, upstream grads, tensors (x, h0, c0, *weights), batch_sizes, reverse, backend, out, workspace,
+        need_dx, need_dweights) of a backward call."""
+        grad_out, grad_hn, grad_cn, *rest = args
+        tensors, (batch_sizes, reverse, mode, backend, out, workspace, *options) = rest[:3 + nw], rest[3 + nw:]
+        need_dx = options[0] if options else True
+        need_dweights = options[1] if len(options) > 1 else True
+        return (CellSpec(family, mode), (grad_out, grad_hn, grad_cn), tuple(tensors), batch_sizes, reverse, backend,
+                out, workspace, need_dx, need_dweights)
 
-    def backward_fake(grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj,
-                      batch_sizes, reverse, mode, backend, out, workspace, need_dx=True, need_dweights=True,
-                      strategy="auto"):
-        wanted = (need_dx, True, True, *(need_dweights,) * 6)
-        return tuple(_absent(x) if t is None or not want else t.new_empty(t.shape)
-                     for t, want in zip((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj), wanted))
+    def backward_impl(*args):
+        cell, upstream, tensors, batch_sizes, reverse, backend, out, workspace, need_dx, need_dweights = \
+            backward_args(args)
+        x, weights = tensors[0], LayerWeights(*tensors[3:])
+        grads = _run_backward(_backend(backend, cell, x, weights), cell, *upstream, tensors, batch_sizes, reverse,
+                              out, workspace, need_dx, need_dweights)
+        # what was not asked for is empty; one gradient per differentiable input of the schema
+        return tuple(_absent(x) if g is None else g for g in grads[:3 + nw])
+
+    def backward_fake(*args):
+        _, _, tensors, _, _, _, _, _, need_dx, need_dweights = backward_args(args)
+        wanted = (need_dx, True, True, *(need_dweights,) * nw)
+        return tuple(_absent(tensors[0]) if t is None or not want else t.new_empty(t.shape)
+                     for t, want in zip(tensors, wanted))
 
     forward_name, backward_name = f"{NAMESPACE}::{family}_forward", f"{NAMESPACE}::{family}_backward"
     if _defined_in_cpp(forward_name):
         # the graph ops are the extension's; what they hand to Python is defined here
-        for name, impl, schema in ((forward_name, forward_impl, _FORWARD_SCHEMA),
-                                   (backward_name, backward_impl, _BACKWARD_SCHEMA)):
+        for name, impl, schema in ((forward_name, forward_impl, forward_schema),
+                                   (backward_name, backward_impl, backward_schema)):
             torch.library.custom_op(f"{name}_in_python", impl, mutates_args=(), schema=schema)
         fwd = getattr(torch.ops.fusedrnn, f"{family}_forward").default
         bwd = getattr(torch.ops.fusedrnn, f"{family}_backward").default
     else:
-        fwd = torch.library.custom_op(forward_name, forward_impl, mutates_args=(), schema=_FORWARD_SCHEMA)
-        bwd = torch.library.custom_op(backward_name, backward_impl, mutates_args=(), schema=_BACKWARD_SCHEMA)
+        fwd = torch.library.custom_op(forward_name, forward_impl, mutates_args=(), schema=forward_schema)
+        bwd = torch.library.custom_op(backward_name, backward_impl, mutates_args=(), schema=backward_schema)
     torch.library.register_fake(forward_name, forward_fake)
     torch.library.register_fake(backward_name, backward_fake)
 
     def setup_context(ctx, inputs, output):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode, backend, *rest = inputs
+        tensors, (batch_sizes, reverse, mode, backend, *rest) = inputs[:3 + nw], inputs[3 + nw:]
         out, _, _, workspace = output
         ctx.for_backward = rest[0] if rest else True
         ctx.strategy = rest[1] if len(rest) > 1 else "auto"
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, out, workspace)
+        ctx.save_for_backward(*tensors, batch_sizes, out, workspace)
         ctx.reverse, ctx.mode, ctx.backend = reverse, mode, backend
         ctx.mark_non_differentiable(workspace)
         # the backward below fills in zeros itself where it must; autograd's default would
@@ -291,15 +333,15 @@ def _make_ops(family: str):
         ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_out, grad_hn, grad_cn, _grad_workspace):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, out, workspace = ctx.saved_tensors
+        *tensors, batch_sizes, out, workspace = ctx.saved_tensors
         if not ctx.for_backward:
             raise RuntimeError(f"fusedrnn::{family}_forward ran with for_backward=False, so it kept no "
                                "workspace to differentiate; call it with for_backward=True")
-        tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj)
+        tensors = tuple(tensors)
         cell = CellSpec(family, ctx.mode)
 
         def run(grad_out, grad_hn, grad_cn, need_dx, need_dweights):
-            strategy = backends.strategy_for(ctx.backend, cell, x, backward=True)
+            strategy = backends.strategy_for(ctx.backend, cell, tensors[0], backward=True)
             return bwd(grad_out, grad_hn, grad_cn, *tensors, batch_sizes, ctx.reverse, ctx.mode, ctx.backend,
                        out, workspace, need_dx, need_dweights, strategy)
 
@@ -356,7 +398,8 @@ def backward_op(family: str):
     return _OPS[define(family)][1]
 
 
-# the built-in families' ops exist once fusedrnn is imported (a saved torch.export program names them)
-for _family in FAMILIES:
+# the ops of every family in the table at import exist once fusedrnn is imported (a saved torch.export
+# program names them): the built-in families' and those that run on the reference backend only so far
+for _family in families():
     define(_family)
 del _family

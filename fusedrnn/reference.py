@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .cells import CellSpec
+from .cells import LAYER_NORM_EPS, CellSpec
 from .layer import (BackwardResult, ForwardResult, LayerWeights, Steps, as_rows, compute_dtype, previous_states,
                     weight_gradients)
 
@@ -88,16 +88,27 @@ def rnn_step(xp, h, w: LayerWeights, relu: bool):
 Step = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor], LayerWeights],
                 Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]]
 
+#: A cell's input side over all steps at once: (rows [N, I], w) -> xp [N, G*H]; by default x W_ih^T + b_ih.
+Projection = Callable[[torch.Tensor, LayerWeights], torch.Tensor]
+
 #: (family, mode) -> the cell's step: the definition of every cell in the table
 _STEPS: Dict[Tuple[str, str], Step] = {}
+#: (family, mode) -> the cell's input projection, where it is not x W_ih^T + b_ih (layer normalisation)
+_PROJECTIONS: Dict[Tuple[str, str], Projection] = {}
 
 
-def register_step(family: str, mode: str, step: Step) -> None:
+def register_step(family: str, mode: str, step: Step, projection: Optional[Projection] = None) -> None:
     """Define the cell (family, mode) of the cell table (:func:`fusedrnn.cells.register`) by its step.
     Its backward is autograd through :func:`sequence_forward` unless the cell has a hand-written one
-    (:func:`sequence_backward`): a new cell runs on the reference backend with this alone."""
+    (:func:`sequence_backward`): a new cell runs on the reference backend with this alone.
+    ``projection``: the input side of every step as one computation over all rows, when it is not
+    ``x W_ih^T + b_ih`` (a layer-normalised cell normalises ``x W_ih^T`` first); the step gets its rows."""
     CellSpec(family, mode)  # in the table
     _STEPS[(family, mode)] = step
+    if projection is None:
+        _PROJECTIONS.pop((family, mode), None)
+    else:
+        _PROJECTIONS[(family, mode)] = projection
 
 
 def _gru(reset_after: bool) -> Step:
@@ -113,11 +124,79 @@ def _rnn(relu: bool) -> Step:
     return step
 
 
+def indrnn_step(xp, h, w: LayerWeights, relu: bool):
+    """One IndRNN step: the recurrent weight ``w_hh`` is the vector u [H], applied element-wise."""
+    a = xp + w.w_hh * h
+    if w.b_hh is not None:
+        a = a + w.b_hh
+    return torch.relu(a) if relu else torch.tanh(a)
+
+
+def _indrnn(relu: bool) -> Step:
+    def step(xp, h, c, w):
+        return indrnn_step(xp, h, w, relu), None, xp.new_empty((xp.shape[0], 0))  # no workspace
+    return step
+
+
 register_step("lstm", "lstm", lstm_step)
 register_step("gru", "reset_after", _gru(True))
 register_step("gru", "reset_before", _gru(False))
 register_step("rnn", "tanh", _rnn(False))
 register_step("rnn", "relu", _rnn(True))
+register_step("indrnn", "relu", _indrnn(True))
+register_step("indrnn", "tanh", _indrnn(False))
+
+
+def layer_norm(v, gain, shift=None):
+    """``(v - mean) / sqrt(var + eps) * gain (+ shift)`` over each row's last dimension (biased variance,
+    eps = 1e-5: haste's and torch.nn.LayerNorm's), written from its definition."""
+    mean = v.mean(-1, keepdim=True)
+    centred = v - mean
+    y = centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + LAYER_NORM_EPS) * gain
+    return y if shift is None else y + shift
+
+
+def _normalised_projection(cell: CellSpec) -> Projection:
+    """x̂ = LN(x W_ih^T; γ_ih) + b_ih over all rows at once."""
+    def projection(rows, w):
+        gains = cell.split_extra(w.w_extra, w.w_hh.shape[0] // cell.gates)
+        xp = layer_norm(rows @ w.w_ih.t(), gains["ln_weight_ih"])
+        return xp if w.b_ih is None else xp + w.b_ih
+    return projection
+
+
+def _recurrent_side(cell: CellSpec, h, w: LayerWeights):
+    """ĥ = LN(h W_hh^T; γ_hh) + b_hh, and the cell's other gains and shifts."""
+    gains = cell.split_extra(w.w_extra, w.w_hh.shape[0] // cell.gates)
+    k = layer_norm(h @ w.w_hh.t(), gains["ln_weight_hh"])
+    return (k if w.b_hh is None else k + w.b_hh), gains
+
+
+def layer_norm_lstm_step(xp, h, c, w: LayerWeights):
+    """One LayerNorm LSTM step (haste's LayerNormLSTM in PyTorch's gate order); ``xp`` = x̂."""
+    cell = CellSpec("layer_norm_lstm", "layer_norm_lstm")
+    k, gains = _recurrent_side(cell, h, w)
+    a_i, a_f, a_g, a_o = (xp + k).chunk(4, dim=1)
+    i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
+    c_new = f * c + i * g
+    h_new = o * torch.tanh(layer_norm(c_new, gains["ln_weight_c"], gains["ln_bias_c"]))
+    return h_new, c_new, torch.cat([i, f, g, o, c_new], dim=1)
+
+
+def layer_norm_gru_step(xp, h, c, w: LayerWeights):
+    """One LayerNorm GRU step (haste's LayerNormGRU, PyTorch's convention h' = (1-z)*n + z*h); ``xp`` = x̂."""
+    k, _ = _recurrent_side(CellSpec("layer_norm_gru", "layer_norm_gru"), h, w)
+    x_r, x_z, x_n = xp.chunk(3, dim=1)
+    k_r, k_z, k_n = k.chunk(3, dim=1)
+    r, z = torch.sigmoid(x_r + k_r), torch.sigmoid(x_z + k_z)
+    n = torch.tanh(x_n + r * k_n)
+    return (1 - z) * n + z * h, None, torch.cat([r, z, n, k_n], dim=1)
+
+
+register_step("layer_norm_lstm", "layer_norm_lstm", layer_norm_lstm_step,
+              _normalised_projection(CellSpec("layer_norm_lstm", "layer_norm_lstm")))
+register_step("layer_norm_gru", "layer_norm_gru", layer_norm_gru_step,
+              _normalised_projection(CellSpec("layer_norm_gru", "layer_norm_gru")))
 
 
 def _step(cell: CellSpec, xp, h, c, w: LayerWeights):
@@ -149,7 +228,9 @@ def sequence_forward(
     w = LayerWeights(*(_cast(t, cdt) for t in weights))
     steps = Steps(x, batch_sizes, reverse)
     rows = as_rows(x, batch_sizes).to(cdt)
-    xp = _linear(rows, w.w_ih, w.b_ih)  # the input projection of all steps: one product
+    # the input projection of all steps: one product (then the cell's own work on it, if it has any)
+    projection = _PROJECTIONS.get((cell.family, cell.mode))
+    xp = _linear(rows, w.w_ih, w.b_ih) if projection is None else projection(rows, w)
     h = h0.to(cdt)
     c = _cast(c0, cdt)
     outs: List[Optional[torch.Tensor]] = [None] * len(steps.sizes)

@@ -42,7 +42,50 @@ from .backends.base import LayerWeights
 from .cells import CellSpec
 from .torchscript import refuse_script
 
-__all__ = ["FusedRNNBase"]
+__all__ = ["FusedRNNBase", "init_cell_parameters", "init_haste_biases"]
+
+#: the range a diagonal (element-wise) recurrent weight is drawn from: haste's IndRNN initialisation
+#: (lmnt-com/haste#7); |u| < 1 keeps h bounded over long sequences with either activation
+DIAGONAL_RECURRENT_INIT = 0.5
+
+
+def init_cell_parameters(cell: CellSpec, named_parameters) -> None:
+    """What a cell's record asks of its parameters after torch.nn's initialisation (``U(-1/sqrt(H), 1/sqrt(H))``
+    for each, in registration order): a diagonal recurrent weight ``weight_hh*`` redrawn from ``U(-0.5, 0.5)``,
+    and each extra weight set to its record's value (layer-norm gains to one, shifts to zero).  Nothing for
+    the built-in cells, whose draws stay torch.nn's.  ``named_parameters``: (name, parameter) pairs of a
+    stack (``weight_hh_l0``) or a cell (``weight_hh``)."""
+    record = cell.record
+    extras = {e.name: e.init for e in record.extra_weights}
+    if record.recurrent != "diagonal" and not extras:
+        return
+    with torch.no_grad():
+        for name, param in named_parameters:
+            stem = _stem(name)
+            if stem == "weight_hh" and record.recurrent == "diagonal":
+                param.uniform_(-DIAGONAL_RECURRENT_INIT, DIAGONAL_RECURRENT_INIT)
+            elif stem in extras:
+                param.fill_(extras[stem])
+
+
+def init_haste_biases(cell: CellSpec, named_parameters, forget_bias: Optional[float] = None) -> None:
+    """haste's bias initialisation for its layer-normalised cells: zeros, and with ``forget_bias`` the forget
+    gate's block of ``bias_ih`` set to it (``bias_hh``'s stays zero: only their sum matters)."""
+    with torch.no_grad():
+        for name, param in named_parameters:
+            stem = _stem(name)
+            if stem in ("bias_ih", "bias_hh"):
+                param.zero_()
+                if forget_bias is not None and stem == "bias_ih":
+                    hidden = param.shape[0] // cell.gates
+                    f = cell.record.gates.index("f")
+                    param[f * hidden:(f + 1) * hidden] = forget_bias
+
+
+def _stem(name: str) -> str:
+    """A parameter's name without its ``_l{k}[_reverse]`` suffix (``ln_weight_ih_l1_reverse`` -> ``ln_weight_ih``)."""
+    head, sep, tail = name.rpartition("_l")
+    return head if sep and tail.split("_")[0].isdigit() else name
 
 #: a layer-direction's parameter names, ``{prefix}_l{layer}[_reverse]``, in LayerWeights' order
 _WEIGHT_PREFIXES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ch", "weight_hr")
@@ -142,13 +185,16 @@ class FusedRNNBase(nn.RNNBase):
             for direction in range(num_directions):
                 layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
                 shapes = [("weight_ih_l{}{}", (gate_size, layer_input_size)),
-                          ("weight_hh_l{}{}", (gate_size, real_hidden_size))]
+                          ("weight_hh_l{}{}", cell.recurrent_shape(hidden_size, real_hidden_size))]
                 if bias:
                     shapes += [("bias_ih_l{}{}", (gate_size,)), ("bias_hh_l{}{}", (gate_size,))]
                 if peephole:
                     shapes += [("weight_ch_l{}{}", (cell.peephole_blocks * hidden_size,))]
                 if proj_size > 0:
                     shapes += [("weight_hr_l{}{}", (proj_size, hidden_size))]
+                # a cell's extra weights (layer-norm gains), each a parameter of its own, after torch.nn's
+                shapes += [(extra.name + "_l{}{}", (extra.blocks * hidden_size,))
+                           for extra in cell.record.extra_weights]
                 suffix = "_reverse" if direction == 1 else ""
                 names = []
                 for pattern, shape in shapes:
@@ -187,6 +233,12 @@ class FusedRNNBase(nn.RNNBase):
     # torch.jit.script calls it on every submodule first: one clear error naming fusedrnn.revert
     __prepare_scriptable__ = refuse_script
 
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation (the same draws as the torch.nn twin), then what the cell's record asks
+        (:func:`init_cell_parameters`)."""
+        super().reset_parameters()
+        init_cell_parameters(self.cell, self.named_parameters())
+
     def _init_flat_weights(self) -> None:
         """A no-op: there is no cached list to rebuild."""
 
@@ -221,10 +273,26 @@ class FusedRNNBase(nn.RNNBase):
         present = (True, True, self.bias, self.bias, self.peephole, self.proj_size > 0)
         return [f"{prefix}_l{layer}{suffix}" if there else None for prefix, there in zip(_WEIGHT_PREFIXES, present)]
 
+    def _extra_names(self, layer: int, direction: int) -> List[str]:
+        """One layer-direction's extra parameters (the record's ``extra_weights``: layer-norm gains), in order."""
+        suffix = "_reverse" if direction == 1 else ""
+        return [f"{extra.name}_l{layer}{suffix}" for extra in self.cell.record.extra_weights]
+
     def _direction_weights(self, layer: int, direction: int, dtype: Optional[torch.dtype]) -> LayerWeights:
-        """One layer-direction's parameters, read now (so in-place edits and functional_call take effect)."""
-        return LayerWeights(*(None if name is None else cast(checked_parameter(self, name), dtype)
-                              for name in self._direction_names(layer, direction)))
+        """One layer-direction's parameters, read now (so in-place edits and functional_call take effect); a
+        cell's extra parameters concatenated into ``w_extra`` (one differentiable op: each gets its gradient)."""
+        weights = [None if name is None else cast(checked_parameter(self, name), dtype)
+                   for name in self._direction_names(layer, direction)]
+        extras = [cast(checked_parameter(self, name), dtype) for name in self._extra_names(layer, direction)]
+        return LayerWeights(*weights, torch.cat(extras) if extras else None)
+
+    def _named_direction_weights(self, layer: int, direction: int, weights: LayerWeights,
+                                 dtype: Optional[torch.dtype]):
+        """(name, tensor) of each weight a layer-direction's call reads (cast as the call casts them), its extra
+        parameters by their own names rather than as ``w_extra`` (for the checks that name the parameter)."""
+        named = list(zip(self._direction_names(layer, direction), weights))
+        named += [(name, cast(checked_parameter(self, name), dtype)) for name in self._extra_names(layer, direction)]
+        return named
 
     def _state_sizes(self, batch: int) -> List[Tuple[int, int, int]]:
         """Expected shape of each initial state tensor (h, and c for LSTM)."""
@@ -315,7 +383,7 @@ class FusedRNNBase(nn.RNNBase):
                 index = layer * num_directions + direction
                 weights = self._direction_weights(layer, direction, cast_to)
                 # functional.layer's checks are made: torch.nn's in forward, the weights' here
-                check_weights_match(self, zip(self._direction_names(layer, direction), weights), x)
+                check_weights_match(self, self._named_direction_weights(layer, direction, weights, cast_to), x)
                 result = functional.run_checked(
                     cell,
                     layer_input,

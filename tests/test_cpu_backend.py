@@ -59,12 +59,13 @@ def _applies(strategy: str, variant: str, dtype: torch.dtype) -> bool:
 # blocks with AVX-512: the fused kernels' pairs of unit blocks then end in a
 # partial block); B=65, H=257 puts more than 16384 elements in a step, so the
 # per-step GEMM strategy splits its pointwise pass over threads.
+KERNELS = ft.kernel_variants()  # the cells the cpu backend has kernels for
 GRID = (
-    ft.cases(shapes=[(7, 5, 3, 37)])
-    + ft.cases(shapes=[(1, 5, 3, 37)], options=["padded", "packed-reverse"])
-    + ft.cases(shapes=[(3, 29, 5, 70)], options=["padded", "packed-reverse"])
-    + ft.cases(shapes=[(4, 7, 3, 60)], options=["padded", "packed-reverse"])
-    + ft.cases(shapes=[(3, 65, 5, 257)], options=["padded"])
+    ft.cases(KERNELS, shapes=[(7, 5, 3, 37)])
+    + ft.cases(KERNELS, shapes=[(1, 5, 3, 37)], options=["padded", "packed-reverse"])
+    + ft.cases(KERNELS, shapes=[(3, 29, 5, 70)], options=["padded", "packed-reverse"])
+    + ft.cases(KERNELS, shapes=[(4, 7, 3, 60)], options=["padded", "packed-reverse"])
+    + ft.cases(KERNELS, shapes=[(3, 65, 5, 257)], options=["padded"])
 )
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 PARAMS = [
@@ -123,8 +124,8 @@ DIRECT = [
 def test_poisoned_buffers_are_fully_written(cell, extra, packed, reverse, strat):
     """With every output and scratch buffer NaN-filled first, results (workspace included) match the reference."""
     x, h0, c0, w, bs = _problem(cell, packed=packed, **extra)
-    ops = torch.ops.fusedrnn_C
-    out, h_n, c_n, ws = ops.forward(cell.family, cell.mode, x, h0, c0, *w, bs, reverse, strat, True)
+    ops = torch.ops.fusedrnn_C  # the kernel ops take six weights, w_ih .. w_proj (no w_extra)
+    out, h_n, c_n, ws = ops.forward(cell.family, cell.mode, x, h0, c0, *w[:6], bs, reverse, strat, True)
     ref = reference.sequence_forward(cell, x.double(), h0.double(), _double(c0), LayerWeights(*map(_double, w)),
                                      bs, reverse)
     for name, got, want in (("out", out, ref.out), ("h_n", h_n, ref.h_n), ("workspace", ws, ref.workspace)):
@@ -138,7 +139,7 @@ def test_poisoned_buffers_are_fully_written(cell, extra, packed, reverse, strat)
     want = reference.sequence_backward(cell, g_out, g_h, g_c, x.double(), h0.double(), _double(c0),
                                        LayerWeights(*map(_double, w)), bs, reverse, ref.out, ref.workspace)
     got = ops.backward(cell.family, cell.mode, g_out.float(), g_h.float(), None if g_c is None else g_c.float(),
-                       x, h0, c0, *w, bs, reverse, out, ws, strat, True)
+                       x, h0, c0, *w[:6], bs, reverse, out, ws, strat, True)
     names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_peep", "dw_proj")
     for name, g, e in zip(names, got, (want.dx, want.dh0, want.dc0, *want.dweights)):
         if e is None:
@@ -152,7 +153,7 @@ def test_inference_keeps_no_workspace(cell, extra, packed, reverse, strat):
     """for_backward=False (what a no_grad forward asks for): same outputs, poisoned scratch fully
     rewritten every step, and an empty workspace."""
     x, h0, c0, w, bs = _problem(cell, packed=packed, **extra)
-    out, h_n, c_n, ws = torch.ops.fusedrnn_C.forward(cell.family, cell.mode, x, h0, c0, *w, bs, reverse, strat,
+    out, h_n, c_n, ws = torch.ops.fusedrnn_C.forward(cell.family, cell.mode, x, h0, c0, *w[:6], bs, reverse, strat,
                                                      True, for_backward=False)
     ref = reference.sequence_forward(cell, x.double(), h0.double(), _double(c0), LayerWeights(*map(_double, w)),
                                      bs, reverse)
@@ -483,8 +484,8 @@ def test_strategy_query_names_what_auto_runs():
         torch.randn(24, 5), torch.randn(24, 8), None, None, None, None), 1) == "fused"
     assert CPU.chosen_forward_strategy(cell, x.double(), h0.double(), w, 6).startswith("gemm: ")
     chosen = CPU.chosen_forward_strategy(cell, x, h0, w, 6)
-    auto = torch.ops.fusedrnn_C.forward("lstm", "lstm", x, h0, c0, *w, None, False, "auto")
-    forced = torch.ops.fusedrnn_C.forward("lstm", "lstm", x, h0, c0, *w, None, False, chosen)
+    auto = torch.ops.fusedrnn_C.forward("lstm", "lstm", x, h0, c0, *w[:6], None, False, "auto")
+    forced = torch.ops.fusedrnn_C.forward("lstm", "lstm", x, h0, c0, *w[:6], None, False, chosen)
     for a, b in zip(auto, forced):
         assert torch.equal(a, b)
     with pytest.raises(RuntimeError, match="w_hh must be"):

@@ -178,6 +178,18 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+@_constant_when_traced
+def _warn_fallback(device_type: str, chosen: str, *passed_over: str) -> None:
+    """auto's once-only warning that it took ``chosen`` after passing over backends (``passed_over``: name,
+    reason, name, reason...).  Composed here, where Dynamo runs the function itself (it cannot trace
+    ``str.join`` nor string concatenation), so that a cell without kernels, which falls back in every
+    call, compiles with ``fullgraph=True``; plain strings, since Dynamo passes only constants in."""
+    pairs = list(zip(passed_over[::2], passed_over[1::2]))
+    _warn_once(f"{device_type}:{chosen}:{pairs[0][0]}",
+               f"fusedrnn: using backend {chosen!r} for {device_type} tensors; "
+               + "; ".join(f"{n!r} was passed over: {w}" for n, w in pairs))
+
+
 def _why_not(name: str, cell: CellSpec, x, weights: LayerWeights) -> Optional[str]:
     """None when backend ``name`` can run this call, else why not: unavailable here, no kernels for
     the cell, or tensors it does not take."""
@@ -186,8 +198,15 @@ def _why_not(name: str, cell: CellSpec, x, weights: LayerWeights) -> Optional[st
         return why
     backend = _instance(name)
     if not backend.runs(cell):
-        return f"it has no kernels for the {cell} cell"
+        return _no_kernels(cell.family, cell.mode)
     return backend.unsupported(cell, x, weights)
+
+
+@_constant_when_traced
+def _no_kernels(family: str, mode: str) -> str:
+    """Why a backend cannot run a cell it has no kernels for; a constant under Dynamo, which passes only
+    constants to :func:`_warn_fallback` (a formatted string is not one)."""
+    return f"it has no kernels for the {CellSpec(family, mode)} cell"
 
 
 def resolve(name: Optional[str], cell: CellSpec, x, weights: LayerWeights) -> Backend:
@@ -209,11 +228,7 @@ def resolve(name: Optional[str], cell: CellSpec, x, weights: LayerWeights) -> Ba
         why = _why_not(candidate, cell, x, weights)
         if why is None:
             if passed_over:
-                _warn_once(
-                    f"{x.device.type}:{candidate}:{passed_over[0][0]}",
-                    f"fusedrnn: using backend {candidate!r} for {x.device.type} tensors; "
-                    + "; ".join(f"{n!r} was passed over: {w}" for n, w in passed_over),
-                )
+                _warn_fallback(x.device.type, candidate, *(item for pair in passed_over for item in pair))
             return _instance(candidate)
         passed_over.append((candidate, why))
     raise RuntimeError(

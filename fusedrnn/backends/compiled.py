@@ -24,8 +24,9 @@ class CompiledBackend(Backend):
         return torch.ops.fusedrnn_C
 
     def forward(self, cell, x, h0, c0, weights: LayerWeights, batch_sizes, reverse, for_backward=True) -> ForwardResult:
+        # the kernel ops take six weights (w_ih .. w_proj): the cells they run have no w_extra
         out, h_n, c_n, workspace = self.ops().forward(
-            cell.family, cell.mode, x, h0, c0, *weights, batch_sizes, bool(reverse),
+            cell.family, cell.mode, x, h0, c0, *weights[:6], batch_sizes, bool(reverse),
             self.strategy_for(cell, x, backward=False), for_backward=bool(for_backward),
         )
         return ForwardResult(out, h_n, c_n if cell.has_cell_state else None, workspace)
@@ -33,8 +34,8 @@ class CompiledBackend(Backend):
     def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
                  out, workspace, need_dx=True, need_dweights=True) -> BackwardResult:
         grads = self.ops().backward(
-            cell.family, cell.mode, grad_out, grad_hn, grad_cn, x, h0, c0, *weights, batch_sizes, bool(reverse), out,
-            workspace, self.strategy_for(cell, x, backward=True), need_dx=bool(need_dx),
+            cell.family, cell.mode, grad_out, grad_hn, grad_cn, x, h0, c0, *weights[:6], batch_sizes, bool(reverse),
+            out, workspace, self.strategy_for(cell, x, backward=True), need_dx=bool(need_dx),
             need_dweights=bool(need_dweights),
         )
         return BackwardResult.from_op(cell, grads, weights)

@@ -58,7 +58,8 @@ from __future__ import annotations
 from .checker import (ORACLES, CaseOutcome, Checker, ErrorRow, Report, as_dtype, assert_close_to_reference,
                       compare_backend, compare_backends, default_device, default_dtypes, error_row, grid, module_cases)
 from .grid import (DEFAULT_SHAPES, LAYOUTS, MODULE_LAYERS, MODULE_VARIANTS, OPTIONS, SMALL_SHAPE, VARIANTS, Case,
-                   ModuleCase, Option, Shape, Variant, cases, layout_name, projection_size, variant_of)
+                   ModuleCase, Option, Shape, Variant, cases, kernel_variants, layout_name, projection_size,
+                   variant_of)
 from .runs import (INPUTS, OUTPUTS, QUANTITIES, TORCH_NAMES, LayerCase, LayerFn, Problem, Results, backend_layer,
                    layer_case, make_module_problem, make_problem, modules_available, quantity_of, reference_layer,
                    run_layer, run_module, run_torch, torch_module)
@@ -79,6 +80,7 @@ __all__ = [
     "Shape",
     "assert_close_to_reference",
     "cases",
+    "kernel_variants",
     "compare_backend",
     "compare_backends",
     "default_device",

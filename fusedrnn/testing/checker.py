@@ -165,6 +165,8 @@ class Checker:
         why = backends.unavailable_reason(backend)
         if why is not None:
             return why
+        if not backends.get(backend).runs(case.cell):  # a cell on the reference backend only, so far
+            return f"it has no kernels for the {case.cell} cell"
         if isinstance(case, ModuleCase):
             case = case.layer_case
         problem = self.problem(case, dtype)

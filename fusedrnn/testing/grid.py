@@ -9,7 +9,7 @@ from typing import ClassVar, Dict, Iterable, List, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from ..cells import CellSpec
+from ..cells import BUILT_IN_CELLS, CellSpec
 
 # ----------------------------------------------------------------------------
 # The grid: cell variants, layout options, shapes
@@ -37,8 +37,19 @@ VARIANTS: Dict[str, Variant] = {
         Variant("gru-reset-before", CellSpec("gru", "reset_before")),
         Variant("rnn-tanh", CellSpec("rnn", "tanh")),
         Variant("rnn-relu", CellSpec("rnn", "relu")),
+        # the cells that run on the reference backend only so far (no kernels yet)
+        Variant("indrnn-relu", CellSpec("indrnn", "relu")),
+        Variant("indrnn-tanh", CellSpec("indrnn", "tanh")),
+        Variant("layer-norm-lstm", CellSpec("layer_norm_lstm", "layer_norm_lstm")),
+        Variant("layer-norm-gru", CellSpec("layer_norm_gru", "layer_norm_gru")),
     )
 }
+
+
+def kernel_variants() -> Tuple[str, ...]:
+    """The variants of :data:`VARIANTS` whose cell has kernels in every backend (the built-in cells): what the
+    tests of a fused backend run; the others run on the reference backend only so far."""
+    return tuple(name for name, v in VARIANTS.items() if (v.cell.family, v.cell.mode) in BUILT_IN_CELLS)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import functional, reference
+from ..ops import op_weights
 from ..backends.base import LayerWeights
-from ..cells import CellSpec, torch_twin
+from ..cells import CELLS, CellSpec, torch_twin
 from .grid import Case, MODULE_LAYERS, ModuleCase
 
 Results = Dict[str, torch.Tensor]
@@ -21,8 +22,8 @@ Results = Dict[str, torch.Tensor]
 # A problem's data, and the runs that produce comparable results
 # ----------------------------------------------------------------------------
 
-#: differentiable inputs, in the ops' argument order
-INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_peep", "w_proj")
+#: differentiable inputs, in the ops' argument order (``w_extra`` only in the ops of a family that has it)
+INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_peep", "w_proj", "w_extra")
 OUTPUTS = ("out", "h_n", "c_n")
 #: every quantity compared, in report order
 QUANTITIES = OUTPUTS + tuple(f"grad_{n}" for n in INPUTS)
@@ -49,8 +50,9 @@ class LayerCase:
     upstream: Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
 
     def inputs(self) -> List[Optional[torch.Tensor]]:
-        """x, h0, c0 and the weights, in the ops' argument order (None where absent)."""
-        return [self.x, self.h0, self.c0, *self.weights]
+        """x, h0, c0 and the weights, in the ops' argument order (None where absent): six weights, or seven
+        with ``w_extra`` for a family whose ops take it (:func:`fusedrnn.ops.op_weights`)."""
+        return [self.x, self.h0, self.c0, *self.weights[:op_weights(self.cell.family)]]
 
     def differentiable(self) -> List[torch.Tensor]:
         """The inputs that are present."""
@@ -138,11 +140,14 @@ def make_problem(case: Case, dtype: torch.dtype = torch.float64, seed: Optional[
         "h0": rand(B, hout),
         "c0": rand(B, H) if case.cell.has_cell_state else None,
         "w_ih": rand(G * H, I, fan=I),
-        "w_hh": rand(G * H, hout, fan=hout),
+        "w_hh": rand(*case.cell.recurrent_shape(H, hout), fan=hout if case.cell.record.recurrent == "matrix" else 1),
         "b_ih": rand(G * H, fan=H) if bias else None,
         "b_hh": rand(G * H, fan=H) if bias else None,
         "w_peep": rand(3 * H, fan=H) if case.peephole else None,
         "w_proj": rand(P, H, fan=H) if P else None,
+        # a cell's extra weights (layer-norm gains and shifts): fresh random numbers like the rest, never
+        # their initial ones and zeros
+        "w_extra": rand(case.cell.extra_blocks * H) if case.cell.extra_blocks else None,
     }
     upstream = {
         "out": rand(T, B, hout),
@@ -327,8 +332,11 @@ _PARAMETER_QUANTITY = {"weight_ih": "grad_w_ih", "weight_hh": "grad_w_hh", "bias
 
 
 def quantity_of(name: str) -> str:
-    """``grad_weight_ih_l1_reverse`` -> ``grad_w_ih``; other names unchanged."""
+    """``grad_weight_ih_l1_reverse`` -> ``grad_w_ih``; a cell's extra weight (``grad_ln_weight_c_l0``) ->
+    ``grad_w_extra``; other names unchanged."""
     if name.startswith("grad_"):
         stem = name[len("grad_"):].split("_l")[0]
+        if any(stem == e.name for record in CELLS.values() for e in record.extra_weights):
+            return "grad_w_extra"
         return _PARAMETER_QUANTITY.get(stem, name)
     return name

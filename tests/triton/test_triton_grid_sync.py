@@ -61,7 +61,7 @@ if INTERPRETING:
 
     from fusedrnn.triton_kernels import concurrent_grid
 
-VARIANTS = [v for v in ft.VARIANTS if not ft.VARIANTS[v].projection]  # grid_sync takes no projection
+VARIANTS = [v for v in ft.kernel_variants() if not ft.VARIANTS[v].projection]  # grid_sync takes no projection
 SHAPE = ft.Shape(T=7, B=5, I=3, H=37)
 SINGLE_STEP = ft.Shape(T=1, B=5, I=3, H=37)
 TWO_BATCH_TILES = ft.Shape(T=3, B=17, I=3, H=33)
