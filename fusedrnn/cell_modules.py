@@ -15,11 +15,9 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.autograd.forward_ad as forward_ad
 from torch import Tensor, nn
-from torch._C._functorch import peek_interpreter_stack
 
-from . import backends, functional
+from . import functional
 from .backends.base import LayerWeights
 from .cells import CellSpec, modes
 from ._autocast import autocast_dtype, autocast_off, cast
@@ -37,19 +35,8 @@ __all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell", "IndRNNCell", "
 _LSTM = CellSpec("lstm", "lstm")
 _GRU_RESET_AFTER, _GRU_RESET_BEFORE = CellSpec("gru", "reset_after"), CellSpec("gru", "reset_before")
 _RNN_BUILT_IN = {mode: CellSpec("rnn", mode) for mode in ("tanh", "relu")}
-#: cells whose step op has a double backward (csrc/step_autograd.cpp differentiates ATen's own cell for it)
-_ATEN_CELLS = frozenset((("lstm", "lstm"), ("gru", "reset_after"), ("rnn", "tanh"), ("rnn", "relu")))
 _PLAIN = (torch.Tensor, nn.Parameter)
 _MISSING = object()
-
-
-def _plain_eager_context() -> bool:
-    """No tracing, compiling, dispatch or function mode, functorch transform, forward-mode AD level or autocast
-    that a step must be visible to or cast for: then a cell step may call the backend's step op directly."""
-    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and torch._C._len_torch_dispatch_stack() == 0 and torch._C._len_torch_function_stack() == 0
-            and peek_interpreter_stack() is None and forward_ad._current_level < 0
-            and not torch._C._is_any_autocast_enabled())
 
 
 class FusedRNNCellBase(nn.RNNCellBase):
@@ -196,10 +183,7 @@ class FusedRNNCellBase(nn.RNNCellBase):
         weights are read at every call, as there (nothing of them is kept between calls).
         """
         if (type(x) not in _PLAIN or x.dim() != 2 or x.is_meta or not x.is_floating_point() or x.size(0) == 0
-                or x.size(1) != self.input_size
-                or self.input_size == 0 or self.hidden_size == 0):
-            return None
-        if not _plain_eager_context():
+                or x.size(1) != self.input_size or self.input_size == 0 or self.hidden_size == 0):
             return None
         params, shapes = self._parameters, self._param_shapes
         weights = []
@@ -210,11 +194,9 @@ class FusedRNNCellBase(nn.RNNCellBase):
                     return None
                 w = None
             elif w is not None and (type(w) not in _PLAIN or w.dtype != x.dtype or w.device != x.device
-                                    or not w.is_contiguous() or w.shape != shapes.get(name, w.shape)):
+                                    or w.shape != shapes.get(name, w.shape)):
                 return None
             weights.append(w)
-        if torch.is_grad_enabled() and ((cell.family, cell.mode) not in _ATEN_CELLS or weights[4] is not None):
-            return None  # its step op has no double backward (peepholes, GRU reset_before): the general path's has
         batch, hidden = x.size(0), self.hidden_size
         if states is None:
             states = (x.new_zeros((batch, hidden)),) * (2 if cell.has_cell_state else 1)
@@ -223,13 +205,11 @@ class FusedRNNCellBase(nn.RNNCellBase):
                 if (type(state) not in _PLAIN or state.dim() != 2 or state.size(0) != batch
                         or state.size(1) != hidden or state.dtype != x.dtype or state.device != x.device):
                     return None
-        chosen = backends.resolve(self.backend, cell, x, LayerWeights(*weights, None))
-        op = chosen.step_op(cell, x)
-        if op is None:
+        result = functional.run_step(cell, x, states[0], states[1] if cell.has_cell_state else None,
+                                     LayerWeights(*weights, None), self.backend)
+        if result is None:
             return None
-        h, c = states[0].contiguous(), (states[1].contiguous() if cell.has_cell_state else None)
-        h_new, c_new = op(cell.family, cell.mode, x.contiguous(), h, c, *weights)
-        return (h_new, c_new) if cell.has_cell_state else (h_new,)
+        return result if cell.has_cell_state else result[:1]
 
     @staticmethod
     def _state_names(cell: CellSpec) -> Tuple[str, ...]:

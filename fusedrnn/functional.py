@@ -28,7 +28,7 @@ from .ops import define, forward_op, forward_with_autograd, forward_without_auto
 from .reference import sequence_forward
 from .torchscript import check_not_traced
 
-__all__ = ["LayerOutput", "layer", "run_checked", "lstm_layer", "gru_layer", "rnn_layer", "indrnn_layer",
+__all__ = ["LayerOutput", "layer", "run_checked", "run_step", "lstm_layer", "gru_layer", "rnn_layer", "indrnn_layer",
            "layer_norm_lstm_layer", "layer_norm_gru_layer", "LayerWeights", "CellSpec"]
 
 
@@ -256,6 +256,40 @@ def _run(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
         backends.strategy_for(name, cell, x, backward=False),
     )
     return LayerOutput(out, h_n, c_n if cell.has_cell_state else None)
+
+
+#: cells whose step op has a double backward (csrc/step_autograd.cpp differentiates ATen's own cell for it)
+_ATEN_CELLS = frozenset((("lstm", "lstm"), ("gru", "reset_after"), ("rnn", "tanh"), ("rnn", "relu")))
+
+
+def run_step(cell: CellSpec, x: torch.Tensor, h: torch.Tensor, c: Optional[torch.Tensor], weights: LayerWeights,
+             backend: Optional[str] = None):
+    """One time step through the backend's single-step op (:meth:`fusedrnn.backends.base.Backend.step_op`):
+    ``(h', c' or None)``, or None where the step must run as a sequence of one step (:func:`run_checked`).
+
+    A decoder calls its cell (or a stack on one step) once per token, at sizes where a step is a few
+    microseconds of arithmetic; this path is one op call with its autograd formula in C++.  It takes plain
+    eager calls only (:func:`_plain_eager_call`, no functorch transform, forward-mode AD or autocast), no
+    projection or extra weights, contiguous weights, and with grad on only the cells whose step op has a
+    double backward (not peepholes, not GRU reset_before: their sequence ops have one).  What the caller
+    guarantees, as for :func:`run_checked`: ``x`` [B, I] with B and H > 0, ``h`` [B, H], ``c`` [B, H] for a
+    cell with a cell state (else None), every tensor of ``x``'s floating dtype and device, weights of the
+    cell's shapes.
+    """
+    if (weights.w_proj is not None or weights.w_extra is not None or torch._C._is_any_autocast_enabled()
+            or peek_interpreter_stack() is not None or forward_ad._current_level >= 0
+            or not _plain_eager_call((x, h, c, *weights))):
+        return None
+    if torch.is_grad_enabled() and ((cell.family, cell.mode) not in _ATEN_CELLS or weights.w_peep is not None):
+        return None
+    if not all(w is None or w.is_contiguous() for w in weights):
+        return None
+    op = backends.resolve(backend, cell, x, weights).step_op(cell, x)
+    if op is None:
+        return None
+    h_new, c_new = op(cell.family, cell.mode, x.contiguous(), h.contiguous(), None if c is None else c.contiguous(),
+                      *weights[:5])
+    return h_new, (c_new if cell.has_cell_state else None)
 
 
 def lstm_layer(x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, w_peep=None, w_proj=None,

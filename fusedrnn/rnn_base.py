@@ -363,6 +363,24 @@ class FusedRNNBase(nn.RNNBase):
             output = output.transpose(0, 1)
         return output, ((h_n, c_n) if cell.has_cell_state else h_n)
 
+    def _run_step(self, cell: CellSpec, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor],
+                  weights: LayerWeights) -> Optional[functional.LayerOutput]:
+        """A layer-direction over one time step (``x`` [1, B, I], either direction: one step reads the same
+        way both ways) through the backend's single-step op (:func:`fusedrnn.functional.run_step`), or None
+        where it runs as a sequence of one step: a stack called once per token, as a decoder calls it."""
+        batch, hidden = x.size(1), weights.w_hh.size(0) // cell.gates
+        if batch == 0 or hidden == 0 or x.size(2) == 0 or x.is_meta:
+            return None
+        h0 = x.new_zeros((batch, weights.w_hh.size(1))) if h0 is None else h0
+        if cell.has_cell_state and c0 is None:
+            c0 = x.new_zeros((batch, hidden))
+        result = functional.run_step(cell, x[0], h0, c0, weights, self.backend)
+        if result is None:
+            return None
+        h_n, c_n = result
+        # the output is h_n's values, not h_n itself: torch.nn's outputs share no memory with its states
+        return functional.LayerOutput(h_n.unsqueeze(0), h_n.clone(), c_n)
+
     def _permute_states(self, states: Tuple[Tensor, ...], permutation: Tensor) -> Tuple[Tensor, ...]:
         """The states' batch entries reordered through ``self.permute_hidden``, as torch.nn's forward
         does it, so that a subclass overriding ``permute_hidden`` is honoured."""
@@ -384,16 +402,14 @@ class FusedRNNBase(nn.RNNBase):
                 weights = self._direction_weights(layer, direction, cast_to)
                 # functional.layer's checks are made: torch.nn's in forward, the weights' here
                 check_weights_match(self, self._named_direction_weights(layer, direction, weights, cast_to), x)
-                result = functional.run_checked(
-                    cell,
-                    layer_input,
-                    None if states is None else states[0][index],
-                    None if states is None or not cell.has_cell_state else states[1][index],
-                    weights,
-                    batch_sizes,
-                    direction == 1,
-                    self.backend,
-                )
+                h0 = None if states is None else states[0][index]
+                c0 = None if states is None or not cell.has_cell_state else states[1][index]
+                result = None
+                if batch_sizes is None and layer_input.size(0) == 1:
+                    result = self._run_step(cell, layer_input, h0, c0, weights)
+                if result is None:
+                    result = functional.run_checked(cell, layer_input, h0, c0, weights, batch_sizes, direction == 1,
+                                                    self.backend)
                 outputs.append(result.out)
                 h_finals.append(result.h_n)
                 c_finals.append(result.c_n)

@@ -247,3 +247,64 @@ def test_bad_arguments_to_the_op_raise_naming_them():
         step("lstm", "lstm", x, h, c, w_ih.t().contiguous().t(), w_hh, None, None, None)
     with pytest.raises(RuntimeError, match="mode of a gru cell"):
         step("gru", "lstm", x, h, None, w_ih[:3 * H], w_hh[:3 * H], None, None, None)
+
+
+# ---------------------------------------------------------------------------
+# A stack called on one time step (a decoder's stack): each layer-direction is one step op call
+# ---------------------------------------------------------------------------
+
+STACKS = [("lstm", fusedrnn.LSTM, nn.LSTM, {}), ("gru", fusedrnn.GRU, nn.GRU, {}),
+          ("rnn-relu", fusedrnn.RNN, nn.RNN, {"nonlinearity": "relu"})]
+
+
+@pytest.fixture
+def step_calls(monkeypatch):
+    """How many times the cpu backend handed out its step op."""
+    from fusedrnn.backends.cpu import CpuBackend
+    calls = []
+    original = CpuBackend.step_op
+
+    def counted(self, cell, x):
+        op = original(self, cell, x)
+        calls.append(op is not None)
+        return op
+
+    monkeypatch.setattr(CpuBackend, "step_op", counted)
+    return calls
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("name,cls,ref_cls,kw", STACKS, ids=[c[0] for c in STACKS])
+def test_a_stack_on_one_step_runs_step_ops_and_matches_torch_nn(step_calls, name, cls, ref_cls, kw, bidirectional):
+    B, I, H, L = 3, 5, 4, 2
+    D = 2 if bidirectional else 1
+    torch.manual_seed(0)
+    ref = ref_cls(I, H, L, bidirectional=bidirectional, **kw).double()
+    ours = cls(I, H, L, bidirectional=bidirectional, **kw)
+    ours.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+    x64 = torch.randn(1, B, I, dtype=torch.float64, requires_grad=True)
+    s64 = [torch.randn(L * D, B, H, dtype=torch.float64, requires_grad=True)
+           for _ in range(2 if name == "lstm" else 1)]
+    x = x64.detach().float().requires_grad_()
+    s = [t.detach().float().requires_grad_() for t in s64]
+    hx, hx64 = (tuple(s), tuple(s64)) if name == "lstm" else (s[0], s64[0])
+    out, states = ours(x, hx)
+    assert step_calls == [True] * (L * D)
+    out64, states64 = ref(x64, hx64)
+    got = [out, *(states if name == "lstm" else [states])]
+    want = [out64, *(states64 if name == "lstm" else [states64])]
+    assert out.data_ptr() != got[1].data_ptr()  # the output shares no memory with h_n, as in torch.nn
+    out.mul_(1.0)  # torch.nn lets callers edit outputs in place before the backward
+    upstream = [torch.randn_like(t) for t in want]
+    got_grads = torch.autograd.grad(got, [x, *s, *ours.parameters()], [u.float() for u in upstream])
+    want_grads = torch.autograd.grad(want, [x64, *s64, *ref.parameters()], upstream)
+    for a, b in zip(got + list(got_grads), want + list(want_grads)):
+        _close(a, b)
+
+
+def test_a_stack_over_two_steps_or_packed_takes_the_sequence_ops(step_calls):
+    lstm = fusedrnn.LSTM(3, 4, 2)
+    lstm(torch.randn(2, 5, 3))
+    packed = nn.utils.rnn.pack_sequence([torch.randn(1, 3), torch.randn(1, 3)])
+    lstm(packed)
+    assert step_calls == []
