@@ -193,18 +193,14 @@ class FusedRNNCellBase(nn.RNNCellBase):
                 if name in shapes or name.startswith("bias"):
                     return None
                 w = None
-            elif w is not None and (type(w) not in _PLAIN or w.dtype != x.dtype or w.device != x.device
-                                    or w.shape != shapes.get(name, w.shape)):
+            elif w is not None and type(w) not in _PLAIN:
                 return None
             weights.append(w)
-        batch, hidden = x.size(0), self.hidden_size
         if states is None:
-            states = (x.new_zeros((batch, hidden)),) * (2 if cell.has_cell_state else 1)
-        else:
-            for state in states:
-                if (type(state) not in _PLAIN or state.dim() != 2 or state.size(0) != batch
-                        or state.size(1) != hidden or state.dtype != x.dtype or state.device != x.device):
-                    return None
+            states = (x.new_zeros((x.size(0), self.hidden_size)),) * (2 if cell.has_cell_state else 1)
+        elif any(type(state) not in _PLAIN for state in states):
+            return None
+        # shapes, dtypes and devices: the op checks them (functional.run_step hands back None where it refuses)
         result = functional.run_step(cell, x, states[0], states[1] if cell.has_cell_state else None,
                                      LayerWeights(*weights, None), self.backend)
         if result is None:

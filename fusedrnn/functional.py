@@ -272,9 +272,10 @@ def run_step(cell: CellSpec, x: torch.Tensor, h: torch.Tensor, c: Optional[torch
     eager calls only (:func:`_plain_eager_call`, no functorch transform, forward-mode AD or autocast), no
     projection or extra weights, contiguous weights, and with grad on only the cells whose step op has a
     double backward (not peepholes, not GRU reset_before: their sequence ops have one).  What the caller
-    guarantees, as for :func:`run_checked`: ``x`` [B, I] with B and H > 0, ``h`` [B, H], ``c`` [B, H] for a
-    cell with a cell state (else None), every tensor of ``x``'s floating dtype and device, weights of the
-    cell's shapes.
+    guarantees: ``x`` [B, I] with B, I and H > 0, floating point.  The op checks every other shape, dtype and
+    device (the dispatcher finds no kernel for a tensor on another device) and the weights' contiguity; where it refuses a call this returns None, so that the caller's
+    general path raises the error torch.nn raises (or, for non-contiguous weights, runs the call).  The op
+    changes nothing before its checks pass.
     """
     if (weights.w_proj is not None or weights.w_extra is not None or torch._C._is_any_autocast_enabled()
             or peek_interpreter_stack() is not None or forward_ad._current_level >= 0
@@ -282,14 +283,23 @@ def run_step(cell: CellSpec, x: torch.Tensor, h: torch.Tensor, c: Optional[torch
         return None
     if torch.is_grad_enabled() and ((cell.family, cell.mode) not in _ATEN_CELLS or weights.w_peep is not None):
         return None
-    if not all(w is None or w.is_contiguous() for w in weights):
-        return None
     op = backends.resolve(backend, cell, x, weights).step_op(cell, x)
     if op is None:
         return None
-    h_new, c_new = op(cell.family, cell.mode, x.contiguous(), h.contiguous(), None if c is None else c.contiguous(),
-                      *weights[:5])
+    try:
+        h_new, c_new = op(cell.family, cell.mode, x.contiguous(), h.contiguous(),
+                          None if c is None else c.contiguous(), *weights[:5])
+    except NotImplementedError:
+        return None  # a tensor on another device took the dispatcher to a key without the op's kernels
+    except RuntimeError as error:
+        if str(error).startswith(_STEP_REFUSAL):
+            return None
+        raise
     return h_new, (c_new if cell.has_cell_state else None)
+
+
+#: how the step op's argument checks begin their messages (csrc/include/fusedrnn/op_checks.h)
+_STEP_REFUSAL = "fusedrnn_C: "
 
 
 def lstm_layer(x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, w_peep=None, w_proj=None,

@@ -308,3 +308,19 @@ def test_a_stack_over_two_steps_or_packed_takes_the_sequence_ops(step_calls):
     packed = nn.utils.rnn.pack_sequence([torch.randn(1, 3), torch.randn(1, 3)])
     lstm(packed)
     assert step_calls == []
+
+
+@pytest.mark.parametrize("name,cls,ref_cls,kw", CELLS, ids=[c[0] for c in CELLS])
+def test_non_contiguous_weights_run_as_a_sequence_of_one_step(name, cls, ref_cls, kw):
+    """The op refuses non-contiguous weights; the call then takes the general path, with the same results."""
+    B, I, H = 3, 6, 5
+    ours, ref = _pair(cls, ref_cls, kw, I, H)
+    ours.weight_hh = nn.Parameter(ours.weight_hh.detach().t().contiguous().t())
+    assert not ours.weight_hh.is_contiguous()
+    x = torch.randn(B, I, requires_grad=True)
+    s = _states(name, B, H)
+    got = _call(ours, name, x, s)
+    assert not _is_step(got[0])
+    want = _call(ref, name, x.double(), [t.double() for t in s])
+    for a, b in zip(got, want):
+        _close(a, b)
