@@ -57,9 +57,10 @@ bool step_kernel_runs(const at::Tensor& x, const at::Tensor& h, const at::Tensor
   // Up to 4 rows that is one pass, the least any step can read; up to 16 rows,
   // 4 passes, cheap while the weights stay in a core's L2 (2 MiB here).
   // Larger batches amortise the packed kernels' packing instead (strategy.h).
-  // Measured at I = 96..1024, H = 64..1024, LSTM, one thread: this kernel
-  // 1.5-3x faster than the sequence op's single step up to B = 16 with 2 MiB
-  // of weights, slower from B = 32 on (benchmarks/RESULTS.md, "One step").
+  // Measured (one thread, I = H): 1.5-5.6x faster than the sequence op's
+  // single step within these limits (benchmarks/RESULTS.md, "One step");
+  // beyond them, at B = 32 and I = H = 256 (8 passes over 2 MiB), it took
+  // 1.9x the time of one GEMM call per weight.
   const int64_t weight_bytes = (w_ih.numel() + w_hh.numel()) * static_cast<int64_t>(sizeof(float));
   return B <= 4 || (B <= 16 && weight_bytes <= (int64_t(2) << 20));
 }
