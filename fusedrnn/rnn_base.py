@@ -369,7 +369,7 @@ class FusedRNNBase(nn.RNNBase):
         way both ways) through the backend's single-step op (:func:`fusedrnn.functional.run_step`), or None
         where it runs as a sequence of one step: a stack called once per token, as a decoder calls it."""
         batch, hidden = x.size(1), weights.w_hh.size(0) // cell.gates
-        if batch == 0 or hidden == 0 or x.size(2) == 0 or x.is_meta:
+        if batch == 0 or hidden == 0 or x.size(2) == 0 or x.is_meta or not x.is_floating_point():
             return None
         h0 = x.new_zeros((batch, weights.w_hh.size(1))) if h0 is None else h0
         if cell.has_cell_state and c0 is None:
@@ -400,14 +400,15 @@ class FusedRNNBase(nn.RNNBase):
             for direction in range(num_directions):
                 index = layer * num_directions + direction
                 weights = self._direction_weights(layer, direction, cast_to)
-                # functional.layer's checks are made: torch.nn's in forward, the weights' here
-                check_weights_match(self, self._named_direction_weights(layer, direction, weights, cast_to), x)
                 h0 = None if states is None else states[0][index]
                 c0 = None if states is None or not cell.has_cell_state else states[1][index]
                 result = None
                 if batch_sizes is None and layer_input.size(0) == 1:
+                    # the step op checks the weights' dtypes and devices itself, and refuses what is wrong
                     result = self._run_step(cell, layer_input, h0, c0, weights)
                 if result is None:
+                    # functional.layer's checks are made: torch.nn's in forward, the weights' here
+                    check_weights_match(self, self._named_direction_weights(layer, direction, weights, cast_to), x)
                     result = functional.run_checked(cell, layer_input, h0, c0, weights, batch_sizes, direction == 1,
                                                     self.backend)
                 outputs.append(result.out)
