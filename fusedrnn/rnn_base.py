@@ -87,6 +87,9 @@ def _stem(name: str) -> str:
     head, sep, tail = name.rpartition("_l")
     return head if sep and tail.split("_")[0].isdigit() else name
 
+_PLAIN = (torch.Tensor, nn.Parameter)
+_MISSING = object()
+
 #: a layer-direction's parameter names, ``{prefix}_l{layer}[_reverse]``, in LayerWeights' order
 _WEIGHT_PREFIXES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ch", "weight_hr")
 
@@ -306,6 +309,9 @@ class FusedRNNBase(nn.RNNBase):
     def forward(self, input, hx=None):
         """Run the stack over ``input`` (tensor or PackedSequence); returns ``(output, h_n)`` /
         ``(output, (h_n, c_n))`` exactly as the torch.nn twin."""
+        one_step = self._direct_step_forward(input, hx)
+        if one_step is not None:
+            return one_step
         cell = self.cell
         name = type(self).__name__
         is_packed = isinstance(input, PackedSequence)
@@ -362,6 +368,59 @@ class FusedRNNBase(nn.RNNBase):
         elif self.batch_first:
             output = output.transpose(0, 1)
         return output, ((h_n, c_n) if cell.has_cell_state else h_n)
+
+    def _direct_step_forward(self, input, hx):
+        """:meth:`forward` of a batched input of one time step, each layer-direction one step op call
+        (:func:`fusedrnn.functional.run_step`), or None where the call takes the general path.
+
+        A decoder built on a stack calls it once per token: there the general path's Python (torch.nn's
+        checks, the weights' checks, per layer-direction) cost more than torch.nn's whole call for the GRU
+        and the Elman RNN.  This path takes only the common call, a plain tensor with one step, states
+        (or none) of exactly the stack's shape, no projection, no extra weights, no dropout in training,
+        the parameters as registered; the step op checks the rest, and where it refuses a call, the
+        general path runs it (and raises torch.nn's errors).
+        """
+        cell = self.cell
+        if (type(input) not in _PLAIN or input.dim() != 3 or input.is_meta or not input.is_floating_point()
+                or input.size(1 if self.batch_first else 0) != 1 or self.proj_size > 0 or cell.record.extra_weights
+                or (self.training and self.dropout > 0)):
+            return None
+        x = input[:, 0] if self.batch_first else input[0]
+        batch, hidden, directions = x.size(0), self.hidden_size, 2 if self.bidirectional else 1
+        if batch == 0 or hidden == 0 or x.size(1) == 0 or x.size(1) != self.input_size:
+            return None
+        shape = (self.num_layers * directions, batch, hidden)
+        if hx is None:
+            states = (x.new_zeros(shape),) * (2 if cell.has_cell_state else 1)
+        else:
+            states = tuple(hx) if cell.has_cell_state and isinstance(hx, (tuple, list)) else (hx,)
+            if len(states) != (2 if cell.has_cell_state else 1) or any(
+                    type(s) not in _PLAIN or s.shape != shape for s in states):
+                return None
+        params = self._parameters
+        layer_input, h_n, c_n = x, [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                weights = [None if name is None else params.get(name, _MISSING)
+                           for name in self._direction_names(layer, direction)[:5]]
+                if any(w is _MISSING or (w is not None and type(w) not in _PLAIN) for w in weights):
+                    return None  # a parametrized or subclassed weight
+                result = functional.run_step(cell, layer_input, states[0][index],
+                                             states[1][index] if cell.has_cell_state else None,
+                                             LayerWeights(*weights), self.backend)
+                if result is None:
+                    return None
+                outputs.append(result[0])
+                h_n.append(result[0])
+                c_n.append(result[1])
+            layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+        # torch.stack copies: the output shares no memory with the states, as in torch.nn
+        output = layer_input.unsqueeze(1 if self.batch_first else 0)
+        if cell.has_cell_state:
+            return output, (torch.stack(h_n), torch.stack(c_n))
+        return output, torch.stack(h_n)
 
     def _run_step(self, cell: CellSpec, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor],
                   weights: LayerWeights) -> Optional[functional.LayerOutput]:

@@ -273,23 +273,44 @@ def step_calls(monkeypatch):
     return calls
 
 
+#: how the stack is called: (batch_first, initial states given, unbatched input, training with dropout); the
+#: last two take the general path, each layer-direction still one step op call
+CALLS = {"states": (False, True, False, False), "no-states": (False, False, False, False),
+         "batch-first": (True, True, False, False), "unbatched": (False, True, True, False),
+         "dropout-training": (False, True, False, True)}
+
+
+@pytest.mark.parametrize("call", list(CALLS))
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("name,cls,ref_cls,kw", STACKS, ids=[c[0] for c in STACKS])
-def test_a_stack_on_one_step_runs_step_ops_and_matches_torch_nn(step_calls, name, cls, ref_cls, kw, bidirectional):
+def test_a_stack_on_one_step_runs_step_ops_and_matches_torch_nn(step_calls, name, cls, ref_cls, kw, bidirectional,
+                                                                call):
+    batch_first, with_states, unbatched, dropout = CALLS[call]
     B, I, H, L = 3, 5, 4, 2
     D = 2 if bidirectional else 1
     torch.manual_seed(0)
-    ref = ref_cls(I, H, L, bidirectional=bidirectional, **kw).double()
-    ours = cls(I, H, L, bidirectional=bidirectional, **kw)
+    options = dict(bidirectional=bidirectional, batch_first=batch_first, dropout=0.5 if dropout else 0.0, **kw)
+    ref = ref_cls(I, H, L, **options).double()
+    ours = cls(I, H, L, **options)
     ours.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
-    x64 = torch.randn(1, B, I, dtype=torch.float64, requires_grad=True)
-    s64 = [torch.randn(L * D, B, H, dtype=torch.float64, requires_grad=True)
+    if not dropout:  # in training, the dropout masks differ: only where each call went is compared
+        ref.eval(), ours.eval()
+    shape = (I,) if unbatched else ((B, 1, I) if batch_first else (1, B, I))
+    x64 = torch.randn(1, *shape[-1:]) if unbatched else torch.randn(*shape)
+    x64 = x64.double().requires_grad_()
+    state_shape = (L * D, H) if unbatched else (L * D, B, H)
+    s64 = [torch.randn(*state_shape, dtype=torch.float64, requires_grad=True)
            for _ in range(2 if name == "lstm" else 1)]
     x = x64.detach().float().requires_grad_()
     s = [t.detach().float().requires_grad_() for t in s64]
     hx, hx64 = (tuple(s), tuple(s64)) if name == "lstm" else (s[0], s64[0])
+    if not with_states:
+        hx = hx64 = None
+        s, s64 = [], []
     out, states = ours(x, hx)
     assert step_calls == [True] * (L * D)
+    if dropout:
+        return
     out64, states64 = ref(x64, hx64)
     got = [out, *(states if name == "lstm" else [states])]
     want = [out64, *(states64 if name == "lstm" else [states64])]
