@@ -40,15 +40,21 @@ class CpuBackend(CompiledBackend):
     #: LSTM and RNN).  Tests set it to cover every path.
     strategy: str = "auto"
 
+    #: set once the extension is found: a loaded library stays loaded, and this is asked at every call
+    _found = False
+
     def availability(self) -> Optional[str]:
+        if self._found:
+            return None
         if _extension.load() is None:
             return _extension.load_error()
         if not hasattr(torch.ops, "fusedrnn_C") or not hasattr(torch.ops.fusedrnn_C, "describe"):
             return "fusedrnn._C was built without the fused CPU kernels (csrc/cpu); rebuild the extension"
+        self._found = True
         return None
 
     def unsupported(self, cell, x, weights) -> Optional[str]:
-        if x.device.type != "cpu":
+        if not x.is_cpu:
             return f"the cpu backend runs CPU tensors only, got {x.device}"
         if x.dtype not in SUPPORTED_DTYPES:
             return f"the cpu backend supports {[str(d) for d in SUPPORTED_DTYPES]}, got {x.dtype}"
@@ -57,7 +63,13 @@ class CpuBackend(CompiledBackend):
     def step_op(self, cell, x):
         """``fusedrnn_C::step`` (csrc/cpu/step.h; its autograd in csrc/step_autograd.cpp) under ``"auto"``: a
         forced strategy is what a test asked the sequence kernels to run, so steps then take them too."""
-        return torch.ops.fusedrnn_C.step.default if self.strategy == "auto" else None
+        if self.strategy != "auto":
+            return None
+        if self._step is None:
+            self._step = torch.ops.fusedrnn_C.step.default
+        return self._step
+
+    _step = None
 
     def strategy_for(self, cell, x, backward: bool) -> str:
         """A forced strategy falls back for what it does not cover: "folded" to "fused" (GRU), "fused" to "gemm"."""
