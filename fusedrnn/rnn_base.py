@@ -427,6 +427,8 @@ class FusedRNNBase(nn.RNNBase):
         """A layer-direction over one time step (``x`` [1, B, I], either direction: one step reads the same
         way both ways) through the backend's single-step op (:func:`fusedrnn.functional.run_step`), or None
         where it runs as a sequence of one step: a stack called once per token, as a decoder calls it."""
+        if weights.w_hh.dim() != 2:  # a diagonal recurrence (IndRNN): no step op reads its [H] weight
+            return None
         batch, hidden = x.size(1), weights.w_hh.size(0) // cell.gates
         if batch == 0 or hidden == 0 or x.size(2) == 0 or x.is_meta or not x.is_floating_point():
             return None
