@@ -53,8 +53,9 @@ Equations (docs/design.md section 4; PyTorch's gate order is the contract):
 
   ``w_extra`` = ``[γ_ih (G*H), γ_hh (G*H)]`` (+ ``[γ_c (H), β_c (H)]`` for the LSTM).
 
-Cells without kernels yet (IndRNN, the layer-normalised cells) run on the reference backend only; "auto"
-falls back to it with its once-only warning (docs/design.md section 11).
+Cells without kernels in every backend are outside :data:`BUILT_IN_CELLS`: IndRNN has the ``cpu``
+backend's kernels (its ``cells``), the layer-normalised cells run on the reference backend only; "auto"
+passes over a backend without a cell's kernels with its once-only warning (docs/design.md section 11).
 
 Saved activations ("workspace"), one row per input row, ``workspace_blocks * H``
 wide, written by every backend's forward in this layout so the fake kernels
@@ -157,13 +158,17 @@ FAMILIES = tuple(dict.fromkeys(family for family, _ in CELLS))
 #: the cells with kernels in every backend: what a backend runs unless it says otherwise
 BUILT_IN_CELLS = frozenset(CELLS)
 
-# The cells that run on the reference backend only so far (kernels to come, one backend at a time:
-# docs/design.md section 11).  Their ops are defined from Python (fusedrnn.ops), with ``w_extra``.
+# The cells without kernels in every backend (they come one backend at a time: docs/design.md section 11).
+# Their graph ops are defined from Python (fusedrnn.ops), with ``w_extra`` where they have extra weights.
 #
 # IndRNN (Li et al. 2018): one gate block, an element-wise recurrent weight u [H]; no saved activations
-# (the activation's derivative follows from the output, as for the Elman RNN).
-register(CellRecord("indrnn", "relu", gates=("a",), workspace=(), recurrent="diagonal", default=True))
-register(CellRecord("indrnn", "tanh", gates=("a",), workspace=(), recurrent="diagonal"))
+# (the activation's derivative follows from the output, as for the Elman RNN).  Kernels: the cpu backend's
+# (csrc/cpu/diagonal_recurrence.h); its backward is written by hand there and in the reference.
+register(CellRecord("indrnn", "relu", gates=("a",), workspace=(), recurrent="diagonal", default=True,
+                    hand_written_backward=True))
+register(CellRecord("indrnn", "tanh", gates=("a",), workspace=(), recurrent="diagonal", hand_written_backward=True))
+#: IndRNN's cells, which the cpu backend runs beside the built-in ones (fusedrnn/backends/cpu.py)
+INDRNN_CELLS = frozenset({("indrnn", "relu"), ("indrnn", "tanh")})
 # Layer-normalised LSTM and GRU (Ba et al. 2016, as haste computes them): gains of the input and the
 # recurrent pre-activations (each normalised over its whole G*H row), and for the LSTM the gain and
 # shift of the cell state's normalisation before tanh.

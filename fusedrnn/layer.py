@@ -164,7 +164,9 @@ def weight_gradients(cell: CellSpec, w: LayerWeights, steps: Steps, dA: torch.Te
     H_prev = previous_states(OUT, h0, steps)
     dA_h = hidden_side(cell, dA, WS, H)
     dw_ih = dA.t() @ X
-    if cell.family == "gru" and cell.mode == "reset_before":
+    if cell.record.recurrent == "diagonal":  # u * h element-wise (IndRNN): du sums dA * h_prev over the rows
+        dw_hh = (dA_h.to(acc) * H_prev.to(acc)).sum(0)
+    elif cell.family == "gru" and cell.mode == "reset_before":
         dw_hh = torch.cat([dA[:, :2 * H].t() @ H_prev, dA[:, 2 * H:].t() @ WS[:, 3 * H:].to(dA.dtype)])
     else:
         dw_hh = dA_h.t() @ H_prev

@@ -386,7 +386,7 @@ def sequence_backward(
                 dh_prev = dh_prev + dk * r + torch.cat([da_r, da_z], dim=1) @ w_rz
             dA_x[span] = torch.cat([da_r, da_z, da_n], dim=1)
             dh[:n] = dh_prev
-        else:
+        else:  # rnn and indrnn: h' = act(a)
             h_new = OUT[span]
             if cell.mode == "relu":
                 # torch's threshold_backward: a select, so dh passes where h is NaN and an
@@ -395,7 +395,8 @@ def sequence_backward(
             else:
                 dA = dh_t * _tanh_grad(h_new)
             dA_x[span] = dA
-            dh[:n] = dA @ w.w_hh
+            # IndRNN's recurrent term is u * h, element-wise: its gradient too
+            dh[:n] = dA * w.w_hh if cell.record.recurrent == "diagonal" else dA @ w.w_hh
 
     # weight gradients: single products over all steps (fusedrnn.layer, shared with the Triton sequence driver)
     dweights = weight_gradients(cell, w, steps, dA_x, X, OUT, WS, h0c, _cast(c0, cdt), dH_total)

@@ -255,8 +255,8 @@ def test_selected_backend_runs_forward_and_backward_with_reference_numbers(cell,
     case = small_case(cell, packed=packed)
     expected = outputs_and_grads(case, "reference")
     actual = outputs_and_grads(case, ExplicitBackend.name)
-    # a cell without a hand-written backward (IndRNN, so far) is differentiated by autograd through its
-    # reference step, in the ops' autograd formula: no backend's backward runs
+    # a cell without a hand-written backward (one registered with its reference step only) is differentiated
+    # by autograd through that step, in the ops' autograd formula: no backend's backward runs
     backward_calls = 1 if case.cell.record.hand_written_backward else 0
     assert CALLS[ExplicitBackend.name, "forward"] == 1 and CALLS[ExplicitBackend.name, "backward"] == backward_calls
     assert len(actual) == len(expected)

@@ -65,7 +65,11 @@ def extension_op(name: str):
     return getattr(torch.ops.fusedrnn_C, name)
 
 
-@pytest.mark.parametrize("spec", BUILT_IN_SPECS, ids=str)
+#: the cells the C++ copy knows: the built-in ones and those with kernels in a C++ backend (IndRNN: cpu)
+CPP_SPECS = BUILT_IN_SPECS + [CellSpec(*key) for key in sorted(cells.INDRNN_CELLS)]
+
+
+@pytest.mark.parametrize("spec", CPP_SPECS, ids=str)
 def test_the_cpp_copy_agrees(spec):
     cell_layout = extension_op("cell_layout")
     assert cell_layout(spec.family, spec.mode) == (spec.gates, spec.workspace_blocks, spec.has_cell_state)
@@ -100,6 +104,10 @@ def test_registering_a_cell_twice_or_a_second_default_is_refused(toy_cell):
         cells.register(CellRecord("rnn", "other", gates=("a",), workspace=(), default=True))
 
 
+#: the cells beyond the built-in ones that each fused backend has kernels for (the others: none)
+EXTRA_KERNELS = {"cpu": cells.INDRNN_CELLS}
+
+
 def test_backends_declare_the_cells_they_run(toy_cell):
     assert backends.get("reference").runs(toy_cell)
     for name in backends.names():
@@ -107,10 +115,25 @@ def test_backends_declare_the_cells_they_run(toy_cell):
         assert all(backend.runs(spec) for spec in BUILT_IN_SPECS), name
         if name != "reference":
             assert not backend.runs(toy_cell), name
-            # the library's cells without kernels yet: auto sends them to the reference backend
-            assert not any(backend.runs(spec) for spec in all_specs() if spec not in BUILT_IN_SPECS), name
+            # the library's cells without kernels here: auto sends them to the reference backend
+            extra = {spec for spec in all_specs() if spec not in BUILT_IN_SPECS and backend.runs(spec)}
+            assert extra == {CellSpec(*key) for key in EXTRA_KERNELS.get(name, ())}, name
+            assert backends.declared_cells(name) == backend.cells, name
         else:
             assert all(backend.runs(spec) for spec in all_specs()), name
+            assert backends.declared_cells(name) is None
+
+
+def test_kernel_variants_follow_the_backends_cells():
+    """Without a backend, the built-in cells' variants (every fused backend's tests); with one, its own."""
+    from fusedrnn import testing as ft
+
+    everywhere = set(ft.kernel_variants())
+    assert everywhere == {n for n, v in ft.VARIANTS.items() if (v.cell.family, v.cell.mode) in cells.BUILT_IN_CELLS}
+    assert set(ft.kernel_variants("cpu")) == everywhere | {"indrnn-relu", "indrnn-tanh"}
+    for name in ("cuda", "triton"):
+        assert set(ft.kernel_variants(name)) == everywhere, name
+    assert set(ft.kernel_variants("reference")) == set(ft.VARIANTS)
 
 
 def test_auto_falls_back_past_a_backend_without_the_cell(toy_cell, monkeypatch):

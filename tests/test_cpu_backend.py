@@ -59,7 +59,7 @@ def _applies(strategy: str, variant: str, dtype: torch.dtype) -> bool:
 # blocks with AVX-512: the fused kernels' pairs of unit blocks then end in a
 # partial block); B=65, H=257 puts more than 16384 elements in a step, so the
 # per-step GEMM strategy splits its pointwise pass over threads.
-KERNELS = ft.kernel_variants()  # the cells the cpu backend has kernels for
+KERNELS = ft.kernel_variants("cpu")  # the cells the cpu backend has kernels for (IndRNN's included)
 GRID = (
     ft.cases(KERNELS, shapes=[(7, 5, 3, 37)])
     + ft.cases(KERNELS, shapes=[(1, 5, 3, 37)], options=["padded", "packed-reverse"])
@@ -113,6 +113,8 @@ DIRECT = [
         ("gru", ("gru", "reset_after"), {}),
         ("gru-reset-before", ("gru", "reset_before"), {}),
         ("rnn-relu", ("rnn", "relu"), {}),
+        ("indrnn-relu", ("indrnn", "relu"), {}),
+        ("indrnn-tanh", ("indrnn", "tanh"), {}),
     )
     for packed, reverse in ((False, False), (True, True))
     for strat in STRATEGIES
@@ -179,6 +181,8 @@ GRADCHECK = [
     pytest.param(CellSpec("gru", "reset_after"), {}, id="gru"),
     pytest.param(CellSpec("gru", "reset_before"), {}, id="gru-reset-before"),
     pytest.param(CellSpec("rnn", "tanh"), {}, id="rnn-tanh"),
+    pytest.param(CellSpec("indrnn", "relu"), {}, id="indrnn-relu"),
+    pytest.param(CellSpec("indrnn", "tanh"), {}, id="indrnn-tanh"),
 ]
 
 
@@ -490,3 +494,96 @@ def test_strategy_query_names_what_auto_runs():
         assert torch.equal(a, b)
     with pytest.raises(RuntimeError, match="w_hh must be"):
         torch.ops.fusedrnn_C.forward_strategy("lstm", "lstm", x, h0, torch.zeros(30, 8), None, 6)
+
+
+# ----------------------------------------------------------------------------
+# IndRNN: the element-wise recurrence (csrc/cpu/diagonal_recurrence.h)
+# ----------------------------------------------------------------------------
+
+INDRNN = [CellSpec("indrnn", "relu"), CellSpec("indrnn", "tanh")]
+
+
+def _forward_and_backward(cell, x, h0, w, bs, reverse, strategy):
+    ops = torch.ops.fusedrnn_C
+    out, h_n, c_n, ws = ops.forward(cell.family, cell.mode, x, h0, None, *w[:6], bs, reverse, strategy)
+    g = torch.Generator().manual_seed(1)
+    g_out, g_h = torch.randn(out.shape, generator=g), torch.randn(h_n.shape, generator=g)
+    grads = ops.backward(cell.family, cell.mode, g_out, g_h, None, x, h0, None, *w[:6], bs, reverse, out, ws,
+                         strategy)
+    return [out, h_n, ws, *grads]
+
+
+@pytest.mark.parametrize("cell", INDRNN, ids=str)
+def test_indrnn_runs_one_kernel_whatever_the_strategy(cell):
+    """Its hidden side has no product, so no strategy applies: every name runs the same kernel (the same
+    bits), and the strategy query says so."""
+    x, h0, _, w, bs = _problem(cell, T=6, B=5, I=4, H=37, packed=True)
+    runs = {s: _forward_and_backward(cell, x, h0, w, bs, True, s) for s in ("auto", *STRATEGIES)}
+    for s, results in runs.items():
+        assert all(torch.equal(a, b) for a, b in zip(results, runs["auto"])), s
+    assert runs["auto"][2].shape == (x.shape[0], 0)  # no workspace: act' follows from out
+    for dtype in (torch.float32, torch.float64):
+        assert CPU.chosen_forward_strategy(cell, x.to(dtype), h0.to(dtype), w, 6) == "elementwise"
+        assert CPU.chosen_backward_strategy(cell, x.to(dtype), h0.to(dtype), w, 6) == "elementwise"
+
+
+def test_auto_runs_indrnn_on_the_cpu_backend_without_a_warning(monkeypatch):
+    monkeypatch.delenv("FUSEDRNN_BACKEND", raising=False)
+    monkeypatch.setattr(backends, "_warned", set())  # the fallback warning is once per process
+    cell = CellSpec("indrnn", "relu")
+    x, h0, _, w, _ = _problem(cell, packed=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.resolve("auto", cell, x, w).name == "cpu"
+    # neither GPU backend lists it: auto on a GPU passes over them to the reference backend
+    for name in ("cuda", "triton"):
+        assert cell.family not in {family for family, _ in backends.declared_cells(name)}, name
+
+
+def test_indrnn_cell_steps_run_the_sequence_kernels():
+    """IndRNNCell: the cpu backend has no single-step op for it (step.h takes a matrix W_hh), so its steps
+    run as sequences of one step, with and without grad, matching the reference backend; a direct call of the
+    step ops with an IndRNN takes that path too."""
+    import fusedrnn
+
+    torch.manual_seed(0)
+    cell = fusedrnn.IndRNNCell(5, 37)
+    twin = fusedrnn.IndRNNCell(5, 37, backend="reference")
+    twin.load_state_dict(cell.state_dict())
+    x, h = torch.randn(4, 5), torch.randn(4, 37)
+    assert CPU.step_op(CellSpec("indrnn", "relu"), x) is None
+    with torch.no_grad():
+        torch.testing.assert_close(cell(x, h), twin(x, h), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cell(x, h), twin(x, h), rtol=1e-5, atol=1e-6)
+    w = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+    h_new, c_new, ws = torch.ops.fusedrnn_C.step_forward("indrnn", "relu", x, h, None, *w, None, True)
+    torch.testing.assert_close(h_new, twin(x, h).detach(), rtol=1e-5, atol=1e-6)
+    assert c_new.numel() == 0 and ws.numel() == 0
+
+
+INDRNN_BAD_CALLS = {
+    "w_hh-matrix": (lambda w: dict(w_hh=torch.zeros(37, 37)), "w_hh 1-D \\(indrnn cell\\)"),
+    # w_hh's length is the hidden size: the other tensors are then the ones that disagree
+    "w_hh-length": (lambda w: dict(w_hh=w.w_hh[:-1].contiguous()), "w_ih must have shape \\[36, 3\\]"),
+    "w_hh-dtype": (lambda w: dict(w_hh=w.w_hh.double()), "w_hh has dtype"),
+    "w_hh-noncontiguous": (lambda w: dict(w_hh=torch.zeros(74)[::2]), "w_hh must be contiguous"),
+    "b_hh-shape": (lambda w: dict(b_hh=w.b_hh[:-1]), "b_hh must have shape"),
+    "c0-given": (lambda w: dict(c0=torch.zeros(5, 37)), "c0 must be None"),
+    "mode": (lambda w: dict(mode="sigmoid"), "mode of an indrnn cell"),
+}
+
+
+@pytest.mark.parametrize("change, message", INDRNN_BAD_CALLS.values(), ids=list(INDRNN_BAD_CALLS))
+def test_bad_indrnn_calls_raise_runtime_error(change, message):
+    cell = CellSpec("indrnn", "relu")
+    x, h0, _, w, bs = _problem(cell)
+    args = dict(family="indrnn", mode="relu", x=x, h0=h0, c0=None, w_ih=w.w_ih, w_hh=w.w_hh, b_ih=w.b_ih,
+                b_hh=w.b_hh, w_peep=None, w_proj=None, batch_sizes=bs, reverse=False)
+    args.update(change(w))
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fusedrnn_C.forward(*args.values())
+    if "w_hh" in message:
+        with pytest.raises(RuntimeError, match="w_hh"):
+            torch.ops.fusedrnn_C.forward_strategy("indrnn", "relu", x, h0, torch.zeros(37, 37), None, 6)

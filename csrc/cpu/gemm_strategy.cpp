@@ -24,19 +24,6 @@ Args with_product_at_unit(Args a, int64_t u0) {
   return a;
 }
 
-// Split H units over the threads in multiples of `align`, run fn(u0, u1) on each.
-template <typename F>
-void parallel_units(int64_t H, int64_t work, int64_t align, const F& fn) {
-  const int nthreads = work >= 16384 ? max_threads() : 1;
-  const int64_t chunks = (H + align - 1) / align;
-  run_parallel(nthreads, [&](int tid, int nt, Barrier&) {
-    int64_t c0, c1;
-    split_range(chunks, tid, nt, c0, c1);
-    const int64_t u0 = c0 * align, u1 = std::min(H, c1 * align);
-    if (u0 < u1) fn(u0, u1);
-  });
-}
-
 template <typename T>
 void forward_steps(const Cell& cell, const LayerWeights& w, const Steps& s, ForwardBuffers& f, bool poison) {
   const int64_t H = f.H, Hout = f.Hout, G = f.G, GH = G * H, W = f.W, B = s.batch;

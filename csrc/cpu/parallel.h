@@ -68,5 +68,22 @@ inline void split_range(int64_t count, int tid, int nthreads, int64_t& begin, in
   end = count * (tid + 1) / nthreads;
 }
 
+// Split H units over the threads in multiples of `align` (so a unit falls in the
+// same vector lane and tail whatever the thread count: the same bits), run
+// fn(u0, u1) on each; one thread for less than 16384 elements of `work`, where
+// waking a partner costs more than it saves.  The gemm strategy's per-step
+// passes and IndRNN's whole-sequence recurrence (diagonal_recurrence.cpp).
+template <typename F>
+void parallel_units(int64_t H, int64_t work, int64_t align, const F& fn) {
+  const int nthreads = work >= 16384 ? max_threads() : 1;
+  const int64_t chunks = (H + align - 1) / align;
+  run_parallel(nthreads, [&](int tid, int nt, Barrier&) {
+    int64_t c0, c1;
+    split_range(chunks, tid, nt, c0, c1);
+    const int64_t u0 = c0 * align, u1 = c1 * align < H ? c1 * align : H;
+    if (u0 < u1) fn(u0, u1);
+  });
+}
+
 }  // namespace cpu
 }  // namespace fusedrnn

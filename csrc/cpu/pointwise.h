@@ -174,6 +174,31 @@ FUSEDRNN_POINTWISE void rnn_forward_block(const Block& blk, const RnnForwardArgs
   }
 }
 
+// IndRNN (Cell::diagonal()): h' = act(xp + u*h_prev), u = w_hh [H] element-wise.
+// The hidden side has no product, so this pass is the whole step, and a unit
+// depends on nothing but its own past: one thread runs a range of units through
+// every step (diagonal_recurrence.cpp).  In place: each row of `h` holds
+// x W_ih^T + b_ih + b_hh on entry and h' on return (the output buffer is the
+// input projection's, so no second [N, H] stream).
+template <typename T>
+struct IndrnnForwardArgs {
+  View<T> h;             // in: the step's input projection; out: its new state
+  View<const T> h_prev;  // each row's previous state (the previous step's output rows, or h0)
+  const T* u;            // [H]
+};
+
+template <typename T, bool RELU>
+FUSEDRNN_POINTWISE void indrnn_forward_block(const Block& blk, const IndrnnForwardArgs<T>& a) {
+  const int64_t u0 = blk.u0, u1 = blk.u1, rows = blk.rows;  // locals: stores cannot alias them
+  const T* FUSEDRNN_R w = a.u;
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* FUSEDRNN_R h_prev = a.h_prev.row(b);
+    T* FUSEDRNN_R h = a.h.row(b);
+#pragma GCC ivdep  // rows of distinct arrays; in-place updates use one index
+    for (int64_t u = u0; u < u1; ++u) h[u] = gm::rnn_forward<T>(h[u] + w[u] * h_prev[u], RELU);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // backward
 // ---------------------------------------------------------------------------
@@ -321,6 +346,43 @@ FUSEDRNN_POINTWISE void rnn_backward_block(const Block& blk, const RnnBackwardAr
     T* FUSEDRNN_R dA = a.dA.row(b);
 #pragma GCC ivdep  // rows of distinct arrays; in-place updates use one index
     for (int64_t u = u0; u < u1; ++u) dA[u] = gm::rnn_backward<T>(dh_a[u] + dh_b[u], h[u], RELU);
+  }
+}
+
+// IndRNN's backward step: dA = (dout + dh) * act'(h') (from the output, as the
+// Elman RNN's), then dh_prev = dA*u and du += dA*h_prev, all per element: the
+// recurrent weight's gradient is summed here, in the order of the steps and rows,
+// by the one thread that owns the unit (so the same bits with any thread count),
+// instead of a second pass over dA and every row's previous state.
+template <typename T>
+struct IndrnnBackwardArgs {
+  View<const T> dout;    // the gradient of the step's output rows
+  View<T> dh;            // in: the carried gradient of h'; out: that of h_prev (one pointer: in place)
+  View<const T> h;       // the step's output
+  View<const T> h_prev;
+  const T* u;            // [H]
+  T* du;                 // [H], accumulated
+  View<T> dA;            // [rows, H]
+};
+
+template <typename T, bool RELU>
+FUSEDRNN_POINTWISE void indrnn_backward_block(const Block& blk, const IndrnnBackwardArgs<T>& a) {
+  const int64_t u0 = blk.u0, u1 = blk.u1, rows = blk.rows;  // locals: stores cannot alias them
+  const T* FUSEDRNN_R w = a.u;
+  T* FUSEDRNN_R du = a.du;
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* FUSEDRNN_R dout = a.dout.row(b);
+    const T* FUSEDRNN_R h = a.h.row(b);
+    const T* FUSEDRNN_R h_prev = a.h_prev.row(b);
+    T* FUSEDRNN_R dh = a.dh.row(b);
+    T* FUSEDRNN_R dA = a.dA.row(b);
+#pragma GCC ivdep  // rows of distinct arrays; in-place updates use one index
+    for (int64_t u = u0; u < u1; ++u) {
+      const T da = gm::rnn_backward<T>(dout[u] + dh[u], h[u], RELU);
+      dA[u] = da;
+      dh[u] = da * w[u];
+      du[u] += da * h_prev[u];
+    }
   }
 }
 

@@ -47,6 +47,10 @@ namespace cpu {
 #define GRU_BWD_ZN(T) gru_backward_reset_before_zn<T>
 #define RNN_BWD_TANH(T) rnn_backward_block<T, false>
 #define RNN_BWD_RELU(T) rnn_backward_block<T, true>
+#define INDRNN_FWD_TANH(T) indrnn_forward_block<T, false>
+#define INDRNN_FWD_RELU(T) indrnn_forward_block<T, true>
+#define INDRNN_BWD_TANH(T) indrnn_backward_block<T, false>
+#define INDRNN_BWD_RELU(T) indrnn_backward_block<T, true>
 
 FUSEDRNN_DISPATCH(pw_lstm_forward, LstmForwardArgs, LSTM_FWD)
 FUSEDRNN_DISPATCH(pw_lstm_forward_inference, LstmForwardArgs, LSTM_FWD_INFERENCE)
@@ -64,6 +68,10 @@ FUSEDRNN_DISPATCH(pw_gru_backward_after, GruBackwardArgs, GRU_BWD_AFTER)
 FUSEDRNN_DISPATCH(pw_gru_backward_zn, GruBackwardArgs, GRU_BWD_ZN)
 FUSEDRNN_DISPATCH(pw_rnn_backward_tanh, RnnBackwardArgs, RNN_BWD_TANH)
 FUSEDRNN_DISPATCH(pw_rnn_backward_relu, RnnBackwardArgs, RNN_BWD_RELU)
+FUSEDRNN_DISPATCH(pw_indrnn_forward_tanh, IndrnnForwardArgs, INDRNN_FWD_TANH)
+FUSEDRNN_DISPATCH(pw_indrnn_forward_relu, IndrnnForwardArgs, INDRNN_FWD_RELU)
+FUSEDRNN_DISPATCH(pw_indrnn_backward_tanh, IndrnnBackwardArgs, INDRNN_BWD_TANH)
+FUSEDRNN_DISPATCH(pw_indrnn_backward_relu, IndrnnBackwardArgs, INDRNN_BWD_RELU)
 
 }  // namespace cpu
 }  // namespace fusedrnn

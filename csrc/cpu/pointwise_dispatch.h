@@ -30,6 +30,10 @@ FUSEDRNN_DECLARE_PASS(pw_gru_backward_after, GruBackwardArgs)
 FUSEDRNN_DECLARE_PASS(pw_gru_backward_zn, GruBackwardArgs)
 FUSEDRNN_DECLARE_PASS(pw_rnn_backward_tanh, RnnBackwardArgs)
 FUSEDRNN_DECLARE_PASS(pw_rnn_backward_relu, RnnBackwardArgs)
+FUSEDRNN_DECLARE_PASS(pw_indrnn_forward_tanh, IndrnnForwardArgs)
+FUSEDRNN_DECLARE_PASS(pw_indrnn_forward_relu, IndrnnForwardArgs)
+FUSEDRNN_DECLARE_PASS(pw_indrnn_backward_tanh, IndrnnBackwardArgs)
+FUSEDRNN_DECLARE_PASS(pw_indrnn_backward_relu, IndrnnBackwardArgs)
 
 #undef FUSEDRNN_DECLARE_PASS
 
@@ -57,6 +61,14 @@ void pw_rnn_forward(bool relu, const Block& b, const RnnForwardArgs<T>& a) {
 template <typename T>
 void pw_rnn_backward(bool relu, const Block& b, const RnnBackwardArgs<T>& a) {
   relu ? pw_rnn_backward_relu(b, a) : pw_rnn_backward_tanh(b, a);
+}
+template <typename T>
+void pw_indrnn_forward(bool relu, const Block& b, const IndrnnForwardArgs<T>& a) {
+  relu ? pw_indrnn_forward_relu(b, a) : pw_indrnn_forward_tanh(b, a);
+}
+template <typename T>
+void pw_indrnn_backward(bool relu, const Block& b, const IndrnnBackwardArgs<T>& a) {
+  relu ? pw_indrnn_backward_relu(b, a) : pw_indrnn_backward_tanh(b, a);
 }
 
 }  // namespace cpu

@@ -28,6 +28,8 @@
 //  * buffers.h            the tensors a call works on
 //  * recurrent_product.h, dense_product.h, parallel.h: the micro-kernel, the
 //                         large GEMMs, the parallel region
+//  * diagonal_recurrence.h IndRNN (element-wise recurrent weight): no per-step
+//                         product, so no strategy; its own region and passes
 //  * fusedrnn/sequence_frame.h (shared with csrc/cuda): the steps' rows and
 //                         order, the previous and last rows, the folded input
 //                         bias, the weight gradients after the recurrence
@@ -37,6 +39,7 @@
 
 #include "buffers.h"
 #include "dense_product.h"
+#include "diagonal_recurrence.h"
 #include "fused_strategy.h"
 #include "gemm_strategy.h"
 #include "parallel.h"
@@ -62,6 +65,7 @@ std::string describe() {
 ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
                             const LayerWeights& w, const Steps& s, Strategy strategy, bool poison,
                             bool for_backward) {
+  if (cell.diagonal()) return diagonal_sequence_forward(cell, x, h0, w, s, for_backward);  // no product per step
   ForwardBuffers f;
   f.keep_workspace = for_backward;
   f.G = cell.gates();
@@ -104,6 +108,9 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
                               const at::Tensor& c0, const LayerWeights& w, const Steps& s,
                               const at::Tensor& out, const at::Tensor& workspace, Strategy strategy, bool poison,
                               bool need_dx, bool need_dweights) {
+  if (cell.diagonal()) {
+    return diagonal_sequence_backward(cell, grad_out, grad_hn, x, h0, w, s, out, poison, need_dx, need_dweights);
+  }
   BackwardBuffers bb;
   bb.G = cell.gates();
   bb.H = w.w_hh.size(0) / bb.G;

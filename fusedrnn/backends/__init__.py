@@ -21,7 +21,7 @@ import contextvars
 import importlib
 import os
 import warnings
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import torch.autograd.forward_ad as forward_ad
 from torch._C._functorch import TransformType, get_interpreter_stack, peek_interpreter_stack
@@ -68,6 +68,16 @@ _selected: contextvars.ContextVar = contextvars.ContextVar("fusedrnn_backend", d
 def names() -> List[str]:
     """Every backend name fusedrnn knows, available or not."""
     return list(_REGISTRY)
+
+
+def declared_cells(name: str) -> Optional[FrozenSet[Tuple[str, str]]]:
+    """The cells (``(family, mode)`` keys) backend ``name`` has kernels for, available here or not: its
+    ``cells`` (:meth:`Backend.runs`); None for every cell of the table (the reference backend), and for a
+    backend whose module cannot be imported here, an empty set."""
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    backend = _instance(name)
+    return frozenset() if backend is None else backend.cells
 
 
 def _instance(name: str) -> Optional[Backend]:
@@ -309,6 +319,7 @@ __all__ = [
     "ForwardResult",
     "LayerWeights",
     "available",
+    "declared_cells",
     "differentiable_only",
     "get",
     "names",

@@ -15,6 +15,11 @@ sharing the memory) must never leave a stale copy (tests/test_weight_writes.py).
 (csrc/cpu/dense_product.h).  float16/bfloat16 are computed in float32 inside.
 A no-grad forward keeps no workspace; the backward skips dX and the weight
 products nobody asked for.
+
+Besides the built-in cells it runs IndRNN (:data:`fusedrnn.cells.INDRNN_CELLS`), whose
+element-wise recurrence has no product per step: one GEMM for the input projection, then
+every thread takes its units through the whole sequence (csrc/cpu/diagonal_recurrence.h);
+the strategies below do not apply to it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Optional
 import torch
 
 from .. import _extension
+from ..cells import BUILT_IN_CELLS, INDRNN_CELLS
 from .compiled import CompiledBackend
 
 #: dtypes the kernels take (16-bit ones are computed in float32)
@@ -32,6 +38,8 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 class CpuBackend(CompiledBackend):
     name = "cpu"
+    #: the built-in cells and IndRNN (the cuda and triton backends have no IndRNN kernels)
+    cells = BUILT_IN_CELLS | INDRNN_CELLS
 
     #: how the per-step recurrent product runs: "auto" (chosen by size, see
     #: csrc/cpu/strategy.cpp), "gemm" (MKL per step), "fused" (packed
@@ -63,8 +71,8 @@ class CpuBackend(CompiledBackend):
     def step_op(self, cell, x):
         """``fusedrnn_C::step`` (csrc/cpu/step.h; its autograd in csrc/step_autograd.cpp) under ``"auto"``: a
         forced strategy is what a test asked the sequence kernels to run, so steps then take them too."""
-        if self.strategy != "auto":
-            return None
+        if self.strategy != "auto" or cell.record.recurrent == "diagonal":
+            return None  # step.h's kernels take a matrix W_hh: IndRNN's step runs as a sequence of one step
         if self._step is None:
             self._step = torch.ops.fusedrnn_C.step.default
         return self._step

@@ -31,8 +31,13 @@ inline Cell parse_cell(const std::string& family, const std::string& mode) {
                 "fusedrnn_C: mode of a gru cell must be 'reset_after' or 'reset_before', got '", mode, "'");
     cell.family = Family::gru;
     cell.reset_after = mode == "reset_after";
+  } else if (family == "indrnn") {
+    TORCH_CHECK(mode == "relu" || mode == "tanh", "fusedrnn_C: mode of an indrnn cell must be 'relu' or 'tanh', got '",
+                mode, "'");
+    cell.family = Family::indrnn;
+    cell.relu = mode == "relu";
   } else {
-    TORCH_CHECK(family == "rnn", "fusedrnn_C: family must be 'lstm', 'gru' or 'rnn', got '", family, "'");
+    TORCH_CHECK(family == "rnn", "fusedrnn_C: family must be 'lstm', 'gru', 'rnn' or 'indrnn', got '", family, "'");
     TORCH_CHECK(mode == "tanh" || mode == "relu", "fusedrnn_C: mode of an rnn cell must be 'tanh' or 'relu', got '",
                 mode, "'");
     cell.relu = mode == "relu";
@@ -74,12 +79,14 @@ inline Geometry check_call(const std::string& family, const std::string& mode, c
   TORCH_CHECK(x.dim() == (g.packed ? 2 : 3), "fusedrnn_C: x must be ",
               g.packed ? "2-D packed rows [N, input_size] with batch_sizes" : "3-D [T, B, input_size]", ", got ",
               x.dim(), "-D");
-  TORCH_CHECK(w_ih.dim() == 2 && w_hh.dim() == 2, "fusedrnn_C: w_ih and w_hh must be 2-D, got ", w_ih.dim(), "-D and ",
-              w_hh.dim(), "-D");
+  // w_hh: a matrix [G*H, Hout], or the element-wise vector [G*H] of a diagonal cell (IndRNN's u)
+  const int64_t w_hh_dim = g.cell.diagonal() ? 1 : 2;
+  TORCH_CHECK(w_ih.dim() == 2 && w_hh.dim() == w_hh_dim, "fusedrnn_C: w_ih must be 2-D and w_hh ", w_hh_dim,
+              "-D (", family, " cell), got ", w_ih.dim(), "-D and ", w_hh.dim(), "-D");
   TORCH_CHECK(w_hh.size(0) % g.G == 0 && w_hh.size(0) > 0, "fusedrnn_C: w_hh must have ", g.G,
               "*hidden_size rows for a ", family, " cell, got ", w_hh.size(0));
   g.H = w_hh.size(0) / g.G;
-  g.Hout = w_hh.size(1);
+  g.Hout = g.cell.diagonal() ? g.H : w_hh.size(1);
   g.I = x.size(-1);
   const bool proj = defined(w_proj);
   TORCH_CHECK(g.cell.family == Family::lstm || !(proj || defined(w_peep)),
@@ -87,7 +94,11 @@ inline Geometry check_call(const std::string& family, const std::string& mode, c
   TORCH_CHECK(proj || g.Hout == g.H, "fusedrnn_C: w_hh must have shape [", g.G * g.H, ", ", g.H, "] without w_proj, got ",
               w_hh.sizes());
   check_tensor(w_ih, "w_ih", x, {g.G * g.H, g.I});
-  check_tensor(w_hh, "w_hh", x, {g.G * g.H, g.Hout});
+  if (g.cell.diagonal()) {
+    check_tensor(w_hh, "w_hh", x, {g.G * g.H});
+  } else {
+    check_tensor(w_hh, "w_hh", x, {g.G * g.H, g.Hout});
+  }
   check_optional(b_ih, "b_ih", x, {g.G * g.H});
   check_optional(b_hh, "b_hh", x, {g.G * g.H});
   check_optional(w_peep, "w_peep", x, {3 * g.H});
@@ -158,10 +169,14 @@ inline QuerySizes check_strategy_query(const std::string& family, const std::str
                                        int64_t steps) {
   QuerySizes q;
   q.cell = parse_cell(family, mode);
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) > 0 && w_hh.size(0) % q.cell.gates() == 0,
-              "fusedrnn_C: w_hh must be [", q.cell.gates(), "*hidden_size, hidden], got ", w_hh.sizes());
+  const bool diagonal = q.cell.diagonal();
+  TORCH_CHECK(w_hh.dim() == (diagonal ? 1 : 2) && w_hh.size(0) > 0 && w_hh.size(0) % q.cell.gates() == 0,
+              "fusedrnn_C: w_hh must be [", q.cell.gates(), diagonal ? "*hidden_size], got " : "*hidden_size, hidden], got ",
+              w_hh.sizes());
   TORCH_CHECK(h0.dim() == 2, "fusedrnn_C: h0 must be 2-D [batch, hidden], got ", h0.dim(), "-D");
-  TORCH_CHECK(h0.size(1) == w_hh.size(1), "fusedrnn_C: h0 has ", h0.size(1), " columns but w_hh has ", w_hh.size(1));
+  const int64_t state = diagonal ? w_hh.size(0) : w_hh.size(1);
+  TORCH_CHECK(h0.size(1) == state, "fusedrnn_C: h0 has ", h0.size(1), " columns but w_hh has ", state,
+              diagonal ? " units" : " columns");
   TORCH_CHECK(q.cell.family == Family::lstm || !defined(w_proj), "fusedrnn_C: w_proj exists only for lstm cells");
   TORCH_CHECK(steps >= 0, "fusedrnn_C: steps must be >= 0, got ", steps);
   q.B = h0.size(0), q.H = w_hh.size(0) / q.cell.gates(), q.P = h0.size(1), q.steps = steps;
