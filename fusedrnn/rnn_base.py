@@ -371,7 +371,8 @@ class FusedRNNBase(nn.RNNBase):
         batch, hidden = x.size(1), weights.w_hh.size(0) // cell.gates
         if batch == 0 or hidden == 0 or x.size(2) == 0 or x.is_meta:
             return None
-        h0 = x.new_zeros((batch, weights.w_hh.size(1))) if h0 is None else h0
+        # h's width from the module (IndRNN's recurrent weight is a vector, with no column count to read)
+        h0 = x.new_zeros((batch, self.proj_size if self.proj_size > 0 else hidden)) if h0 is None else h0
         if cell.has_cell_state and c0 is None:
             c0 = x.new_zeros((batch, hidden))
         result = functional.run_step(cell, x[0], h0, c0, weights, self.backend)
