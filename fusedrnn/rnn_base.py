@@ -41,6 +41,7 @@ from ._module_checks import (check_backend_name, check_flag, check_input, check_
 from .backends.base import LayerWeights
 from .cells import CellSpec
 from .torchscript import refuse_script
+from .zoneout import check_zoneout, draw_mask
 
 __all__ = ["FusedRNNBase", "init_cell_parameters", "init_haste_biases"]
 
@@ -118,6 +119,7 @@ class FusedRNNBase(nn.RNNBase):
         *,
         peephole: bool = False,
         backend: str = "auto",
+        zoneout: float = 0.0,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         # nn.Module's __init__ only: the next one in the MRO is torch's (nn.LSTM.__init__), which
@@ -171,6 +173,8 @@ class FusedRNNBase(nn.RNNBase):
         if peephole and "peephole" not in cell.record.optional_weights:
             raise ValueError(f"peephole connections exist only for cells that have them (LSTM), not {cell}")
         check_backend_name(backend)
+        # haste's zoneout of h (fusedrnn.zoneout): a rate, checked here and at each call (it may be reassigned)
+        self.zoneout = check_zoneout(zoneout)
         self.peephole = peephole
         self.backend = backend
         self._cell_spec = cell
@@ -258,6 +262,8 @@ class FusedRNNBase(nn.RNNBase):
             s += ", peephole=True"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
+        if self.zoneout:
+            s += f", zoneout={self.zoneout!r}"
         return s
 
     # -- forward -------------------------------------------------------------
@@ -389,8 +395,11 @@ class FusedRNNBase(nn.RNNBase):
         return tuple(permuted) if self.cell.has_cell_state else (permuted,)
 
     def _run_layers(self, cell: CellSpec, x: Tensor, states, batch_sizes, cast_to):
-        """The stack: one op call per layer-direction, dropout between layers (training only)."""
+        """The stack: one op call per layer-direction, dropout between layers (training only); with zoneout, in
+        training, one mask per layer-direction drawn after the layer's dropout (forward direction first)."""
         num_directions = 2 if self.bidirectional else 1
+        # getattr: a module unpickled from before zoneout existed has no attribute
+        zoneout = check_zoneout(getattr(self, "zoneout", 0.0))
         h_finals, c_finals = [], []
         layer_input = x
         for layer in range(self.num_layers):
@@ -405,12 +414,16 @@ class FusedRNNBase(nn.RNNBase):
                 check_weights_match(self, self._named_direction_weights(layer, direction, weights, cast_to), x)
                 h0 = None if states is None else states[0][index]
                 c0 = None if states is None or not cell.has_cell_state else states[1][index]
-                result = None
-                if batch_sizes is None and layer_input.size(0) == 1:
+                result = mask = None
+                if zoneout and self.training:
+                    # the output's layout: [T, B, H_out], or packed rows [N, H_out]
+                    hout = self.proj_size if self.proj_size > 0 else self.hidden_size
+                    mask = draw_mask(zoneout, (*layer_input.shape[:-1], hout), layer_input)
+                if batch_sizes is None and layer_input.size(0) == 1 and not zoneout:
                     result = self._run_step(cell, layer_input, h0, c0, weights)
                 if result is None:
                     result = functional.run_checked(cell, layer_input, h0, c0, weights, batch_sizes, direction == 1,
-                                                    self.backend)
+                                                    self.backend, zoneout, mask)
                 outputs.append(result.out)
                 h_finals.append(result.h_n)
                 c_finals.append(result.c_n)
