@@ -275,7 +275,11 @@ def autograd_backward(cell: CellSpec, tensors, batch_sizes, reverse, grad_output
     (out, h_n, c_n), by autograd through :func:`sequence_forward`; a differentiable graph with
     ``create_graph`` (double backward).  Zeros where an input does not matter."""
     with torch.enable_grad():
-        leaves = [None if t is None else (t if t.requires_grad else t.detach().requires_grad_()) for t in tensors]
+        # a first derivative differentiates fresh leaves: the inputs themselves may be outputs of an earlier
+        # call (a cell's state fed back), whose graph the engine must not walk here (it freed its buffers:
+        # the earlier call's backward then raised); a double backward keeps them, to stay connected to them
+        leaves = [None if t is None else (t if t.requires_grad and create_graph else t.detach().requires_grad_())
+                  for t in tensors]
         res = sequence_forward(cell, leaves[0], leaves[1], leaves[2], LayerWeights(*leaves[3:]), batch_sizes, reverse)
         outs = [res.out, res.h_n] + ([res.c_n] if res.c_n is not None else [])
         gouts = list(grad_outputs[: len(outs)])

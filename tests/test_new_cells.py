@@ -163,6 +163,23 @@ def test_the_cell_is_one_step_of_the_layer(kind):
         torch.testing.assert_close(a, b[0], rtol=1e-12, atol=1e-12)
 
 
+def test_cell_steps_chained_gradcheck(kind):
+    """Two steps of the cell, the first one's state fed to the second, differentiated through both (a decoder's
+    training): the second step's backward must not walk the first one's graph (it freed its buffers: found by
+    the fuzz campaign, tests/fuzz_cases.py), first and second derivatives."""
+    name, build, build_cell, step, has_c = kind
+    cell = build_cell(2, 3, dtype=F64)
+    xs = [torch.randn(4, 2, dtype=F64, requires_grad=True) for _ in range(2)]
+
+    def two_steps(x0, x1):
+        first = cell(x0)
+        second = cell(x1, first)
+        return (*states_of(first, has_c), *states_of(second, has_c))
+
+    assert torch.autograd.gradcheck(two_steps, xs)
+    assert torch.autograd.gradgradcheck(two_steps, xs)
+
+
 def test_the_cell_and_the_layer_share_the_layout(kind):
     """A one-layer module's layer-0 parameters, named as the cell names them, run the cell's step."""
     name, build, build_cell, step, has_c = kind
