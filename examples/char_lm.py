@@ -1,15 +1,19 @@
-"""Character-level language model: a 2-layer fusedrnn.LSTM trained on this repository's own text.
+"""Character-level language model: a 2-layer fusedrnn.LSTM (or LayerNormLSTM) trained on this repository's own text.
 
 The corpus is the repository's documentation and Python source (``*.md``,
 ``fusedrnn/**/*.py``, ``examples/*.py``), so the example needs no download.
 The same model is trained twice from the same initial weights on the same
-batches: once with ``fusedrnn.LSTM``, once with ``torch.nn.LSTM``.  A true
-drop-in gives the same loss curve up to floating-point noise; ``loss.png``
-shows both, and the report gives their largest gap.  The fusedrnn model then
-writes a sample, one character at a time, carrying its ``(h, c)`` state.
+batches: once with fusedrnn's layer, once with its twin: ``torch.nn.LSTM`` for
+``--cell lstm`` (the default), and for ``--cell lnlstm`` (``fusedrnn.LayerNormLSTM``,
+haste's LayerNorm LSTM, which torch.nn lacks) the same equations written out in
+plain PyTorch ops (:class:`PlainLayerNormLSTM`).  Equal functions give the same
+loss curve up to floating-point noise; ``loss.png`` shows both, and the report
+gives their largest gap.  The fusedrnn model then writes a sample, one character
+at a time, carrying its ``(h, c)`` state.
 
-    python examples/char_lm.py            # full run (minutes on a CPU)
-    python examples/char_lm.py --quick    # a few seconds
+    python examples/char_lm.py                  # full run (minutes on a CPU)
+    python examples/char_lm.py --quick          # a few seconds
+    python examples/char_lm.py --cell lnlstm    # the LayerNorm LSTM against its plain-PyTorch twin
 """
 
 from __future__ import annotations
@@ -42,6 +46,55 @@ class CharLM(nn.Module):
         return self.head(out), state
 
 
+class PlainLayerNormLSTM(nn.Module):
+    """haste's LayerNorm LSTM (docs/design.md section 4) as plain PyTorch ops, step by step, batch-first, one
+    direction: the twin ``fusedrnn.LayerNormLSTM`` is compared with, holding a copy of its parameters under the
+    same names (so Adam and the gradient clipping see the same tensors)."""
+
+    def __init__(self, fused: nn.Module):
+        super().__init__()
+        self.num_layers, self.hidden_size = fused.num_layers, fused.hidden_size
+        self.weights = nn.ParameterDict({name: nn.Parameter(p.detach().clone())
+                                         for name, p in fused.named_parameters()})
+
+    def forward(self, x: Tensor, state=None):
+        H, G = self.hidden_size, 4 * self.hidden_size
+        h_n, c_n = [], []
+        for k in range(self.num_layers):
+            w = {name[: -len(f"_l{k}")]: p for name, p in self.weights.items() if name.endswith(f"_l{k}")}
+            h, c = (x.new_zeros(x.shape[0], H),) * 2 if state is None else (state[0][k], state[1][k])
+            # the input side of every step at once: LN(W_ih x; γ_ih) + b_ih
+            xs = F.layer_norm(x @ w["weight_ih"].t(), (G,), weight=w["ln_weight_ih"]) + w["bias_ih"]
+            outs = []
+            for t in range(x.shape[1]):
+                a = xs[:, t] + F.layer_norm(h @ w["weight_hh"].t(), (G,), weight=w["ln_weight_hh"]) + w["bias_hh"]
+                i, f, g, o = a.chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (H,), weight=w["ln_weight_c"], bias=w["ln_bias_c"]))
+                outs.append(h)
+            x = torch.stack(outs, dim=1)
+            h_n.append(h)
+            c_n.append(c)
+        return x, (torch.stack(h_n), torch.stack(c_n))
+
+
+#: --cell: (fusedrnn's class, its name, the twin's name, the twin built from the fused layer)
+CELLS = {
+    "lstm": (fusedrnn.LSTM, "fusedrnn.LSTM", "torch.nn.LSTM", None),
+    "lnlstm": (fusedrnn.LayerNormLSTM, "fusedrnn.LayerNormLSTM", "plain PyTorch", PlainLayerNormLSTM),
+}
+
+
+def twin_of(lstm: nn.Module, cell: str) -> nn.Module:
+    """The twin layer, with ``lstm``'s weights: torch.nn.LSTM's, or the plain-PyTorch LayerNorm LSTM's."""
+    build = CELLS[cell][3]
+    if build is not None:
+        return build(lstm)
+    twin = nn.LSTM(lstm.input_size, lstm.hidden_size, num_layers=lstm.num_layers, batch_first=True)
+    twin.load_state_dict(lstm.state_dict())
+    return twin
+
+
 def batches(data: Tensor, batch: int, length: int, generator: torch.Generator):
     """Random windows (inputs, next-character targets), forever."""
     while True:
@@ -68,6 +121,9 @@ def sample(model: CharLM, prompt: Tensor, length: int, temperature: float, gener
 def main() -> None:
     p = _common.parser("char_lm", __doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=None, help="training steps (default 300; 8 with --quick)")
+    p.add_argument("--cell", choices=sorted(CELLS), default="lstm",
+                   help="lstm: fusedrnn.LSTM against torch.nn.LSTM (default); lnlstm: fusedrnn.LayerNormLSTM "
+                        "against the same equations in plain PyTorch")
     args = p.parse_args()
     device = _common.setup(args)
     if args.quick:
@@ -85,11 +141,11 @@ def main() -> None:
     val_x, val_y = next(batches(val_data, 4 * batch, length, torch.Generator().manual_seed(7)))
     val_x, val_y = val_x.to(device), val_y.to(device)
 
-    fused = CharLM(fusedrnn.LSTM, len(chars), embed, hidden).to(device)
+    fused_class, fused_name, twin_name, _ = CELLS[args.cell]
+    fused = CharLM(fused_class, len(chars), embed, hidden).to(device)
     twin = copy.deepcopy(fused)
-    twin.lstm = nn.LSTM(embed, hidden, num_layers=2, batch_first=True).to(device)
-    twin.lstm.load_state_dict(fused.lstm.state_dict())  # same starting point, torch.nn's LSTM
-    runs = {"fusedrnn.LSTM": fused, "torch.nn.LSTM": twin}
+    twin.lstm = twin_of(fused.lstm, args.cell).to(device)  # same starting point, the twin's layer
+    runs = {fused_name: fused, twin_name: twin}
 
     curves, seconds = {}, {}
     with _common.progress() as bar:
@@ -117,20 +173,21 @@ def main() -> None:
             curves[name] = (train_curve, val_curve)
             bar.console.print(f"{name}: final train loss {train_curve[-1]:.4f}, validation {val_curve[-1][1]:.4f}")
 
-    (f_train, f_val), (t_train, t_val) = curves["fusedrnn.LSTM"], curves["torch.nn.LSTM"]
+    (f_train, f_val), (t_train, t_val) = curves[fused_name], curves[twin_name]
     gap = max(abs(a - b) for a, b in zip(f_train, t_train))
     # the noise scale: how much the loss itself moves from one batch to the next
     noise = float(torch.tensor(f_train[len(f_train) // 2 :]).diff().abs().median()) if steps > 2 else 0.0
 
     fig, (ax, diff) = _common.plt.subplots(1, 2, figsize=(12, 4))
-    for name, style in (("fusedrnn.LSTM", "-"), ("torch.nn.LSTM", "--")):
+    for name, style in ((fused_name, "-"), (twin_name, "--")):
         train_curve, val_curve = curves[name]
         ax.plot(range(1, steps + 1), train_curve, style, lw=1, label=f"{name} (train)")
         ax.plot(*zip(*val_curve), style, marker="o", label=f"{name} (validation)")
     ax.set(xlabel="step", ylabel="cross-entropy (nats/char)", title="character LM on this repository's text")
     ax.legend()
     # the gap between the two runs, against the batch-to-batch noise of the loss itself
-    diff.plot(range(1, steps + 1), [a - b for a, b in zip(f_train, t_train)], lw=1, label="fusedrnn - torch.nn")
+    diff.plot(range(1, steps + 1), [a - b for a, b in zip(f_train, t_train)], lw=1,
+              label=f"{fused_name} - {twin_name}")
     diff.axhspan(-noise, noise, color="tab:gray", alpha=0.25, label="step-to-step loss noise (median)")
     diff.set(xlabel="step", ylabel="train-loss difference", title="same weights, same batches")
     diff.legend()
@@ -145,20 +202,21 @@ def main() -> None:
     _common.console.print(text_out, markup=False, highlight=False)
     _common.console.rule()
 
-    _common.report(args, "character LM: fusedrnn.LSTM vs torch.nn.LSTM", {
+    _common.report(args, f"character LM: {fused_name} vs {twin_name}", {
         "device": str(device),
+        "cell": args.cell,
         "corpus characters": data.numel(),
         "vocabulary": len(chars),
         "train steps": steps,
         "hidden": hidden,
         "fusedrnn final train loss": f_train[-1],
-        "torch.nn final train loss": t_train[-1],
+        "twin final train loss": t_train[-1],
         "fusedrnn final validation loss": f_val[-1][1],
-        "torch.nn final validation loss": t_val[-1][1],
+        "twin final validation loss": t_val[-1][1],
         "largest train-loss gap": gap,
         "step-to-step loss noise (median)": noise,
-        "fusedrnn seconds": round(seconds["fusedrnn.LSTM"], 2),
-        "torch.nn seconds": round(seconds["torch.nn.LSTM"], 2),
+        "fusedrnn seconds": round(seconds[fused_name], 2),
+        "twin seconds": round(seconds[twin_name], 2),
     })
 
 

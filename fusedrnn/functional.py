@@ -21,7 +21,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch._C._functorch import peek_interpreter_stack
 
-from . import backends
+from . import backends, zoneout as _zoneout
 from .backends.base import LayerWeights
 from .cells import CellSpec, modes
 from .ops import define, forward_op, forward_with_autograd, forward_without_autograd, op_weights
@@ -160,11 +160,17 @@ def layer(
     batch_sizes: Optional[torch.Tensor] = None,
     reverse: bool = False,
     backend: Optional[str] = None,
+    *,
+    zoneout: float = 0.0,
+    zoneout_mask: Optional[torch.Tensor] = None,
 ) -> LayerOutput:
     """Run ``cell`` over a whole sequence: one op call.
 
     ``h0``/``c0`` None mean zeros.  ``backend`` None or ``"auto"`` defers to the
-    context and the environment (:mod:`fusedrnn.backends`).
+    context and the environment (:mod:`fusedrnn.backends`).  ``zoneout`` (a rate in [0, 1)) zones the hidden
+    state out as haste does (:mod:`fusedrnn.zoneout`): with ``zoneout_mask`` (the output's shape, 1 where a
+    unit takes its new value: :func:`fusedrnn.zoneout.draw_mask`) as in training, without it the expectation
+    (evaluation); on the reference backend so far.
     """
     check_not_traced()  # torch.jit.trace would freeze the op's backend into its program (fusedrnn/torchscript.py)
     weights = LayerWeights(*weights)
@@ -178,7 +184,9 @@ def layer(
         batch_sizes = _steps_with_rows(batch_sizes)
     h0, c0 = _default_states(cell, x, h0, c0, weights, batch_sizes)
     _check(cell, x, h0, c0, weights, batch_sizes)
-    return _run(cell, x, h0, c0, weights, batch_sizes, reverse, backend)
+    zoneout = _zoneout.check_zoneout(zoneout)
+    _zoneout.check_mask(zoneout_mask, zoneout, x, (*x.shape[:-1], h0.shape[-1]))
+    return _run(cell, x, h0, c0, weights, batch_sizes, reverse, backend, zoneout, zoneout_mask)
 
 
 def _default_states(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes):
@@ -196,7 +204,8 @@ def _default_states(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_size
 
 def run_checked(cell: CellSpec, x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor],
                 weights: LayerWeights, batch_sizes: Optional[torch.Tensor] = None, reverse: bool = False,
-                backend: Optional[str] = None) -> LayerOutput:
+                backend: Optional[str] = None, zoneout: float = 0.0,
+                zoneout_mask: Optional[torch.Tensor] = None) -> LayerOutput:
     """:func:`layer` without its argument checks, for callers that have made them: the modules, whose
     checks (torch.nn's, then every weight's shape and dtype) cover layer's, so that a call checks each
     thing once (a cell step is a few microseconds of arithmetic; checking twice cost more than it).
@@ -204,18 +213,26 @@ def run_checked(cell: CellSpec, x: torch.Tensor, h0: Optional[torch.Tensor], c0:
     What the caller guarantees: ``weights`` a :class:`LayerWeights` of tensors of the cell's shapes; ``x``
     (3-D, or packed rows with ``batch_sizes`` that passed :func:`check_batch_sizes`), ``h0`` and ``c0``
     (None: zeros; ``c0`` None for a cell without a cell state) of those shapes; every tensor of ``x``'s
-    floating dtype and device.
+    floating dtype and device; ``zoneout`` a float in [0, 1), ``zoneout_mask`` None or of the output's shape,
+    dtype and device.
     """
     check_not_traced()  # torch.jit.trace would freeze the op's backend into its program (fusedrnn/torchscript.py)
     if batch_sizes is not None:
         batch_sizes = _steps_with_rows(batch_sizes)
     h0, c0 = _default_states(cell, x, h0, c0, weights, batch_sizes)
-    return _run(cell, x, h0, c0, weights, batch_sizes, reverse, backend)
+    return _run(cell, x, h0, c0, weights, batch_sizes, reverse, backend, zoneout, zoneout_mask)
 
 
-def _run(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes, reverse, backend) -> LayerOutput:
+def _run(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes, reverse, backend, zoneout=0.0,
+         zoneout_mask=None) -> LayerOutput:
     """The call once its arguments are checked: the backend resolved, then one op call (or the eager
     equivalent of the op, :func:`_plain_eager_call`)."""
+    if zoneout:
+        # no kernel takes zoneout yet: the reference's forward as plain torch ops, which autograd
+        # differentiates (the mask is the layer's input a kernel will take as it is)
+        _zoneout.check_backend(backend, x)
+        res = sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse, zoneout, zoneout_mask)
+        return LayerOutput(res.out, res.h_n, res.c_n if cell.has_cell_state else None)
     if x.device.type == "meta":
         # meta tensors hold no data, only shapes: whatever backend the module names (it may run CPU
         # tensors only, as modules built on meta and moved later do), the reference gives the shapes
@@ -303,18 +320,19 @@ _STEP_REFUSAL = "fusedrnn_C: "
 
 
 def lstm_layer(x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, w_peep=None, w_proj=None,
-               batch_sizes=None, reverse=False, backend=None) -> LayerOutput:
-    """LSTM layer-direction; ``w_peep`` [3H] adds diagonal peepholes, ``w_proj`` [P, H] a projection."""
+               batch_sizes=None, reverse=False, backend=None, zoneout=0.0, zoneout_mask=None) -> LayerOutput:
+    """LSTM layer-direction; ``w_peep`` [3H] adds diagonal peepholes, ``w_proj`` [P, H] a projection.  Every
+    named layer takes :func:`layer`'s ``zoneout`` and ``zoneout_mask`` (haste's zoneout of h)."""
     return layer(CellSpec("lstm", "lstm"), x, h0, c0, LayerWeights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj),
-                 batch_sizes, reverse, backend)
+                 batch_sizes, reverse, backend, zoneout=zoneout, zoneout_mask=zoneout_mask)
 
 
 def gru_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, reset_after=True,
-              batch_sizes=None, reverse=False, backend=None) -> LayerOutput:
+              batch_sizes=None, reverse=False, backend=None, zoneout=0.0, zoneout_mask=None) -> LayerOutput:
     """GRU layer-direction; ``reset_after=False`` is the original form (r applied to h before W_hn)."""
     mode = "reset_after" if reset_after else "reset_before"
     return layer(CellSpec("gru", mode), x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh),
-                 batch_sizes, reverse, backend)
+                 batch_sizes, reverse, backend, zoneout=zoneout, zoneout_mask=zoneout_mask)
 
 
 def check_nonlinearity(nonlinearity, family: str = "rnn") -> None:
@@ -327,20 +345,20 @@ def check_nonlinearity(nonlinearity, family: str = "rnn") -> None:
 
 
 def rnn_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, nonlinearity="tanh",
-              batch_sizes=None, reverse=False, backend=None) -> LayerOutput:
+              batch_sizes=None, reverse=False, backend=None, zoneout=0.0, zoneout_mask=None) -> LayerOutput:
     """Elman RNN layer-direction, ``nonlinearity`` 'tanh' or 'relu' (or another rnn mode of the cell table)."""
     check_nonlinearity(nonlinearity)
     return layer(CellSpec("rnn", nonlinearity), x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh),
-                 batch_sizes, reverse, backend)
+                 batch_sizes, reverse, backend, zoneout=zoneout, zoneout_mask=zoneout_mask)
 
 
 def indrnn_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, nonlinearity="relu",
-                 batch_sizes=None, reverse=False, backend=None) -> LayerOutput:
+                 batch_sizes=None, reverse=False, backend=None, zoneout=0.0, zoneout_mask=None) -> LayerOutput:
     """IndRNN layer-direction: ``h' = act(x W_ih^T + b_ih + w_hh * h + b_hh)``, ``w_hh`` the element-wise
     recurrent weight [H]; ``nonlinearity`` 'relu' or 'tanh'."""
     check_nonlinearity(nonlinearity, "indrnn")
     return layer(CellSpec("indrnn", nonlinearity), x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh),
-                 batch_sizes, reverse, backend)
+                 batch_sizes, reverse, backend, zoneout=zoneout, zoneout_mask=zoneout_mask)
 
 
 def _packed_extras(cell: CellSpec, named: dict) -> Optional[torch.Tensor]:
@@ -354,7 +372,7 @@ def _packed_extras(cell: CellSpec, named: dict) -> Optional[torch.Tensor]:
 
 def layer_norm_lstm_layer(x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, ln_weight_ih=None,
                           ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None, batch_sizes=None, reverse=False,
-                          backend=None) -> LayerOutput:
+                          backend=None, zoneout=0.0, zoneout_mask=None) -> LayerOutput:
     """LayerNorm LSTM layer-direction (:class:`fusedrnn.LayerNormLSTM`): the gains ``ln_weight_ih``,
     ``ln_weight_hh`` [4H] of the input and recurrent pre-activations, the gain and shift ``ln_weight_c``,
     ``ln_bias_c`` [H] of the cell state's normalisation."""
@@ -362,14 +380,15 @@ def layer_norm_lstm_layer(x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None, 
     w_extra = _packed_extras(cell, dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh,
                                         ln_weight_c=ln_weight_c, ln_bias_c=ln_bias_c))
     return layer(cell, x, h0, c0, LayerWeights(w_ih, w_hh, b_ih, b_hh, None, None, w_extra), batch_sizes, reverse,
-                 backend)
+                 backend, zoneout=zoneout, zoneout_mask=zoneout_mask)
 
 
 def layer_norm_gru_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, ln_weight_ih=None,
-                         ln_weight_hh=None, batch_sizes=None, reverse=False, backend=None) -> LayerOutput:
+                         ln_weight_hh=None, batch_sizes=None, reverse=False, backend=None, zoneout=0.0,
+                         zoneout_mask=None) -> LayerOutput:
     """LayerNorm GRU layer-direction (:class:`fusedrnn.LayerNormGRU`): the gains ``ln_weight_ih``,
     ``ln_weight_hh`` [3H] of the input and recurrent pre-activations."""
     cell = CellSpec("layer_norm_gru", "layer_norm_gru")
     w_extra = _packed_extras(cell, dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh))
     return layer(cell, x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh, None, None, w_extra), batch_sizes,
-                 reverse, backend)
+                 reverse, backend, zoneout=zoneout, zoneout_mask=zoneout_mask)

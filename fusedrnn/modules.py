@@ -15,7 +15,14 @@ Extras beyond torch.nn, keyword-only after torch's arguments:
   ``weight_ch_l{k}[_reverse]`` of shape ``[3*hidden_size]`` (blocks i, f, o)
   per layer-direction, registered right after ``bias_hh_l{k}[_reverse]``;
 * ``GRU(..., reset_after=False)``: the original GRU of Cho et al.;
-* ``RNN`` with ``nonlinearity`` ``'tanh'`` or ``'relu'`` (as torch.nn).
+* ``RNN`` with ``nonlinearity`` ``'tanh'`` or ``'relu'`` (as torch.nn);
+* ``zoneout=0.0`` on every class (haste's zoneout of the hidden state, :mod:`fusedrnn.zoneout`): in
+  training each unit of h keeps its previous value with probability ``zoneout`` at each step (a fresh
+  mask per step; the output sequence carries the zoned-out h; an LSTM's c is not zoned out, as in
+  haste), in evaluation ``h = zoneout * h_prev + (1 - zoneout) * h_new``.  The masks come from the
+  default generator of the input's device (``torch.manual_seed`` reproduces them): for each layer,
+  after the dropout of its input, one ``bernoulli_`` draw of ``[T, B, H_out]`` (``[rows, H_out]`` for
+  a PackedSequence) per direction, forward first.  Nonzero zoneout runs on the reference backend so far.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ class LSTM(FusedRNNBase, nn.LSTM):
     """Drop-in for :class:`torch.nn.LSTM` (same arguments, parameters, inputs and outputs).
 
     ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, proj_size=0, device=None, dtype=None, *, peephole=False, backend="auto")``
+    bidirectional=False, proj_size=0, device=None, dtype=None, *, peephole=False, backend="auto", zoneout=0.0)``
 
     ``peephole=True`` adds diagonal peephole connections (Gers & Schmidhuber):
     ``i = σ(. + w_ci*c)``, ``f = σ(. + w_cf*c)``, ``o = σ(. + w_co*c')``, one parameter
@@ -64,16 +71,17 @@ class LSTM(FusedRNNBase, nn.LSTM):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, peephole: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", zoneout: float = 0.0) -> None:
         super().__init__(CellSpec("lstm", "lstm"), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, proj_size, device, dtype, peephole=peephole, backend=backend)
+                         dropout, bidirectional, proj_size, device, dtype, peephole=peephole, backend=backend,
+                         zoneout=zoneout)
 
 
 class GRU(FusedRNNBase, nn.GRU):
     """Drop-in for :class:`torch.nn.GRU` (same arguments, parameters, inputs and outputs).
 
     ``GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, device=None, dtype=None, *, reset_after=True, backend="auto")``
+    bidirectional=False, device=None, dtype=None, *, reset_after=True, backend="auto", zoneout=0.0)``
 
     ``reset_after=False`` applies the reset gate to h before the product with ``W_hn``
     (the original GRU); the parameters are the same as torch.nn.GRU's.
@@ -82,14 +90,14 @@ class GRU(FusedRNNBase, nn.GRU):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, reset_after: bool = True, backend: str = "auto",
-                 proj_size=NOT_GIVEN) -> None:
+                 zoneout: float = 0.0, proj_size=NOT_GIVEN) -> None:
         if proj_size is not NOT_GIVEN:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         check_flag("reset_after", reset_after)
         self.reset_after = reset_after
         mode = "reset_after" if reset_after else "reset_before"
         super().__init__(CellSpec("gru", mode), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, 0, device, dtype, backend=backend)
+                         dropout, bidirectional, 0, device, dtype, backend=backend, zoneout=zoneout)
 
     def _extras_repr(self) -> str:
         return (", reset_after=False" if not self.reset_after else "") + super()._extras_repr()
@@ -99,7 +107,7 @@ class RNN(FusedRNNBase, nn.RNN):
     """Drop-in for :class:`torch.nn.RNN` (same arguments, parameters, inputs and outputs).
 
     ``RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True, batch_first=False,
-    dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto")``
+    dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto", zoneout=0.0)``
 
     ``nonlinearity`` is ``'tanh'`` or ``'relu'``; like torch.nn.RNN it is the fourth positional
     argument, and it is fixed at construction (``mode``).
@@ -108,13 +116,13 @@ class RNN(FusedRNNBase, nn.RNN):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, device=None, dtype=None, *, backend: str = "auto",
-                 proj_size=NOT_GIVEN) -> None:
+                 zoneout: float = 0.0, proj_size=NOT_GIVEN) -> None:
         if proj_size is not NOT_GIVEN:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         functional.check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(CellSpec("rnn", nonlinearity), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, 0, device, dtype, backend=backend)
+                         dropout, bidirectional, 0, device, dtype, backend=backend, zoneout=zoneout)
 
 
 class Recurrent(FusedRNNBase):
@@ -122,7 +130,7 @@ class Recurrent(FusedRNNBase):
 
     ``Recurrent(family, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
     bidirectional=False, proj_size=0, device=None, dtype=None, *, mode=None, peephole=False,
-    backend="auto")``
+    backend="auto", zoneout=0.0)``
 
     The family's ``mode`` (default: the family's default mode) is the cell every layer-direction runs.
     Parameters as torch.nn's RNNs lay them out, ``len(record.gates)`` blocks of ``hidden_size`` rows
@@ -142,10 +150,10 @@ class Recurrent(FusedRNNBase):
     def __init__(self, family: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, mode: Optional[str] = None, peephole: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", zoneout: float = 0.0) -> None:
         cell = CellSpec(family, default_mode(family) if mode is None else mode)
         super().__init__(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, peephole=peephole, backend=backend)
+                         proj_size, device, dtype, peephole=peephole, backend=backend, zoneout=zoneout)
 
     def extra_repr(self) -> str:
         return f"{self.cell.family!r}, " + super().extra_repr()
@@ -175,12 +183,13 @@ class IndRNN(_NamedRecurrent):
     """Independently recurrent network (Li et al. 2018), stacked like :class:`torch.nn.RNN`.
 
     ``IndRNN(input_size, hidden_size, num_layers=1, nonlinearity='relu', bias=True, batch_first=False,
-    dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto")``
+    dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto", zoneout=0.0)``
 
     Each unit has its own scalar recurrent weight: ``h' = act(W_ih x + b_ih + u * h + b_hh)``, ``u`` the
     vector ``weight_hh_l{k}[_reverse]`` of shape ``[hidden_size]`` (element-wise product), ``act`` ReLU
     (the paper's) or tanh (haste's).  Inputs and outputs are :class:`torch.nn.RNN`'s (batched, unbatched,
-    ``PackedSequence``, ``h_0``; ``(output, h_n)``); dropout between layers as torch.nn.
+    ``PackedSequence``, ``h_0``; ``(output, h_n)``); dropout between layers as torch.nn; ``zoneout`` as
+    haste's IndRNN (:mod:`fusedrnn.modules`' docstring).
 
     Parameters per layer-direction: ``weight_ih_l{k}`` ``[hidden_size, input_size]`` (the first layer;
     ``num_directions * hidden_size`` columns above it), ``weight_hh_l{k}`` ``[hidden_size]``,
@@ -195,11 +204,11 @@ class IndRNN(_NamedRecurrent):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "relu",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, backend: str = "auto") -> None:
+                 device=None, dtype=None, *, backend: str = "auto", zoneout: float = 0.0) -> None:
         functional.check_nonlinearity(nonlinearity, "indrnn")
         self.nonlinearity = nonlinearity
         super().__init__("indrnn", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, mode=nonlinearity, backend=backend)
+                         bidirectional, 0, device, dtype, mode=nonlinearity, backend=backend, zoneout=zoneout)
 
     def _extras_repr(self) -> str:
         # the nonlinearity in torch.nn.RNN's place (after the sizes), not as a mode
@@ -235,8 +244,8 @@ _LAYER_NORM_DOC = """
     :meth:`load_haste_state_dict` loads a ``haste_pytorch.{haste}``'s parameters (one layer, one direction).
 
     Inputs and outputs are torch.nn.{twin}'s (batched, unbatched, ``PackedSequence``, initial states);
-    dropout between layers as torch.nn.  Runs on the reference backend only so far: ``"auto"`` falls back to
-    it with a once-only warning (kernels to come).
+    dropout between layers as torch.nn; ``zoneout`` as haste's (:mod:`fusedrnn.modules`' docstring).  Runs on
+    the reference backend only so far: ``"auto"`` falls back to it with a once-only warning (kernels to come).
 """
 
 
@@ -251,7 +260,7 @@ class LayerNormLSTM(_NamedRecurrent):
     :class:`torch.nn.LSTM`.
 
     ``LayerNormLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, device=None, dtype=None, *, forget_bias=1.0, backend="auto")``
+    bidirectional=False, device=None, dtype=None, *, forget_bias=1.0, backend="auto", zoneout=0.0)``
     """ + _LAYER_NORM_DOC.format(
         G=4, twin="LSTM", order="i, f, g, o", haste="LayerNormLSTM",
         equations="""        i, f, g, o = σ, σ, tanh, σ of x̂ + ĥ (blocks i, f, g, o)
@@ -263,10 +272,11 @@ class LayerNormLSTM(_NamedRecurrent):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None, *, forget_bias: Optional[float] = 1.0, backend: str = "auto") -> None:
+                 dtype=None, *, forget_bias: Optional[float] = 1.0, backend: str = "auto",
+                 zoneout: float = 0.0) -> None:
         self.forget_bias = forget_bias  # read by reset_parameters, which the base's __init__ calls
         super().__init__("layer_norm_lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, backend=backend)
+                         bidirectional, 0, device, dtype, backend=backend, zoneout=zoneout)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -302,7 +312,7 @@ class LayerNormGRU(_NamedRecurrent):
     convention ``h' = (1 - z) * n + z * h``, which is haste's too), stacked like :class:`torch.nn.GRU`.
 
     ``LayerNormGRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, device=None, dtype=None, *, backend="auto")``
+    bidirectional=False, device=None, dtype=None, *, backend="auto", zoneout=0.0)``
     """ + _LAYER_NORM_DOC.format(
         G=3, twin="GRU", order="r, z, n", haste="LayerNormGRU",
         equations="""        r = σ(x̂_r + ĥ_r),  z = σ(x̂_z + ĥ_z),  n = tanh(x̂_n + r * ĥ_n)
@@ -312,9 +322,9 @@ class LayerNormGRU(_NamedRecurrent):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None, *, backend: str = "auto") -> None:
+                 dtype=None, *, backend: str = "auto", zoneout: float = 0.0) -> None:
         super().__init__("layer_norm_gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, backend=backend)
+                         bidirectional, 0, device, dtype, backend=backend, zoneout=zoneout)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

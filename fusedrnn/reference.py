@@ -218,10 +218,14 @@ def sequence_forward(
     weights: LayerWeights,
     batch_sizes: Optional[torch.Tensor] = None,
     reverse: bool = False,
+    zoneout: float = 0.0,
+    zoneout_mask: Optional[torch.Tensor] = None,
 ) -> ForwardResult:
     """The forward of one layer-direction (shapes: :mod:`fusedrnn.backends.base`).
 
-    Differentiable: autograd through it gives the reference gradients.
+    Differentiable: autograd through it gives the reference gradients.  With ``zoneout`` (:mod:`fusedrnn.zoneout`)
+    each step's new h is mixed with the previous one: by ``zoneout_mask`` (the output's layout; 1 takes the new
+    value) when it is given (training), else by the expectation ``zoneout * h_prev + (1 - zoneout) * h_new``.
     """
     dtype = x.dtype
     cdt = compute_dtype(dtype)
@@ -233,11 +237,17 @@ def sequence_forward(
     xp = _linear(rows, w.w_ih, w.b_ih) if projection is None else projection(rows, w)
     h = h0.to(cdt)
     c = _cast(c0, cdt)
+    mask = None if zoneout_mask is None else as_rows(zoneout_mask, batch_sizes).to(cdt)
     outs: List[Optional[torch.Tensor]] = [None] * len(steps.sizes)
     wss: List[Optional[torch.Tensor]] = [None] * len(steps.sizes)
     for t in steps.order:
         n = steps.sizes[t]
         h_new, c_new, ws = _step(cell, xp[steps.span(t)], h[:n], None if c is None else c[:n], w)
+        if mask is not None:  # zoneout in training: a select by a 0/1 mask, exact where it is 0 or 1
+            m = mask[steps.span(t)]
+            h_new = m * h_new + (1 - m) * h[:n]
+        elif zoneout:  # its expectation (haste's formula)
+            h_new = zoneout * h[:n] + (1 - zoneout) * h_new
         outs[t], wss[t] = h_new, ws
         h = _replace_head(h, h_new)
         if c is not None:
@@ -265,7 +275,11 @@ def autograd_backward(cell: CellSpec, tensors, batch_sizes, reverse, grad_output
     (out, h_n, c_n), by autograd through :func:`sequence_forward`; a differentiable graph with
     ``create_graph`` (double backward).  Zeros where an input does not matter."""
     with torch.enable_grad():
-        leaves = [None if t is None else (t if t.requires_grad else t.detach().requires_grad_()) for t in tensors]
+        # a first derivative differentiates fresh leaves: the inputs themselves may be outputs of an earlier
+        # call (a cell's state fed back), whose graph the engine must not walk here (it freed its buffers:
+        # the earlier call's backward then raised); a double backward keeps them, to stay connected to them
+        leaves = [None if t is None else (t if t.requires_grad and create_graph else t.detach().requires_grad_())
+                  for t in tensors]
         res = sequence_forward(cell, leaves[0], leaves[1], leaves[2], LayerWeights(*leaves[3:]), batch_sizes, reverse)
         outs = [res.out, res.h_n] + ([res.c_n] if res.c_n is not None else [])
         gouts = list(grad_outputs[: len(outs)])

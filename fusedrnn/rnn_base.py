@@ -41,6 +41,7 @@ from ._module_checks import (check_backend_name, check_flag, check_input, check_
 from .backends.base import LayerWeights
 from .cells import CellSpec
 from .torchscript import refuse_script
+from .zoneout import check_zoneout, draw_mask
 
 __all__ = ["FusedRNNBase", "init_cell_parameters", "init_haste_biases"]
 
@@ -121,6 +122,7 @@ class FusedRNNBase(nn.RNNBase):
         *,
         peephole: bool = False,
         backend: str = "auto",
+        zoneout: float = 0.0,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         # nn.Module's __init__ only: the next one in the MRO is torch's (nn.LSTM.__init__), which
@@ -174,6 +176,8 @@ class FusedRNNBase(nn.RNNBase):
         if peephole and "peephole" not in cell.record.optional_weights:
             raise ValueError(f"peephole connections exist only for cells that have them (LSTM), not {cell}")
         check_backend_name(backend)
+        # haste's zoneout of h (fusedrnn.zoneout): a rate, checked here and at each call (it may be reassigned)
+        self.zoneout = check_zoneout(zoneout)
         self.peephole = peephole
         self.backend = backend
         self._cell_spec = cell
@@ -261,6 +265,8 @@ class FusedRNNBase(nn.RNNBase):
             s += ", peephole=True"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
+        if self.zoneout:
+            s += f", zoneout={self.zoneout!r}"
         return s
 
     # -- forward -------------------------------------------------------------
@@ -383,8 +389,8 @@ class FusedRNNBase(nn.RNNBase):
         cell = self.cell
         if (type(input) not in _PLAIN or input.dim() != 3 or input.is_meta or not input.is_floating_point()
                 or input.size(1 if self.batch_first else 0) != 1 or self.proj_size > 0 or cell.record.extra_weights
-                or (self.training and self.dropout > 0)):
-            return None
+                or (self.training and self.dropout > 0) or self.__dict__.get("zoneout", 0.0) != 0.0):
+            return None  # (zoneout, in training or not, and an invalid rate: the general path's)
         x = input[:, 0] if self.batch_first else input[0]
         batch, hidden, directions = x.size(0), self.hidden_size, 2 if self.bidirectional else 1
         if batch == 0 or hidden == 0 or x.size(1) == 0 or x.size(1) != self.input_size:
@@ -432,7 +438,8 @@ class FusedRNNBase(nn.RNNBase):
         batch, hidden = x.size(1), weights.w_hh.size(0) // cell.gates
         if batch == 0 or hidden == 0 or x.size(2) == 0 or x.is_meta or not x.is_floating_point():
             return None
-        h0 = x.new_zeros((batch, weights.w_hh.size(1))) if h0 is None else h0
+        # h's width from the module (IndRNN's recurrent weight is a vector, with no column count to read)
+        h0 = x.new_zeros((batch, self.proj_size if self.proj_size > 0 else hidden)) if h0 is None else h0
         if cell.has_cell_state and c0 is None:
             c0 = x.new_zeros((batch, hidden))
         result = functional.run_step(cell, x[0], h0, c0, weights, self.backend)
@@ -449,8 +456,11 @@ class FusedRNNBase(nn.RNNBase):
         return tuple(permuted) if self.cell.has_cell_state else (permuted,)
 
     def _run_layers(self, cell: CellSpec, x: Tensor, states, batch_sizes, cast_to):
-        """The stack: one op call per layer-direction, dropout between layers (training only)."""
+        """The stack: one op call per layer-direction, dropout between layers (training only); with zoneout, in
+        training, one mask per layer-direction drawn after the layer's dropout (forward direction first)."""
         num_directions = 2 if self.bidirectional else 1
+        # getattr: a module unpickled from before zoneout existed has no attribute
+        zoneout = check_zoneout(getattr(self, "zoneout", 0.0))
         h_finals, c_finals = [], []
         layer_input = x
         for layer in range(self.num_layers):
@@ -463,15 +473,19 @@ class FusedRNNBase(nn.RNNBase):
                 weights = self._direction_weights(layer, direction, cast_to)
                 h0 = None if states is None else states[0][index]
                 c0 = None if states is None or not cell.has_cell_state else states[1][index]
-                result = None
-                if batch_sizes is None and layer_input.size(0) == 1:
+                result = mask = None
+                if zoneout and self.training:
+                    # the output's layout: [T, B, H_out], or packed rows [N, H_out]
+                    hout = self.proj_size if self.proj_size > 0 else self.hidden_size
+                    mask = draw_mask(zoneout, (*layer_input.shape[:-1], hout), layer_input)
+                if batch_sizes is None and layer_input.size(0) == 1 and not zoneout:
                     # the step op checks the weights' dtypes and devices itself, and refuses what is wrong
                     result = self._run_step(cell, layer_input, h0, c0, weights)
                 if result is None:
                     # functional.layer's checks are made: torch.nn's in forward, the weights' here
                     check_weights_match(self, self._named_direction_weights(layer, direction, weights, cast_to), x)
                     result = functional.run_checked(cell, layer_input, h0, c0, weights, batch_sizes, direction == 1,
-                                                    self.backend)
+                                                    self.backend, zoneout, mask)
                 outputs.append(result.out)
                 h_finals.append(result.h_n)
                 c_finals.append(result.c_n)

@@ -12,9 +12,12 @@ backend's own rounding, not the oracle's:
 * torch.nn's twin (``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` and the cells), loaded
   with the same ``state_dict``, for everything torch.nn has;
 * the ``reference`` backend of fusedrnn for the extras torch.nn lacks (LSTM
-  peepholes, GRU ``reset_after=False``).  For those, whether the call must
+  peepholes, GRU ``reset_after=False``) and the cells it lacks (IndRNN, LayerNorm
+  LSTM and GRU: :data:`BEHAVIOUR_TWINS`).  For those, whether the call must
   raise is still torch.nn's decision: the twin without the extra (plain LSTM,
-  GRU) is run too, and an exception there must be matched.
+  GRU, RNN) is run too, and an exception there must be matched.  A backend
+  without a cell's kernels is not judged on it (the example is rejected, as
+  ``fusedrnn.testing.Checker`` skips it).
 
 Error measure, per tensor: ``max |actual - expected| / max(1, max |expected|)``
 (NaN or inf anywhere in ``actual``: inf; :func:`fusedrnn.testing.error` gives
@@ -122,7 +125,19 @@ MODULE_VARIANTS: Dict[str, Tuple[str, dict, bool]] = {
     "lstm-peephole": ("LSTM", {"peephole": True}, False),
     "lstm-peephole-proj": ("LSTM", {"peephole": True}, False),
     "gru-reset-before": ("GRU", {"reset_after": False}, False),
+    "indrnn-relu": ("IndRNN", {"nonlinearity": "relu"}, False),
+    "indrnn-tanh": ("IndRNN", {"nonlinearity": "tanh"}, False),
+    "layer-norm-lstm": ("LayerNormLSTM", {}, False),
+    "layer-norm-gru": ("LayerNormGRU", {}, False),
 }
+#: fusedrnn's classes torch.nn lacks -> the torch.nn class that decides whether a call raises (same arguments,
+#: inputs and states; its own parameters where theirs differ in shape: IndRNN's vector weight_hh)
+BEHAVIOUR_TWINS = {"IndRNN": "RNN", "LayerNormLSTM": "LSTM", "LayerNormGRU": "GRU",
+                   "IndRNNCell": "RNNCell", "LayerNormLSTMCell": "LSTMCell", "LayerNormGRUCell": "GRUCell"}
+#: the classes with a cell state
+_WITH_CELL_STATE = ("LSTM", "LayerNormLSTM", "LSTMCell", "LayerNormLSTMCell")
+#: the variants with a ReLU (their float32 examples near a kink are rejected: reject_relu_kinks)
+_RELU = ("rnn-relu", "indrnn-relu")
 #: the options torch.nn lacks (dropped to build the twin that decides whether a call raises)
 EXTRAS = ("peephole", "reset_after")
 LAYOUTS = ("padded", "packed", "unbatched")
@@ -159,7 +174,7 @@ class ModuleConfig:
 
     @property
     def has_cell_state(self) -> bool:
-        return self.cls == "LSTM"
+        return self.cls in _WITH_CELL_STATE
 
     @property
     def directions(self) -> int:
@@ -221,6 +236,10 @@ CELL_VARIANTS: Dict[str, Tuple[str, dict, bool]] = {
     "rnn-relu": ("RNNCell", {"nonlinearity": "relu"}, True),
     "lstm-peephole": ("LSTMCell", {"peephole": True}, False),
     "gru-reset-before": ("GRUCell", {"reset_after": False}, False),
+    "indrnn-relu": ("IndRNNCell", {"nonlinearity": "relu"}, False),
+    "indrnn-tanh": ("IndRNNCell", {"nonlinearity": "tanh"}, False),
+    "layer-norm-lstm": ("LayerNormLSTMCell", {}, False),
+    "layer-norm-gru": ("LayerNormGRUCell", {}, False),
 }
 
 
@@ -249,7 +268,7 @@ class CellConfig:
 
     @property
     def has_cell_state(self) -> bool:
-        return self.cls == "LSTMCell"
+        return self.cls in _WITH_CELL_STATE
 
     @property
     def depth(self) -> int:
@@ -356,9 +375,11 @@ KINK_THRESHOLD = 2e-6
 
 
 def _relu_scan(x, h, W, U, b_ih, b_hh, valid):
-    """One step: relu(a), and the smallest |a| / (|W||x| + |U||h| + |b|) over the valid rows."""
-    a = x @ W.t() + h @ U.t()
-    terms = x.abs() @ W.abs().t() + h.abs() @ U.abs().t()
+    """One step: relu(a), and the smallest |a| / (|W||x| + |U||h| + |b|) over the valid rows; ``U`` a matrix, or
+    IndRNN's vector (element-wise)."""
+    diagonal = U.dim() == 1
+    a = x @ W.t() + (h * U if diagonal else h @ U.t())
+    terms = x.abs() @ W.abs().t() + (h.abs() * U.abs() if diagonal else h.abs() @ U.abs().t())
     for b in (b_ih, b_hh):
         if b is not None:
             a, terms = a + b, terms + b.abs()
@@ -405,7 +426,7 @@ def relu_margin(cfg, tensors) -> float:
 
 def reject_relu_kinks(cfg, tensors) -> None:
     """hypothesis.assume that a float32 ReLU example has no preactivation within rounding of 0."""
-    if cfg.variant != "rnn-relu" or cfg.dtype != torch.float32:
+    if cfg.variant not in _RELU or cfg.dtype != torch.float32:
         return
     near = relu_margin(cfg, tensors) < KINK_THRESHOLD
     event("float32 ReLU example rejected: a preactivation within rounding of 0" if near
@@ -422,7 +443,7 @@ def build_module(cfg: ModuleConfig, library: str, dtype: torch.dtype, backend: O
                  extras: bool = True) -> nn.Module:
     """``library`` 'torch.nn' or 'fusedrnn'; the torch.nn twin has no extras by construction."""
     if library == "torch.nn":
-        return getattr(nn, cfg.cls)(cfg.I, cfg.H, dtype=dtype, **cfg.kwargs(extras=False))
+        return getattr(nn, BEHAVIOUR_TWINS.get(cfg.cls, cfg.cls))(cfg.I, cfg.H, dtype=dtype, **cfg.kwargs(extras=False))
     return getattr(fusedrnn, cfg.cls)(cfg.I, cfg.H, dtype=dtype, backend=backend, **cfg.kwargs(extras))
 
 
@@ -500,14 +521,26 @@ def module_oracles(cfg: ModuleConfig, tensors) -> Tuple[Run, Run]:
 
 
 def _without_extras(cfg, tensors, twin: nn.Module):
-    """The tensors with only the parameters the torch.nn twin has (peepholes dropped)."""
-    names = dict(twin.named_parameters())
-    return dict(tensors, weights={k: v for k, v in tensors["weights"].items() if k in names})
+    """The tensors with only the parameters the torch.nn twin has (peepholes, layer-norm gains dropped), in its
+    shapes: where a parameter's differs (IndRNN's vector weight_hh), the twin's own (it decides only whether
+    the call raises)."""
+    own = dict(twin.named_parameters())
+    return dict(tensors, weights={k: (v if v.shape == own[k].shape else own[k].detach().to(v.dtype))
+                                  for k, v in tensors["weights"].items() if k in own})
+
+
+def reject_without_kernels(fused: nn.Module, backend: str) -> None:
+    """hypothesis.assume that ``backend`` has kernels for the module's cell: one without is not judged on it
+    (a named backend refuses the cell; "auto" would send it to the reference)."""
+    runs = fusedrnn.backends.get(backend).runs(fused.cell if hasattr(fused, "cell") else fused._cell())
+    event(f"{backend} runs the cell" if runs else f"{backend} has no kernels for the cell: example rejected")
+    assume(runs)
 
 
 def check_module(cfg: ModuleConfig, backend: str) -> None:
     """fusedrnn (``backend``, cfg.dtype) against the oracles: same exception type, or the same values."""
     fused = build_module(cfg, "fusedrnn", cfg.dtype, backend=backend)
+    reject_without_kernels(fused, backend)
     # the weights are named after torch.nn's parameters where torch.nn has the module, so that
     # fusedrnn's load_state_dict is checked to accept exactly torch.nn's state_dict
     tensors = module_data(cfg, build_module(cfg, "torch.nn", cfg.dtype) if cfg.has_twin else fused)
@@ -525,7 +558,7 @@ def check_module(cfg: ModuleConfig, backend: str) -> None:
 def build_cell(cfg: CellConfig, library: str, dtype: torch.dtype, backend: Optional[str] = None,
                extras: bool = True) -> nn.Module:
     if library == "torch.nn":
-        return getattr(nn, cfg.cls)(cfg.I, cfg.H, dtype=dtype, **cfg.kwargs(extras=False))
+        return getattr(nn, BEHAVIOUR_TWINS.get(cfg.cls, cfg.cls))(cfg.I, cfg.H, dtype=dtype, **cfg.kwargs(extras=False))
     return getattr(fusedrnn, cfg.cls)(cfg.I, cfg.H, dtype=dtype, backend=backend, **cfg.kwargs(extras))
 
 
@@ -570,11 +603,11 @@ def run_cell(cfg: CellConfig, cell: nn.Module, tensors, dtype: torch.dtype, forw
 
 def check_cell(cfg: CellConfig, backend: str) -> None:
     fused = build_cell(cfg, "fusedrnn", cfg.dtype, backend=backend)
+    reject_without_kernels(fused, backend)
     twin = build_cell(cfg, "torch.nn", torch.float64)
     tensors = cell_data(cfg, twin if cfg.has_twin else fused)
     reject_relu_kinks(cfg, tensors)
-    twin_tensors = dict(tensors, weights={k: v for k, v in tensors["weights"].items()
-                                          if k in dict(twin.named_parameters())})
+    twin_tensors = _without_extras(cfg, tensors, twin)
     behaviour = run_cell(cfg, twin, twin_tensors, torch.float64, forward_only=not cfg.has_twin)
     expected = behaviour
     if not cfg.has_twin:

@@ -69,6 +69,39 @@ KINDS: Dict[str, Tuple[Callable, Optional[Callable], Callable, bool]] = {
 }
 
 
+def lstm_step(x, h, c, p: Params):
+    """torch.nn.LSTM's step (gate blocks i, f, g, o; with ``weight_hr``, h' projected), for zoneout's tests."""
+    i, f, g, o = (x @ p["weight_ih"].t() + _bias(p, "bias_ih") + h @ p["weight_hh"].t()
+                  + _bias(p, "bias_hh")).chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return (h if p.get("weight_hr") is None else h @ p["weight_hr"].t()), c
+
+
+def gru_step(reset_after: bool) -> Callable:
+    """torch.nn.GRU's step (reset_after; blocks r, z, n, h' = (1-z)*n + z*h), or Cho et al.'s (r*h before W_hn)."""
+
+    def step(x, h, c, p: Params):
+        x_r, x_z, x_n = (x @ p["weight_ih"].t() + _bias(p, "bias_ih")).chunk(3, dim=-1)
+        w_r, w_z, w_n = p["weight_hh"].chunk(3)
+        b_r, b_z, b_n = p["bias_hh"].chunk(3) if p.get("bias_hh") is not None else (0, 0, 0)
+        r, z = torch.sigmoid(x_r + h @ w_r.t() + b_r), torch.sigmoid(x_z + h @ w_z.t() + b_z)
+        n = torch.tanh(x_n + r * (h @ w_n.t() + b_n)) if reset_after else torch.tanh(x_n + (r * h) @ w_n.t() + b_n)
+        return (1 - z) * n + z * h, None
+
+    return step
+
+
+#: the modules taking ``zoneout``: name -> (module builder(input_size, hidden_size, **kwargs), plain step, has c)
+ZONEOUT_KINDS: Dict[str, Tuple[Callable, Callable, bool]] = {
+    "lstm": (fusedrnn.LSTM, lstm_step, True),
+    "lstm-proj": (lambda i, h, **kw: fusedrnn.LSTM(i, h, proj_size=h - 1, **kw), lstm_step, True),
+    "gru": (fusedrnn.GRU, gru_step(True), False),
+    "gru-reset-before": (lambda i, h, **kw: fusedrnn.GRU(i, h, reset_after=False, **kw), gru_step(False), False),
+    **{name: (build, step, has_c) for name, (build, _, step, has_c) in KINDS.items()},
+}
+
+
 def direction_params(module, layer: int, direction: int) -> Params:
     """One layer-direction's parameters of a stacked module, by their names without the suffix."""
     suffix = f"_l{layer}" + ("_reverse" if direction else "")
@@ -80,29 +113,56 @@ def cell_params(cell) -> Params:
     return dict(cell.named_parameters())
 
 
-def plain_loop(step, x, h, c, p: Params):
-    """One layer-direction over time-major ``x`` [T, B, I], step by step."""
+def assert_same_values_and_gradients(mine, theirs, leaves, rtol=1e-12):
+    """Outputs equal, and so the gradients of one random projection of them w.r.t. ``leaves``."""
+    mine = [t for t in mine if t is not None]
+    theirs = [t for t in theirs if t is not None]
+    assert len(mine) == len(theirs)
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol)
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in mine]
+    grads_mine = torch.autograd.grad(sum((t * w).sum() for t, w in zip(mine, weights)), leaves)
+    grads_theirs = torch.autograd.grad(sum((t * w).sum() for t, w in zip(theirs, weights)), leaves)
+    for a, b in zip(grads_mine, grads_theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def plain_loop(step, x, h, c, p: Params, zoneout: float = 0.0, masks: Optional[torch.Tensor] = None):
+    """One layer-direction over time-major ``x`` [T, B, I], step by step.  With ``zoneout``, haste's zoneout
+    of h after each step: by ``masks`` [T, B, H_out] (1: the new value) if given (training), else its
+    expectation (evaluation)."""
     outs = []
     for t in range(x.shape[0]):
+        h_prev = h
         h, c = step(x[t], h, c, p)
+        if masks is not None:
+            h = torch.where(masks[t] == 1, h, h_prev)
+        elif zoneout:
+            h = zoneout * h_prev + (1 - zoneout) * h
         outs.append(h)
     return torch.stack(outs), h, c
 
 
-def plain_stack(module, step, x, states: Optional[Tuple[torch.Tensor, ...]], has_c: bool):
-    """What ``module`` computes for time-major ``x`` [T, B, I] (every sequence T long): (out, h_n, c_n or None)."""
+def plain_stack(module, step, x, states: Optional[Tuple[torch.Tensor, ...]], has_c: bool, zoneout: float = 0.0,
+                masks=None):
+    """What ``module`` computes for time-major ``x`` [T, B, I] (every sequence T long): (out, h_n, c_n or None).
+    ``zoneout``, ``masks`` (one [T, B, H_out] per layer-direction, in time order): :func:`plain_loop`'s."""
     directions = 2 if module.bidirectional else 1
     B, H = x.shape[1], module.hidden_size
+    hout = getattr(module, "proj_size", 0) or H
     if states is None:
-        states = tuple(x.new_zeros(module.num_layers * directions, B, H) for _ in range(2 if has_c else 1))
+        sizes = (hout, H) if has_c else (hout,)
+        states = tuple(x.new_zeros(module.num_layers * directions, B, size) for size in sizes)
     layer_input, h_n, c_n = x, [], []
     for layer in range(module.num_layers):
         outputs = []
         for d in range(directions):
             index = layer * directions + d
             seq = layer_input.flip(0) if d else layer_input
+            mask = None if masks is None else (masks[index].flip(0) if d else masks[index])
             out, h, c = plain_loop(step, seq, states[0][index], states[1][index] if has_c else None,
-                                   direction_params(module, layer, d))
+                                   direction_params(module, layer, d), zoneout, mask)
             outputs.append(out.flip(0) if d else out)
             h_n.append(h)
             c_n.append(c)

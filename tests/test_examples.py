@@ -12,13 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run_quick(name: str, out: Path) -> dict:
-    """Run ``examples/<name>.py --quick`` on the CPU; return its report's results."""
-    cmd = [sys.executable, str(EXAMPLES / f"{name}.py"), "--quick", "--device", "cpu", "--out", str(out)]
+def run_quick(name: str, out: Path, *options: str) -> dict:
+    """Run ``examples/<name>.py --quick [options]`` on the CPU; return its report's results."""
+    cmd = [sys.executable, str(EXAMPLES / f"{name}.py"), "--quick", "--device", "cpu", "--out", str(out), *options]
     # generous: the work is seconds, but importing torch on a loaded 2-core machine can take a while
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=EXAMPLES.parent)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -33,13 +35,19 @@ def assert_written(out: Path, *files: str) -> None:
         assert path.is_file() and path.stat().st_size > 0, f"{path} was not written"
 
 
-def test_char_lm_quick(tmp_path):
-    results = run_quick("char_lm", tmp_path)
+@pytest.mark.parametrize("cell", ["lstm", "lnlstm"])
+def test_char_lm_quick(tmp_path, cell):
+    """--cell lstm: fusedrnn.LSTM against torch.nn.LSTM; --cell lnlstm: fusedrnn.LayerNormLSTM against the same
+    equations in plain PyTorch (the example's PlainLayerNormLSTM)."""
+    results = run_quick("char_lm", tmp_path, "--cell", cell)
     assert_written(tmp_path, "loss.png", "sample.txt")
+    assert results["cell"] == cell
     assert results["corpus characters"] > 10_000  # the repository's own text was found
-    # the same initial weights and batches: a drop-in follows torch.nn.LSTM's curve step for step
+    # the same initial weights and batches: equal functions follow the twin's curve step for step
     assert results["largest train-loss gap"] < 1e-4
-    assert abs(results["fusedrnn final validation loss"] - results["torch.nn final validation loss"]) < 1e-4
+    assert abs(results["fusedrnn final validation loss"] - results["twin final validation loss"]) < 1e-4
+    # and they learn: the loss falls below uniform over the vocabulary
+    assert results["fusedrnn final validation loss"] < math.log(results["vocabulary"])
 
 
 def test_seq2seq_attention_quick(tmp_path):

@@ -307,9 +307,9 @@ def test_one_op_call_per_layer_direction_with_the_module_backend(monkeypatch):
     # the modules make layer's checks themselves and call the functional entry that makes none
     real_layer = fusedrnn.functional.run_checked
 
-    def spy(cell, x, h0, c0, weights, batch_sizes=None, reverse=False, backend=None):
+    def spy(cell, x, h0, c0, weights, batch_sizes=None, reverse=False, backend=None, *zoneout):
         calls.append((cell, reverse, backend, tuple(x.shape)))
-        return real_layer(cell, x, h0, c0, weights, batch_sizes, reverse, backend)
+        return real_layer(cell, x, h0, c0, weights, batch_sizes, reverse, backend, *zoneout)
 
     monkeypatch.setattr(fusedrnn.functional, "run_checked", spy)
     module = fusedrnn.GRU(I, H, 3, bidirectional=True, reset_after=False, backend="reference")

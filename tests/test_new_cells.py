@@ -25,7 +25,7 @@ import fusedrnn.testing as ft
 from fusedrnn import backends, check, functional, ops
 from fusedrnn.layer import LayerWeights
 
-from new_cells import KINDS, cell_params, plain_loop, plain_stack
+from new_cells import KINDS, assert_same_values_and_gradients, cell_params, plain_loop, plain_stack
 
 # auto's fallback warning is asserted once (test_auto_falls_back_once_with_a_warning); elsewhere expected
 pytestmark = [pytest.mark.filterwarnings("ignore:fusedrnn. using backend 'reference':RuntimeWarning"),
@@ -50,21 +50,6 @@ def as_hx(states):
 
 def random_states(has_c, *shape, dtype=F64):
     return tuple(torch.randn(*shape, dtype=dtype, requires_grad=True) for _ in range(2 if has_c else 1))
-
-
-def assert_same_values_and_gradients(mine, theirs, leaves, rtol=1e-12):
-    """Outputs equal, and so the gradients of one random projection of them w.r.t. ``leaves``."""
-    mine = [t for t in mine if t is not None]
-    theirs = [t for t in theirs if t is not None]
-    assert len(mine) == len(theirs)
-    for a, b in zip(mine, theirs):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol)
-    g = torch.Generator().manual_seed(0)
-    weights = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in mine]
-    grads_mine = torch.autograd.grad(sum((t * w).sum() for t, w in zip(mine, weights)), leaves)
-    grads_theirs = torch.autograd.grad(sum((t * w).sum() for t, w in zip(theirs, weights)), leaves)
-    for a, b in zip(grads_mine, grads_theirs):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 # ----------------------------------------------------------------------------
@@ -176,6 +161,23 @@ def test_the_cell_is_one_step_of_the_layer(kind):
     expected = step(x[:1].detach(), *(torch.zeros(1, 4, dtype=F64),) * 2, cell_params(cell))
     for a, b in zip(states_of(one, has_c), expected):
         torch.testing.assert_close(a, b[0], rtol=1e-12, atol=1e-12)
+
+
+def test_cell_steps_chained_gradcheck(kind):
+    """Two steps of the cell, the first one's state fed to the second, differentiated through both (a decoder's
+    training): the second step's backward must not walk the first one's graph (it freed its buffers: found by
+    the fuzz campaign, tests/fuzz_cases.py), first and second derivatives."""
+    name, build, build_cell, step, has_c = kind
+    cell = build_cell(2, 3, dtype=F64)
+    xs = [torch.randn(4, 2, dtype=F64, requires_grad=True) for _ in range(2)]
+
+    def two_steps(x0, x1):
+        first = cell(x0)
+        second = cell(x1, first)
+        return (*states_of(first, has_c), *states_of(second, has_c))
+
+    assert torch.autograd.gradcheck(two_steps, xs)
+    assert torch.autograd.gradgradcheck(two_steps, xs)
 
 
 def test_the_cell_and_the_layer_share_the_layout(kind):

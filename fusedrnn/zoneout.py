@@ -1,0 +1,89 @@
+"""Zoneout (Krueger et al. 2016) as haste computes it: its rate, its mask, and which backend runs it.
+
+haste's definition (``haste_pytorch`` LSTM, GRU, IndRNN, LayerNormLSTM, LayerNormGRU), which fusedrnn
+matches: after each step's cell update ``h_new``, the hidden state a step passes on (and writes to the
+output sequence) is
+
+* in training, ``h_t = m_t * h_new + (1 - m_t) * h_{t-1}``: a fresh mask ``m_t`` per step, each unit 1 (take
+  the new value) with probability ``1 - zoneout`` and 0 (keep the previous value) with probability
+  ``zoneout``, drawn once per call for the whole sequence, ``[T, B, H_out]`` (haste's ``zoneout_mask``:
+  ``bernoulli_(1 - zoneout)``);
+* in evaluation, the expectation ``h_t = zoneout * h_{t-1} + (1 - zoneout) * h_new``.
+
+Only ``h`` is zoned out: an LSTM's cell state ``c`` is carried as its update computes it (haste's kernels
+and its PyTorch reference do so; Krueger et al. zone ``c`` out too, with a rate of its own).
+
+The mask is an input of the layer (:func:`fusedrnn.functional.layer`'s ``zoneout_mask``, the layout of
+its output: ``[T, B, H_out]``, or ``[rows, H_out]`` for packed rows), so that a kernel can take it as it is;
+the modules draw it (:func:`draw_mask`).  No backend has zoneout kernels yet: a call with zoneout runs as
+the reference's differentiable forward (:func:`fusedrnn.reference.sequence_forward`), whatever cell, and
+autograd differentiates it ("auto" warns once; a named backend other than "reference" refuses).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Sequence
+
+import torch
+
+from . import backends
+from .backends import _constant_when_traced
+
+
+def check_zoneout(zoneout, name: str = "zoneout") -> float:
+    """``zoneout`` as a float, or ValueError naming ``name`` unless it is a number in [0, 1) (a rate of 1
+    would never update the state; torch.nn's ``dropout`` check refuses bools likewise)."""
+    if isinstance(zoneout, bool) or not isinstance(zoneout, numbers.Real) or not 0 <= zoneout < 1:
+        raise ValueError(f"{name} should be a number in range [0, 1) representing the probability of keeping "
+                         f"a unit's previous hidden state, got {zoneout!r}")
+    return float(zoneout)
+
+
+def draw_mask(zoneout: float, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """A training mask: ``shape`` (the layer's output's), ``like``'s dtype and device, each element 1 with
+    probability ``1 - zoneout`` (the unit takes its new value) and 0 with probability ``zoneout``; one
+    ``Tensor.bernoulli_`` draw from the default generator of ``like``'s device, as haste draws it."""
+    return torch.empty(tuple(shape), dtype=like.dtype, device=like.device).bernoulli_(1.0 - zoneout)
+
+
+def check_mask(mask: Optional[torch.Tensor], zoneout: float, x: torch.Tensor, out_shape) -> None:
+    """``zoneout_mask``'s checks, with torch.nn's exception types naming it: a tensor of the output's shape,
+    ``x``'s dtype and device, given only with a nonzero ``zoneout`` (the rate says whether there is zoneout
+    at all, as in haste)."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"zoneout_mask must be a tensor or None, got {type(mask).__name__}")
+    if zoneout == 0:
+        raise ValueError("zoneout_mask is given but zoneout is 0: give the rate the mask was drawn with")
+    if tuple(mask.shape) != tuple(out_shape):
+        raise RuntimeError(f"zoneout_mask must have shape {list(out_shape)} (the output's), got {list(mask.shape)}")
+    if mask.dtype != x.dtype:
+        raise RuntimeError(f"zoneout_mask has dtype {mask.dtype} but x has dtype {x.dtype}; all must match")
+    if mask.device != x.device:
+        raise RuntimeError(f"zoneout_mask is on {mask.device} but x is on {x.device}; all must be on one device")
+
+
+def check_backend(backend: Optional[str], x: torch.Tensor) -> None:
+    """A call with zoneout runs on the reference: "auto" says so once per device type; a named backend
+    (the call's, :func:`fusedrnn.use_backend`'s or ``FUSEDRNN_BACKEND``) other than "reference" refuses it
+    (RuntimeError, as a named backend refuses a cell it has no kernels for)."""
+    wanted = backends.requested(backend)
+    if wanted == "auto":
+        if x.device.type != "meta" and backends.AUTO_PREFERENCE.get(x.device.type, ["reference"])[0] != "reference":
+            _warn_auto(x.device.type)
+        return
+    if wanted != "reference":
+        backends.get(wanted)  # an unknown or unavailable name: the registry's error
+        raise RuntimeError(f"fusedrnn backend {wanted!r} cannot run this call: it has no kernels for zoneout yet "
+                           "(backend 'reference' and 'auto' run it)")
+
+
+@_constant_when_traced
+def _warn_auto(device_type: str) -> None:
+    """auto's once-only warning for zoneout; composed here, where Dynamo runs the function itself (as
+    :func:`fusedrnn.backends._warn_fallback`), so that a module with zoneout compiles with fullgraph=True."""
+    backends._warn_once(f"zoneout:{device_type}",
+                        f"fusedrnn: using backend 'reference' for {device_type} tensors with zoneout: no other "
+                        "backend has kernels for zoneout yet")
