@@ -382,7 +382,7 @@ class FusedRNNBase(nn.RNNBase):
         A decoder built on a stack calls it once per token: there the general path's Python (torch.nn's
         checks, the weights' checks, per layer-direction) cost more than torch.nn's whole call for the GRU
         and the Elman RNN.  This path takes only the common call, a plain tensor with one step, states
-        (or none) of exactly the stack's shape, no projection, no extra weights, no dropout in training,
+        (or none) of exactly the stack's shape, no projection, no extra weights, no dropout in training, no zoneout,
         the parameters as registered; the step op checks the rest, and where it refuses a call, the
         general path runs it (and raises torch.nn's errors).
         """
