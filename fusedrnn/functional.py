@@ -24,6 +24,7 @@ from torch._C._functorch import peek_interpreter_stack
 from . import backends, zoneout as _zoneout
 from .backends.base import LayerWeights
 from .cells import CellSpec, modes
+from .layer import check_like_x
 from .ops import define, forward_op, forward_with_autograd, forward_without_autograd, op_weights
 from .reference import sequence_forward
 from .torchscript import check_not_traced
@@ -118,14 +119,8 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
             or (weights.w_proj is not None and "projection" not in optional)):
         raise ValueError(f"w_peep and w_proj exist only for LSTM layers, not {cell}")
     for name, (t, shape) in expected.items():
-        if t is None:
-            continue
-        if tuple(t.shape) != tuple(shape):
-            raise RuntimeError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-        if t.dtype != x.dtype:
-            raise RuntimeError(f"{name} has dtype {t.dtype} but x has dtype {x.dtype}; all must match")
-        if t.device != x.device:
-            raise RuntimeError(f"{name} is on {t.device} but x is on {x.device}; all must be on one device")
+        if t is not None:
+            check_like_x(name, t, shape, x)
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     if batch_sizes is not None and int(batch_sizes[0]) != h0.shape[0]:

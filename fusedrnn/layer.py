@@ -63,6 +63,17 @@ class BackwardResult(NamedTuple):
 
 
 
+def check_like_x(name: str, t: torch.Tensor, shape, x: torch.Tensor) -> None:
+    """An argument tensor of a layer call: ``shape``, and ``x``'s dtype and device (RuntimeError naming it).
+    What :func:`fusedrnn.functional.layer` checks of each weight and state, and zoneout of its mask."""
+    if tuple(t.shape) != tuple(shape):
+        raise RuntimeError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    if t.dtype != x.dtype:
+        raise RuntimeError(f"{name} has dtype {t.dtype} but x has dtype {x.dtype}; all must match")
+    if t.device != x.device:
+        raise RuntimeError(f"{name} is on {t.device} but x is on {x.device}; all must be on one device")
+
+
 # ----------------------------------------------------------------------------
 # dtypes and row bookkeeping
 # ----------------------------------------------------------------------------

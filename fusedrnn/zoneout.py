@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import backends
+from .layer import check_like_x
 from .backends import _constant_when_traced
 
 
@@ -57,12 +58,7 @@ def check_mask(mask: Optional[torch.Tensor], zoneout: float, x: torch.Tensor, ou
         raise TypeError(f"zoneout_mask must be a tensor or None, got {type(mask).__name__}")
     if zoneout == 0:
         raise ValueError("zoneout_mask is given but zoneout is 0: give the rate the mask was drawn with")
-    if tuple(mask.shape) != tuple(out_shape):
-        raise RuntimeError(f"zoneout_mask must have shape {list(out_shape)} (the output's), got {list(mask.shape)}")
-    if mask.dtype != x.dtype:
-        raise RuntimeError(f"zoneout_mask has dtype {mask.dtype} but x has dtype {x.dtype}; all must match")
-    if mask.device != x.device:
-        raise RuntimeError(f"zoneout_mask is on {mask.device} but x is on {x.device}; all must be on one device")
+    check_like_x("zoneout_mask", mask, out_shape, x)  # the output's shape
 
 
 def check_backend(backend: Optional[str], x: torch.Tensor) -> None:

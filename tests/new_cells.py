@@ -9,12 +9,14 @@ A step reads a layer-direction's parameters by the names the module registers th
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 import fusedrnn
+from fusedrnn import backends
 
 Params = Dict[str, torch.Tensor]
 
@@ -126,6 +128,19 @@ def assert_same_values_and_gradients(mine, theirs, leaves, rtol=1e-12):
     grads_theirs = torch.autograd.grad(sum((t * w).sum() for t, w in zip(theirs, weights)), leaves)
     for a, b in zip(grads_mine, grads_theirs):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def assert_auto_falls_back_once(module, x) -> None:
+    """Two calls of ``module`` (backend "auto", a cell without kernels here): the first warns that it fell
+    back to the reference backend, naming why where the cpu backend exists, the second says nothing."""
+    for call in range(2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module(x)
+        fallbacks = [str(w.message) for w in caught if "using backend 'reference'" in str(w.message)]
+        assert len(fallbacks) == (1 if call == 0 else 0), fallbacks
+        if call == 0 and "cpu" in backends.available():
+            assert f"no kernels for the {module.cell} cell" in fallbacks[0]
 
 
 def plain_loop(step, x, h, c, p: Params, zoneout: float = 0.0, masks: Optional[torch.Tensor] = None):

@@ -25,7 +25,7 @@ import fusedrnn.testing as ft
 from fusedrnn import backends, check, functional, ops
 from fusedrnn.layer import LayerWeights
 
-from new_cells import KINDS, assert_same_values_and_gradients, cell_params, plain_loop, plain_stack
+from new_cells import KINDS, assert_auto_falls_back_once, assert_same_values_and_gradients, cell_params, plain_loop, plain_stack
 
 # auto's fallback warning is asserted once (test_auto_falls_back_once_with_a_warning); elsewhere expected
 pytestmark = [pytest.mark.filterwarnings("ignore:fusedrnn. using backend 'reference':RuntimeWarning"),
@@ -324,14 +324,7 @@ def test_auto_falls_back_once_with_a_warning_and_a_named_backend_refuses(kind, m
         twin.load_state_dict(rnn.state_dict())
         torch.testing.assert_close(out, twin(x)[0], rtol=1e-5, atol=1e-6)
         return
-    for call in range(2):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            rnn(x)
-        fallbacks = [str(w.message) for w in caught if "using backend 'reference'" in str(w.message)]
-        assert len(fallbacks) == (1 if call == 0 else 0), fallbacks
-        if call == 0 and "cpu" in backends.available():
-            assert f"no kernels for the {rnn.cell} cell" in fallbacks[0]
+    assert_auto_falls_back_once(rnn, x)
     if "cpu" in backends.available():
         with pytest.raises(RuntimeError, match=f"'cpu' cannot run this call: it has no kernels for the "
                                                f"{rnn.cell.family}"):

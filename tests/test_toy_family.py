@@ -22,7 +22,6 @@ import contextlib
 import io
 import pickle
 import uuid
-import warnings
 from typing import Callable, Iterator, Optional, Tuple
 
 import pytest
@@ -34,6 +33,8 @@ import fusedrnn.testing as ft
 from fusedrnn import backends, cells, check, ops, reference
 from fusedrnn.cells import CellRecord, CellSpec
 from fusedrnn.layer import LayerWeights
+
+from new_cells import assert_auto_falls_back_once, assert_same_values_and_gradients
 
 # auto's fallback warning is asserted once (test_auto_falls_back_once_with_a_warning); elsewhere expected
 pytestmark = pytest.mark.filterwarnings("ignore:fusedrnn. using backend 'reference':RuntimeWarning")
@@ -138,21 +139,6 @@ def plain_stack(module: fusedrnn.Recurrent, step, x, states: Optional[Tuple[torc
     return layer_input, torch.stack(h_n), (torch.stack(c_n) if has_c else None)
 
 
-def assert_same_values_and_gradients(mine, theirs, leaves):
-    """Outputs equal, and so the gradients of one random projection of them w.r.t. ``leaves``."""
-    mine = [t for t in mine if t is not None]
-    theirs = [t for t in theirs if t is not None]
-    assert len(mine) == len(theirs)
-    for a, b in zip(mine, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    g = torch.Generator().manual_seed(0)
-    weights = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in mine]
-    grads_mine = torch.autograd.grad(sum((t * w).sum() for t, w in zip(mine, weights)), leaves)
-    grads_theirs = torch.autograd.grad(sum((t * w).sum() for t, w in zip(theirs, weights)), leaves)
-    for a, b in zip(grads_mine, grads_theirs):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-
-
 def initial_states(cell: CellSpec, *shape) -> Tuple[torch.Tensor, ...]:
     count = 2 if cell.has_cell_state else 1
     return tuple(torch.randn(*shape, dtype=torch.float64, requires_grad=True) for _ in range(count))
@@ -232,14 +218,7 @@ def test_auto_falls_back_once_with_a_warning_and_a_named_backend_refuses(toy, mo
     monkeypatch.setattr(backends, "_warned", set())  # the warning is once per process: as if this were the first
     rnn = fusedrnn.Recurrent(cell.family, 3, 4)
     x = torch.randn(4, 2, 3)
-    for call in range(2):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            rnn(x)
-        fallbacks = [str(w.message) for w in caught if "using backend 'reference'" in str(w.message)]
-        assert len(fallbacks) == (1 if call == 0 else 0), fallbacks
-        if call == 0 and "cpu" in backends.available():
-            assert f"no kernels for the {cell} cell" in fallbacks[0]
+    assert_auto_falls_back_once(rnn, x)
     named = fusedrnn.Recurrent(cell.family, 3, 4, backend="cpu")
     if "cpu" in backends.available():
         with pytest.raises(RuntimeError, match=f"'cpu' cannot run this call: it has no kernels for the {cell}"):

@@ -1,6 +1,7 @@
 #include "step.h"
 
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "pointwise_dispatch.h"
@@ -42,7 +43,12 @@ bool float_contiguous(const at::Tensor& t) {
 
 // The threads of one step's product (strategy.h's rule for a step of the
 // fused kernels: one thread where a fork would cost more than the product).
-int product_threads(int64_t rows, int64_t columns, int64_t k) { return threads_for_step(rows * columns * k, 1 << 20); }
+// No cap by blocks here: row_product.h splits into its own fixed blocks and
+// uses no more threads than it has blocks.
+int product_threads(int64_t rows, int64_t columns, int64_t k) {
+  constexpr int64_t kNoBlockCap = std::numeric_limits<int>::max();
+  return threads_for_step(rows * columns * k, kNoBlockCap);
+}
 
 }  // namespace
 
