@@ -24,7 +24,7 @@ from ._autocast import autocast_dtype, autocast_off, cast
 from ._module_checks import (attribute, check_backend_name, check_flag, check_state_tensor, check_weights_match,
                              checked_parameter)
 from .modules import _GRU_CONVENTION
-from .rnn_base import init_cell_parameters, init_haste_biases
+from .rnn_base import init_cell_parameters, init_forget_bias, init_haste_biases
 from .torchscript import refuse_script
 
 __all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell", "IndRNNCell", "LayerNormLSTMCell",
@@ -105,6 +105,8 @@ class FusedRNNCellBase(nn.RNNCellBase):
             s += ", reset_after=False"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
+        if self.__dict__.get("forget_bias") is not None:  # LSTMCell's (the layer-norm cells have their own repr)
+            s += f", forget_bias={self.forget_bias!r}"
         return s
 
     # -- what each cell defines ---------------------------------------------
@@ -248,19 +250,25 @@ class LSTMCell(FusedRNNCellBase, nn.LSTMCell):
     """Drop-in for :class:`torch.nn.LSTMCell`: ``(h_1, c_1) = cell(input, (h_0, c_0))``.
 
     ``LSTMCell(input_size, hidden_size, bias=True, device=None, dtype=None, *, peephole=False,
-    backend="auto")``.  ``peephole=True`` adds the diagonal peepholes of :class:`fusedrnn.LSTM`
-    (parameter ``weight_ch``, ``[3*hidden_size]``, blocks i, f, o).
+    backend="auto", forget_bias=None)``.  ``peephole=True`` adds the diagonal peepholes of :class:`fusedrnn.LSTM`
+    (parameter ``weight_ch``, ``[3*hidden_size]``, blocks i, f, o); ``forget_bias`` (a number) initialises the
+    forget gate's bias as :class:`fusedrnn.LSTM`'s does (None: torch.nn's draws exactly).
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
-                 peephole: bool = False, backend: str = "auto") -> None:
+                 peephole: bool = False, backend: str = "auto", forget_bias: Optional[float] = None) -> None:
         check_flag("peephole", peephole)
+        self.forget_bias = forget_bias  # read by reset_parameters, which the base's __init__ calls
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype,
                          peephole=peephole, backend=backend)
         self.peephole = peephole
 
     def _cell(self) -> CellSpec:
         return _LSTM
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        init_forget_bias(_LSTM, self.named_parameters(), self.__dict__.get("forget_bias"))
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         if hx is not None and not isinstance(hx, (tuple, list)):

@@ -22,7 +22,11 @@ Extras beyond torch.nn, keyword-only after torch's arguments:
   haste), in evaluation ``h = zoneout * h_prev + (1 - zoneout) * h_new``.  The masks come from the
   default generator of the input's device (``torch.manual_seed`` reproduces them): for each layer,
   after the dropout of its input, one ``bernoulli_`` draw of ``[T, B, H_out]`` (``[rows, H_out]`` for
-  a PackedSequence) per direction, forward first.  Nonzero zoneout runs on the reference backend so far.
+  a PackedSequence) per direction, forward first.  Nonzero zoneout runs on the reference backend so far;
+* ``dropconnect=0.0`` on every class (haste's ``dropout``: DropConnect of ``weight_hh``, :mod:`fusedrnn.dropconnect`):
+  in training, each call runs each layer-direction with ``F.dropout(weight_hh_l{k}, dropconnect)``, one mask
+  for the whole sequence, on every backend's kernels; in evaluation the weights as they are;
+* ``LSTM(..., forget_bias=1.0)``: the forget gate's bias initialised to it (torch.nn's draws otherwise).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from torch import Tensor, nn
 from . import _dynamo_compat, functional
 from ._module_checks import NOT_GIVEN, check_flag
 from .cells import CellSpec, default_mode
-from .rnn_base import FusedRNNBase, init_haste_biases
+from .rnn_base import FusedRNNBase, init_forget_bias, init_haste_biases
 
 __all__ = ["FusedRNNBase", "LSTM", "GRU", "RNN", "Recurrent", "IndRNN", "LayerNormLSTM", "LayerNormGRU"]
 
@@ -55,8 +59,12 @@ class LSTM(FusedRNNBase, nn.LSTM):
     """Drop-in for :class:`torch.nn.LSTM` (same arguments, parameters, inputs and outputs).
 
     ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, proj_size=0, device=None, dtype=None, *, peephole=False, backend="auto", zoneout=0.0)``
+    bidirectional=False, proj_size=0, device=None, dtype=None, *, peephole=False, backend="auto", zoneout=0.0,
+    dropconnect=0.0, forget_bias=None)``
 
+    ``forget_bias`` (a number): after torch.nn's initialisation, the forget block of ``bias_ih_l{k}`` set to it
+    and that of ``bias_hh_l{k}`` to zero, so the forget gate starts with bias ``forget_bias`` (haste's
+    ``forget_bias``, 1.0 in Jozefowicz et al.); None (the default) keeps torch.nn's draws exactly.
     ``peephole=True`` adds diagonal peephole connections (Gers & Schmidhuber):
     ``i = σ(. + w_ci*c)``, ``f = σ(. + w_cf*c)``, ``o = σ(. + w_co*c')``, one parameter
     ``weight_ch_l{k}[_reverse]`` of shape ``[3*hidden_size]`` (blocks i, f, o) per layer-direction.
@@ -71,17 +79,28 @@ class LSTM(FusedRNNBase, nn.LSTM):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, peephole: bool = False,
-                 backend: str = "auto", zoneout: float = 0.0) -> None:
+                 backend: str = "auto", zoneout: float = 0.0, dropconnect: float = 0.0,
+                 forget_bias: Optional[float] = None) -> None:
+        self.forget_bias = forget_bias  # read by reset_parameters, which the base's __init__ calls
         super().__init__(CellSpec("lstm", "lstm"), input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, proj_size, device, dtype, peephole=peephole, backend=backend,
-                         zoneout=zoneout)
+                         zoneout=zoneout, dropconnect=dropconnect)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        init_forget_bias(self.cell, self.named_parameters(), self.__dict__.get("forget_bias"))
+
+    def _extras_repr(self) -> str:
+        forget_bias = self.__dict__.get("forget_bias")
+        return super()._extras_repr() + (f", forget_bias={forget_bias!r}" if forget_bias is not None else "")
 
 
 class GRU(FusedRNNBase, nn.GRU):
     """Drop-in for :class:`torch.nn.GRU` (same arguments, parameters, inputs and outputs).
 
     ``GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, device=None, dtype=None, *, reset_after=True, backend="auto", zoneout=0.0)``
+    bidirectional=False, device=None, dtype=None, *, reset_after=True, backend="auto", zoneout=0.0,
+    dropconnect=0.0)``
 
     ``reset_after=False`` applies the reset gate to h before the product with ``W_hn``
     (the original GRU); the parameters are the same as torch.nn.GRU's.
@@ -90,14 +109,15 @@ class GRU(FusedRNNBase, nn.GRU):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, reset_after: bool = True, backend: str = "auto",
-                 zoneout: float = 0.0, proj_size=NOT_GIVEN) -> None:
+                 zoneout: float = 0.0, dropconnect: float = 0.0, proj_size=NOT_GIVEN) -> None:
         if proj_size is not NOT_GIVEN:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         check_flag("reset_after", reset_after)
         self.reset_after = reset_after
         mode = "reset_after" if reset_after else "reset_before"
         super().__init__(CellSpec("gru", mode), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, 0, device, dtype, backend=backend, zoneout=zoneout)
+                         dropout, bidirectional, 0, device, dtype, backend=backend, zoneout=zoneout,
+                         dropconnect=dropconnect)
 
     def _extras_repr(self) -> str:
         return (", reset_after=False" if not self.reset_after else "") + super()._extras_repr()
@@ -107,7 +127,8 @@ class RNN(FusedRNNBase, nn.RNN):
     """Drop-in for :class:`torch.nn.RNN` (same arguments, parameters, inputs and outputs).
 
     ``RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True, batch_first=False,
-    dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto", zoneout=0.0)``
+    dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto", zoneout=0.0,
+    dropconnect=0.0)``
 
     ``nonlinearity`` is ``'tanh'`` or ``'relu'``; like torch.nn.RNN it is the fourth positional
     argument, and it is fixed at construction (``mode``).
@@ -116,13 +137,14 @@ class RNN(FusedRNNBase, nn.RNN):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, device=None, dtype=None, *, backend: str = "auto",
-                 zoneout: float = 0.0, proj_size=NOT_GIVEN) -> None:
+                 zoneout: float = 0.0, dropconnect: float = 0.0, proj_size=NOT_GIVEN) -> None:
         if proj_size is not NOT_GIVEN:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         functional.check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(CellSpec("rnn", nonlinearity), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, 0, device, dtype, backend=backend, zoneout=zoneout)
+                         dropout, bidirectional, 0, device, dtype, backend=backend, zoneout=zoneout,
+                         dropconnect=dropconnect)
 
 
 class Recurrent(FusedRNNBase):
@@ -130,7 +152,7 @@ class Recurrent(FusedRNNBase):
 
     ``Recurrent(family, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
     bidirectional=False, proj_size=0, device=None, dtype=None, *, mode=None, peephole=False,
-    backend="auto", zoneout=0.0)``
+    backend="auto", zoneout=0.0, dropconnect=0.0)``
 
     The family's ``mode`` (default: the family's default mode) is the cell every layer-direction runs.
     Parameters as torch.nn's RNNs lay them out, ``len(record.gates)`` blocks of ``hidden_size`` rows
@@ -150,10 +172,11 @@ class Recurrent(FusedRNNBase):
     def __init__(self, family: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, mode: Optional[str] = None, peephole: bool = False,
-                 backend: str = "auto", zoneout: float = 0.0) -> None:
+                 backend: str = "auto", zoneout: float = 0.0, dropconnect: float = 0.0) -> None:
         cell = CellSpec(family, default_mode(family) if mode is None else mode)
         super().__init__(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, peephole=peephole, backend=backend, zoneout=zoneout)
+                         proj_size, device, dtype, peephole=peephole, backend=backend, zoneout=zoneout,
+                         dropconnect=dropconnect)
 
     def extra_repr(self) -> str:
         return f"{self.cell.family!r}, " + super().extra_repr()
@@ -183,7 +206,8 @@ class IndRNN(_NamedRecurrent):
     """Independently recurrent network (Li et al. 2018), stacked like :class:`torch.nn.RNN`.
 
     ``IndRNN(input_size, hidden_size, num_layers=1, nonlinearity='relu', bias=True, batch_first=False,
-    dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto", zoneout=0.0)``
+    dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto", zoneout=0.0,
+    dropconnect=0.0)``
 
     Each unit has its own scalar recurrent weight: ``h' = act(W_ih x + b_ih + u * h + b_hh)``, ``u`` the
     vector ``weight_hh_l{k}[_reverse]`` of shape ``[hidden_size]`` (element-wise product), ``act`` ReLU
@@ -195,20 +219,22 @@ class IndRNN(_NamedRecurrent):
     ``num_directions * hidden_size`` columns above it), ``weight_hh_l{k}`` ``[hidden_size]``,
     ``bias_ih_l{k}``, ``bias_hh_l{k}`` ``[hidden_size]``.  Initialisation: torch.nn.RNN's
     (``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter, in registration order), then ``weight_hh`` redrawn
-    from ``U(-0.5, 0.5)`` as haste does (``|u| < 1`` keeps h bounded over long sequences).  :meth:`load_haste_state_dict` loads
-    the parameters of a ``haste_pytorch.IndRNN`` (tanh).
+    from ``U(-0.5, 0.5)`` as haste does (``|u| < 1`` keeps h bounded over long sequences).
+    :meth:`load_haste_state_dict` loads the parameters of a ``haste_pytorch.IndRNN`` (tanh).
 
-    Runs on the reference backend only so far: ``"auto"`` falls back to it with a once-only warning
-    (kernels to come).
+    Fused kernels on the ``cpu`` backend (``csrc/cpu/diagonal_recurrence.cpp``); on other devices ``"auto"``
+    falls back to the reference backend with a once-only warning.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "relu",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, backend: str = "auto", zoneout: float = 0.0) -> None:
+                 device=None, dtype=None, *, backend: str = "auto", zoneout: float = 0.0,
+                 dropconnect: float = 0.0) -> None:
         functional.check_nonlinearity(nonlinearity, "indrnn")
         self.nonlinearity = nonlinearity
         super().__init__("indrnn", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, mode=nonlinearity, backend=backend, zoneout=zoneout)
+                         bidirectional, 0, device, dtype, mode=nonlinearity, backend=backend, zoneout=zoneout,
+                         dropconnect=dropconnect)
 
     def _extras_repr(self) -> str:
         # the nonlinearity in torch.nn.RNN's place (after the sizes), not as a mode
@@ -260,7 +286,8 @@ class LayerNormLSTM(_NamedRecurrent):
     :class:`torch.nn.LSTM`.
 
     ``LayerNormLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, device=None, dtype=None, *, forget_bias=1.0, backend="auto", zoneout=0.0)``
+    bidirectional=False, device=None, dtype=None, *, forget_bias=1.0, backend="auto", zoneout=0.0,
+    dropconnect=0.0)``
     """ + _LAYER_NORM_DOC.format(
         G=4, twin="LSTM", order="i, f, g, o", haste="LayerNormLSTM",
         equations="""        i, f, g, o = σ, σ, tanh, σ of x̂ + ĥ (blocks i, f, g, o)
@@ -273,10 +300,11 @@ class LayerNormLSTM(_NamedRecurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
                  dtype=None, *, forget_bias: Optional[float] = 1.0, backend: str = "auto",
-                 zoneout: float = 0.0) -> None:
+                 zoneout: float = 0.0, dropconnect: float = 0.0) -> None:
         self.forget_bias = forget_bias  # read by reset_parameters, which the base's __init__ calls
         super().__init__("layer_norm_lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, backend=backend, zoneout=zoneout)
+                         bidirectional, 0, device, dtype, backend=backend, zoneout=zoneout,
+                         dropconnect=dropconnect)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -312,7 +340,7 @@ class LayerNormGRU(_NamedRecurrent):
     convention ``h' = (1 - z) * n + z * h``, which is haste's too), stacked like :class:`torch.nn.GRU`.
 
     ``LayerNormGRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, device=None, dtype=None, *, backend="auto", zoneout=0.0)``
+    bidirectional=False, device=None, dtype=None, *, backend="auto", zoneout=0.0, dropconnect=0.0)``
     """ + _LAYER_NORM_DOC.format(
         G=3, twin="GRU", order="r, z, n", haste="LayerNormGRU",
         equations="""        r = σ(x̂_r + ĥ_r),  z = σ(x̂_z + ĥ_z),  n = tanh(x̂_n + r * ĥ_n)
@@ -322,9 +350,10 @@ class LayerNormGRU(_NamedRecurrent):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None, *, backend: str = "auto", zoneout: float = 0.0) -> None:
+                 dtype=None, *, backend: str = "auto", zoneout: float = 0.0, dropconnect: float = 0.0) -> None:
         super().__init__("layer_norm_gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, backend=backend, zoneout=zoneout)
+                         bidirectional, 0, device, dtype, backend=backend, zoneout=zoneout,
+                         dropconnect=dropconnect)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

@@ -58,6 +58,8 @@ def _torch_class(m: nn.Module) -> Tuple[Optional[type], Optional[str]]:
     if isinstance(m, modules.FusedRNNBase):
         if getattr(m, "zoneout", 0.0):
             return None, f"zoneout={m.zoneout} (haste's zoneout of h), which torch.nn.{twin[0]} lacks"
+        if getattr(m, "dropconnect", 0.0):
+            return None, f"dropconnect={m.dropconnect} (DropConnect of weight_hh), which torch.nn.{twin[0]} lacks"
         if m.peephole:
             return None, f"peephole connections (weight_ch_l*), which torch.nn.{twin[0]} lacks"
         torch_cls = getattr(nn, twin[0])

@@ -40,10 +40,11 @@ from ._module_checks import (check_backend_name, check_flag, check_input, check_
                              check_states, check_weights_match, checked_parameter, state_tuple)
 from .backends.base import LayerWeights
 from .cells import CellSpec
+from .dropconnect import check_dropconnect, drop_recurrent_weight
 from .torchscript import refuse_script
 from .zoneout import check_zoneout, draw_mask
 
-__all__ = ["FusedRNNBase", "init_cell_parameters", "init_haste_biases"]
+__all__ = ["FusedRNNBase", "init_cell_parameters", "init_forget_bias", "init_haste_biases"]
 
 #: the range a diagonal (element-wise) recurrent weight is drawn from: haste's IndRNN initialisation
 #: (lmnt-com/haste#7); |u| < 1 keeps h bounded over long sequences with either activation
@@ -70,17 +71,30 @@ def init_cell_parameters(cell: CellSpec, named_parameters) -> None:
 
 
 def init_haste_biases(cell: CellSpec, named_parameters, forget_bias: Optional[float] = None) -> None:
-    """haste's bias initialisation for its layer-normalised cells: zeros, and with ``forget_bias`` the forget
-    gate's block of ``bias_ih`` set to it (``bias_hh``'s stays zero: only their sum matters)."""
+    """haste's bias initialisation for its layer-normalised cells: zeros, then :func:`init_forget_bias`."""
+    named_parameters = list(named_parameters)
+    with torch.no_grad():
+        for name, param in named_parameters:
+            if _stem(name) in ("bias_ih", "bias_hh"):
+                param.zero_()
+    init_forget_bias(cell, named_parameters, forget_bias)
+
+
+def init_forget_bias(cell: CellSpec, named_parameters, forget_bias: Optional[float]) -> None:
+    """With ``forget_bias`` (a number), the forget gate's block of ``bias_ih`` set to it and ``bias_hh``'s to
+    zero, so that their sum, all the step reads, is ``forget_bias`` (haste's ``forget_bias``, Jozefowicz et
+    al.'s 1.0); the other blocks and parameters keep their values.  Nothing with None or without biases."""
+    if forget_bias is None:
+        return
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
+        raise TypeError(f"forget_bias should be a number or None, got {type(forget_bias).__name__}")
+    f = cell.record.gates.index("f")
     with torch.no_grad():
         for name, param in named_parameters:
             stem = _stem(name)
             if stem in ("bias_ih", "bias_hh"):
-                param.zero_()
-                if forget_bias is not None and stem == "bias_ih":
-                    hidden = param.shape[0] // cell.gates
-                    f = cell.record.gates.index("f")
-                    param[f * hidden:(f + 1) * hidden] = forget_bias
+                hidden = param.shape[0] // cell.gates
+                param[f * hidden:(f + 1) * hidden] = forget_bias if stem == "bias_ih" else 0.0
 
 
 def _stem(name: str) -> str:
@@ -123,6 +137,7 @@ class FusedRNNBase(nn.RNNBase):
         peephole: bool = False,
         backend: str = "auto",
         zoneout: float = 0.0,
+        dropconnect: float = 0.0,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         # nn.Module's __init__ only: the next one in the MRO is torch's (nn.LSTM.__init__), which
@@ -178,6 +193,8 @@ class FusedRNNBase(nn.RNNBase):
         check_backend_name(backend)
         # haste's zoneout of h (fusedrnn.zoneout): a rate, checked here and at each call (it may be reassigned)
         self.zoneout = check_zoneout(zoneout)
+        # haste's DropConnect of weight_hh (fusedrnn.dropconnect), likewise
+        self.dropconnect = check_dropconnect(dropconnect)
         self.peephole = peephole
         self.backend = backend
         self._cell_spec = cell
@@ -267,6 +284,8 @@ class FusedRNNBase(nn.RNNBase):
             s += f", backend={self.backend!r}"
         if self.zoneout:
             s += f", zoneout={self.zoneout!r}"
+        if self.__dict__.get("dropconnect", 0.0):
+            s += f", dropconnect={self.dropconnect!r}"
         return s
 
     # -- forward -------------------------------------------------------------
@@ -382,14 +401,15 @@ class FusedRNNBase(nn.RNNBase):
         A decoder built on a stack calls it once per token: there the general path's Python (torch.nn's
         checks, the weights' checks, per layer-direction) cost more than torch.nn's whole call for the GRU
         and the Elman RNN.  This path takes only the common call, a plain tensor with one step, states
-        (or none) of exactly the stack's shape, no projection, no extra weights, no dropout in training, no zoneout,
-        the parameters as registered; the step op checks the rest, and where it refuses a call, the
-        general path runs it (and raises torch.nn's errors).
+        (or none) of exactly the stack's shape, no projection, no extra weights, no dropout or DropConnect in
+        training, no zoneout, the parameters as registered; the step op checks the rest, and where it refuses a
+        call, the general path runs it (and raises torch.nn's errors).
         """
         cell = self.cell
         if (type(input) not in _PLAIN or input.dim() != 3 or input.is_meta or not input.is_floating_point()
                 or input.size(1 if self.batch_first else 0) != 1 or self.proj_size > 0 or cell.record.extra_weights
-                or (self.training and self.dropout > 0) or self.__dict__.get("zoneout", 0.0) != 0.0):
+                or (self.training and (self.dropout > 0 or self.__dict__.get("dropconnect", 0.0) != 0.0))
+                or self.__dict__.get("zoneout", 0.0) != 0.0):
             return None  # (zoneout, in training or not, and an invalid rate: the general path's)
         x = input[:, 0] if self.batch_first else input[0]
         batch, hidden, directions = x.size(0), self.hidden_size, 2 if self.bidirectional else 1
@@ -456,11 +476,13 @@ class FusedRNNBase(nn.RNNBase):
         return tuple(permuted) if self.cell.has_cell_state else (permuted,)
 
     def _run_layers(self, cell: CellSpec, x: Tensor, states, batch_sizes, cast_to):
-        """The stack: one op call per layer-direction, dropout between layers (training only); with zoneout, in
-        training, one mask per layer-direction drawn after the layer's dropout (forward direction first)."""
+        """The stack: one op call per layer-direction, dropout between layers (training only); in training, per
+        layer-direction (forward direction first), after the layer's dropout: DropConnect's mask of weight_hh,
+        then zoneout's mask."""
         num_directions = 2 if self.bidirectional else 1
-        # getattr: a module unpickled from before zoneout existed has no attribute
+        # getattr: a module unpickled from before zoneout or dropconnect existed has no attribute
         zoneout = check_zoneout(getattr(self, "zoneout", 0.0))
+        dropconnect = check_dropconnect(getattr(self, "dropconnect", 0.0))
         h_finals, c_finals = [], []
         layer_input = x
         for layer in range(self.num_layers):
@@ -471,6 +493,8 @@ class FusedRNNBase(nn.RNNBase):
             for direction in range(num_directions):
                 index = layer * num_directions + direction
                 weights = self._direction_weights(layer, direction, cast_to)
+                if dropconnect and self.training:
+                    weights = weights._replace(w_hh=drop_recurrent_weight(weights.w_hh, dropconnect, True))
                 h0 = None if states is None else states[0][index]
                 c0 = None if states is None or not cell.has_cell_state else states[1][index]
                 result = mask = None
