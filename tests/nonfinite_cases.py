@@ -33,8 +33,9 @@ SHAPE = ft.Shape(T=3, B=3, I=4, H=37)
 #: one step: an infinite gradient there is not yet mixed with NaN from earlier steps (seen: the LSTM
 #: without peepholes turned da_o = inf into NaN through the absent peephole's 0, with W_hr = inf)
 SINGLE_STEP = ft.Shape(T=1, B=3, I=4, H=37)
-#: the cells; torch.nn has no peepholes and no reset_before GRU (the reference is the oracle there)
-VARIANTS = ("lstm", "lstm-proj", "lstm-peephole", "gru", "gru-reset-before", "rnn-tanh", "rnn-relu")
+#: the cells; torch.nn has no peepholes, no reset_before GRU and no IndRNN (the reference is the oracle there)
+VARIANTS = ("lstm", "lstm-proj", "lstm-peephole", "gru", "gru-reset-before", "rnn-tanh", "rnn-relu",
+            "indrnn-relu", "indrnn-tanh")
 VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 #: the weights and biases of the gates (what saturation tests scale); peepholes and W_hr stay as drawn
 GATE_WEIGHTS = ("w_ih", "w_hh", "b_ih", "b_hh")
@@ -116,13 +117,13 @@ SATURATION_BASELINE_FACTOR = 4.0
 def saturation_applies(variant: str, scale: float, shape: ft.Shape) -> bool:
     """Whether the saturation test of ``variant`` at ``scale`` has a defined float32 result.
 
-    A ReLU has no gate to saturate: its state grows like scale^t and leaves float32's range (3.4e38)
+    A ReLU (the Elman RNN's, IndRNN's) has no gate to saturate: its state grows like scale^t and leaves float32's range (3.4e38)
     at scale 1e10 after 4 steps.  Which partial sum overflows first then decides the result, and that
     depends on the order of the products (an FMA chain keeps the sign of the first overflow, so MKL
     gives +-inf where a sum of separately rounded products gives NaN): there is no float32 result to
     compare with.  Such pairs are left out of the grid, not skipped.
     """
-    return variant != "rnn-relu" or scale ** shape.T <= 1e30
+    return variant not in ("rnn-relu", "indrnn-relu") or scale ** shape.T <= 1e30
 
 
 def saturation_oracle_and_baseline(problem: ft.Problem, dtype: torch.dtype):
@@ -144,8 +145,11 @@ CPU_RUNS = [("cpu", s, torch.float32) for s in ("gemm", "fused", "folded")] + [(
 
 def cpu_runs(variant: str):
     """The CPU_RUNS that apply to ``variant``, with an id each."""
+    diagonal = ft.VARIANTS[variant].cell.record.recurrent == "diagonal"
     for backend, strategy, dtype in CPU_RUNS:
         if strategy == "folded" and variant not in FOLDED:
+            continue
+        if diagonal and strategy == "fused":  # IndRNN has one kernel whatever the strategy: once per dtype
             continue
         yield backend, strategy, dtype, backend + (f"-{strategy}" if strategy else "") + f"-{ft.dtype_name(dtype)}"
 

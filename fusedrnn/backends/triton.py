@@ -19,7 +19,9 @@ programs are resident at once (see
 :func:`fusedrnn.triton_kernels.sequence.choose_forward_strategy`).
 ``forward_strategy`` (or the ``FUSEDRNN_TRITON_FORWARD`` environment
 variable) forces one.  The backward is one fused launch per step, then the
-weight gradients as single GEMMs.
+weight gradients as single GEMMs.  IndRNN (an element-wise recurrent weight,
+no product per step) runs as one launch per sequence forward and one
+backward, whatever the strategy (:mod:`fusedrnn.triton_kernels.diagonal`).
 
 ``cuda_graphs`` (or ``FUSEDRNN_TRITON_CUDA_GRAPHS=1``) replays per-step
 sequences (forward and backward) from captured CUDA graphs, one per shape,
@@ -35,7 +37,7 @@ from typing import Optional
 
 import torch
 
-from ..cells import CellSpec
+from ..cells import BUILT_IN_CELLS, INDRNN_CELLS, CellSpec
 from .base import Backend, BackwardResult, ForwardResult, LayerWeights
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -48,6 +50,8 @@ def interpreting() -> bool:
 
 class TritonBackend(Backend):
     name = "triton"
+    #: the built-in cells, and IndRNN (one launch per sequence: fusedrnn/triton_kernels/diagonal.py)
+    cells = BUILT_IN_CELLS | INDRNN_CELLS
 
     def __init__(self):
         #: "auto", "per_step", "persistent" or "grid_sync" (see the module docstring)
@@ -80,6 +84,12 @@ class TritonBackend(Backend):
 
         return sequence
 
+    @staticmethod
+    def _diagonal_kernels():
+        from ..triton_kernels import diagonal
+
+        return diagonal
+
     def _graph_cache(self, x, per_step: bool):
         """The graph cache when this call should be replayed from a CUDA graph, else None."""
         if not (self.cuda_graphs and per_step and x.is_cuda):
@@ -91,6 +101,8 @@ class TritonBackend(Backend):
         return self._graphs
 
     def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse, for_backward=True):
+        if cell.record.recurrent == "diagonal":  # one launch for the sequence: no strategy, nothing to replay
+            return self._diagonal_kernels().sequence_forward(cell, x, h0, weights, batch_sizes, reverse)
         kernels = self._kernels()
         strategy = kernels.choose_forward_strategy(cell, x, weights, self.forward_strategy)
 
@@ -108,6 +120,9 @@ class TritonBackend(Backend):
 
     def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace,
                  need_dx=True, need_dweights=True):
+        if cell.record.recurrent == "diagonal":
+            return self._diagonal_kernels().sequence_backward(cell, grad_out, grad_hn, x, h0, weights, batch_sizes,
+                                                              reverse, out)
         kernels = self._kernels()
 
         def run(grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, *w):

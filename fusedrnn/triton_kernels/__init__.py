@@ -6,6 +6,8 @@
 * :mod:`.recurrence`: the kernels (per-step forward, persistent small-H
   forward, persistent large-H forward with a grid barrier, per-step backward),
   one template per purpose with the cell chosen by ``tl.constexpr``;
+* :mod:`.diagonal`: IndRNN's kernels and driver (no product per step: one
+  launch per sequence, each program its own units through every step);
 * :mod:`.sequence`: the sequence drivers that call them (one layer-direction,
   whole sequence), strategy choice and autotuning;
 * :mod:`.graphs`: CUDA-graph capture and replay of per-step sequences;

@@ -18,6 +18,9 @@ What covers which kernel:
   (under the interpreter ``grid_sync``'s programs run concurrently, through
   ``fusedrnn/triton_kernels/concurrent_grid.py``; its gradients, 16-bit
   dtypes and planted barrier bugs: tests/triton/test_triton_grid_sync.py);
+* ``diagonal_forward_kernel`` / ``diagonal_backward_kernel`` (IndRNN, one launch per sequence,
+  fusedrnn/triton_kernels/diagonal.py): the same tests with the IndRNN variants, whatever the
+  strategy (it has none);
 * ``backward_step_kernel``: the gradient tests, through the ops and autograd,
   compared by :mod:`fusedrnn.testing` with the float64 reference and torch.nn
   (float32: 1e-5 relative; float16/bfloat16: the 2x rule against the
@@ -56,7 +59,7 @@ SINGLE_STEP = ft.Shape(T=1, B=5, I=3, H=37)
 STRATEGIES = ("per_step", "persistent", "grid_sync")
 #: the strategies that take no projection, and the message of their refusal
 NO_PROJECTION = {"persistent": "persistent kernel needs", "grid_sync": "grid-synchronised kernel needs no projection"}
-VARIANTS = list(ft.kernel_variants())  # the cells the triton backend has kernels for
+VARIANTS = list(ft.kernel_variants("triton"))  # the cells the triton backend has kernels for (IndRNN's included)
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +116,7 @@ def test_forward_matches_reference(variant, layout, strategy, triton_backend):
     assert_forward_matches(triton_backend.forward(*case.args()), reference.sequence_forward(*case.args()), strategy)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "gru-reset-before", "rnn-tanh"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru-reset-before", "rnn-tanh", "indrnn-tanh"])
 def test_forward_saturated_gates_stay_finite(cell, triton_backend):
     """Pre-activations around +-100: sigmoid and tanh must saturate, not overflow into NaN."""
     case = _layer_case(cell, SHAPE)
@@ -125,7 +128,7 @@ def test_forward_saturated_gates_stay_finite(cell, triton_backend):
         assert_forward_matches(actual, reference.sequence_forward(*case.args()), strategy)
 
 
-@pytest.mark.parametrize("variant", ["lstm-peephole", "gru-reset-before", "rnn-relu"])
+@pytest.mark.parametrize("variant", ["lstm-peephole", "gru-reset-before", "rnn-relu", "indrnn-relu"])
 def test_empty_sequence_passes_states_through(variant, triton_backend):
     """T=0: no kernel runs; the final state is the initial one, and so are their gradients."""
     case = _layer_case(variant, SINGLE_STEP)

@@ -44,6 +44,8 @@ def triton_backend(monkeypatch):
 
 
 def _strategies(variant):
+    if ft.VARIANTS[variant].cell.record.recurrent == "diagonal":
+        return STRATEGIES[:1]  # IndRNN has one kernel whatever the strategy (fusedrnn/triton_kernels/diagonal.py)
     # the persistent kernel takes no projection (sequence.choose_forward_strategy)
     return [s for s in STRATEGIES if not (s == "persistent" and ft.VARIANTS[variant].projection)]
 
