@@ -219,5 +219,42 @@ struct PersistentBackward {
 cudaError_t persistent_backward(PersistentCell cell, DType dtype, const PersistentPlan& plan,
                                 const PersistentBackward& a, cudaStream_t stream);
 
+// ---------------------------------------------------------------------------
+// IndRNN (a diagonal recurrent weight u: h' = act(xp + u*h)): no product per
+// step, so one launch per sequence, forward and backward (diagonal.cu), a
+// thread per (batch row, unit) carrying its state through every step.  Rows
+// beyond a step's row count are inactive there and keep their value: h0 until
+// a reversed sequence starts, the last step's h after a sequence ends (h_n);
+// the backward's dh likewise (dh0 after a row's first step).
+// ---------------------------------------------------------------------------
+
+struct DiagonalForward {
+  int64_t B = 0, H = 0, steps = 0;
+  bool relu = false;
+  const int32_t* step_rows = nullptr;    // device [steps], in processing order
+  const int64_t* step_offset = nullptr;  // device [steps]
+  const float* xp = nullptr;             // [N, H]: x W_ih^T + b_ih + b_hh
+  const float* u = nullptr;              // [H]
+  const float* h0 = nullptr;             // [B, H]
+  void* out = nullptr;                   // [N, H] storage dtype
+  float* h_n = nullptr;                  // [B, H]
+};
+
+struct DiagonalBackward {
+  int64_t B = 0, H = 0, steps = 0;
+  bool relu = false;
+  const int32_t* step_rows = nullptr;    // device [steps], in processing order (as the forward's)
+  const int64_t* step_offset = nullptr;  // device [steps]
+  const void* dout = nullptr;            // [N, H] storage dtype
+  const void* out = nullptr;             // [N, H] storage dtype: the forward's h' (act' follows from it)
+  const float* u = nullptr;              // [H]
+  const float* dh_n = nullptr;           // [B, H]
+  float* dA = nullptr;                   // [N, H] pre-activation gradients
+  float* dh0 = nullptr;                  // [B, H]
+};
+
+cudaError_t diagonal_forward(DType dtype, const DiagonalForward& a, cudaStream_t stream);
+cudaError_t diagonal_backward(DType dtype, const DiagonalBackward& a, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -73,13 +73,6 @@ void check_kernel_device(const at::Tensor& x) {
   TORCH_CHECK(on_kernel_device(x), "fusedrnn_C: x must be ", kDeviceWanted, ", got device ", x.device());
 }
 
-// The cell table's cells these kernels do not run yet: IndRNN's element-wise recurrence has CPU kernels
-// only (fusedrnn/backends/cuda.py does not list it, so "auto" never sends it here).
-void check_has_kernels(const Cell& cell, const std::string& family) {
-  TORCH_CHECK(!cell.diagonal(), "fusedrnn_C: the CUDA kernels have no ", family, " cell (it runs on the cpu and "
-              "reference backends)");
-}
-
 // The shared checks (op_checks.h), after the CUDA-specific ones on x.
 Geometry check_call(const std::string& family, const std::string& mode, const at::Tensor& x, const at::Tensor& h0,
                     const OptionalTensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
@@ -89,9 +82,7 @@ Geometry check_call(const std::string& family, const std::string& mode, const at
   const auto dt = x.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
               "fusedrnn_C: the CUDA kernels take float32, float16 or bfloat16, got ", dt);
-  const Geometry g = checks::check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
-  check_has_kernels(g.cell, family);
-  return g;
+  return checks::check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
 }
 
 at::Tensor value_or_undefined(const OptionalTensor& t) { return checks::defined(t) ? *t : at::Tensor(); }
@@ -159,7 +150,8 @@ std::string chosen_strategy(const std::string& family, const std::string& mode, 
                             int64_t steps) {
   check_kernel_device(x);
   const checks::QuerySizes q = checks::check_strategy_query(family, mode, h0, w_hh, w_proj, steps);
-  check_has_kernels(q.cell, family);
+  // no recurrent product to choose a strategy for: one element-wise kernel (diagonal.cu), as on the CPU
+  if (q.cell.diagonal()) return "elementwise";
   const KernelDevice device(x.device());
   const ProblemSizes n{q.B, q.H, q.P, q.steps, checks::defined(w_proj), storage_dtype(x.scalar_type()),
                        device.ordinal()};

@@ -199,6 +199,23 @@ void persistent_forward(const Geometry& g, const Steps& s, const Choice& choice,
   f.c_n = c_n;
 }
 
+// IndRNN: no product per step, one launch for the sequence (diagonal.cu).
+void diagonal_forward(const Geometry& g, const Steps& s, const Weights& w, const at::Tensor& h0f, ForwardState& f,
+                      DType dtype, cudaStream_t stream, bool poison) {
+  const StepArrays steps(s, h0f.device());
+  f.h_n = new_buffer({s.batch, g.H}, h0f.options(), poison);
+  DiagonalForward a;
+  a.B = s.batch, a.H = g.H, a.steps = s.count(), a.relu = g.cell.relu;
+  a.step_rows = ptr<int32_t>(steps.rows);
+  a.step_offset = ptr<int64_t>(steps.offset);
+  a.xp = ptr<float>(f.xp);
+  a.u = ptr<float>(w.w_hh);
+  a.h0 = ptr<float>(h0f);
+  a.out = f.out.data_ptr();
+  a.h_n = ptr<float>(f.h_n);
+  check_launch(cuda::diagonal_forward(dtype, a, stream), "diagonal_forward");
+}
+
 // ===========================================================================
 // backward (fusedrnn.reference.sequence_backward's structure)
 // ===========================================================================
@@ -251,6 +268,23 @@ void persistent_backward(const Geometry& g, const Steps& s, const Choice& choice
   a.dh0 = ptr<float>(b.dh);
   a.dc0 = ptr<float>(b.dc);
   check_launch(cuda::persistent_backward(choice.cell, dtype, choice.plan, a, stream), "persistent_backward");
+}
+
+void diagonal_backward(const Geometry& g, const Steps& s, const Weights& w, const at::Tensor& grad_out,
+                       const at::Tensor& out, BackwardState& b, DType dtype, cudaStream_t stream) {
+  const StepArrays steps(s, out.device());
+  const at::Tensor dh_n = b.dh.clone();
+  DiagonalBackward a;
+  a.B = s.batch, a.H = g.H, a.steps = s.count(), a.relu = g.cell.relu;
+  a.step_rows = ptr<int32_t>(steps.rows);
+  a.step_offset = ptr<int64_t>(steps.offset);
+  a.dout = grad_out.data_ptr();
+  a.out = out.data_ptr();
+  a.u = ptr<float>(w.w_hh);
+  a.dh_n = ptr<float>(dh_n);
+  a.dA = ptr<float>(b.dA_x);
+  a.dh0 = ptr<float>(b.dh);
+  check_launch(cuda::diagonal_backward(dtype, a, stream), "diagonal_backward");
 }
 
 void per_step_backward(const Geometry& g, const Steps& s, const Weights& w, const at::Tensor& grad_out,
@@ -347,6 +381,10 @@ ForwardOut sequence_forward(const Call& c, const at::Tensor& x, const at::Tensor
   f.xp = frame::input_projection(g.cell, x.reshape({g.N, g.I}).to(at::kFloat), w, g.H);
   f.out = new_buffer({g.N, g.Hout}, x.options(), c.poison);
   f.ws = new_buffer({for_backward ? g.N : s.batch, W}, x.options(), c.poison);
+  if (g.cell.diagonal()) {  // one kernel, whatever the strategy asked for
+    diagonal_forward(g, s, w, h0f, f, dtype, c.stream, c.poison);
+    return ForwardOut{f.out, f.ws, f.h_n, f.c_n};
+  }
   const Choice choice =
       resolve_strategy(c.requested, &plan_persistent_forward, g.cell, problem_sizes(c, x, w.w_proj.defined()));
   if (choice.strategy == Strategy::persistent) {
@@ -370,11 +408,16 @@ BackwardOut sequence_backward(const Call& c, const at::Tensor& grad_out, const a
   const at::Tensor c0f = g.cell.family == Family::lstm ? f32(c0) : at::Tensor();
 
   BackwardState b = backward_buffers(g, grad_hn, grad_cn, x.options().dtype(at::kFloat), proj, c.poison);
-  const Choice choice = resolve_strategy(c.requested, &plan_persistent_backward, g.cell, problem_sizes(c, x, proj));
-  if (choice.strategy == Strategy::persistent) {
-    persistent_backward(g, s, choice, w, stored, grad_out, out, workspace, h0f, c0f, b, dtype, c.stream);
+  if (g.cell.diagonal()) {  // one kernel, whatever the strategy asked for
+    diagonal_backward(g, s, w, grad_out, out, b, dtype, c.stream);
   } else {
-    per_step_backward(g, s, w, grad_out, out, workspace, h0f, c0f, b, dtype, c.stream, c.poison);
+    const Choice choice =
+        resolve_strategy(c.requested, &plan_persistent_backward, g.cell, problem_sizes(c, x, proj));
+    if (choice.strategy == Strategy::persistent) {
+      persistent_backward(g, s, choice, w, stored, grad_out, out, workspace, h0f, c0f, b, dtype, c.stream);
+    } else {
+      per_step_backward(g, s, w, grad_out, out, workspace, h0f, c0f, b, dtype, c.stream, c.poison);
+    }
   }
 
   // input and weight gradients: single products over all steps, each skipped where nobody asked for it

@@ -40,7 +40,7 @@ from typing import Optional
 import torch
 
 from .. import _extension
-from ..cells import CellSpec
+from ..cells import BUILT_IN_CELLS, INDRNN_CELLS, CellSpec
 from .base import LayerWeights
 from .compiled import CompiledBackend
 
@@ -107,6 +107,8 @@ def _strategy_from_environment(variable: str) -> str:
 
 class CudaBackend(CompiledBackend):
     name = "cuda"
+    #: the built-in cells, and IndRNN (one launch per sequence: csrc/cuda/diagonal.cu)
+    cells = BUILT_IN_CELLS | INDRNN_CELLS
 
     def __init__(self):
         self.forward_strategy = _strategy_from_environment("FUSEDRNN_CUDA_FORWARD")

@@ -10,7 +10,7 @@ namespace fusedrnn {
 
 // indrnn: IndRNN (Li et al. 2018), h' = act(W_ih x + b_ih + u*h + b_hh) with
 // an element-wise recurrent weight u = w_hh [H] (the record's
-// recurrent="diagonal"); the CPU kernels run it, the CUDA ones refuse it.
+// recurrent="diagonal"); the CPU and CUDA kernels run it (no product per step).
 enum class Family { lstm, gru, rnn, indrnn };
 
 struct Cell {

@@ -166,7 +166,7 @@ struct GateGradients {
 // h0/c0 in the compute dtype.  `mm(a, b)` is the device's matrix product (the
 // CPU's keeps every result independent of the thread count, csrc/cpu/dense_product.h).
 // dW_hh of GRU reset_before: its n rows multiply k = r*h_prev (workspace
-// block 3), not h_prev.  The peephole gradient sums da_i*c_prev, da_f*c_prev
+// block 3), not h_prev; IndRNN's du = sum over rows of dA * h_prev.  The peephole gradient sums da_i*c_prev, da_f*c_prev
 // and da_o*c' over the rows (c' is workspace block 4).
 template <typename MatMul>
 LayerWeights weight_gradients(const Cell& cell, const LayerWeights& w, const Steps& s, const at::Tensor& x,
@@ -176,7 +176,9 @@ LayerWeights weight_gradients(const Cell& cell, const LayerWeights& w, const Ste
   LayerWeights dw;
   dw.w_ih = mm(d.dA_x.t(), x);
   const at::Tensor h_prev = previous_rows(out, h0, s);
-  if (cell.family == Family::gru && !cell.reset_after) {
+  if (cell.diagonal()) {  // u * h element-wise (IndRNN): du sums dA * h_prev over the rows
+    dw.w_hh = (d.dA_h * h_prev).sum(0);
+  } else if (cell.family == Family::gru && !cell.reset_after) {
     dw.w_hh = at::cat({mm(d.dA_h.narrow(1, 0, 2 * H).t(), h_prev), mm(d.dA_h.narrow(1, 2 * H, H).t(),
                                                                        ws.narrow(1, 3 * H, H))});
   } else {
