@@ -179,6 +179,8 @@ register(CellRecord("layer_norm_lstm", "layer_norm_lstm", gates=("i", "f", "g", 
 register(CellRecord("layer_norm_gru", "layer_norm_gru", gates=_GRU_GATES, workspace=("r", "z", "n", "k"),
                     default=True,
                     extra_weights=(ExtraWeight("ln_weight_ih", 3, 1.0), ExtraWeight("ln_weight_hh", 3, 1.0))))
+#: the layer-normalised cells, which the triton backend runs beside the built-in ones (fusedrnn/backends/triton.py)
+LAYER_NORM_CELLS = frozenset({("layer_norm_lstm", "layer_norm_lstm"), ("layer_norm_gru", "layer_norm_gru")})
 #: the epsilon of every layer normalisation (haste's and torch.nn.LayerNorm's)
 LAYER_NORM_EPS = 1e-5
 

@@ -282,9 +282,11 @@ def autograd_backward(cell: CellSpec, tensors, batch_sizes, reverse, grad_output
                   for t in tensors]
         res = sequence_forward(cell, leaves[0], leaves[1], leaves[2], LayerWeights(*leaves[3:]), batch_sizes, reverse)
         outs = [res.out, res.h_n] + ([res.c_n] if res.c_n is not None else [])
-        gouts = list(grad_outputs[: len(outs)])
+        # an output no input reaches (the empty out of a sequence without steps) has no graph to walk
+        pairs = [(o, g) for o, g in zip(outs, grad_outputs) if o.requires_grad]
         present = [t for t in leaves if t is not None]
-        grads = iter(torch.autograd.grad(outs, present, gouts, create_graph=create_graph, allow_unused=True))
+        grads = iter(torch.autograd.grad([o for o, _ in pairs], present, [g for _, g in pairs],
+                                         create_graph=create_graph, allow_unused=True))
     out = []
     for t in leaves:
         if t is None:

@@ -105,7 +105,8 @@ def test_registering_a_cell_twice_or_a_second_default_is_refused(toy_cell):
 
 
 #: the cells beyond the built-in ones that each fused backend has kernels for (the others: none)
-EXTRA_KERNELS = {name: cells.INDRNN_CELLS for name in ("cpu", "cuda", "triton")}
+EXTRA_KERNELS = {"cpu": cells.INDRNN_CELLS, "cuda": cells.INDRNN_CELLS,
+                 "triton": cells.INDRNN_CELLS | cells.LAYER_NORM_CELLS}
 
 
 def test_backends_declare_the_cells_they_run(toy_cell):
@@ -130,8 +131,10 @@ def test_kernel_variants_follow_the_backends_cells():
 
     everywhere = set(ft.kernel_variants())
     assert everywhere == {n for n, v in ft.VARIANTS.items() if (v.cell.family, v.cell.mode) in cells.BUILT_IN_CELLS}
-    for name in ("cpu", "cuda", "triton"):
-        assert set(ft.kernel_variants(name)) == everywhere | {"indrnn-relu", "indrnn-tanh"}, name
+    indrnn = {"indrnn-relu", "indrnn-tanh"}
+    for name in ("cpu", "cuda"):
+        assert set(ft.kernel_variants(name)) == everywhere | indrnn, name
+    assert set(ft.kernel_variants("triton")) == everywhere | indrnn | {"layer-norm-lstm", "layer-norm-gru"}
     assert set(ft.kernel_variants("reference")) == set(ft.VARIANTS)
 
 

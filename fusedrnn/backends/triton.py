@@ -21,7 +21,9 @@ programs are resident at once (see
 variable) forces one.  The backward is one fused launch per step, then the
 weight gradients as single GEMMs.  IndRNN (an element-wise recurrent weight,
 no product per step) runs as one launch per sequence forward and one
-backward, whatever the strategy (:mod:`fusedrnn.triton_kernels.diagonal`).
+backward, whatever the strategy (:mod:`fusedrnn.triton_kernels.diagonal`); the
+layer-normalised LSTM and GRU run their own per-step kernels, a program per
+whole batch rows (:mod:`fusedrnn.triton_kernels.layer_norm`).
 
 ``cuda_graphs`` (or ``FUSEDRNN_TRITON_CUDA_GRAPHS=1``) replays per-step
 sequences (forward and backward) from captured CUDA graphs, one per shape,
@@ -37,7 +39,7 @@ from typing import Optional
 
 import torch
 
-from ..cells import BUILT_IN_CELLS, INDRNN_CELLS, CellSpec
+from ..cells import BUILT_IN_CELLS, INDRNN_CELLS, LAYER_NORM_CELLS, CellSpec
 from .base import Backend, BackwardResult, ForwardResult, LayerWeights
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -50,8 +52,9 @@ def interpreting() -> bool:
 
 class TritonBackend(Backend):
     name = "triton"
-    #: the built-in cells, and IndRNN (one launch per sequence: fusedrnn/triton_kernels/diagonal.py)
-    cells = BUILT_IN_CELLS | INDRNN_CELLS
+    #: the built-in cells, IndRNN (one launch per sequence: fusedrnn/triton_kernels/diagonal.py) and the
+    #: layer-normalised LSTM and GRU (a program per whole rows: fusedrnn/triton_kernels/layer_norm.py)
+    cells = BUILT_IN_CELLS | INDRNN_CELLS | LAYER_NORM_CELLS
 
     def __init__(self):
         #: "auto", "per_step", "persistent" or "grid_sync" (see the module docstring)
@@ -90,6 +93,12 @@ class TritonBackend(Backend):
 
         return diagonal
 
+    @staticmethod
+    def _layer_norm_kernels():
+        from ..triton_kernels import layer_norm
+
+        return layer_norm
+
     def _graph_cache(self, x, per_step: bool):
         """The graph cache when this call should be replayed from a CUDA graph, else None."""
         if not (self.cuda_graphs and per_step and x.is_cuda):
@@ -103,6 +112,8 @@ class TritonBackend(Backend):
     def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse, for_backward=True):
         if cell.record.recurrent == "diagonal":  # one launch for the sequence: no strategy, nothing to replay
             return self._diagonal_kernels().sequence_forward(cell, x, h0, weights, batch_sizes, reverse)
+        if cell.record.extra_weights:  # the layer-normalised cells: their own per-step kernels, no strategy
+            return self._layer_norm_kernels().sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse)
         kernels = self._kernels()
         strategy = kernels.choose_forward_strategy(cell, x, weights, self.forward_strategy)
 
@@ -123,6 +134,9 @@ class TritonBackend(Backend):
         if cell.record.recurrent == "diagonal":
             return self._diagonal_kernels().sequence_backward(cell, grad_out, grad_hn, x, h0, weights, batch_sizes,
                                                               reverse, out)
+        if cell.record.extra_weights:
+            return self._layer_norm_kernels().sequence_backward(cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights,
+                                                                batch_sizes, reverse, out, workspace)
         kernels = self._kernels()
 
         def run(grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, *w):

@@ -8,6 +8,8 @@
   one template per purpose with the cell chosen by ``tl.constexpr``;
 * :mod:`.diagonal`: IndRNN's kernels and driver (no product per step: one
   launch per sequence, each program its own units through every step);
+* :mod:`.layer_norm`: the layer-normalised LSTM and GRU (a program per whole
+  rows, the row statistics inside it), kernels and driver;
 * :mod:`.sequence`: the sequence drivers that call them (one layer-direction,
   whole sequence), strategy choice and autotuning;
 * :mod:`.graphs`: CUDA-graph capture and replay of per-step sequences;
