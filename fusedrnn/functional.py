@@ -94,7 +94,7 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
     expected = {
         "x": (x, (*x.shape[:-1], w_ih.shape[1])),
         "h0": (h0, (x.shape[1] if batch_sizes is None else batch, hout)),
-        "w_hh": (w_hh, cell.recurrent_shape(hidden, hout)),
+        "w_hh": (w_hh, cell.recurrent_shape(hidden, hout, _heads(cell, w_hh))),
         "b_ih": (weights.b_ih, (cell.gates * hidden,)),
         "b_hh": (weights.b_hh, (cell.gates * hidden,)),
         "w_peep": (weights.w_peep, (cell.peephole_blocks * hidden,)),
@@ -110,8 +110,9 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
         raise ValueError(f"w_extra must be None for a {cell} layer: the cell has no extra weights")
     if cell.has_cell_state:
         if c0 is None:
-            raise ValueError("c0 is required for an LSTM layer")
-        expected["c0"] = (c0, (h0.shape[0], hidden))
+            raise ValueError(f"c0 is required for a {cell} layer")
+        # the states after h, concatenated (sLSTM's c, n, m: 3*H wide)
+        expected["c0"] = (c0, (h0.shape[0], cell.cell_state_blocks * hidden))
     elif c0 is not None:
         raise ValueError(f"c0 must be None for a {cell.family} layer")
     optional = cell.record.optional_weights  # which extras a cell takes is the cell table's to say
@@ -126,6 +127,20 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
     if batch_sizes is not None and int(batch_sizes[0]) != h0.shape[0]:
         raise RuntimeError(f"batch_sizes must start at the batch size of h0 ({h0.shape[0]}), "
                            f"got {int(batch_sizes[0])}")
+
+
+def _heads(cell: CellSpec, w_hh) -> int:
+    """The number of heads of a block-diagonal recurrent weight [G*H, H/heads], read from its shape (ValueError
+    where its width does not divide H); 1 for the other cells."""
+    if cell.record.recurrent != "block_diagonal":
+        return 1
+    hidden, head_dim = w_hh.shape[0] // cell.gates, w_hh.shape[1]
+    if hidden == 0:
+        return 1
+    if head_dim == 0 or hidden % head_dim:
+        raise ValueError(f"w_hh of a {cell} layer must be [{cell.gates}*H, H/num_heads] (the heads' diagonal "
+                         f"blocks), got {tuple(w_hh.shape)}: its width {head_dim} does not divide H={hidden}")
+    return hidden // head_dim
 
 
 def _contiguous(t):
@@ -193,7 +208,7 @@ def _default_states(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_size
         if h0 is None:
             h0 = x.new_zeros((batch, hout))
         if c0 is None and cell.has_cell_state:
-            c0 = x.new_zeros((h0.shape[0], hidden))
+            c0 = x.new_zeros((h0.shape[0], cell.cell_state_blocks * hidden))
     return h0, c0
 
 

@@ -18,7 +18,7 @@ It imports only :mod:`fusedrnn.cells`: every other module may import it.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -61,6 +61,22 @@ class BackwardResult(NamedTuple):
         return cls(dx, dh0, dc0 if cell.has_cell_state else None,
                    LayerWeights(*(None if w is None else g for g, w in zip(dweights, weights))))
 
+
+
+def join_states(states: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A cell's states in its record's order (``(h,)``, ``(h, c)``, sLSTM's ``(h, c, n, m)``) as a layer takes
+    them: ``(h, c)``, where c is every state after h concatenated along the last dimension (None without one).
+    The modules take and return the record's states; the layers, ops and backends see ``(h, c)`` alone."""
+    if len(states) == 1:
+        return states[0], None
+    return states[0], (states[1] if len(states) == 2 else torch.cat(tuple(states[1:]), dim=-1))
+
+
+def split_states(cell: CellSpec, h: torch.Tensor, c: Optional[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    """The inverse of :func:`join_states`: a layer's ``(h, c)`` as the record's states."""
+    if c is None:
+        return (h,)
+    return (h, *c.chunk(cell.cell_state_blocks, dim=-1)) if cell.cell_state_blocks > 1 else (h, c)
 
 
 def check_like_x(name: str, t: torch.Tensor, shape, x: torch.Tensor) -> None:

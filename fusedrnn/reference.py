@@ -199,6 +199,49 @@ register_step("layer_norm_gru", "layer_norm_gru", layer_norm_gru_step,
               _normalised_projection(CellSpec("layer_norm_gru", "layer_norm_gru")))
 
 
+def block_diagonal_product(h, w_hh, gates: int):
+    """``h R^T`` for sLSTM's block-diagonal R, of which ``w_hh`` [G*H, D] holds the non-zero blocks: row
+    ``g*H + k*D + d`` (gate g, unit d of head k) reads the head's slice ``h[:, k*D:(k+1)*D]``.  A batched
+    product over the heads (no dense zero-padded matrix); [n, G*H] in the gate-major layout of the biases."""
+    n, hidden = h.shape
+    head_dim = w_hh.shape[1]
+    heads = hidden // head_dim
+    # each head's rows of every gate: [heads, G*D, D]
+    r = w_hh.reshape(gates, heads, head_dim, head_dim).transpose(0, 1).reshape(heads, gates * head_dim, head_dim)
+    y = torch.matmul(h.reshape(n, heads, head_dim).transpose(0, 1), r.transpose(1, 2))  # [heads, n, G*D]
+    return y.reshape(heads, n, gates, head_dim).permute(1, 2, 0, 3).reshape(n, gates * hidden)
+
+
+def slstm_step(xp, h, c, w: LayerWeights):
+    """One sLSTM step (FlashRNN's ``slstm``); ``c`` holds the states c, n, m concatenated ([n, 3H]).
+
+    The stabiliser m keeps the exponential gates in (0, 1]: m' is the larger of the two log-gates, so one of
+    i, f is 1 and the other no more; h is c'/n', which m cancels from.  A unit whose n is 0 (its first step
+    from zero states) takes m' = ĩ, as FlashRNN's kernels decide it unit by unit.  The clamps are FlashRNN's
+    (i, f <= 1; n' >= 1, which holds by construction from n = 0 or n >= 1, so they change nothing there);
+    ``clamp`` passes the gradient at its bound (``minimum``/``maximum`` would halve it at i = 1).  Autograd
+    differentiates m too (FlashRNN's backward treats it as a constant: the same gradients of h, which m
+    cancels from, but not of c, n, m themselves)."""
+    raw = xp + block_diagonal_product(h, w.w_hh, 4)
+    if w.b_hh is not None:
+        raw = raw + w.b_hh
+    i_raw, f_raw, z_raw, o_raw = raw.chunk(4, dim=1)
+    c_prev, n_prev, m_prev = c.chunk(3, dim=1)
+    log_f = m_prev + torch.nn.functional.logsigmoid(f_raw)
+    m_new = torch.where(n_prev == 0, i_raw, torch.maximum(i_raw, log_f))
+    i = torch.exp(i_raw - m_new).clamp(max=1.0)
+    f = torch.exp(log_f - m_new).clamp(max=1.0)
+    z = torch.tanh(z_raw)
+    o = torch.sigmoid(o_raw)
+    c_new = f * c_prev + i * z
+    n_new = (f * n_prev + i).clamp(min=1.0)
+    states = torch.cat([c_new, n_new, m_new], dim=1)
+    return o * c_new / n_new, states, torch.cat([i, f_raw, z, o, states], dim=1)  # workspace [i, f̃, z, o, c', n', m']
+
+
+register_step("slstm", "slstm", slstm_step)
+
+
 def _step(cell: CellSpec, xp, h, c, w: LayerWeights):
     """The cell's step: returns (h', c' or None, workspace rows)."""
     return _STEPS[(cell.family, cell.mode)](xp, h, c, w)
