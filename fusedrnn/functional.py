@@ -24,13 +24,13 @@ from torch._C._functorch import peek_interpreter_stack
 from . import backends, zoneout as _zoneout
 from .backends.base import LayerWeights
 from .cells import CellSpec, modes
-from .layer import check_like_x
+from .layer import check_like_x, join_states, split_states
 from .ops import define, forward_op, forward_with_autograd, forward_without_autograd, op_weights
 from .reference import sequence_forward
 from .torchscript import check_not_traced
 
 __all__ = ["LayerOutput", "layer", "run_checked", "run_step", "lstm_layer", "gru_layer", "rnn_layer", "indrnn_layer",
-           "layer_norm_lstm_layer", "layer_norm_gru_layer", "LayerWeights", "CellSpec"]
+           "layer_norm_lstm_layer", "layer_norm_gru_layer", "slstm_layer", "LayerWeights", "CellSpec"]
 
 
 class LayerOutput(NamedTuple):
@@ -402,3 +402,21 @@ def layer_norm_gru_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None,
     w_extra = _packed_extras(cell, dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh))
     return layer(cell, x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh, None, None, w_extra), batch_sizes,
                  reverse, backend, zoneout=zoneout, zoneout_mask=zoneout_mask)
+
+
+def slstm_layer(x, h0=None, c0=None, n0=None, m0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *,
+                batch_sizes=None, reverse=False, backend=None, zoneout=0.0, zoneout_mask=None):
+    """sLSTM layer-direction (:class:`fusedrnn.SLSTM`): ``(out, h_n, c_n, n_n, m_n)``.  ``w_ih`` [4H, I],
+    ``w_hh`` [4H, H/num_heads] (the heads' diagonal blocks: the number of heads is read from its width), the
+    states [B, H] each (None: zeros; c0, n0 and m0 all given or all None)."""
+    cell = CellSpec("slstm", "slstm")
+    given = [s is not None for s in (c0, n0, m0)]
+    if any(given) and not all(given):
+        raise ValueError("c0, n0 and m0 of an slstm layer are given together or not at all")
+    if all(given) and len({(tuple(s.shape), s.dtype, s.device) for s in (c0, n0, m0)}) > 1:
+        raise RuntimeError("c0, n0 and m0 must have one shape, dtype and device, got "
+                           + ", ".join(f"{list(s.shape)} {s.dtype} on {s.device}" for s in (c0, n0, m0)))
+    _, c = join_states((h0, c0, n0, m0)) if all(given) else (None, None)
+    res = layer(cell, x, h0, c, LayerWeights(w_ih, w_hh, b_ih, b_hh), batch_sizes, reverse, backend,
+                zoneout=zoneout, zoneout_mask=zoneout_mask)
+    return (res.out, *split_states(cell, res.h_n, res.c_n))
