@@ -77,8 +77,9 @@ know its shape and tests can compare backends:
   (reset_before): the operand the backward needs for the n-gate's hidden part;
   layer_norm_gru likewise, ``k = ĥ_n``
 * rnn, indrnn:  nothing (the activation's derivative follows from the output itself)
-* slstm: ``[i, f̃, z, o, c', n', m']``: the input and output gates, the raw forget pre-activation, z = tanh(z̃)
-  and the new states (what FlashRNN's backward reads: f is recomputed from f̃, m and m')
+* slstm: ``[ĩ, f̃, z, o, c', n', m']``: the raw input and forget pre-activations, z = tanh(z̃), the output gate
+  and the new states; the backward recomputes i and f from ĩ, f̃, m and m' bitwise as the forward computed
+  them, and which branch m' took (FlashRNN's keeps i itself, and m' alone)
 """
 
 from __future__ import annotations
@@ -202,9 +203,9 @@ register(CellRecord("layer_norm_gru", "layer_norm_gru", gates=_GRU_GATES, worksp
 LAYER_NORM_EPS = 1e-5
 # sLSTM (Beck et al. 2024, xLSTM; FlashRNN's "slstm" function): exponential input and forget gates kept finite
 # by the stabiliser state m, a normaliser state n, heads with block-diagonal recurrent weights.  Its backward
-# is autograd through its reference step (no kernels yet).
-register(CellRecord("slstm", "slstm", gates=("i", "f", "z", "o"), workspace=("i", "f~", "z", "o", "c'", "n'", "m'"),
-                    states=("h", "c", "n", "m"), recurrent="block_diagonal", default=True))
+# is written by hand in the reference (no kernels yet).
+register(CellRecord("slstm", "slstm", gates=("i", "f", "z", "o"), workspace=("i~", "f~", "z", "o", "c'", "n'", "m'"),
+                    states=("h", "c", "n", "m"), recurrent="block_diagonal", default=True, hand_written_backward=True))
 
 
 def families() -> tuple:

@@ -178,6 +178,17 @@ def hidden_side(cell: CellSpec, dA: torch.Tensor, WS: torch.Tensor, H: int) -> t
     return dA
 
 
+def block_diagonal_weight_gradient(dA: torch.Tensor, H_prev: torch.Tensor, head_dim: int, gates: int) -> torch.Tensor:
+    """The gradient of a block-diagonal recurrent weight ``[G*H, D]`` (sLSTM's heads: row ``g*H + k*D + d`` reads
+    ``h[k*D:(k+1)*D]``): per head, its rows' pre-activation gradients times its slice of each row's previous h,
+    summed over the rows; one batched product over the heads."""
+    rows, hidden = H_prev.shape
+    heads = hidden // head_dim
+    a = dA.reshape(rows, gates, heads, head_dim).permute(2, 1, 3, 0).reshape(heads, gates * head_dim, rows)
+    g = torch.matmul(a, H_prev.reshape(rows, heads, head_dim).transpose(0, 1))  # [heads, G*D, D]
+    return g.reshape(heads, gates, head_dim, head_dim).transpose(0, 1).reshape(gates * hidden, head_dim)
+
+
 def weight_gradients(cell: CellSpec, w: LayerWeights, steps: Steps, dA: torch.Tensor, X: torch.Tensor,
                      OUT: torch.Tensor, WS: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor],
                      dH_total: Optional[torch.Tensor]) -> LayerWeights:
@@ -193,6 +204,8 @@ def weight_gradients(cell: CellSpec, w: LayerWeights, steps: Steps, dA: torch.Te
     dw_ih = dA.t() @ X
     if cell.record.recurrent == "diagonal":  # u * h element-wise (IndRNN): du sums dA * h_prev over the rows
         dw_hh = (dA_h.to(acc) * H_prev.to(acc)).sum(0)
+    elif cell.record.recurrent == "block_diagonal":  # sLSTM's heads: each head's rows against its slice of h
+        dw_hh = block_diagonal_weight_gradient(dA_h, H_prev, w.w_hh.shape[1], cell.gates)
     elif cell.family == "gru" and cell.mode == "reset_before":
         dw_hh = torch.cat([dA[:, :2 * H].t() @ H_prev, dA[:, 2 * H:].t() @ WS[:, 3 * H:].to(dA.dtype)])
     else:

@@ -218,6 +218,32 @@ def test_gradcheck_through_the_op():
     assert torch.autograd.gradcheck(run, [inputs[i] for i in present])
 
 
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("option", ("padded", "packed-reverse"))
+def test_the_hand_written_backward_is_autograds(heads, option):
+    """reference.sequence_backward (by hand) against autograd through the forward, float64, every input's gradient
+    from upstream gradients of out, h_n and the cell state (c, n, m), from states where: n is 0 (a first step)
+    with m large, so that f's clamp binds; n is 0 with m small; n >= 1 (a later step)."""
+    case = ft.layer_case(ft.Case("slstm", ft.Shape(T=4, B=6, I=3, H=8), option))
+    H = 8
+    c, n, m = case.c0.chunk(3, dim=1)
+    n = torch.where(torch.arange(6)[:, None] < 4, torch.zeros_like(n), 1 + n.abs())
+    m = torch.where(torch.arange(6)[:, None] < 2, 50 + m, m)
+    c0 = torch.cat([c, n, m], dim=1)
+    w_hh = torch.randn(4 * H, H // heads, dtype=F64) / (H // heads) ** 0.5
+    weights = case.weights._replace(w_hh=w_hh)
+    tensors = (case.x, case.h0, c0, *weights)
+    from fusedrnn import reference
+
+    fwd = reference.sequence_forward(case.cell, case.x, case.h0, c0, weights, case.batch_sizes, case.reverse)
+    by_hand = reference.sequence_backward(case.cell, *case.upstream, case.x, case.h0, c0, weights, case.batch_sizes,
+                                          case.reverse, fwd.out, fwd.workspace)
+    by_autograd = reference.autograd_backward(case.cell, tensors, case.batch_sizes, case.reverse, case.upstream)
+    mine = [by_hand.dx, by_hand.dh0, by_hand.dc0, *by_hand.dweights]
+    for name, a, b in zip(("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"), mine, by_autograd):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
 # ----------------------------------------------------------------------------
 # The cell and the functional form
 # ----------------------------------------------------------------------------
