@@ -385,7 +385,7 @@ class SLSTM(_NamedRecurrent):
     (``U(-1/sqrt(H), 1/sqrt(H))`` for each parameter).  :meth:`load_flashrnn_state_dict` loads FlashRNN's
     tensors, :meth:`flashrnn_state_dict` gives them back.
 
-    Runs on the reference backend only so far (autograd through its step): ``"auto"`` falls back to it with a
+    Runs on the reference backend only so far (its backward by hand there): ``"auto"`` falls back to it with a
     once-only warning (kernels to come).
     """
 
