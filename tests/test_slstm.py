@@ -348,6 +348,24 @@ def unstabilised(module, x):
     return torch.stack(outs)
 
 
+def test_a_row_does_not_depend_on_its_batch():
+    """The first-step rule (m' = ĩ where n = 0) is decided unit by unit, as FlashRNN's kernels decide it (its vanilla
+    form asks whether n is zero in the whole batch): a row starting from zero states beside rows that do not, and a
+    row of NaNs, leave each other's results as they are alone."""
+    rnn = fusedrnn.SLSTM(3, 4, num_layers=2, dtype=F64, num_heads=2)
+    x = torch.randn(5, 3, 3, dtype=F64)
+    x[:, 2] = float("nan")
+    states = [s.detach() for s in random_states(2, 3, 4)]
+    for s in states:
+        s[:, 0] = 0  # row 0 starts from zero states, row 1 from later ones
+    out, finals = rnn(x, tuple(states))
+    for b in range(3):
+        alone_out, alone_finals = rnn(x[:, b:b + 1], tuple(s[:, b:b + 1] for s in states))
+        for a, e in zip((out, *finals), (alone_out, *alone_finals)):
+            torch.testing.assert_close(a[:, b:b + 1], e, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert torch.isnan(out[:, 2]).all() and torch.isfinite(out[:, :2]).all()
+
+
 def test_the_stabiliser_leaves_the_function_unchanged():
     rnn = fusedrnn.SLSTM(3, 8, dtype=F64, num_heads=2)
     with torch.no_grad():
