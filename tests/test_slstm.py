@@ -64,10 +64,14 @@ def plain_step(x, h, state, p, heads):
     return torch.sigmoid(o_raw) * c_new / n_new, (c_new, n_new, m_new)
 
 
-def plain_loop(x, h, state, p, heads):
+def plain_loop(x, h, state, p, heads, masks=None):
+    """One layer-direction; with ``masks`` [T, B, H], haste's zoneout of h (1: the new value; c, n, m as computed)."""
     outs = []
     for t in range(x.shape[0]):
+        h_prev = h
         h, state = plain_step(x[t], h, state, p, heads)
+        if masks is not None:
+            h = torch.where(masks[t] == 1, h, h_prev)
         outs.append(h)
     return torch.stack(outs), h, state
 
@@ -364,6 +368,29 @@ def test_a_row_does_not_depend_on_its_batch():
         for a, e in zip((out, *finals), (alone_out, *alone_finals)):
             torch.testing.assert_close(a[:, b:b + 1], e, rtol=1e-12, atol=1e-12, equal_nan=True)
     assert torch.isnan(out[:, 2]).all() and torch.isfinite(out[:, :2]).all()
+
+
+def test_zoneout_of_h_with_a_mask():
+    """haste's zoneout, a layer's option: h mixed with its previous value by the mask, c, n and m not."""
+    rnn = fusedrnn.SLSTM(3, 4, dtype=F64, num_heads=2)
+    x = torch.randn(6, 2, 3, dtype=F64, requires_grad=True)
+    states = random_states(2, 4)
+    masks = torch.bernoulli(torch.full((6, 2, 4), 0.7, dtype=F64))
+    res = functional.slstm_layer(x, *states, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0,
+                                 zoneout=0.3, zoneout_mask=masks)
+    out, h, state = plain_loop(x, states[0], states[1:], direction_params(rnn, 0, 0), 2, masks)
+    assert_same_values_and_gradients(res, (out, h, *state), [x, *states, *rnn.parameters()])
+
+
+def test_export():
+    rnn = fusedrnn.SLSTM(3, 4, num_layers=2, num_heads=2)
+    x = torch.randn(5, 2, 3)
+    rnn(x)  # the backends imported eagerly, as a model is run before it is exported
+    program = torch.export.export(rnn, (x,))
+    assert "fusedrnn.slstm_forward.default" in {str(node.target) for node in program.graph.nodes}
+    mine, theirs = program.module()(x), rnn(x)
+    for a, b in zip((mine[0], *mine[1]), (theirs[0], *theirs[1])):
+        torch.testing.assert_close(a, b)
 
 
 def test_the_stabiliser_leaves_the_function_unchanged():
