@@ -125,9 +125,9 @@ def state_tuple(rnn: nn.Module, hx) -> Optional[Tuple[Tensor, ...]]:
         if isinstance(hx, (tuple, list)) and len(hx) == count:
             return tuple(hx)
         spelled = ", ".join(f"{state}_0" for state in rnn.cell.record.states)
-        want = f"{name}: hx must be a tuple ({spelled}) of {_COUNTS[count]} tensors"
+        want = f"{name}: hx must be a tuple ({spelled}) of {_COUNTS.get(count, count)} tensors"
         if isinstance(hx, (tuple, list)) and len(hx) > count:
-            raise RuntimeError(f"{rnn.cell.family} expects {_COUNTS[count]} hidden states; {want}, got {len(hx)}")
+            raise RuntimeError(f"{rnn.cell.family} expects {_COUNTS.get(count, count)} hidden states; {want}, got {len(hx)}")
         if isinstance(hx, Tensor) and hx.dim() > 0 and hx.shape[0] >= 2:
             # torch.nn reads hx[0], hx[1] of such a tensor, then its _VF op refuses a tensor for a tuple
             raise TypeError(f"{want}, got one tensor of shape {list(hx.shape)}")

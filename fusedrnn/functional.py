@@ -416,7 +416,7 @@ def slstm_layer(x, h0=None, c0=None, n0=None, m0=None, w_ih=None, w_hh=None, b_i
     if all(given) and len({(tuple(s.shape), s.dtype, s.device) for s in (c0, n0, m0)}) > 1:
         raise RuntimeError("c0, n0 and m0 must have one shape, dtype and device, got "
                            + ", ".join(f"{list(s.shape)} {s.dtype} on {s.device}" for s in (c0, n0, m0)))
-    _, c = join_states((h0, c0, n0, m0)) if all(given) else (None, None)
+    c = join_states((h0, c0, n0, m0))[1] if all(given) else None  # the layer's one cell state [B, 3H]
     res = layer(cell, x, h0, c, LayerWeights(w_ih, w_hh, b_ih, b_hh), batch_sizes, reverse, backend,
                 zoneout=zoneout, zoneout_mask=zoneout_mask)
     return (res.out, *split_states(cell, res.h_n, res.c_n))

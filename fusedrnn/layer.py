@@ -7,6 +7,8 @@ implementation of it shares.
 * :class:`Steps`, :func:`previous_states`, :func:`as_rows`: which rows each
   time step owns (packed and padded input alike), in which order the steps
   run, and the state each row started from;
+* :func:`join_states`, :func:`split_states`: a cell's states (sLSTM's h, c, n, m) as the layer's h and one
+  cell state, and back;
 * :func:`compute_dtype`: float32 arithmetic for 16-bit inputs;
 * :func:`weight_gradients`: the gradients of the weights after the backward's
   recurrence, as single products over all steps, the same for every Python
