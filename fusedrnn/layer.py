@@ -180,12 +180,20 @@ def hidden_side(cell: CellSpec, dA: torch.Tensor, WS: torch.Tensor, H: int) -> t
     return dA
 
 
-def block_diagonal_weight_gradient(dA: torch.Tensor, H_prev: torch.Tensor, head_dim: int, gates: int) -> torch.Tensor:
-    """The gradient of a block-diagonal recurrent weight ``[G*H, D]`` (sLSTM's heads: row ``g*H + k*D + d`` reads
-    ``h[k*D:(k+1)*D]``): per head, its rows' pre-activation gradients times its slice of each row's previous h,
-    summed over the rows; one batched product over the heads."""
-    rows, hidden = H_prev.shape
-    heads = hidden // head_dim
+def head_layout(w_hh: torch.Tensor, gates: int) -> Tuple[int, int, int]:
+    """(hidden size, heads, head size) of a block-diagonal recurrent weight ``[G*H, D]`` (sLSTM's; no head
+    without a unit)."""
+    hidden, head_dim = w_hh.shape[0] // gates, w_hh.shape[1]
+    return hidden, (hidden // head_dim if head_dim else 0), head_dim
+
+
+def block_diagonal_weight_gradient(dA: torch.Tensor, H_prev: torch.Tensor, w_hh: torch.Tensor,
+                                   gates: int) -> torch.Tensor:
+    """The gradient of a block-diagonal recurrent weight ``w_hh`` ``[G*H, D]`` (sLSTM's heads: row ``g*H + k*D + d``
+    reads ``h[k*D:(k+1)*D]``): per head, its rows' pre-activation gradients times its slice of each row's previous
+    h, summed over the rows; one batched product over the heads."""
+    rows = H_prev.shape[0]
+    hidden, heads, head_dim = head_layout(w_hh, gates)
     a = dA.reshape(rows, gates, heads, head_dim).permute(2, 1, 3, 0).reshape(heads, gates * head_dim, rows)
     g = torch.matmul(a, H_prev.reshape(rows, heads, head_dim).transpose(0, 1))  # [heads, G*D, D]
     return g.reshape(heads, gates, head_dim, head_dim).transpose(0, 1).reshape(gates * hidden, head_dim)
@@ -207,7 +215,7 @@ def weight_gradients(cell: CellSpec, w: LayerWeights, steps: Steps, dA: torch.Te
     if cell.record.recurrent == "diagonal":  # u * h element-wise (IndRNN): du sums dA * h_prev over the rows
         dw_hh = (dA_h.to(acc) * H_prev.to(acc)).sum(0)
     elif cell.record.recurrent == "block_diagonal":  # sLSTM's heads: each head's rows against its slice of h
-        dw_hh = block_diagonal_weight_gradient(dA_h, H_prev, w.w_hh.shape[1], cell.gates)
+        dw_hh = block_diagonal_weight_gradient(dA_h, H_prev, w.w_hh, cell.gates)
     elif cell.family == "gru" and cell.mode == "reset_before":
         dw_hh = torch.cat([dA[:, :2 * H].t() @ H_prev, dA[:, 2 * H:].t() @ WS[:, 3 * H:].to(dA.dtype)])
     else:

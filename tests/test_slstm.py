@@ -569,6 +569,22 @@ def test_bad_arguments():
         functional.layer(rnn.cell, x, None, torch.zeros(2, 4), rnn._direction_weights(0, 0, None))
 
 
+def test_empty_sizes():
+    """An empty batch (the module), no hidden unit (the functional form): torch.nn's shapes, zero gradients."""
+    rnn = fusedrnn.SLSTM(4, 6, num_layers=2, num_heads=3)
+    x = torch.randn(3, 0, 4, requires_grad=True)
+    out, finals = rnn(x)
+    assert out.shape == (3, 0, 6) and all(s.shape == (2, 0, 6) for s in finals)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    w_hh = torch.zeros(0, 0, requires_grad=True)
+    res = functional.slstm_layer(x, None, None, None, None, torch.zeros(0, 4), w_hh)
+    assert [tuple(t.shape) for t in res] == [(3, 2, 0)] + [(2, 0)] * 4
+    torch.autograd.backward(res[0].sum() + res[4].sum(), inputs=[x, w_hh])
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
 def test_auto_falls_back_once_with_a_warning(monkeypatch):
     from fusedrnn import backends
 
