@@ -5,7 +5,7 @@ are drop-in replacements for their torch.nn twins, and :func:`convert` swaps
 them into an existing model (:func:`revert` swaps them back, for the tools that
 need torch.nn's classes); ``Recurrent`` is the same stacked module for any
 family of the cell table (:mod:`fusedrnn.cells`); ``IndRNN``, ``LayerNormLSTM``,
-``LayerNormGRU`` (and their cells) the cells torch.nn lacks, on the reference backend so far; :mod:`fusedrnn.functional`
+``LayerNormGRU``, ``SLSTM`` (and their cells) the cells torch.nn lacks, on the reference backend so far; :mod:`fusedrnn.functional`
 runs one layer-direction;
 :func:`use_backend`, :func:`available` and :func:`report` choose and list the
 backends (:mod:`fusedrnn.backends`).  :mod:`fusedrnn.onnx` exports them to ONNX
@@ -19,10 +19,10 @@ are imported the first time a call needs them.
 
 from . import functional, onnx, quantization
 from .backends import available, report, use_backend
-from .cell_modules import GRUCell, IndRNNCell, LayerNormGRUCell, LayerNormLSTMCell, LSTMCell, RNNCell
+from .cell_modules import GRUCell, IndRNNCell, LayerNormGRUCell, LayerNormLSTMCell, LSTMCell, RNNCell, SLSTMCell
 from .cells import CellSpec
 from .convert import convert
-from .modules import GRU, LSTM, RNN, IndRNN, LayerNormGRU, LayerNormLSTM, Recurrent
+from .modules import GRU, LSTM, RNN, SLSTM, IndRNN, LayerNormGRU, LayerNormLSTM, Recurrent
 from .pyramid import PyramidGRU, PyramidLSTM
 from .revert import revert
 
@@ -39,12 +39,14 @@ __all__ = [
     "IndRNN",
     "LayerNormLSTM",
     "LayerNormGRU",
+    "SLSTM",
     "LSTMCell",
     "GRUCell",
     "RNNCell",
     "IndRNNCell",
     "LayerNormLSTMCell",
     "LayerNormGRUCell",
+    "SLSTMCell",
     "PyramidLSTM",
     "PyramidGRU",
     "convert",

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from . import backends
 
 __all__ = ["NOT_GIVEN", "attribute", "check_backend_name", "check_flag", "check_state_tensor", "checked_parameter",
-           "state_tuple", "check_packed_states", "check_state_dims", "check_input", "check_states",
+           "state_names", "state_tuple", "check_packed_states", "check_state_dims", "check_input", "check_states",
            "check_weights_match"]
 
 # Marks an argument the caller did not pass (torch rejects ``proj_size`` on
@@ -102,8 +102,18 @@ def checked_parameter(module: nn.Module, name: str, default=_MISSING) -> Optiona
     return value
 
 
+#: how the messages count a cell's states
+_COUNTS = {2: "two", 3: "three", 4: "four"}
+
+
+def state_names(cell) -> Tuple[str, ...]:
+    """What the messages call a cell's initial states: ``hx``, ``cx`` (torch.nn's), then sLSTM's ``nx``, ``mx``."""
+    return tuple(f"{state}x" for state in cell.record.states)
+
+
 def state_tuple(rnn: nn.Module, hx) -> Optional[Tuple[Tensor, ...]]:
-    """``hx`` as a tuple of state tensors: ``(h, c)`` for a cell with a cell state (LSTM), ``(h,)`` otherwise."""
+    """``hx`` as a tuple of state tensors, the record's states in order: ``(h, c)`` for a cell with a cell state
+    (LSTM), sLSTM's ``(h, c, n, m)``, ``(h,)`` otherwise."""
     # The exception types are those torch.nn's forward ends up raising for each mistake (an
     # IndexError from hx[1], torch's own RuntimeError, an AttributeError from hx.dim()), so code
     # that catches them behaves the same; the messages say what hx must be.
@@ -111,11 +121,13 @@ def state_tuple(rnn: nn.Module, hx) -> Optional[Tuple[Tensor, ...]]:
         return None
     name = type(rnn).__name__
     if rnn.cell.has_cell_state:
-        if isinstance(hx, (tuple, list)) and len(hx) == 2:
+        count = len(rnn.cell.record.states)
+        if isinstance(hx, (tuple, list)) and len(hx) == count:
             return tuple(hx)
-        want = f"{name}: hx must be a tuple (h_0, c_0) of two tensors"
-        if isinstance(hx, (tuple, list)) and len(hx) > 2:
-            raise RuntimeError(f"{rnn.cell.family} expects two hidden states; {want}, got {len(hx)}")
+        spelled = ", ".join(f"{state}_0" for state in rnn.cell.record.states)
+        want = f"{name}: hx must be a tuple ({spelled}) of {_COUNTS.get(count, count)} tensors"
+        if isinstance(hx, (tuple, list)) and len(hx) > count:
+            raise RuntimeError(f"{rnn.cell.family} expects {_COUNTS.get(count, count)} hidden states; {want}, got {len(hx)}")
         if isinstance(hx, Tensor) and hx.dim() > 0 and hx.shape[0] >= 2:
             # torch.nn reads hx[0], hx[1] of such a tensor, then its _VF op refuses a tensor for a tuple
             raise TypeError(f"{want}, got one tensor of shape {list(hx.shape)}")
@@ -160,16 +172,18 @@ def check_weights_match(module: nn.Module, named_weights, x: Tensor) -> None:
                                f"on {x.device}; all must be on one device")
 
 
-def check_state_dims(states: Tuple[Tensor, ...], is_batched: bool) -> None:
-    """torch.nn's check that hx has the input's batchedness (RuntimeError, torch's messages)."""
+def check_state_dims(states: Tuple[Tensor, ...], is_batched: bool, names: Tuple[str, ...] = ("hx", "cx")) -> None:
+    """torch.nn's check that hx has the input's batchedness (RuntimeError, torch's messages); ``names``: the
+    states' (:func:`state_names`)."""
     want = 3 if is_batched else 2
     kind = "batched 3-D" if is_batched else "unbatched 2-D"
     if all(s.dim() == want for s in states):
         return
-    if len(states) == 2:
+    if len(states) > 1:
+        names = ", ".join(names[:-1]) + " and " + names[-1]
         raise RuntimeError(
-            f"For {kind} input, hx and cx should also be {want}-D but got "
-            f"({states[0].dim()}-D, {states[1].dim()}-D) tensors"
+            f"For {kind} input, {names} should also be {want}-D but got "
+            f"({', '.join(f'{s.dim()}-D' for s in states)}) tensors"
         )
     raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {states[0].dim()}-D tensor")
 
@@ -203,9 +217,9 @@ def check_input(rnn: nn.Module, x: Tensor, batch_sizes: Optional[Tensor], cast_t
 
 def check_states(rnn: nn.Module, states: Tuple[Tensor, ...], x: Tensor, batch: int, cast_to) -> None:
     """Shapes as torch.nn.RNNBase.check_hidden_size; then dtype and device (RuntimeError, as torch)."""
-    labels = ["hidden[0]", "hidden[1]"] if len(states) == 2 else ["hidden"]
+    labels = [f"hidden[{i}]" for i in range(len(states))] if len(states) > 1 else ["hidden"]
     for state, expected, label in zip(states, rnn._state_sizes(batch), labels):
         if state.size() != expected:
             raise RuntimeError(f"Expected {label} size {expected}, got {list(state.size())}")
-    for state, name in zip(states, ("hx", "cx")):
+    for state, name in zip(states, state_names(rnn.cell)):
         check_state_tensor(name, state, x, type(rnn).__name__, check_dtype=cast_to is None)

@@ -22,13 +22,14 @@ from .backends.base import LayerWeights
 from .cells import CellSpec, modes
 from ._autocast import autocast_dtype, autocast_off, cast
 from ._module_checks import (attribute, check_backend_name, check_flag, check_state_tensor, check_weights_match,
-                             checked_parameter)
+                             checked_parameter, state_names)
+from .layer import join_states, split_states
 from .modules import _GRU_CONVENTION
-from .rnn_base import init_cell_parameters, init_forget_bias, init_haste_biases
+from .rnn_base import check_num_heads, init_cell_parameters, init_forget_bias, init_haste_biases
 from .torchscript import refuse_script
 
 __all__ = ["FusedRNNCellBase", "LSTMCell", "GRUCell", "RNNCell", "IndRNNCell", "LayerNormLSTMCell",
-           "LayerNormGRUCell"]
+           "LayerNormGRUCell", "SLSTMCell"]
 
 # The cells' CellSpecs, built once: a step is a few microseconds of arithmetic, and building one (its
 # check against the cell table) at each call was a visible share of a step's Python time.
@@ -50,9 +51,11 @@ class FusedRNNCellBase(nn.RNNCellBase):
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None, dtype=None,
-                 *, peephole: bool = False, backend: str = "auto", layout: Optional[CellSpec] = None) -> None:
+                 *, peephole: bool = False, backend: str = "auto", layout: Optional[CellSpec] = None,
+                 num_heads: int = 1) -> None:
         """``layout``: the cell whose record gives the parameters' shapes beyond torch.nn's (a diagonal
-        recurrent weight); None for the torch.nn cells, whose layout is torch's."""
+        recurrent weight); None for the torch.nn cells, whose layout is torch's.  ``num_heads``: the heads of
+        a block-diagonal recurrent weight (sLSTM)."""
         factory_kwargs = {"device": device, "dtype": dtype}
         # nn.Module's __init__ only: the next one in the MRO is torch's (nn.LSTMCell.__init__), which
         # would register and draw the parameters without our extras (weight_ch)
@@ -65,7 +68,7 @@ class FusedRNNCellBase(nn.RNNCellBase):
         self.backend = backend
         self._layout = layout
         recurrent_shape = ((num_chunks * hidden_size, hidden_size) if layout is None
-                           else layout.recurrent_shape(hidden_size, hidden_size))
+                           else layout.recurrent_shape(hidden_size, hidden_size, num_heads))
         self.weight_ih = nn.Parameter(torch.empty((num_chunks * hidden_size, input_size), **factory_kwargs))
         self.weight_hh = nn.Parameter(torch.empty(recurrent_shape, **factory_kwargs))
         if bias:
@@ -137,6 +140,7 @@ class FusedRNNCellBase(nn.RNNCellBase):
             return fast
         if input.dim() not in (1, 2):
             raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        names = state_names(cell)
         if states is not None:
             for idx, value in enumerate(states):
                 if value.dim() not in (1, 2):
@@ -149,10 +153,10 @@ class FusedRNNCellBase(nn.RNNCellBase):
         self._check_input(x, cast_to)
         if states is None:
             zeros = x.new_zeros((x.size(0), self.hidden_size))
-            states = (zeros,) * len(self._state_names(cell))
+            states = (zeros,) * len(names)
         else:
             states = tuple(s if is_batched else s.unsqueeze(0) for s in states)
-            self._check_states(x, states, cast_to)
+            self._check_states(x, states, cast_to, names)
         weights = self._weights(cast_to)
         if cast_to is not None:
             x = x.to(cast_to)
@@ -161,14 +165,13 @@ class FusedRNNCellBase(nn.RNNCellBase):
         if self._extra_names:  # each extra parameter under its own name, not as w_extra
             named = [*named, *((n, cast(checked_parameter(self, n), cast_to)) for n in self._extra_names)]
         check_weights_match(self, named, x)
-        c0 = states[1] if cell.has_cell_state else None
+        h0, c0 = join_states(states)  # the layer's (h, c): sLSTM's c, n, m concatenated
         if cast_to is None:
-            result = functional.run_checked(cell, x.unsqueeze(0), states[0], c0, weights, None, False, self.backend)
+            result = functional.run_checked(cell, x.unsqueeze(0), h0, c0, weights, None, False, self.backend)
         else:
             with autocast_off(x.device, cast_to):
-                result = functional.run_checked(cell, x.unsqueeze(0), states[0], c0, weights, None, False,
-                                                self.backend)
-        new_states = (result.h_n, result.c_n) if cell.has_cell_state else (result.h_n,)
+                result = functional.run_checked(cell, x.unsqueeze(0), h0, c0, weights, None, False, self.backend)
+        new_states = split_states(cell, result.h_n, result.c_n)
         return new_states if is_batched else tuple(s.squeeze(0) for s in new_states)
 
     def _direct_step(self, cell: CellSpec, x: Tensor, states: Optional[Tuple[Tensor, ...]]):
@@ -185,7 +188,8 @@ class FusedRNNCellBase(nn.RNNCellBase):
         weights are read at every call, as there (nothing of them is kept between calls).
         """
         if (type(x) not in _PLAIN or x.dim() != 2 or x.is_meta or not x.is_floating_point() or x.size(0) == 0
-                or x.size(1) != self.input_size or self.input_size == 0 or self.hidden_size == 0):
+                or x.size(1) != self.input_size or self.input_size == 0 or self.hidden_size == 0
+                or cell.cell_state_blocks > 1):  # (more states than (h, c): sLSTM's step runs as a sequence)
             return None
         params, shapes = self._parameters, self._param_shapes
         weights = []
@@ -209,10 +213,6 @@ class FusedRNNCellBase(nn.RNNCellBase):
             return None
         return result if cell.has_cell_state else result[:1]
 
-    @staticmethod
-    def _state_names(cell: CellSpec) -> Tuple[str, ...]:
-        return ("hx", "cx") if cell.has_cell_state else ("hx",)
-
     def _check_input(self, x: Tensor, cast_to: Optional[torch.dtype]) -> None:
         """ATen's check_rnn_cell_forward_input, then the dtype (RuntimeError, as torch raises)."""
         device = x.device
@@ -231,8 +231,10 @@ class FusedRNNCellBase(nn.RNNCellBase):
                 f"({weight_ih.dtype}); convert the input or the module"
             )
 
-    def _check_states(self, x: Tensor, states: Tuple[Tensor, ...], cast_to: Optional[torch.dtype]) -> None:
-        """ATen's check_rnn_cell_forward_hidden for each state (RuntimeError, torch's messages)."""
+    def _check_states(self, x: Tensor, states: Tuple[Tensor, ...], cast_to: Optional[torch.dtype],
+                      names: Tuple[str, ...] = ("hx", "cx")) -> None:
+        """ATen's check_rnn_cell_forward_hidden for each state (RuntimeError, torch's messages); ``names``: the
+        states' (:func:`fusedrnn._module_checks.state_names`)."""
         batch, hidden = x.size(0), self.hidden_size
         for idx, state in enumerate(states):
             if batch != state.size(0):
@@ -241,7 +243,7 @@ class FusedRNNCellBase(nn.RNNCellBase):
                 got = state.size(1) if state.dim() > 1 else "none"
                 raise RuntimeError(f"hidden{idx} has inconsistent hidden_size: got {got}, expected {hidden}")
         device, dtype = x.device, x.dtype
-        for state, name in zip(states, ("hx", "cx")):
+        for state, name in zip(states, names):
             if state.device != device or (cast_to is None and state.dtype != dtype):  # the check's cheap part inline
                 check_state_tensor(name, state, x, type(self).__name__, check_dtype=cast_to is None)
 
@@ -421,3 +423,44 @@ class LayerNormGRUCell(_LayerNormCell):
         super().__init__("layer_norm_gru", input_size, hidden_size, bias, device, dtype, backend)
 
     forward = GRUCell.forward
+
+
+class SLSTMCell(FusedRNNCellBase):
+    """One step of :class:`fusedrnn.SLSTM`: ``(h_1, c_1, n_1, m_1) = cell(input, (h_0, c_0, n_0, m_0))``.
+
+    ``SLSTMCell(input_size, hidden_size, bias=True, device=None, dtype=None, *, num_heads=1, backend="auto")``.
+    Parameters ``weight_ih`` ``[4*hidden_size, input_size]``, ``weight_hh`` ``[4*hidden_size,
+    hidden_size/num_heads]`` (the heads' diagonal blocks), ``bias_ih``, ``bias_hh`` ``[4*hidden_size]``: a
+    layer-direction of the stacked module under the names of torch.nn's cells, initialised as it is.  Batched
+    2-D or unbatched 1-D input; ``hx`` the four states (None: zeros).  Runs on the reference backend only so far.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 num_heads: int = 1, backend: str = "auto") -> None:
+        cell = CellSpec("slstm", "slstm")
+        check_num_heads(cell, num_heads, hidden_size)
+        super().__init__(input_size, hidden_size, bias, num_chunks=cell.gates, device=device, dtype=dtype,
+                         backend=backend, layout=cell, num_heads=num_heads)
+        self.num_heads = num_heads
+
+    def _cell(self) -> CellSpec:
+        return self._layout
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.num_heads != 1:
+            s += f", num_heads={self.num_heads}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None
+                ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        if hx is not None and not isinstance(hx, (tuple, list)):
+            raise TypeError(f"{type(self).__name__}: hx must be a tuple (h_0, c_0, n_0, m_0) of four tensors, "
+                            f"got {type(hx).__name__}")
+        if hx is not None and len(hx) != 4:  # as LSTMCell's count check
+            raise RuntimeError(f"slstm_cell expects four hidden states, got {len(hx)} in hx")
+        return self._step(input, None if hx is None else tuple(hx))

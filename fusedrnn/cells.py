@@ -52,9 +52,20 @@ Equations (docs/design.md section 4; PyTorch's gate order is the contract):
                         h' = (1-z)*n + z*h
 
   ``w_extra`` = ``[γ_ih (G*H), γ_hh (G*H)]`` (+ ``[γ_c (H), β_c (H)]`` for the LSTM).
+* ``slstm`` (G=4, blocks i, f, z, o: FlashRNN's order; xLSTM's scalar-memory LSTM as FlashRNN's
+  ``slstm`` kernels compute it), states h, c, n (normaliser), m (stabiliser), the recurrent weight
+  block-diagonal by heads (``recurrent="block_diagonal"``: ``weight_hh`` ``[4*H, H/num_heads]``, each
+  head's units read only that head's h)::
+
+      ĩ, f̃, z̃, õ = the blocks of W_ih x + b_ih + R h + b_hh
+      m' = ĩ where n = 0 (a unit's first step), else max(ĩ, m + logσ(f̃))
+      i = min(1, exp(ĩ - m')),  f = min(1, exp(m + logσ(f̃) - m'))
+      c' = f*c + i*tanh(z̃),  n' = max(f*n + i, 1),  h' = σ(õ) * c'/n'
+
+  The layer carries c, n and m concatenated as its one cell state, ``3*H`` wide (:attr:`CellSpec.cell_state_blocks`).
 
 Cells without kernels in every backend are outside :data:`BUILT_IN_CELLS`: IndRNN has the ``cpu``
-backend's kernels (its ``cells``), the layer-normalised cells run on the reference backend only; "auto"
+backend's kernels (its ``cells``), the layer-normalised cells and sLSTM run on the reference backend only; "auto"
 passes over a backend without a cell's kernels with its once-only warning (docs/design.md section 11).
 
 Saved activations ("workspace"), one row per input row, ``workspace_blocks * H``
@@ -66,6 +77,9 @@ know its shape and tests can compare backends:
   (reset_before): the operand the backward needs for the n-gate's hidden part;
   layer_norm_gru likewise, ``k = ĥ_n``
 * rnn, indrnn:  nothing (the activation's derivative follows from the output itself)
+* slstm: ``[ĩ, f̃, z, o, c', n', m']``: the raw input and forget pre-activations, z = tanh(z̃), the output gate
+  and the new states; the backward recomputes i and f from ĩ, f̃, m and m' bitwise as the forward computed
+  them, and which branch m' took (FlashRNN's keeps i itself, and m' alone)
 """
 
 from __future__ import annotations
@@ -87,6 +101,10 @@ class ExtraWeight:
     init: float
 
 
+#: what a record's ``recurrent`` may be
+RECURRENT_KINDS = ("matrix", "diagonal", "block_diagonal")
+
+
 @dataclass(frozen=True)
 class CellRecord:
     """Everything about one cell (a family and its mode) that is not how a backend computes it."""
@@ -97,7 +115,8 @@ class CellRecord:
     gates: Tuple[str, ...]
     #: the blocks of the saved activations (the "workspace"), each hidden_size wide, in order
     workspace: Tuple[str, ...]
-    #: the recurrent states; ``c`` besides ``h`` for a cell state
+    #: the recurrent states, ``h`` first; those after it (``c``, or sLSTM's ``c, n, m``) travel through the
+    #: layers concatenated as one cell state (:attr:`CellSpec.cell_state_blocks`)
     states: Tuple[str, ...] = ("h",)
     #: optional weights the cell accepts besides the biases: "peephole" (``weight_ch``), "projection" (``weight_hr``)
     optional_weights: Tuple[str, ...] = ()
@@ -112,15 +131,16 @@ class CellRecord:
     #: whether the backends' backward ops compute its gradients (every built-in cell); else the ops
     #: differentiate its reference step with autograd (a cell that has only its reference step)
     hand_written_backward: bool = False
-    #: the recurrent weight ``weight_hh``: "matrix" ``[G*H, Hout]`` (h W_hh^T), or "diagonal" ``[G*H]``
-    #: (u * h, element-wise: IndRNN), whose hidden side has no product
+    #: the recurrent weight ``weight_hh``: "matrix" ``[G*H, Hout]`` (h W_hh^T), "diagonal" ``[G*H]``
+    #: (u * h, element-wise: IndRNN), whose hidden side has no product, or "block_diagonal"
+    #: ``[G*H, H/num_heads]`` (sLSTM's heads: only the non-zero blocks, row r's head that of its unit)
     recurrent: str = "matrix"
     #: weights beyond torch.nn's layout (layer-norm gains and shifts), in ``w_extra``'s order
     extra_weights: Tuple[ExtraWeight, ...] = ()
 
     def __post_init__(self):
-        if self.recurrent not in ("matrix", "diagonal"):
-            raise ValueError(f"recurrent must be 'matrix' or 'diagonal', got {self.recurrent!r}")
+        if self.recurrent not in RECURRENT_KINDS:
+            raise ValueError(f"recurrent must be one of {RECURRENT_KINDS}, got {self.recurrent!r}")
 
 
 #: The cell table: (family, mode) -> record, in registration order.
@@ -183,6 +203,11 @@ register(CellRecord("layer_norm_gru", "layer_norm_gru", gates=_GRU_GATES, worksp
 LAYER_NORM_CELLS = frozenset({("layer_norm_lstm", "layer_norm_lstm"), ("layer_norm_gru", "layer_norm_gru")})
 #: the epsilon of every layer normalisation (haste's and torch.nn.LayerNorm's)
 LAYER_NORM_EPS = 1e-5
+# sLSTM (Beck et al. 2024, xLSTM; FlashRNN's "slstm" function): exponential input and forget gates kept finite
+# by the stabiliser state m, a normaliser state n, heads with block-diagonal recurrent weights.  Its backward
+# is written by hand in the reference (no kernels yet).
+register(CellRecord("slstm", "slstm", gates=("i", "f", "z", "o"), workspace=("i~", "f~", "z", "o", "c'", "n'", "m'"),
+                    states=("h", "c", "n", "m"), recurrent="block_diagonal", default=True, hand_written_backward=True))
 
 
 def families() -> tuple:
@@ -252,6 +277,12 @@ class CellSpec:
         return "c" in self.record.states
 
     @property
+    def cell_state_blocks(self) -> int:
+        """Width of the cell state a layer carries, in units of hidden_size: the states after h concatenated
+        (0 without one, 1 for the LSTM's c, 3 for sLSTM's c, n, m)."""
+        return len(self.record.states) - 1
+
+    @property
     def workspace_blocks(self) -> int:
         """Width of the saved activations, in units of hidden_size."""
         return len(self.record.workspace)
@@ -261,10 +292,13 @@ class CellSpec:
         """Blocks of the diagonal peephole vector ``weight_ch`` (i, f, o)."""
         return len(self.record.peephole_gates)
 
-    def recurrent_shape(self, hidden: int, hout: int) -> Tuple[int, ...]:
-        """The shape of ``weight_hh``: ``[G*H, Hout]``, or ``[G*H]`` for an element-wise recurrent weight."""
+    def recurrent_shape(self, hidden: int, hout: int, heads: int = 1) -> Tuple[int, ...]:
+        """The shape of ``weight_hh``: ``[G*H, Hout]``, ``[G*H]`` for an element-wise recurrent weight, or
+        ``[G*H, H/heads]`` for a block-diagonal one (``heads`` must divide H)."""
         if self.record.recurrent == "diagonal":
             return (self.gates * hidden,)
+        if self.record.recurrent == "block_diagonal":
+            return (self.gates * hidden, hidden // heads)
         return (self.gates * hidden, hout)
 
     @property

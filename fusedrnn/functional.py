@@ -24,13 +24,13 @@ from torch._C._functorch import peek_interpreter_stack
 from . import backends, zoneout as _zoneout
 from .backends.base import LayerWeights
 from .cells import CellSpec, modes
-from .layer import check_like_x
+from .layer import check_like_x, join_states, split_states
 from .ops import define, forward_op, forward_with_autograd, forward_without_autograd, op_weights
 from .reference import sequence_forward
 from .torchscript import check_not_traced
 
 __all__ = ["LayerOutput", "layer", "run_checked", "run_step", "lstm_layer", "gru_layer", "rnn_layer", "indrnn_layer",
-           "layer_norm_lstm_layer", "layer_norm_gru_layer", "LayerWeights", "CellSpec"]
+           "layer_norm_lstm_layer", "layer_norm_gru_layer", "slstm_layer", "LayerWeights", "CellSpec"]
 
 
 class LayerOutput(NamedTuple):
@@ -94,7 +94,7 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
     expected = {
         "x": (x, (*x.shape[:-1], w_ih.shape[1])),
         "h0": (h0, (x.shape[1] if batch_sizes is None else batch, hout)),
-        "w_hh": (w_hh, cell.recurrent_shape(hidden, hout)),
+        "w_hh": (w_hh, cell.recurrent_shape(hidden, hout, _heads(cell, w_hh))),
         "b_ih": (weights.b_ih, (cell.gates * hidden,)),
         "b_hh": (weights.b_hh, (cell.gates * hidden,)),
         "w_peep": (weights.w_peep, (cell.peephole_blocks * hidden,)),
@@ -110,8 +110,9 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
         raise ValueError(f"w_extra must be None for a {cell} layer: the cell has no extra weights")
     if cell.has_cell_state:
         if c0 is None:
-            raise ValueError("c0 is required for an LSTM layer")
-        expected["c0"] = (c0, (h0.shape[0], hidden))
+            raise ValueError(f"c0 is required for a {cell} layer")
+        # the states after h, concatenated (sLSTM's c, n, m: 3*H wide)
+        expected["c0"] = (c0, (h0.shape[0], cell.cell_state_blocks * hidden))
     elif c0 is not None:
         raise ValueError(f"c0 must be None for a {cell.family} layer")
     optional = cell.record.optional_weights  # which extras a cell takes is the cell table's to say
@@ -126,6 +127,20 @@ def _check(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes) -> Non
     if batch_sizes is not None and int(batch_sizes[0]) != h0.shape[0]:
         raise RuntimeError(f"batch_sizes must start at the batch size of h0 ({h0.shape[0]}), "
                            f"got {int(batch_sizes[0])}")
+
+
+def _heads(cell: CellSpec, w_hh) -> int:
+    """The number of heads of a block-diagonal recurrent weight [G*H, H/heads], read from its shape (ValueError
+    where its width does not divide H); 1 for the other cells."""
+    if cell.record.recurrent != "block_diagonal":
+        return 1
+    hidden, head_dim = w_hh.shape[0] // cell.gates, w_hh.shape[1]
+    if hidden == 0:
+        return 1
+    if head_dim == 0 or hidden % head_dim:
+        raise ValueError(f"w_hh of a {cell} layer must be [{cell.gates}*H, H/num_heads] (the heads' diagonal "
+                         f"blocks), got {tuple(w_hh.shape)}: its width {head_dim} does not divide H={hidden}")
+    return hidden // head_dim
 
 
 def _contiguous(t):
@@ -193,7 +208,7 @@ def _default_states(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_size
         if h0 is None:
             h0 = x.new_zeros((batch, hout))
         if c0 is None and cell.has_cell_state:
-            c0 = x.new_zeros((h0.shape[0], hidden))
+            c0 = x.new_zeros((h0.shape[0], cell.cell_state_blocks * hidden))
     return h0, c0
 
 
@@ -387,3 +402,21 @@ def layer_norm_gru_layer(x, h0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None,
     w_extra = _packed_extras(cell, dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh))
     return layer(cell, x, h0, None, LayerWeights(w_ih, w_hh, b_ih, b_hh, None, None, w_extra), batch_sizes,
                  reverse, backend, zoneout=zoneout, zoneout_mask=zoneout_mask)
+
+
+def slstm_layer(x, h0=None, c0=None, n0=None, m0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *,
+                batch_sizes=None, reverse=False, backend=None, zoneout=0.0, zoneout_mask=None):
+    """sLSTM layer-direction (:class:`fusedrnn.SLSTM`): ``(out, h_n, c_n, n_n, m_n)``.  ``w_ih`` [4H, I],
+    ``w_hh`` [4H, H/num_heads] (the heads' diagonal blocks: the number of heads is read from its width), the
+    states [B, H] each (None: zeros; c0, n0 and m0 all given or all None)."""
+    cell = CellSpec("slstm", "slstm")
+    given = [s is not None for s in (c0, n0, m0)]
+    if any(given) and not all(given):
+        raise ValueError("c0, n0 and m0 of an slstm layer are given together or not at all")
+    if all(given) and len({(tuple(s.shape), s.dtype, s.device) for s in (c0, n0, m0)}) > 1:
+        raise RuntimeError("c0, n0 and m0 must have one shape, dtype and device, got "
+                           + ", ".join(f"{list(s.shape)} {s.dtype} on {s.device}" for s in (c0, n0, m0)))
+    c = join_states((h0, c0, n0, m0))[1] if all(given) else None  # the layer's one cell state [B, 3H]
+    res = layer(cell, x, h0, c, LayerWeights(w_ih, w_hh, b_ih, b_hh), batch_sizes, reverse, backend,
+                zoneout=zoneout, zoneout_mask=zoneout_mask)
+    return (res.out, *split_states(cell, res.h_n, res.c_n))

@@ -7,6 +7,8 @@ implementation of it shares.
 * :class:`Steps`, :func:`previous_states`, :func:`as_rows`: which rows each
   time step owns (packed and padded input alike), in which order the steps
   run, and the state each row started from;
+* :func:`join_states`, :func:`split_states`: a cell's states (sLSTM's h, c, n, m) as the layer's h and one
+  cell state, and back;
 * :func:`compute_dtype`: float32 arithmetic for 16-bit inputs;
 * :func:`weight_gradients`: the gradients of the weights after the backward's
   recurrence, as single products over all steps, the same for every Python
@@ -18,7 +20,7 @@ It imports only :mod:`fusedrnn.cells`: every other module may import it.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -61,6 +63,22 @@ class BackwardResult(NamedTuple):
         return cls(dx, dh0, dc0 if cell.has_cell_state else None,
                    LayerWeights(*(None if w is None else g for g, w in zip(dweights, weights))))
 
+
+
+def join_states(states: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A cell's states in its record's order (``(h,)``, ``(h, c)``, sLSTM's ``(h, c, n, m)``) as a layer takes
+    them: ``(h, c)``, where c is every state after h concatenated along the last dimension (None without one).
+    The modules take and return the record's states; the layers, ops and backends see ``(h, c)`` alone."""
+    if len(states) == 1:
+        return states[0], None
+    return states[0], (states[1] if len(states) == 2 else torch.cat(tuple(states[1:]), dim=-1))
+
+
+def split_states(cell: CellSpec, h: torch.Tensor, c: Optional[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    """The inverse of :func:`join_states`: a layer's ``(h, c)`` as the record's states."""
+    if c is None:
+        return (h,)
+    return (h, *c.chunk(cell.cell_state_blocks, dim=-1)) if cell.cell_state_blocks > 1 else (h, c)
 
 
 def check_like_x(name: str, t: torch.Tensor, shape, x: torch.Tensor) -> None:
@@ -162,6 +180,25 @@ def hidden_side(cell: CellSpec, dA: torch.Tensor, WS: torch.Tensor, H: int) -> t
     return dA
 
 
+def head_layout(w_hh: torch.Tensor, gates: int) -> Tuple[int, int, int]:
+    """(hidden size, heads, head size) of a block-diagonal recurrent weight ``[G*H, D]`` (sLSTM's; no head
+    without a unit)."""
+    hidden, head_dim = w_hh.shape[0] // gates, w_hh.shape[1]
+    return hidden, (hidden // head_dim if head_dim else 0), head_dim
+
+
+def block_diagonal_weight_gradient(dA: torch.Tensor, H_prev: torch.Tensor, w_hh: torch.Tensor,
+                                   gates: int) -> torch.Tensor:
+    """The gradient of a block-diagonal recurrent weight ``w_hh`` ``[G*H, D]`` (sLSTM's heads: row ``g*H + k*D + d``
+    reads ``h[k*D:(k+1)*D]``): per head, its rows' pre-activation gradients times its slice of each row's previous
+    h, summed over the rows; one batched product over the heads."""
+    rows = H_prev.shape[0]
+    hidden, heads, head_dim = head_layout(w_hh, gates)
+    a = dA.reshape(rows, gates, heads, head_dim).permute(2, 1, 3, 0).reshape(heads, gates * head_dim, rows)
+    g = torch.matmul(a, H_prev.reshape(rows, heads, head_dim).transpose(0, 1))  # [heads, G*D, D]
+    return g.reshape(heads, gates, head_dim, head_dim).transpose(0, 1).reshape(gates * hidden, head_dim)
+
+
 def weight_gradients(cell: CellSpec, w: LayerWeights, steps: Steps, dA: torch.Tensor, X: torch.Tensor,
                      OUT: torch.Tensor, WS: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor],
                      dH_total: Optional[torch.Tensor]) -> LayerWeights:
@@ -177,6 +214,8 @@ def weight_gradients(cell: CellSpec, w: LayerWeights, steps: Steps, dA: torch.Te
     dw_ih = dA.t() @ X
     if cell.record.recurrent == "diagonal":  # u * h element-wise (IndRNN): du sums dA * h_prev over the rows
         dw_hh = (dA_h.to(acc) * H_prev.to(acc)).sum(0)
+    elif cell.record.recurrent == "block_diagonal":  # sLSTM's heads: each head's rows against its slice of h
+        dw_hh = block_diagonal_weight_gradient(dA_h, H_prev, w.w_hh, cell.gates)
     elif cell.family == "gru" and cell.mode == "reset_before":
         dw_hh = torch.cat([dA[:, :2 * H].t() @ H_prev, dA[:, 2 * H:].t() @ WS[:, 3 * H:].to(dA.dtype)])
     else:

@@ -41,7 +41,7 @@ from ._module_checks import NOT_GIVEN, check_flag
 from .cells import CellSpec, default_mode
 from .rnn_base import FusedRNNBase, init_forget_bias, init_haste_biases
 
-__all__ = ["FusedRNNBase", "LSTM", "GRU", "RNN", "Recurrent", "IndRNN", "LayerNormLSTM", "LayerNormGRU"]
+__all__ = ["FusedRNNBase", "LSTM", "GRU", "RNN", "Recurrent", "IndRNN", "LayerNormLSTM", "LayerNormGRU", "SLSTM"]
 
 
 _GRU_CONVENTION = """
@@ -152,14 +152,15 @@ class Recurrent(FusedRNNBase):
 
     ``Recurrent(family, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
     bidirectional=False, proj_size=0, device=None, dtype=None, *, mode=None, peephole=False,
-    backend="auto", zoneout=0.0, dropconnect=0.0)``
+    backend="auto", zoneout=0.0, dropconnect=0.0, num_heads=1)``
 
     The family's ``mode`` (default: the family's default mode) is the cell every layer-direction runs.
     Parameters as torch.nn's RNNs lay them out, ``len(record.gates)`` blocks of ``hidden_size`` rows
     stacked in each: ``weight_ih_l{k}[_reverse]``, ``weight_hh_l{k}[_reverse]``, ``bias_ih_l{k}[_reverse]``,
     ``bias_hh_l{k}[_reverse]`` (and ``weight_ch``, ``weight_hr`` where the record lists the peephole or the
     projection).  Inputs and outputs are torch.nn's: ``(output, h_n)``, or ``(output, (h_n, c_n))`` for a
-    cell with a cell state, with ``hx`` then ``(h_0, c_0)``.  A family registered from outside the library
+    cell with a cell state, with ``hx`` then ``(h_0, c_0)`` (every state of the record in order where it has
+    more: sLSTM's ``(h, c, n, m)``).  ``num_heads``: the heads of a block-diagonal recurrent weight (sLSTM).  A family registered from outside the library
     (:func:`fusedrnn.cells.register` and :func:`fusedrnn.reference.register_step`) runs here at once, on the
     reference backend until a backend has kernels for it (docs/design.md section 11).
 
@@ -172,11 +173,11 @@ class Recurrent(FusedRNNBase):
     def __init__(self, family: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, mode: Optional[str] = None, peephole: bool = False,
-                 backend: str = "auto", zoneout: float = 0.0, dropconnect: float = 0.0) -> None:
+                 backend: str = "auto", zoneout: float = 0.0, dropconnect: float = 0.0, num_heads: int = 1) -> None:
         cell = CellSpec(family, default_mode(family) if mode is None else mode)
         super().__init__(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device, dtype, peephole=peephole, backend=backend, zoneout=zoneout,
-                         dropconnect=dropconnect)
+                         dropconnect=dropconnect, num_heads=num_heads)
 
     def extra_repr(self) -> str:
         return f"{self.cell.family!r}, " + super().extra_repr()
@@ -376,6 +377,108 @@ class LayerNormGRU(_NamedRecurrent):
             self.bias_hh_l0.copy_(_blocks(state_dict["recurrent_bias"], order))
             self.ln_weight_ih_l0.copy_(_blocks(state_dict["gamma"][0], order))
             self.ln_weight_hh_l0.copy_(_blocks(state_dict["gamma"][1], order))
+
+
+class SLSTM(_NamedRecurrent):
+    """sLSTM, xLSTM's scalar-memory LSTM (Beck et al. 2024) as FlashRNN computes it, stacked like
+    :class:`torch.nn.LSTM`.
+
+    ``SLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, device=None, dtype=None, *, num_heads=1, backend="auto", zoneout=0.0, dropconnect=0.0)``
+
+    Gate blocks i, f, z, o (FlashRNN's order) of ``W_ih x + b_ih + R h + b_hh``, exponential input and
+    forget gates kept finite by the stabiliser state m, a normaliser state n::
+
+        m' = ĩ where n = 0 (a unit's first step), else max(ĩ, m + logσ(f̃))
+        i = min(1, exp(ĩ - m')),  f = min(1, exp(m + logσ(f̃) - m'))
+        c' = f*c + i*tanh(z̃),  n' = max(f*n + i, 1),  h' = σ(õ) * c'/n'
+
+    (the clamps are FlashRNN's kernels' and change nothing from zero initial states).  ``R`` is block-diagonal
+    by ``num_heads`` heads (FlashRNN's and xLSTM's): unit ``k*D + d`` (head k, ``D = hidden_size/num_heads``)
+    reads only its head's ``h[k*D:(k+1)*D]``; hidden_size must be a multiple of num_heads.
+
+    States: h, c, n, m, each ``[num_layers * num_directions, batch, hidden_size]`` (unbatched: without the batch
+    dimension), in FlashRNN's order: ``output, (h_n, c_n, n_n, m_n) = slstm(input, (h_0, c_0, n_0, m_0))``
+    (``hx`` None: zeros; a FlashRNN state tensor ``[4, ...]`` is ``tuple(states)``).  Input as
+    :class:`torch.nn.LSTM`'s (batched, unbatched, ``PackedSequence``); dropout between layers as torch.nn;
+    ``zoneout`` of h as haste's (:mod:`fusedrnn.modules`' docstring).
+
+    Parameters per layer-direction (``state_dict`` names): ``weight_ih_l{k}`` ``[4*hidden_size, input_size]``
+    (``num_directions * hidden_size`` columns above the first layer), ``weight_hh_l{k}`` ``[4*hidden_size,
+    hidden_size/num_heads]``: only R's non-zero blocks, row ``g*hidden_size + k*D + d`` holding gate g's row
+    for unit d of head k over that head's D inputs (with one head, the dense ``[4*hidden_size, hidden_size]``
+    of torch.nn's layout), ``bias_ih_l{k}``, ``bias_hh_l{k}`` ``[4*hidden_size]`` (``_reverse`` for the
+    backward direction).  Two biases, as every torch.nn RNN has, where FlashRNN has one: only their sum
+    matters, and the modules, checks and ops keep one layout for every cell.  Initialisation: torch.nn's
+    (``U(-1/sqrt(H), 1/sqrt(H))`` for each parameter).  :meth:`load_flashrnn_state_dict` loads FlashRNN's
+    tensors, :meth:`flashrnn_state_dict` gives them back.
+
+    Runs on the reference backend only so far (its backward by hand there): ``"auto"`` falls back to it with a
+    once-only warning (kernels to come).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, num_heads: int = 1, backend: str = "auto", zoneout: float = 0.0,
+                 dropconnect: float = 0.0) -> None:
+        super().__init__("slstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         0, device, dtype, backend=backend, zoneout=zoneout, dropconnect=dropconnect,
+                         num_heads=num_heads)
+
+    def load_flashrnn_state_dict(self, state_dict, layer: int = 0, reverse: bool = False, *,
+                                 recurrent_shape: str = "GHDP", bias_shape: str = "GHD") -> None:
+        """Load FlashRNN's ``slstm`` tensors into layer-direction ``(layer, reverse)``.
+
+        ``state_dict``: ``"R"``, the recurrent weight of ``flashrnn(Wx, R, b, function="slstm")``, ``[4,
+        num_heads, D, D]`` in FlashRNN's default ``recurrent_shape`` "GHDP" (gate, head, output unit, input
+        unit: ``R h`` sums over P), and ``"b"``, its bias ``[4, num_heads, D]`` ("GHD"); the other layouts
+        FlashRNNConfig names (``recurrent_shape`` "HGDP", "HPGD", "HPDG"; ``bias_shape`` "HGD", "HDG") are
+        permuted to those by their letters, as FlashRNN does.  ``R`` in "GHDP" is ``weight_hh`` seen as ``[4,
+        num_heads, D, D]``; ``b`` is ``bias_ih`` (``bias_hh`` is set to zero: only their sum matters).
+        FlashRNN takes the input side ``Wx`` ``[B, T, 4, num_heads, D]`` ready-made: ``"W"`` (optional), the
+        ``[4*hidden_size, in]`` weight of the projection giving it (``x W^T`` viewed as ``[4, num_heads, D]``),
+        is ``weight_ih``, left as it is where absent.  ValueError for a shape that does not fit this module."""
+        suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+        if not hasattr(self, "weight_ih" + suffix):
+            raise ValueError(f"this module has no layer-direction {suffix[1:]!r}")
+        H, heads = self.hidden_size, self.num_heads
+        D = H // heads
+        R = _as_layout(state_dict["R"], recurrent_shape, "GHDP", (4, heads, D, D), "R")
+        b = _as_layout(state_dict["b"], bias_shape, "GHD", (4, heads, D), "b")
+        if not self.bias and bool(b.ne(0).any()):
+            raise ValueError("this module has bias=False, but FlashRNN's b is not zero")
+        with torch.no_grad():
+            getattr(self, "weight_hh" + suffix).copy_(R.reshape(4 * H, D))
+            if "W" in state_dict:
+                getattr(self, "weight_ih" + suffix).copy_(state_dict["W"])
+            if self.bias:
+                getattr(self, "bias_ih" + suffix).copy_(b.reshape(4 * H))
+                getattr(self, "bias_hh" + suffix).zero_()
+
+    def flashrnn_state_dict(self, layer: int = 0, reverse: bool = False) -> dict:
+        """Layer-direction ``(layer, reverse)`` as FlashRNN's tensors (the inverse of
+        :meth:`load_flashrnn_state_dict`): ``"W"`` ``[4*H, in]``, ``"R"`` ``[4, num_heads, D, D]`` ("GHDP"),
+        ``"b"`` ``[4, num_heads, D]`` ("GHD", the sum of the two biases; zeros without biases)."""
+        suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+        heads = self.num_heads
+        D = self.hidden_size // heads
+        w_hh = getattr(self, "weight_hh" + suffix).detach()
+        b = (getattr(self, "bias_ih" + suffix) + getattr(self, "bias_hh" + suffix)).detach() if self.bias \
+            else w_hh.new_zeros(4 * self.hidden_size)
+        return {"W": getattr(self, "weight_ih" + suffix).detach().clone(),
+                "R": w_hh.reshape(4, heads, D, D).clone(), "b": b.reshape(4, heads, D).clone()}
+
+
+def _as_layout(t: Tensor, layout: str, target: str, shape, name: str) -> Tensor:
+    """``t``, laid out by the letters of ``layout`` (FlashRNN's shape strings), permuted to ``target``'s, checked
+    against ``shape`` (ValueError naming it)."""
+    if sorted(layout) != sorted(target):
+        raise ValueError(f"{name}'s layout {layout!r} must order the letters of {target!r}")
+    t = t.permute([layout.index(letter) for letter in target])
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"FlashRNN's {name} in layout {target} must have shape {list(shape)} for this module, "
+                         f"got {list(t.shape)}")
+    return t
 
 
 def _check_haste_target(module: FusedRNNBase, haste_class: str, **required) -> None:

@@ -22,8 +22,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from .cells import LAYER_NORM_EPS, CellSpec
-from .layer import (BackwardResult, ForwardResult, LayerWeights, Steps, as_rows, compute_dtype, previous_states,
-                    weight_gradients)
+from .layer import (BackwardResult, ForwardResult, LayerWeights, Steps, as_rows, compute_dtype, head_layout,
+                    previous_states, weight_gradients)
 
 
 def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -199,6 +199,62 @@ register_step("layer_norm_gru", "layer_norm_gru", layer_norm_gru_step,
               _normalised_projection(CellSpec("layer_norm_gru", "layer_norm_gru")))
 
 
+def _head_blocks(w_hh, gates: int):
+    """sLSTM's recurrent weight ``w_hh`` [G*H, D] as each head's rows of every gate: [heads, G*D, D]."""
+    _, heads, head_dim = head_layout(w_hh, gates)
+    return w_hh.reshape(gates, heads, head_dim, head_dim).transpose(0, 1).reshape(heads, gates * head_dim, head_dim)
+
+
+def block_diagonal_product(h, w_hh, gates: int):
+    """``h R^T`` for sLSTM's block-diagonal R, of which ``w_hh`` [G*H, D] holds the non-zero blocks: row
+    ``g*H + k*D + d`` (gate g, unit d of head k) reads the head's slice ``h[:, k*D:(k+1)*D]``.  A batched
+    product over the heads (no dense zero-padded matrix); [n, G*H] in the gate-major layout of the biases."""
+    n = h.shape[0]
+    hidden, heads, head_dim = head_layout(w_hh, gates)
+    y = torch.matmul(h.reshape(n, heads, head_dim).transpose(0, 1), _head_blocks(w_hh, gates).transpose(1, 2))
+    # [heads, n, G*D] -> [n, G, heads, D]
+    return y.reshape(heads, n, gates, head_dim).permute(1, 2, 0, 3).reshape(n, gates * hidden)
+
+
+def block_diagonal_product_t(da, w_hh, gates: int):
+    """``da R`` for sLSTM's block-diagonal R (the gradient of h from that of ``h R^T``): each head's slice of
+    the result from its own rows of every gate.  ``da`` [n, G*H] -> [n, H]."""
+    n = da.shape[0]
+    hidden, heads, head_dim = head_layout(w_hh, gates)
+    a = da.reshape(n, gates, heads, head_dim).permute(2, 0, 1, 3).reshape(heads, n, gates * head_dim)
+    return torch.matmul(a, _head_blocks(w_hh, gates)).transpose(0, 1).reshape(n, hidden)
+
+
+def slstm_step(xp, h, c, w: LayerWeights):
+    """One sLSTM step (FlashRNN's ``slstm``); ``c`` holds the states c, n, m concatenated ([n, 3H]).
+
+    The stabiliser m keeps the exponential gates in (0, 1]: m' is the larger of the two log-gates, so one of
+    i, f is 1 and the other no more; h is c'/n', which m cancels from.  A unit whose n is 0 (its first step
+    from zero states) takes m' = ĩ, as FlashRNN's kernels decide it unit by unit.  The clamps are FlashRNN's
+    (i, f <= 1; n' >= 1, which holds by construction from n = 0 or n >= 1, so they change nothing there);
+    ``clamp`` passes the gradient at its bound (``minimum``/``maximum`` would halve it at i = 1).  The backward
+    (:func:`_slstm_step_backward`) differentiates m too (FlashRNN's treats it as a constant: the same gradients
+    of h, which m cancels from, but not of c, n, m themselves)."""
+    raw = xp + block_diagonal_product(h, w.w_hh, 4)
+    if w.b_hh is not None:
+        raw = raw + w.b_hh
+    i_raw, f_raw, z_raw, o_raw = raw.chunk(4, dim=1)
+    c_prev, n_prev, m_prev = c.chunk(3, dim=1)
+    log_f = m_prev + torch.nn.functional.logsigmoid(f_raw)
+    m_new = torch.where(n_prev == 0, i_raw, torch.maximum(i_raw, log_f))
+    i = torch.exp(i_raw - m_new).clamp(max=1.0)
+    f = torch.exp(log_f - m_new).clamp(max=1.0)
+    z = torch.tanh(z_raw)
+    o = torch.sigmoid(o_raw)
+    c_new = f * c_prev + i * z
+    n_new = (f * n_prev + i).clamp(min=1.0)
+    states = torch.cat([c_new, n_new, m_new], dim=1)
+    return o * c_new / n_new, states, torch.cat([i_raw, f_raw, z, o, states], dim=1)  # [ĩ, f̃, z, o, c', n', m']
+
+
+register_step("slstm", "slstm", slstm_step)
+
+
 def _step(cell: CellSpec, xp, h, c, w: LayerWeights):
     """The cell's step: returns (h', c' or None, workspace rows)."""
     return _STEPS[(cell.family, cell.mode)](xp, h, c, w)
@@ -302,6 +358,36 @@ def autograd_backward(cell: CellSpec, tensors, batch_sizes, reverse, grad_output
 # ----------------------------------------------------------------------------
 
 
+def _slstm_step_backward(dh, dstate, ws, prev):
+    """Pointwise backward of one sLSTM step, the derivative of :func:`slstm_step` (m included): (dA [n, 4H]
+    the pre-activations' gradients, the gradients of the step's (c, n, m) [n, 3H]).  ``dstate``: those of
+    (c', n', m'); ``ws``: the step's workspace [ĩ, f̃, z, o, c', n', m'], from which i and f are recomputed
+    (bitwise as the forward computed them); ``prev``: the step's (c, n, m).  Each clamp, max and select
+    passes the gradient as autograd's formulas for them do."""
+    i_raw, f_raw, z, o, c_new, n_new, m_new = ws.chunk(7, dim=1)
+    c, n, m = prev.chunk(3, dim=1)
+    dc, dn, dm = dstate.chunk(3, dim=1)
+    log_f = m + torch.nn.functional.logsigmoid(f_raw)
+    i = torch.exp(i_raw - m_new)  # <= 1: m' >= ĩ, so its clamp never binds
+    f_exp = torch.exp(log_f - m_new)
+    f = f_exp.clamp(max=1.0)
+    ratio = c_new / n_new  # h' = o * ratio
+    dc = dc + dh * o / n_new
+    # n' = max(f n + i, 1): its gradient passes where f n + i >= 1 (clamp's, inclusive)
+    ds = torch.where(f * n + i >= 1, dn - dh * o * ratio / n_new, 0.0)
+    di = dc * z + ds
+    df = dc * c + ds * n
+    d_exp_i = di * i
+    d_exp_f = torch.where(f_exp <= 1, df * f, 0.0)  # f's clamp binds only at a first step where log f > ĩ
+    dm_new = dm - d_exp_i - d_exp_f
+    # m' = ĩ at a unit's first step (n = 0), else max(ĩ, log f), whose gradient a tie shares evenly (maximum's)
+    to_i = torch.where((n == 0) | (i_raw > log_f), 1.0, torch.where(i_raw < log_f, 0.0, 0.5))
+    d_log_f = d_exp_f + dm_new * (1 - to_i)
+    da = torch.cat([d_exp_i + dm_new * to_i, d_log_f * torch.sigmoid(-f_raw), dc * i * (1 - z * z),
+                    dh * ratio * o * (1 - o)], dim=1)
+    return da, torch.cat([dc * f, ds * f, d_log_f], dim=1)
+
+
 def _sig_grad(y):
     return y * (1 - y)
 
@@ -369,10 +455,10 @@ def sequence_backward(
     # gradient of each step's gate pre-activations (input side: x W_ih^T + b_ih)
     dA_x = X.new_empty((steps.rows, G * H))
     dh = grad_hn.to(cdt).clone()
-    dc = grad_cn.to(cdt).clone() if cell.family == "lstm" else None
+    dc = grad_cn.to(cdt).clone() if c0 is not None else None  # the LSTM's c; sLSTM's c, n, m
     dH_total = X.new_empty(dOUT.shape) if w.w_proj is not None else None  # each output row's gradient
-    if cell.family == "lstm":
-        C_prev = previous_states(WS[:, 4 * H:], c0.to(cdt), steps)
+    if c0 is not None:  # each row's cell state before its step (the last blocks of the workspace: c', or c', n', m')
+        C_prev = previous_states(WS[:, (cell.workspace_blocks - cell.cell_state_blocks) * H:], c0.to(cdt), steps)
 
     for t in reversed(steps.order):
         n, span = steps.sizes[t], steps.span(t)
@@ -384,6 +470,10 @@ def sequence_backward(
             dA_x[span] = dA
             dc[:n] = dc_prev
             dh[:n] = dA @ w.w_hh
+        elif cell.family == "slstm":
+            dA, dc[:n] = _slstm_step_backward(dh_t, dc[:n], WS[span], C_prev[span])
+            dA_x[span] = dA
+            dh[:n] = block_diagonal_product_t(dA, w.w_hh, G)
         elif cell.family == "gru":
             r, z, nn_, k = WS[span].chunk(4, dim=1)
             h_prev = H_prev[span]

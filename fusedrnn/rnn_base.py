@@ -37,14 +37,15 @@ from . import functional
 from ._export_limits import check_not_exporting_packed
 from ._autocast import autocast_dtype, autocast_off, cast
 from ._module_checks import (check_backend_name, check_flag, check_input, check_packed_states, check_state_dims,
-                             check_states, check_weights_match, checked_parameter, state_tuple)
+                             check_states, check_weights_match, checked_parameter, state_names, state_tuple)
 from .backends.base import LayerWeights
 from .cells import CellSpec
 from .dropconnect import check_dropconnect, drop_recurrent_weight
+from .layer import join_states, split_states
 from .torchscript import refuse_script
 from .zoneout import check_zoneout, draw_mask
 
-__all__ = ["FusedRNNBase", "init_cell_parameters", "init_forget_bias", "init_haste_biases"]
+__all__ = ["FusedRNNBase", "check_num_heads", "init_cell_parameters", "init_forget_bias", "init_haste_biases"]
 
 #: the range a diagonal (element-wise) recurrent weight is drawn from: haste's IndRNN initialisation
 #: (lmnt-com/haste#7); |u| < 1 keeps h bounded over long sequences with either activation
@@ -97,6 +98,18 @@ def init_forget_bias(cell: CellSpec, named_parameters, forget_bias: Optional[flo
                 param[f * hidden:(f + 1) * hidden] = forget_bias if stem == "bias_ih" else 0.0
 
 
+def check_num_heads(cell: CellSpec, num_heads, hidden_size: int) -> None:
+    """``num_heads``: an int dividing hidden_size, other than 1 only for a cell with a block-diagonal recurrent
+    weight (sLSTM's heads); ValueError (TypeError for a non-int) naming it."""
+    if not isinstance(num_heads, int) or isinstance(num_heads, bool):
+        raise TypeError(f"num_heads should be of type int, got: {type(num_heads).__name__}")
+    if num_heads != 1 and cell.record.recurrent != "block_diagonal":
+        raise ValueError(f"num_heads exists only for cells with heads (sLSTM), not {cell}")
+    if num_heads <= 0 or hidden_size % num_heads:
+        raise ValueError(f"num_heads must be a positive divisor of hidden_size, got num_heads={num_heads} for "
+                         f"hidden_size={hidden_size}")
+
+
 def _stem(name: str) -> str:
     """A parameter's name without its ``_l{k}[_reverse]`` suffix (``ln_weight_ih_l1_reverse`` -> ``ln_weight_ih``)."""
     head, sep, tail = name.rpartition("_l")
@@ -138,6 +151,7 @@ class FusedRNNBase(nn.RNNBase):
         backend: str = "auto",
         zoneout: float = 0.0,
         dropconnect: float = 0.0,
+        num_heads: int = 1,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         # nn.Module's __init__ only: the next one in the MRO is torch's (nn.LSTM.__init__), which
@@ -191,12 +205,14 @@ class FusedRNNBase(nn.RNNBase):
         if peephole and "peephole" not in cell.record.optional_weights:
             raise ValueError(f"peephole connections exist only for cells that have them (LSTM), not {cell}")
         check_backend_name(backend)
+        check_num_heads(cell, num_heads, hidden_size)
         # haste's zoneout of h (fusedrnn.zoneout): a rate, checked here and at each call (it may be reassigned)
         self.zoneout = check_zoneout(zoneout)
         # haste's DropConnect of weight_hh (fusedrnn.dropconnect), likewise
         self.dropconnect = check_dropconnect(dropconnect)
         self.peephole = peephole
         self.backend = backend
+        self.num_heads = num_heads
         self._cell_spec = cell
 
         gate_size = cell.gates * hidden_size
@@ -209,7 +225,7 @@ class FusedRNNBase(nn.RNNBase):
             for direction in range(num_directions):
                 layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
                 shapes = [("weight_ih_l{}{}", (gate_size, layer_input_size)),
-                          ("weight_hh_l{}{}", cell.recurrent_shape(hidden_size, real_hidden_size))]
+                          ("weight_hh_l{}{}", cell.recurrent_shape(hidden_size, real_hidden_size, num_heads))]
                 if bias:
                     shapes += [("bias_ih_l{}{}", (gate_size,)), ("bias_hh_l{}{}", (gate_size,))]
                 if peephole:
@@ -280,6 +296,8 @@ class FusedRNNBase(nn.RNNBase):
         s = ""
         if self.peephole:
             s += ", peephole=True"
+        if getattr(self, "num_heads", 1) != 1:
+            s += f", num_heads={self.num_heads}"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         if self.zoneout:
@@ -323,17 +341,17 @@ class FusedRNNBase(nn.RNNBase):
         return named
 
     def _state_sizes(self, batch: int) -> List[Tuple[int, int, int]]:
-        """Expected shape of each initial state tensor (h, and c for LSTM)."""
+        """Expected shape of each initial state tensor (h, and c for LSTM; c, n, m for sLSTM)."""
         num_directions = 2 if self.bidirectional else 1
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         sizes = [(self.num_layers * num_directions, batch, real_hidden_size)]
-        if self.cell.has_cell_state:
-            sizes.append((self.num_layers * num_directions, batch, self.hidden_size))
+        sizes += [(self.num_layers * num_directions, batch, self.hidden_size)] * self.cell.cell_state_blocks
         return sizes
 
     def forward(self, input, hx=None):
         """Run the stack over ``input`` (tensor or PackedSequence); returns ``(output, h_n)`` /
-        ``(output, (h_n, c_n))`` exactly as the torch.nn twin."""
+        ``(output, (h_n, c_n))`` exactly as the torch.nn twin (a cell with more states: all of them,
+        ``(output, (h_n, c_n, n_n, m_n))`` for sLSTM)."""
         one_step = self._direct_step_forward(input, hx)
         if one_step is not None:
             return one_step
@@ -362,7 +380,7 @@ class FusedRNNBase(nn.RNNBase):
             batch = x.size(1)
             states = state_tuple(self, hx)
             if states is not None:
-                check_state_dims(states, is_batched)
+                check_state_dims(states, is_batched, state_names(cell))
                 if not is_batched:
                     states = tuple(s.unsqueeze(1) for s in states)
 
@@ -380,19 +398,21 @@ class FusedRNNBase(nn.RNNBase):
             states = tuple(cast(s, cast_to) for s in states)
 
         with autocast_off(x.device, cast_to):
-            output, h_n, c_n = self._run_layers(cell, x, states, batch_sizes, cast_to)
+            # the layers take h and one cell state (sLSTM's c, n, m concatenated): fusedrnn.layer.join_states
+            output, h_n, c_n = self._run_layers(cell, x, None if states is None else join_states(states),
+                                                batch_sizes, cast_to)
 
+        finals = split_states(cell, h_n, c_n)
         if unsorted_indices is not None:
-            h_n, *rest = self._permute_states((h_n,) if c_n is None else (h_n, c_n), unsorted_indices)
-            c_n = rest[0] if rest else None
+            finals = self._permute_states(finals, unsorted_indices)
         if is_packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
         elif not is_batched:
-            output, h_n = output.squeeze(1), h_n.squeeze(1)
-            c_n = None if c_n is None else c_n.squeeze(1)
+            output = output.squeeze(1)
+            finals = tuple(s.squeeze(1) for s in finals)
         elif self.batch_first:
             output = output.transpose(0, 1)
-        return output, ((h_n, c_n) if cell.has_cell_state else h_n)
+        return output, (finals if cell.has_cell_state else finals[0])
 
     def _direct_step_forward(self, input, hx):
         """:meth:`forward` of a batched input of one time step, each layer-direction one step op call
@@ -409,7 +429,8 @@ class FusedRNNBase(nn.RNNBase):
         if (type(input) not in _PLAIN or input.dim() != 3 or input.is_meta or not input.is_floating_point()
                 or input.size(1 if self.batch_first else 0) != 1 or self.proj_size > 0 or cell.record.extra_weights
                 or (self.training and (self.dropout > 0 or self.__dict__.get("dropconnect", 0.0) != 0.0))
-                or self.__dict__.get("zoneout", 0.0) != 0.0):
+                or self.__dict__.get("zoneout", 0.0) != 0.0
+                or cell.cell_state_blocks > 1):  # (more states than (h, c): sLSTM's step runs as a sequence)
             return None  # (zoneout, in training or not, and an invalid rate: the general path's)
         x = input[:, 0] if self.batch_first else input[0]
         batch, hidden, directions = x.size(0), self.hidden_size, 2 if self.bidirectional else 1
@@ -461,7 +482,7 @@ class FusedRNNBase(nn.RNNBase):
         # h's width from the module (IndRNN's recurrent weight is a vector, with no column count to read)
         h0 = x.new_zeros((batch, self.proj_size if self.proj_size > 0 else hidden)) if h0 is None else h0
         if cell.has_cell_state and c0 is None:
-            c0 = x.new_zeros((batch, hidden))
+            c0 = x.new_zeros((batch, cell.cell_state_blocks * hidden))
         result = functional.run_step(cell, x[0], h0, c0, weights, self.backend)
         if result is None:
             return None

@@ -131,6 +131,10 @@ def run_layer(case, backend=None):
         wrapper = getattr(functional, f"{case.cell.family}_layer")
         states = (case.h0, case.c0) if case.cell.has_cell_state else (case.h0,)
         return wrapper(case.x, *states, w.w_ih, w.w_hh, w.b_ih, w.b_hh, **named, **common)
+    if case.cell.family == "slstm":  # c, n and m by name, from the layer's cell state; back as one
+        out, h_n, *rest = functional.slstm_layer(case.x, case.h0, *case.c0.chunk(3, dim=-1), w.w_ih, w.w_hh, w.b_ih,
+                                                 w.b_hh, **common)
+        return out, h_n, torch.cat(rest, dim=-1)
     if case.cell.family == "indrnn":
         return functional.indrnn_layer(case.x, case.h0, w.w_ih, w.w_hh, w.b_ih, w.b_hh,
                                        nonlinearity=case.cell.mode, **common)

@@ -12,14 +12,16 @@ Shapes (``Hout`` is ``P`` with a projection, else ``H``; ``G`` is
                           ``[T]``, non-increasing, ``batch_sizes[0] == B``,
                           ``sum == N``): step t owns the next ``batch_sizes[t]`` rows
 ``h0``                    ``[B, Hout]``
-``c0``                    ``[B, H]`` for LSTM, else None
+``c0``                    ``[B, C*H]`` for a cell with a cell state (LSTM: C = 1; sLSTM's
+                          c, n, m concatenated: C = 3; ``cell.cell_state_blocks``), else None
 ``weights.w_ih``          ``[G*H, I]``
-``weights.w_hh``          ``[G*H, Hout]``
+``weights.w_hh``          ``[G*H, Hout]`` (``cell.recurrent_shape``: IndRNN's ``[G*H]``,
+                          sLSTM's heads ``[G*H, H/heads]``)
 ``weights.b_ih/b_hh``     ``[G*H]`` or None (``bias=False``)
 ``weights.w_peep``        ``[3*H]`` (LSTM peepholes i, f, o) or None
 ``weights.w_proj``        ``[P, H]`` (LSTM ``proj_size``) or None
 ``out``                   ``x.shape[:-1] + (Hout,)``: the hidden state of each row
-``h_n``, ``c_n``          ``[B, Hout]``, ``[B, H]`` (None for GRU/RNN): each
+``h_n``, ``c_n``          ``[B, Hout]``, ``c0``'s shape (None for GRU/RNN): each
                           sequence's state after its own last step
 ``workspace``             ``x.shape[:-1] + (W,)``, layout in :mod:`fusedrnn.cells`
 ========================  ==========================================================

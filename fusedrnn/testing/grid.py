@@ -42,6 +42,7 @@ VARIANTS: Dict[str, Variant] = {
         Variant("indrnn-tanh", CellSpec("indrnn", "tanh")),
         Variant("layer-norm-lstm", CellSpec("layer_norm_lstm", "layer_norm_lstm")),
         Variant("layer-norm-gru", CellSpec("layer_norm_gru", "layer_norm_gru")),
+        Variant("slstm", CellSpec("slstm", "slstm")),
     )
 }
 

@@ -135,12 +135,15 @@ def make_problem(case: Case, dtype: torch.dtype = torch.float64, seed: Optional[
         return t.to(dtype).to(torch.float64)
 
     bias = case.layout.bias
+    w_hh_shape = case.cell.recurrent_shape(H, hout)
     inputs = {
         "x": rand(T, B, I),
         "h0": rand(B, hout),
-        "c0": rand(B, H) if case.cell.has_cell_state else None,
+        # the states after h, concatenated (sLSTM's c, n, m)
+        "c0": rand(B, case.cell.cell_state_blocks * H) if case.cell.has_cell_state else None,
         "w_ih": rand(G * H, I, fan=I),
-        "w_hh": rand(*case.cell.recurrent_shape(H, hout), fan=hout if case.cell.record.recurrent == "matrix" else 1),
+        # fan-in: a row's width (hout; a head's for sLSTM's blocks), 1 for an element-wise recurrent weight
+        "w_hh": rand(*w_hh_shape, fan=w_hh_shape[1] if len(w_hh_shape) == 2 else 1),
         "b_ih": rand(G * H, fan=H) if bias else None,
         "b_hh": rand(G * H, fan=H) if bias else None,
         "w_peep": rand(3 * H, fan=H) if case.peephole else None,
@@ -152,7 +155,7 @@ def make_problem(case: Case, dtype: torch.dtype = torch.float64, seed: Optional[
     upstream = {
         "out": rand(T, B, hout),
         "h_n": rand(B, hout),
-        "c_n": rand(B, H) if case.cell.has_cell_state else None,
+        "c_n": rand(B, case.cell.cell_state_blocks * H) if case.cell.has_cell_state else None,
     }
     lengths = None
     if getattr(case, "lengths", None) is not None:  # a layer Case may fix them; a ModuleCase never does
