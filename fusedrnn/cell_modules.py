@@ -432,7 +432,7 @@ class SLSTMCell(FusedRNNCellBase):
     Parameters ``weight_ih`` ``[4*hidden_size, input_size]``, ``weight_hh`` ``[4*hidden_size,
     hidden_size/num_heads]`` (the heads' diagonal blocks), ``bias_ih``, ``bias_hh`` ``[4*hidden_size]``: a
     layer-direction of the stacked module under the names of torch.nn's cells, initialised as it is.  Batched
-    2-D or unbatched 1-D input; ``hx`` the four states (None: zeros).  Runs on the reference backend only so far.
+    2-D or unbatched 1-D input; ``hx`` the four states (None: zeros).  Kernels as :class:`fusedrnn.SLSTM`'s.
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,

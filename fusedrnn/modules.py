@@ -413,8 +413,9 @@ class SLSTM(_NamedRecurrent):
     (``U(-1/sqrt(H), 1/sqrt(H))`` for each parameter).  :meth:`load_flashrnn_state_dict` loads FlashRNN's
     tensors, :meth:`flashrnn_state_dict` gives them back.
 
-    Runs on the reference backend only so far (its backward by hand there): ``"auto"`` falls back to it with a
-    once-only warning (kernels to come).
+    Kernels: the ``triton`` backend's (fusedrnn/triton_kernels/slstm.py) and the reference (its backward by
+    hand there); on CPU tensors ``"auto"`` falls back to the reference with a once-only warning (the ``cpu``
+    backend's kernels are to come).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,

@@ -22,8 +22,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from .cells import LAYER_NORM_EPS, CellSpec
-from .layer import (BackwardResult, ForwardResult, LayerWeights, Steps, as_rows, compute_dtype, head_layout,
-                    previous_states, weight_gradients)
+from .layer import (BackwardResult, ForwardResult, LayerWeights, Steps, as_rows, block_diagonal_product,
+                    block_diagonal_product_t, compute_dtype, previous_states, weight_gradients)
 
 
 def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -197,32 +197,6 @@ register_step("layer_norm_lstm", "layer_norm_lstm", layer_norm_lstm_step,
               _normalised_projection(CellSpec("layer_norm_lstm", "layer_norm_lstm")))
 register_step("layer_norm_gru", "layer_norm_gru", layer_norm_gru_step,
               _normalised_projection(CellSpec("layer_norm_gru", "layer_norm_gru")))
-
-
-def _head_blocks(w_hh, gates: int):
-    """sLSTM's recurrent weight ``w_hh`` [G*H, D] as each head's rows of every gate: [heads, G*D, D]."""
-    _, heads, head_dim = head_layout(w_hh, gates)
-    return w_hh.reshape(gates, heads, head_dim, head_dim).transpose(0, 1).reshape(heads, gates * head_dim, head_dim)
-
-
-def block_diagonal_product(h, w_hh, gates: int):
-    """``h R^T`` for sLSTM's block-diagonal R, of which ``w_hh`` [G*H, D] holds the non-zero blocks: row
-    ``g*H + k*D + d`` (gate g, unit d of head k) reads the head's slice ``h[:, k*D:(k+1)*D]``.  A batched
-    product over the heads (no dense zero-padded matrix); [n, G*H] in the gate-major layout of the biases."""
-    n = h.shape[0]
-    hidden, heads, head_dim = head_layout(w_hh, gates)
-    y = torch.matmul(h.reshape(n, heads, head_dim).transpose(0, 1), _head_blocks(w_hh, gates).transpose(1, 2))
-    # [heads, n, G*D] -> [n, G, heads, D]
-    return y.reshape(heads, n, gates, head_dim).permute(1, 2, 0, 3).reshape(n, gates * hidden)
-
-
-def block_diagonal_product_t(da, w_hh, gates: int):
-    """``da R`` for sLSTM's block-diagonal R (the gradient of h from that of ``h R^T``): each head's slice of
-    the result from its own rows of every gate.  ``da`` [n, G*H] -> [n, H]."""
-    n = da.shape[0]
-    hidden, heads, head_dim = head_layout(w_hh, gates)
-    a = da.reshape(n, gates, heads, head_dim).permute(2, 0, 1, 3).reshape(heads, n, gates * head_dim)
-    return torch.matmul(a, _head_blocks(w_hh, gates)).transpose(0, 1).reshape(n, hidden)
 
 
 def slstm_step(xp, h, c, w: LayerWeights):

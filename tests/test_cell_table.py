@@ -106,7 +106,7 @@ def test_registering_a_cell_twice_or_a_second_default_is_refused(toy_cell):
 
 #: the cells beyond the built-in ones that each fused backend has kernels for (the others: none)
 EXTRA_KERNELS = {"cpu": cells.INDRNN_CELLS, "cuda": cells.INDRNN_CELLS,
-                 "triton": cells.INDRNN_CELLS | cells.LAYER_NORM_CELLS}
+                 "triton": cells.INDRNN_CELLS | cells.LAYER_NORM_CELLS | {("slstm", "slstm")}}
 
 
 def test_backends_declare_the_cells_they_run(toy_cell):
@@ -134,7 +134,7 @@ def test_kernel_variants_follow_the_backends_cells():
     indrnn = {"indrnn-relu", "indrnn-tanh"}
     for name in ("cpu", "cuda"):
         assert set(ft.kernel_variants(name)) == everywhere | indrnn, name
-    assert set(ft.kernel_variants("triton")) == everywhere | indrnn | {"layer-norm-lstm", "layer-norm-gru"}
+    assert set(ft.kernel_variants("triton")) == everywhere | indrnn | {"layer-norm-lstm", "layer-norm-gru", "slstm"}
     assert set(ft.kernel_variants("reference")) == set(ft.VARIANTS)
 
 

@@ -23,7 +23,8 @@ weight gradients as single GEMMs.  IndRNN (an element-wise recurrent weight,
 no product per step) runs as one launch per sequence forward and one
 backward, whatever the strategy (:mod:`fusedrnn.triton_kernels.diagonal`); the
 layer-normalised LSTM and GRU run their own per-step kernels, a program per
-whole batch rows (:mod:`fusedrnn.triton_kernels.layer_norm`).
+whole batch rows (:mod:`fusedrnn.triton_kernels.layer_norm`), and sLSTM its
+exponential gating after a product by heads (:mod:`fusedrnn.triton_kernels.slstm`).
 
 ``cuda_graphs`` (or ``FUSEDRNN_TRITON_CUDA_GRAPHS=1``) replays per-step
 sequences (forward and backward) from captured CUDA graphs, one per shape,
@@ -43,6 +44,10 @@ from ..cells import BUILT_IN_CELLS, INDRNN_CELLS, LAYER_NORM_CELLS, CellSpec
 from .base import Backend, BackwardResult, ForwardResult, LayerWeights
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: the cells with kernels of their own, no strategy to choose (family -> module of fusedrnn.triton_kernels):
+#: IndRNN one launch per sequence, the layer-normalised cells a program per whole rows, sLSTM its gating
+_OWN_KERNELS = {"indrnn": "diagonal", "layer_norm_lstm": "layer_norm", "layer_norm_gru": "layer_norm",
+                "slstm": "slstm"}
 
 
 def interpreting() -> bool:
@@ -52,9 +57,8 @@ def interpreting() -> bool:
 
 class TritonBackend(Backend):
     name = "triton"
-    #: the built-in cells, IndRNN (one launch per sequence: fusedrnn/triton_kernels/diagonal.py) and the
-    #: layer-normalised LSTM and GRU (a program per whole rows: fusedrnn/triton_kernels/layer_norm.py)
-    cells = BUILT_IN_CELLS | INDRNN_CELLS | LAYER_NORM_CELLS
+    #: the built-in cells and those of _OWN_KERNELS
+    cells = BUILT_IN_CELLS | INDRNN_CELLS | LAYER_NORM_CELLS | frozenset({("slstm", "slstm")})
 
     def __init__(self):
         #: "auto", "per_step", "persistent" or "grid_sync" (see the module docstring)
@@ -88,16 +92,10 @@ class TritonBackend(Backend):
         return sequence
 
     @staticmethod
-    def _diagonal_kernels():
-        from ..triton_kernels import diagonal
-
-        return diagonal
-
-    @staticmethod
-    def _layer_norm_kernels():
-        from ..triton_kernels import layer_norm
-
-        return layer_norm
+    def _own_kernels(cell: CellSpec):
+        """The module of a cell with kernels of its own (no strategy), or None (:mod:`.sequence`'s cells)."""
+        name = _OWN_KERNELS.get(cell.family)
+        return None if name is None else importlib.import_module(f"..triton_kernels.{name}", __package__)
 
     def _graph_cache(self, x, per_step: bool):
         """The graph cache when this call should be replayed from a CUDA graph, else None."""
@@ -110,10 +108,9 @@ class TritonBackend(Backend):
         return self._graphs
 
     def forward(self, cell, x, h0, c0, weights, batch_sizes, reverse, for_backward=True):
-        if cell.record.recurrent == "diagonal":  # one launch for the sequence: no strategy, nothing to replay
-            return self._diagonal_kernels().sequence_forward(cell, x, h0, weights, batch_sizes, reverse)
-        if cell.record.extra_weights:  # the layer-normalised cells: their own per-step kernels, no strategy
-            return self._layer_norm_kernels().sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse)
+        own = self._own_kernels(cell)
+        if own is not None:
+            return own.sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse)
         kernels = self._kernels()
         strategy = kernels.choose_forward_strategy(cell, x, weights, self.forward_strategy)
 
@@ -131,12 +128,10 @@ class TritonBackend(Backend):
 
     def backward(self, cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse, out, workspace,
                  need_dx=True, need_dweights=True):
-        if cell.record.recurrent == "diagonal":
-            return self._diagonal_kernels().sequence_backward(cell, grad_out, grad_hn, x, h0, weights, batch_sizes,
-                                                              reverse, out)
-        if cell.record.extra_weights:
-            return self._layer_norm_kernels().sequence_backward(cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights,
-                                                                batch_sizes, reverse, out, workspace)
+        own = self._own_kernels(cell)
+        if own is not None:
+            return own.sequence_backward(cell, grad_out, grad_hn, grad_cn, x, h0, c0, weights, batch_sizes, reverse,
+                                         out, workspace)
         kernels = self._kernels()
 
         def run(grad_out, grad_hn, grad_cn, x, h0, c0, out, workspace, *w):

@@ -10,6 +10,7 @@
   launch per sequence, each program its own units through every step);
 * :mod:`.layer_norm`: the layer-normalised LSTM and GRU (a program per whole
   rows, the row statistics inside it), kernels and driver;
+* :mod:`.slstm`: sLSTM's gating (after a product by heads), kernels and driver;
 * :mod:`.sequence`: the sequence drivers that call them (one layer-direction,
   whole sequence), strategy choice and autotuning;
 * :mod:`.graphs`: CUDA-graph capture and replay of per-step sequences;

@@ -76,8 +76,9 @@ def _grid(B: int, H: int):
     return (triton.cdiv(B, BLOCK_B), triton.cdiv(H, BLOCK_H))
 
 
-def sequence_forward(cell: CellSpec, x, h0, weights: LayerWeights, batch_sizes, reverse) -> ForwardResult:
-    """One IndRNN layer-direction over the sequence (the buffers as :mod:`.sequence`'s driver makes them)."""
+def sequence_forward(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes, reverse) -> ForwardResult:
+    """One IndRNN layer-direction over the sequence (the buffers as :mod:`.sequence`'s driver makes them;
+    ``c0``: None, there is no cell state)."""
     B, H = h0.shape
     X = _rows(x, batch_sizes)
     xp = X @ weights.w_ih.t() if weights.b_ih is None else torch.addmm(weights.b_ih, X, weights.w_ih.t())
@@ -97,8 +98,8 @@ def sequence_forward(cell: CellSpec, x, h0, weights: LayerWeights, batch_sizes, 
     return ForwardResult(out.reshape(*lead, H), h_n, None, out.new_empty((*lead, 0)))
 
 
-def sequence_backward(cell: CellSpec, grad_out, grad_hn, x, h0, weights: LayerWeights, batch_sizes, reverse,
-                      out) -> BackwardResult:
+def sequence_backward(cell: CellSpec, grad_out, grad_hn, grad_cn, x, h0, c0, weights: LayerWeights, batch_sizes,
+                      reverse, out, workspace) -> BackwardResult:
     B, H = h0.shape
     steps = Steps(x, batch_sizes, reverse)
     X, OUT, dOUT = _rows(x, batch_sizes), _rows(out, batch_sizes), _rows(grad_out, batch_sizes)

@@ -21,7 +21,8 @@ What covers which kernel:
 * ``diagonal_forward_kernel`` / ``diagonal_backward_kernel`` (IndRNN, one launch per sequence,
   fusedrnn/triton_kernels/diagonal.py): the same tests with the IndRNN variants, whatever the
   strategy (it has none); ``layer_norm.forward_step_kernel`` / ``backward_step_kernel`` (the
-  layer-normalised LSTM and GRU, a program per whole rows: fusedrnn/triton_kernels/layer_norm.py) likewise;
+  layer-normalised LSTM and GRU, a program per whole rows: fusedrnn/triton_kernels/layer_norm.py) and
+  ``slstm.forward_step_kernel`` / ``backward_step_kernel`` (sLSTM's gating) likewise;
 * ``backward_step_kernel``: the gradient tests, through the ops and autograd,
   compared by :mod:`fusedrnn.testing` with the float64 reference and torch.nn
   (float32: 1e-5 relative; float16/bfloat16: the 2x rule against the
@@ -118,7 +119,7 @@ def test_forward_matches_reference(variant, layout, strategy, triton_backend):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "gru-reset-before", "rnn-tanh", "indrnn-tanh", "layer-norm-lstm",
-                                  "layer-norm-gru"])
+                                  "layer-norm-gru", "slstm"])
 def test_forward_saturated_gates_stay_finite(cell, triton_backend):
     """Pre-activations around +-100: sigmoid and tanh must saturate, not overflow into NaN."""
     case = _layer_case(cell, SHAPE)
@@ -131,7 +132,7 @@ def test_forward_saturated_gates_stay_finite(cell, triton_backend):
 
 
 @pytest.mark.parametrize("variant", ["lstm-peephole", "gru-reset-before", "rnn-relu", "indrnn-relu",
-                                     "layer-norm-lstm", "layer-norm-gru"])
+                                     "layer-norm-lstm", "layer-norm-gru", "slstm"])
 def test_empty_sequence_passes_states_through(variant, triton_backend):
     """T=0: no kernel runs; the final state is the initial one, and so are their gradients."""
     case = _layer_case(variant, SINGLE_STEP)
