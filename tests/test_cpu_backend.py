@@ -364,7 +364,9 @@ def test_aten_fallback_of_the_large_products():
 def test_narrower_vector_kernels(isa):
     """FUSEDRNN_CPU_ISA caps the vector width: the AVX2 and SSE2 builds of the micro-kernel and the
     pointwise passes (what a CPU without AVX-512 runs; other panel widths and register blocks) against
-    the float64 reference, every strategy, odd sizes, packed reverse input."""
+    the float64 reference, every strategy, odd sizes, packed reverse input; and the single-step kernels
+    (row_product.cpp's dot tiles and their lane reductions) of each cell against torch.nn's in float64,
+    at batches of one row, a partial tile and whole tiles."""
     code = (
         "import torch, fusedrnn.testing as ft\n"
         "from fusedrnn import backends\n"
@@ -379,6 +381,18 @@ def test_narrower_vector_kernels(isa):
         "    ft.assert_close_to_reference('cpu', cells=['lstm', 'lstm-peephole-proj', 'gru', 'gru-reset-before', 'rnn-tanh'],\n"
         "                                 shapes=[(4, 7, 3, 37), (3, 5, 2, 20)],\n"
         "                                 options=['padded', 'packed-reverse'], dtypes=['float32'], modules=False)\n"
+        "import fusedrnn\n"
+        "torch.manual_seed(0)\n"
+        "for name in ('LSTMCell', 'GRUCell', 'RNNCell'):\n"
+        "    for B in (1, 5, 16):\n"
+        "        ours = getattr(fusedrnn, name)(37, 41)\n"
+        "        theirs = getattr(torch.nn, name)(37, 41).double()\n"
+        "        theirs.load_state_dict(ours.state_dict())\n"
+        "        x = torch.randn(B, 37)\n"
+        "        with torch.no_grad():\n"
+        "            a, b = ours(x), theirs(x.double())\n"
+        "        for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):\n"
+        "            torch.testing.assert_close(u.double(), v, rtol=1e-5, atol=1e-6)\n"
     )
     env = dict(os.environ, FUSEDRNN_CPU_ISA=isa)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)

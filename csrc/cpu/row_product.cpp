@@ -33,6 +33,47 @@ FUSEDRNN_ALWAYS_INLINE float lane_sum(Vec<L> v) {
   }
 }
 
+// Integer lanes matching Vec<L>, for shuffle masks.
+template <int L>
+struct MaskOf {
+  typedef int32_t type __attribute__((vector_size(L * sizeof(int32_t))));
+};
+
+// One level of a transposing reduction: vectors a, b -> one whose chunks of c lanes alternate between
+// a's and b's, each the sum of a chunk and its neighbour c lanes on (lo + hi).
+template <int L, int c>
+FUSEDRNN_ALWAYS_INLINE Vec<L> fold_pair(Vec<L> a, Vec<L> b) {
+  typename MaskOf<L>::type lo, hi;
+#pragma GCC unroll 16
+  for (int i = 0; i < L; ++i) {
+    const int g = i / c;
+    lo[i] = (g & 1) * L + (g >> 1) * 2 * c + i % c;
+    hi[i] = lo[i] + c;
+  }
+  return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);
+}
+
+// The lane sums of L vectors of L lanes at once, as one vector: log2(L) levels of fold_pair (L - 1
+// vector additions and twice as many shuffles, against L * log2(L) additions and extracts for
+// L separate lane_sum calls).  The levels leave lane i with the sum of v[bitrev(i)]: the caller passes
+// its vectors in bit-reversed order and gets the sums in its own.
+template <int L, int c = L / 2>
+FUSEDRNN_ALWAYS_INLINE void fold_level(Vec<L>* v, int count) {
+  if constexpr (c >= 1) {
+#pragma GCC unroll 16
+    for (int i = 0; i < count / 2; ++i) v[i] = fold_pair<L, c>(v[2 * i], v[2 * i + 1]);
+    fold_level<L, c / 2>(v, count / 2);
+  }
+}
+
+constexpr int bit_reversed(int i, int bits) {
+  int r = 0;
+  for (int b = 0; b < bits; ++b) r |= ((i >> b) & 1) << (bits - 1 - b);
+  return r;
+}
+
+constexpr int log2_of(int n) { return n <= 1 ? 0 : 1 + log2_of(n / 2); }
+
 // JR weight rows from j0 times BR operand rows from b0, over every term.
 template <int L, int JR, int BR>
 FUSEDRNN_ALWAYS_INLINE void dot_tile(const RowTerm* terms, int nterms, int64_t j0, int64_t b0, const float* bias0,
@@ -72,12 +113,30 @@ FUSEDRNN_ALWAYS_INLINE void dot_tile(const RowTerm* terms, int nterms, int64_t j
 #pragma GCC unroll 4
         for (int s = 0; s < BR; ++s) tail[r][s] += w[r][k] * a[s][k];
   }
+  if constexpr (JR * BR == L && L >= 8) {
+    // a whole tile: its JR * BR = L lane sums in one transposing reduction, tile element (r, s) at lane s*JR + r
+    Vec<L> v[L];
+#pragma GCC unroll 16
+    for (int q = 0; q < L; ++q) {
+      const int p = bit_reversed(q, log2_of(L));
+      v[q] = acc[p % JR][p / JR];
+    }
+    fold_level<L>(v, L);
 #pragma GCC unroll 4
-  for (int r = 0; r < JR; ++r) {
-    const int64_t j = j0 + r;
-    const float bias = (bias0 ? bias0[j] : 0.0f) + (bias1 ? bias1[j] : 0.0f);
+    for (int r = 0; r < JR; ++r) {
+      const int64_t j = j0 + r;
+      const float bias = (bias0 ? bias0[j] : 0.0f) + (bias1 ? bias1[j] : 0.0f);
 #pragma GCC unroll 4
-    for (int s = 0; s < BR; ++s) out[(b0 + s) * ldo + j] = bias + (lane_sum<L>(acc[r][s]) + tail[r][s]);
+      for (int s = 0; s < BR; ++s) out[(b0 + s) * ldo + j] = bias + (v[0][s * JR + r] + tail[r][s]);
+    }
+  } else {
+#pragma GCC unroll 4
+    for (int r = 0; r < JR; ++r) {
+      const int64_t j = j0 + r;
+      const float bias = (bias0 ? bias0[j] : 0.0f) + (bias1 ? bias1[j] : 0.0f);
+#pragma GCC unroll 4
+      for (int s = 0; s < BR; ++s) out[(b0 + s) * ldo + j] = bias + (lane_sum<L>(acc[r][s]) + tail[r][s]);
+    }
   }
 }
 

@@ -122,13 +122,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_kernel(const Cell& cell, con
   }
 
   // GRU: the n gate keeps its input and hidden products apart (its hidden
-  // bias b_hn goes with the hidden product), so x W_ih^T with the folded
-  // bias (both biases for r and z, b_in for n) and h W_hh^T are two products.
-  float* bias = Scratch::sized(sc.bias, GH);
-  for (int64_t j = 0; j < GH; ++j) bias[j] = (bi ? bi[j] : 0.0f) + (bh && j < 2 * H ? bh[j] : 0.0f);
+  // bias b_hn goes with the hidden product); reset_before's n product reads
+  // k = r*h, which the first pass writes.
   float* xp = Scratch::sized(sc.pre, B * GH);
-  const RowTerm input{xd, I, wi, I, I};
-  row_product(&input, 1, B, GH, bias, nullptr, xp, GH, threads);
   GruForwardArgs<float> a;
   a.xp = cview<float>(xp, GH);
   a.b_hn = bh ? bh + 2 * H : sc.zero(H);
@@ -136,14 +132,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_kernel(const Cell& cell, con
   a.ws = view(ws, W);
   a.h = view(h_new.data_ptr<float>(), H);
   a.hp_gs = H;
+  const RowTerm input{xd, I, wi, I, I};
   if (cell.reset_after) {
+    // r and z as one product of both terms (their biases both fold in), so each of their outputs is one
+    // dot of I + H, summed across lanes once (row_product.h): xp's r, z blocks hold the whole
+    // pre-activation and hp's are zero; the n gate's two products apart, into xp's and hp's n blocks
+    const float* b_in = bi ? bi + 2 * H : nullptr;
+    const RowTerm rz[2] = {input, {hd, H, wh, H, H}};
+    row_product(rz, 2, B, 2 * H, bi, bh, xp, GH, threads);
+    const RowTerm input_n{xd, I, wi + 2 * H * I, I, I};
+    row_product(&input_n, 1, B, H, b_in, nullptr, xp + 2 * H, GH, threads);
     float* hp = Scratch::sized(sc.hp, B * GH);
-    const RowTerm hidden{hd, H, wh, H, H};
-    row_product(&hidden, 1, B, GH, nullptr, nullptr, hp, GH, threads);
+    for (int64_t b = 0; b < B; ++b) std::memset(hp + b * GH, 0, sizeof(float) * 2 * H);
+    const RowTerm hidden_n{hd, H, wh + 2 * H * H, H, H};
+    row_product(&hidden_n, 1, B, H, nullptr, nullptr, hp + 2 * H, GH, threads);
     a.hp = cview<float>(hp, GH);
     pw_gru_forward_after_for(workspace.defined(), block, a);
   } else {
-    // r and z first; then the n gate's product of k = r*h, which the first pass wrote into the workspace
+    // x W_ih^T with the folded bias (both biases for r and z, b_in for n); h W_hh^T for r and z; after the
+    // first pass, the n gate's product of k = r*h, which that pass wrote into the workspace
+    float* bias = Scratch::sized(sc.bias, GH);
+    for (int64_t j = 0; j < GH; ++j) bias[j] = (bi ? bi[j] : 0.0f) + (bh && j < 2 * H ? bh[j] : 0.0f);
+    row_product(&input, 1, B, GH, bias, nullptr, xp, GH, threads);
     float* hp = Scratch::sized(sc.hp, B * 2 * H);
     const RowTerm hidden{hd, H, wh, H, H};
     row_product(&hidden, 1, B, 2 * H, nullptr, nullptr, hp, 2 * H, threads);
