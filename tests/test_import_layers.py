@@ -18,7 +18,7 @@ LAYERS = [
     ["fusedrnn.layer"],
     ["fusedrnn.reference", "fusedrnn._extension", "fusedrnn.triton_kernels", "fusedrnn.torchscript",
      "fusedrnn._export_limits"],
-    ["fusedrnn.backends", "fusedrnn.zoneout"],
+    ["fusedrnn.backends", "fusedrnn.zoneout", "fusedrnn.dropconnect"],
     ["fusedrnn.ops"],
     ["fusedrnn.functional"],
     ["fusedrnn.modules", "fusedrnn.rnn_base", "fusedrnn._module_checks", "fusedrnn._autocast",
