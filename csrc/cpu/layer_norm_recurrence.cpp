@@ -1,0 +1,292 @@
+#include "layer_norm_recurrence.h"
+
+#include <vector>
+
+#include "buffers.h"
+#include "dense_product.h"
+#include "parallel.h"
+#include "pointwise_dispatch.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+namespace {
+
+// w_extra's vectors, in the cell record's order (fusedrnn/cells.py): [γ_ih (G*H), γ_hh (G*H)], then
+// for the LSTM [γ_c (H), β_c (H)]; and the hidden bias, zeros where the layer has none.
+struct Extras {
+  at::Tensor gain_ih, gain_hh, gain_c, shift_c, b_ih, b_hh;
+};
+
+Extras extras_of(const Cell& cell, const LayerWeights& w, int64_t H) {
+  const int64_t GH = cell.gates() * H;
+  Extras e;
+  e.gain_ih = w.w_extra.narrow(0, 0, GH);
+  e.gain_hh = w.w_extra.narrow(0, GH, GH);
+  if (cell.has_cell_state()) {
+    e.gain_c = w.w_extra.narrow(0, 2 * GH, H);
+    e.shift_c = w.w_extra.narrow(0, 2 * GH + H, H);
+  }
+  // the passes add the bias unconditionally: one loop, no optional stream
+  e.b_ih = w.b_ih.defined() ? w.b_ih : at::zeros({GH}, w.w_ih.options());
+  e.b_hh = w.b_hh.defined() ? w.b_hh : at::zeros({GH}, w.w_ih.options());
+  return e;
+}
+
+// The block of a row pass over `rows` whole rows (layer_norm_pointwise.h).
+Block rows_block(int64_t rows, int64_t H) { return Block{rows, 0, H, H}; }
+
+// ---------------------------------------------------------------------------
+// the input side
+// ---------------------------------------------------------------------------
+
+// x̂ = LN(x W_ih^T; γ_ih) + b_ih for every row at once, in place over the product.
+template <typename T>
+void normalise_rows(const at::Tensor& v, const at::Tensor& gain, const at::Tensor& bias) {
+  const int64_t rows = v.size(0), width = v.size(1);
+  parallel_rows(rows, rows * width, [&](int64_t r0, int64_t r1) {
+    LayerNormRowsArgs<T> a;
+    a.v = view(ptr<T>(v) + r0 * width, width);
+    a.gain = ptr<T>(gain);
+    a.bias = ptr<T>(bias);
+    a.width = width;
+    pw_layer_norm_rows(rows_block(r1 - r0, 0), a);
+  });
+}
+
+// The gradient of v [N, width] given that of LN(v; gain), and each row's share of the gain's gradient.
+template <typename T>
+void normalise_rows_backward(const at::Tensor& dy, const at::Tensor& v, const at::Tensor& gain, const at::Tensor& dv,
+                             const at::Tensor& dgain_rows) {
+  const int64_t rows = v.size(0), width = v.size(1);
+  parallel_rows(rows, rows * width, [&](int64_t r0, int64_t r1) {
+    LayerNormRowsBackwardArgs<T> a;
+    a.dy = cview(ptr<T>(dy) + r0 * width, width);
+    a.v = cview(ptr<T>(v) + r0 * width, width);
+    a.gain = ptr<T>(gain);
+    a.dx = view(ptr<T>(dv) + r0 * width, width);
+    a.dgain = view(ptr<T>(dgain_rows) + r0 * width, width);
+    a.width = width;
+    pw_layer_norm_rows_backward(rows_block(r1 - r0, 0), a);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// forward
+// ---------------------------------------------------------------------------
+
+struct ForwardState {
+  at::Tensor xp;       // [N, G*H] x̂
+  at::Tensor hp;       // [B, G*H] one step's h W_hh^T
+  at::Tensor out;      // [N, H]
+  at::Tensor ws;       // [N, W], or one step's rows [B, W] without a backward to feed
+  at::Tensor h_state;  // [B, H] each row's latest h (h0 on entry)
+  at::Tensor c_state;  // [B, H] the same for c (LSTM)
+  bool keep_workspace;
+};
+
+// One step's row pass, for its rows [r0, r1) (`off`: the step's first row of the sequence).
+template <typename T>
+void forward_rows(const Cell& cell, const Extras& e, const ForwardState& f, int64_t H, int64_t off, int64_t r0,
+                  int64_t r1) {
+  const int64_t GH = cell.gates() * H, W = cell.workspace_blocks() * H;
+  const int64_t ws_row = (f.keep_workspace ? off : 0) + r0;
+  LayerNormHidden<T> hidden;
+  hidden.hp = cview(ptr<T>(f.hp) + r0 * GH, GH);
+  hidden.gain = ptr<T>(e.gain_hh);
+  hidden.bias = ptr<T>(e.b_hh);
+  const View<const T> xp = cview(ptr<T>(f.xp) + (off + r0) * GH, GH);
+  const View<T> ws = view(ptr<T>(f.ws) + ws_row * W, W), h = view(ptr<T>(f.out) + (off + r0) * H, H);
+  if (cell.has_cell_state()) {
+    LnLstmForwardArgs<T> a;
+    a.xp = xp;
+    a.hidden = hidden;
+    a.gain_c = ptr<T>(e.gain_c);
+    a.shift_c = ptr<T>(e.shift_c);
+    a.c = view(ptr<T>(f.c_state) + r0 * H, H);
+    a.ws = ws;
+    a.h = h;
+    pw_ln_lstm_forward(rows_block(r1 - r0, H), a);
+  } else {
+    LnGruForwardArgs<T> a;
+    a.xp = xp;
+    a.hidden = hidden;
+    a.h_prev = cview(ptr<T>(f.h_state) + r0 * H, H);
+    a.ws = ws;
+    a.h = h;
+    pw_ln_gru_forward(rows_block(r1 - r0, H), a);
+  }
+}
+
+template <typename T>
+void forward_steps(const Cell& cell, const LayerWeights& w, const Extras& e, const Steps& s, ForwardState& f) {
+  const int64_t H = f.h_state.size(1), GH = cell.gates() * H;
+  normalise_rows<T>(f.xp, e.gain_ih, e.b_ih);
+  for (int64_t p = 0; p < s.count(); ++p) {
+    const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
+    // h_state's first n rows are the step's previous states (in either direction: rows that start
+    // from h0 at their own last step, in the reverse direction of packed input, still hold it)
+    at::Tensor h_prev = f.h_state.narrow(0, 0, n);
+    at::Tensor hp_rows = f.hp.narrow(0, 0, n);
+    fixed_mm_out(hp_rows, h_prev, w.w_hh.t());
+    parallel_rows(n, n * GH, [&](int64_t r0, int64_t r1) { forward_rows<T>(cell, e, f, H, off, r0, r1); });
+    h_prev.copy_(f.out.narrow(0, off, n));  // after the pass, which reads h_prev (GRU)
+  }
+}
+
+// ---------------------------------------------------------------------------
+// backward
+// ---------------------------------------------------------------------------
+
+struct BackwardState {
+  at::Tensor dout, ws;         // [N, H], [N, W]
+  at::Tensor h_prev, c_prev;   // [N, H] each row's previous states (c: LSTM)
+  at::Tensor hp;               // [N, G*H] h_prev W_hh^T, recomputed
+  at::Tensor dA_x, dA_h;       // [N, G*H] dX̂ and dĤ (the same tensor for the LSTM)
+  at::Tensor dhp, dgain_hh;    // [N, G*H] the gradient of hp, and each row's share of γ_hh's
+  at::Tensor dgain_c;          // [N, 2H] each row's share of the gradients of γ_c and β_c (LSTM)
+  at::Tensor dh_state;         // [B, H] the carried gradient of h (grad_hn on entry, dh0 on return)
+  at::Tensor dc_state;         // [B, H] the same for c (LSTM)
+  at::Tensor dh_direct;        // [B, H] dh z (GRU)
+};
+
+// One step's row pass backward, for its rows [r0, r1).
+template <typename T>
+void backward_rows(const Cell& cell, const Extras& e, const BackwardState& b, int64_t H, int64_t off, int64_t r0,
+                   int64_t r1) {
+  const int64_t GH = cell.gates() * H, W = cell.workspace_blocks() * H, row = off + r0;
+  LayerNormHiddenBackward<T> hidden;
+  hidden.hp = cview(ptr<T>(b.hp) + row * GH, GH);
+  hidden.gain = ptr<T>(e.gain_hh);
+  hidden.dhp = view(ptr<T>(b.dhp) + row * GH, GH);
+  hidden.dgain = view(ptr<T>(b.dgain_hh) + row * GH, GH);
+  const View<const T> dh_a = cview(ptr<T>(b.dout) + row * H, H), dh_b = cview(ptr<T>(b.dh_state) + r0 * H, H);
+  const View<const T> ws = cview(ptr<T>(b.ws) + row * W, W);
+  if (cell.has_cell_state()) {
+    LnLstmBackwardArgs<T> a;
+    a.dh_a = dh_a;
+    a.dh_b = dh_b;
+    a.dc = view(ptr<T>(b.dc_state) + r0 * H, H);
+    a.ws = ws;
+    a.c_prev = cview(ptr<T>(b.c_prev) + row * H, H);
+    a.gain_c = ptr<T>(e.gain_c);
+    a.shift_c = ptr<T>(e.shift_c);
+    a.dgain_c = view(ptr<T>(b.dgain_c) + row * 2 * H, 2 * H);
+    a.dA = view(ptr<T>(b.dA_x) + row * GH, GH);
+    a.hidden = hidden;
+    pw_ln_lstm_backward(rows_block(r1 - r0, H), a);
+  } else {
+    LnGruBackwardArgs<T> a;
+    a.dh_a = dh_a;
+    a.dh_b = dh_b;
+    a.ws = ws;
+    a.h_prev = cview(ptr<T>(b.h_prev) + row * H, H);
+    a.dA_x = view(ptr<T>(b.dA_x) + row * GH, GH);
+    a.dA_h = view(ptr<T>(b.dA_h) + row * GH, GH);
+    a.dh_direct = view(ptr<T>(b.dh_direct) + r0 * H, H);
+    a.hidden = hidden;
+    pw_ln_gru_backward(rows_block(r1 - r0, H), a);
+  }
+}
+
+template <typename T>
+void backward_steps(const Cell& cell, const LayerWeights& w, const Extras& e, const Steps& s, BackwardState& b) {
+  const int64_t H = b.dh_state.size(1), GH = cell.gates() * H;
+  for (int64_t p = s.count() - 1; p >= 0; --p) {
+    const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
+    parallel_rows(n, n * GH, [&](int64_t r0, int64_t r1) { backward_rows<T>(cell, e, b, H, off, r0, r1); });
+    // dh_prev = dHa W_hh (+ dh z for the GRU), over the carried gradient the pass has read
+    at::Tensor dh_rows = b.dh_state.narrow(0, 0, n);
+    const at::Tensor direct = b.dh_direct.defined() ? b.dh_direct.narrow(0, 0, n) : at::Tensor();
+    fixed_mm_out(dh_rows, b.dhp.narrow(0, off, n), w.w_hh, direct);
+  }
+}
+
+}  // namespace
+
+ForwardOut layer_norm_sequence_forward(const Cell& cell, const at::Tensor& x, const at::Tensor& h0,
+                                       const at::Tensor& c0, const LayerWeights& w, const Steps& s, bool poison,
+                                       bool for_backward) {
+  const int64_t H = h0.size(1), GH = cell.gates() * H, W = cell.workspace_blocks() * H;
+  const Extras e = extras_of(cell, w, H);
+  ForwardState f;
+  f.keep_workspace = for_backward;
+  f.xp = linear(x, w.w_ih, at::Tensor()).contiguous();  // normalised in place by forward_steps
+  f.hp = empty_like_rows(x, {s.batch, GH}, poison);
+  f.out = empty_like_rows(x, {s.rows, H}, poison);
+  f.ws = empty_like_rows(x, {for_backward ? s.rows : s.batch, W}, poison);
+  f.h_state = h0.clone();
+  if (cell.has_cell_state()) f.c_state = c0.clone();
+  if (x.scalar_type() == at::kDouble) {
+    forward_steps<double>(cell, w, e, s, f);
+  } else {
+    forward_steps<float>(cell, w, e, s, f);
+  }
+  ForwardOut r;
+  r.out = f.out;
+  r.h_n = f.h_state;  // each row's state after its own last step
+  r.c_n = f.c_state;
+  if (for_backward) r.workspace = f.ws;
+  return r;
+}
+
+BackwardOut layer_norm_sequence_backward(const Cell& cell, const at::Tensor& grad_out, const at::Tensor& grad_hn,
+                                         const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& h0,
+                                         const at::Tensor& c0, const LayerWeights& w, const Steps& s,
+                                         const at::Tensor& out, const at::Tensor& workspace, bool poison,
+                                         bool need_dx, bool need_dweights) {
+  const int64_t H = h0.size(1), GH = cell.gates() * H;
+  const bool lstm = cell.has_cell_state();
+  const Extras e = extras_of(cell, w, H);
+  BackwardState b;
+  b.dout = grad_out;
+  b.ws = workspace;
+  b.h_prev = frame::previous_rows(out, h0, s);
+  if (lstm) b.c_prev = frame::previous_rows(workspace.narrow(1, 4 * H, H), c0, s);
+  // the product the hidden side's statistics came from (the workspace keeps none)
+  b.hp = linear(b.h_prev, w.w_hh, at::Tensor()).contiguous();
+  b.dA_x = empty_like_rows(x, {s.rows, GH}, poison);
+  b.dA_h = lstm ? b.dA_x : empty_like_rows(x, {s.rows, GH}, poison);
+  b.dhp = empty_like_rows(x, {s.rows, GH}, poison);
+  b.dgain_hh = empty_like_rows(x, {s.rows, GH}, poison);
+  b.dh_state = grad_hn.clone();
+  if (lstm) {
+    b.dgain_c = empty_like_rows(x, {s.rows, 2 * H}, poison);
+    b.dc_state = grad_cn.clone();
+  } else {
+    b.dh_direct = empty_like_rows(x, {s.batch, H}, poison);
+  }
+  const bool dbl = x.scalar_type() == at::kDouble;
+  if (dbl) {
+    backward_steps<double>(cell, w, e, s, b);
+  } else {
+    backward_steps<float>(cell, w, e, s, b);
+  }
+
+  BackwardOut r;
+  r.dh0 = b.dh_state;
+  r.dc0 = b.dc_state;
+  if (!need_dx && !need_dweights) return r;
+  // the input side: recompute x W_ih^T (its statistics), then its normalisation's backward, every row at once
+  const at::Tensor xa = linear(x, w.w_ih, at::Tensor()).contiguous();
+  const at::Tensor dxa = empty_like_rows(x, {s.rows, GH}, poison);
+  const at::Tensor dgain_ih = empty_like_rows(x, {s.rows, GH}, poison);
+  if (dbl) {
+    normalise_rows_backward<double>(b.dA_x, xa, e.gain_ih, dxa, dgain_ih);
+  } else {
+    normalise_rows_backward<float>(b.dA_x, xa, e.gain_ih, dxa, dgain_ih);
+  }
+  if (need_dx) r.dx = linear(dxa, w.w_ih.t(), at::Tensor());
+  if (!need_dweights) return r;
+  r.dw.w_ih = fixed_mm(dxa.t(), x);
+  r.dw.w_hh = fixed_mm(b.dhp.t(), b.h_prev);
+  if (w.b_ih.defined()) r.dw.b_ih = b.dA_x.sum(0);
+  if (w.b_hh.defined()) r.dw.b_hh = lstm && r.dw.b_ih.defined() ? r.dw.b_ih.clone() : b.dA_h.sum(0);
+  std::vector<at::Tensor> dextra{dgain_ih.sum(0), b.dgain_hh.sum(0)};
+  if (lstm) dextra.push_back(b.dgain_c.sum(0));  // [dγ_c, dβ_c]
+  r.dw.w_extra = at::cat(dextra);
+  return r;
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn
