@@ -4,11 +4,14 @@
 // called through pointwise_dispatch.h.
 //
 // Unlike pointwise.h's passes, which a strategy may split over hidden units,
-// each of these takes whole rows: a row's layer-norm statistics are
+// the row passes take whole rows: a row's layer-norm statistics are
 // reductions over all of its units, so one thread owns a row from its
 // statistics to its outputs (no cross-thread reduction, and the same bits
-// with any thread count: layer_norm_recurrence.cpp splits the rows).  Block's
-// u0/u1 are unused; Block::H is the hidden size.
+// with any thread count: layer_norm_recurrence.cpp splits the rows).  Their
+// Block's u0/u1 are unused; Block::H is the hidden size.  The column pass
+// (the gains' and biases' gradients, sums over all rows) is the other way
+// round: a thread owns columns [u0, u1) and sums them over every row in
+// order, so again no sum is split over threads.
 //
 // The row sums run in kLanes independent lanes (vector code under strict
 // floating point, which may not reassociate one running sum) and are folded
@@ -66,25 +69,49 @@ FUSEDRNN_POINTWISE Stats<T> row_stats(const T* FUSEDRNN_R v, int64_t n) {
   return {mean, T(1) / std::sqrt(var + T(kLayerNormEps))};
 }
 
-// The gradient of y = LN(v; gain) (+ shift) given dy, for one row of n:
-// dx (+)= rstd (g - mean(g) - v̂ mean(g v̂)) with g = dy gain and v̂ the normalised v,
-// and dgain = dy v̂ (this row's share of the gain's gradient, summed over rows by the caller).
-template <typename T, bool kAccumulate>
-FUSEDRNN_POINTWISE void backward_row(const T* FUSEDRNN_R dy, const T* FUSEDRNN_R v, const T* FUSEDRNN_R gain,
-                                     int64_t n, T* FUSEDRNN_R dx, T* FUSEDRNN_R dgain) {
+// What the backward of y = LN(v; gain) (+ shift) needs of one row besides dy and v: the row's
+// statistics and mean(g), mean(g v̂) with g = dy gain and v̂ the normalised v.  Stored as kTerms
+// values per row ([N, kTerms] buffers), for the column pass after the recurrence.
+constexpr int64_t kTerms = 4;
+
+template <typename T>
+struct BackwardTerms {
+  Stats<T> st;
+  T mean_g, mean_gv;
+  T dx(T dy_u, T gain_u, T vn) const { return st.rstd * (dy_u * gain_u - mean_g - vn * mean_gv); }
+  void store(T* FUSEDRNN_R terms) const {
+    terms[0] = st.mean;
+    terms[1] = st.rstd;
+    terms[2] = mean_g;
+    terms[3] = mean_gv;
+  }
+  static BackwardTerms load(const T* FUSEDRNN_R terms) { return {{terms[0], terms[1]}, terms[2], terms[3]}; }
+};
+
+template <typename T>
+FUSEDRNN_POINTWISE BackwardTerms<T> backward_terms(const T* FUSEDRNN_R dy, const T* FUSEDRNN_R v,
+                                                   const T* FUSEDRNN_R gain, int64_t n) {
   const Stats<T> st = row_stats(v, n);
   const T mean_g = lane_sum<T>(n, [&](int64_t u) { return dy[u] * gain[u]; }) / T(n);
   const T mean_gv = lane_sum<T>(n, [&](int64_t u) { return dy[u] * gain[u] * st.normalised(v[u]); }) / T(n);
+  return {st, mean_g, mean_gv};
+}
+
+// The gradient of v given dy, for one row of n: dx (+)= rstd (g - mean(g) - v̂ mean(g v̂)); the row's terms
+// go to `terms` (the gain's gradient, Σ dy v̂ over the rows, is the column pass's).
+template <typename T, bool kAccumulate>
+FUSEDRNN_POINTWISE void backward_row(const T* FUSEDRNN_R dy, const T* FUSEDRNN_R v, const T* FUSEDRNN_R gain,
+                                     int64_t n, T* FUSEDRNN_R dx, T* FUSEDRNN_R terms) {
+  const BackwardTerms<T> bt = backward_terms(dy, v, gain, n);
+  bt.store(terms);
 #pragma GCC ivdep
   for (int64_t u = 0; u < n; ++u) {
-    const T vn = st.normalised(v[u]);
-    const T d = st.rstd * (dy[u] * gain[u] - mean_g - vn * mean_gv);
+    const T d = bt.dx(dy[u], gain[u], bt.st.normalised(v[u]));
     if constexpr (kAccumulate) {
       dx[u] += d;
     } else {
       dx[u] = d;
     }
-    dgain[u] = dy[u] * vn;
   }
 }
 
@@ -116,21 +143,55 @@ FUSEDRNN_POINTWISE void layer_norm_rows_block(const Block& blk, const LayerNormR
   }
 }
 
-// The input side's backward: dXa from dX̂ (the gradient of x̂, the cell's input-side gate gradients).
+// The input side's backward, first pass: each row's terms (layer_norm::BackwardTerms), from dX̂ (the
+// gradient of x̂: the cell's input-side gate gradients) and x W_ih^T (recomputed).
 template <typename T>
-struct LayerNormRowsBackwardArgs {
+struct LayerNormTermsArgs {
   View<const T> dy;   // [rows, width] gradient of the normalised rows
-  View<const T> v;    // [rows, width] the rows before normalisation (x W_ih^T, recomputed)
+  View<const T> v;    // [rows, width] the rows before normalisation
   const T* gain;
-  View<T> dx;         // [rows, width] gradient of v
-  View<T> dgain;      // [rows, width] each row's share of the gain's gradient
+  View<T> terms;      // [rows, kTerms]
   int64_t width;
 };
 
 template <typename T>
-FUSEDRNN_POINTWISE void layer_norm_rows_backward_block(const Block& blk, const LayerNormRowsBackwardArgs<T>& a) {
+FUSEDRNN_POINTWISE void layer_norm_terms_block(const Block& blk, const LayerNormTermsArgs<T>& a) {
   for (int64_t b = 0; b < blk.rows; ++b) {
-    layer_norm::backward_row<T, false>(a.dy.row(b), a.v.row(b), a.gain, a.width, a.dx.row(b), a.dgain.row(b));
+    layer_norm::backward_terms(a.dy.row(b), a.v.row(b), a.gain, a.width).store(a.terms.row(b));
+  }
+}
+
+// The column pass, for columns [u0, u1) of every row: the gain's gradient Σ dy v̂ and the shift's (or the
+// bias's) Σ dy, each column summed over the rows in order; with kInPlace, also the gradient of v, over v
+// itself (the input side's dXa over x W_ih^T: no second [N, G*H] buffer).
+template <typename T>
+struct LayerNormColumnsArgs {
+  View<const T> dy;          // [rows, width]
+  View<T> v;                 // [rows, width] the rows before normalisation (written only kInPlace)
+  View<const T> terms;       // [rows, kTerms] each row's (layer_norm::BackwardTerms)
+  const T* gain;             // [width] (read only kInPlace)
+  T* dgain;                  // [width] Σ dy v̂
+  T* dshift;                 // [width] Σ dy
+};
+
+template <typename T, bool kInPlace>
+FUSEDRNN_POINTWISE void layer_norm_columns_block(const Block& blk, const LayerNormColumnsArgs<T>& a) {
+  const int64_t u0 = blk.u0, u1 = blk.u1, rows = blk.rows;
+  const T* FUSEDRNN_R gain = a.gain;
+  T* FUSEDRNN_R dgain = a.dgain;
+  T* FUSEDRNN_R dshift = a.dshift;
+  for (int64_t u = u0; u < u1; ++u) dgain[u] = dshift[u] = T(0);
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* FUSEDRNN_R dy = a.dy.row(b);
+    T* FUSEDRNN_R v = a.v.row(b);
+    const auto bt = layer_norm::BackwardTerms<T>::load(a.terms.row(b));
+#pragma GCC ivdep
+    for (int64_t u = u0; u < u1; ++u) {
+      const T vn = bt.st.normalised(v[u]);
+      dgain[u] += dy[u] * vn;
+      dshift[u] += dy[u];
+      if constexpr (kInPlace) v[u] = bt.dx(dy[u], gain[u], vn);
+    }
   }
 }
 
@@ -233,7 +294,7 @@ struct LayerNormHiddenBackward {
   View<const T> hp;   // [rows, G*H] h_prev W_hh^T (recomputed for all rows before the loop)
   const T* gain;      // γ_hh
   View<T> dhp;        // [rows, G*H] the gradient of hp: dh_prev = dhp W_hh (+ the direct part)
-  View<T> dgain;      // [rows, G*H] each row's share of γ_hh's gradient
+  View<T> terms;      // [rows, kTerms] the normalisation backward's terms, for the column pass (γ_hh)
 };
 
 template <typename T>
@@ -244,7 +305,8 @@ struct LnLstmBackwardArgs {
   View<const T> c_prev;
   const T* gain_c;           // [H]
   const T* shift_c;          // [H]
-  View<T> dgain_c;           // [rows, 2H]: each row's share of the gradients of γ_c, then of β_c
+  View<T> dy_c;              // [rows, H] the gradient of LN(c'), and
+  View<T> terms_c;           // [rows, kTerms] its backward's terms, for the column pass (γ_c, β_c)
   View<T> dA;                // [rows, 4H] the gate pre-activations' gradients (both sides' dĤ = dX̂)
   LayerNormHiddenBackward<T> hidden;
 };
@@ -260,19 +322,19 @@ FUSEDRNN_POINTWISE void ln_lstm_backward_block(const Block& blk, const LnLstmBac
     const T* FUSEDRNN_R ws = a.ws.row(b);
     const T* FUSEDRNN_R c_prev = a.c_prev.row(b);
     T* FUSEDRNN_R dc = a.dc.row(b);
-    T* FUSEDRNN_R dgc = a.dgain_c.row(b);
+    T* FUSEDRNN_R dy = a.dy_c.row(b);
     T* FUSEDRNN_R dA = a.dA.row(b);
-    // h' = o tanh(y), y = LN(c'; γ_c, β_c): da_o, and dy (β_c's share) for the normalisation's backward
+    // h' = o tanh(y), y = LN(c'; γ_c, β_c): da_o, and dy for the normalisation's backward
     const layer_norm::Stats<T> sc = layer_norm::row_stats(ws + 4 * H, H);
 #pragma GCC ivdep
     for (int64_t u = 0; u < H; ++u) {
       const T dh = dh_a[u] + dh_b[u], o = ws[3 * H + u];
       const T t = gm::tanh_(sc.normalised(ws[4 * H + u]) * gain_c[u] + shift_c[u]);
       dA[3 * H + u] = dh * t * gm::sigmoid_grad(o);
-      dgc[H + u] = dh * o * gm::tanh_grad(t);
+      dy[u] = dh * o * gm::tanh_grad(t);
     }
     // dc += the normalisation's backward: the whole gradient of c'
-    layer_norm::backward_row<T, true>(dgc + H, ws + 4 * H, gain_c, H, dc, dgc);
+    layer_norm::backward_row<T, true>(dy, ws + 4 * H, gain_c, H, dc, a.terms_c.row(b));
 #pragma GCC ivdep
     for (int64_t u = 0; u < H; ++u) {
       const T dc_total = dc[u], i = ws[u], f = ws[H + u], g = ws[2 * H + u];
@@ -282,7 +344,7 @@ FUSEDRNN_POINTWISE void ln_lstm_backward_block(const Block& blk, const LnLstmBac
       dc[u] = dc_total * f;
     }
     layer_norm::backward_row<T, false>(dA, a.hidden.hp.row(b), a.hidden.gain, 4 * H, a.hidden.dhp.row(b),
-                                       a.hidden.dgain.row(b));
+                                       a.hidden.terms.row(b));
   }
 }
 
@@ -322,7 +384,7 @@ FUSEDRNN_POINTWISE void ln_gru_backward_block(const Block& blk, const LnGruBackw
       direct[u] = g.dh_direct;
     }
     layer_norm::backward_row<T, false>(dh, a.hidden.hp.row(b), a.hidden.gain, 3 * H, a.hidden.dhp.row(b),
-                                       a.hidden.dgain.row(b));
+                                       a.hidden.terms.row(b));
   }
 }
 

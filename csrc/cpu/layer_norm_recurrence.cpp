@@ -1,7 +1,5 @@
 #include "layer_norm_recurrence.h"
 
-#include <vector>
-
 #include "buffers.h"
 #include "dense_product.h"
 #include "parallel.h"
@@ -54,20 +52,38 @@ void normalise_rows(const at::Tensor& v, const at::Tensor& gain, const at::Tenso
   });
 }
 
-// The gradient of v [N, width] given that of LN(v; gain), and each row's share of the gain's gradient.
+// Each row's terms of the normalisation's backward (layer_norm::BackwardTerms), given dy and v [N, width].
 template <typename T>
-void normalise_rows_backward(const at::Tensor& dy, const at::Tensor& v, const at::Tensor& gain, const at::Tensor& dv,
-                             const at::Tensor& dgain_rows) {
+void backward_terms(const at::Tensor& dy, const at::Tensor& v, const at::Tensor& gain, const at::Tensor& terms) {
   const int64_t rows = v.size(0), width = v.size(1);
   parallel_rows(rows, rows * width, [&](int64_t r0, int64_t r1) {
-    LayerNormRowsBackwardArgs<T> a;
+    LayerNormTermsArgs<T> a;
     a.dy = cview(ptr<T>(dy) + r0 * width, width);
     a.v = cview(ptr<T>(v) + r0 * width, width);
     a.gain = ptr<T>(gain);
-    a.dx = view(ptr<T>(dv) + r0 * width, width);
-    a.dgain = view(ptr<T>(dgain_rows) + r0 * width, width);
+    a.terms = view(ptr<T>(terms) + r0 * layer_norm::kTerms, layer_norm::kTerms);
     a.width = width;
-    pw_layer_norm_rows_backward(rows_block(r1 - r0, 0), a);
+    pw_layer_norm_terms(rows_block(r1 - r0, 0), a);
+  });
+}
+
+// The column pass (layer_norm_columns_block): dgain = Σ dy v̂ and dshift = Σ dy over the rows, for the
+// normalised rows v (the `width` columns from v_col of each row), and with `in_place` v's own gradient
+// over v.  Threads split the columns (multiples of 16: the same vector lanes with any thread count).
+template <typename T>
+void column_pass(const at::Tensor& dy, const at::Tensor& v, int64_t v_col, const at::Tensor& terms,
+                 const at::Tensor& gain, bool in_place, const at::Tensor& dgain, const at::Tensor& dshift) {
+  const int64_t rows = dy.size(0), width = dy.size(1);
+  parallel_units(width, rows * width, 16, [&](int64_t u0, int64_t u1) {
+    LayerNormColumnsArgs<T> a;
+    a.dy = cview(ptr<T>(dy), width);
+    a.v = view(ptr<T>(v) + v_col, v.size(1));
+    a.terms = cview(ptr<T>(terms), layer_norm::kTerms);
+    a.gain = ptr<T>(gain);
+    a.dgain = ptr<T>(dgain);
+    a.dshift = ptr<T>(dshift);
+    const Block blk{rows, u0, u1, width};
+    in_place ? pw_layer_norm_columns_in_place(blk, a) : pw_layer_norm_columns(blk, a);
   });
 }
 
@@ -143,8 +159,9 @@ struct BackwardState {
   at::Tensor h_prev, c_prev;   // [N, H] each row's previous states (c: LSTM)
   at::Tensor hp;               // [N, G*H] h_prev W_hh^T, recomputed
   at::Tensor dA_x, dA_h;       // [N, G*H] dX̂ and dĤ (the same tensor for the LSTM)
-  at::Tensor dhp, dgain_hh;    // [N, G*H] the gradient of hp, and each row's share of γ_hh's
-  at::Tensor dgain_c;          // [N, 2H] each row's share of the gradients of γ_c and β_c (LSTM)
+  at::Tensor dhp;              // [N, G*H] the gradient of hp
+  at::Tensor terms_h;          // [N, kTerms] the hidden side's normalisation backward's terms
+  at::Tensor dy_c, terms_c;    // [N, H] the gradient of LN(c'), [N, kTerms] its terms (LSTM)
   at::Tensor dh_state;         // [B, H] the carried gradient of h (grad_hn on entry, dh0 on return)
   at::Tensor dc_state;         // [B, H] the same for c (LSTM)
   at::Tensor dh_direct;        // [B, H] dh z (GRU)
@@ -159,7 +176,7 @@ void backward_rows(const Cell& cell, const Extras& e, const BackwardState& b, in
   hidden.hp = cview(ptr<T>(b.hp) + row * GH, GH);
   hidden.gain = ptr<T>(e.gain_hh);
   hidden.dhp = view(ptr<T>(b.dhp) + row * GH, GH);
-  hidden.dgain = view(ptr<T>(b.dgain_hh) + row * GH, GH);
+  hidden.terms = view(ptr<T>(b.terms_h) + row * layer_norm::kTerms, layer_norm::kTerms);
   const View<const T> dh_a = cview(ptr<T>(b.dout) + row * H, H), dh_b = cview(ptr<T>(b.dh_state) + r0 * H, H);
   const View<const T> ws = cview(ptr<T>(b.ws) + row * W, W);
   if (cell.has_cell_state()) {
@@ -171,7 +188,8 @@ void backward_rows(const Cell& cell, const Extras& e, const BackwardState& b, in
     a.c_prev = cview(ptr<T>(b.c_prev) + row * H, H);
     a.gain_c = ptr<T>(e.gain_c);
     a.shift_c = ptr<T>(e.shift_c);
-    a.dgain_c = view(ptr<T>(b.dgain_c) + row * 2 * H, 2 * H);
+    a.dy_c = view(ptr<T>(b.dy_c) + row * H, H);
+    a.terms_c = view(ptr<T>(b.terms_c) + row * layer_norm::kTerms, layer_norm::kTerms);
     a.dA = view(ptr<T>(b.dA_x) + row * GH, GH);
     a.hidden = hidden;
     pw_ln_lstm_backward(rows_block(r1 - r0, H), a);
@@ -248,10 +266,11 @@ BackwardOut layer_norm_sequence_backward(const Cell& cell, const at::Tensor& gra
   b.dA_x = empty_like_rows(x, {s.rows, GH}, poison);
   b.dA_h = lstm ? b.dA_x : empty_like_rows(x, {s.rows, GH}, poison);
   b.dhp = empty_like_rows(x, {s.rows, GH}, poison);
-  b.dgain_hh = empty_like_rows(x, {s.rows, GH}, poison);
+  b.terms_h = empty_like_rows(x, {s.rows, layer_norm::kTerms}, poison);
   b.dh_state = grad_hn.clone();
   if (lstm) {
-    b.dgain_c = empty_like_rows(x, {s.rows, 2 * H}, poison);
+    b.dy_c = empty_like_rows(x, {s.rows, H}, poison);
+    b.terms_c = empty_like_rows(x, {s.rows, layer_norm::kTerms}, poison);
     b.dc_state = grad_cn.clone();
   } else {
     b.dh_direct = empty_like_rows(x, {s.batch, H}, poison);
@@ -267,24 +286,36 @@ BackwardOut layer_norm_sequence_backward(const Cell& cell, const at::Tensor& gra
   r.dh0 = b.dh_state;
   r.dc0 = b.dc_state;
   if (!need_dx && !need_dweights) return r;
-  // the input side: recompute x W_ih^T (its statistics), then its normalisation's backward, every row at once
-  const at::Tensor xa = linear(x, w.w_ih, at::Tensor()).contiguous();
-  const at::Tensor dxa = empty_like_rows(x, {s.rows, GH}, poison);
-  const at::Tensor dgain_ih = empty_like_rows(x, {s.rows, GH}, poison);
+  // The input side: x W_ih^T recomputed (its statistics), then its normalisation's backward, every row at
+  // once: the rows' terms, then dXa over x W_ih^T with the column sums.  The hidden side's and the cell
+  // state's column sums too: the gains', the shift's and the biases' gradients, straight into their tensors.
+  const at::Tensor dxa = linear(x, w.w_ih, at::Tensor()).contiguous();
+  const at::Tensor terms_x = empty_like_rows(x, {s.rows, layer_norm::kTerms}, poison);
+  const at::Tensor dextra = empty_like_rows(x, {cell.extra_blocks() * H}, poison);  // w_extra's layout
+  const at::Tensor db_x = empty_like_rows(x, {GH}, poison), db_h = empty_like_rows(x, {GH}, poison);
+  const auto passes = [&](auto zero) {
+    using T = decltype(zero);
+    backward_terms<T>(b.dA_x, dxa, e.gain_ih, terms_x);
+    column_pass<T>(b.dA_x, dxa, 0, terms_x, e.gain_ih, true, dextra.narrow(0, 0, GH), db_x);
+    if (!need_dweights) return;
+    column_pass<T>(b.dA_h, b.hp, 0, b.terms_h, e.gain_hh, false, dextra.narrow(0, GH, GH), db_h);
+    if (lstm) {
+      column_pass<T>(b.dy_c, workspace, 4 * H, b.terms_c, e.gain_c, false, dextra.narrow(0, 2 * GH, H),
+                     dextra.narrow(0, 2 * GH + H, H));
+    }
+  };
   if (dbl) {
-    normalise_rows_backward<double>(b.dA_x, xa, e.gain_ih, dxa, dgain_ih);
+    passes(double(0));
   } else {
-    normalise_rows_backward<float>(b.dA_x, xa, e.gain_ih, dxa, dgain_ih);
+    passes(float(0));
   }
   if (need_dx) r.dx = linear(dxa, w.w_ih.t(), at::Tensor());
   if (!need_dweights) return r;
   r.dw.w_ih = fixed_mm(dxa.t(), x);
   r.dw.w_hh = fixed_mm(b.dhp.t(), b.h_prev);
-  if (w.b_ih.defined()) r.dw.b_ih = b.dA_x.sum(0);
-  if (w.b_hh.defined()) r.dw.b_hh = lstm && r.dw.b_ih.defined() ? r.dw.b_ih.clone() : b.dA_h.sum(0);
-  std::vector<at::Tensor> dextra{dgain_ih.sum(0), b.dgain_hh.sum(0)};
-  if (lstm) dextra.push_back(b.dgain_c.sum(0));  // [dγ_c, dβ_c]
-  r.dw.w_extra = at::cat(dextra);
+  if (w.b_ih.defined()) r.dw.b_ih = db_x;
+  if (w.b_hh.defined()) r.dw.b_hh = db_h;  // Σ dĤ: for the LSTM, the same sums as db_x
+  r.dw.w_extra = dextra;
   return r;
 }
 
