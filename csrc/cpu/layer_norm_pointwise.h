@@ -118,48 +118,8 @@ FUSEDRNN_POINTWISE void backward_row(const T* FUSEDRNN_R dy, const T* FUSEDRNN_R
 }  // namespace layer_norm
 
 // ---------------------------------------------------------------------------
-// the input side, all rows at once (before and after the recurrence)
+// after the recurrence: the column pass
 // ---------------------------------------------------------------------------
-
-// x̂ = LN(x W_ih^T; γ_ih) + b_ih, in place over rows of x W_ih^T.
-template <typename T>
-struct LayerNormRowsArgs {
-  View<T> v;          // [rows, width]: in: the product; out: the normalised rows plus the bias
-  const T* gain;      // [width]
-  const T* bias;      // [width] (zeros without a bias)
-  int64_t width;
-};
-
-template <typename T>
-FUSEDRNN_POINTWISE void layer_norm_rows_block(const Block& blk, const LayerNormRowsArgs<T>& a) {
-  const int64_t rows = blk.rows, n = a.width;
-  const T* FUSEDRNN_R gain = a.gain;
-  const T* FUSEDRNN_R bias = a.bias;
-  for (int64_t b = 0; b < rows; ++b) {
-    T* FUSEDRNN_R v = a.v.row(b);
-    const layer_norm::Stats<T> st = layer_norm::row_stats(v, n);
-#pragma GCC ivdep
-    for (int64_t u = 0; u < n; ++u) v[u] = st.normalised(v[u]) * gain[u] + bias[u];
-  }
-}
-
-// The input side's backward, first pass: each row's terms (layer_norm::BackwardTerms), from dX̂ (the
-// gradient of x̂: the cell's input-side gate gradients) and x W_ih^T (recomputed).
-template <typename T>
-struct LayerNormTermsArgs {
-  View<const T> dy;   // [rows, width] gradient of the normalised rows
-  View<const T> v;    // [rows, width] the rows before normalisation
-  const T* gain;
-  View<T> terms;      // [rows, kTerms]
-  int64_t width;
-};
-
-template <typename T>
-FUSEDRNN_POINTWISE void layer_norm_terms_block(const Block& blk, const LayerNormTermsArgs<T>& a) {
-  for (int64_t b = 0; b < blk.rows; ++b) {
-    layer_norm::backward_terms(a.dy.row(b), a.v.row(b), a.gain, a.width).store(a.terms.row(b));
-  }
-}
 
 // The column pass, for columns [u0, u1) of every row: the gain's gradient Σ dy v̂ and the shift's (or the
 // bias's) Σ dy, each column summed over the rows in order; with kInPlace, also the gradient of v, over v
@@ -199,19 +159,40 @@ FUSEDRNN_POINTWISE void layer_norm_columns_block(const Block& blk, const LayerNo
 // one step of the recurrence, per row: after the step's product h W_hh^T
 // ---------------------------------------------------------------------------
 
-// What both cells' forward passes read of the hidden side: ĥ = LN(hp; γ_hh) + b_hh.
+// A side of the pre-activation as both cells' forward passes read it: LN(v; gain) + bias, normalised by
+// the pass itself (the input side x̂ from x W_ih^T with γ_ih and b_ih, the hidden side ĥ from h W_hh^T with
+// γ_hh and b_hh): one pass over the rows of x W_ih^T, not one to normalise them and another to read them.
 template <typename T>
-struct LayerNormHidden {
-  View<const T> hp;   // [rows, G*H] h W_hh^T
-  const T* gain;      // [G*H] γ_hh
-  const T* bias;      // [G*H] b_hh (zeros without a bias)
+struct NormalisedRows {
+  View<const T> v;    // [rows, G*H] the product
+  const T* gain;      // [G*H]
+  const T* bias;      // [G*H] (zeros without a bias)
 };
+
+namespace layer_norm {
+
+// The row's LN(v; gain) + bias at unit j, given its statistics.
+template <typename T>
+struct NormalisedRow {
+  const T* FUSEDRNN_R v;
+  const T* FUSEDRNN_R gain;
+  const T* FUSEDRNN_R bias;
+  Stats<T> st;
+  T operator()(int64_t j) const { return st.normalised(v[j]) * gain[j] + bias[j]; }
+};
+
+template <typename T>
+FUSEDRNN_POINTWISE NormalisedRow<T> normalised_row(const NormalisedRows<T>& rows, int64_t b, int64_t n) {
+  const T* v = rows.v.row(b);
+  return {v, rows.gain, rows.bias, row_stats(v, n)};
+}
+
+}  // namespace layer_norm
 
 // a = x̂ + ĥ; gates as the LSTM's; c' = f c + i g; h' = o tanh(LN(c'; γ_c, β_c)).
 template <typename T>
 struct LnLstmForwardArgs {
-  View<const T> xp;   // [rows, 4H] x̂
-  LayerNormHidden<T> hidden;
+  NormalisedRows<T> input, hidden;
   const T* gain_c;    // [H]
   const T* shift_c;   // [H]
   View<T> c;          // cell state: c on entry, c' on return
@@ -222,18 +203,15 @@ struct LnLstmForwardArgs {
 template <typename T>
 FUSEDRNN_POINTWISE void ln_lstm_forward_block(const Block& blk, const LnLstmForwardArgs<T>& a) {
   const int64_t rows = blk.rows, H = blk.H;
-  const T* FUSEDRNN_R gain = a.hidden.gain;
-  const T* FUSEDRNN_R bias = a.hidden.bias;
   const T* FUSEDRNN_R gain_c = a.gain_c;
   const T* FUSEDRNN_R shift_c = a.shift_c;
   for (int64_t b = 0; b < rows; ++b) {
-    const T* FUSEDRNN_R xp = a.xp.row(b);
-    const T* FUSEDRNN_R hp = a.hidden.hp.row(b);
     T* FUSEDRNN_R c = a.c.row(b);
     T* FUSEDRNN_R ws = a.ws.row(b);
     T* FUSEDRNN_R h = a.h.row(b);
-    const layer_norm::Stats<T> st = layer_norm::row_stats(hp, 4 * H);
-    const auto pre = [&](int64_t j) { return xp[j] + (st.normalised(hp[j]) * gain[j] + bias[j]); };
+    const auto x_hat = layer_norm::normalised_row(a.input, b, 4 * H);
+    const auto h_hat = layer_norm::normalised_row(a.hidden, b, 4 * H);
+    const auto pre = [&](int64_t j) { return x_hat(j) + h_hat(j); };
 #pragma GCC ivdep
     for (int64_t u = 0; u < H; ++u) {
       const T i = gm::sigmoid(pre(u)), f = gm::sigmoid(pre(H + u)), g = gm::tanh_(pre(2 * H + u));
@@ -255,8 +233,7 @@ FUSEDRNN_POINTWISE void ln_lstm_forward_block(const Block& blk, const LnLstmForw
 // r = σ(x̂_r + ĥ_r), z = σ(x̂_z + ĥ_z), n = tanh(x̂_n + r ĥ_n), h' = (1-z) n + z h (PyTorch's reset_after form).
 template <typename T>
 struct LnGruForwardArgs {
-  View<const T> xp;   // [rows, 3H] x̂
-  LayerNormHidden<T> hidden;
+  NormalisedRows<T> input, hidden;
   View<const T> h_prev;
   View<T> ws;         // [rows, 4H] r z n k, k = ĥ_n
   View<T> h;          // [rows, H] the output rows
@@ -265,20 +242,17 @@ struct LnGruForwardArgs {
 template <typename T>
 FUSEDRNN_POINTWISE void ln_gru_forward_block(const Block& blk, const LnGruForwardArgs<T>& a) {
   const int64_t rows = blk.rows, H = blk.H;
-  const T* FUSEDRNN_R gain = a.hidden.gain;
-  const T* FUSEDRNN_R bias = a.hidden.bias;
   for (int64_t b = 0; b < rows; ++b) {
-    const T* FUSEDRNN_R xp = a.xp.row(b);
-    const T* FUSEDRNN_R hp = a.hidden.hp.row(b);
     const T* FUSEDRNN_R h_prev = a.h_prev.row(b);
     T* FUSEDRNN_R ws = a.ws.row(b);
     T* FUSEDRNN_R h = a.h.row(b);
-    const layer_norm::Stats<T> st = layer_norm::row_stats(hp, 3 * H);
-    const auto k = [&](int64_t j) { return st.normalised(hp[j]) * gain[j] + bias[j]; };
+    const auto x_hat = layer_norm::normalised_row(a.input, b, 3 * H);
+    const auto k = layer_norm::normalised_row(a.hidden, b, 3 * H);
 #pragma GCC ivdep
     for (int64_t u = 0; u < H; ++u) {
       const T k_n = k(2 * H + u);
-      const auto r = gm::gru_forward_reset_after<T>(xp[u] + k(u), xp[H + u] + k(H + u), xp[2 * H + u], k_n, h_prev[u]);
+      const auto r =
+          gm::gru_forward_reset_after<T>(x_hat(u) + k(u), x_hat(H + u) + k(H + u), x_hat(2 * H + u), k_n, h_prev[u]);
       ws[u] = r.r;
       ws[H + u] = r.z;
       ws[2 * H + u] = r.n;
@@ -286,6 +260,20 @@ FUSEDRNN_POINTWISE void ln_gru_forward_block(const Block& blk, const LnGruForwar
       h[u] = r.h;
     }
   }
+}
+
+// What both cells' backward passes write for the input side, from its gate gradients dX̂: the row's terms
+// (its dXa and the gains' gradients are the column pass's, after the recurrence, over all rows at once).
+template <typename T>
+struct LayerNormInputBackward {
+  View<const T> xa;   // [rows, G*H] x W_ih^T (recomputed for all rows before the loop)
+  const T* gain;      // γ_ih
+  View<T> terms;      // [rows, kTerms]; p null: nobody wants the input side (no dX, no weight gradients)
+};
+
+template <typename T>
+FUSEDRNN_POINTWISE void input_terms(const LayerNormInputBackward<T>& a, int64_t b, const T* FUSEDRNN_R dy, int64_t n) {
+  if (a.terms.p != nullptr) layer_norm::backward_terms(dy, a.xa.row(b), a.gain, n).store(a.terms.row(b));
 }
 
 // What both cells' backward passes write for the hidden side, from its gate gradients dĤ.
@@ -308,6 +296,7 @@ struct LnLstmBackwardArgs {
   View<T> dy_c;              // [rows, H] the gradient of LN(c'), and
   View<T> terms_c;           // [rows, kTerms] its backward's terms, for the column pass (γ_c, β_c)
   View<T> dA;                // [rows, 4H] the gate pre-activations' gradients (both sides' dĤ = dX̂)
+  LayerNormInputBackward<T> input;
   LayerNormHiddenBackward<T> hidden;
 };
 
@@ -343,6 +332,7 @@ FUSEDRNN_POINTWISE void ln_lstm_backward_block(const Block& blk, const LnLstmBac
       dA[2 * H + u] = dc_total * i * gm::tanh_grad(g);
       dc[u] = dc_total * f;
     }
+    input_terms(a.input, b, dA, 4 * H);
     layer_norm::backward_row<T, false>(dA, a.hidden.hp.row(b), a.hidden.gain, 4 * H, a.hidden.dhp.row(b),
                                        a.hidden.terms.row(b));
   }
@@ -356,6 +346,7 @@ struct LnGruBackwardArgs {
   View<T> dA_x;              // [rows, 3H] dX̂: the input side's gate gradients
   View<T> dA_h;              // [rows, 3H] dĤ: the hidden side's (the n block times r)
   View<T> dh_direct;         // dh z (the part of dh_prev not through W_hh)
+  LayerNormInputBackward<T> input;
   LayerNormHiddenBackward<T> hidden;
 };
 
@@ -383,6 +374,7 @@ FUSEDRNN_POINTWISE void ln_gru_backward_block(const Block& blk, const LnGruBackw
       dh[2 * H + u] = g.da_n * r;
       direct[u] = g.dh_direct;
     }
+    input_terms(a.input, b, dx, 3 * H);
     layer_norm::backward_row<T, false>(dh, a.hidden.hp.row(b), a.hidden.gain, 3 * H, a.hidden.dhp.row(b),
                                        a.hidden.terms.row(b));
   }

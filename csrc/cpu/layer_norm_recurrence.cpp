@@ -35,37 +35,8 @@ Extras extras_of(const Cell& cell, const LayerWeights& w, int64_t H) {
 Block rows_block(int64_t rows, int64_t H) { return Block{rows, 0, H, H}; }
 
 // ---------------------------------------------------------------------------
-// the input side
+// after the backward's recurrence
 // ---------------------------------------------------------------------------
-
-// x̂ = LN(x W_ih^T; γ_ih) + b_ih for every row at once, in place over the product.
-template <typename T>
-void normalise_rows(const at::Tensor& v, const at::Tensor& gain, const at::Tensor& bias) {
-  const int64_t rows = v.size(0), width = v.size(1);
-  parallel_rows(rows, rows * width, [&](int64_t r0, int64_t r1) {
-    LayerNormRowsArgs<T> a;
-    a.v = view(ptr<T>(v) + r0 * width, width);
-    a.gain = ptr<T>(gain);
-    a.bias = ptr<T>(bias);
-    a.width = width;
-    pw_layer_norm_rows(rows_block(r1 - r0, 0), a);
-  });
-}
-
-// Each row's terms of the normalisation's backward (layer_norm::BackwardTerms), given dy and v [N, width].
-template <typename T>
-void backward_terms(const at::Tensor& dy, const at::Tensor& v, const at::Tensor& gain, const at::Tensor& terms) {
-  const int64_t rows = v.size(0), width = v.size(1);
-  parallel_rows(rows, rows * width, [&](int64_t r0, int64_t r1) {
-    LayerNormTermsArgs<T> a;
-    a.dy = cview(ptr<T>(dy) + r0 * width, width);
-    a.v = cview(ptr<T>(v) + r0 * width, width);
-    a.gain = ptr<T>(gain);
-    a.terms = view(ptr<T>(terms) + r0 * layer_norm::kTerms, layer_norm::kTerms);
-    a.width = width;
-    pw_layer_norm_terms(rows_block(r1 - r0, 0), a);
-  });
-}
 
 // The column pass (layer_norm_columns_block): dgain = Σ dy v̂ and dshift = Σ dy over the rows, for the
 // normalised rows v (the `width` columns from v_col of each row), and with `in_place` v's own gradient
@@ -92,7 +63,7 @@ void column_pass(const at::Tensor& dy, const at::Tensor& v, int64_t v_col, const
 // ---------------------------------------------------------------------------
 
 struct ForwardState {
-  at::Tensor xp;       // [N, G*H] x̂
+  at::Tensor xa;       // [N, G*H] x W_ih^T (the passes normalise each row as they read it)
   at::Tensor hp;       // [B, G*H] one step's h W_hh^T
   at::Tensor out;      // [N, H]
   at::Tensor ws;       // [N, W], or one step's rows [B, W] without a backward to feed
@@ -107,15 +78,12 @@ void forward_rows(const Cell& cell, const Extras& e, const ForwardState& f, int6
                   int64_t r1) {
   const int64_t GH = cell.gates() * H, W = cell.workspace_blocks() * H;
   const int64_t ws_row = (f.keep_workspace ? off : 0) + r0;
-  LayerNormHidden<T> hidden;
-  hidden.hp = cview(ptr<T>(f.hp) + r0 * GH, GH);
-  hidden.gain = ptr<T>(e.gain_hh);
-  hidden.bias = ptr<T>(e.b_hh);
-  const View<const T> xp = cview(ptr<T>(f.xp) + (off + r0) * GH, GH);
+  const NormalisedRows<T> input{cview(ptr<T>(f.xa) + (off + r0) * GH, GH), ptr<T>(e.gain_ih), ptr<T>(e.b_ih)};
+  const NormalisedRows<T> hidden{cview(ptr<T>(f.hp) + r0 * GH, GH), ptr<T>(e.gain_hh), ptr<T>(e.b_hh)};
   const View<T> ws = view(ptr<T>(f.ws) + ws_row * W, W), h = view(ptr<T>(f.out) + (off + r0) * H, H);
   if (cell.has_cell_state()) {
     LnLstmForwardArgs<T> a;
-    a.xp = xp;
+    a.input = input;
     a.hidden = hidden;
     a.gain_c = ptr<T>(e.gain_c);
     a.shift_c = ptr<T>(e.shift_c);
@@ -125,7 +93,7 @@ void forward_rows(const Cell& cell, const Extras& e, const ForwardState& f, int6
     pw_ln_lstm_forward(rows_block(r1 - r0, H), a);
   } else {
     LnGruForwardArgs<T> a;
-    a.xp = xp;
+    a.input = input;
     a.hidden = hidden;
     a.h_prev = cview(ptr<T>(f.h_state) + r0 * H, H);
     a.ws = ws;
@@ -137,7 +105,6 @@ void forward_rows(const Cell& cell, const Extras& e, const ForwardState& f, int6
 template <typename T>
 void forward_steps(const Cell& cell, const LayerWeights& w, const Extras& e, const Steps& s, ForwardState& f) {
   const int64_t H = f.h_state.size(1), GH = cell.gates() * H;
-  normalise_rows<T>(f.xp, e.gain_ih, e.b_ih);
   for (int64_t p = 0; p < s.count(); ++p) {
     const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
     // h_state's first n rows are the step's previous states (in either direction: rows that start
@@ -157,6 +124,8 @@ void forward_steps(const Cell& cell, const LayerWeights& w, const Extras& e, con
 struct BackwardState {
   at::Tensor dout, ws;         // [N, H], [N, W]
   at::Tensor h_prev, c_prev;   // [N, H] each row's previous states (c: LSTM)
+  at::Tensor xa;               // [N, G*H] x W_ih^T, recomputed: undefined if nobody wants the input side
+  at::Tensor terms_x;          // [N, kTerms] the input side's normalisation backward's terms
   at::Tensor hp;               // [N, G*H] h_prev W_hh^T, recomputed
   at::Tensor dA_x, dA_h;       // [N, G*H] dX̂ and dĤ (the same tensor for the LSTM)
   at::Tensor dhp;              // [N, G*H] the gradient of hp
@@ -172,6 +141,10 @@ template <typename T>
 void backward_rows(const Cell& cell, const Extras& e, const BackwardState& b, int64_t H, int64_t off, int64_t r0,
                    int64_t r1) {
   const int64_t GH = cell.gates() * H, W = cell.workspace_blocks() * H, row = off + r0;
+  LayerNormInputBackward<T> input;
+  input.xa = cview(ptr<T>(b.xa) + row * GH, GH);
+  input.gain = ptr<T>(e.gain_ih);
+  input.terms = b.xa.defined() ? view(ptr<T>(b.terms_x) + row * layer_norm::kTerms, layer_norm::kTerms) : View<T>();
   LayerNormHiddenBackward<T> hidden;
   hidden.hp = cview(ptr<T>(b.hp) + row * GH, GH);
   hidden.gain = ptr<T>(e.gain_hh);
@@ -191,6 +164,7 @@ void backward_rows(const Cell& cell, const Extras& e, const BackwardState& b, in
     a.dy_c = view(ptr<T>(b.dy_c) + row * H, H);
     a.terms_c = view(ptr<T>(b.terms_c) + row * layer_norm::kTerms, layer_norm::kTerms);
     a.dA = view(ptr<T>(b.dA_x) + row * GH, GH);
+    a.input = input;
     a.hidden = hidden;
     pw_ln_lstm_backward(rows_block(r1 - r0, H), a);
   } else {
@@ -202,6 +176,7 @@ void backward_rows(const Cell& cell, const Extras& e, const BackwardState& b, in
     a.dA_x = view(ptr<T>(b.dA_x) + row * GH, GH);
     a.dA_h = view(ptr<T>(b.dA_h) + row * GH, GH);
     a.dh_direct = view(ptr<T>(b.dh_direct) + r0 * H, H);
+    a.input = input;
     a.hidden = hidden;
     pw_ln_gru_backward(rows_block(r1 - r0, H), a);
   }
@@ -229,7 +204,7 @@ ForwardOut layer_norm_sequence_forward(const Cell& cell, const at::Tensor& x, co
   const Extras e = extras_of(cell, w, H);
   ForwardState f;
   f.keep_workspace = for_backward;
-  f.xp = linear(x, w.w_ih, at::Tensor()).contiguous();  // normalised in place by forward_steps
+  f.xa = linear(x, w.w_ih, at::Tensor()).contiguous();
   f.hp = empty_like_rows(x, {s.batch, GH}, poison);
   f.out = empty_like_rows(x, {s.rows, H}, poison);
   f.ws = empty_like_rows(x, {for_backward ? s.rows : s.batch, W}, poison);
@@ -261,8 +236,13 @@ BackwardOut layer_norm_sequence_backward(const Cell& cell, const at::Tensor& gra
   b.ws = workspace;
   b.h_prev = frame::previous_rows(out, h0, s);
   if (lstm) b.c_prev = frame::previous_rows(workspace.narrow(1, 4 * H, H), c0, s);
-  // the product the hidden side's statistics came from (the workspace keeps none)
+  // the products the statistics came from (the workspace keeps none); the pass writes the input side's
+  // terms, and the column pass after the loop turns x W_ih^T into dXa in place
   b.hp = linear(b.h_prev, w.w_hh, at::Tensor()).contiguous();
+  if (need_dx || need_dweights) {
+    b.xa = linear(x, w.w_ih, at::Tensor()).contiguous();
+    b.terms_x = empty_like_rows(x, {s.rows, layer_norm::kTerms}, poison);
+  }
   b.dA_x = empty_like_rows(x, {s.rows, GH}, poison);
   b.dA_h = lstm ? b.dA_x : empty_like_rows(x, {s.rows, GH}, poison);
   b.dhp = empty_like_rows(x, {s.rows, GH}, poison);
@@ -286,17 +266,14 @@ BackwardOut layer_norm_sequence_backward(const Cell& cell, const at::Tensor& gra
   r.dh0 = b.dh_state;
   r.dc0 = b.dc_state;
   if (!need_dx && !need_dweights) return r;
-  // The input side: x W_ih^T recomputed (its statistics), then its normalisation's backward, every row at
-  // once: the rows' terms, then dXa over x W_ih^T with the column sums.  The hidden side's and the cell
-  // state's column sums too: the gains', the shift's and the biases' gradients, straight into their tensors.
-  const at::Tensor dxa = linear(x, w.w_ih, at::Tensor()).contiguous();
-  const at::Tensor terms_x = empty_like_rows(x, {s.rows, layer_norm::kTerms}, poison);
+  // The column passes: dXa over x W_ih^T, and the gains', the shift's and the biases' gradients, straight
+  // into their tensors.
+  const at::Tensor& dxa = b.xa;
   const at::Tensor dextra = empty_like_rows(x, {cell.extra_blocks() * H}, poison);  // w_extra's layout
   const at::Tensor db_x = empty_like_rows(x, {GH}, poison), db_h = empty_like_rows(x, {GH}, poison);
   const auto passes = [&](auto zero) {
     using T = decltype(zero);
-    backward_terms<T>(b.dA_x, dxa, e.gain_ih, terms_x);
-    column_pass<T>(b.dA_x, dxa, 0, terms_x, e.gain_ih, true, dextra.narrow(0, 0, GH), db_x);
+    column_pass<T>(b.dA_x, dxa, 0, b.terms_x, e.gain_ih, true, dextra.narrow(0, 0, GH), db_x);
     if (!need_dweights) return;
     column_pass<T>(b.dA_h, b.hp, 0, b.terms_h, e.gain_hh, false, dextra.narrow(0, GH, GH), db_h);
     if (lstm) {
