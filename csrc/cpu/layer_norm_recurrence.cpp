@@ -11,7 +11,7 @@ namespace cpu {
 namespace {
 
 // w_extra's vectors, in the cell record's order (fusedrnn/cells.py): [γ_ih (G*H), γ_hh (G*H)], then
-// for the LSTM [γ_c (H), β_c (H)]; and the hidden bias, zeros where the layer has none.
+// for the LSTM [γ_c (H), β_c (H)]; and the biases, zeros where the layer has none.
 struct Extras {
   at::Tensor gain_ih, gain_hh, gain_c, shift_c, b_ih, b_hh;
 };
@@ -33,30 +33,6 @@ Extras extras_of(const Cell& cell, const LayerWeights& w, int64_t H) {
 
 // The block of a row pass over `rows` whole rows (layer_norm_pointwise.h).
 Block rows_block(int64_t rows, int64_t H) { return Block{rows, 0, H, H}; }
-
-// ---------------------------------------------------------------------------
-// after the backward's recurrence
-// ---------------------------------------------------------------------------
-
-// The column pass (layer_norm_columns_block): dgain = Σ dy v̂ and dshift = Σ dy over the rows, for the
-// normalised rows v (the `width` columns from v_col of each row), and with `in_place` v's own gradient
-// over v.  Threads split the columns (multiples of 16: the same vector lanes with any thread count).
-template <typename T>
-void column_pass(const at::Tensor& dy, const at::Tensor& v, int64_t v_col, const at::Tensor& terms,
-                 const at::Tensor& gain, bool in_place, const at::Tensor& dgain, const at::Tensor& dshift) {
-  const int64_t rows = dy.size(0), width = dy.size(1);
-  parallel_units(width, rows * width, 16, [&](int64_t u0, int64_t u1) {
-    LayerNormColumnsArgs<T> a;
-    a.dy = cview(ptr<T>(dy), width);
-    a.v = view(ptr<T>(v) + v_col, v.size(1));
-    a.terms = cview(ptr<T>(terms), layer_norm::kTerms);
-    a.gain = ptr<T>(gain);
-    a.dgain = ptr<T>(dgain);
-    a.dshift = ptr<T>(dshift);
-    const Block blk{rows, u0, u1, width};
-    in_place ? pw_layer_norm_columns_in_place(blk, a) : pw_layer_norm_columns(blk, a);
-  });
-}
 
 // ---------------------------------------------------------------------------
 // forward
@@ -193,6 +169,30 @@ void backward_steps(const Cell& cell, const LayerWeights& w, const Extras& e, co
     const at::Tensor direct = b.dh_direct.defined() ? b.dh_direct.narrow(0, 0, n) : at::Tensor();
     fixed_mm_out(dh_rows, b.dhp.narrow(0, off, n), w.w_hh, direct);
   }
+}
+
+// ---------------------------------------------------------------------------
+// after the backward's recurrence
+// ---------------------------------------------------------------------------
+
+// The column pass (layer_norm_columns_block): dgain = Σ dy v̂ and dshift = Σ dy over the rows, for the
+// normalised rows v (the `width` columns from v_col of each row), and with `in_place` v's own gradient
+// over v.  Threads split the columns (multiples of 16: the same vector lanes with any thread count).
+template <typename T>
+void column_pass(const at::Tensor& dy, const at::Tensor& v, int64_t v_col, const at::Tensor& terms,
+                 const at::Tensor& gain, bool in_place, const at::Tensor& dgain, const at::Tensor& dshift) {
+  const int64_t rows = dy.size(0), width = dy.size(1);
+  parallel_units(width, rows * width, 16, [&](int64_t u0, int64_t u1) {
+    LayerNormColumnsArgs<T> a;
+    a.dy = cview(ptr<T>(dy), width);
+    a.v = view(ptr<T>(v) + v_col, v.size(1));
+    a.terms = cview(ptr<T>(terms), layer_norm::kTerms);
+    a.gain = ptr<T>(gain);
+    a.dgain = ptr<T>(dgain);
+    a.dshift = ptr<T>(dshift);
+    const Block blk{rows, u0, u1, width};
+    in_place ? pw_layer_norm_columns_in_place(blk, a) : pw_layer_norm_columns(blk, a);
+  });
 }
 
 }  // namespace

@@ -6,20 +6,21 @@
 // fused strategies (threads owning unit blocks of every row) would need a
 // reduction across threads per step; this is the gemm strategy instead, with
 // whole rows per thread:
-//  * the input side for all steps at once: x W_ih^T as one GEMM, then each
-//    row normalised (γ_ih) plus b_ih, in place;
+//  * x W_ih^T for all steps at once, as one GEMM;
 //  * per step: h W_hh^T as one GEMM (fixed_mm_out, on every thread), then ONE
-//    pass over the step's rows, split over threads by row, that normalises
-//    the row's product (γ_hh, + b_hh), applies the gates and the state update
-//    (and the LSTM's normalisation of c'), and writes out, the states and the
+//    pass over the step's rows, split over threads by row
+//    (layer_norm_pointwise.h), that normalises the row's two products (γ_ih,
+//    γ_hh, + the biases), applies the gates and the state update (and the
+//    LSTM's normalisation of c'), and writes out, the states and the
 //    workspace ([i, f, g, o, c'] / [r, z, n, k], as every backend's);
 //  * backward: the two products the statistics came from are recomputed over
 //    all steps (one GEMM each: the workspace holds no statistics), then per
-//    step one row pass (the gates' backward and the hidden side's
-//    normalisation backward, its row sums inside the thread) and
-//    dh_prev = dHa W_hh; after the loop the input side's normalisation
-//    backward over all rows, then dX, dW_ih, dW_hh as single products and the
-//    biases, gains and shift as column sums.
+//    step one row pass (the gates' backward, both normalisations' backward
+//    with their row sums inside the thread, each row's terms kept for later)
+//    and dh_prev = dHa W_hh; after the loop a column pass (a thread owns
+//    columns and sums them over all rows in order) gives dXa in place over
+//    x W_ih^T and the gains', shift's and biases' gradients; dX, dW_ih, dW_hh
+//    as single products.
 // Every strategy name runs this.  float32 and float64, packed sequences, both
 // directions.
 #pragma once
