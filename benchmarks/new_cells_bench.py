@@ -11,7 +11,8 @@ conventions, a smaller script than ``fusedrnn.bench``).
 Inference: a no-grad forward.  Training: the forward plus the gradients of x and every weight.
 Each figure is the median of torch.utils.benchmark's adaptive timing, in rounds that take every
 implementation in turn (the machine's speed drifts); ratios are per round, then the median, with the
-best round's in brackets (on a shared, noisy machine the best round is the least disturbed one).
+ratio of the best-of-rounds times in brackets (on a shared, noisy machine each implementation's fastest
+round is its least disturbed one).
 Before timing, each cpu result (every mode of the family) is checked against the float64 reference.
 """
 
@@ -100,13 +101,13 @@ def time_family(family: str, args) -> None:
                 times[name].append(tb.Timer("fn()", globals={"fn": fn}, num_threads=args.threads)
                                    .adaptive_autorange(min_run_time=1.0).median)
 
-        def ratio(a, b, best):
+        def ratio(a, b):
             per_round = [x / y for x, y in zip(times[a], times[b])]
-            return f"{statistics.median(per_round):.2f}x ({best(per_round):.2f}x)"
+            return f"{statistics.median(per_round):.2f}x ({min(times[a]) / min(times[b]):.2f}x)"
 
         med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         print(f"| {'training' if train else 'inference'} | {med['cpu']:.2f} | {med['reference']:.2f} | "
-              f"{med['baseline']:.2f} | {ratio('reference', 'cpu', max)} | {ratio('cpu', 'baseline', min)} |")
+              f"{med['baseline']:.2f} | {ratio('reference', 'cpu')} | {ratio('cpu', 'baseline')} |")
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,9 @@
 #include "layer_norm_recurrence.h"
 
+#include <ATen/ThreadLocalState.h>
+
+#include <algorithm>
+
 #include "buffers.h"
 #include "dense_product.h"
 #include "parallel.h"
@@ -33,6 +37,21 @@ Extras extras_of(const Cell& cell, const LayerWeights& w, int64_t H) {
 
 // The block of a row pass over `rows` whole rows (layer_norm_pointwise.h).
 Block rows_block(int64_t rows, int64_t H) { return Block{rows, 0, H, H}; }
+
+// The recurrence runs in one parallel region for all its steps, a team started once rather than twice
+// per step (the product, then the pass): per step each thread takes its tiles of the product (fixed by
+// the shape: FixedProduct) and its rows of the pass, a barrier between them.  Threads: as fixed_mm_out
+// gives one step's product (one for small ones, where a team costs more than the work).
+int recurrence_threads(int64_t batch, int64_t GH, int64_t K) {
+  return batch * GH * K >= (int64_t(1) << 18) ? max_threads() : 1;
+}
+
+// Thread tid's tiles of a product.
+void product_share(const FixedProduct& product, int tid, int nt) {
+  int64_t i0, i1;
+  split_range(product.tiles(), tid, nt, i0, i1);
+  for (int64_t i = i0; i < i1; ++i) product.tile(i);
+}
 
 // ---------------------------------------------------------------------------
 // forward
@@ -81,16 +100,27 @@ void forward_rows(const Cell& cell, const Extras& e, const ForwardState& f, int6
 template <typename T>
 void forward_steps(const Cell& cell, const LayerWeights& w, const Extras& e, const Steps& s, ForwardState& f) {
   const int64_t H = f.h_state.size(1), GH = cell.gates() * H;
-  for (int64_t p = 0; p < s.count(); ++p) {
-    const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
-    // h_state's first n rows are the step's previous states (in either direction: rows that start
-    // from h0 at their own last step, in the reverse direction of packed input, still hold it)
-    at::Tensor h_prev = f.h_state.narrow(0, 0, n);
-    at::Tensor hp_rows = f.hp.narrow(0, 0, n);
-    fixed_mm_out(hp_rows, h_prev, w.w_hh.t());
-    parallel_rows(n, n * GH, [&](int64_t r0, int64_t r1) { forward_rows<T>(cell, e, f, H, off, r0, r1); });
-    h_prev.copy_(f.out.narrow(0, off, n));  // after the pass, which reads h_prev (GRU)
-  }
+  const at::Tensor w_t = w.w_hh.t();
+  const at::ThreadLocalState caller_state;  // the ATen calls of the tiles run as the caller's would
+  run_parallel(recurrence_threads(s.batch, GH, H), [&](int tid, int nt, Barrier& barrier) {
+    at::ThreadLocalStateGuard same_state(caller_state);
+    for (int64_t p = 0; p < s.count(); ++p) {
+      const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
+      // h_state's first n rows are the step's previous states (in either direction: rows that start
+      // from h0 at their own last step, in the reverse direction of packed input, still hold it)
+      product_share(FixedProduct(f.hp.narrow(0, 0, n), f.h_state.narrow(0, 0, n), w_t), tid, nt);
+      barrier.wait();
+      int64_t r0, r1;
+      split_range(n, tid, nt, r0, r1);
+      if (r0 < r1) {
+        forward_rows<T>(cell, e, f, H, off, r0, r1);
+        // the thread's rows of the new state, after the pass, which reads h_prev (GRU)
+        const T* h_new = ptr<T>(f.out) + (off + r0) * H;
+        std::copy(h_new, h_new + (r1 - r0) * H, ptr<T>(f.h_state) + r0 * H);
+      }
+      barrier.wait();  // the next step's product reads every row's new state
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -161,14 +191,21 @@ void backward_rows(const Cell& cell, const Extras& e, const BackwardState& b, in
 template <typename T>
 void backward_steps(const Cell& cell, const LayerWeights& w, const Extras& e, const Steps& s, BackwardState& b) {
   const int64_t H = b.dh_state.size(1), GH = cell.gates() * H;
-  for (int64_t p = s.count() - 1; p >= 0; --p) {
-    const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
-    parallel_rows(n, n * GH, [&](int64_t r0, int64_t r1) { backward_rows<T>(cell, e, b, H, off, r0, r1); });
-    // dh_prev = dHa W_hh (+ dh z for the GRU), over the carried gradient the pass has read
-    at::Tensor dh_rows = b.dh_state.narrow(0, 0, n);
-    const at::Tensor direct = b.dh_direct.defined() ? b.dh_direct.narrow(0, 0, n) : at::Tensor();
-    fixed_mm_out(dh_rows, b.dhp.narrow(0, off, n), w.w_hh, direct);
-  }
+  const at::ThreadLocalState caller_state;  // the ATen calls of the tiles run as the caller's would
+  run_parallel(recurrence_threads(s.batch, GH, H), [&](int tid, int nt, Barrier& barrier) {
+    at::ThreadLocalStateGuard same_state(caller_state);
+    for (int64_t p = s.count() - 1; p >= 0; --p) {
+      const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
+      int64_t r0, r1;
+      split_range(n, tid, nt, r0, r1);
+      if (r0 < r1) backward_rows<T>(cell, e, b, H, off, r0, r1);
+      barrier.wait();  // every row's pass has read the carried gradient the product overwrites
+      // dh_prev = dHa W_hh (+ dh z for the GRU)
+      const at::Tensor direct = b.dh_direct.defined() ? b.dh_direct.narrow(0, 0, n) : at::Tensor();
+      product_share(FixedProduct(b.dh_state.narrow(0, 0, n), b.dhp.narrow(0, off, n), w.w_hh, direct), tid, nt);
+      barrier.wait();  // the next step's pass reads every row's dh_prev
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------

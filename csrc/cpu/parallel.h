@@ -85,13 +85,5 @@ void parallel_units(int64_t H, int64_t work, int64_t align, const F& fn) {
   });
 }
 
-// Split `rows` whole rows over the threads, run fn(r0, r1) on each: for passes whose every row is
-// computed by one thread from start to end (the layer-normalised cells' rows, whose statistics
-// are sums over the row: layer_norm_recurrence.cpp), so any split gives the same bits.
-template <typename F>
-void parallel_rows(int64_t rows, int64_t work, const F& fn) {
-  parallel_units(rows, work, 1, fn);
-}
-
 }  // namespace cpu
 }  // namespace fusedrnn
