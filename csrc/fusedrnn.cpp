@@ -32,7 +32,7 @@ namespace {
 // (gate blocks, workspace blocks, has a cell state).
 std::tuple<int64_t, int64_t, bool> cell_layout(const std::string& family, const std::string& mode) {
   const Cell cell = checks::parse_cell(family, mode);
-  return {cell.gates(), cell.workspace_blocks(), cell.family == Family::lstm};
+  return {cell.gates(), cell.workspace_blocks(), cell.has_cell_state()};
 }
 
 }  // namespace

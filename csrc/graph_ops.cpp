@@ -112,7 +112,7 @@ ForwardResult forward(const std::string& family, const at::Tensor& x, const at::
     // the kernels take contiguous tensors; 16-bit weights stay as they are (computed in float32 inside)
     std::vector<c10::IValue> args{std::string(family), std::string(mode)};
     for (const auto& v : inputs) args.push_back(v.isTensor() ? c10::IValue(v.toTensor().contiguous()) : v);
-    args.insert(args.end(), {reverse, std::string(strategy), false, for_backward});
+    args.insert(args.end(), {reverse, std::string(strategy), false, for_backward, c10::IValue()});  // no w_extra
     out = call(compiled_op("forward"), std::move(args));
   } else if (python.has_value()) {
     std::vector<c10::IValue> args = inputs;
@@ -144,7 +144,7 @@ BackwardResult backward(const std::string& family, const at::Tensor& grad_out, c
     std::vector<c10::IValue> args{std::string(family), std::string(mode)};
     for (const auto& v : inputs) args.push_back(v.isTensor() ? c10::IValue(v.toTensor().contiguous()) : v);
     args.insert(args.end(), {reverse, out.contiguous(), workspace.contiguous(), std::string(strategy), false,
-                             need_dx, need_dweights});
+                             need_dx, need_dweights, c10::IValue()});  // these families have no w_extra
     const std::vector<at::Tensor> grads = call(compiled_op("backward"), std::move(args))[0].toTensorVector();
     result.assign(grads.begin(), grads.end());
   } else if (python.has_value()) {

@@ -335,7 +335,8 @@ class IndRNNCell(FusedRNNCellBase):
     ``[hidden_size, input_size]``, ``weight_hh`` ``[hidden_size]`` (u, element-wise), ``bias_ih``,
     ``bias_hh`` ``[hidden_size]``: a layer-direction of :class:`fusedrnn.IndRNN` under the names of
     torch.nn's cells, initialised as it is.  Inputs and outputs as :class:`torch.nn.RNNCell` (batched 2-D
-    or unbatched 1-D input, optional state).  Runs on the reference backend only so far.
+    or unbatched 1-D input, optional state).  Runs on the cpu backend's fused kernels (each step as a
+    sequence of one step) for CPU tensors, on the reference backend elsewhere.
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "relu",
@@ -399,7 +400,8 @@ class LayerNormLSTMCell(_LayerNormCell):
     ``LayerNormLSTMCell(input_size, hidden_size, bias=True, device=None, dtype=None, *, forget_bias=1.0,
     backend="auto")``.  Parameters ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (torch.nn.LSTMCell's),
     ``ln_weight_ih``, ``ln_weight_hh`` ``[4*hidden_size]``, ``ln_weight_c``, ``ln_bias_c`` ``[hidden_size]``:
-    a layer-direction of the stacked module, initialised as it is.  Runs on the reference backend only so far.
+    a layer-direction of the stacked module, initialised as it is.  Runs on the cpu backend's fused kernels
+    (each step as a sequence of one step) for CPU tensors, on the reference backend elsewhere.
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
@@ -415,7 +417,8 @@ class LayerNormGRUCell(_LayerNormCell):
     ``LayerNormGRUCell(input_size, hidden_size, bias=True, device=None, dtype=None, *, backend="auto")``.
     Parameters ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (torch.nn.GRUCell's), ``ln_weight_ih``,
     ``ln_weight_hh`` ``[3*hidden_size]``: a layer-direction of the stacked module, initialised as it is.  Runs
-    on the reference backend only so far.
+    on the cpu backend's fused kernels (each step as a sequence of one step) for CPU tensors, on the reference
+    backend elsewhere.
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,

@@ -64,9 +64,10 @@ Equations (docs/design.md section 4; PyTorch's gate order is the contract):
 
   The layer carries c, n and m concatenated as its one cell state, ``3*H`` wide (:attr:`CellSpec.cell_state_blocks`).
 
-Cells without kernels in every backend are outside :data:`BUILT_IN_CELLS`: IndRNN has the ``cpu``
-backend's kernels (its ``cells``), the layer-normalised cells and sLSTM run on the reference backend only; "auto"
-passes over a backend without a cell's kernels with its once-only warning (docs/design.md section 11).
+Cells without kernels in every backend are outside :data:`BUILT_IN_CELLS`: IndRNN has the ``cpu``, ``cuda``
+and ``triton`` backends' kernels (their ``cells``), the layer-normalised cells the ``cpu`` and ``triton``
+backends', sLSTM the ``triton`` backend's; "auto" passes over a backend without a cell's kernels with its
+once-only warning (docs/design.md section 11).
 
 Saved activations ("workspace"), one row per input row, ``workspace_blocks * H``
 wide, written by every backend's forward in this layout so the fake kernels
@@ -128,8 +129,9 @@ class CellRecord:
     torch_computes: bool = True
     #: the family's default mode (what torch.nn runs)
     default: bool = False
-    #: whether the backends' backward ops compute its gradients (every built-in cell); else the ops
-    #: differentiate its reference step with autograd (a cell that has only its reference step)
+    #: whether the backends' backward ops compute its gradients (every built-in cell, and the cells with
+    #: kernels of their own); else the ops differentiate its reference step with autograd (a cell that has
+    #: only its reference step)
     hand_written_backward: bool = False
     #: the recurrent weight ``weight_hh``: "matrix" ``[G*H, Hout]`` (h W_hh^T), "diagonal" ``[G*H]``
     #: (u * h, element-wise: IndRNN), whose hidden side has no product, or "block_diagonal"
@@ -191,15 +193,17 @@ register(CellRecord("indrnn", "tanh", gates=("a",), workspace=(), recurrent="dia
 INDRNN_CELLS = frozenset({("indrnn", "relu"), ("indrnn", "tanh")})
 # Layer-normalised LSTM and GRU (Ba et al. 2016, as haste computes them): gains of the input and the
 # recurrent pre-activations (each normalised over its whole G*H row), and for the LSTM the gain and
-# shift of the cell state's normalisation before tanh.
+# shift of the cell state's normalisation before tanh.  Kernels: the cpu backend's
+# (csrc/cpu/layer_norm_recurrence.h), backward included; the reference differentiates their steps
+# with autograd (fusedrnn.reference.sequence_backward).
 register(CellRecord("layer_norm_lstm", "layer_norm_lstm", gates=("i", "f", "g", "o"), workspace=_LSTM_WORKSPACE,
-                    states=("h", "c"), default=True,
+                    states=("h", "c"), default=True, hand_written_backward=True,
                     extra_weights=(ExtraWeight("ln_weight_ih", 4, 1.0), ExtraWeight("ln_weight_hh", 4, 1.0),
                                    ExtraWeight("ln_weight_c", 1, 1.0), ExtraWeight("ln_bias_c", 1, 0.0))))
 register(CellRecord("layer_norm_gru", "layer_norm_gru", gates=_GRU_GATES, workspace=("r", "z", "n", "k"),
-                    default=True,
+                    default=True, hand_written_backward=True,
                     extra_weights=(ExtraWeight("ln_weight_ih", 3, 1.0), ExtraWeight("ln_weight_hh", 3, 1.0))))
-#: the layer-normalised cells, which the triton backend runs beside the built-in ones (fusedrnn/backends/triton.py)
+#: the layer-normalised cells, which the cpu and triton backends run beside the built-in ones
 LAYER_NORM_CELLS = frozenset({("layer_norm_lstm", "layer_norm_lstm"), ("layer_norm_gru", "layer_norm_gru")})
 #: the epsilon of every layer normalisation (haste's and torch.nn.LayerNorm's)
 LAYER_NORM_EPS = 1e-5

@@ -223,8 +223,8 @@ class IndRNN(_NamedRecurrent):
     from ``U(-0.5, 0.5)`` as haste does (``|u| < 1`` keeps h bounded over long sequences).
     :meth:`load_haste_state_dict` loads the parameters of a ``haste_pytorch.IndRNN`` (tanh).
 
-    Fused kernels on the ``cpu`` backend (``csrc/cpu/diagonal_recurrence.cpp``); on other devices ``"auto"``
-    falls back to the reference backend with a once-only warning.
+    Fused kernels on every backend (``cpu``: csrc/cpu/diagonal_recurrence.h; ``cuda``: csrc/cuda/diagonal.cu;
+    ``triton``: fusedrnn/triton_kernels/diagonal.py), one pass over the sequence without a product per step.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "relu",
@@ -272,7 +272,8 @@ _LAYER_NORM_DOC = """
 
     Inputs and outputs are torch.nn.{twin}'s (batched, unbatched, ``PackedSequence``, initial states);
     dropout between layers as torch.nn; ``zoneout`` as haste's (:mod:`fusedrnn.modules`' docstring).  Runs on
-    the reference backend only so far: ``"auto"`` falls back to it with a once-only warning (kernels to come).
+    the cpu backend's fused kernels for CPU tensors (csrc/cpu/layer_norm_recurrence.h); on a GPU ``"auto"``
+    falls back to the reference backend with a once-only warning (GPU kernels to come).
 """
 
 

@@ -399,7 +399,7 @@ def backward_op(family: str):
 
 
 # the ops of every family in the table at import exist once fusedrnn is imported (a saved torch.export
-# program names them): the built-in families' and those that run on the reference backend only so far
+# program names them): the built-in families' and those without kernels in every backend
 for _family in families():
     define(_family)
 del _family

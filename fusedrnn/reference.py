@@ -393,6 +393,63 @@ def _lstm_step_backward(dh, dc, ws, c_prev, w: LayerWeights):
     return torch.cat([da_i, da_f, da_g, da_o], dim=1), dc_prev
 
 
+def _layer_norm_backward(dy, v, gain):
+    """The gradient of ``v`` given that of ``LN(v; gain) (+ shift)`` (:func:`layer_norm`, over each row), and each
+    row's share of the gain's gradient: ``rstd (g - mean(g) - v̂ mean(g v̂))`` with ``g = dy gain``, and ``dy v̂``."""
+    centred = v - v.mean(-1, keepdim=True)
+    rstd = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + LAYER_NORM_EPS)
+    vn = centred * rstd
+    g = dy * gain
+    return rstd * (g - g.mean(-1, keepdim=True) - vn * (g * vn).mean(-1, keepdim=True)), dy * vn
+
+
+def _layer_norm_sequence_backward(cell: CellSpec, w: LayerWeights, steps: Steps, X, OUT, WS, dOUT, h0, c0, dh, dc):
+    """Backward through time of the layer-normalised cells (the split of the cpu kernels,
+    csrc/cpu/layer_norm_recurrence.h): the products the statistics came from recomputed over all rows, per step
+    the gates' backward, the normalisations' and ``dh_prev = dHa W_hh``, then the input side over all rows.
+    Returns (dX, dh0, dc0 or None, weight gradients), in the compute dtype; ``dh`` / ``dc`` (the final states'
+    gradients) are updated in place."""
+    H = w.w_hh.shape[0] // cell.gates
+    gains = cell.split_extra(w.w_extra, H)
+    lstm = cell.has_cell_state
+    H_prev = previous_states(OUT, h0, steps)
+    HA = H_prev @ w.w_hh.t()  # the hidden side's products, before normalisation
+    dA_x, dA_h, dHA, dgain_hh = (X.new_empty(HA.shape) for _ in range(4))
+    if lstm:
+        C_prev = previous_states(WS[:, 4 * H:], c0, steps)
+        dgain_c = X.new_empty((steps.rows, 2 * H))
+    for t in reversed(steps.order):
+        n, span = steps.sizes[t], steps.span(t)
+        dh_t = dOUT[span] + dh[:n]
+        if lstm:
+            i, f, g, o, c_new = WS[span].chunk(5, dim=1)
+            tc = torch.tanh(layer_norm(c_new, gains["ln_weight_c"], gains["ln_bias_c"]))
+            dy = dh_t * o * _tanh_grad(tc)
+            dc_norm, dgain_c[span, :H] = _layer_norm_backward(dy, c_new, gains["ln_weight_c"])
+            dgain_c[span, H:] = dy
+            dc_total = dc[:n] + dc_norm
+            dA_x[span] = torch.cat([dc_total * g * _sig_grad(i), dc_total * C_prev[span] * _sig_grad(f),
+                                    dc_total * i * _tanh_grad(g), dh_t * tc * _sig_grad(o)], dim=1)
+            dc[:n] = dc_total * f
+            dA_h[span] = dA_x[span]
+            dh_direct = 0
+        else:
+            r, z, nn_, k = WS[span].chunk(4, dim=1)
+            da_z = dh_t * (H_prev[span] - nn_) * _sig_grad(z)
+            da_n = dh_t * (1 - z) * _tanh_grad(nn_)
+            da_r = da_n * k * _sig_grad(r)
+            dA_x[span] = torch.cat([da_r, da_z, da_n], dim=1)
+            dA_h[span] = torch.cat([da_r, da_z, da_n * r], dim=1)  # ĥ_n enters as r * ĥ_n
+            dh_direct = dh_t * z
+        dHA[span], dgain_hh[span] = _layer_norm_backward(dA_h[span], HA[span], gains["ln_weight_hh"])
+        dh[:n] = dh_direct + dHA[span] @ w.w_hh
+    dXA, dgain_ih = _layer_norm_backward(dA_x, X @ w.w_ih.t(), gains["ln_weight_ih"])
+    dgains = [dgain_ih.sum(0), dgain_hh.sum(0)] + ([dgain_c.sum(0)] if lstm else [])
+    dweights = LayerWeights(dXA.t() @ X, dHA.t() @ H_prev, None if w.b_ih is None else dA_x.sum(0),
+                            None if w.b_hh is None else dA_h.sum(0), None, None, torch.cat(dgains))
+    return dXA @ w.w_ih, dh, dc if lstm else None, dweights
+
+
 def sequence_backward(
     cell: CellSpec,
     grad_out: torch.Tensor,
@@ -426,10 +483,15 @@ def sequence_backward(
     H = w.w_hh.shape[0] // cell.gates
     G = cell.gates
 
+    dh = grad_hn.to(cdt).clone()
+    dc = grad_cn.to(cdt).clone() if cell.has_cell_state else None
+    if cell.record.extra_weights:  # the layer-normalised cells
+        dX, dh, dc, dweights = _layer_norm_sequence_backward(cell, w, steps, X, OUT, WS, dOUT, h0c, _cast(c0, cdt),
+                                                             dh, dc)
+        return BackwardResult(dX.reshape(x.shape).to(dtype), dh.to(dtype), None if dc is None else dc.to(dtype),
+                              LayerWeights(*(None if g is None else g.to(p.dtype) for g, p in zip(dweights, weights))))
     # gradient of each step's gate pre-activations (input side: x W_ih^T + b_ih)
     dA_x = X.new_empty((steps.rows, G * H))
-    dh = grad_hn.to(cdt).clone()
-    dc = grad_cn.to(cdt).clone() if c0 is not None else None  # the LSTM's c; sLSTM's c, n, m
     dH_total = X.new_empty(dOUT.shape) if w.w_proj is not None else None  # each output row's gradient
     if c0 is not None:  # each row's cell state before its step (the last blocks of the workspace: c', or c', n', m')
         C_prev = previous_states(WS[:, (cell.workspace_blocks - cell.cell_state_blocks) * H:], c0.to(cdt), steps)

@@ -43,8 +43,8 @@ def test_the_torch_twins_are_torch_classes_with_the_same_mode():
         assert module.weight_hh_l0.shape[0] == spec.gates * 4
 
 
-#: the cells with kernels in every backend: the drop-in classes' and the C++ copy's (the others, such as
-#: IndRNN, run on the reference backend only so far)
+#: the cells with kernels in every backend: the drop-in classes' and the C++ copy's (the others, IndRNN and
+#: the layer-normalised cells, have the cpu backend's kernels only)
 BUILT_IN_SPECS = [spec for spec in all_specs() if (spec.family, spec.mode) in cells.BUILT_IN_CELLS]
 
 
@@ -65,8 +65,8 @@ def extension_op(name: str):
     return getattr(torch.ops.fusedrnn_C, name)
 
 
-#: the cells the C++ copy knows: the built-in ones and those with kernels in a C++ backend (IndRNN: cpu)
-CPP_SPECS = BUILT_IN_SPECS + [CellSpec(*key) for key in sorted(cells.INDRNN_CELLS)]
+#: the cells the C++ copy knows: the built-in ones and those with kernels in a C++ backend (IndRNN and the layer-normalised cells: cpu)
+CPP_SPECS = BUILT_IN_SPECS + [CellSpec(*key) for key in sorted(cells.INDRNN_CELLS | cells.LAYER_NORM_CELLS)]
 
 
 @pytest.mark.parametrize("spec", CPP_SPECS, ids=str)
@@ -105,7 +105,7 @@ def test_registering_a_cell_twice_or_a_second_default_is_refused(toy_cell):
 
 
 #: the cells beyond the built-in ones that each fused backend has kernels for (the others: none)
-EXTRA_KERNELS = {"cpu": cells.INDRNN_CELLS, "cuda": cells.INDRNN_CELLS,
+EXTRA_KERNELS = {"cpu": cells.INDRNN_CELLS | cells.LAYER_NORM_CELLS, "cuda": cells.INDRNN_CELLS,
                  "triton": cells.INDRNN_CELLS | cells.LAYER_NORM_CELLS | {("slstm", "slstm")}}
 
 
@@ -131,10 +131,10 @@ def test_kernel_variants_follow_the_backends_cells():
 
     everywhere = set(ft.kernel_variants())
     assert everywhere == {n for n, v in ft.VARIANTS.items() if (v.cell.family, v.cell.mode) in cells.BUILT_IN_CELLS}
-    indrnn = {"indrnn-relu", "indrnn-tanh"}
-    for name in ("cpu", "cuda"):
-        assert set(ft.kernel_variants(name)) == everywhere | indrnn, name
-    assert set(ft.kernel_variants("triton")) == everywhere | indrnn | {"layer-norm-lstm", "layer-norm-gru", "slstm"}
+    indrnn, layer_norm = {"indrnn-relu", "indrnn-tanh"}, {"layer-norm-lstm", "layer-norm-gru"}
+    assert set(ft.kernel_variants("cpu")) == everywhere | indrnn | layer_norm
+    assert set(ft.kernel_variants("cuda")) == everywhere | indrnn
+    assert set(ft.kernel_variants("triton")) == everywhere | indrnn | layer_norm | {"slstm"}
     assert set(ft.kernel_variants("reference")) == set(ft.VARIANTS)
 
 

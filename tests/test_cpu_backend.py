@@ -104,6 +104,11 @@ def _double(t):
     return None if t is None else t.double()
 
 
+def _extra(w):
+    """The kernel ops' last argument, ``w_extra``, for a cell that has one (the layer-normalised cells)."""
+    return {} if w.w_extra is None else {"w_extra": w.w_extra}
+
+
 DIRECT = [
     pytest.param(CellSpec(*spec), extra, packed, reverse, strat,
                  id=f"{name}-{'packed' if packed else 'padded'}-{'reverse' if reverse else 'forward'}-{strat}")
@@ -115,6 +120,8 @@ DIRECT = [
         ("rnn-relu", ("rnn", "relu"), {}),
         ("indrnn-relu", ("indrnn", "relu"), {}),
         ("indrnn-tanh", ("indrnn", "tanh"), {}),
+        ("layer-norm-lstm", ("layer_norm_lstm", "layer_norm_lstm"), {}),
+        ("layer-norm-gru", ("layer_norm_gru", "layer_norm_gru"), {}),
     )
     for packed, reverse in ((False, False), (True, True))
     for strat in STRATEGIES
@@ -126,8 +133,8 @@ DIRECT = [
 def test_poisoned_buffers_are_fully_written(cell, extra, packed, reverse, strat):
     """With every output and scratch buffer NaN-filled first, results (workspace included) match the reference."""
     x, h0, c0, w, bs = _problem(cell, packed=packed, **extra)
-    ops = torch.ops.fusedrnn_C  # the kernel ops take six weights, w_ih .. w_proj (no w_extra)
-    out, h_n, c_n, ws = ops.forward(cell.family, cell.mode, x, h0, c0, *w[:6], bs, reverse, strat, True)
+    ops = torch.ops.fusedrnn_C  # the kernel ops take six weights, w_ih .. w_proj, then w_extra by name, last
+    out, h_n, c_n, ws = ops.forward(cell.family, cell.mode, x, h0, c0, *w[:6], bs, reverse, strat, True, **_extra(w))
     ref = reference.sequence_forward(cell, x.double(), h0.double(), _double(c0), LayerWeights(*map(_double, w)),
                                      bs, reverse)
     for name, got, want in (("out", out, ref.out), ("h_n", h_n, ref.h_n), ("workspace", ws, ref.workspace)):
@@ -141,8 +148,9 @@ def test_poisoned_buffers_are_fully_written(cell, extra, packed, reverse, strat)
     want = reference.sequence_backward(cell, g_out, g_h, g_c, x.double(), h0.double(), _double(c0),
                                        LayerWeights(*map(_double, w)), bs, reverse, ref.out, ref.workspace)
     got = ops.backward(cell.family, cell.mode, g_out.float(), g_h.float(), None if g_c is None else g_c.float(),
-                       x, h0, c0, *w[:6], bs, reverse, out, ws, strat, True)
-    names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_peep", "dw_proj")
+                       x, h0, c0, *w[:6], bs, reverse, out, ws, strat, True, **_extra(w))
+    names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_peep", "dw_proj", "dw_extra")
+    assert len(got) == (10 if cell.extra_blocks else 9)
     for name, g, e in zip(names, got, (want.dx, want.dh0, want.dc0, *want.dweights)):
         if e is None:
             assert g.numel() == 0, name
@@ -156,7 +164,7 @@ def test_inference_keeps_no_workspace(cell, extra, packed, reverse, strat):
     rewritten every step, and an empty workspace."""
     x, h0, c0, w, bs = _problem(cell, packed=packed, **extra)
     out, h_n, c_n, ws = torch.ops.fusedrnn_C.forward(cell.family, cell.mode, x, h0, c0, *w[:6], bs, reverse, strat,
-                                                     True, for_backward=False)
+                                                     True, for_backward=False, **_extra(w))
     ref = reference.sequence_forward(cell, x.double(), h0.double(), _double(c0), LayerWeights(*map(_double, w)),
                                      bs, reverse)
     assert ws.numel() == 0
@@ -183,6 +191,8 @@ GRADCHECK = [
     pytest.param(CellSpec("rnn", "tanh"), {}, id="rnn-tanh"),
     pytest.param(CellSpec("indrnn", "relu"), {}, id="indrnn-relu"),
     pytest.param(CellSpec("indrnn", "tanh"), {}, id="indrnn-tanh"),
+    pytest.param(CellSpec("layer_norm_lstm", "layer_norm_lstm"), {}, id="layer-norm-lstm"),
+    pytest.param(CellSpec("layer_norm_gru", "layer_norm_gru"), {}, id="layer-norm-gru"),
 ]
 
 
@@ -601,3 +611,110 @@ def test_bad_indrnn_calls_raise_runtime_error(change, message):
     if "w_hh" in message:
         with pytest.raises(RuntimeError, match="w_hh"):
             torch.ops.fusedrnn_C.forward_strategy("indrnn", "relu", x, h0, torch.zeros(37, 37), None, 6)
+
+
+# ----------------------------------------------------------------------------
+# The layer-normalised cells: whole rows per thread (csrc/cpu/layer_norm_recurrence.h)
+# ----------------------------------------------------------------------------
+
+LAYER_NORM = [CellSpec("layer_norm_lstm", "layer_norm_lstm"), CellSpec("layer_norm_gru", "layer_norm_gru")]
+
+
+def _ln_forward_and_backward(cell, x, h0, c0, w, bs, reverse, strategy):
+    ops = torch.ops.fusedrnn_C
+    out, h_n, c_n, ws = ops.forward(cell.family, cell.mode, x, h0, c0, *w[:6], bs, reverse, strategy, w_extra=w.w_extra)
+    g = torch.Generator().manual_seed(1)
+    g_out, g_h = torch.randn(out.shape, generator=g), torch.randn(h_n.shape, generator=g)
+    g_c = torch.randn(c_n.shape, generator=g) if c0 is not None else None
+    grads = ops.backward(cell.family, cell.mode, g_out, g_h, g_c, x, h0, c0, *w[:6], bs, reverse, out, ws, strategy,
+                         w_extra=w.w_extra)
+    return [out, h_n, c_n, ws, *grads]
+
+
+@pytest.mark.parametrize("cell", LAYER_NORM, ids=str)
+def test_layer_norm_cells_run_one_kernel_whatever_the_strategy(cell):
+    """A row's normalisation needs all of its units, which the fused strategies split over threads: every strategy
+    name runs the same kernel (the same bits), the strategy query says so, and the backward returns a tenth
+    gradient, that of w_extra."""
+    x, h0, c0, w, bs = _problem(cell, T=6, B=5, I=4, H=37, packed=True)
+    runs = {s: _ln_forward_and_backward(cell, x, h0, c0, w, bs, True, s) for s in ("auto", *STRATEGIES)}
+    for s, results in runs.items():
+        assert all(torch.equal(a, b) for a, b in zip(results, runs["auto"])), s
+    assert len(runs["auto"]) == 4 + 10 and runs["auto"][-1].shape == w.w_extra.shape
+    for dtype in (torch.float32, torch.float64):
+        for query in (CPU.chosen_forward_strategy, CPU.chosen_backward_strategy):
+            assert query(cell, x.to(dtype), h0.to(dtype), w, 6).startswith("gemm: a layer-normalised cell")
+
+
+def test_auto_runs_the_layer_norm_cells_on_the_cpu_backend_without_a_warning(monkeypatch):
+    monkeypatch.delenv("FUSEDRNN_BACKEND", raising=False)
+    monkeypatch.setattr(backends, "_warned", set())  # the fallback warning is once per process
+    import warnings
+
+    for cell in LAYER_NORM:
+        x, h0, _, w, _ = _problem(cell, packed=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert backends.resolve("auto", cell, x, w).name == "cpu"
+        for name in ("cuda", "triton"):  # neither GPU backend lists them
+            assert (cell.family, cell.mode) not in backends.declared_cells(name), name
+
+
+@pytest.mark.parametrize("module, spec", list(zip(["LayerNormLSTMCell", "LayerNormGRUCell"], LAYER_NORM)),
+                         ids=["lstm", "gru"])
+def test_layer_norm_cell_steps_run_the_sequence_kernels(module, spec):
+    """The step ops take no w_extra: the cpu backend gives these cells no step op, so their steps run as
+    sequences of one step, with and without grad, matching the reference backend; the step ops refuse them."""
+    import fusedrnn
+
+    torch.manual_seed(0)
+    cls = getattr(fusedrnn, module)
+    cell, twin = cls(5, 37), cls(5, 37, backend="reference")
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # gains and shift away from their initial ones and zeros
+    twin.load_state_dict(cell.state_dict())
+    x, h = torch.randn(4, 5), torch.randn(4, 37)
+    state = (h, torch.randn(4, 37)) if module == "LayerNormLSTMCell" else h
+    assert CPU.step_op(spec, x) is None
+    with torch.no_grad():
+        torch.testing.assert_close(cell(x, state), twin(x, state), rtol=1e-5, atol=1e-6)
+    got, want = cell(x, state), twin(x, state)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    loss = lambda out: sum(t.sum() for t in (out if isinstance(out, tuple) else (out,)))  # noqa: E731
+    grads = torch.autograd.grad(loss(got), list(cell.parameters()))
+    for g, p in zip(grads, torch.autograd.grad(loss(want), list(twin.parameters()))):
+        torch.testing.assert_close(g, p, rtol=1e-5, atol=1e-5)
+    w = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+    c = state[1] if isinstance(state, tuple) else None
+    with pytest.raises(RuntimeError, match="the step ops have no"):
+        torch.ops.fusedrnn_C.step_forward(spec.family, spec.mode, x, h, c, *w, None, True)
+
+
+LAYER_NORM_BAD_CALLS = {
+    "w_extra-missing": (lambda w: dict(w_extra=None), "w_extra is required for a layer_norm_lstm cell"),
+    "w_extra-length": (lambda w: dict(w_extra=w.w_extra[:-1].contiguous()), "w_extra must have shape \\[370\\]"),
+    "w_extra-dtype": (lambda w: dict(w_extra=w.w_extra.double()), "w_extra has dtype"),
+    "w_extra-noncontiguous": (lambda w: dict(w_extra=torch.ones(740)[::2]), "w_extra must be contiguous"),
+    "c0-missing": (lambda w: dict(c0=None), "c0 is required"),
+    "w_peep-given": (lambda w: dict(w_peep=torch.zeros(111)), "w_peep and w_proj exist only for lstm cells"),
+    "mode": (lambda w: dict(mode="lstm"), "mode of a layer_norm_lstm cell"),
+}
+
+
+@pytest.mark.parametrize("change, message", LAYER_NORM_BAD_CALLS.values(), ids=list(LAYER_NORM_BAD_CALLS))
+def test_bad_layer_norm_calls_raise_runtime_error(change, message):
+    cell = LAYER_NORM[0]
+    x, h0, c0, w, bs = _problem(cell)
+    args = dict(family=cell.family, mode=cell.mode, x=x, h0=h0, c0=c0, w_ih=w.w_ih, w_hh=w.w_hh, b_ih=w.b_ih,
+                b_hh=w.b_hh, w_peep=None, w_proj=None, batch_sizes=bs, reverse=False, w_extra=w.w_extra)
+    args.update(change(w))
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fusedrnn_C.forward(**args)
+
+
+def test_w_extra_is_refused_for_a_cell_without_extra_weights():
+    cell = CellSpec("lstm", "lstm")
+    x, h0, c0, w, bs = _problem(cell)
+    with pytest.raises(RuntimeError, match="w_extra must be None for a lstm cell"):
+        torch.ops.fusedrnn_C.forward("lstm", "lstm", x, h0, c0, *w[:6], bs, False, w_extra=torch.ones(148))

@@ -58,41 +58,50 @@ at::Tensor onednn_linear(const c10::OperatorHandle& op, const at::Tensor& x, con
 
 }  // namespace
 
-void fixed_mm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& add) {
-  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
-  // Tiles of at most kTile x kTile outputs: fixed by the shape, so each
+FixedProduct::FixedProduct(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& add)
+    : out_(out), a_(a), b_(b), add_(add), M_(a.size(0)), K_(a.size(1)), N_(b.size(1)) {
+  // Tiles of at most size_ x size_ outputs: fixed by the shape, so each
   // element is always the same single-threaded call's result.  The largest
   // side that still leaves a few tiles to share out: BLAS runs a 128-wide tile
   // of a long reduction (the weight gradients over T*B rows) well below its
   // speed on the whole product, a 512-wide one nearer it (benchmarks/RESULTS.md,
   // "measurements behind choices in the code").
-  int64_t kTile = 512;
-  while (kTile > 128 && ((M + kTile - 1) / kTile) * ((N + kTile - 1) / kTile) < 4) kTile /= 2;
-  const int64_t mt = (M + kTile - 1) / kTile, nt = (N + kTile - 1) / kTile, tiles = mt * nt;
-  const auto tile = [&](int64_t i) {
-    const int64_t m0 = (i / nt) * kTile, n0 = (i % nt) * kTile;
-    const int64_t mb = std::min(kTile, M - m0), nb = std::min(kTile, N - n0);
-    at::Tensor o = out.narrow(0, m0, mb).narrow(1, n0, nb);
-    const at::Tensor ai = a.narrow(0, m0, mb), bi = b.narrow(1, n0, nb);
-    SequentialBlas one_thread;  // on this thread, whatever the team
-    if (add.defined()) {
-      // `add` broadcasts like addmm's input: a row [N] or a matrix [M, N]
-      const at::Tensor addi = add.dim() == 1 ? add.narrow(0, n0, nb) : add.narrow(0, m0, mb).narrow(1, n0, nb);
-      at::addmm_out(o, addi, ai, bi);
-    } else {
-      at::mm_out(o, ai, bi);
-    }
-  };
+  size_ = 512;
+  while (size_ > 128 && ((M_ + size_ - 1) / size_) * ((N_ + size_ - 1) / size_) < 4) size_ /= 2;
+  mt_ = (M_ + size_ - 1) / size_;
+  nt_ = (N_ + size_ - 1) / size_;
+}
+
+int FixedProduct::threads() const {
   // one thread for small products (a team would cost more than the work)
-  const int nthreads = M * N * K >= (int64_t(1) << 18) ? static_cast<int>(std::min<int64_t>(max_threads(), tiles)) : 1;
+  return M_ * N_ * K_ >= (int64_t(1) << 18) ? static_cast<int>(std::min<int64_t>(max_threads(), tiles())) : 1;
+}
+
+void FixedProduct::tile(int64_t i) const {
+  const int64_t m0 = (i / nt_) * size_, n0 = (i % nt_) * size_;
+  const int64_t mb = std::min(size_, M_ - m0), nb = std::min(size_, N_ - n0);
+  at::Tensor o = out_.narrow(0, m0, mb).narrow(1, n0, nb);
+  const at::Tensor ai = a_.narrow(0, m0, mb), bi = b_.narrow(1, n0, nb);
+  SequentialBlas one_thread;  // on this thread, whatever the team
+  if (add_.defined()) {
+    // `add` broadcasts like addmm's input: a row [N] or a matrix [M, N]
+    const at::Tensor addi = add_.dim() == 1 ? add_.narrow(0, n0, nb) : add_.narrow(0, m0, mb).narrow(1, n0, nb);
+    at::addmm_out(o, addi, ai, bi);
+  } else {
+    at::mm_out(o, ai, bi);
+  }
+}
+
+void fixed_mm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& add) {
+  const FixedProduct product(out, a, b, add);
   // the caller's dispatcher state on every thread (the ATen calls below the
   // autograd layer, as on the caller, whose op call excluded it)
   const at::ThreadLocalState caller_state;
-  run_parallel(nthreads, [&](int tid, int n, Barrier&) {
+  run_parallel(product.threads(), [&](int tid, int n, Barrier&) {
     at::ThreadLocalStateGuard same_state(caller_state);
     int64_t i0, i1;
-    split_range(tiles, tid, n, i0, i1);
-    for (int64_t i = i0; i < i1; ++i) tile(i);
+    split_range(product.tiles(), tid, n, i0, i1);
+    for (int64_t i = i0; i < i1; ++i) product.tile(i);
   });
 }
 

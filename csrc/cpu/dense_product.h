@@ -44,6 +44,23 @@ void fixed_mm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& 
                   const at::Tensor& add = at::Tensor());
 at::Tensor fixed_mm(const at::Tensor& a, const at::Tensor& b);
 
+// fixed_mm_out's tiles, for a caller that runs them inside a parallel region of its own (the
+// layer-normalised cells' recurrence: one region for all steps, layer_norm_recurrence.cpp):
+// tile(i) for i in [0, tiles()), each on one thread, in any order and split, gives the same bits.
+// The caller's thread-local ATen state must be on the thread (at::ThreadLocalStateGuard).
+class FixedProduct {
+ public:
+  FixedProduct(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& add = at::Tensor());
+  int64_t tiles() const { return mt_ * nt_; }
+  // how many threads fixed_mm_out gives the product (one for a small one)
+  int threads() const;
+  void tile(int64_t i) const;
+
+ private:
+  at::Tensor out_, a_, b_, add_;  // held, not referenced: callers pass views made for the call
+  int64_t M_, K_, N_, size_, mt_, nt_;
+};
+
 // Which library linear() uses for float32: "onednn" or "aten" (for reports).
 // FUSEDRNN_CPU_LINEAR=aten forces the fallback (tests run both).
 std::string linear_library();

@@ -48,11 +48,12 @@ Geometry check_call(const std::string& family, const std::string& mode, const at
                     const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
                     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
                     const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_proj,
-                    const c10::optional<at::Tensor>& batch_sizes) {
+                    const c10::optional<at::Tensor>& batch_sizes,
+                    const c10::optional<at::Tensor>& w_extra = c10::nullopt) {
   TORCH_CHECK(x.device().is_cpu(), "fusedrnn_C: x must be a CPU tensor, got device ", x.device());
   TORCH_CHECK(supported_dtype(x.scalar_type()), "fusedrnn_C: x must be float32, float64, bfloat16 or float16, got ",
               x.scalar_type());
-  return checks::check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
+  return checks::check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, w_extra);
 }
 
 at::ScalarType compute_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -67,9 +68,10 @@ at::Tensor to_compute(const c10::optional<at::Tensor>& t, at::ScalarType cdt) {
 
 LayerWeights compute_weights(const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                              const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_peep,
-                             const c10::optional<at::Tensor>& w_proj, at::ScalarType cdt) {
-  return LayerWeights{to_compute(w_ih, cdt), to_compute(w_hh, cdt), to_compute(b_ih, cdt),
-                      to_compute(b_hh, cdt), to_compute(w_peep, cdt), to_compute(w_proj, cdt)};
+                             const c10::optional<at::Tensor>& w_proj, const c10::optional<at::Tensor>& w_extra,
+                             at::ScalarType cdt) {
+  return LayerWeights{to_compute(w_ih, cdt),   to_compute(w_hh, cdt),   to_compute(b_ih, cdt),   to_compute(b_hh, cdt),
+                      to_compute(w_peep, cdt), to_compute(w_proj, cdt), to_compute(w_extra, cdt)};
 }
 
 // [N, D] rows back to x's leading shape and dtype
@@ -89,11 +91,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
     const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_proj,
     const c10::optional<at::Tensor>& batch_sizes, bool reverse, const std::string& strategy, bool poison,
-    bool for_backward) {
-  const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
+    bool for_backward, const c10::optional<at::Tensor>& w_extra) {
+  const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, w_extra);
   const Strategy strat = parse_strategy(strategy);
   const at::ScalarType cdt = compute_dtype(x.scalar_type());
-  const LayerWeights w = compute_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, cdt);
+  const LayerWeights w = compute_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, w_extra, cdt);
   const Steps steps(g.sizes, reverse);
   const ForwardOut r = sequence_forward(g.cell, rows_of(x, g, cdt), to_compute(h0, cdt), to_compute(c0, cdt), w,
                                         steps, strat, poison, for_backward);
@@ -111,19 +113,26 @@ std::vector<at::Tensor> backward(const std::string& family, const std::string& m
                                  const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_proj,
                                  const c10::optional<at::Tensor>& batch_sizes, bool reverse, const at::Tensor& out,
                                  const at::Tensor& workspace, const std::string& strategy, bool poison,
-                                 bool need_dx, bool need_dweights) {
-  const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
+                                 bool need_dx, bool need_dweights, const c10::optional<at::Tensor>& w_extra) {
+  const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, w_extra);
   checks::check_backward_call(g, x, grad_out, grad_hn, grad_cn, out, workspace);
   const Strategy strat = parse_strategy(strategy);
   const at::ScalarType cdt = compute_dtype(x.scalar_type());
-  const LayerWeights w = compute_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, cdt);
+  const LayerWeights w = compute_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, w_extra, cdt);
   const Steps steps(g.sizes, reverse);
-  const at::Tensor gcn = g.cell.family == Family::lstm ? to_compute(grad_cn, cdt) : at::Tensor();
+  const at::Tensor gcn = g.cell.has_cell_state() ? to_compute(grad_cn, cdt) : at::Tensor();
   const BackwardOut r = sequence_backward(g.cell, rows_of(grad_out, g, cdt), to_compute(grad_hn, cdt), gcn,
                                           rows_of(x, g, cdt), to_compute(h0, cdt), to_compute(c0, cdt), w, steps,
                                           rows_of(out, g, cdt), rows_of(workspace, g, cdt), strat, poison,
                                           need_dx, need_dweights);
-  return frame::op_result(r, x);
+  return frame::op_result(r, x, g.cell);
+}
+
+// The step ops' schema has no w_extra: a layer-normalised cell's step runs as a sequence of one step
+// (fusedrnn/backends/cpu.py gives it no step op).
+void check_step_cell(const std::string& family, const std::string& mode) {
+  TORCH_CHECK(!checks::parse_cell(family, mode).layer_norm(), "fusedrnn_C: the step ops have no ", family,
+              " cell (no w_extra): run it as a sequence of one step");
 }
 
 // One step (op_schema.h's step_forward): step.h's kernel for float32, the
@@ -134,6 +143,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_forward(
     const c10::optional<at::Tensor>& c, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
     const c10::optional<at::Tensor>& w_peep, bool for_backward) {
+  check_step_cell(family, mode);
   TORCH_CHECK(x.dim() == 2, "fusedrnn_C: x of a step must be 2-D [batch, input_size], got ", x.dim(), "-D");
   const at::Tensor x_steps = x.unsqueeze(0);
   const Geometry g = check_call(family, mode, x_steps, h, c, w_ih, w_hh, b_ih, b_hh, w_peep, {}, {});
@@ -146,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_forward(
     return {h_new, c_new.defined() ? c_new : x.new_empty({0}), workspace.defined() ? workspace : x.new_empty({0})};
   }
   auto [out, h_n, c_n, workspace] = forward(family, mode, x_steps, h, c, w_ih, w_hh, b_ih, b_hh, w_peep, {}, {},
-                                            false, "auto", false, for_backward);
+                                            false, "auto", false, for_backward, c10::nullopt);
   return {h_n, c_n, workspace.numel() > 0 ? workspace.squeeze(0) : x.new_empty({0})};
 }
 
@@ -159,6 +169,7 @@ std::vector<at::Tensor> step_backward(const std::string& family, const std::stri
                                       const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
                                       const c10::optional<at::Tensor>& w_peep, const at::Tensor& h_new,
                                       const at::Tensor& workspace, bool need_dx, bool need_dweights) {
+  check_step_cell(family, mode);
   TORCH_CHECK(x.dim() == 2, "fusedrnn_C: x of a step must be 2-D [batch, input_size], got ", x.dim(), "-D");
   const at::Tensor x_steps = x.unsqueeze(0);
   const Geometry g = check_call(family, mode, x_steps, h, c, w_ih, w_hh, b_ih, b_hh, w_peep, {}, {});
@@ -177,14 +188,14 @@ std::vector<at::Tensor> step_backward(const std::string& family, const std::stri
   // h' is both the step's output and its last state: its gradient enters once, as the output's
   std::vector<at::Tensor> d = backward(family, mode, grad_h.unsqueeze(0), at::zeros_like(h), grad_c, x_steps, h, c,
                                        w_ih, w_hh, b_ih, b_hh, w_peep, {}, {}, false, h_new.unsqueeze(0), ws_steps,
-                                       "auto", false, need_dx, need_dweights);
+                                       "auto", false, need_dx, need_dweights, c10::nullopt);
   if (d[0].numel() > 0) d[0] = d[0].view(x.sizes());
   d.pop_back();  // dw_proj: a step has no projection
   return d;
 }
 
 // What "auto" runs: "fused" or "folded", or "gemm: <why not fused>"; "elementwise" for IndRNN,
-// whatever the strategy.  The
+// whatever the strategy, and "gemm: ..." for the layer-normalised cells.  The
 // backward runs the fused kernels after either fused forward.
 std::string chosen_strategy(const std::string& family, const std::string& mode, const at::Tensor& x,
                             const at::Tensor& h0, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_proj,
@@ -192,6 +203,8 @@ std::string chosen_strategy(const std::string& family, const std::string& mode, 
   const checks::QuerySizes q = checks::check_strategy_query(family, mode, h0, w_hh, w_proj, steps);
   // no recurrent product to choose a strategy for: one element-wise kernel (diagonal_recurrence.h)
   if (q.cell.diagonal()) return "elementwise";
+  // whatever the strategy asked for (layer_norm_recurrence.h)
+  if (q.cell.layer_norm()) return "gemm: a layer-normalised cell normalises whole rows, not unit blocks";
   std::string why_gemm;
   const ProblemSizes sizes{q.B, q.steps, x.size(-1), q.H, q.P};
   const Strategy s = choose_strategy(q.cell, sizes, compute_dtype(x.scalar_type()), &why_gemm);

@@ -5,6 +5,7 @@
 // templates themselves, so the ISA-specific code lives in one file.
 #pragma once
 
+#include "layer_norm_pointwise.h"
 #include "pointwise.h"
 
 namespace fusedrnn {
@@ -34,6 +35,13 @@ FUSEDRNN_DECLARE_PASS(pw_indrnn_forward_tanh, IndrnnForwardArgs)
 FUSEDRNN_DECLARE_PASS(pw_indrnn_forward_relu, IndrnnForwardArgs)
 FUSEDRNN_DECLARE_PASS(pw_indrnn_backward_tanh, IndrnnBackwardArgs)
 FUSEDRNN_DECLARE_PASS(pw_indrnn_backward_relu, IndrnnBackwardArgs)
+// the layer-normalised cells' whole-row passes (layer_norm_pointwise.h)
+FUSEDRNN_DECLARE_PASS(pw_layer_norm_columns, LayerNormColumnsArgs)
+FUSEDRNN_DECLARE_PASS(pw_layer_norm_columns_in_place, LayerNormColumnsArgs)
+FUSEDRNN_DECLARE_PASS(pw_ln_lstm_forward, LnLstmForwardArgs)
+FUSEDRNN_DECLARE_PASS(pw_ln_lstm_backward, LnLstmBackwardArgs)
+FUSEDRNN_DECLARE_PASS(pw_ln_gru_forward, LnGruForwardArgs)
+FUSEDRNN_DECLARE_PASS(pw_ln_gru_backward, LnGruBackwardArgs)
 
 #undef FUSEDRNN_DECLARE_PASS
 

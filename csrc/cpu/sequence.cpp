@@ -30,6 +30,8 @@
 //                         large GEMMs, the parallel region
 //  * diagonal_recurrence.h IndRNN (element-wise recurrent weight): no per-step
 //                         product, so no strategy; its own region and passes
+//  * layer_norm_recurrence.h the layer-normalised LSTM and GRU: the gemm strategy
+//                         with whole rows per thread (layer_norm_pointwise.h)
 //  * fusedrnn/sequence_frame.h (shared with csrc/cuda): the steps' rows and
 //                         order, the previous and last rows, the folded input
 //                         bias, the weight gradients after the recurrence
@@ -40,6 +42,7 @@
 #include "buffers.h"
 #include "dense_product.h"
 #include "diagonal_recurrence.h"
+#include "layer_norm_recurrence.h"
 #include "fused_strategy.h"
 #include "gemm_strategy.h"
 #include "parallel.h"
@@ -66,6 +69,7 @@ ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Ten
                             const LayerWeights& w, const Steps& s, Strategy strategy, bool poison,
                             bool for_backward) {
   if (cell.diagonal()) return diagonal_sequence_forward(cell, x, h0, w, s, for_backward);  // no product per step
+  if (cell.layer_norm()) return layer_norm_sequence_forward(cell, x, h0, c0, w, s, poison, for_backward);
   ForwardBuffers f;
   f.keep_workspace = for_backward;
   f.G = cell.gates();
@@ -110,6 +114,10 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
                               bool need_dx, bool need_dweights) {
   if (cell.diagonal()) {
     return diagonal_sequence_backward(cell, grad_out, grad_hn, x, h0, w, s, out, poison, need_dx, need_dweights);
+  }
+  if (cell.layer_norm()) {
+    return layer_norm_sequence_backward(cell, grad_out, grad_hn, grad_cn, x, h0, c0, w, s, out, workspace, poison,
+                                        need_dx, need_dweights);
   }
   BackwardBuffers bb;
   bb.G = cell.gates();

@@ -73,16 +73,27 @@ void check_kernel_device(const at::Tensor& x) {
   TORCH_CHECK(on_kernel_device(x), "fusedrnn_C: x must be ", kDeviceWanted, ", got device ", x.device());
 }
 
+// The cell table's cells these kernels do not run yet: the layer-normalised cells have CPU and Triton
+// kernels only (fusedrnn/backends/cuda.py does not list them, so "auto" never sends them here).
+void check_has_kernels(const Cell& cell, const std::string& family) {
+  TORCH_CHECK(!cell.layer_norm(), "fusedrnn_C: the CUDA kernels have no ", family,
+              " cell (it runs on the cpu, triton and reference backends)");
+}
+
 // The shared checks (op_checks.h), after the CUDA-specific ones on x.
 Geometry check_call(const std::string& family, const std::string& mode, const at::Tensor& x, const at::Tensor& h0,
                     const OptionalTensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
                     const OptionalTensor& b_ih, const OptionalTensor& b_hh, const OptionalTensor& w_peep,
-                    const OptionalTensor& w_proj, const OptionalTensor& batch_sizes) {
+                    const OptionalTensor& w_proj, const OptionalTensor& batch_sizes,
+                    const OptionalTensor& w_extra = c10::nullopt) {
   check_kernel_device(x);
   const auto dt = x.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
               "fusedrnn_C: the CUDA kernels take float32, float16 or bfloat16, got ", dt);
-  return checks::check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
+  const Geometry g =
+      checks::check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, w_extra);
+  check_has_kernels(g.cell, family);
+  return g;
 }
 
 at::Tensor value_or_undefined(const OptionalTensor& t) { return checks::defined(t) ? *t : at::Tensor(); }
@@ -109,8 +120,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const std::string& family, const std::string& mode, const at::Tensor& x, const at::Tensor& h0,
     const OptionalTensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh, const OptionalTensor& b_ih,
     const OptionalTensor& b_hh, const OptionalTensor& w_peep, const OptionalTensor& w_proj,
-    const OptionalTensor& batch_sizes, bool reverse, const std::string& strategy, bool poison, bool for_backward) {
-  const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
+    const OptionalTensor& batch_sizes, bool reverse, const std::string& strategy, bool poison, bool for_backward,
+    const OptionalTensor& w_extra) {
+  // w_extra belongs to the layer-normalised cells only, which check_call refuses
+  const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, w_extra);
   const Strategy requested = parse_strategy(strategy);
   const KernelDevice device(x.device());
   const frame::Steps s(g.sizes, reverse);
@@ -130,8 +143,8 @@ std::vector<at::Tensor> backward(const std::string& family, const std::string& m
                                  const OptionalTensor& w_peep, const OptionalTensor& w_proj,
                                  const OptionalTensor& batch_sizes, bool reverse, const at::Tensor& out,
                                  const at::Tensor& workspace, const std::string& strategy, bool poison,
-                                 bool need_dx, bool need_dweights) {
-  const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes);
+                                 bool need_dx, bool need_dweights, const OptionalTensor& w_extra) {
+  const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, w_extra);
   checks::check_backward_call(g, x, grad_out, grad_hn, grad_cn, out, workspace);
   const Strategy requested = parse_strategy(strategy);
   const KernelDevice device(x.device());
@@ -150,6 +163,7 @@ std::string chosen_strategy(const std::string& family, const std::string& mode, 
                             int64_t steps) {
   check_kernel_device(x);
   const checks::QuerySizes q = checks::check_strategy_query(family, mode, h0, w_hh, w_proj, steps);
+  check_has_kernels(q.cell, family);
   // no recurrent product to choose a strategy for: one element-wise kernel (diagonal.cu), as on the CPU
   if (q.cell.diagonal()) return "elementwise";
   const KernelDevice device(x.device());

@@ -16,6 +16,12 @@ from ..cells import CellSpec
 from .base import Backend, BackwardResult, ForwardResult, LayerWeights
 
 
+def _extra(weights: LayerWeights) -> dict:
+    """The kernel ops' ``w_extra`` argument, only where there is one (the ops of the CUDA emulation, built
+    separately, may predate it)."""
+    return {} if weights.w_extra is None else {"w_extra": weights.w_extra}
+
+
 class CompiledBackend(Backend):
     """A backend whose kernels are the dispatcher ops of op_schema.h."""
 
@@ -24,10 +30,11 @@ class CompiledBackend(Backend):
         return torch.ops.fusedrnn_C
 
     def forward(self, cell, x, h0, c0, weights: LayerWeights, batch_sizes, reverse, for_backward=True) -> ForwardResult:
-        # the kernel ops take six weights (w_ih .. w_proj): the cells they run have no w_extra
+        # the kernel ops take six weights (w_ih .. w_proj) in place, and w_extra (a cell with extra weights)
+        # by name, last
         out, h_n, c_n, workspace = self.ops().forward(
             cell.family, cell.mode, x, h0, c0, *weights[:6], batch_sizes, bool(reverse),
-            self.strategy_for(cell, x, backward=False), for_backward=bool(for_backward),
+            self.strategy_for(cell, x, backward=False), for_backward=bool(for_backward), **_extra(weights),
         )
         return ForwardResult(out, h_n, c_n if cell.has_cell_state else None, workspace)
 
@@ -36,7 +43,7 @@ class CompiledBackend(Backend):
         grads = self.ops().backward(
             cell.family, cell.mode, grad_out, grad_hn, grad_cn, x, h0, c0, *weights[:6], batch_sizes, bool(reverse),
             out, workspace, self.strategy_for(cell, x, backward=True), need_dx=bool(need_dx),
-            need_dweights=bool(need_dweights),
+            need_dweights=bool(need_dweights), **_extra(weights),
         )
         return BackwardResult.from_op(cell, grads, weights)
 

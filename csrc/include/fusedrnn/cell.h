@@ -11,15 +11,27 @@ namespace fusedrnn {
 // indrnn: IndRNN (Li et al. 2018), h' = act(W_ih x + b_ih + u*h + b_hh) with
 // an element-wise recurrent weight u = w_hh [H] (the record's
 // recurrent="diagonal"); the CPU and CUDA kernels run it (no product per step).
-enum class Family { lstm, gru, rnn, indrnn };
+// layer_norm_lstm, layer_norm_gru: haste's LayerNormLSTM / LayerNormGRU (fusedrnn/cells.py), the
+// LSTM's and GRU's gate blocks with both pre-activations normalised over their whole G*H row, gains
+// and shift in w_extra (extra_blocks() * H); the CPU kernels run them (layer_norm_recurrence.h), the
+// CUDA ones refuse them.
+enum class Family { lstm, gru, rnn, indrnn, layer_norm_lstm, layer_norm_gru };
 
 struct Cell {
   Family family = Family::rnn;
   bool relu = false;        // rnn, indrnn: relu instead of tanh
   bool reset_after = true;  // gru: PyTorch's form
-  int64_t gates() const { return family == Family::lstm ? 4 : family == Family::gru ? 3 : 1; }
-  // indrnn keeps none: as for the Elman RNN, act' follows from the output h itself
-  int64_t workspace_blocks() const { return family == Family::lstm ? 5 : family == Family::gru ? 4 : 0; }
+  bool lstm_like() const { return family == Family::lstm || family == Family::layer_norm_lstm; }
+  bool gru_like() const { return family == Family::gru || family == Family::layer_norm_gru; }
+  int64_t gates() const { return lstm_like() ? 4 : gru_like() ? 3 : 1; }
+  // [i, f, g, o, c'] / [r, z, n, k]; indrnn keeps none: as for the Elman RNN, act' follows from the output h
+  int64_t workspace_blocks() const { return lstm_like() ? 5 : gru_like() ? 4 : 0; }
+  bool has_cell_state() const { return lstm_like(); }
+  // The layer-normalised cells: each row of a pre-activation is normalised over all of its units, so no
+  // kernel can split a row's units over threads without a reduction between them.
+  bool layer_norm() const { return family == Family::layer_norm_lstm || family == Family::layer_norm_gru; }
+  // Length of w_extra in units of H: [γ_ih (G), γ_hh (G)] (+ [γ_c, β_c] for the LSTM); 0 without extras.
+  int64_t extra_blocks() const { return layer_norm() ? 2 * gates() + (has_cell_state() ? 2 : 0) : 0; }
   // Whether w_hh is a vector [G*H] applied element-wise (u*h) rather than a matrix [G*H, Hout]:
   // the hidden side then has no product, and every unit is independent of the others across time.
   bool diagonal() const { return family == Family::indrnn; }

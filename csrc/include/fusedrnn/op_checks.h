@@ -36,8 +36,12 @@ inline Cell parse_cell(const std::string& family, const std::string& mode) {
                 mode, "'");
     cell.family = Family::indrnn;
     cell.relu = mode == "relu";
+  } else if (family == "layer_norm_lstm" || family == "layer_norm_gru") {
+    TORCH_CHECK(mode == family, "fusedrnn_C: mode of a ", family, " cell must be '", family, "', got '", mode, "'");
+    cell.family = family == "layer_norm_lstm" ? Family::layer_norm_lstm : Family::layer_norm_gru;
   } else {
-    TORCH_CHECK(family == "rnn", "fusedrnn_C: family must be 'lstm', 'gru', 'rnn' or 'indrnn', got '", family, "'");
+    TORCH_CHECK(family == "rnn", "fusedrnn_C: family must be 'lstm', 'gru', 'rnn', 'indrnn', 'layer_norm_lstm' or "
+                "'layer_norm_gru', got '", family, "'");
     TORCH_CHECK(mode == "tanh" || mode == "relu", "fusedrnn_C: mode of an rnn cell must be 'tanh' or 'relu', got '",
                 mode, "'");
     cell.relu = mode == "relu";
@@ -70,7 +74,8 @@ inline Geometry check_call(const std::string& family, const std::string& mode, c
                            const at::Tensor& h0, const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
                            const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                            const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_peep,
-                           const c10::optional<at::Tensor>& w_proj, const c10::optional<at::Tensor>& batch_sizes) {
+                           const c10::optional<at::Tensor>& w_proj, const c10::optional<at::Tensor>& batch_sizes,
+                           const c10::optional<at::Tensor>& w_extra = c10::nullopt) {
   Geometry g;
   g.cell = parse_cell(family, mode);
   g.G = g.cell.gates();
@@ -103,6 +108,14 @@ inline Geometry check_call(const std::string& family, const std::string& mode, c
   check_optional(b_hh, "b_hh", x, {g.G * g.H});
   check_optional(w_peep, "w_peep", x, {3 * g.H});
   check_optional(w_proj, "w_proj", x, {g.Hout, g.H});
+  // the layer-normalised cells' gains and shift, concatenated in the record's order (fusedrnn/cells.py)
+  if (g.cell.extra_blocks() > 0) {
+    TORCH_CHECK(defined(w_extra), "fusedrnn_C: w_extra is required for a ", family, " cell (", g.cell.extra_blocks(),
+                "*hidden_size gains and shifts)");
+    check_tensor(*w_extra, "w_extra", x, {g.cell.extra_blocks() * g.H});
+  } else {
+    TORCH_CHECK(!defined(w_extra), "fusedrnn_C: w_extra must be None for a ", family, " cell");
+  }
   TORCH_CHECK(h0.dim() == 2, "fusedrnn_C: h0 must be 2-D [batch, hidden], got ", h0.dim(), "-D");
   if (g.packed) {
     const at::Tensor& bs = *batch_sizes;
@@ -131,8 +144,8 @@ inline Geometry check_call(const std::string& family, const std::string& mode, c
     g.N = g.T * g.B;
   }
   check_tensor(h0, "h0", x, {g.B, g.Hout});
-  if (g.cell.family == Family::lstm) {
-    TORCH_CHECK(defined(c0), "fusedrnn_C: c0 is required for an lstm cell");
+  if (g.cell.has_cell_state()) {
+    TORCH_CHECK(defined(c0), "fusedrnn_C: c0 is required (a ", family, " cell has a cell state)");
     check_tensor(*c0, "c0", x, {g.B, g.H});
   } else {
     TORCH_CHECK(!defined(c0), "fusedrnn_C: c0 must be None for a ", family, " cell");
@@ -152,8 +165,8 @@ inline void check_backward_call(const Geometry& g, const at::Tensor& x, const at
   check_tensor(out, "out", x, out_shape);
   check_tensor(workspace, "workspace", x, ws_shape);
   check_tensor(grad_hn, "grad_hn", x, {g.B, g.Hout});
-  if (g.cell.family == Family::lstm) {
-    TORCH_CHECK(defined(grad_cn), "fusedrnn_C: grad_cn is required for an lstm cell");
+  if (g.cell.has_cell_state()) {
+    TORCH_CHECK(defined(grad_cn), "fusedrnn_C: grad_cn is required for a cell with a cell state");
     check_tensor(*grad_cn, "grad_cn", x, {g.B, g.H});
   }
 }

@@ -21,8 +21,9 @@ namespace fusedrnn {
 namespace frame {
 
 // One layer-direction's weights in the compute dtype; undefined where absent.
+// w_extra: the layer-normalised cells' gains and shift (Cell::extra_blocks()).
 struct LayerWeights {
-  at::Tensor w_ih, w_hh, b_ih, b_hh, w_peep, w_proj;
+  at::Tensor w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, w_extra;
 };
 
 // Which rows each step owns and the order the steps run in (as
@@ -138,18 +139,21 @@ struct Gradients {
 };
 
 // The backward op's result list (op_schema.h): every gradient in x's dtype,
-// dx in x's shape, an empty tensor for each one there is not.
-inline std::vector<at::Tensor> op_result(const Gradients& r, const at::Tensor& x) {
+// dx in x's shape, an empty tensor for each one there is not; a tenth, that of
+// w_extra, for a cell with extra weights.
+inline std::vector<at::Tensor> op_result(const Gradients& r, const at::Tensor& x, const Cell& cell = Cell()) {
   const auto back = [&](const at::Tensor& t) { return t.defined() ? t.to(x.scalar_type()) : x.new_empty({0}); };
-  return {r.dx.defined() ? back(r.dx.reshape(x.sizes())) : x.new_empty({0}),
-          back(r.dh0),
-          back(r.dc0),
-          back(r.dw.w_ih),
-          back(r.dw.w_hh),
-          back(r.dw.b_ih),
-          back(r.dw.b_hh),
-          back(r.dw.w_peep),
-          back(r.dw.w_proj)};
+  std::vector<at::Tensor> result{r.dx.defined() ? back(r.dx.reshape(x.sizes())) : x.new_empty({0}),
+                                 back(r.dh0),
+                                 back(r.dc0),
+                                 back(r.dw.w_ih),
+                                 back(r.dw.w_hh),
+                                 back(r.dw.b_ih),
+                                 back(r.dw.b_hh),
+                                 back(r.dw.w_peep),
+                                 back(r.dw.w_proj)};
+  if (cell.extra_blocks() > 0) result.push_back(back(r.dw.w_extra));
+  return result;
 }
 
 // What the backward's recurrence leaves for the products after it: [N, *]

@@ -1,0 +1,129 @@
+"""The cells with kernels on the ``cpu`` backend beyond the built-in ones (IndRNN:
+csrc/cpu/diagonal_recurrence.h; the layer-normalised LSTM and GRU: csrc/cpu/layer_norm_recurrence.h)
+against the reference backend (the same equations in plain PyTorch, step by step) and against a plain
+cell of the same size on the ``cpu`` backend (IndRNN and LayerNorm LSTM: the LSTM; LayerNorm GRU: the
+GRU), in one process, on one layer-direction (issue 16's targets: docs/design.md section 10's
+conventions, a smaller script than ``fusedrnn.bench``).
+
+    python benchmarks/new_cells_bench.py [--cells indrnn,layer_norm_lstm,layer_norm_gru] [--threads 2]
+                                         [--shape T B I H] [--rounds 3]
+
+Inference: a no-grad forward.  Training: the forward plus the gradients of x and every weight.
+Each figure is the median of torch.utils.benchmark's adaptive timing, in rounds that take every
+implementation in turn (the machine's speed drifts); ratios are per round, then the median, with the
+ratio of the best-of-rounds times in brackets (on a shared, noisy machine each implementation's fastest
+round is its least disturbed one).
+Before timing, each cpu result (every mode of the family) is checked against the float64 reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+import torch.utils.benchmark as tb
+
+from fusedrnn import cells, functional
+from fusedrnn.cells import CellSpec
+from fusedrnn.layer import LayerWeights
+from fusedrnn.testing import error
+
+#: family -> the plain cell of the same size it is timed against on the cpu backend
+BASELINES = {
+    "indrnn": CellSpec("lstm", "lstm"),
+    "layer_norm_lstm": CellSpec("lstm", "lstm"),
+    "layer_norm_gru": CellSpec("gru", "reset_after"),
+}
+
+
+def weights(cell: CellSpec, I: int, H: int, g: torch.Generator) -> LayerWeights:
+    G = cell.gates
+    w_hh = (torch.rand(G * H, generator=g) - 0.5 if cell.record.recurrent == "diagonal"
+            else torch.randn(G * H, H, generator=g) / H ** 0.5)
+    # gains near one, the shift near zero (their initial values), so that the normalisations matter
+    w_extra = 1 + 0.1 * torch.randn(cell.extra_blocks * H, generator=g) if cell.extra_blocks else None
+    return LayerWeights(torch.randn(G * H, I, generator=g) / I ** 0.5, w_hh, torch.randn(G * H, generator=g) * 0.1,
+                        torch.randn(G * H, generator=g) * 0.1, w_extra=w_extra)
+
+
+def make(cell: CellSpec, backend: str, T: int, B: int, I: int, H: int, train: bool):
+    g = torch.Generator().manual_seed(0)
+    w = weights(cell, I, H, g)
+    x = torch.randn(T, B, I, generator=g)
+    h0 = torch.randn(B, H, generator=g) * 0.1
+    c0 = torch.randn(B, H, generator=g) * 0.1 if cell.has_cell_state else None
+    leaves = [t for t in (x, *w) if t is not None] if train else []
+    for t in leaves:
+        t.requires_grad_()
+
+    def run():
+        if not train:
+            with torch.no_grad():
+                return functional.layer(cell, x, h0, c0, w, backend=backend).out
+        res = functional.layer(cell, x, h0, c0, w, backend=backend)
+        return torch.autograd.grad(res.out.sum() + res.h_n.sum(), leaves)
+
+    return run, (x, h0, c0, w)
+
+
+def check(cell: CellSpec, T: int, B: int, I: int, H: int) -> float:
+    """The cpu backend's output and gradients against the float64 reference: the largest relative error."""
+    run, (x, h0, c0, w) = make(cell, "cpu", T, B, I, H, True)
+    got = run()
+    d = lambda t: None if t is None else t.detach().double().requires_grad_()  # noqa: E731
+    xd, wd = d(x), LayerWeights(*(d(t) for t in w))
+    res = functional.layer(cell, xd, h0.double(), None if c0 is None else c0.double(), wd, backend="reference")
+    want = torch.autograd.grad(res.out.sum() + res.h_n.sum(), [t for t in (xd, *wd) if t is not None])
+    return max(error(a, b)[1] for a, b in zip(got, want))
+
+
+def time_family(family: str, args) -> None:
+    T, B, I, H = args.shape
+    for mode in cells.modes(family):
+        # the training check sums the float32 errors of T steps: the long-sequence rule of section 8
+        rel = check(CellSpec(family, mode), T, B, I, H)
+        print(f"check {CellSpec(family, mode)} cpu vs float64 reference: max relative error {rel:.1e}")
+        assert rel <= 1e-4, rel
+    cell, baseline = CellSpec(family, cells.default_mode(family)), BASELINES[family]
+    impls = {"cpu": (cell, "cpu"), "reference": (cell, "reference"), "baseline": (baseline, "cpu")}
+    print(f"\n{cell} (baseline: {baseline} cpu), T={T} B={B} I={I} H={H} float32, {args.threads} threads, "
+          f"torch {torch.__version__}, {args.rounds} rounds\n")
+    print(f"| mode | {cell} cpu (ms) | {cell} reference (ms) | {baseline} cpu (ms) | reference / cpu | "
+          f"cpu / {baseline} cpu |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for train in (False, True):
+        runs = {name: make(c, backend, T, B, I, H, train)[0] for name, (c, backend) in impls.items()}
+        times = {name: [] for name in runs}
+        for _ in range(args.rounds):
+            for name, fn in runs.items():
+                fn()  # warm-up
+                times[name].append(tb.Timer("fn()", globals={"fn": fn}, num_threads=args.threads)
+                                   .adaptive_autorange(min_run_time=1.0).median)
+
+        def ratio(a, b):
+            per_round = [x / y for x, y in zip(times[a], times[b])]
+            return f"{statistics.median(per_round):.2f}x ({min(times[a]) / min(times[b]):.2f}x)"
+
+        med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        print(f"| {'training' if train else 'inference'} | {med['cpu']:.2f} | {med['reference']:.2f} | "
+              f"{med['baseline']:.2f} | {ratio('reference', 'cpu')} | {ratio('cpu', 'baseline')} |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", default=",".join(BASELINES), help="families, comma-separated")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shape", type=int, nargs=4, default=(100, 32, 256, 256), metavar=("T", "B", "I", "H"))
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for family in args.cells.split(","):
+        if family not in BASELINES:
+            parser.error(f"--cells: {family!r} is not one of {', '.join(BASELINES)}")
+        time_family(family, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
