@@ -33,9 +33,29 @@ SHAPE = ft.Shape(T=3, B=3, I=4, H=37)
 #: one step: an infinite gradient there is not yet mixed with NaN from earlier steps (seen: the LSTM
 #: without peepholes turned da_o = inf into NaN through the absent peephole's 0, with W_hr = inf)
 SINGLE_STEP = ft.Shape(T=1, B=3, I=4, H=37)
-#: the cells; torch.nn has no peepholes, no reset_before GRU and no IndRNN (the reference is the oracle there)
+#: the cells; torch.nn has no peepholes, no reset_before GRU, no IndRNN and no layer-normalised cells (the
+#: reference is the oracle there).  A backend runs those of them it has kernels for (:func:`variants`).
+#: Not sLSTM yet: its hand-written backward (the reference's, which the triton kernels follow) gives NaN
+#: where autograd's gives +-inf for an infinite state (c0 = inf), a difference of operation order in the
+#: gradients of c'/n' to be aligned with autograd's
 VARIANTS = ("lstm", "lstm-proj", "lstm-peephole", "gru", "gru-reset-before", "rnn-tanh", "rnn-relu",
-            "indrnn-relu", "indrnn-tanh")
+            "indrnn-relu", "indrnn-tanh", "layer-norm-lstm", "layer-norm-gru")
+#: the cells without gates to saturate by scaling their weights: the normalised pre-activations do not
+#: grow with the weights (their statistics overflow float32 instead)
+UNSATURABLE = ("layer-norm-lstm", "layer-norm-gru")
+
+
+def variants(backend: str):
+    """The VARIANTS whose cell ``backend`` has kernels for (every one on the reference backend)."""
+    runs = set(ft.kernel_variants(backend))
+    return [v for v in VARIANTS if v in runs]
+
+
+def own_kernels(variant: str) -> bool:
+    """Whether a fused backend runs the variant's cell by kernels of its own, whatever the strategy asked for
+    (IndRNN, the layer-normalised cells, sLSTM): one run is enough."""
+    record = ft.VARIANTS[variant].cell.record
+    return record.recurrent != "matrix" or bool(record.extra_weights) or variant == "slstm"
 VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 #: the weights and biases of the gates (what saturation tests scale); peepholes and W_hr stay as drawn
 GATE_WEIGHTS = ("w_ih", "w_hh", "b_ih", "b_hh")
@@ -123,6 +143,8 @@ def saturation_applies(variant: str, scale: float, shape: ft.Shape) -> bool:
     gives +-inf where a sum of separately rounded products gives NaN): there is no float32 result to
     compare with.  Such pairs are left out of the grid, not skipped.
     """
+    if variant in UNSATURABLE:
+        return False
     return variant not in ("rnn-relu", "indrnn-relu") or scale ** shape.T <= 1e30
 
 
@@ -145,11 +167,13 @@ CPU_RUNS = [("cpu", s, torch.float32) for s in ("gemm", "fused", "folded")] + [(
 
 def cpu_runs(variant: str):
     """The CPU_RUNS that apply to ``variant``, with an id each."""
-    diagonal = ft.VARIANTS[variant].cell.record.recurrent == "diagonal"
+    on_cpu = variant in variants("cpu")
     for backend, strategy, dtype in CPU_RUNS:
+        if backend == "cpu" and not on_cpu:
+            continue
         if strategy == "folded" and variant not in FOLDED:
             continue
-        if diagonal and strategy == "fused":  # IndRNN has one kernel whatever the strategy: once per dtype
+        if own_kernels(variant) and strategy == "fused":  # one kernel whatever the strategy: once per dtype
             continue
         yield backend, strategy, dtype, backend + (f"-{strategy}" if strategy else "") + f"-{ft.dtype_name(dtype)}"
 

@@ -44,14 +44,14 @@ def triton_backend(monkeypatch):
 
 
 def _strategies(variant):
-    if ft.VARIANTS[variant].cell.record.recurrent == "diagonal":
-        return STRATEGIES[:1]  # IndRNN has one kernel whatever the strategy (fusedrnn/triton_kernels/diagonal.py)
+    if nc.own_kernels(variant):
+        return STRATEGIES[:1]  # one kernel whatever the strategy (fusedrnn/backends/triton.py, _OWN_KERNELS)
     # the persistent kernel takes no projection (sequence.choose_forward_strategy)
     return [s for s in STRATEGIES if not (s == "persistent" and ft.VARIANTS[variant].projection)]
 
 
 NONFINITE = [pytest.param(v, place, value, s, id=f"{v}-{place}-{value}-{s}")
-             for v in nc.VARIANTS for place in nc.places(v) for value in nc.VALUES for s in _strategies(v)]
+             for v in nc.variants("triton") for place in nc.places(v) for value in nc.VALUES for s in _strategies(v)]
 
 
 @pytest.mark.parametrize("variant, place, value, strategy", NONFINITE)
@@ -62,7 +62,7 @@ def test_special_value_propagates_like_torch(variant, place, value, strategy, tr
 
 
 SATURATED = [pytest.param(v, scale, s, id=f"{v}-{scale:.0e}-{s}")
-             for v in nc.VARIANTS for scale in nc.SCALES for s in _strategies(v)
+             for v in nc.variants("triton") for scale in nc.SCALES for s in _strategies(v)
              if nc.saturation_applies(v, scale, SATURATION_SHAPE)]
 
 
