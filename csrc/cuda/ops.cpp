@@ -101,8 +101,9 @@ at::Tensor value_or_undefined(const OptionalTensor& t) { return checks::defined(
 frame::LayerWeights weights_of(const at::Tensor& w_ih, const at::Tensor& w_hh, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const OptionalTensor& w_peep,
                                const OptionalTensor& w_proj) {
+  // no w_extra: the cells that have one (the layer-normalised) are refused (check_has_kernels)
   return frame::LayerWeights{w_ih, w_hh, value_or_undefined(b_ih), value_or_undefined(b_hh),
-                             value_or_undefined(w_peep), value_or_undefined(w_proj)};
+                             value_or_undefined(w_peep), value_or_undefined(w_proj), at::Tensor()};
 }
 
 // [rows, width] back to x's leading shape

@@ -67,7 +67,7 @@ T* ptr(const at::Tensor& t) {
 
 // The weights in float32 (the compute dtype); undefined where absent.
 Weights float_weights(const Weights& w) {
-  return Weights{f32(w.w_ih), f32(w.w_hh), f32(w.b_ih), f32(w.b_hh), f32(w.w_peep), f32(w.w_proj)};
+  return Weights{f32(w.w_ih), f32(w.w_hh), f32(w.b_ih), f32(w.b_hh), f32(w.w_peep), f32(w.w_proj), f32(w.w_extra)};
 }
 
 at::Tensor hidden_bias_n(const Weights& w, int64_t H) {
