@@ -6,7 +6,11 @@ GRU), in one process, on one layer-direction (issue 16's targets: docs/design.md
 conventions, a smaller script than ``fusedrnn.bench``).
 
     python benchmarks/new_cells_bench.py [--cells indrnn,layer_norm_lstm,layer_norm_gru] [--threads 2]
-                                         [--shape T B I H] [--rounds 3]
+                                         [--shape T B I H] [--rounds 3] [--compiled]
+
+``--compiled`` adds the same equations compiled by ``torch.compile`` (the reference's step function, one
+compiled graph per step and its backward, called in a Python loop over the steps: what a user who writes
+the cell in PyTorch and compiles it gets; compiling the whole unrolled sequence takes minutes here).
 
 Inference: a no-grad forward.  Training: the forward plus the gradients of x and every weight.
 Each figure is the median of torch.utils.benchmark's adaptive timing, in rounds that take every
@@ -24,7 +28,7 @@ import statistics
 import torch
 import torch.utils.benchmark as tb
 
-from fusedrnn import cells, functional
+from fusedrnn import cells, functional, reference
 from fusedrnn.cells import CellSpec
 from fusedrnn.layer import LayerWeights
 from fusedrnn.testing import error
@@ -57,14 +61,34 @@ def make(cell: CellSpec, backend: str, T: int, B: int, I: int, H: int, train: bo
     for t in leaves:
         t.requires_grad_()
 
+    layer = compiled_layer(cell) if backend == "compiled" else (
+        lambda *args: functional.layer(cell, *args, backend=backend))
+
     def run():
         if not train:
             with torch.no_grad():
-                return functional.layer(cell, x, h0, c0, w, backend=backend).out
-        res = functional.layer(cell, x, h0, c0, w, backend=backend)
+                return layer(x, h0, c0, w).out
+        res = layer(x, h0, c0, w)
         return torch.autograd.grad(res.out.sum() + res.h_n.sum(), leaves)
 
     return run, (x, h0, c0, w)
+
+
+def compiled_layer(cell: CellSpec):
+    """The layer as plain PyTorch with its step compiled by ``torch.compile`` (fixed shapes): the input side of
+    every step at once, then the compiled step in a Python loop; ``(out, h_n)`` as a layer's."""
+    step = torch.compile(reference.step_function(cell), dynamic=False)
+
+    def layer(x, h0, c0, w):
+        T, B = x.shape[:2]
+        xp = reference.input_projection(cell, x.reshape(T * B, -1), w)
+        h, c, outs = h0, c0, []
+        for t in range(T):
+            h, c, _ = step(xp[t * B:(t + 1) * B], h, c, w)
+            outs.append(h)
+        return functional.LayerOutput(torch.stack(outs), h, c)
+
+    return layer
 
 
 def check(cell: CellSpec, T: int, B: int, I: int, H: int) -> float:
@@ -86,12 +110,20 @@ def time_family(family: str, args) -> None:
         print(f"check {CellSpec(family, mode)} cpu vs float64 reference: max relative error {rel:.1e}")
         assert rel <= 1e-4, rel
     cell, baseline = CellSpec(family, cells.default_mode(family)), BASELINES[family]
+    if args.compiled:  # the compiled equations compute what the reference does
+        got, want = (make(cell, backend, T, B, I, H, False)[0]() for backend in ("compiled", "reference"))
+        rel = error(got, want)[1]
+        print(f"check {cell} compiled vs reference (float32): max relative error {rel:.1e}")
+        assert rel <= 1e-4, rel
     impls = {"cpu": (cell, "cpu"), "reference": (cell, "reference"), "baseline": (baseline, "cpu")}
+    if args.compiled:
+        impls["compiled"] = (cell, "compiled")
+    compiled_head = (f" {cell} compiled (ms) | compiled / cpu |", " --- | --- |") if args.compiled else ("", "")
     print(f"\n{cell} (baseline: {baseline} cpu), T={T} B={B} I={I} H={H} float32, {args.threads} threads, "
           f"torch {torch.__version__}, {args.rounds} rounds\n")
     print(f"| mode | {cell} cpu (ms) | {cell} reference (ms) | {baseline} cpu (ms) | reference / cpu | "
-          f"cpu / {baseline} cpu |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"cpu / {baseline} cpu |{compiled_head[0]}")
+    print(f"| --- | --- | --- | --- | --- | --- |{compiled_head[1]}")
     for train in (False, True):
         runs = {name: make(c, backend, T, B, I, H, train)[0] for name, (c, backend) in impls.items()}
         times = {name: [] for name in runs}
@@ -106,8 +138,9 @@ def time_family(family: str, args) -> None:
             return f"{statistics.median(per_round):.2f}x ({min(times[a]) / min(times[b]):.2f}x)"
 
         med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        compiled = f" {med['compiled']:.2f} | {ratio('compiled', 'cpu')} |" if args.compiled else ""
         print(f"| {'training' if train else 'inference'} | {med['cpu']:.2f} | {med['reference']:.2f} | "
-              f"{med['baseline']:.2f} | {ratio('reference', 'cpu')} | {ratio('cpu', 'baseline')} |")
+              f"{med['baseline']:.2f} | {ratio('reference', 'cpu')} | {ratio('cpu', 'baseline')} |{compiled}")
 
 
 def main(argv=None) -> int:
@@ -116,6 +149,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shape", type=int, nargs=4, default=(100, 32, 256, 256), metavar=("T", "B", "I", "H"))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compiled", action="store_true", help="also time the step compiled by torch.compile")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     for family in args.cells.split(","):

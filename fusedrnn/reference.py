@@ -234,6 +234,17 @@ def _step(cell: CellSpec, xp, h, c, w: LayerWeights):
     return _STEPS[(cell.family, cell.mode)](xp, h, c, w)
 
 
+def step_function(cell: CellSpec) -> Step:
+    """The cell's registered step, ``step(xp, h, c, w) -> (h', c' or None, workspace rows)``."""
+    return _STEPS[(cell.family, cell.mode)]
+
+
+def input_projection(cell: CellSpec, rows: torch.Tensor, w: LayerWeights) -> torch.Tensor:
+    """The cell's input side of every row at once (``x W_ih^T + b_ih``, or its registered projection)."""
+    projection = _PROJECTIONS.get((cell.family, cell.mode))
+    return _linear(rows, w.w_ih, w.b_ih) if projection is None else projection(rows, w)
+
+
 def _replace_head(state: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
     """``state`` with its first rows replaced by ``head``, out of place (autograd-safe)."""
     n = head.shape[0]
@@ -263,8 +274,7 @@ def sequence_forward(
     steps = Steps(x, batch_sizes, reverse)
     rows = as_rows(x, batch_sizes).to(cdt)
     # the input projection of all steps: one product (then the cell's own work on it, if it has any)
-    projection = _PROJECTIONS.get((cell.family, cell.mode))
-    xp = _linear(rows, w.w_ih, w.b_ih) if projection is None else projection(rows, w)
+    xp = input_projection(cell, rows, w)
     h = h0.to(cdt)
     c = _cast(c0, cdt)
     mask = None if zoneout_mask is None else as_rows(zoneout_mask, batch_sizes).to(cdt)
