@@ -336,7 +336,7 @@ class IndRNNCell(FusedRNNCellBase):
     ``bias_hh`` ``[hidden_size]``: a layer-direction of :class:`fusedrnn.IndRNN` under the names of
     torch.nn's cells, initialised as it is.  Inputs and outputs as :class:`torch.nn.RNNCell` (batched 2-D
     or unbatched 1-D input, optional state).  Runs on the cpu backend's fused kernels (each step as a
-    sequence of one step) for CPU tensors, on the reference backend elsewhere.
+    sequence of one step) for CPU tensors, on the triton backend's for CUDA tensors.
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "relu",
@@ -401,7 +401,7 @@ class LayerNormLSTMCell(_LayerNormCell):
     backend="auto")``.  Parameters ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (torch.nn.LSTMCell's),
     ``ln_weight_ih``, ``ln_weight_hh`` ``[4*hidden_size]``, ``ln_weight_c``, ``ln_bias_c`` ``[hidden_size]``:
     a layer-direction of the stacked module, initialised as it is.  Runs on the cpu backend's fused kernels
-    (each step as a sequence of one step) for CPU tensors, on the reference backend elsewhere.
+    (each step as a sequence of one step) for CPU tensors, on the triton backend's for CUDA tensors.
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,

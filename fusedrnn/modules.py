@@ -272,8 +272,8 @@ _LAYER_NORM_DOC = """
 
     Inputs and outputs are torch.nn.{twin}'s (batched, unbatched, ``PackedSequence``, initial states);
     dropout between layers as torch.nn; ``zoneout`` as haste's (:mod:`fusedrnn.modules`' docstring).  Runs on
-    the cpu backend's fused kernels for CPU tensors (csrc/cpu/layer_norm_recurrence.h); on a GPU ``"auto"``
-    falls back to the reference backend with a once-only warning (GPU kernels to come).
+    the cpu backend's fused kernels for CPU tensors (csrc/cpu/layer_norm_recurrence.h), on the triton backend's
+    for CUDA tensors (fusedrnn/triton_kernels/layer_norm.py; the cuda backend has none yet).
 """
 
 
