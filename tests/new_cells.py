@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import fusedrnn
-from fusedrnn import backends
+import fusedrnn.testing as ft
+from fusedrnn import backends, ops
 
 Params = Dict[str, torch.Tensor]
 
@@ -183,3 +184,21 @@ def plain_stack(module, step, x, states: Optional[Tuple[torch.Tensor, ...]], has
             c_n.append(c)
         layer_input = torch.cat(outputs, dim=-1)
     return layer_input, torch.stack(h_n), (torch.stack(c_n) if has_c else None)
+
+
+def gradcheck_graph_op(variant: str) -> None:
+    """float64 gradcheck of a family's graph op (defined from Python) and its autograd formula, on the
+    reference backend: a packed, reversed case of ``variant`` (a :data:`fusedrnn.testing.VARIANTS` name)."""
+    case = ft.layer_case(ft.Case(variant, ft.Shape(T=3, B=3, I=2, H=3), "packed-reverse"))
+    op = ops.forward_op(case.cell.family)
+    inputs = [None if t is None else t.clone().requires_grad_() for t in case.inputs()]
+    present = [i for i, t in enumerate(inputs) if t is not None]
+
+    def run(*leaves):
+        args = list(inputs)
+        for i, t in zip(present, leaves):
+            args[i] = t
+        out, h_n, c_n, _ = op(*args, case.batch_sizes, case.reverse, case.cell.mode, "reference")
+        return out, h_n, c_n
+
+    assert torch.autograd.gradcheck(run, [inputs[i] for i in present])

@@ -22,11 +22,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
 import fusedrnn.testing as ft
-from fusedrnn import backends, check, functional, ops
+from fusedrnn import backends, check, functional
 from fusedrnn.layer import LayerWeights
 
 import fuzz_cases
-from new_cells import KINDS, assert_auto_falls_back_once, assert_same_values_and_gradients, cell_params, plain_loop, plain_stack
+from new_cells import (KINDS, assert_auto_falls_back_once, assert_same_values_and_gradients, cell_params,
+                       gradcheck_graph_op, plain_loop, plain_stack)
 
 # auto's fallback warning is asserted once (test_auto_falls_back_once_with_a_warning); elsewhere expected
 pytestmark = [pytest.mark.filterwarnings("ignore:fusedrnn. using backend 'reference':RuntimeWarning"),
@@ -137,20 +138,7 @@ def test_gradcheck_of_the_module(kind):
 
 def test_gradcheck_through_the_op(kind):
     """The family's graph op (defined from Python) and its autograd formula, in float64."""
-    name, *_ = kind
-    case = ft.layer_case(ft.Case(name, ft.Shape(T=3, B=3, I=2, H=3), "packed-reverse"))
-    op = ops.forward_op(case.cell.family)
-    inputs = [None if t is None else t.clone().requires_grad_() for t in case.inputs()]
-    present = [i for i, t in enumerate(inputs) if t is not None]
-
-    def run(*leaves):
-        args = list(inputs)
-        for i, t in zip(present, leaves):
-            args[i] = t
-        out, h_n, c_n, _ = op(*args, case.batch_sizes, case.reverse, case.cell.mode, "reference")
-        return out, h_n, c_n
-
-    assert torch.autograd.gradcheck(run, [inputs[i] for i in present])
+    gradcheck_graph_op(kind[0])
 
 
 def test_the_cell_is_one_step_of_the_layer(kind):

@@ -21,9 +21,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
 import fusedrnn.testing as ft
-from fusedrnn import check, functional, ops
+from fusedrnn import check, functional
 
-from new_cells import assert_auto_falls_back_once, assert_same_values_and_gradients, direction_params
+from new_cells import (assert_auto_falls_back_once, assert_same_values_and_gradients, direction_params,
+                       gradcheck_graph_op)
 
 pytestmark = [pytest.mark.filterwarnings("ignore:fusedrnn. using backend 'reference':RuntimeWarning"),
               pytest.mark.usefixtures("single_thread")]
@@ -206,20 +207,8 @@ def test_gradcheck_of_the_functional_form_from_zero_states():
 
 
 def test_gradcheck_through_the_op():
-    """The family's graph op (defined from Python) and its autograd formula (autograd through the step)."""
-    case = ft.layer_case(ft.Case("slstm", ft.Shape(T=3, B=3, I=2, H=3), "packed-reverse"))
-    op = ops.forward_op("slstm")
-    inputs = [None if t is None else t.clone().requires_grad_() for t in case.inputs()]
-    present = [i for i, t in enumerate(inputs) if t is not None]
-
-    def run(*leaves):
-        args = list(inputs)
-        for i, t in zip(present, leaves):
-            args[i] = t
-        out, h_n, c_n, _ = op(*args, case.batch_sizes, case.reverse, case.cell.mode, "reference")
-        return out, h_n, c_n
-
-    assert torch.autograd.gradcheck(run, [inputs[i] for i in present])
+    """The family's graph op (defined from Python) and its autograd formula."""
+    gradcheck_graph_op("slstm")
 
 
 @pytest.mark.parametrize("heads", HEADS)
