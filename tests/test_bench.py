@@ -123,7 +123,8 @@ def test_quick_bench_json_holds_every_figure_and_consistent_ratios(quick_run):
 
 
 def test_quick_bench_times_the_per_call_overhead_group(quick_run):
-    """Every case of the group (cell step, 2-layer stack on one step, attention decoder) in both modes,
+    """Every case of the group (cell step, 2-layer stack on one step, 1-layer stack on a few steps, attention
+    decoder) in both modes,
     torch.nn then fusedrnn, with the ratio computed as in the layer groups; in the markdown too."""
     from fusedrnn.bench import overhead
 
@@ -134,7 +135,7 @@ def test_quick_bench_times_the_per_call_overhead_group(quick_run):
     expected = [(c.kind, c.family, tuple(c.shape), m, i) for c in overhead.cases(overhead.DEFAULT_FAMILIES)
                 for m in cli.MODES for i in ("torch.nn", overhead.FUSEDRNN)]
     assert [(r["case"], r["cell"], (r["T"], r["B"], r["I"], r["H"]), r["mode"], r["impl"]) for r in rows] == expected
-    assert {r["case"] for r in rows} == {"cell", "layer", "decoder"}
+    assert {r["case"] for r in rows} == {"cell", "layer", "sequence", "decoder"}
     for torch_row, ours in zip(rows[::2], rows[1::2]):
         assert torch_row["status"] == ours["status"] == "ok", (torch_row, ours)
         assert len(ours["round_ms"]) == len(torch_row["round_ms"]) == cli.CPU_ROUNDS
