@@ -51,7 +51,8 @@ void step_backward_pointwise(const Cell& cell, const frame::Steps& s, int64_t p,
     RnnBackwardArgs<T> a;
     a.dh_a = dh_a;
     a.dh_b = dh_b;
-    a.h = cview(ptr<T>(bb.out) + off * bb.Hout, bb.Hout);
+    // act' from h_new: the output row, or with zoneout (which blends the output) the workspace's last block
+    a.h = bb.mask.defined() ? cview(ws + (W - H), W) : cview(ptr<T>(bb.out) + off * bb.Hout, bb.Hout);
     a.dA = view(ptr<T>(bb.dA_x) + off * GH, GH);
     pw_rnn_backward(cell.relu, blk, a);
   }

@@ -25,6 +25,9 @@ inline at::Tensor empty_like_rows(const at::Tensor& like, at::IntArrayRef shape,
 
 struct ForwardBuffers {
   at::Tensor xp, out, ws, h_state, c_state, peep, b_hn;
+  // zoneout: the [N, Hout] mask rows (undefined without zoneout); the output rows are blended after
+  // each step's pass, and an Elman RNN keeps h_new in its workspace's last block (W grows by H)
+  at::Tensor mask;
   int64_t H, Hout, G, W;
   // Without a backward to feed (inference), the workspace is one step's rows,
   // rewritten every step: the passes still use it within the step (GRU
@@ -36,6 +39,9 @@ struct ForwardBuffers {
 struct BackwardBuffers {
   at::Tensor dout, ws, out, h0, c0;
   at::Tensor dA_x, dA_h, dh_state, dc_state, dh_direct, dpeep, peep, dH_total;
+  // zoneout: the mask rows, and dh_keep [B, Hout], each step's (1-m)*dh, which flows to dh_prev besides
+  // the recurrent product (both undefined without zoneout)
+  at::Tensor mask, dh_keep;
   bool peephole = false;
   int64_t H, Hout, G, W;
 };

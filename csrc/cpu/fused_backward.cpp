@@ -9,6 +9,7 @@
 #include "backward_pointwise.h"
 #include "fused_phases.h"
 #include "fused_strategy.h"
+#include "pointwise_dispatch.h"
 #include "recurrent_product.h"
 #include "strategy.h"
 
@@ -47,6 +48,9 @@ struct BackwardCall {
   at::Tensor proj_panels, dm_rows, zero_row;
   const float *pan, *npan, *ppan, *direct, *dout, *dA_h;
   float *dm, *dH_total, *dh;
+  // zoneout: the mask rows and dh_keep (the (1-m) part of dh, added by the carry); null without zoneout
+  const float* mask;
+  float* keep;
   PhaseList<BackwardCall, BackwardThread> phases;
 
   BackwardCall(const Cell& c, const LayerWeights& w, const Steps& steps, BackwardBuffers& buffers)
@@ -59,8 +63,9 @@ struct BackwardCall {
     if (project) {
       proj_panels = pack_panels(w.w_proj, 1, L, true);
       dm_rows = at::empty({s.batch, H}, bb.dh_state.options());
-      zero_row = at::zeros({H}, bb.dh_state.options());
     }
+    // the pass's second gradient term where the first holds all of it (LSTMP's dm, zoneout's m*dh)
+    if (project || bb.mask.defined()) zero_row = at::zeros({H}, bb.dh_state.options());
     pan = ptr<float>(panels);
     npan = ptr<float>(n_panels);
     ppan = ptr<float>(proj_panels);
@@ -70,6 +75,8 @@ struct BackwardCall {
     dm = ptr<float>(dm_rows);
     dH_total = ptr<float>(bb.dH_total);
     dh = ptr<float>(bb.dh_state);
+    mask = ptr<float>(bb.mask);
+    keep = ptr<float>(bb.dh_keep);
   }
 };
 
@@ -96,6 +103,22 @@ void carry(const BackwardCall& c, BackwardThread& th, int64_t q, int64_t blk, in
   for (int64_t b = 0; b < n_prev; ++b)
     for (int64_t u = u0; u < u1; ++u)
       c.dh[b * c.S + u] = th.tile[b * ld + (u - u0)] + (c.direct ? c.direct[b * c.H + u] : 0.0f);
+  if (!c.keep) return;
+  // zoneout: (1-m)*dh of that step's rows (its split, on this thread's units) reaches h_prev directly
+  for (int64_t b = 0; b < n_prev; ++b)
+    for (int64_t u = u0; u < u1; ++u) c.dh[b * c.S + u] += c.keep[b * c.S + u];
+}
+
+// Zoneout: the gradient of the step's blended output rows, state units [u0, u1), split into m*d for the
+// cell (`cell`) and (1-m)*d for h_prev (dh_keep, which the next carry adds), d = dout + dh.
+void zoneout_split(const BackwardCall& c, const StepRows& st, int64_t u0, int64_t u1, View<float> cell) {
+  ZoneoutBackwardArgs<float> a;
+  a.mask = cview(c.mask + st.off * c.S, c.S);
+  a.dh_a = cview(c.dout + st.off * c.S, c.S);
+  a.dh_b = cview(c.dh, c.S);
+  a.cell = cell;
+  a.keep = view(c.keep, c.S);
+  pw_zoneout_backward(Block{st.n, u0, u1, c.S}, a);
 }
 
 // the pointwise pass of the step over hidden-unit blocks [pair, pair + nb)
@@ -112,7 +135,12 @@ void pointwise(const BackwardCall& c, const StepRows& st, int64_t pair, int64_t 
 void carry_and_pointwise(const BackwardCall& c, BackwardThread& th, const StepRows& st) {
   for_block_groups(th.blk0, th.blk1, kPair, [&](int64_t pair, int64_t nb) {
     if (st.p < c.T - 1) carry(c, th, st.p + 1, pair, nb);
-    pointwise(c, st, pair, nb, cview(c.dout + st.off * c.H, c.H), cview(c.dh, c.H));
+    if (!c.mask) {
+      pointwise(c, st, pair, nb, cview(c.dout + st.off * c.H, c.H), cview(c.dh, c.H));
+      return;
+    }
+    zoneout_split(c, st, pair * c.L, std::min(c.H, (pair + nb) * c.L), view(c.dh, c.H));  // dh = m*(dout + dh)
+    pointwise(c, st, pair, nb, cview(ptr<float>(c.zero_row), 0), cview(c.dh, c.H));
   });
 }
 
@@ -133,6 +161,10 @@ void carry_and_total(const BackwardCall& c, BackwardThread& th, const StepRows& 
   for_block_groups(th.sblk0, th.sblk1, kPair, [&](int64_t pair, int64_t nb) {
     if (st.p < c.T - 1) carry(c, th, st.p + 1, pair, nb);
     const int64_t q0 = pair * c.L, q1 = std::min(c.S, (pair + nb) * c.L);
+    if (c.mask) {  // zoneout: the projected h_new's gradient is m*(dout + dh)
+      zoneout_split(c, st, q0, q1, view(c.dH_total + st.off * c.S, c.S));
+      return;
+    }
     for (int64_t b = 0; b < st.n; ++b)
       for (int64_t q = q0; q < q1; ++q)
         c.dH_total[(st.off + b) * c.S + q] = c.dout[(st.off + b) * c.S + q] + c.dh[b * c.S + q];

@@ -30,13 +30,13 @@ struct ForwardCall {
   Isa isa;
   // S: the width of the recurrent state (P with an LSTM projection, else H)
   int64_t L, H, S, G, GH, W, I, nblk, nblk_p;
-  bool fold, project, peephole, relu;
+  bool fold, project, peephole, relu, zoneout;
   // packed: W_hh for the step's first product (GRU reset_before: the r and z
   // gates only), W_hn (GRU reset_before), W_hr (LSTMP), W_ih (folded)
   at::Tensor panels, n_panels, proj_panels, x_panels;
   at::Tensor bias;    // the folded bias (folded: zeros without biases)
   at::Tensor m_rows;  // LSTMP: m = o*tanh(c), the projection's input, [B, H]
-  const float *pan, *npan, *ppan, *xpan, *h0, *x, *peep, *b_hn;
+  const float *pan, *npan, *ppan, *xpan, *h0, *x, *peep, *b_hn, *mask;
   float *out, *ws, *mbuf, *c_state;
   // unfolded: the input projection of the current chunk of steps, whose row
   // `off` is xp[(off - r0) * GH ...]
@@ -48,7 +48,7 @@ struct ForwardCall {
               const at::Tensor& x_rows, const at::Tensor& h0_rows, bool folded)
       : s(steps), f(buffers), isa(best_isa()), L(panel_lanes(isa)), H(f.H), S(f.Hout), G(f.G), GH(G * H), W(f.W),
         I(x_rows.size(1)), nblk((H + L - 1) / L), nblk_p((S + L - 1) / L), fold(folded),
-        project(w.w_proj.defined()), peephole(w.w_peep.defined()), relu(cell.relu) {
+        project(w.w_proj.defined()), peephole(w.w_peep.defined()), relu(cell.relu), zoneout(f.mask.defined()) {
     // GRU reset_before: the step's first product covers the r and z gates only;
     // the n gate's, k W_hn^T with k = r*h, follows once all of k is written (a
     // second phase)
@@ -72,6 +72,7 @@ struct ForwardCall {
     x = ptr<float>(x_rows);
     peep = ptr<float>(f.peep);
     b_hn = ptr<float>(f.b_hn);
+    mask = ptr<float>(f.mask);
     out = ptr<float>(f.out);
     ws = ptr<float>(f.ws);
     mbuf = ptr<float>(m_rows);
@@ -90,6 +91,22 @@ struct ForwardCall {
     return Block{st.n, blk * L, std::min(H, (blk + nb) * L), H};
   }
 };
+
+// Zoneout: the step's output rows, state units [u0, u1), blended with each row's previous state (the
+// previous step's output rows, or h0's); h_new is read from `h_new` (the output rows themselves, or the
+// Elman RNN's workspace block).  Right after the pass that wrote h_new, on the same thread and units:
+// the other threads read only the previous step's rows in this step.
+void zoneout_blend(const ForwardCall& c, const StepRows& st, int64_t u0, int64_t u1, View<const float> h_new) {
+  for_prev_segments<float>(c.s, st.p, Block{st.n, u0, u1, c.S}, c.out, 0, c.S, c.h0, c.S,
+                           [&](const Block& sub, int64_t shift, View<const float> h_prev) {
+    ZoneoutForwardArgs<float> a;
+    a.mask = cview(c.mask + (st.off + shift) * c.S, c.S);
+    a.h_new = shifted(h_new, shift);
+    a.h_prev = h_prev;
+    a.h = view(c.out + (st.off + shift) * c.S, c.S);
+    pw_zoneout_forward(sub, a);
+  });
+}
 
 // A thread's share: its unit blocks, fixed for the whole sequence (so its
 // panels stay in its cache), and its product tile.
@@ -135,6 +152,10 @@ void lstm_gates(const ForwardCall& c, ForwardThread& th, const StepRows& st) {
     a.ws = view(c.ws_rows(st), c.W);
     a.m = c.project ? view(c.mbuf, c.H) : view(c.out + st.off * c.H, c.H);
     pw_lstm_forward_for(c.f.keep_workspace, c.peephole, c.block(st, blk, 1), a);
+    if (c.zoneout && !c.project) {  // LSTMP blends the projected h instead (lstm_projection)
+      const Block b = c.block(st, blk, 1);
+      zoneout_blend(c, st, b.u0, b.u1, cview(c.out + st.off * c.S, c.S));
+    }
   }
 }
 
@@ -145,6 +166,7 @@ void lstm_projection(const ForwardCall& c, ForwardThread& th, const StepRows& st
     const int64_t q0 = pb * c.L, q1 = std::min(c.S, (pb + nb) * c.L);
     product_tile(c.isa, c.mbuf, c.H, st.n, c.H, c.ppan + pb * c.H * c.L, nb, th.tile.data());
     copy_tile_rows(th.tile.data(), nb * c.L, st.n, q1 - q0, c.out + st.off * c.S + q0, c.S);
+    if (c.zoneout) zoneout_blend(c, st, q0, q1, cview(c.out + st.off * c.S, c.S));
   });
 }
 
@@ -178,6 +200,10 @@ void gru_gates(const ForwardCall& c, ForwardThread& th, const StepRows& st) {
         pw_gru_forward_after_for(c.f.keep_workspace, sub, a);
       }
     });
+    if (!kResetBefore && c.zoneout) {  // reset_before has h_new after its second phase (gru_n_gate)
+      const Block b = c.block(st, blk, 1);
+      zoneout_blend(c, st, b.u0, b.u1, cview(c.out + st.off * c.S, c.S));
+    }
   }
 }
 
@@ -190,6 +216,10 @@ void gru_n_gate(const ForwardCall& c, ForwardThread& th, const StepRows& st) {
                              [&](const Block& sub, int64_t shift, View<const float> h_prev) {
       pw_gru_forward_state(sub, gru_args(c, st, shift, h_prev, cview(th.tile.data() + shift * c.L, c.L)));
     });
+    if (c.zoneout) {
+      const Block b = c.block(st, blk, 1);
+      zoneout_blend(c, st, b.u0, b.u1, cview(c.out + st.off * c.S, c.S));
+    }
   }
 }
 
@@ -202,8 +232,17 @@ void rnn_gates(const ForwardCall& c, ForwardThread& th, const StepRows& st) {
     RnnForwardArgs<float> a;
     a.xp = c.xp_rows(st);
     a.hp = cview(th.tile.data(), nb * c.L);
-    a.h = view(c.out + st.off * c.H, c.H);
-    pw_rnn_forward(c.relu, c.block(st, blk, nb), a);
+    if (!c.zoneout) {
+      a.h = view(c.out + st.off * c.H, c.H);
+      pw_rnn_forward(c.relu, c.block(st, blk, nb), a);
+      return;
+    }
+    // zoneout: h_new into the workspace's last block (the backward's act' reads it there), then the blend
+    const View<float> h_new = view(c.ws_rows(st) + (c.W - c.H), c.W);
+    a.h = h_new;
+    const Block b = c.block(st, blk, nb);
+    pw_rnn_forward(c.relu, b, a);
+    zoneout_blend(c, st, b.u0, b.u1, cview(h_new.p, h_new.rs));
   });
 }
 

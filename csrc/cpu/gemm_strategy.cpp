@@ -36,6 +36,7 @@ void forward_steps(const Cell& cell, const LayerWeights& w, const Steps& s, Forw
   T* out = ptr<T>(f.out);
   T* ws = ptr<T>(f.ws);
   const T* hs = ptr<T>(f.h_state);
+  const bool zoneout = f.mask.defined();
   for (int64_t p = 0; p < s.count(); ++p) {
     const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
     at::Tensor h_prev = f.h_state.narrow(0, 0, n);
@@ -89,10 +90,21 @@ void forward_steps(const Cell& cell, const LayerWeights& w, const Steps& s, Forw
       RnnForwardArgs<T> a;
       a.xp = cview(xp + off * GH, GH);
       a.hp = cview(hpp, GH);
-      a.h = view(out + off * Hout, Hout);
+      // with zoneout, h_new goes to the workspace's last block (the backward's act' reads it there)
+      a.h = zoneout ? view(ws + f.ws_row(off) * W + (W - H), W) : view(out + off * Hout, Hout);
       parallel_units(H, n * GH, 16, [&](int64_t u0, int64_t u1) {
         pw_rnn_forward(cell.relu, Block{n, u0, u1, H}, with_product_at_unit(a, u0));
       });
+    }
+    if (zoneout) {  // the output rows (h_new, or the RNN's workspace block) blended with h_prev
+      ZoneoutForwardArgs<T> z;
+      z.mask = cview(ptr<T>(f.mask) + off * Hout, Hout);
+      z.h_new = cell.family == Family::rnn ? cview(ws + f.ws_row(off) * W + (W - H), W)
+                                           : cview(out + off * Hout, Hout);
+      z.h_prev = cview(hs, Hout);
+      z.h = view(out + off * Hout, Hout);
+      parallel_units(Hout, n * Hout, 16,
+                     [&](int64_t u0, int64_t u1) { pw_zoneout_forward(Block{n, u0, u1, Hout}, z); });
     }
     h_prev.copy_(f.out.narrow(0, off, n));  // after the pass, which may read h_prev
   }
@@ -106,13 +118,31 @@ void backward_steps(const Cell& cell, const LayerWeights& w, const Steps& s, Bac
   at::Tensor zeros_bh = proj ? at::zeros({B, H}, bb.ws.options()) : at::Tensor();
   at::Tensor dk = (cell.family == Family::gru && !cell.reset_after) ? empty_like_rows(bb.ws, {B, H}, poison) : at::Tensor();
   const T* dout = ptr<T>(bb.dout);
+  const bool zoneout = bb.mask.defined();
+  // zoneout: the pass's second gradient term once the first holds all of it (stride 0: one row)
+  at::Tensor zero_row = zoneout ? at::zeros({Hout}, bb.ws.options()) : at::Tensor();
   for (int64_t p = s.count() - 1; p >= 0; --p) {
     const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
     at::Tensor dh_rows = bb.dh_state.narrow(0, 0, n);
     View<const T> dh_a = cview(dout + off * Hout, Hout), dh_b = cview(ptr<T>(bb.dh_state), Hout);
+    if (zoneout) {  // dh = m*(dout + dh) for the cell (in place), dh_keep = (1-m)*(dout + dh) for dh_prev
+      ZoneoutBackwardArgs<T> z;
+      z.mask = cview(ptr<T>(bb.mask) + off * Hout, Hout);
+      z.dh_a = dh_a;
+      z.dh_b = dh_b;
+      z.cell = view(ptr<T>(bb.dh_state), Hout);
+      z.keep = view(ptr<T>(bb.dh_keep), Hout);
+      parallel_units(Hout, n * Hout, 16,
+                     [&](int64_t u0, int64_t u1) { pw_zoneout_backward(Block{n, u0, u1, Hout}, z); });
+      dh_a = cview(ptr<T>(zero_row), 0);
+    }
     if (proj) {  // dm = (dout + dh) W_proj
       at::Tensor total = bb.dH_total.narrow(0, off, n);
-      at::add_out(total, bb.dout.narrow(0, off, n), dh_rows);
+      if (zoneout) {
+        total.copy_(dh_rows);  // m*(dout + dh) already
+      } else {
+        at::add_out(total, bb.dout.narrow(0, off, n), dh_rows);
+      }
       at::Tensor dm_rows = dm.narrow(0, 0, n);
       fixed_mm_out(dm_rows, total, w.w_proj);
       dh_a = cview(ptr<T>(dm), H);
@@ -139,6 +169,7 @@ void backward_steps(const Cell& cell, const LayerWeights& w, const Steps& s, Bac
     } else {
       fixed_mm_out(dh_rows, dA_x_rows, w.w_hh);
     }
+    if (zoneout) dh_rows.add_(bb.dh_keep.narrow(0, 0, n));  // after the product, as the fused carry adds it
   }
 }
 

@@ -97,17 +97,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
     const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_proj,
     const c10::optional<at::Tensor>& batch_sizes, bool reverse, const std::string& strategy, bool poison,
-    bool for_backward, const c10::optional<at::Tensor>& w_extra) {
+    bool for_backward, const c10::optional<at::Tensor>& w_extra, const c10::optional<at::Tensor>& zoneout_mask) {
   const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, w_extra);
+  const bool zoneout = checks::check_zoneout_mask(g, family, x, zoneout_mask);
   const Strategy strat = parse_strategy(strategy);
   const at::ScalarType cdt = compute_dtype(x.scalar_type());
   const LayerWeights w = compute_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, w_extra, cdt);
   const Steps steps(g.sizes, reverse);
+  const at::Tensor mask = zoneout ? rows_of(*zoneout_mask, g, cdt) : at::Tensor();
   const ForwardOut r = sequence_forward(g.cell, rows_of(x, g, cdt), to_compute(h0, cdt), to_compute(c0, cdt), w,
-                                        steps, strat, poison, for_backward);
+                                        steps, strat, poison, for_backward, mask);
   const at::Tensor c_n = r.c_n.defined() ? to_dtype(r.c_n, x.scalar_type()) : x.new_empty({0});
   const at::Tensor workspace =
-      r.workspace.defined() ? restore(r.workspace, x, g.cell.workspace_blocks() * g.H) : x.new_empty({0});
+      r.workspace.defined() ? restore(r.workspace, x, g.cell.workspace_blocks(zoneout) * g.H) : x.new_empty({0});
   return {restore(r.out, x, g.Hout), to_dtype(r.h_n, x.scalar_type()), c_n, workspace};
 }
 
@@ -119,18 +121,21 @@ std::vector<at::Tensor> backward(const std::string& family, const std::string& m
                                  const c10::optional<at::Tensor>& w_peep, const c10::optional<at::Tensor>& w_proj,
                                  const c10::optional<at::Tensor>& batch_sizes, bool reverse, const at::Tensor& out,
                                  const at::Tensor& workspace, const std::string& strategy, bool poison,
-                                 bool need_dx, bool need_dweights, const c10::optional<at::Tensor>& w_extra) {
+                                 bool need_dx, bool need_dweights, const c10::optional<at::Tensor>& w_extra,
+                                 const c10::optional<at::Tensor>& zoneout_mask) {
   const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, w_extra);
-  checks::check_backward_call(g, x, grad_out, grad_hn, grad_cn, out, workspace);
+  const bool zoneout = checks::check_zoneout_mask(g, family, x, zoneout_mask);
+  checks::check_backward_call(g, x, grad_out, grad_hn, grad_cn, out, workspace, zoneout);
   const Strategy strat = parse_strategy(strategy);
   const at::ScalarType cdt = compute_dtype(x.scalar_type());
   const LayerWeights w = compute_weights(w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, w_extra, cdt);
   const Steps steps(g.sizes, reverse);
   const at::Tensor gcn = g.cell.has_cell_state() ? to_compute(grad_cn, cdt) : at::Tensor();
+  const at::Tensor mask = zoneout ? rows_of(*zoneout_mask, g, cdt) : at::Tensor();
   const BackwardOut r = sequence_backward(g.cell, rows_of(grad_out, g, cdt), to_compute(grad_hn, cdt), gcn,
                                           rows_of(x, g, cdt), to_compute(h0, cdt), to_compute(c0, cdt), w, steps,
                                           rows_of(out, g, cdt), rows_of(workspace, g, cdt), strat, poison,
-                                          need_dx, need_dweights);
+                                          need_dx, need_dweights, mask);
   return frame::op_result(r, x, g.cell);
 }
 
@@ -162,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_forward(
     return {h_new, c_new.defined() ? c_new : x.new_empty({0}), workspace.defined() ? workspace : x.new_empty({0})};
   }
   auto [out, h_n, c_n, workspace] = forward(family, mode, x_steps, h, c, w_ih, w_hh, b_ih, b_hh, w_peep, {}, {},
-                                            false, "auto", false, for_backward, c10::nullopt);
+                                            false, "auto", false, for_backward, c10::nullopt, c10::nullopt);
   return {h_n, c_n, workspace.numel() > 0 ? workspace.squeeze(0) : x.new_empty({0})};
 }
 
@@ -194,7 +199,7 @@ std::vector<at::Tensor> step_backward(const std::string& family, const std::stri
   // h' is both the step's output and its last state: its gradient enters once, as the output's
   std::vector<at::Tensor> d = backward(family, mode, grad_h.unsqueeze(0), at::zeros_like(h), grad_c, x_steps, h, c,
                                        w_ih, w_hh, b_ih, b_hh, w_peep, {}, {}, false, h_new.unsqueeze(0), ws_steps,
-                                       "auto", false, need_dx, need_dweights, c10::nullopt);
+                                       "auto", false, need_dx, need_dweights, c10::nullopt, c10::nullopt);
   if (d[0].numel() > 0) d[0] = d[0].view(x.sizes());
   d.pop_back();  // dw_proj: a step has no projection
   return d;

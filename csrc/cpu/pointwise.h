@@ -199,9 +199,64 @@ FUSEDRNN_POINTWISE void indrnn_forward_block(const Block& blk, const IndrnnForwa
   }
 }
 
+// Zoneout (fusedrnn/zoneout.py), after a step's pass (and LSTMP's projection): the state the step
+// passes on and writes to its output rows, h = m*h_new + (1-m)*h_prev.  `h_new` is either `h` itself
+// (blended in place: the cells whose backward never reads h_new) or the Elman RNN's workspace block,
+// where the backward finds h_new for act'; so h and h_new may alias (no __restrict__ between them).
+template <typename T>
+struct ZoneoutForwardArgs {
+  View<const T> mask;    // the step's rows of zoneout_mask
+  View<const T> h_new;   // the cell's new state
+  View<const T> h_prev;  // each row's previous state (the previous step's output rows, or h0)
+  View<T> h;             // the output rows
+};
+
+template <typename T>
+FUSEDRNN_POINTWISE void zoneout_forward_block(const Block& blk, const ZoneoutForwardArgs<T>& a) {
+  const int64_t u0 = blk.u0, u1 = blk.u1, rows = blk.rows;  // locals: stores cannot alias them
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* FUSEDRNN_R m = a.mask.row(b);
+    const T* FUSEDRNN_R h_prev = a.h_prev.row(b);
+    const T* h_new = a.h_new.row(b);
+    T* h = a.h.row(b);
+#pragma GCC ivdep  // h and h_new are one array or distinct ones: the same element in, the same out
+    for (int64_t u = u0; u < u1; ++u) h[u] = gm::zoneout<T>(m[u], h_new[u], h_prev[u]);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // backward
 // ---------------------------------------------------------------------------
+// Zoneout's backward, before a step's pass: the gradient of the step's blended output,
+// d = dh_a + dh_b, splits into m*d (the cell's update: `cell`, which the pass then reads) and (1-m)*d,
+// which flows straight to h_prev (`keep`, added to dh_prev after the recurrent product).  `cell` may
+// be dh_b itself (the carried dh, split in place).
+template <typename T>
+struct ZoneoutBackwardArgs {
+  View<const T> mask;
+  View<const T> dh_a, dh_b;
+  View<T> cell;
+  View<T> keep;
+};
+
+template <typename T>
+FUSEDRNN_POINTWISE void zoneout_backward_block(const Block& blk, const ZoneoutBackwardArgs<T>& a) {
+  const int64_t u0 = blk.u0, u1 = blk.u1, rows = blk.rows;  // locals: stores cannot alias them
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* FUSEDRNN_R m = a.mask.row(b);
+    const T* FUSEDRNN_R dh_a = a.dh_a.row(b);
+    const T* dh_b = a.dh_b.row(b);
+    T* cell = a.cell.row(b);
+    T* FUSEDRNN_R keep = a.keep.row(b);
+#pragma GCC ivdep  // cell and dh_b are one array or distinct ones: the same element in, the same out
+    for (int64_t u = u0; u < u1; ++u) {
+      const T d = dh_a[u] + dh_b[u];
+      cell[u] = m[u] * d;
+      keep[u] = (T(1) - m[u]) * d;
+    }
+  }
+}
+
 
 template <typename T>
 struct LstmBackwardArgs {

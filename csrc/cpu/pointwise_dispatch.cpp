@@ -51,6 +51,8 @@ namespace cpu {
 #define INDRNN_FWD_RELU(T) indrnn_forward_block<T, true>
 #define INDRNN_BWD_TANH(T) indrnn_backward_block<T, false>
 #define INDRNN_BWD_RELU(T) indrnn_backward_block<T, true>
+#define ZONEOUT_FWD(T) zoneout_forward_block<T>
+#define ZONEOUT_BWD(T) zoneout_backward_block<T>
 #define LN_COLUMNS(T) layer_norm_columns_block<T, false>
 #define LN_COLUMNS_IN_PLACE(T) layer_norm_columns_block<T, true>
 #define LN_LSTM_FWD(T) ln_lstm_forward_block<T>
@@ -78,6 +80,8 @@ FUSEDRNN_DISPATCH(pw_indrnn_forward_tanh, IndrnnForwardArgs, INDRNN_FWD_TANH)
 FUSEDRNN_DISPATCH(pw_indrnn_forward_relu, IndrnnForwardArgs, INDRNN_FWD_RELU)
 FUSEDRNN_DISPATCH(pw_indrnn_backward_tanh, IndrnnBackwardArgs, INDRNN_BWD_TANH)
 FUSEDRNN_DISPATCH(pw_indrnn_backward_relu, IndrnnBackwardArgs, INDRNN_BWD_RELU)
+FUSEDRNN_DISPATCH(pw_zoneout_forward, ZoneoutForwardArgs, ZONEOUT_FWD)
+FUSEDRNN_DISPATCH(pw_zoneout_backward, ZoneoutBackwardArgs, ZONEOUT_BWD)
 FUSEDRNN_DISPATCH(pw_layer_norm_columns, LayerNormColumnsArgs, LN_COLUMNS)
 FUSEDRNN_DISPATCH(pw_layer_norm_columns_in_place, LayerNormColumnsArgs, LN_COLUMNS_IN_PLACE)
 FUSEDRNN_DISPATCH(pw_ln_lstm_forward, LnLstmForwardArgs, LN_LSTM_FWD)

@@ -67,7 +67,8 @@ std::string describe() {
 
 ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
                             const LayerWeights& w, const Steps& s, Strategy strategy, bool poison,
-                            bool for_backward) {
+                            bool for_backward, const at::Tensor& zoneout_mask) {
+  // zoneout reaches these cells only (Cell::runs_zoneout, checked by the op)
   if (cell.diagonal()) return diagonal_sequence_forward(cell, x, h0, w, s, for_backward);  // no product per step
   if (cell.layer_norm()) return layer_norm_sequence_forward(cell, x, h0, c0, w, s, poison, for_backward);
   ForwardBuffers f;
@@ -75,7 +76,8 @@ ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Ten
   f.G = cell.gates();
   f.H = w.w_hh.size(0) / f.G;
   f.Hout = w.w_hh.size(1);
-  f.W = cell.workspace_blocks() * f.H;
+  f.mask = zoneout_mask;
+  f.W = cell.workspace_blocks(zoneout_mask.defined()) * f.H;
   const int64_t ws_rows = for_backward ? s.rows : s.batch;
   if (poison) {  // the kernels must write every element they hand back
     f.out = empty_like_rows(x, {s.rows, f.Hout}, true);
@@ -111,7 +113,7 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
                               const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& h0,
                               const at::Tensor& c0, const LayerWeights& w, const Steps& s,
                               const at::Tensor& out, const at::Tensor& workspace, Strategy strategy, bool poison,
-                              bool need_dx, bool need_dweights) {
+                              bool need_dx, bool need_dweights, const at::Tensor& zoneout_mask) {
   if (cell.diagonal()) {
     return diagonal_sequence_backward(cell, grad_out, grad_hn, x, h0, w, s, out, poison, need_dx, need_dweights);
   }
@@ -123,8 +125,12 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
   bb.G = cell.gates();
   bb.H = w.w_hh.size(0) / bb.G;
   bb.Hout = w.w_hh.size(1);
-  bb.W = cell.workspace_blocks() * bb.H;
+  bb.W = cell.workspace_blocks(zoneout_mask.defined()) * bb.H;
   const int64_t H = bb.H, GH = bb.G * H;
+  if (zoneout_mask.defined()) {
+    bb.mask = zoneout_mask;
+    bb.dh_keep = empty_like_rows(x, {s.batch, bb.Hout}, poison);
+  }
   bb.dout = grad_out;
   bb.ws = workspace;
   bb.out = out;

@@ -26,15 +26,18 @@ struct ForwardOut {
 using BackwardOut = frame::Gradients;
 
 // Without `for_backward` (inference) no workspace is kept: `workspace` is undefined.
+// `zoneout_mask`: undefined, or the [N, Hout] rows of op_schema.h's zoneout_mask (a cell with
+// Cell::runs_zoneout()): each step's output is m*h_new + (1-m)*h_prev; the backward takes the same mask.
 ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
                             const LayerWeights& w, const Steps& steps, Strategy strategy, bool poison,
-                            bool for_backward);
+                            bool for_backward, const at::Tensor& zoneout_mask = at::Tensor());
 
 BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, const at::Tensor& grad_hn,
                               const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& h0,
                               const at::Tensor& c0, const LayerWeights& w, const Steps& steps,
                               const at::Tensor& out, const at::Tensor& workspace, Strategy strategy, bool poison,
-                              bool need_dx = true, bool need_dweights = true);
+                              bool need_dx = true, bool need_dweights = true,
+                              const at::Tensor& zoneout_mask = at::Tensor());
 
 std::string describe();  // ISA and thread count, for reports
 

@@ -98,6 +98,12 @@ Geometry check_call(const std::string& family, const std::string& mode, const at
 
 at::Tensor value_or_undefined(const OptionalTensor& t) { return checks::defined(t) ? *t : at::Tensor(); }
 
+// No CUDA kernel runs zoneout yet: the cpu and reference backends do (fusedrnn/zoneout.py).
+void refuse_zoneout(const OptionalTensor& zoneout_mask) {
+  TORCH_CHECK(!checks::defined(zoneout_mask), "fusedrnn_C: the CUDA kernels have no zoneout yet: zoneout_mask must "
+              "be None (the cpu and reference backends run zoneout)");
+}
+
 frame::LayerWeights weights_of(const at::Tensor& w_ih, const at::Tensor& w_hh, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const OptionalTensor& w_peep,
                                const OptionalTensor& w_proj) {
@@ -122,9 +128,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const OptionalTensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh, const OptionalTensor& b_ih,
     const OptionalTensor& b_hh, const OptionalTensor& w_peep, const OptionalTensor& w_proj,
     const OptionalTensor& batch_sizes, bool reverse, const std::string& strategy, bool poison, bool for_backward,
-    const OptionalTensor& w_extra) {
+    const OptionalTensor& w_extra, const OptionalTensor& zoneout_mask) {
   // w_extra belongs to the layer-normalised cells only, which check_call refuses
   const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, w_extra);
+  refuse_zoneout(zoneout_mask);
   const Strategy requested = parse_strategy(strategy);
   const KernelDevice device(x.device());
   const frame::Steps s(g.sizes, reverse);
@@ -144,8 +151,10 @@ std::vector<at::Tensor> backward(const std::string& family, const std::string& m
                                  const OptionalTensor& w_peep, const OptionalTensor& w_proj,
                                  const OptionalTensor& batch_sizes, bool reverse, const at::Tensor& out,
                                  const at::Tensor& workspace, const std::string& strategy, bool poison,
-                                 bool need_dx, bool need_dweights, const OptionalTensor& w_extra) {
+                                 bool need_dx, bool need_dweights, const OptionalTensor& w_extra,
+                                 const OptionalTensor& zoneout_mask) {
   const Geometry g = check_call(family, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, w_extra);
+  refuse_zoneout(zoneout_mask);
   checks::check_backward_call(g, x, grad_out, grad_hn, grad_cn, out, workspace);
   const Strategy requested = parse_strategy(strategy);
   const KernelDevice device(x.device());

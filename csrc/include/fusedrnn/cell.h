@@ -26,6 +26,13 @@ struct Cell {
   int64_t gates() const { return lstm_like() ? 4 : gru_like() ? 3 : 1; }
   // [i, f, g, o, c'] / [r, z, n, k]; indrnn keeps none: as for the Elman RNN, act' follows from the output h
   int64_t workspace_blocks() const { return lstm_like() ? 5 : gru_like() ? 4 : 0; }
+  // Zoneout (a zoneout_mask: the output h is m*h_new + (1-m)*h_prev) adds one block after those,
+  // h_new, for the Elman RNN and IndRNN: their backward takes act' from h_new, which the output no
+  // longer holds.  The other cells' backward reads their gates, never h_new: the same workspace.
+  int64_t zoneout_blocks() const { return family == Family::rnn || family == Family::indrnn ? 1 : 0; }
+  int64_t workspace_blocks(bool zoneout) const { return workspace_blocks() + (zoneout ? zoneout_blocks() : 0); }
+  // The cells whose CPU kernels take a zoneout_mask (IndRNN and the layer-normalised cells do not yet).
+  bool runs_zoneout() const { return family == Family::lstm || family == Family::gru || family == Family::rnn; }
   bool has_cell_state() const { return lstm_like(); }
   // The layer-normalised cells: each row of a pre-activation is normalised over all of its units, so no
   // kernel can split a row's units over threads without a reduction between them.

@@ -250,6 +250,11 @@ FUSEDRNN_GM T rnn_forward(T a, bool use_relu) { return use_relu ? relu(a) : tanh
 template <typename T>
 FUSEDRNN_GM T rnn_backward(T dh, T h, bool use_relu) { return use_relu ? relu_backward(dh, h) : dh * tanh_grad(h); }
 
+// Zoneout (fusedrnn/zoneout.py): the state a step passes on, m*h_new + (1-m)*h_prev, in the reference's
+// order of operations; with a 0/1 mask it is h_new or h_prev exactly (finite values).
+template <typename T>
+FUSEDRNN_GM T zoneout(T m, T h_new, T h_prev) { return m * h_new + (T(1) - m) * h_prev; }
+
 #undef FUSEDRNN_GM
 
 }  // namespace gate_math

@@ -153,14 +153,28 @@ inline Geometry check_call(const std::string& family, const std::string& mode, c
   return g;
 }
 
-// The extra arguments of a backward call: the upstream gradients and what the forward returned.
+// zoneout_mask (op_schema.h), where given: the output's shape, x's dtype and device, and a cell whose
+// kernels take it.  Returns whether the call has zoneout.
+inline bool check_zoneout_mask(const Geometry& g, const std::string& family, const at::Tensor& x,
+                               const c10::optional<at::Tensor>& zoneout_mask) {
+  if (!defined(zoneout_mask)) return false;
+  TORCH_CHECK(g.cell.runs_zoneout(), "fusedrnn_C: zoneout_mask is not supported for a ", family,
+              " cell (no zoneout kernels for it yet)");
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  shape.push_back(g.Hout);
+  check_tensor(*zoneout_mask, "zoneout_mask", x, shape);
+  return true;
+}
+
+// The extra arguments of a backward call: the upstream gradients and what the forward returned
+// (its workspace one block wider for an Elman RNN with zoneout: cell.h zoneout_blocks).
 inline void check_backward_call(const Geometry& g, const at::Tensor& x, const at::Tensor& grad_out,
                                 const at::Tensor& grad_hn, const c10::optional<at::Tensor>& grad_cn,
-                                const at::Tensor& out, const at::Tensor& workspace) {
+                                const at::Tensor& out, const at::Tensor& workspace, bool zoneout = false) {
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end() - 1);
   std::vector<int64_t> ws_shape = out_shape;
   out_shape.push_back(g.Hout);
-  ws_shape.push_back(g.cell.workspace_blocks() * g.H);
+  ws_shape.push_back(g.cell.workspace_blocks(zoneout) * g.H);
   check_tensor(grad_out, "grad_out", x, out_shape);
   check_tensor(out, "out", x, out_shape);
   check_tensor(workspace, "workspace", x, ws_shape);
