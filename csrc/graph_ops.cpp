@@ -89,6 +89,11 @@ at::Tensor unaliased(const at::Tensor& t, const std::vector<c10::IValue>& inputs
   return at::empty({0}, t.options()).set_(t.storage(), t.storage_offset(), t.sizes(), t.strides());
 }
 
+// An optional tensor argument for the kernels, which take contiguous tensors.
+c10::IValue contiguous(const OptionalTensor& t) {
+  return checks::defined(t) ? c10::IValue(t->contiguous()) : c10::IValue();
+}
+
 template <size_t... I>
 auto as_tuple(const std::vector<c10::IValue>& out, const std::vector<c10::IValue>& inputs,
               std::index_sequence<I...>) {
@@ -103,7 +108,7 @@ ForwardResult forward(const std::string& family, const at::Tensor& x, const at::
                       const at::Tensor& w_ih, const at::Tensor& w_hh, const OptionalTensor& b_ih,
                       const OptionalTensor& b_hh, const OptionalTensor& w_peep, const OptionalTensor& w_proj,
                       const OptionalTensor& batch_sizes, bool reverse, c10::string_view mode, c10::string_view backend,
-                      bool for_backward, c10::string_view strategy) {
+                      bool for_backward, c10::string_view strategy, const OptionalTensor& zoneout_mask) {
   const std::string name(backend);
   const auto python = python_implementation(family, "forward");
   std::vector<c10::IValue> inputs{x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes};
@@ -112,11 +117,12 @@ ForwardResult forward(const std::string& family, const at::Tensor& x, const at::
     // the kernels take contiguous tensors; 16-bit weights stay as they are (computed in float32 inside)
     std::vector<c10::IValue> args{std::string(family), std::string(mode)};
     for (const auto& v : inputs) args.push_back(v.isTensor() ? c10::IValue(v.toTensor().contiguous()) : v);
-    args.insert(args.end(), {reverse, std::string(strategy), false, for_backward, c10::IValue()});  // no w_extra
+    args.insert(args.end(), {reverse, std::string(strategy), false, for_backward, c10::IValue(),  // no w_extra
+                             contiguous(zoneout_mask)});
     out = call(compiled_op("forward"), std::move(args));
   } else if (python.has_value()) {
     std::vector<c10::IValue> args = inputs;
-    args.insert(args.end(), {reverse, std::string(mode), name, for_backward, std::string(strategy)});
+    args.insert(args.end(), {reverse, std::string(mode), name, for_backward, std::string(strategy), zoneout_mask});
     out = call(*python, std::move(args));
   } else {
     no_implementation(family, name, x);
@@ -134,7 +140,8 @@ BackwardResult backward(const std::string& family, const at::Tensor& grad_out, c
                         const OptionalTensor& b_ih, const OptionalTensor& b_hh, const OptionalTensor& w_peep,
                         const OptionalTensor& w_proj, const OptionalTensor& batch_sizes, bool reverse,
                         c10::string_view mode, c10::string_view backend, const at::Tensor& out,
-                        const at::Tensor& workspace, bool need_dx, bool need_dweights, c10::string_view strategy) {
+                        const at::Tensor& workspace, bool need_dx, bool need_dweights, c10::string_view strategy,
+                        const OptionalTensor& zoneout_mask) {
   const std::string name(backend);
   const auto python = python_implementation(family, "backward");
   std::vector<c10::IValue> inputs{grad_out, grad_hn, grad_cn, x,      h0,     c0,          w_ih, w_hh,
@@ -144,13 +151,14 @@ BackwardResult backward(const std::string& family, const at::Tensor& grad_out, c
     std::vector<c10::IValue> args{std::string(family), std::string(mode)};
     for (const auto& v : inputs) args.push_back(v.isTensor() ? c10::IValue(v.toTensor().contiguous()) : v);
     args.insert(args.end(), {reverse, out.contiguous(), workspace.contiguous(), std::string(strategy), false,
-                             need_dx, need_dweights, c10::IValue()});  // these families have no w_extra
+                             need_dx, need_dweights, c10::IValue(),  // these families have no w_extra
+                             contiguous(zoneout_mask)});
     const std::vector<at::Tensor> grads = call(compiled_op("backward"), std::move(args))[0].toTensorVector();
     result.assign(grads.begin(), grads.end());
   } else if (python.has_value()) {
     std::vector<c10::IValue> args = inputs;
     args.insert(args.end(), {reverse, std::string(mode), name, out, workspace, need_dx, need_dweights,
-                             std::string(strategy)});
+                             std::string(strategy), zoneout_mask});
     result = call(*python, std::move(args));
   } else {
     no_implementation(family, name, x);
@@ -166,9 +174,10 @@ ForwardResult family_forward(const at::Tensor& x, const at::Tensor& h0, const Op
                              const at::Tensor& w_ih, const at::Tensor& w_hh, const OptionalTensor& b_ih,
                              const OptionalTensor& b_hh, const OptionalTensor& w_peep, const OptionalTensor& w_proj,
                              const OptionalTensor& batch_sizes, bool reverse, c10::string_view mode,
-                             c10::string_view backend, bool for_backward, c10::string_view strategy) {
+                             c10::string_view backend, bool for_backward, c10::string_view strategy,
+                             const OptionalTensor& zoneout_mask) {
   return forward(kFamilies[F], x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj, batch_sizes, reverse, mode,
-                 backend, for_backward, strategy);
+                 backend, for_backward, strategy, zoneout_mask);
 }
 
 template <int F>
@@ -179,9 +188,9 @@ BackwardResult family_backward(const at::Tensor& grad_out, const at::Tensor& gra
                                const OptionalTensor& w_proj, const OptionalTensor& batch_sizes, bool reverse,
                                c10::string_view mode, c10::string_view backend, const at::Tensor& out,
                                const at::Tensor& workspace, bool need_dx, bool need_dweights,
-                               c10::string_view strategy) {
+                               c10::string_view strategy, const OptionalTensor& zoneout_mask) {
   return backward(kFamilies[F], grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_proj,
-                  batch_sizes, reverse, mode, backend, out, workspace, need_dx, need_dweights, strategy);
+                  batch_sizes, reverse, mode, backend, out, workspace, need_dx, need_dweights, strategy, zoneout_mask);
 }
 
 template <int F>

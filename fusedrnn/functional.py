@@ -181,7 +181,7 @@ def layer(
     context and the environment (:mod:`fusedrnn.backends`).  ``zoneout`` (a rate in [0, 1)) zones the hidden
     state out as haste does (:mod:`fusedrnn.zoneout`): with ``zoneout_mask`` (the output's shape, 1 where a
     unit takes its new value: :func:`fusedrnn.zoneout.draw_mask`) as in training, without it the expectation
-    (evaluation); on the reference backend so far.
+    (evaluation); the cpu backend's kernels run it for LSTM, GRU and RNN, the reference for every cell.
     """
     check_not_traced()  # torch.jit.trace would freeze the op's backend into its program (fusedrnn/torchscript.py)
     weights = LayerWeights(*weights)
@@ -238,18 +238,15 @@ def _run(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
          zoneout_mask=None) -> LayerOutput:
     """The call once its arguments are checked: the backend resolved, then one op call (or the eager
     equivalent of the op, :func:`_plain_eager_call`)."""
-    if zoneout:
-        # no kernel takes zoneout yet: the reference's forward as plain torch ops, which autograd
-        # differentiates (the mask is the layer's input a kernel will take as it is)
-        _zoneout.check_backend(backend, x)
-        res = sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse, zoneout, zoneout_mask)
-        return LayerOutput(res.out, res.h_n, res.c_n if cell.has_cell_state else None)
+    # zoneout: the kernels take a mask, in evaluation too (1 - zoneout everywhere: the expectation by the
+    # same formula, so one kernel path); None without zoneout, where nothing changes
+    mask = _zoneout.mask_for(zoneout, zoneout_mask, x, h0) if zoneout else None
     if x.device.type == "meta":
         # meta tensors hold no data, only shapes: whatever backend the module names (it may run CPU
         # tensors only, as modules built on meta and moved later do), the reference gives the shapes
         chosen = backends.get("reference")
     else:
-        chosen = backends.resolve(backend, cell, x, weights)
+        chosen = backends.resolve(backend, cell, x, weights, mask is not None)
     # A traced graph names the backend the call asked for ("auto" unless a module or the call named one):
     # the ops resolve it where the graph runs (csrc/graph_ops.cpp), not as it resolved on this machine.
     name = (backend if backend not in (None, "auto") else "auto") if torch.compiler.is_compiling() else chosen.name
@@ -264,24 +261,26 @@ def _run(cell: CellSpec, x, h0, c0, weights: LayerWeights, batch_sizes, reverse,
     # transform and dual level, the common case, the cost is the two checks before the `and`.
     functorch = peek_interpreter_stack() is not None
     if (functorch or forward_ad._current_level >= 0) and backends.differentiable_only(chosen, (x, h0, c0, *weights)):
-        res = sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse)
+        res = sequence_forward(cell, x, h0, c0, weights, batch_sizes, reverse, zoneout_mask=mask)
         return LayerOutput(res.out, res.h_n, res.c_n if cell.has_cell_state else None)
     # Inference keeps no workspace (the saved activations the backward reads); nor does an exported
     # program, which torch.export makes for inference whether or not grad was enabled while exporting.
     for_backward = torch.is_grad_enabled() and not torch.compiler.is_exporting() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *weights))
-    if _plain_eager_call((x, h0, c0, *weights)):
+    if _plain_eager_call((x, h0, c0, *weights, mask)):
         define(cell.family)  # the op is not called, but a family's ops exist once it has run (fusedrnn.ops.define)
         if not for_backward:
-            return LayerOutput(*forward_without_autograd(cell, chosen, x, h0, c0, weights, batch_sizes, reverse))
+            return LayerOutput(*forward_without_autograd(cell, chosen, x, h0, c0, weights, batch_sizes, reverse,
+                                                         mask))
         if not functorch:  # an autograd.Function outside functorch's transforms (vmap keeps the op)
-            return LayerOutput(*forward_with_autograd(cell, chosen, x, h0, c0, weights, batch_sizes, reverse))
+            return LayerOutput(*forward_with_autograd(cell, chosen, x, h0, c0, weights, batch_sizes, reverse,
+                                                      mask))
     # the family's ops take six weights (the C++ schema), or seven with w_extra (ops.op_weights)
     op_args = weights[:op_weights(cell.family)]
     out, h_n, c_n, _ = forward_op(cell.family)(
         _contiguous(x), _contiguous(h0), _contiguous(c0), *(_contiguous(w) for w in op_args),
         batch_sizes, bool(reverse), cell.mode, name, for_backward,
-        backends.strategy_for(name, cell, x, backward=False),
+        backends.strategy_for(name, cell, x, backward=False), mask,
     )
     return LayerOutput(out, h_n, c_n if cell.has_cell_state else None)
 

@@ -10,6 +10,7 @@ implementation of it shares.
 * :func:`join_states`, :func:`split_states`: a cell's states (sLSTM's h, c, n, m) as the layer's h and one
   cell state, and back;
 * :func:`compute_dtype`: float32 arithmetic for 16-bit inputs;
+* :func:`workspace_blocks`: a call's workspace width, with zoneout or without;
 * :func:`weight_gradients`: the gradients of the weights after the backward's
   recurrence, as single products over all steps, the same for every Python
   backend (the reference, the Triton sequence driver).  The C++ backends compute the
@@ -39,6 +40,18 @@ class LayerWeights(NamedTuple):
     #: a cell's weights beyond torch.nn's layout (its record's ``extra_weights``, e.g. layer-norm gains),
     #: concatenated in the record's order into one vector ``[extra_blocks * H]``; None for the other cells
     w_extra: Optional[torch.Tensor] = None
+
+
+#: the families whose backward takes act' from the output h (the Elman RNN, IndRNN): with zoneout, whose blend
+#: the output then holds, their workspace keeps h_new in one more block (csrc/include/fusedrnn/cell.h)
+_H_NEW_FAMILIES = frozenset(("rnn", "indrnn"))
+
+
+def workspace_blocks(cell: CellSpec, zoneout: bool = False) -> int:
+    """The width of a call's workspace in units of H: the cell record's blocks, and with zoneout (a
+    ``zoneout_mask``) one block of h_new after them for the cells whose backward needs it; the same without
+    zoneout whatever the cell."""
+    return cell.workspace_blocks + (1 if zoneout and cell.family in _H_NEW_FAMILIES else 0)
 
 
 class ForwardResult(NamedTuple):

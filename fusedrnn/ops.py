@@ -36,6 +36,10 @@ of its family's record: everything it needs (gates, workspace width) is read
 from the cell table at each call, so ops outlive a family's removal from the
 table and serve it again if it is registered anew.
 
+Zoneout: ``zoneout_mask`` (last, None without zoneout) is the layer's mask (:mod:`fusedrnn.zoneout`), the
+forward's again in the backward; it gets no gradient.  A backend is handed it only where it runs the cell
+with zoneout (:meth:`fusedrnn.backends.base.Backend.runs_zoneout`; "auto" resolves so).
+
 Double backward (``create_graph=True``): the backward recomputes the forward
 through the differentiable reference (:func:`fusedrnn.reference.sequence_forward`)
 and differentiates that, so second derivatives exist whatever backend ran.
@@ -51,20 +55,21 @@ from . import _extension, backends
 from .backends import _constant_when_traced
 from .backends.base import Backend, LayerWeights
 from .cells import CellSpec, check_family, families
-from .reference import autograd_backward
+from .layer import workspace_blocks
+from .reference import ZONEOUT_BACKWARD_FAMILIES, autograd_backward
 
 NAMESPACE = "fusedrnn"
 
 _FORWARD_SCHEMA = (
     "(Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
     "Tensor? w_peep, Tensor? w_proj, Tensor? batch_sizes, bool reverse, str mode, str backend, "
-    "bool for_backward=True, str strategy=\"auto\") -> (Tensor, Tensor, Tensor, Tensor)"
+    "bool for_backward=True, str strategy=\"auto\", Tensor? zoneout_mask=None) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 _BACKWARD_SCHEMA = (
     "(Tensor grad_out, Tensor grad_hn, Tensor? grad_cn, Tensor x, Tensor h0, Tensor? c0, "
     "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_peep, Tensor? w_proj, "
     "Tensor? batch_sizes, bool reverse, str mode, str backend, Tensor out, Tensor workspace, "
-    "bool need_dx=True, bool need_dweights=True, str strategy=\"auto\") "
+    "bool need_dx=True, bool need_dweights=True, str strategy=\"auto\", Tensor? zoneout_mask=None) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 # positions of the differentiable inputs of the forward op
@@ -111,24 +116,30 @@ def _fresh(outputs, inputs):
     ])
 
 
-def _backend(name: str, cell: CellSpec, x: Tensor, weights: LayerWeights):
+def _backend(name: str, cell: CellSpec, x: Tensor, weights: LayerWeights, zoneout: bool = False):
     """The backend that runs a call naming ``name``: ``"auto"`` (a traced graph's) is resolved here, at run
     time, as :func:`fusedrnn.functional.layer` resolves an eager call (empty sizes included)."""
     if name != "auto":
         return backends.get(name)
     if weights.w_hh.shape[0] == 0 or x.numel() == 0:
         return backends.get("reference")
-    return backends.resolve(name, cell, x, weights)
+    return backends.resolve(name, cell, x, weights, zoneout)
 
 
-def _run_forward(backend: Backend, cell: CellSpec, tensors, batch_sizes, reverse, for_backward):
+def _mask_argument(zoneout_mask) -> dict:
+    """A backend's ``zoneout_mask`` keyword, only with a mask: a backend without zoneout (one registered by
+    a user, say) never sees the keyword."""
+    return {} if zoneout_mask is None else {"zoneout_mask": zoneout_mask.contiguous()}
+
+
+def _run_forward(backend: Backend, cell: CellSpec, tensors, batch_sizes, reverse, for_backward, zoneout_mask=None):
     """``backend``'s forward on ``tensors`` (x, h0, c0, *weights) made contiguous: (out, h_n, c_n, workspace),
     None for c_n outside LSTM and for the workspace without ``for_backward``, no output aliasing an input
     or a view.  What the forward op and the op-less eager paths run."""
     x, h0, c0, *weights = tensors = _contiguous(tensors)
     with torch._C._AutoDispatchBelowAutograd():  # see _run_backward
         res = backend.forward(cell, x, h0, c0, LayerWeights(*weights), batch_sizes, reverse,
-                              for_backward=for_backward)
+                              for_backward=for_backward, **_mask_argument(zoneout_mask))
     outputs = (res.out, res.h_n, res.c_n, res.workspace if for_backward else None)
     if backend.fresh_outputs:  # nothing to compare (the storage lookups cost a short call several microseconds)
         return tuple([t if t is None else _not_a_view(t) for t in outputs])
@@ -136,7 +147,7 @@ def _run_forward(backend: Backend, cell: CellSpec, tensors, batch_sizes, reverse
 
 
 def _run_backward(backend: Backend, cell: CellSpec, grad_out, grad_hn, grad_cn, tensors, batch_sizes, reverse, out,
-                  workspace, need_dx, need_dweights):
+                  workspace, need_dx, need_dweights, zoneout_mask=None):
     """``backend``'s backward on contiguous tensors: the gradients of ``tensors`` (x, h0, c0, *weights), None
     where a tensor is absent or its gradient was not asked for (whatever the backend computed), none
     aliasing an input or a view.  What the backward op and the op-less eager path run."""
@@ -149,16 +160,19 @@ def _run_backward(backend: Backend, cell: CellSpec, grad_out, grad_hn, grad_cn, 
     # a third of its time, benchmarks/RESULTS.md "Per-call overhead").
     with torch._C._AutoDispatchBelowAutograd():
         res = backend.backward(cell, grad_out, grad_hn, grad_cn, x, h0, c0, LayerWeights(*weights), batch_sizes,
-                               reverse, out, workspace, need_dx=need_dx, need_dweights=need_dweights)
+                               reverse, out, workspace, need_dx=need_dx, need_dweights=need_dweights,
+                               **_mask_argument(zoneout_mask))
     dweights = res.dweights if need_dweights else (None,) * len(res.dweights)
     return _fresh((res.dx if need_dx else None, res.dh0, res.dc0, *dweights), tensors)
 
 
-def _layer_backward(cell: CellSpec, run, tensors, batch_sizes, reverse, out, grads, needs_input_grad):
+def _layer_backward(cell: CellSpec, run, tensors, batch_sizes, reverse, out, grads, needs_input_grad,
+                    zoneout_mask=None):
     """The autograd formula of a layer-direction, for the registered op and the op-less eager path alike: the
     gradients of ``tensors`` (x, h0, c0, *weights) given ``grads`` (of out, h_n, c_n; None where none
     flowed, as ``set_materialize_grads(False)`` leaves them).  ``run(grad_out, grad_hn, grad_cn, need_dx,
-    need_dweights)`` runs a backward kernel and returns a gradient per tensor."""
+    need_dweights)`` runs a backward kernel and returns a gradient per tensor.  ``zoneout_mask``: the
+    forward's (no gradient)."""
     grad_out, grad_hn, grad_cn = grads
     x, h0, c0 = tensors[:3]
     if grad_out is None:
@@ -169,19 +183,21 @@ def _layer_backward(cell: CellSpec, run, tensors, batch_sizes, reverse, out, gra
         grad_cn = None
     elif grad_cn is None or grad_cn.numel() == 0:
         grad_cn = torch.zeros_like(c0)
-    # Double backward, or a cell with no hand-written backward (only its reference step): autograd
+    # Double backward, or a cell with no hand-written backward (only its reference step; with zoneout, one
+    # whose hand-written backward takes no mask: only the reference runs those cells with zoneout): autograd
     # through the reference forward, here, outside any op (inside an op's implementation autograd
     # records nothing).
-    if torch.is_grad_enabled() or not cell.record.hand_written_backward:
+    if (torch.is_grad_enabled() or not cell.record.hand_written_backward
+            or (zoneout_mask is not None and cell.family not in ZONEOUT_BACKWARD_FAMILIES)):
         return autograd_backward(cell, tensors, batch_sizes, reverse, (grad_out, grad_hn, grad_cn),
-                                 create_graph=torch.is_grad_enabled())
+                                 create_graph=torch.is_grad_enabled(), zoneout_mask=zoneout_mask)
     need = needs_input_grad
     grads = run(grad_out, grad_hn, grad_cn, need[0], any(need[3:]))
     return tuple(g if t is not None and wanted else None for g, t, wanted in zip(grads, tensors, need))
 
 
 def forward_without_autograd(cell: CellSpec, backend: Backend, x, h0, c0, weights: LayerWeights, batch_sizes,
-                             reverse):
+                             reverse, zoneout_mask=None):
     """What the forward op returns for a call no backward will follow, without the op: (out, h_n, c_n or None).
 
     For eager calls that need no autograd (no grad, or nothing requires it): the op would only add its
@@ -189,7 +205,7 @@ def forward_without_autograd(cell: CellSpec, backend: Backend, x, h0, c0, weight
     more), so :func:`fusedrnn.functional.layer` calls the backend it resolved directly.  The same rules
     hold: the backend gets contiguous tensors and keeps no workspace; no output aliases an input or is a view.
     """
-    return _run_forward(backend, cell, (x, h0, c0, *weights), batch_sizes, reverse, False)[:3]
+    return _run_forward(backend, cell, (x, h0, c0, *weights), batch_sizes, reverse, False, zoneout_mask)[:3]
 
 
 class _EagerLayer(torch.autograd.Function):
@@ -205,9 +221,10 @@ class _EagerLayer(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, cell, backend, batch_sizes, reverse, x, h0, c0, *weights):
-        out, h_n, c_n, workspace = _run_forward(backend, cell, (x, h0, c0, *weights), batch_sizes, reverse, True)
-        ctx.save_for_backward(x, h0, c0, *weights, batch_sizes, out, workspace)
+    def forward(ctx, cell, backend, batch_sizes, reverse, zoneout_mask, x, h0, c0, *weights):
+        out, h_n, c_n, workspace = _run_forward(backend, cell, (x, h0, c0, *weights), batch_sizes, reverse, True,
+                                                zoneout_mask)
+        ctx.save_for_backward(x, h0, c0, *weights, batch_sizes, out, workspace, zoneout_mask)
         ctx.cell, ctx.backend, ctx.reverse = cell, backend, reverse
         # the backward fills in zeros itself where it must (the cells never use `out`'s gradient)
         ctx.set_materialize_grads(False)
@@ -215,23 +232,24 @@ class _EagerLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_hn, grad_cn):
-        *tensors, batch_sizes, out, workspace = ctx.saved_tensors
+        *tensors, batch_sizes, out, workspace, zoneout_mask = ctx.saved_tensors
         cell, backend, reverse = ctx.cell, ctx.backend, ctx.reverse
 
         def run(*grads_and_needs):
             return _run_backward(backend, cell, *grads_and_needs[:3], tensors, batch_sizes, reverse, out, workspace,
-                                 *grads_and_needs[3:])
+                                 *grads_and_needs[3:], zoneout_mask)
 
         grads = _layer_backward(cell, run, tensors, batch_sizes, reverse, out, (grad_out, grad_hn, grad_cn),
-                                ctx.needs_input_grad[4:])
-        return (None, None, None, None, *grads)
+                                ctx.needs_input_grad[5:], zoneout_mask)
+        return (None, None, None, None, None, *grads)
 
 
 def forward_with_autograd(cell: CellSpec, backend: Backend, x, h0, c0, weights: LayerWeights, batch_sizes,
-                          reverse):
+                          reverse, zoneout_mask=None):
     """The forward op's results and autograd formula without the op, for eager calls on plain tensors that need
-    a backward: (out, h_n, c_n or None), differentiable (:class:`_EagerLayer`)."""
-    return _EagerLayer.apply(cell, backend, batch_sizes, bool(reverse), x, h0, c0, *weights)
+    a backward: (out, h_n, c_n or None), differentiable (:class:`_EagerLayer`; ``zoneout_mask`` gets no
+    gradient)."""
+    return _EagerLayer.apply(cell, backend, batch_sizes, bool(reverse), zoneout_mask, x, h0, c0, *weights)
 
 
 def _schemas(weights: int) -> Tuple[str, str]:
@@ -259,52 +277,54 @@ def _make_ops(family: str):
     forward_schema, backward_schema = _schemas(nw)
 
     def forward_args(args):
-        """(cell, x, h0, c0, weights, batch_sizes, reverse, backend, for_backward) of a forward call."""
+        """(cell, x, h0, c0, weights, batch_sizes, reverse, backend, for_backward, zoneout_mask) of a forward
+        call."""
         x, h0, c0, *rest = args
         weights, (batch_sizes, reverse, mode, backend, *options) = LayerWeights(*rest[:nw]), rest[nw:]
         return CellSpec(family, mode), x, h0, c0, weights, batch_sizes, reverse, backend, \
-            options[0] if options else True
+            options[0] if options else True, options[2] if len(options) > 2 else None
 
     # `strategy` (the last argument): the one the backend's own setting gives (backends.strategy_for), which
     # the backend reads itself
     def forward_impl(*args):
-        cell, x, h0, c0, weights, batch_sizes, reverse, backend, for_backward = forward_args(args)
-        outputs = _run_forward(_backend(backend, cell, x, weights), cell, (x, h0, c0, *weights), batch_sizes,
-                               reverse, for_backward)
+        cell, x, h0, c0, weights, batch_sizes, reverse, backend, for_backward, mask = forward_args(args)
+        outputs = _run_forward(_backend(backend, cell, x, weights, mask is not None), cell, (x, h0, c0, *weights),
+                               batch_sizes, reverse, for_backward, mask)
         return tuple(_absent(x) if t is None else t for t in outputs)  # whatever the backend kept
 
     def forward_fake(*args):
-        cell, x, h0, c0, weights, _, _, _, for_backward = forward_args(args)
+        cell, x, h0, c0, weights, _, _, _, for_backward, mask = forward_args(args)
         hidden = weights.w_hh.shape[0] // cell.gates
         lead = x.shape[:-1]
         return (
             x.new_empty((*lead, h0.shape[-1])),
             h0.new_empty(h0.shape),
             c0.new_empty(c0.shape) if c0 is not None else _absent(x),
-            x.new_empty((*lead, cell.workspace_blocks * hidden)) if for_backward else _absent(x),
+            x.new_empty((*lead, workspace_blocks(cell, mask is not None) * hidden)) if for_backward else _absent(x),
         )
 
     def backward_args(args):
         """(cell, upstream grads, tensors (x, h0, c0, *weights), batch_sizes, reverse, backend, out, workspace,
-        need_dx, need_dweights) of a backward call."""
+        need_dx, need_dweights, zoneout_mask) of a backward call."""
         grad_out, grad_hn, grad_cn, *rest = args
         tensors, (batch_sizes, reverse, mode, backend, out, workspace, *options) = rest[:3 + nw], rest[3 + nw:]
         need_dx = options[0] if options else True
         need_dweights = options[1] if len(options) > 1 else True
+        mask = options[3] if len(options) > 3 else None
         return (CellSpec(family, mode), (grad_out, grad_hn, grad_cn), tuple(tensors), batch_sizes, reverse, backend,
-                out, workspace, need_dx, need_dweights)
+                out, workspace, need_dx, need_dweights, mask)
 
     def backward_impl(*args):
-        cell, upstream, tensors, batch_sizes, reverse, backend, out, workspace, need_dx, need_dweights = \
+        cell, upstream, tensors, batch_sizes, reverse, backend, out, workspace, need_dx, need_dweights, mask = \
             backward_args(args)
         x, weights = tensors[0], LayerWeights(*tensors[3:])
-        grads = _run_backward(_backend(backend, cell, x, weights), cell, *upstream, tensors, batch_sizes, reverse,
-                              out, workspace, need_dx, need_dweights)
+        grads = _run_backward(_backend(backend, cell, x, weights, mask is not None), cell, *upstream, tensors,
+                              batch_sizes, reverse, out, workspace, need_dx, need_dweights, mask)
         # what was not asked for is empty; one gradient per differentiable input of the schema
         return tuple(_absent(x) if g is None else g for g in grads[:3 + nw])
 
     def backward_fake(*args):
-        _, _, tensors, _, _, _, _, _, need_dx, need_dweights = backward_args(args)
+        _, _, tensors, _, _, _, _, _, need_dx, need_dweights, _ = backward_args(args)
         wanted = (need_dx, True, True, *(need_dweights,) * nw)
         return tuple(_absent(tensors[0]) if t is None or not want else t.new_empty(t.shape)
                      for t, want in zip(tensors, wanted))
@@ -328,7 +348,7 @@ def _make_ops(family: str):
         out, _, _, workspace = output
         ctx.for_backward = rest[0] if rest else True
         ctx.strategy = rest[1] if len(rest) > 1 else "auto"
-        ctx.save_for_backward(*tensors, batch_sizes, out, workspace)
+        ctx.save_for_backward(*tensors, batch_sizes, out, workspace, rest[2] if len(rest) > 2 else None)
         ctx.reverse, ctx.mode, ctx.backend = reverse, mode, backend
         ctx.mark_non_differentiable(workspace)
         # the backward below fills in zeros itself where it must; autograd's default would
@@ -336,7 +356,7 @@ def _make_ops(family: str):
         ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_out, grad_hn, grad_cn, _grad_workspace):
-        *tensors, batch_sizes, out, workspace = ctx.saved_tensors
+        *tensors, batch_sizes, out, workspace, mask = ctx.saved_tensors
         if not ctx.for_backward:
             raise RuntimeError(f"fusedrnn::{family}_forward ran with for_backward=False, so it kept no "
                                "workspace to differentiate; call it with for_backward=True")
@@ -346,11 +366,11 @@ def _make_ops(family: str):
         def run(grad_out, grad_hn, grad_cn, need_dx, need_dweights):
             strategy = backends.strategy_for(ctx.backend, cell, tensors[0], backward=True)
             return bwd(grad_out, grad_hn, grad_cn, *tensors, batch_sizes, ctx.reverse, ctx.mode, ctx.backend,
-                       out, workspace, need_dx, need_dweights, strategy)
+                       out, workspace, need_dx, need_dweights, strategy, mask)
 
         grads = _layer_backward(cell, run, tensors, batch_sizes, ctx.reverse, out, (grad_out, grad_hn, grad_cn),
-                                ctx.needs_input_grad)
-        return (*grads, None, None, None, None, None, None)  # batch_sizes .. for_backward, strategy
+                                ctx.needs_input_grad, mask)
+        return (*grads, None, None, None, None, None, None, None)  # batch_sizes .. strategy, zoneout_mask
 
     torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
     return fwd, bwd

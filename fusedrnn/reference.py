@@ -23,7 +23,11 @@ import torch
 
 from .cells import LAYER_NORM_EPS, CellSpec
 from .layer import (BackwardResult, ForwardResult, LayerWeights, Steps, as_rows, block_diagonal_product,
-                    block_diagonal_product_t, compute_dtype, previous_states, weight_gradients)
+                    block_diagonal_product_t, compute_dtype, previous_states, weight_gradients, workspace_blocks)
+
+#: the families whose hand-written backward (:func:`sequence_backward`) takes a ``zoneout_mask``; the others'
+#: zoneout gradients come from autograd through :func:`sequence_forward` (:func:`autograd_backward`)
+ZONEOUT_BACKWARD_FAMILIES = frozenset(("lstm", "gru", "rnn", "indrnn"))
 
 
 def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -266,7 +270,9 @@ def sequence_forward(
 
     Differentiable: autograd through it gives the reference gradients.  With ``zoneout`` (:mod:`fusedrnn.zoneout`)
     each step's new h is mixed with the previous one: by ``zoneout_mask`` (the output's layout; 1 takes the new
-    value) when it is given (training), else by the expectation ``zoneout * h_prev + (1 - zoneout) * h_new``.
+    value) when it is given (training; evaluation passes ``1 - zoneout`` everywhere), else by the expectation
+    ``zoneout * h_prev + (1 - zoneout) * h_new``.  With zoneout the workspace of the Elman RNN and IndRNN keeps
+    each step's h_new in one more block (:func:`fusedrnn.layer.workspace_blocks`), which their backward needs.
     """
     dtype = x.dtype
     cdt = compute_dtype(dtype)
@@ -278,11 +284,14 @@ def sequence_forward(
     h = h0.to(cdt)
     c = _cast(c0, cdt)
     mask = None if zoneout_mask is None else as_rows(zoneout_mask, batch_sizes).to(cdt)
+    keep_h_new = workspace_blocks(cell, True) > cell.workspace_blocks and (mask is not None or bool(zoneout))
     outs: List[Optional[torch.Tensor]] = [None] * len(steps.sizes)
     wss: List[Optional[torch.Tensor]] = [None] * len(steps.sizes)
     for t in steps.order:
         n = steps.sizes[t]
         h_new, c_new, ws = _step(cell, xp[steps.span(t)], h[:n], None if c is None else c[:n], w)
+        if keep_h_new:
+            ws = torch.cat([ws, h_new], dim=1)
         if mask is not None:  # zoneout in training: a select by a 0/1 mask, exact where it is 0 or 1
             m = mask[steps.span(t)]
             h_new = m * h_new + (1 - m) * h[:n]
@@ -293,7 +302,7 @@ def sequence_forward(
         if c is not None:
             c = _replace_head(c, c_new)
     hout = h0.shape[-1]
-    ws_width = cell.workspace_blocks * weights.w_hh.shape[0] // cell.gates
+    ws_width = (workspace_blocks(cell, keep_h_new)) * weights.w_hh.shape[0] // cell.gates
     out = torch.cat(outs) if outs else rows.new_empty((0, hout))
     workspace = torch.cat(wss) if wss else rows.new_empty((0, ws_width))
     lead = x.shape[:-1]
@@ -310,17 +319,20 @@ def sequence_forward(
 # ----------------------------------------------------------------------------
 
 
-def autograd_backward(cell: CellSpec, tensors, batch_sizes, reverse, grad_outputs, create_graph: bool = False):
+def autograd_backward(cell: CellSpec, tensors, batch_sizes, reverse, grad_outputs, create_graph: bool = False,
+                      zoneout_mask: Optional[torch.Tensor] = None):
     """The gradients of ``tensors`` (x, h0, c0, then the weights; None where absent) given those of
-    (out, h_n, c_n), by autograd through :func:`sequence_forward`; a differentiable graph with
-    ``create_graph`` (double backward).  Zeros where an input does not matter."""
+    (out, h_n, c_n), by autograd through :func:`sequence_forward` (with ``zoneout_mask``: the forward's, not
+    differentiated); a differentiable graph with ``create_graph`` (double backward).  Zeros where an input
+    does not matter."""
     with torch.enable_grad():
         # a first derivative differentiates fresh leaves: the inputs themselves may be outputs of an earlier
         # call (a cell's state fed back), whose graph the engine must not walk here (it freed its buffers:
         # the earlier call's backward then raised); a double backward keeps them, to stay connected to them
         leaves = [None if t is None else (t if t.requires_grad and create_graph else t.detach().requires_grad_())
                   for t in tensors]
-        res = sequence_forward(cell, leaves[0], leaves[1], leaves[2], LayerWeights(*leaves[3:]), batch_sizes, reverse)
+        res = sequence_forward(cell, leaves[0], leaves[1], leaves[2], LayerWeights(*leaves[3:]), batch_sizes, reverse,
+                               zoneout_mask=None if zoneout_mask is None else zoneout_mask.detach())
         outs = [res.out, res.h_n] + ([res.c_n] if res.c_n is not None else [])
         # an output no input reaches (the empty out of a sequence without steps) has no graph to walk
         pairs = [(o, g) for o, g in zip(outs, grad_outputs) if o.requires_grad]
@@ -473,12 +485,17 @@ def sequence_backward(
     reverse: bool,
     out: torch.Tensor,
     workspace: torch.Tensor,
+    zoneout_mask: Optional[torch.Tensor] = None,
 ) -> BackwardResult:
     """Gradients of :func:`sequence_forward`, from its saved outputs (a cell without a hand-written
-    backward: autograd through the forward, recomputed; called outside a custom op's implementation,
-    as fusedrnn.ops does, since autograd records nothing inside one)."""
-    if not cell.record.hand_written_backward:
-        grads = autograd_backward(cell, (x, h0, c0, *weights), batch_sizes, reverse, (grad_out, grad_hn, grad_cn))
+    backward, or with zoneout one outside :data:`ZONEOUT_BACKWARD_FAMILIES`: autograd through the forward,
+    recomputed; called outside a custom op's implementation, as fusedrnn.ops does, since autograd records
+    nothing inside one).  ``zoneout_mask``: the forward's; the gradient d of a blended output row gives its
+    cell ``m * d`` and its previous state ``(1 - m) * d`` besides the recurrent product's."""
+    if not cell.record.hand_written_backward or (zoneout_mask is not None
+                                                  and cell.family not in ZONEOUT_BACKWARD_FAMILIES):
+        grads = autograd_backward(cell, (x, h0, c0, *weights), batch_sizes, reverse, (grad_out, grad_hn, grad_cn),
+                                  zoneout_mask=zoneout_mask)
         return BackwardResult(grads[0], grads[1], grads[2], LayerWeights(*grads[3:]))
     dtype = x.dtype
     cdt = compute_dtype(dtype)
@@ -488,6 +505,7 @@ def sequence_backward(
     OUT = as_rows(out, batch_sizes).to(cdt)
     WS = as_rows(workspace, batch_sizes).to(cdt)
     dOUT = as_rows(grad_out, batch_sizes).to(cdt)
+    MASK = None if zoneout_mask is None else as_rows(zoneout_mask, batch_sizes).to(cdt)
     h0c = h0.to(cdt)
     H_prev = previous_states(OUT, h0c, steps)
     H = w.w_hh.shape[0] // cell.gates
@@ -509,6 +527,9 @@ def sequence_backward(
     for t in reversed(steps.order):
         n, span = steps.sizes[t], steps.span(t)
         dh_t = dOUT[span] + dh[:n]
+        if MASK is not None:  # zoneout: the cell's update gets m*d, the previous state (1-m)*d (added below)
+            keep = (1 - MASK[span]) * dh_t
+            dh_t = MASK[span] * dh_t
         if cell.family == "lstm":
             if dH_total is not None:
                 dH_total[span] = dh_t
@@ -539,7 +560,8 @@ def sequence_backward(
             dA_x[span] = torch.cat([da_r, da_z, da_n], dim=1)
             dh[:n] = dh_prev
         else:  # rnn and indrnn: h' = act(a)
-            h_new = OUT[span]
+            # with zoneout the output is the blend: h_new is the workspace's last block
+            h_new = OUT[span] if MASK is None else WS[span][:, -H:]
             if cell.mode == "relu":
                 # torch's threshold_backward: a select, so dh passes where h is NaN and an
                 # infinite dh gives 0 (not NaN) where h <= 0
@@ -549,6 +571,8 @@ def sequence_backward(
             dA_x[span] = dA
             # IndRNN's recurrent term is u * h, element-wise: its gradient too
             dh[:n] = dA * w.w_hh if cell.record.recurrent == "diagonal" else dA @ w.w_hh
+        if MASK is not None:
+            dh[:n] = dh[:n] + keep
 
     # weight gradients: single products over all steps (fusedrnn.layer, shared with the Triton sequence driver)
     dweights = weight_gradients(cell, w, steps, dA_x, X, OUT, WS, h0c, _cast(c0, cdt), dH_total)

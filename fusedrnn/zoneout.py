@@ -14,10 +14,18 @@ Only ``h`` is zoned out: an LSTM's cell state ``c`` is carried as its update com
 and its PyTorch reference do so; Krueger et al. zone ``c`` out too, with a rate of its own).
 
 The mask is an input of the layer (:func:`fusedrnn.functional.layer`'s ``zoneout_mask``, the layout of
-its output: ``[T, B, H_out]``, or ``[rows, H_out]`` for packed rows), so that a kernel can take it as it is;
-the modules draw it (:func:`draw_mask`).  No backend has zoneout kernels yet: a call with zoneout runs as
-the reference's differentiable forward (:func:`fusedrnn.reference.sequence_forward`), whatever cell, and
-autograd differentiates it ("auto" warns once; a named backend other than "reference" refuses).
+its output: ``[T, B, H_out]``, or ``[rows, H_out]`` for packed rows), which the kernels take as it is; the
+modules draw it (:func:`draw_mask`).  In evaluation the layer hands the kernels a mask of ``1 - zoneout``
+everywhere (:func:`mask_for`): the same formula then gives the expectation, so every backend has one
+zoneout path.  The mask is not differentiated.
+
+Which backend runs it: the ``cpu`` backend's kernels for LSTM (peepholes, projection: the projected h is
+blended), both GRU forms and RNN, forward and backward (csrc/cpu: a blend after each step's pass, and in the
+backward the gradient of each output row split between the cell, ``m * d``, and the previous state,
+``(1 - m) * d``); the ``reference`` backend for every cell.  IndRNN, the layer-normalised cells and sLSTM run
+it on the reference so far, and the ``cuda`` and ``triton`` backends have no zoneout kernels yet: "auto"
+passes over a backend without zoneout kernels for the cell (warning once, as for any fallback), and a named
+one refuses the call (RuntimeError: :meth:`fusedrnn.backends.base.Backend.runs_zoneout`).
 """
 
 from __future__ import annotations
@@ -27,9 +35,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import backends
 from .layer import check_like_x
-from .backends import _constant_when_traced
 
 
 def check_zoneout(zoneout, name: str = "zoneout") -> float:
@@ -61,25 +67,11 @@ def check_mask(mask: Optional[torch.Tensor], zoneout: float, x: torch.Tensor, ou
     check_like_x("zoneout_mask", mask, out_shape, x)  # the output's shape
 
 
-def check_backend(backend: Optional[str], x: torch.Tensor) -> None:
-    """A call with zoneout runs on the reference: "auto" says so once per device type; a named backend
-    (the call's, :func:`fusedrnn.use_backend`'s or ``FUSEDRNN_BACKEND``) other than "reference" refuses it
-    (RuntimeError, as a named backend refuses a cell it has no kernels for)."""
-    wanted = backends.requested(backend)
-    if wanted == "auto":
-        if x.device.type != "meta" and backends.AUTO_PREFERENCE.get(x.device.type, ["reference"])[0] != "reference":
-            _warn_auto(x.device.type)
-        return
-    if wanted != "reference":
-        backends.get(wanted)  # an unknown or unavailable name: the registry's error
-        raise RuntimeError(f"fusedrnn backend {wanted!r} cannot run this call: it has no kernels for zoneout yet "
-                           "(backend 'reference' and 'auto' run it)")
-
-
-@_constant_when_traced
-def _warn_auto(device_type: str) -> None:
-    """auto's once-only warning for zoneout; composed here, where Dynamo runs the function itself (as
-    :func:`fusedrnn.backends._warn_fallback`), so that a module with zoneout compiles with fullgraph=True."""
-    backends._warn_once(f"zoneout:{device_type}",
-                        f"fusedrnn: using backend 'reference' for {device_type} tensors with zoneout: no other "
-                        "backend has kernels for zoneout yet")
+def mask_for(zoneout: float, zoneout_mask: Optional[torch.Tensor], x: torch.Tensor,
+             h0: torch.Tensor) -> torch.Tensor:
+    """The mask a call with zoneout hands the backend: ``zoneout_mask`` (training), or in evaluation (None) one
+    of the output's shape filled with ``1 - zoneout``, whose blend ``m * h_new + (1 - m) * h_prev`` is haste's
+    expectation."""
+    if zoneout_mask is not None:
+        return zoneout_mask
+    return x.new_full((*x.shape[:-1], h0.shape[-1]), 1.0 - zoneout)

@@ -1,5 +1,5 @@
 """Zoneout (haste's, fusedrnn/zoneout.py) on every module that takes it: LSTM (with and without a projection),
-GRU (both forms), LayerNorm LSTM and GRU, IndRNN.
+GRU (both forms), LayerNorm LSTM and GRU, IndRNN; and the cpu backend's zoneout kernels.
 
 Against an independent plain-PyTorch loop (tests/new_cells.py: each cell's step from its equations, zoneout
 as a select by the mask) in float64, values and gradients: training with the masks the test draws itself in
@@ -7,7 +7,10 @@ the documented order under the same seed (two layers, bidirectional, initial sta
 unsorted lengths), evaluation with the expectation.  Then: seeds reproduce the masks and a zoned-out unit
 keeps its previous value exactly; zoneout=0 is bitwise the module without zoneout; float64 gradcheck of the
 functional form with a fixed mask; bad rates and masks raise torch.nn's exception types naming the argument;
-which backend runs it; what revert, repr, state_dict and pickle make of it.
+which backend runs it; what revert, repr, state_dict and pickle make of it.  Then the cpu backend's kernels
+(LSTM with peepholes and projection, both GRU forms, RNN; every strategy) against the reference backend in
+float64 and float32, training and evaluation, padded and packed, both directions; gradcheck through the op;
+fused against gemm; 1 and 2 threads bitwise; modules, torch.compile; bad masks.
 """
 
 from __future__ import annotations
@@ -263,23 +266,30 @@ def test_the_functional_form_checks_its_zoneout_arguments():
 
 
 def test_auto_warns_once_and_a_named_backend_refuses(monkeypatch):
+    """"auto" runs zoneout where the preferred backend has kernels for it (the cpu backend's LSTM, GRU, RNN:
+    silently), else falls back to the reference, warning once; a named backend without zoneout kernels for the
+    cell refuses the call."""
     monkeypatch.setattr(backends, "_warned", set())  # the warning is once per process: as if this were the first
-    rnn = fusedrnn.LSTM(3, 4, zoneout=0.1)
     x = torch.randn(4, 2, 3)
-    for call in range(2):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            rnn(x)
-        said = [str(w.message) for w in caught if "zoneout" in str(w.message)]
-        assert len(said) == (1 if call == 0 else 0), said
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the reference, named, runs it without a word
         fusedrnn.LSTM(3, 4, zoneout=0.1, backend="reference")(x)
         fusedrnn.LSTM(3, 4, zoneout=0.1, backend="reference").eval()(x)
     if "cpu" not in backends.available():
         return  # the compiled extension is not built here: only the reference and auto to check
-    with pytest.raises(RuntimeError, match="'cpu' cannot run this call: it has no kernels for zoneout"):
-        fusedrnn.LSTM(3, 4, zoneout=0.1, backend="cpu")(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the cpu kernels run the built-in cells with zoneout: no fallback
+        fusedrnn.LSTM(3, 4, zoneout=0.1)(x)
+        fusedrnn.GRU(3, 4, zoneout=0.1, backend="cpu").eval()(x)
+    rnn = fusedrnn.IndRNN(3, 4, zoneout=0.1)  # the cpu backend runs IndRNN, but not with zoneout yet
+    for call in range(2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rnn(x)
+        said = [str(w.message) for w in caught if "zoneout" in str(w.message)]
+        assert len(said) == (1 if call == 0 else 0), said
+    with pytest.raises(RuntimeError, match="'cpu' cannot run this call: it has no kernels for zoneout with the"):
+        fusedrnn.IndRNN(3, 4, zoneout=0.1, backend="cpu")(x)
     with backends.use_backend("cpu"), pytest.raises(RuntimeError, match="no kernels for zoneout"):
         rnn(x)
 
@@ -294,3 +304,251 @@ def test_revert_refuses_and_repr_state_dict_pickle_keep_it():
     x = torch.randn(4, 2, 3)
     assert again.zoneout == 0.25
     torch.testing.assert_close(again(x)[0], rnn.eval()(x)[0], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------
+# The cpu backend's kernels (csrc/cpu) against the reference backend
+# ----------------------------------------------------------------------------
+
+_CPU_WHY = backends.unavailable_reason("cpu")
+needs_cpu = pytest.mark.skipif(_CPU_WHY is not None, reason=f"the fused CPU kernels are not built: {_CPU_WHY}")
+
+#: name -> (cell, peepholes, projection): every cell the cpu kernels run with zoneout
+KERNEL_CELLS = {
+    "lstm": (CellSpec("lstm", "lstm"), False, False),
+    "lstm-peephole": (CellSpec("lstm", "lstm"), True, False),
+    "lstm-proj": (CellSpec("lstm", "lstm"), False, True),
+    "lstm-peephole-proj": (CellSpec("lstm", "lstm"), True, True),
+    "gru": (CellSpec("gru", "reset_after"), False, False),
+    "gru-reset-before": (CellSpec("gru", "reset_before"), False, False),
+    "rnn-tanh": (CellSpec("rnn", "tanh"), False, False),
+    "rnn-relu": (CellSpec("rnn", "relu"), False, False),
+}
+#: (strategy, dtype) runs of the cpu backend: float64 takes the gemm strategy whatever is forced
+KERNEL_RUNS = [("gemm", F64), ("gemm", torch.float32), ("fused", torch.float32), ("folded", torch.float32)]
+#: padded or packed rows of unequal lengths, forward or reverse direction
+LAYOUTS = ["padded", "padded-reverse", "packed", "packed-reverse"]
+KERNEL_TOL = {F64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+# float32 gradients sum many rounded terms (a few steps back through W_hh): a little more room
+GRAD_TOL = {F64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=1e-4, atol=1e-4)}
+
+
+@pytest.fixture
+def cpu_strategy():
+    """Sets the cpu backend's strategy for a test, restored after."""
+    cpu = backends.get("cpu") if _CPU_WHY is None else None
+    before = cpu.strategy if cpu is not None else None
+
+    def set_strategy(name):
+        cpu.strategy = name
+
+    yield set_strategy
+    if cpu is not None:
+        cpu.strategy = before
+
+
+def kernel_problem(name, dtype, layout="padded", T=6, B=5, I=7, H=19, seed=0, training=True):
+    """(cell, leaves, weights, batch_sizes, reverse, mask, zoneout): a layer-direction's random inputs as leaves
+    that require grad, and a drawn 0/1 mask (training) or None (evaluation)."""
+    cell, peephole, proj = KERNEL_CELLS[name]
+    g = torch.Generator().manual_seed(seed)
+    P = max(1, 2 * H // 3) if proj else H
+    G = cell.gates
+
+    def rnd(*shape, scale=0.4):
+        return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_()
+
+    # packed: sequences of unequal lengths, T down to 1
+    lengths = [T - (b * (T - 1)) // max(B - 1, 1) for b in range(B)]
+    batch_sizes = (torch.tensor([sum(n > t for n in lengths) for t in range(T)]) if layout.startswith("packed")
+                   else None)
+    x = rnd(int(batch_sizes.sum()), I, scale=1.0) if batch_sizes is not None else rnd(T, B, I, scale=1.0)
+    h0 = rnd(B, P, scale=1.0)
+    c0 = rnd(B, H, scale=1.0) if cell.has_cell_state else None
+    weights = LayerWeights(rnd(G * H, I), rnd(G * H, P), rnd(G * H), rnd(G * H), rnd(3 * H) if peephole else None,
+                           rnd(P, H) if proj else None)
+    mask = None
+    if training:
+        mask = (torch.rand(*x.shape[:-1], P, generator=g) > RATE).to(dtype)
+    leaves = [t for t in (x, h0, c0, *weights) if t is not None]
+    return cell, (x, h0, c0), weights, batch_sizes, layout.endswith("reverse"), mask, leaves
+
+
+def run_layer(problem, backend):
+    cell, (x, h0, c0), weights, batch_sizes, reverse, mask, _ = problem
+    return functional.layer(cell, x, h0, c0, weights, batch_sizes, reverse, backend, zoneout=RATE,
+                            zoneout_mask=mask)
+
+
+def values_and_gradients(problem, backend):
+    """The layer's (out, h_n, c_n) and the gradients of every leaf for one fixed projection of them."""
+    res = [t for t in run_layer(problem, backend) if t is not None]
+    g = torch.Generator().manual_seed(1)
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in res)
+    return [t.detach() for t in res], list(torch.autograd.grad(loss, problem[-1]))
+
+
+def assert_all_close(mine, theirs, tol, what):
+    assert len(mine) == len(theirs)
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{what} {i}: {m}")
+
+
+@needs_cpu
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("strategy, dtype", KERNEL_RUNS, ids=[f"{s}-{str(d)[6:]}" for s, d in KERNEL_RUNS])
+@pytest.mark.parametrize("name", sorted(KERNEL_CELLS))
+def test_cpu_kernels_match_the_reference(name, strategy, dtype, training, layout, cpu_strategy):
+    """Outputs, h_n, c_n and every gradient (x, h0, c0, each weight) of the cpu kernels with zoneout, each
+    strategy, against the reference backend: a drawn 0/1 mask (training) and the expectation (evaluation)."""
+    cpu_strategy(strategy)
+    problem = kernel_problem(name, dtype, layout, training=training)
+    values, grads = values_and_gradients(problem, "cpu")
+    ref_values, ref_grads = values_and_gradients(problem, "reference")
+    assert_all_close(values, ref_values, KERNEL_TOL[dtype], "output")
+    assert_all_close(grads, ref_grads, GRAD_TOL[dtype], "gradient")
+    # the mask mattered: without zoneout the layer computes something else
+    cell, (x, h0, c0), weights, batch_sizes, reverse, _, _ = problem
+    plain = functional.layer(cell, x, h0, c0, weights, batch_sizes, reverse, "cpu")
+    assert not torch.allclose(plain.out, values[0])
+
+
+@needs_cpu
+@pytest.mark.parametrize("name", sorted(KERNEL_CELLS))
+def test_fused_and_gemm_strategies_agree(name, cpu_strategy):
+    problem = kernel_problem(name, torch.float32, "packed-reverse", H=37, seed=3)
+    runs = []
+    for strategy in ("gemm", "fused", "folded"):
+        cpu_strategy(strategy)
+        runs.append(values_and_gradients(problem, "cpu"))
+    for values, grads in runs[1:]:
+        assert_all_close(values, runs[0][0], KERNEL_TOL[torch.float32], "output")
+        assert_all_close(grads, runs[0][1], GRAD_TOL[torch.float32], "gradient")
+
+
+@needs_cpu
+@pytest.mark.parametrize("name", ["lstm", "lstm-peephole-proj", "gru", "gru-reset-before", "rnn-tanh", "rnn-relu"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed-reverse"])
+def test_gradcheck_through_the_op_with_a_fixed_mask(name, packed):
+    """float64 gradcheck of the cpu backend through the graph op itself (torch.ops.fusedrnn.<family>_forward,
+    its autograd formula and the kernels' backward), with a fixed 0/1 mask."""
+    from fusedrnn.ops import forward_op
+
+    problem = kernel_problem(name, F64, "packed-reverse" if packed else "padded", T=4, B=3, I=2, H=3)
+    cell, states, weights, batch_sizes, reverse, mask, leaves = problem
+    assert 0 < float(mask.mean()) < 1
+    present = [i for i, t in enumerate((*states, *weights[:6])) if t is not None]
+
+    def run(*tensors):
+        args = [None] * 9
+        for i, t in zip(present, tensors):
+            args[i] = t
+        out, h_n, c_n, _ = forward_op(cell.family)(*args, batch_sizes, reverse, cell.mode, "cpu", True, "auto", mask)
+        return (out, h_n, c_n) if cell.has_cell_state else (out, h_n)
+
+    leaves = [t.detach().requires_grad_() for t in leaves]
+    assert torch.autograd.gradcheck(run, leaves)
+
+
+@needs_cpu
+@pytest.mark.parametrize("name", ["lstm", "lstm-proj", "gru", "gru-reset-before", "rnn-relu"])
+@pytest.mark.parametrize("strategy", ["gemm", "fused"])
+def test_one_and_two_threads_give_the_same_bits(name, strategy, cpu_strategy):
+    """As tests/test_thread_count.py, with zoneout: a recurrence wide enough for two threads."""
+    cpu_strategy(strategy)
+    problem = kernel_problem(name, torch.float32, "packed-reverse", B=5, H=257, I=16, seed=5)
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)  # the single_thread fixture restores it
+        results.append(values_and_gradients(problem, "cpu"))
+    for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        assert torch.equal(a, b)
+
+
+@needs_cpu
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn-tanh"])
+def test_the_workspace_without_zoneout_is_unchanged(name):
+    """No cost without zoneout: the kernels' workspace is the cell's; with zoneout only the Elman RNN's grows
+    (by h_new, which its backward needs)."""
+    cell, states, weights, batch_sizes, reverse, mask, _ = kernel_problem(name, torch.float32)
+    args = (cell.family, cell.mode, *(t.detach() if t is not None else None for t in (*states, *weights[:6])),
+            batch_sizes, reverse)
+    H = weights.w_hh.shape[0] // cell.gates
+    plain = torch.ops.fusedrnn_C.forward(*args)[3]
+    zoned = torch.ops.fusedrnn_C.forward(*args, zoneout_mask=mask)[3]
+    assert plain.shape[-1] == cell.workspace_blocks * H
+    assert zoned.shape[-1] == (cell.workspace_blocks + (cell.family == "rnn")) * H
+
+
+@needs_cpu
+@pytest.mark.parametrize("name", ["lstm", "lstm-proj", "gru", "gru-reset-before", "rnn"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_modules_on_the_cpu_backend_match_the_reference(name, training):
+    """Two layers, bidirectional, initial states: the same seed draws the same masks, so backend="cpu" and
+    backend="reference" compute the same values and gradients; "auto" takes the cpu kernels, silently."""
+    build = {"rnn": fusedrnn.RNN, **{k: v[0] for k, v in ZONEOUT_KINDS.items()}}[name]
+    has_c = name.startswith("lstm")
+    results = []
+    for backend in ("cpu", "reference", "auto"):
+        torch.manual_seed(0)
+        rnn = build(3, 6, num_layers=2, bidirectional=True, zoneout=RATE, backend=backend,
+                    dtype=F64).train(training)
+        x = torch.randn(5, 4, 3, dtype=F64, requires_grad=True)
+        states = random_states(rnn, has_c, 4)
+        torch.manual_seed(21)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback: the cpu kernels run it
+            out, hx_n = rnn(x, states if has_c else states[0])
+        outputs = [out, *as_tuple(hx_n, has_c)]
+        g = torch.Generator().manual_seed(2)
+        loss = sum((t * torch.randn(t.shape, generator=g, dtype=F64)).sum() for t in outputs)
+        results.append(([t.detach() for t in outputs],
+                        torch.autograd.grad(loss, [x, *states, *rnn.parameters()])))
+    for values, grads in results[1:]:
+        assert_all_close(values, results[0][0], KERNEL_TOL[F64], "output")
+        assert_all_close(grads, results[0][1], GRAD_TOL[F64], "gradient")
+
+
+@needs_cpu
+def test_bad_masks_raise_on_the_cpu_backend_as_before():
+    """The functional form's checks (torch.nn's exception types, naming zoneout_mask), then the kernel op's own
+    (TORCH_CHECK: RuntimeError naming it)."""
+    x, w_ih, w_hh = torch.randn(5, 2, 3), torch.randn(12, 3), torch.randn(12, 4)
+    for bad, error, match in ((torch.ones(5, 2, 3), RuntimeError, r"zoneout_mask must have shape \[5, 2, 4\]"),
+                              (torch.ones(5, 2, 4, dtype=F64), RuntimeError, "zoneout_mask has dtype"),
+                              (torch.ones(5, 2, 4, device="meta"), RuntimeError, "zoneout_mask is on meta"),
+                              ([1.0], TypeError, "zoneout_mask must be a tensor")):
+        with pytest.raises(error, match=match):
+            functional.gru_layer(x, None, w_ih, w_hh, zoneout=0.2, zoneout_mask=bad, backend="cpu")
+    h0 = torch.zeros(2, 4)
+    op = torch.ops.fusedrnn_C.forward
+    with pytest.raises(RuntimeError, match=r"zoneout_mask must have shape \[5, 2, 4\]"):
+        op("gru", "reset_after", x, h0, None, w_ih, w_hh, None, None, None, None, None, False,
+           zoneout_mask=torch.ones(5, 2, 3))
+    with pytest.raises(RuntimeError, match="zoneout_mask has dtype"):
+        op("gru", "reset_after", x, h0, None, w_ih, w_hh, None, None, None, None, None, False,
+           zoneout_mask=torch.ones(5, 2, 4, dtype=F64))
+    # a cell whose kernels have no zoneout: the op refuses the mask
+    with pytest.raises(RuntimeError, match="zoneout_mask is not supported for a indrnn cell"):
+        op("indrnn", "relu", x, h0, None, torch.randn(4, 3), torch.randn(4), None, None, None, None, None, False,
+           zoneout_mask=torch.ones(5, 2, 4))
+
+
+@needs_cpu
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_compiled_module_with_zoneout_runs_the_kernels(training):
+    """torch.compile(fullgraph=True) of a module with zoneout: the graph holds the op with its mask, and with
+    the same seed it computes what the eager module computes (values and gradients)."""
+    torch.manual_seed(0)
+    rnn = fusedrnn.LSTM(3, 5, num_layers=2, zoneout=RATE).train(training)
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    compiled = torch.compile(rnn, fullgraph=True, backend="aot_eager")
+    results = []
+    for module in (rnn, compiled):
+        torch.manual_seed(7)
+        out, (h_n, c_n) = module(x)
+        grads = torch.autograd.grad((out.square().sum() + h_n.sum() + c_n.sum()), [x, *rnn.parameters()])
+        results.append(([out, h_n, c_n], grads))
+    assert_all_close(results[1][0], results[0][0], KERNEL_TOL[torch.float32], "output")
+    assert_all_close(results[1][1], results[0][1], GRAD_TOL[torch.float32], "gradient")

@@ -10,6 +10,10 @@ A backend is chosen, most specific first, by
    backend it would have preferred, it warns once, naming the backend it fell
    back to and why.
 
+A call with zoneout (a ``zoneout_mask``: :mod:`fusedrnn.zoneout`) also needs a backend that runs the cell
+with zoneout (:meth:`Backend.runs_zoneout`): auto passes over the others (with the same warning), and a named
+one without it refuses the call.
+
 Backends are imported lazily (only when first asked for), so importing
 fusedrnn never needs a compiler, a GPU or Triton.
 """
@@ -200,15 +204,17 @@ def _warn_fallback(device_type: str, chosen: str, *passed_over: str) -> None:
                + "; ".join(f"{n!r} was passed over: {w}" for n, w in pairs))
 
 
-def _why_not(name: str, cell: CellSpec, x, weights: LayerWeights) -> Optional[str]:
+def _why_not(name: str, cell: CellSpec, x, weights: LayerWeights, zoneout: bool = False) -> Optional[str]:
     """None when backend ``name`` can run this call, else why not: unavailable here, no kernels for
-    the cell, or tensors it does not take."""
+    the cell (with zoneout, where the call has it), or tensors it does not take."""
     why = unavailable_reason(name)
     if why is not None:
         return why
     backend = _instance(name)
     if not backend.runs(cell):
         return _no_kernels(cell.family, cell.mode)
+    if zoneout and not backend.runs_zoneout(cell):
+        return _no_zoneout_kernels(cell.family, cell.mode)
     return backend.unsupported(cell, x, weights)
 
 
@@ -219,13 +225,20 @@ def _no_kernels(family: str, mode: str) -> str:
     return f"it has no kernels for the {CellSpec(family, mode)} cell"
 
 
-def resolve(name: Optional[str], cell: CellSpec, x, weights: LayerWeights) -> Backend:
-    """The backend to run ``cell`` on these tensors, by the rules above."""
+@_constant_when_traced
+def _no_zoneout_kernels(family: str, mode: str) -> str:
+    """Why a backend cannot run a call with zoneout on a cell it has no zoneout kernels for (a constant under
+    Dynamo, as :func:`_no_kernels`)."""
+    return f"it has no kernels for zoneout with the {CellSpec(family, mode)} cell"
+
+
+def resolve(name: Optional[str], cell: CellSpec, x, weights: LayerWeights, zoneout: bool = False) -> Backend:
+    """The backend to run ``cell`` on these tensors (with zoneout, where ``zoneout``), by the rules above."""
     wanted = requested(name)
     if wanted != "auto":
         if wanted not in _REGISTRY:
             raise _unknown(wanted)
-        why = _why_not(wanted, cell, x, weights)
+        why = _why_not(wanted, cell, x, weights, zoneout)
         if why is not None:
             raise RuntimeError(
                 f"fusedrnn backend {wanted!r} cannot run this call: {why}. "
@@ -235,7 +248,7 @@ def resolve(name: Optional[str], cell: CellSpec, x, weights: LayerWeights) -> Ba
     preference = AUTO_PREFERENCE.get(x.device.type, _DEFAULT_PREFERENCE)
     passed_over = []
     for candidate in preference:
-        why = _why_not(candidate, cell, x, weights)
+        why = _why_not(candidate, cell, x, weights, zoneout)
         if why is None:
             if passed_over:
                 _warn_fallback(x.device.type, candidate, *(item for pair in passed_over for item in pair))

@@ -23,7 +23,13 @@ Shapes (``Hout`` is ``P`` with a projection, else ``H``; ``G`` is
 ``out``                   ``x.shape[:-1] + (Hout,)``: the hidden state of each row
 ``h_n``, ``c_n``          ``[B, Hout]``, ``c0``'s shape (None for GRU/RNN): each
                           sequence's state after its own last step
-``workspace``             ``x.shape[:-1] + (W,)``, layout in :mod:`fusedrnn.cells`
+``workspace``             ``x.shape[:-1] + (W,)``, layout in :mod:`fusedrnn.cells` (with
+                          zoneout, one more block h_new for the Elman RNN and IndRNN:
+                          :func:`fusedrnn.layer.workspace_blocks`)
+``zoneout_mask``          ``out``'s shape, or None: zoneout of h (:mod:`fusedrnn.zoneout`),
+                          each step's output ``m * h_new + (1 - m) * h_prev`` (training:
+                          a 0/1 draw; evaluation: ``1 - zoneout`` everywhere); given only
+                          to a backend whose :meth:`Backend.runs_zoneout` says so
 ========================  ==========================================================
 
 ``reverse=True`` runs the steps from last to first (the backward direction of
@@ -56,10 +62,17 @@ class Backend:
     #: whether :meth:`forward`'s outputs never share memory with its inputs (each a new buffer, or a view of
     #: one), so that the callers need not look (:func:`fusedrnn.ops._run_forward`); False: they check
     fresh_outputs: bool = False
+    #: the cells it runs with zoneout (a ``zoneout_mask`` argument of :meth:`forward` and :meth:`backward`);
+    #: None: every cell it runs; empty (the default): none, and it is never handed a mask
+    zoneout_cells: Optional[FrozenSet[Tuple[str, str]]] = frozenset()
 
     def runs(self, cell: CellSpec) -> bool:
         """Whether this backend has kernels for ``cell`` (a cell can land on the reference backend first)."""
         return self.cells is None or (cell.family, cell.mode) in self.cells
+
+    def runs_zoneout(self, cell: CellSpec) -> bool:
+        """Whether this backend runs ``cell`` with zoneout (:attr:`zoneout_cells`)."""
+        return self.runs(cell) and (self.zoneout_cells is None or (cell.family, cell.mode) in self.zoneout_cells)
 
     def availability(self) -> Optional[str]:
         """None when usable on this machine, else the reason it is not."""
@@ -94,11 +107,14 @@ class Backend:
         batch_sizes: Optional[torch.Tensor],
         reverse: bool,
         for_backward: bool = True,
+        zoneout_mask: Optional[torch.Tensor] = None,
     ) -> ForwardResult:
         """One layer-direction over the sequence.
 
         ``for_backward`` False says no backward will follow (inference): a
         backend may then skip writing the workspace and return an empty one.
+        ``zoneout_mask`` (only where :meth:`runs_zoneout`, never otherwise: the
+        keyword is passed only with a mask) zones h out.
         """
         raise NotImplementedError
 
@@ -118,6 +134,7 @@ class Backend:
         workspace: torch.Tensor,
         need_dx: bool = True,
         need_dweights: bool = True,
+        zoneout_mask: Optional[torch.Tensor] = None,
     ) -> BackwardResult:
         """Gradients given the forward's inputs and outputs.
 
@@ -126,6 +143,7 @@ class Backend:
         ``need_dx`` / ``need_dweights`` False say that nobody wants the input's
         gradient (a first layer fed data) or the weights' (frozen weights): a
         backend may skip those products (their results are dropped anyway).
+        ``zoneout_mask``: the forward's (not differentiated).
         """
         raise NotImplementedError
 

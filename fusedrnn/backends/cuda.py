@@ -109,6 +109,8 @@ class CudaBackend(CompiledBackend):
     name = "cuda"
     #: the built-in cells, and IndRNN (one launch per sequence: csrc/cuda/diagonal.cu)
     cells = BUILT_IN_CELLS | INDRNN_CELLS
+    #: no zoneout kernels yet (the op refuses a zoneout_mask): "auto" takes the reference for zoneout
+    zoneout_cells = frozenset()
 
     def __init__(self):
         self.forward_strategy = _strategy_from_environment("FUSEDRNN_CUDA_FORWARD")

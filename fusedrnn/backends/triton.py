@@ -59,6 +59,8 @@ class TritonBackend(Backend):
     name = "triton"
     #: the built-in cells and those of _OWN_KERNELS
     cells = BUILT_IN_CELLS | INDRNN_CELLS | LAYER_NORM_CELLS | frozenset({("slstm", "slstm")})
+    #: no zoneout kernels yet: "auto" takes the reference for zoneout
+    zoneout_cells = frozenset()
 
     def __init__(self):
         #: "auto", "per_step", "persistent" or "grid_sync" (see the module docstring)
