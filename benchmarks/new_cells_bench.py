@@ -6,7 +6,11 @@ GRU), in one process, on one layer-direction (issue 16's targets: docs/design.md
 conventions, a smaller script than ``fusedrnn.bench``).
 
     python benchmarks/new_cells_bench.py [--cells indrnn,layer_norm_lstm,layer_norm_gru] [--threads 2]
-                                         [--shape T B I H] [--rounds 3] [--compiled]
+                                         [--shape T B I H] [--rounds 3] [--compiled] [--zoneout RATE]
+
+``--zoneout RATE`` times zoneout instead (haste's, fusedrnn/zoneout.py): LSTM and GRU in training with a
+mask drawn per call as the modules draw it, on the ``cpu`` backend's kernels, on the reference backend, and
+the same layer on the ``cpu`` backend without zoneout (what zoneout costs in the kernels).
 
 ``--compiled`` adds the same equations compiled by ``torch.compile`` (the reference's step function, one
 compiled graph per step and its backward, called in a Python loop over the steps: what a user who writes
@@ -28,7 +32,7 @@ import statistics
 import torch
 import torch.utils.benchmark as tb
 
-from fusedrnn import cells, functional, reference
+from fusedrnn import cells, functional, reference, zoneout
 from fusedrnn.cells import CellSpec
 from fusedrnn.layer import LayerWeights
 from fusedrnn.testing import error
@@ -143,6 +147,74 @@ def time_family(family: str, args) -> None:
               f"{med['baseline']:.2f} | {ratio('reference', 'cpu')} | {ratio('cpu', 'baseline')} |{compiled}")
 
 
+ZONEOUT_CELLS = (CellSpec("lstm", "lstm"), CellSpec("gru", "reset_after"))
+
+
+def make_zoneout(cell: CellSpec, backend: str, rate: float, T: int, B: int, I: int, H: int):
+    """A training call (forward, then the gradients of x and every weight) with zoneout ``rate`` (0: none), its
+    mask drawn in each call as the modules draw it."""
+    g = torch.Generator().manual_seed(0)
+    w = weights(cell, I, H, g)
+    x = torch.randn(T, B, I, generator=g)
+    h0 = torch.randn(B, H, generator=g) * 0.1
+    c0 = torch.randn(B, H, generator=g) * 0.1 if cell.has_cell_state else None
+    leaves = [t.requires_grad_() for t in (x, *w) if t is not None]
+
+    def run():
+        mask = zoneout.draw_mask(rate, (T, B, H), x) if rate else None
+        res = functional.layer(cell, x, h0, c0, w, backend=backend, zoneout=rate, zoneout_mask=mask)
+        return torch.autograd.grad(res.out.sum() + res.h_n.sum(), leaves)
+
+    return run, (x, h0, c0, w)
+
+
+def check_zoneout(cell: CellSpec, rate: float, T: int, B: int, I: int, H: int) -> float:
+    """The cpu kernels' gradients with zoneout against the float64 reference, one fixed mask: the largest
+    relative error."""
+    _, (x, h0, c0, w) = make_zoneout(cell, "cpu", rate, T, B, I, H)
+    mask = zoneout.draw_mask(rate, (T, B, H), x)
+    grads = []
+    for backend, dtype in (("cpu", torch.float32), ("reference", torch.float64)):
+        d = lambda t: None if t is None else t.detach().to(dtype).requires_grad_()  # noqa: E731
+        xd, wd = d(x), LayerWeights(*(d(t) for t in w))
+        res = functional.layer(cell, xd, h0.to(dtype), None if c0 is None else c0.to(dtype), wd, backend=backend,
+                               zoneout=rate, zoneout_mask=mask.to(dtype))
+        grads.append(torch.autograd.grad(res.out.sum() + res.h_n.sum(), [t for t in (xd, *wd) if t is not None]))
+    return max(error(a, b)[1] for a, b in zip(*grads))
+
+
+def time_zoneout(args) -> None:
+    T, B, I, H = args.shape
+    rate = args.zoneout
+    for cell in ZONEOUT_CELLS:
+        rel = check_zoneout(cell, rate, T, B, I, H)
+        print(f"check {cell} zoneout={rate} cpu vs float64 reference: max relative error {rel:.1e}")
+        assert rel <= 1e-4, rel
+    print(f"\nzoneout={rate}, training (forward + gradients of x and the weights), T={T} B={B} I={I} H={H} "
+          f"float32, {args.threads} threads, torch {torch.__version__}, {args.rounds} rounds\n")
+    print("| cell | cpu zoneout (ms) | reference zoneout (ms) | cpu no zoneout (ms) | reference / cpu | "
+          "cpu zoneout / cpu no zoneout |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for cell in ZONEOUT_CELLS:
+        runs = {name: make_zoneout(cell, backend, r, T, B, I, H)[0]
+                for name, (backend, r) in {"cpu": ("cpu", rate), "reference": ("reference", rate),
+                                           "plain": ("cpu", 0.0)}.items()}
+        times = {name: [] for name in runs}
+        for _ in range(args.rounds):
+            for name, fn in runs.items():
+                fn()  # warm-up
+                times[name].append(tb.Timer("fn()", globals={"fn": fn}, num_threads=args.threads)
+                                   .adaptive_autorange(min_run_time=1.0).median)
+
+        def ratio(a, b):
+            per_round = [x / y for x, y in zip(times[a], times[b])]
+            return f"{statistics.median(per_round):.2f}x ({min(times[a]) / min(times[b]):.2f}x)"
+
+        med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        print(f"| {cell} | {med['cpu']:.2f} | {med['reference']:.2f} | {med['plain']:.2f} | "
+              f"{ratio('reference', 'cpu')} | {ratio('cpu', 'plain')} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default=",".join(BASELINES), help="families, comma-separated")
@@ -150,8 +222,13 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", type=int, nargs=4, default=(100, 32, 256, 256), metavar=("T", "B", "I", "H"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compiled", action="store_true", help="also time the step compiled by torch.compile")
+    parser.add_argument("--zoneout", type=float, default=0.0, metavar="RATE",
+                        help="time LSTM and GRU with this zoneout rate instead of the cells (training)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.zoneout:
+        time_zoneout(args)
+        return 0
     for family in args.cells.split(","):
         if family not in BASELINES:
             parser.error(f"--cells: {family!r} is not one of {', '.join(BASELINES)}")

@@ -36,3 +36,13 @@ def test_tiny_run_checks_and_prints_every_column(capsys):
     assert len(header) == 2 and all("compiled / cpu" in line and "reference / cpu" in line for line in header)
     rows = [line for line in out.splitlines() if line.startswith(("| inference", "| training"))]
     assert len(rows) == 4 and all(line.count("|") == header[0].count("|") for line in rows)
+
+
+@pytest.mark.skipif(backends.unavailable_reason("cpu") is not None,
+                    reason="the benchmark times the cpu backend's kernels, which are not built here")
+def test_tiny_zoneout_run_checks_and_prints_every_column(capsys):
+    assert _bench().main(["--zoneout", "0.1", "--shape", "4", "2", "3", "5", "--rounds", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "check lstm zoneout=0.1" in out and "check gru" in out
+    rows = [line for line in out.splitlines() if line.startswith("| lstm") or line.startswith("| gru")]
+    assert len(rows) == 2 and all(line.count("|") == 7 for line in rows)
