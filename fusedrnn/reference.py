@@ -27,7 +27,7 @@ from .layer import (BackwardResult, ForwardResult, LayerWeights, Steps, as_rows,
 
 #: the families whose hand-written backward (:func:`sequence_backward`) takes a ``zoneout_mask``; the others'
 #: zoneout gradients come from autograd through :func:`sequence_forward` (:func:`autograd_backward`)
-ZONEOUT_BACKWARD_FAMILIES = frozenset(("lstm", "gru", "rnn", "indrnn"))
+ZONEOUT_BACKWARD_FAMILIES = frozenset(("lstm", "gru", "rnn", "indrnn", "layer_norm_lstm", "layer_norm_gru"))
 
 
 def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -425,12 +425,13 @@ def _layer_norm_backward(dy, v, gain):
     return rstd * (g - g.mean(-1, keepdim=True) - vn * (g * vn).mean(-1, keepdim=True)), dy * vn
 
 
-def _layer_norm_sequence_backward(cell: CellSpec, w: LayerWeights, steps: Steps, X, OUT, WS, dOUT, h0, c0, dh, dc):
+def _layer_norm_sequence_backward(cell: CellSpec, w: LayerWeights, steps: Steps, X, OUT, WS, dOUT, h0, c0, dh, dc,
+                                  MASK=None):
     """Backward through time of the layer-normalised cells (the split of the cpu kernels,
     csrc/cpu/layer_norm_recurrence.h): the products the statistics came from recomputed over all rows, per step
     the gates' backward, the normalisations' and ``dh_prev = dHa W_hh``, then the input side over all rows.
     Returns (dX, dh0, dc0 or None, weight gradients), in the compute dtype; ``dh`` / ``dc`` (the final states'
-    gradients) are updated in place."""
+    gradients) are updated in place.  ``MASK``: zoneout's rows (as :func:`sequence_backward` takes it)."""
     H = w.w_hh.shape[0] // cell.gates
     gains = cell.split_extra(w.w_extra, H)
     lstm = cell.has_cell_state
@@ -443,6 +444,9 @@ def _layer_norm_sequence_backward(cell: CellSpec, w: LayerWeights, steps: Steps,
     for t in reversed(steps.order):
         n, span = steps.sizes[t], steps.span(t)
         dh_t = dOUT[span] + dh[:n]
+        if MASK is not None:  # zoneout: the cell gets m*d, the previous state (1-m)*d
+            keep = (1 - MASK[span]) * dh_t
+            dh_t = MASK[span] * dh_t
         if lstm:
             i, f, g, o, c_new = WS[span].chunk(5, dim=1)
             tc = torch.tanh(layer_norm(c_new, gains["ln_weight_c"], gains["ln_bias_c"]))
@@ -465,6 +469,8 @@ def _layer_norm_sequence_backward(cell: CellSpec, w: LayerWeights, steps: Steps,
             dh_direct = dh_t * z
         dHA[span], dgain_hh[span] = _layer_norm_backward(dA_h[span], HA[span], gains["ln_weight_hh"])
         dh[:n] = dh_direct + dHA[span] @ w.w_hh
+        if MASK is not None:
+            dh[:n] = dh[:n] + keep
     dXA, dgain_ih = _layer_norm_backward(dA_x, X @ w.w_ih.t(), gains["ln_weight_ih"])
     dgains = [dgain_ih.sum(0), dgain_hh.sum(0)] + ([dgain_c.sum(0)] if lstm else [])
     dweights = LayerWeights(dXA.t() @ X, dHA.t() @ H_prev, None if w.b_ih is None else dA_x.sum(0),
@@ -515,7 +521,7 @@ def sequence_backward(
     dc = grad_cn.to(cdt).clone() if cell.has_cell_state else None
     if cell.record.extra_weights:  # the layer-normalised cells
         dX, dh, dc, dweights = _layer_norm_sequence_backward(cell, w, steps, X, OUT, WS, dOUT, h0c, _cast(c0, cdt),
-                                                             dh, dc)
+                                                             dh, dc, MASK)
         return BackwardResult(dX.reshape(x.shape).to(dtype), dh.to(dtype), None if dc is None else dc.to(dtype),
                               LayerWeights(*(None if g is None else g.to(p.dtype) for g, p in zip(dweights, weights))))
     # gradient of each step's gate pre-activations (input side: x W_ih^T + b_ih)

@@ -266,7 +266,7 @@ def test_the_functional_form_checks_its_zoneout_arguments():
 
 
 def test_auto_warns_once_and_a_named_backend_refuses(monkeypatch):
-    """"auto" runs zoneout where the preferred backend has kernels for it (the cpu backend's LSTM, GRU, RNN:
+    """"auto" runs zoneout where the preferred backend has kernels for it (the cpu backend's, every cell it runs:
     silently), else falls back to the reference, warning once; a named backend without zoneout kernels for the
     cell refuses the call."""
     monkeypatch.setattr(backends, "_warned", set())  # the warning is once per process: as if this were the first
@@ -278,10 +278,13 @@ def test_auto_warns_once_and_a_named_backend_refuses(monkeypatch):
     if "cpu" not in backends.available():
         return  # the compiled extension is not built here: only the reference and auto to check
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the cpu kernels run the built-in cells with zoneout: no fallback
+        warnings.simplefilter("error")  # the cpu kernels run these cells with zoneout: no fallback
         fusedrnn.LSTM(3, 4, zoneout=0.1)(x)
         fusedrnn.GRU(3, 4, zoneout=0.1, backend="cpu").eval()(x)
-    rnn = fusedrnn.IndRNN(3, 4, zoneout=0.1)  # the cpu backend runs IndRNN, but not with zoneout yet
+        fusedrnn.LayerNormGRU(3, 4, zoneout=0.1)(x)
+    # as if the cpu backend had no zoneout kernels for the GRU (as cuda and triton have none yet)
+    monkeypatch.setattr(type(backends.get("cpu")), "zoneout_cells", frozenset({("lstm", "lstm")}))
+    rnn = fusedrnn.GRU(3, 4, zoneout=0.1)
     for call in range(2):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -289,7 +292,10 @@ def test_auto_warns_once_and_a_named_backend_refuses(monkeypatch):
         said = [str(w.message) for w in caught if "zoneout" in str(w.message)]
         assert len(said) == (1 if call == 0 else 0), said
     with pytest.raises(RuntimeError, match="'cpu' cannot run this call: it has no kernels for zoneout with the"):
-        fusedrnn.IndRNN(3, 4, zoneout=0.1, backend="cpu")(x)
+        fusedrnn.GRU(3, 4, zoneout=0.1, backend="cpu")(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fusedrnn.GRU(3, 4)(x)  # without zoneout the cpu kernels run it as ever
     with backends.use_backend("cpu"), pytest.raises(RuntimeError, match="no kernels for zoneout"):
         rnn(x)
 
@@ -323,6 +329,10 @@ KERNEL_CELLS = {
     "gru-reset-before": (CellSpec("gru", "reset_before"), False, False),
     "rnn-tanh": (CellSpec("rnn", "tanh"), False, False),
     "rnn-relu": (CellSpec("rnn", "relu"), False, False),
+    "indrnn-relu": (CellSpec("indrnn", "relu"), False, False),
+    "indrnn-tanh": (CellSpec("indrnn", "tanh"), False, False),
+    "layer-norm-lstm": (CellSpec("layer_norm_lstm", "layer_norm_lstm"), False, False),
+    "layer-norm-gru": (CellSpec("layer_norm_gru", "layer_norm_gru"), False, False),
 }
 #: (strategy, dtype) runs of the cpu backend: float64 takes the gemm strategy whatever is forced
 KERNEL_RUNS = [("gemm", F64), ("gemm", torch.float32), ("fused", torch.float32), ("folded", torch.float32)]
@@ -365,8 +375,12 @@ def kernel_problem(name, dtype, layout="padded", T=6, B=5, I=7, H=19, seed=0, tr
     x = rnd(int(batch_sizes.sum()), I, scale=1.0) if batch_sizes is not None else rnd(T, B, I, scale=1.0)
     h0 = rnd(B, P, scale=1.0)
     c0 = rnd(B, H, scale=1.0) if cell.has_cell_state else None
-    weights = LayerWeights(rnd(G * H, I), rnd(G * H, P), rnd(G * H), rnd(G * H), rnd(3 * H) if peephole else None,
-                           rnd(P, H) if proj else None)
+    w_hh = rnd(G * H) if cell.record.recurrent == "diagonal" else rnd(G * H, P)  # IndRNN's u: a vector
+    # the layer-normalised cells' gains and shift: near their initial values, so that the normalisations matter
+    w_extra = ((1 + 0.1 * torch.randn(cell.extra_blocks * H, generator=g, dtype=dtype)).requires_grad_()
+               if cell.extra_blocks else None)
+    weights = LayerWeights(rnd(G * H, I), w_hh, rnd(G * H), rnd(G * H), rnd(3 * H) if peephole else None,
+                           rnd(P, H) if proj else None, w_extra)
     mask = None
     if training:
         mask = (torch.rand(*x.shape[:-1], P, generator=g) > RATE).to(dtype)
@@ -428,20 +442,22 @@ def test_fused_and_gemm_strategies_agree(name, cpu_strategy):
 
 
 @needs_cpu
-@pytest.mark.parametrize("name", ["lstm", "lstm-peephole-proj", "gru", "gru-reset-before", "rnn-tanh", "rnn-relu"])
+@pytest.mark.parametrize("name", ["lstm", "lstm-peephole-proj", "gru", "gru-reset-before", "rnn-tanh", "rnn-relu",
+                                  "indrnn-relu", "layer-norm-lstm", "layer-norm-gru"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed-reverse"])
 def test_gradcheck_through_the_op_with_a_fixed_mask(name, packed):
     """float64 gradcheck of the cpu backend through the graph op itself (torch.ops.fusedrnn.<family>_forward,
     its autograd formula and the kernels' backward), with a fixed 0/1 mask."""
-    from fusedrnn.ops import forward_op
+    from fusedrnn.ops import forward_op, op_weights
 
     problem = kernel_problem(name, F64, "packed-reverse" if packed else "padded", T=4, B=3, I=2, H=3)
     cell, states, weights, batch_sizes, reverse, mask, leaves = problem
     assert 0 < float(mask.mean()) < 1
-    present = [i for i, t in enumerate((*states, *weights[:6])) if t is not None]
+    nw = op_weights(cell.family)  # six weights, or seven with w_extra (the layer-normalised cells)
+    present = [i for i, t in enumerate((*states, *weights[:nw])) if t is not None]
 
     def run(*tensors):
-        args = [None] * 9
+        args = [None] * (3 + nw)
         for i, t in zip(present, tensors):
             args[i] = t
         out, h_n, c_n, _ = forward_op(cell.family)(*args, batch_sizes, reverse, cell.mode, "cpu", True, "auto", mask)
@@ -452,7 +468,8 @@ def test_gradcheck_through_the_op_with_a_fixed_mask(name, packed):
 
 
 @needs_cpu
-@pytest.mark.parametrize("name", ["lstm", "lstm-proj", "gru", "gru-reset-before", "rnn-relu"])
+@pytest.mark.parametrize("name", ["lstm", "lstm-proj", "gru", "gru-reset-before", "rnn-relu", "indrnn-tanh",
+                                  "layer-norm-lstm", "layer-norm-gru"])
 @pytest.mark.parametrize("strategy", ["gemm", "fused"])
 def test_one_and_two_threads_give_the_same_bits(name, strategy, cpu_strategy):
     """As tests/test_thread_count.py, with zoneout: a recurrence wide enough for two threads."""
@@ -467,28 +484,30 @@ def test_one_and_two_threads_give_the_same_bits(name, strategy, cpu_strategy):
 
 
 @needs_cpu
-@pytest.mark.parametrize("name", ["lstm", "gru", "rnn-tanh"])
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn-tanh", "indrnn-relu", "layer-norm-lstm", "layer-norm-gru"])
 def test_the_workspace_without_zoneout_is_unchanged(name):
-    """No cost without zoneout: the kernels' workspace is the cell's; with zoneout only the Elman RNN's grows
-    (by h_new, which its backward needs)."""
+    """No cost without zoneout: the kernels' workspace is the cell's; with zoneout only the Elman RNN's and
+    IndRNN's grow (by h_new, which their backward needs)."""
     cell, states, weights, batch_sizes, reverse, mask, _ = kernel_problem(name, torch.float32)
     args = (cell.family, cell.mode, *(t.detach() if t is not None else None for t in (*states, *weights[:6])),
             batch_sizes, reverse)
+    extra = {} if weights.w_extra is None else {"w_extra": weights.w_extra.detach()}
     H = weights.w_hh.shape[0] // cell.gates
-    plain = torch.ops.fusedrnn_C.forward(*args)[3]
-    zoned = torch.ops.fusedrnn_C.forward(*args, zoneout_mask=mask)[3]
+    plain = torch.ops.fusedrnn_C.forward(*args, **extra)[3]
+    zoned = torch.ops.fusedrnn_C.forward(*args, **extra, zoneout_mask=mask)[3]
     assert plain.shape[-1] == cell.workspace_blocks * H
-    assert zoned.shape[-1] == (cell.workspace_blocks + (cell.family == "rnn")) * H
+    assert zoned.shape[-1] == (cell.workspace_blocks + (cell.family in ("rnn", "indrnn"))) * H
 
 
 @needs_cpu
-@pytest.mark.parametrize("name", ["lstm", "lstm-proj", "gru", "gru-reset-before", "rnn"])
+@pytest.mark.parametrize("name", ["lstm", "lstm-proj", "gru", "gru-reset-before", "rnn", "indrnn-relu",
+                                  "layer-norm-lstm", "layer-norm-gru"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_modules_on_the_cpu_backend_match_the_reference(name, training):
     """Two layers, bidirectional, initial states: the same seed draws the same masks, so backend="cpu" and
     backend="reference" compute the same values and gradients; "auto" takes the cpu kernels, silently."""
     build = {"rnn": fusedrnn.RNN, **{k: v[0] for k, v in ZONEOUT_KINDS.items()}}[name]
-    has_c = name.startswith("lstm")
+    has_c = ZONEOUT_KINDS[name][2] if name in ZONEOUT_KINDS else False
     results = []
     for backend in ("cpu", "reference", "auto"):
         torch.manual_seed(0)
@@ -529,26 +548,41 @@ def test_bad_masks_raise_on_the_cpu_backend_as_before():
     with pytest.raises(RuntimeError, match="zoneout_mask has dtype"):
         op("gru", "reset_after", x, h0, None, w_ih, w_hh, None, None, None, None, None, False,
            zoneout_mask=torch.ones(5, 2, 4, dtype=F64))
-    # a cell whose kernels have no zoneout: the op refuses the mask
-    with pytest.raises(RuntimeError, match="zoneout_mask is not supported for a indrnn cell"):
-        op("indrnn", "relu", x, h0, None, torch.randn(4, 3), torch.randn(4), None, None, None, None, None, False,
-           zoneout_mask=torch.ones(5, 2, 4))
 
 
 @needs_cpu
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_compiled_module_with_zoneout_runs_the_kernels(training):
-    """torch.compile(fullgraph=True) of a module with zoneout: the graph holds the op with its mask, and with
-    the same seed it computes what the eager module computes (values and gradients)."""
+@pytest.mark.parametrize("name", ["lstm", "layer-norm-gru"])
+def test_compiled_module_with_zoneout_runs_the_kernels(name, training):
+    """torch.compile(fullgraph=True) of a module with zoneout: the graph holds the op with its mask (a C++ graph
+    op, or one defined in Python for a cell with extra weights), and with the same seed it computes what the
+    eager module computes (values and gradients)."""
     torch.manual_seed(0)
-    rnn = fusedrnn.LSTM(3, 5, num_layers=2, zoneout=RATE).train(training)
+    build, _, has_c = ZONEOUT_KINDS[name]
+    rnn = build(3, 5, num_layers=2, zoneout=RATE).train(training)
     x = torch.randn(4, 2, 3, requires_grad=True)
     compiled = torch.compile(rnn, fullgraph=True, backend="aot_eager")
     results = []
     for module in (rnn, compiled):
         torch.manual_seed(7)
-        out, (h_n, c_n) = module(x)
-        grads = torch.autograd.grad((out.square().sum() + h_n.sum() + c_n.sum()), [x, *rnn.parameters()])
-        results.append(([out, h_n, c_n], grads))
+        out, hx_n = module(x)
+        outputs = [out, *as_tuple(hx_n, has_c)]
+        grads = torch.autograd.grad(out.square().sum() + sum(t.sum() for t in outputs[1:]), [x, *rnn.parameters()])
+        results.append((outputs, grads))
     assert_all_close(results[1][0], results[0][0], KERNEL_TOL[torch.float32], "output")
     assert_all_close(results[1][1], results[0][1], GRAD_TOL[torch.float32], "gradient")
+    assert 0 < float(results[0][0][0].detach().abs().sum())
+
+
+def test_the_cuda_kernel_op_refuses_a_mask():
+    """No CUDA kernel runs zoneout yet: csrc/cuda/ops.cpp refuses a mask (checked through the CUDA emulation,
+    which compiles the same wrapper for CPU tensors), and the cuda backend lists no zoneout cells."""
+    from fusedrnn.backends import cuda as cuda_backend
+
+    assert not cuda_backend.CudaBackend.zoneout_cells
+    if cuda_backend.load_emulation() is None:
+        pytest.skip("the CUDA emulation is not built here")
+    x, h0, w_ih, w_hh = torch.randn(5, 2, 3), torch.zeros(2, 4), torch.randn(12, 3), torch.randn(12, 4)
+    with pytest.raises(RuntimeError, match="the CUDA kernels have no zoneout yet: zoneout_mask must be None"):
+        torch.ops.fusedrnn_cuda_emulation.forward("gru", "reset_after", x, h0, None, w_ih, w_hh, None, None, None,
+                                                  None, None, False, zoneout_mask=torch.ones(5, 2, 4))

@@ -17,15 +17,19 @@
 namespace fusedrnn {
 namespace cpu {
 
-// As sequence_forward, for a diagonal cell (float or double x, in the compute dtype).
+// As sequence_forward, for a diagonal cell (float or double x, in the compute dtype).  With zoneout
+// (`zoneout_mask` defined) the workspace keeps h' [N, H] for the backward.
 ForwardOut diagonal_sequence_forward(const Cell& cell, const at::Tensor& x, const at::Tensor& h0,
-                                     const LayerWeights& w, const Steps& s, bool for_backward);
+                                     const LayerWeights& w, const Steps& s, bool for_backward,
+                                     const at::Tensor& zoneout_mask);
 
-// As sequence_backward, for a diagonal cell: there is no workspace (act' comes from `out`).
+// As sequence_backward, for a diagonal cell: there is no workspace (act' comes from `out`), except
+// with zoneout, where act' comes from the workspace's h'.
 BackwardOut diagonal_sequence_backward(const Cell& cell, const at::Tensor& grad_out, const at::Tensor& grad_hn,
                                        const at::Tensor& x, const at::Tensor& h0, const LayerWeights& w,
                                        const Steps& s, const at::Tensor& out, bool poison, bool need_dx,
-                                       bool need_dweights);
+                                       bool need_dweights, const at::Tensor& zoneout_mask,
+                                       const at::Tensor& workspace);
 
 }  // namespace cpu
 }  // namespace fusedrnn

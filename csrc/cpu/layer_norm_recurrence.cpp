@@ -64,6 +64,7 @@ struct ForwardState {
   at::Tensor ws;       // [N, W], or one step's rows [B, W] without a backward to feed
   at::Tensor h_state;  // [B, H] each row's latest h (h0 on entry)
   at::Tensor c_state;  // [B, H] the same for c (LSTM)
+  at::Tensor mask;     // [N, H] zoneout's (undefined without zoneout)
   bool keep_workspace;
 };
 
@@ -114,6 +115,14 @@ void forward_steps(const Cell& cell, const LayerWeights& w, const Extras& e, con
       split_range(n, tid, nt, r0, r1);
       if (r0 < r1) {
         forward_rows<T>(cell, e, f, H, off, r0, r1);
+        if (f.mask.defined()) {  // zoneout: the output rows blended with h_prev in place (h_state's rows)
+          ZoneoutForwardArgs<T> z;
+          z.mask = cview(ptr<T>(f.mask) + (off + r0) * H, H);
+          z.h_new = cview(ptr<T>(f.out) + (off + r0) * H, H);
+          z.h_prev = cview(ptr<T>(f.h_state) + r0 * H, H);
+          z.h = view(ptr<T>(f.out) + (off + r0) * H, H);
+          pw_zoneout_forward(rows_block(r1 - r0, H), z);
+        }
         // the thread's rows of the new state, after the pass, which reads h_prev (GRU)
         const T* h_new = ptr<T>(f.out) + (off + r0) * H;
         std::copy(h_new, h_new + (r1 - r0) * H, ptr<T>(f.h_state) + r0 * H);
@@ -140,6 +149,9 @@ struct BackwardState {
   at::Tensor dh_state;         // [B, H] the carried gradient of h (grad_hn on entry, dh0 on return)
   at::Tensor dc_state;         // [B, H] the same for c (LSTM)
   at::Tensor dh_direct;        // [B, H] dh z (GRU)
+  // zoneout (undefined without): the mask [N, H]; dh_keep [B, H], each step's (1-m)*(dout + dh), which
+  // reaches dh_prev besides the product; a zero row, the pass's dout once dh holds m*(dout + dh)
+  at::Tensor mask, dh_keep, zero_row;
 };
 
 // One step's row pass backward, for its rows [r0, r1).
@@ -156,7 +168,8 @@ void backward_rows(const Cell& cell, const Extras& e, const BackwardState& b, in
   hidden.gain = ptr<T>(e.gain_hh);
   hidden.dhp = view(ptr<T>(b.dhp) + row * GH, GH);
   hidden.terms = view(ptr<T>(b.terms_h) + row * layer_norm::kTerms, layer_norm::kTerms);
-  const View<const T> dh_a = cview(ptr<T>(b.dout) + row * H, H), dh_b = cview(ptr<T>(b.dh_state) + r0 * H, H);
+  const View<const T> dh_a = b.mask.defined() ? cview(ptr<T>(b.zero_row), 0) : cview(ptr<T>(b.dout) + row * H, H);
+  const View<const T> dh_b = cview(ptr<T>(b.dh_state) + r0 * H, H);
   const View<const T> ws = cview(ptr<T>(b.ws) + row * W, W);
   if (cell.has_cell_state()) {
     LnLstmBackwardArgs<T> a;
@@ -198,10 +211,25 @@ void backward_steps(const Cell& cell, const LayerWeights& w, const Extras& e, co
       const int64_t t = s.order[p], n = s.size[t], off = s.offset[t];
       int64_t r0, r1;
       split_range(n, tid, nt, r0, r1);
+      if (r0 < r1 && b.mask.defined()) {  // zoneout: dh = m*(dout + dh) for the pass, dh_keep = (1-m)*(...)
+        ZoneoutBackwardArgs<T> z;
+        z.mask = cview(ptr<T>(b.mask) + (off + r0) * H, H);
+        z.dh_a = cview(ptr<T>(b.dout) + (off + r0) * H, H);
+        z.dh_b = cview(ptr<T>(b.dh_state) + r0 * H, H);
+        z.cell = view(ptr<T>(b.dh_state) + r0 * H, H);
+        z.keep = view(ptr<T>(b.dh_keep) + r0 * H, H);
+        pw_zoneout_backward(rows_block(r1 - r0, H), z);
+      }
       if (r0 < r1) backward_rows<T>(cell, e, b, H, off, r0, r1);
+      if (r0 < r1 && b.mask.defined() && b.dh_direct.defined()) {  // the GRU's direct term takes dh_keep too
+        T* direct = ptr<T>(b.dh_direct) + r0 * H;
+        const T* keep = ptr<T>(b.dh_keep) + r0 * H;
+        for (int64_t i = 0; i < (r1 - r0) * H; ++i) direct[i] += keep[i];
+      }
       barrier.wait();  // every row's pass has read the carried gradient the product overwrites
-      // dh_prev = dHa W_hh (+ dh z for the GRU)
-      const at::Tensor direct = b.dh_direct.defined() ? b.dh_direct.narrow(0, 0, n) : at::Tensor();
+      // dh_prev = dHa W_hh (+ dh z for the GRU; + dh_keep with zoneout: the LSTM's only direct term)
+      const at::Tensor& add = b.dh_direct.defined() ? b.dh_direct : b.dh_keep;
+      const at::Tensor direct = add.defined() ? add.narrow(0, 0, n) : at::Tensor();
       product_share(FixedProduct(b.dh_state.narrow(0, 0, n), b.dhp.narrow(0, off, n), w.w_hh, direct), tid, nt);
       barrier.wait();  // the next step's pass reads every row's dh_prev
     }
@@ -236,11 +264,12 @@ void column_pass(const at::Tensor& dy, const at::Tensor& v, int64_t v_col, const
 
 ForwardOut layer_norm_sequence_forward(const Cell& cell, const at::Tensor& x, const at::Tensor& h0,
                                        const at::Tensor& c0, const LayerWeights& w, const Steps& s, bool poison,
-                                       bool for_backward) {
+                                       bool for_backward, const at::Tensor& zoneout_mask) {
   const int64_t H = h0.size(1), GH = cell.gates() * H, W = cell.workspace_blocks() * H;
   const Extras e = extras_of(cell, w, H);
   ForwardState f;
   f.keep_workspace = for_backward;
+  f.mask = zoneout_mask;
   f.xa = linear(x, w.w_ih, at::Tensor()).contiguous();
   f.hp = empty_like_rows(x, {s.batch, GH}, poison);
   f.out = empty_like_rows(x, {s.rows, H}, poison);
@@ -264,11 +293,16 @@ BackwardOut layer_norm_sequence_backward(const Cell& cell, const at::Tensor& gra
                                          const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& h0,
                                          const at::Tensor& c0, const LayerWeights& w, const Steps& s,
                                          const at::Tensor& out, const at::Tensor& workspace, bool poison,
-                                         bool need_dx, bool need_dweights) {
+                                         bool need_dx, bool need_dweights, const at::Tensor& zoneout_mask) {
   const int64_t H = h0.size(1), GH = cell.gates() * H;
   const bool lstm = cell.has_cell_state();
   const Extras e = extras_of(cell, w, H);
   BackwardState b;
+  if (zoneout_mask.defined()) {
+    b.mask = zoneout_mask;
+    b.dh_keep = empty_like_rows(x, {s.batch, H}, poison);
+    b.zero_row = at::zeros({H}, x.options());
+  }
   b.dout = grad_out;
   b.ws = workspace;
   b.h_prev = frame::previous_rows(out, h0, s);

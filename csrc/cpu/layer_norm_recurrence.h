@@ -30,17 +30,19 @@
 namespace fusedrnn {
 namespace cpu {
 
-// As sequence_forward, for a layer-normalised cell (w.w_extra holds its gains and shift).
+// As sequence_forward, for a layer-normalised cell (w.w_extra holds its gains and shift); with zoneout
+// (`zoneout_mask` defined) each row's output is blended with its h_prev after the row pass (the
+// workspace is the same: the backward reads the gates, never h').
 ForwardOut layer_norm_sequence_forward(const Cell& cell, const at::Tensor& x, const at::Tensor& h0,
                                        const at::Tensor& c0, const LayerWeights& w, const Steps& s, bool poison,
-                                       bool for_backward);
+                                       bool for_backward, const at::Tensor& zoneout_mask);
 
 // As sequence_backward, for a layer-normalised cell; dw.w_extra is the gradient of w_extra.
 BackwardOut layer_norm_sequence_backward(const Cell& cell, const at::Tensor& grad_out, const at::Tensor& grad_hn,
                                          const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& h0,
                                          const at::Tensor& c0, const LayerWeights& w, const Steps& s,
                                          const at::Tensor& out, const at::Tensor& workspace, bool poison,
-                                         bool need_dx, bool need_dweights);
+                                         bool need_dx, bool need_dweights, const at::Tensor& zoneout_mask);
 
 }  // namespace cpu
 }  // namespace fusedrnn

@@ -68,9 +68,11 @@ std::string describe() {
 ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
                             const LayerWeights& w, const Steps& s, Strategy strategy, bool poison,
                             bool for_backward, const at::Tensor& zoneout_mask) {
-  // zoneout reaches these cells only (Cell::runs_zoneout, checked by the op)
-  if (cell.diagonal()) return diagonal_sequence_forward(cell, x, h0, w, s, for_backward);  // no product per step
-  if (cell.layer_norm()) return layer_norm_sequence_forward(cell, x, h0, c0, w, s, poison, for_backward);
+  // no product per step
+  if (cell.diagonal()) return diagonal_sequence_forward(cell, x, h0, w, s, for_backward, zoneout_mask);
+  if (cell.layer_norm()) {
+    return layer_norm_sequence_forward(cell, x, h0, c0, w, s, poison, for_backward, zoneout_mask);
+  }
   ForwardBuffers f;
   f.keep_workspace = for_backward;
   f.G = cell.gates();
@@ -115,11 +117,12 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
                               const at::Tensor& out, const at::Tensor& workspace, Strategy strategy, bool poison,
                               bool need_dx, bool need_dweights, const at::Tensor& zoneout_mask) {
   if (cell.diagonal()) {
-    return diagonal_sequence_backward(cell, grad_out, grad_hn, x, h0, w, s, out, poison, need_dx, need_dweights);
+    return diagonal_sequence_backward(cell, grad_out, grad_hn, x, h0, w, s, out, poison, need_dx, need_dweights,
+                                      zoneout_mask, workspace);
   }
   if (cell.layer_norm()) {
     return layer_norm_sequence_backward(cell, grad_out, grad_hn, grad_cn, x, h0, c0, w, s, out, workspace, poison,
-                                        need_dx, need_dweights);
+                                        need_dx, need_dweights, zoneout_mask);
   }
   BackwardBuffers bb;
   bb.G = cell.gates();

@@ -23,10 +23,9 @@ and the layer-normalised LSTM and GRU (:data:`fusedrnn.cells.LAYER_NORM_CELLS`),
 normalised over all their units: the gemm strategy with whole rows per thread
 (csrc/cpu/layer_norm_recurrence.h).  The strategies below do not apply to either.
 
-Zoneout (:mod:`fusedrnn.zoneout`) runs in the kernels of the built-in cells (LSTM with peepholes and
-projection, both GRU forms, RNN), both strategies: a pass after each step's update blends the output rows
-with the previous state, and the backward splits each output row's gradient between the cell and the
-previous state.  IndRNN and the layer-normalised cells run zoneout on the reference backend so far.
+Zoneout (:mod:`fusedrnn.zoneout`) runs in the kernels of every cell above (the built-in ones in both
+strategies): a pass after each step's update blends the output rows with the previous state, and the
+backward splits each output row's gradient between the cell and the previous state.
 """
 
 from __future__ import annotations
@@ -50,8 +49,8 @@ class CpuBackend(CompiledBackend):
     #: csrc/cpu/sequence.cpp hands back new buffers (h0's clone for a sequence without steps), never an input;
     #: tests/test_cpu_backend.py checks it
     fresh_outputs = True
-    #: zoneout in the kernels of the built-in cells (csrc/include/fusedrnn/cell.h runs_zoneout)
-    zoneout_cells = BUILT_IN_CELLS
+    #: zoneout in the kernels of every cell above (csrc/include/fusedrnn/cell.h runs_zoneout)
+    zoneout_cells = BUILT_IN_CELLS | INDRNN_CELLS | LAYER_NORM_CELLS
 
     #: how the per-step recurrent product runs: "auto" (chosen by size, see
     #: csrc/cpu/strategy.cpp), "gemm" (MKL per step), "fused" (packed

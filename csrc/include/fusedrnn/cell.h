@@ -31,8 +31,11 @@ struct Cell {
   // longer holds.  The other cells' backward reads their gates, never h_new: the same workspace.
   int64_t zoneout_blocks() const { return family == Family::rnn || family == Family::indrnn ? 1 : 0; }
   int64_t workspace_blocks(bool zoneout) const { return workspace_blocks() + (zoneout ? zoneout_blocks() : 0); }
-  // The cells whose CPU kernels take a zoneout_mask (IndRNN and the layer-normalised cells do not yet).
-  bool runs_zoneout() const { return family == Family::lstm || family == Family::gru || family == Family::rnn; }
+  // The cells whose CPU kernels take a zoneout_mask: every cell above (a family added later says so here).
+  bool runs_zoneout() const {
+    return family == Family::lstm || family == Family::gru || family == Family::rnn || family == Family::indrnn ||
+           layer_norm();
+  }
   bool has_cell_state() const { return lstm_like(); }
   // The layer-normalised cells: each row of a pre-activation is normalised over all of its units, so no
   // kernel can split a row's units over threads without a reduction between them.
