@@ -22,8 +22,8 @@ Extras beyond torch.nn, keyword-only after torch's arguments:
   haste), in evaluation ``h = zoneout * h_prev + (1 - zoneout) * h_new``.  The masks come from the
   default generator of the input's device (``torch.manual_seed`` reproduces them): for each layer,
   after the dropout of its input, one ``bernoulli_`` draw of ``[T, B, H_out]`` (``[rows, H_out]`` for
-  a PackedSequence) per direction, forward first.  Nonzero zoneout runs in the cpu backend's kernels for
-  LSTM, GRU and RNN, on the reference backend for the other cells and for CUDA tensors;
+  a PackedSequence) per direction, forward first.  Nonzero zoneout runs in the cpu backend's kernels (every
+  cell but sLSTM), on the reference backend for sLSTM and for CUDA tensors;
 * ``dropconnect=0.0`` on every class (haste's ``dropout``: DropConnect of ``weight_hh``, :mod:`fusedrnn.dropconnect`):
   in training, each call runs each layer-direction with ``F.dropout(weight_hh_l{k}, dropconnect)``, one mask
   for the whole sequence, on every backend's kernels; in evaluation the weights as they are;

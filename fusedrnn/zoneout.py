@@ -19,11 +19,11 @@ modules draw it (:func:`draw_mask`).  In evaluation the layer hands the kernels 
 everywhere (:func:`mask_for`): the same formula then gives the expectation, so every backend has one
 zoneout path.  The mask is not differentiated.
 
-Which backend runs it: the ``cpu`` backend's kernels for LSTM (peepholes, projection: the projected h is
-blended), both GRU forms and RNN, forward and backward (csrc/cpu: a blend after each step's pass, and in the
-backward the gradient of each output row split between the cell, ``m * d``, and the previous state,
-``(1 - m) * d``); the ``reference`` backend for every cell.  IndRNN, the layer-normalised cells and sLSTM run
-it on the reference so far, and the ``cuda`` and ``triton`` backends have no zoneout kernels yet: "auto"
+Which backend runs it: the ``cpu`` backend's kernels for every cell they run (LSTM with peepholes and
+projection, where the projected h is blended; both GRU forms; RNN; IndRNN; LayerNorm LSTM and GRU), forward
+and backward (csrc/cpu: a blend after each step's pass, and in the backward the gradient of each output row
+split between the cell, ``m * d``, and the previous state, ``(1 - m) * d``); the ``reference`` backend for
+every cell.  sLSTM runs it on the reference so far, and the ``cuda`` and ``triton`` backends have no zoneout kernels yet: "auto"
 passes over a backend without zoneout kernels for the cell (warning once, as for any fallback), and a named
 one refuses the call (RuntimeError: :meth:`fusedrnn.backends.base.Backend.runs_zoneout`).
 """
