@@ -181,7 +181,7 @@ def layer(
     context and the environment (:mod:`fusedrnn.backends`).  ``zoneout`` (a rate in [0, 1)) zones the hidden
     state out as haste does (:mod:`fusedrnn.zoneout`): with ``zoneout_mask`` (the output's shape, 1 where a
     unit takes its new value: :func:`fusedrnn.zoneout.draw_mask`) as in training, without it the expectation
-    (evaluation); the cpu backend's kernels run it for LSTM, GRU and RNN, the reference for every cell.
+    (evaluation); the cpu backend's kernels run it for every cell but sLSTM, the reference for every cell.
     """
     check_not_traced()  # torch.jit.trace would freeze the op's backend into its program (fusedrnn/torchscript.py)
     weights = LayerWeights(*weights)

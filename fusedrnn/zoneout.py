@@ -23,9 +23,9 @@ Which backend runs it: the ``cpu`` backend's kernels for every cell they run (LS
 projection, where the projected h is blended; both GRU forms; RNN; IndRNN; LayerNorm LSTM and GRU), forward
 and backward (csrc/cpu: a blend after each step's pass, and in the backward the gradient of each output row
 split between the cell, ``m * d``, and the previous state, ``(1 - m) * d``); the ``reference`` backend for
-every cell.  sLSTM runs it on the reference so far, and the ``cuda`` and ``triton`` backends have no zoneout kernels yet: "auto"
-passes over a backend without zoneout kernels for the cell (warning once, as for any fallback), and a named
-one refuses the call (RuntimeError: :meth:`fusedrnn.backends.base.Backend.runs_zoneout`).
+every cell.  sLSTM runs it on the reference so far, and the ``cuda`` and ``triton`` backends have no zoneout
+kernels yet: "auto" passes over a backend without zoneout kernels for the cell (warning once, as for any
+fallback), and a named one refuses the call (RuntimeError: :meth:`fusedrnn.backends.base.Backend.runs_zoneout`).
 """
 
 from __future__ import annotations
