@@ -89,9 +89,10 @@ FUSEDRNN_POINTWISE Stabiliser<T> stabiliser(T i_raw, T f_raw, T n, T m) {
 
 template <typename T>
 struct SlstmForwardArgs {
-  View<const T> xp;  // [rows, 4H]: x W_ih^T + b_ih + b_hh
+  View<const T> xp;  // [rows, 4H]: x W_ih^T + b_ih
   View<const T> hp;  // the heads' product, gate g of unit u at row(b)[g*hp_gs + u - u0]
   int64_t hp_gs;
+  const T* b_hh;     // [4H], added last, as the reference adds it (zeros without one)
   View<T> state;     // [rows, 3H]: c, n, m, read and overwritten with c', n', m'
   View<T> ws;        // [rows, 7H]: ĩ, f̃, z, o, c', n', m' (not touched without kKeepWorkspace)
   View<T> h;         // [rows, H]: h'
@@ -102,6 +103,7 @@ template <typename T, bool kKeepWorkspace>
 FUSEDRNN_POINTWISE void slstm_forward_block(const Block& blk, const SlstmForwardArgs<T>& a) {
   const int64_t u0 = blk.u0, u1 = blk.u1, rows = blk.rows;
   const int64_t H = blk.H, gs = a.hp_gs;
+  const T* FUSEDRNN_R bias = a.b_hh;
   for (int64_t b = 0; b < rows; ++b) {
     const T* FUSEDRNN_R xp = a.xp.row(b);
     const T* FUSEDRNN_R hp = a.hp.row(b) - u0;
@@ -110,8 +112,9 @@ FUSEDRNN_POINTWISE void slstm_forward_block(const Block& blk, const SlstmForward
     T* FUSEDRNN_R h = a.h.row(b);
 #pragma GCC ivdep  // rows of distinct arrays; the in-place state uses one index
     for (int64_t u = u0; u < u1; ++u) {
-      const T i_raw = xp[u] + hp[u], f_raw = xp[H + u] + hp[gs + u];
-      const T z_raw = xp[2 * H + u] + hp[2 * gs + u], o_raw = xp[3 * H + u] + hp[3 * gs + u];
+      const T i_raw = xp[u] + hp[u] + bias[u], f_raw = xp[H + u] + hp[gs + u] + bias[H + u];
+      const T z_raw = xp[2 * H + u] + hp[2 * gs + u] + bias[2 * H + u];
+      const T o_raw = xp[3 * H + u] + hp[3 * gs + u] + bias[3 * H + u];
       const T c = state[u], n = state[H + u];
       const slstm::Stabiliser<T> st = slstm::stabiliser(i_raw, f_raw, n, state[2 * H + u]);
       T i = slstm::exp_(i_raw - st.m_new);

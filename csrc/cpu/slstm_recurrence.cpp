@@ -117,7 +117,8 @@ int recurrence_threads(int64_t batch, int64_t H, int64_t D) {
 // ---------------------------------------------------------------------------
 
 struct ForwardState {
-  at::Tensor xp;      // [N, 4H] x W_ih^T + b_ih + b_hh
+  at::Tensor xp;      // [N, 4H] x W_ih^T + b_ih
+  at::Tensor b_hh;    // [4H] (zeros without one: the pass adds it unconditionally)
   at::Tensor panels;  // pack_heads, forward
   at::Tensor out;     // [N, H]
   at::Tensor ws;      // [N, 7H] (undefined without a backward to feed)
@@ -130,7 +131,7 @@ template <typename T>
 void forward_steps(const Steps& s, const Heads& hd, Isa isa, int threads, const ForwardState& f) {
   const int64_t H = hd.H, D = hd.D, L = hd.L, tile_size = f.tiles.size(1);
   const bool keep = f.ws.defined();
-  const T *xp = ptr<T>(f.xp), *panels = ptr<T>(f.panels), *h0 = ptr<T>(f.h0);
+  const T *xp = ptr<T>(f.xp), *b_hh = ptr<T>(f.b_hh), *panels = ptr<T>(f.panels), *h0 = ptr<T>(f.h0);
   T *out = ptr<T>(f.out), *ws = ptr<T>(f.ws), *state = ptr<T>(f.state);
   run_parallel(threads, [&](int tid, int nt, Barrier& barrier) {
     T* tile = ptr<T>(f.tiles) + tid * tile_size;
@@ -151,6 +152,7 @@ void forward_steps(const Steps& s, const Heads& hd, Isa isa, int threads, const 
         a.xp = cview(xp + off * 4 * H, 4 * H);
         a.hp = cview(static_cast<const T*>(tile), 4 * L);
         a.hp_gs = L;
+        a.b_hh = b_hh;
         a.state = view(state, 3 * H);
         a.ws = keep ? view(ws + off * 7 * H, 7 * H) : View<T>();
         a.h = view(out + off * H, H);
@@ -226,8 +228,10 @@ ForwardOut slstm_sequence_forward(const Cell& cell, const at::Tensor& x, const a
   const Heads hd(H, D, panel_width(isa, x.scalar_type()));
   const int threads = recurrence_threads(s.batch, H, D);
   ForwardState f;
-  // b_hh is a plain bias of the pre-activations (no product sits behind it): both fold into the projection
-  f.xp = linear(x, w.w_ih, frame::folded_bias(cell, w, H)).contiguous();
+  // b_hh is added in the pass, after the product, in the reference's order (folding it into the projection
+  // would round differently: the reference's results, bitwise, where R h is zero)
+  f.xp = linear(x, w.w_ih, w.b_ih).contiguous();
+  f.b_hh = w.b_hh.defined() ? w.b_hh : at::zeros({4 * H}, x.options());
   f.out = empty_like_rows(x, {s.rows, H}, poison);
   if (for_backward) f.ws = empty_like_rows(x, {s.rows, cell.workspace_blocks() * H}, poison);
   f.h0 = h0.contiguous();

@@ -3,7 +3,8 @@
 //
 // R is block-diagonal by heads (w_hh [4H, D], D = H/heads, holds each head's block), so the fused
 // strategies' packed product over all of h does not apply; this is the same idea per head:
-//  * x W_ih^T + b_ih + b_hh for all steps at once, as one GEMM (dense_product.h: linear);
+//  * x W_ih^T + b_ih for all steps at once, as one GEMM (dense_product.h: linear); b_hh is added in the
+//    pass, after the product, in the reference's order;
 //  * one parallel region for the whole sequence: each thread owns a fixed range of work items, an item
 //    being one panel of L units (one SIMD vector, recurrent_product.h) of one head, all four gates.  Per
 //    step, for each of its items, the thread multiplies the head's slice of every row's previous h by the
