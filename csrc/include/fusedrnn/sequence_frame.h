@@ -182,15 +182,19 @@ LayerWeights weight_gradients(const Cell& cell, const LayerWeights& w, const Ste
   const at::Tensor h_prev = previous_rows(out, h0, s);
   if (cell.diagonal()) {  // u * h element-wise (IndRNN): du sums dA * h_prev over the rows
     dw.w_hh = (d.dA_h * h_prev).sum(0);
+  } else if (cell.block_diagonal() && w.w_hh.size(1) == H) {
+    dw.w_hh = mm(d.dA_h.t(), h_prev);  // one head: R is dense
   } else if (cell.block_diagonal()) {
-    // sLSTM's heads (layer.block_diagonal_weight_gradient): w_hh [G*H, D] holds each head's block, so
-    // gate g's rows of head k are the gradients of those pre-activations against the head's slice of h_prev
-    const int64_t D = w.w_hh.size(1);
+    // sLSTM's heads (layer.block_diagonal_weight_gradient): w_hh [G*H, D] holds each head's block, so head
+    // k's rows of every gate are the gradients of those pre-activations against the head's slice of h_prev:
+    // one product per head, its columns of dA gathered first (one copy) so that each is a single large GEMM
+    const int64_t G = cell.gates(), D = w.w_hh.size(1), heads = H / D, N = h_prev.size(0);
+    const at::Tensor by_head = d.dA_h.view({N, G, heads, D}).permute({2, 0, 1, 3}).contiguous();  // [heads, N, G, D]
     dw.w_hh = at::empty_like(w.w_hh);
-    for (int64_t g = 0; g < cell.gates(); ++g) {
-      for (int64_t k0 = 0; k0 < H; k0 += D) {
-        dw.w_hh.narrow(0, g * H + k0, D).copy_(mm(d.dA_h.narrow(1, g * H + k0, D).t(), h_prev.narrow(1, k0, D)));
-      }
+    const at::Tensor blocks = dw.w_hh.view({G, heads, D, D});
+    for (int64_t k = 0; k < heads; ++k) {
+      const at::Tensor g_k = mm(by_head[k].view({N, G * D}).t(), h_prev.narrow(1, k * D, D));  // [G*D, D]
+      blocks.select(1, k).copy_(g_k.view({G, D, D}));
     }
   } else if (cell.family == Family::gru && !cell.reset_after) {
     dw.w_hh = at::cat({mm(d.dA_h.narrow(1, 0, 2 * H).t(), h_prev), mm(d.dA_h.narrow(1, 2 * H, H).t(),
