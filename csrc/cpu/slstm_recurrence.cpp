@@ -1,11 +1,6 @@
-// Compiled with the same options as pointwise_dispatch.cpp (see there): one set of options for every
-// file that touches the passes.
-#pragma GCC optimize("no-trapping-math")
-
 #include "slstm_recurrence.h"
 
 #include <algorithm>
-#include <vector>
 
 #include "buffers.h"
 #include "dense_product.h"
