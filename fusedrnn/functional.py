@@ -23,14 +23,15 @@ from torch._C._functorch import peek_interpreter_stack
 
 from . import backends, zoneout as _zoneout
 from .backends.base import LayerWeights
+from .backends.compiled import CompiledBackend
 from .cells import CellSpec, modes
 from .layer import check_like_x, join_states, split_states
 from .ops import define, forward_op, forward_with_autograd, forward_without_autograd, op_weights
 from .reference import sequence_forward
 from .torchscript import check_not_traced
 
-__all__ = ["LayerOutput", "layer", "run_checked", "run_step", "lstm_layer", "gru_layer", "rnn_layer", "indrnn_layer",
-           "layer_norm_lstm_layer", "layer_norm_gru_layer", "slstm_layer", "LayerWeights", "CellSpec"]
+__all__ = ["LayerOutput", "layer", "run_checked", "run_step", "run_direct", "lstm_layer", "gru_layer", "rnn_layer",
+           "indrnn_layer", "layer_norm_lstm_layer", "layer_norm_gru_layer", "slstm_layer", "LayerWeights", "CellSpec"]
 
 
 class LayerOutput(NamedTuple):
@@ -327,6 +328,39 @@ def run_step(cell: CellSpec, x: torch.Tensor, h: torch.Tensor, c: Optional[torch
 
 #: how the step op's argument checks begin their messages (csrc/include/fusedrnn/op_checks.h)
 _STEP_REFUSAL = "fusedrnn_C: "
+
+
+def run_direct(cell: CellSpec, x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor], weights: LayerWeights,
+               reverse: bool = False, backend: Optional[str] = None) -> Optional[LayerOutput]:
+    """A layer-direction over a padded sequence ``x`` [T, B, I] straight to a compiled backend's kernels, or None
+    where the call must take the general path (:func:`run_checked`, after the caller's checks).
+
+    A decoder calls a layer on a few steps at a time; there the general path's Python (torch.nn's checks, then
+    each weight's by name) cost more than the kernels.  This path takes the plain eager calls :func:`run_step`
+    takes (no functorch transform, forward-mode AD, autocast, tensor subclass or tracing) that the backend
+    resolved for them runs with its compiled ops (``cpu``, ``cuda``), whose C++ checks every shape, dtype and
+    device; where they refuse the call this returns None, so that the caller's general path raises the error
+    torch.nn raises.  What the caller guarantees: ``x`` 3-D with B, I and H > 0, ``h0`` (and ``c0`` for a cell
+    with a cell state) tensors, floating point; no zoneout (the caller's general path runs it).
+    """
+    if (torch._C._is_any_autocast_enabled() or peek_interpreter_stack() is not None
+            or forward_ad._current_level >= 0 or not _plain_eager_call((x, h0, c0, *weights))):
+        return None
+    chosen = backends.resolve(backend, cell, x, weights)
+    if not isinstance(chosen, CompiledBackend):
+        return None
+    define(cell.family)  # the op is not called, but a family's ops exist once it has run (fusedrnn.ops.define)
+    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *weights))
+    run = forward_with_autograd if for_backward else forward_without_autograd
+    try:
+        out, h_n, c_n = run(cell, chosen, x, h0, c0, weights, None, reverse)
+    except NotImplementedError:
+        return None  # a tensor on another device took the dispatcher to a key without the op's kernels
+    except RuntimeError as error:
+        if str(error).startswith(_STEP_REFUSAL):
+            return None
+        raise
+    return LayerOutput(out, h_n, c_n if cell.has_cell_state else None)
 
 
 def lstm_layer(x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, w_peep=None, w_proj=None,

@@ -75,10 +75,14 @@ def join_states(states: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, Optional[
 
 
 def split_states(cell: CellSpec, h: torch.Tensor, c: Optional[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
-    """The inverse of :func:`join_states`: a layer's ``(h, c)`` as the record's states."""
+    """The inverse of :func:`join_states`: a layer's ``(h, c)`` as the record's states.  Each state split off
+    ``c`` is a tensor of its own, not a view: the modules return them, and torch.nn's outputs may be edited
+    in place (``c_n.mul_(2)``), which autograd refuses for one of several views of one tensor."""
     if c is None:
         return (h,)
-    return (h, *c.chunk(cell.cell_state_blocks, dim=-1)) if cell.cell_state_blocks > 1 else (h, c)
+    if cell.cell_state_blocks == 1:
+        return (h, c)
+    return (h, *(part.clone() for part in c.chunk(cell.cell_state_blocks, dim=-1)))
 
 
 def check_like_x(name: str, t: torch.Tensor, shape, x: torch.Tensor) -> None:

@@ -352,9 +352,9 @@ class FusedRNNBase(nn.RNNBase):
         """Run the stack over ``input`` (tensor or PackedSequence); returns ``(output, h_n)`` /
         ``(output, (h_n, c_n))`` exactly as the torch.nn twin (a cell with more states: all of them,
         ``(output, (h_n, c_n, n_n, m_n))`` for sLSTM)."""
-        one_step = self._direct_step_forward(input, hx)
-        if one_step is not None:
-            return one_step
+        direct = self._direct_forward(input, hx)
+        if direct is not None:
+            return direct
         cell = self.cell
         name = type(self).__name__
         is_packed = isinstance(input, PackedSequence)
@@ -414,27 +414,28 @@ class FusedRNNBase(nn.RNNBase):
             output = output.transpose(0, 1)
         return output, (finals if cell.has_cell_state else finals[0])
 
-    def _direct_step_forward(self, input, hx):
-        """:meth:`forward` of a batched input of one time step, each layer-direction one step op call
-        (:func:`fusedrnn.functional.run_step`), or None where the call takes the general path.
+    def _direct_forward(self, input, hx):
+        """:meth:`forward` of a batched padded input, each layer-direction one op call on its plain tensors
+        (:func:`fusedrnn.functional.run_step` for one time step, :func:`fusedrnn.functional.run_direct` for
+        more), or None where the call takes the general path.
 
-        A decoder built on a stack calls it once per token: there the general path's Python (torch.nn's
-        checks, the weights' checks, per layer-direction) cost more than torch.nn's whole call for the GRU
-        and the Elman RNN.  This path takes only the common call, a plain tensor with one step, states
-        (or none) of exactly the stack's shape, no projection, no extra weights, no dropout or DropConnect in
-        training, no zoneout, the parameters as registered; the step op checks the rest, and where it refuses a
-        call, the general path runs it (and raises torch.nn's errors).
+        A decoder built on a stack calls it once per token, or on a few steps at a time: there the general
+        path's Python (torch.nn's checks, the weights' checks, per layer-direction) cost more than torch.nn's
+        whole call.  This path takes only the common call, a plain tensor, states (or none) of exactly the
+        stack's shape, no projection, no extra weights, no dropout or DropConnect in training, no zoneout,
+        the parameters as registered; the ops check the rest, and where they refuse a call, the general path
+        runs it (and raises torch.nn's errors).
         """
         cell = self.cell
         if (type(input) not in _PLAIN or input.dim() != 3 or input.is_meta or not input.is_floating_point()
-                or input.size(1 if self.batch_first else 0) != 1 or self.proj_size > 0 or cell.record.extra_weights
+                or self.proj_size > 0 or cell.record.extra_weights
                 or (self.training and (self.dropout > 0 or self.__dict__.get("dropconnect", 0.0) != 0.0))
                 or self.__dict__.get("zoneout", 0.0) != 0.0
                 or cell.cell_state_blocks > 1):  # (more states than (h, c): sLSTM's step runs as a sequence)
             return None  # (zoneout, in training or not, and an invalid rate: the general path's)
-        x = input[:, 0] if self.batch_first else input[0]
-        batch, hidden, directions = x.size(0), self.hidden_size, 2 if self.bidirectional else 1
-        if batch == 0 or hidden == 0 or x.size(1) == 0 or x.size(1) != self.input_size:
+        x = input.transpose(0, 1) if self.batch_first else input
+        steps, batch, hidden, directions = x.size(0), x.size(1), self.hidden_size, 2 if self.bidirectional else 1
+        if steps == 0 or batch == 0 or hidden == 0 or x.size(2) == 0 or x.size(2) != self.input_size:
             return None
         shape = (self.num_layers * directions, batch, hidden)
         if hx is None:
@@ -445,26 +446,38 @@ class FusedRNNBase(nn.RNNBase):
                     type(s) not in _PLAIN or s.shape != shape for s in states):
                 return None
         params = self._parameters
-        layer_input, h_n, c_n = x, [], []
+        layer_input, h_n, c_n = (x[0] if steps == 1 else x), [], []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(directions):
                 index = layer * directions + direction
-                weights = [None if name is None else params.get(name, _MISSING)
-                           for name in self._direction_names(layer, direction)[:5]]
-                if any(w is _MISSING or (w is not None and type(w) not in _PLAIN) for w in weights):
-                    return None  # a parametrized or subclassed weight
-                result = functional.run_step(cell, layer_input, states[0][index],
-                                             states[1][index] if cell.has_cell_state else None,
-                                             LayerWeights(*weights), self.backend)
+                names = self._direction_names(layer, direction)[:5]
+                weights = [None if name is None else params.get(name, _MISSING) for name in names]
+                if any(type(w) not in _PLAIN if name is not None else False for w, name in zip(weights, names)):
+                    return None  # a parametrized, subclassed or missing weight (one set to None)
+                h0, c0 = states[0][index], states[1][index] if cell.has_cell_state else None
+                if steps == 1:
+                    result = functional.run_step(cell, layer_input, h0, c0, LayerWeights(*weights), self.backend)
+                    result = None if result is None else functional.LayerOutput(result[0], result[0], result[1])
+                else:
+                    result = functional.run_direct(cell, layer_input, h0, c0, LayerWeights(*weights), direction == 1,
+                                                   self.backend)
                 if result is None:
                     return None
-                outputs.append(result[0])
-                h_n.append(result[0])
-                c_n.append(result[1])
+                outputs.append(result.out)
+                h_n.append(result.h_n)
+                c_n.append(result.c_n)
             layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
-        # torch.stack copies: the output shares no memory with the states, as in torch.nn
-        output = layer_input.unsqueeze(1 if self.batch_first else 0)
+        if steps == 1:
+            output = layer_input.unsqueeze(0)
+        elif directions == 1 and layer_input.requires_grad:
+            # as in _run_layers: the caller's output is not the tensor the backward reads
+            output = layer_input.clone()
+        else:
+            output = layer_input
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        # torch.stack copies: the states share no memory with the output, as in torch.nn
         if cell.has_cell_state:
             return output, (torch.stack(h_n), torch.stack(c_n))
         return output, torch.stack(h_n)

@@ -697,6 +697,31 @@ add(G, "peephole_cell_weight_float64",
     lambda L: set_param(L.LSTMCell(I, H, peephole=True), "weight_ch", rand(3 * H, dtype=f64))(rand(B, I)),
     "weight_ch|w_peep|dtype", torch_twin=False)
 
+
+# sLSTM (four states, a block-diagonal weight_hh by heads): what its modules and kernels must refuse
+def _slstm_states(m0_dtype=f32, count=4, width=H):
+    return tuple(rand(1, B, width if i == 2 else H, dtype=m0_dtype if i == 3 else f32) for i in range(count))
+
+
+add(G, "slstm_heads_not_dividing", lambda L: L.SLSTM(I, H, num_heads=3), "num_heads", raises=(ValueError,),
+    torch_twin=False)
+add(G, "slstm_heads_float", lambda L: L.SLSTMCell(I, H, num_heads=2.0), "num_heads", raises=(TypeError,),
+    torch_twin=False)
+add(G, "slstm_weight_hh_dense", lambda L: fwd(set_param(L.SLSTM(I, H, num_heads=2), "weight_hh_l0", rand(4 * H, H)),
+                                               x3()), "weight_hh", torch_twin=False)
+add(G, "slstm_weight_hh_float64_data",
+    lambda L: fwd(set_param(L.SLSTM(I, H), "weight_hh_l0", rand(4 * H, H, dtype=f64), as_data=True), x3()),
+    "weight_hh|dtype", torch_twin=False)
+add(G, "slstm_three_states", lambda L: fwd(L.SLSTM(I, H), x3(), _slstm_states(count=3)), "four|hx",
+    raises=CLEAR_OR_TYPE + (IndexError,), torch_twin=False)
+add(G, "slstm_n0_width", lambda L: fwd(L.SLSTM(I, H), x3(), _slstm_states(width=H + 1)), "hidden\\[2\\]|size",
+    torch_twin=False)
+add(G, "slstm_m0_float64", lambda L: fwd(L.SLSTM(I, H), x3(), _slstm_states(m0_dtype=f64)), "mx|dtype",
+    torch_twin=False)
+add(G, "slstm_cell_weight_ih_float64",
+    lambda L: set_param(L.SLSTMCell(I, H), "weight_ih", rand(4 * H, I, dtype=f64))(rand(B, I)), "weight_ih|dtype",
+    torch_twin=False)
+
 # -- the worker's self-test (not part of the matrix: tests/test_bad_inputs.py checks the harness with it) --
 
 SELFTEST = {

@@ -13,7 +13,7 @@ backend's own rounding, not the oracle's:
   with the same ``state_dict``, for everything torch.nn has;
 * the ``reference`` backend of fusedrnn for the extras torch.nn lacks (LSTM
   peepholes, GRU ``reset_after=False``) and the cells it lacks (IndRNN, LayerNorm
-  LSTM and GRU: :data:`BEHAVIOUR_TWINS`).  For those, whether the call must
+  LSTM and GRU, sLSTM with its four states and heads: :data:`BEHAVIOUR_TWINS`).  For those, whether the call must
   raise is still torch.nn's decision: the twin without the extra (plain LSTM,
   GRU, RNN) is run too, and an exception there must be matched.  A backend
   without a cell's kernels is not judged on it (the example is rejected, as
@@ -129,13 +129,19 @@ MODULE_VARIANTS: Dict[str, Tuple[str, dict, bool]] = {
     "indrnn-tanh": ("IndRNN", {"nonlinearity": "tanh"}, False),
     "layer-norm-lstm": ("LayerNormLSTM", {}, False),
     "layer-norm-gru": ("LayerNormGRU", {}, False),
+    "slstm": ("SLSTM", {}, False),  # num_heads drawn with the sizes (a divisor of H)
 }
 #: fusedrnn's classes torch.nn lacks -> the torch.nn class that decides whether a call raises (same arguments,
 #: inputs and states; its own parameters where theirs differ in shape: IndRNN's vector weight_hh)
-BEHAVIOUR_TWINS = {"IndRNN": "RNN", "LayerNormLSTM": "LSTM", "LayerNormGRU": "GRU",
-                   "IndRNNCell": "RNNCell", "LayerNormLSTMCell": "LSTMCell", "LayerNormGRUCell": "GRUCell"}
+BEHAVIOUR_TWINS = {"IndRNN": "RNN", "LayerNormLSTM": "LSTM", "LayerNormGRU": "GRU", "SLSTM": "LSTM",
+                   "IndRNNCell": "RNNCell", "LayerNormLSTMCell": "LSTMCell", "LayerNormGRUCell": "GRUCell",
+                   "SLSTMCell": "LSTMCell"}
 #: the classes with a cell state
-_WITH_CELL_STATE = ("LSTM", "LayerNormLSTM", "LSTMCell", "LayerNormLSTMCell")
+_WITH_CELL_STATE = ("LSTM", "LayerNormLSTM", "LSTMCell", "LayerNormLSTMCell", "SLSTM", "SLSTMCell")
+#: the classes with states beyond h and c (sLSTM's normaliser n and stabiliser m), in hx's order after c
+_MORE_STATES = {"SLSTM": ("n0", "m0"), "SLSTMCell": ("n0", "m0")}
+#: the classes whose recurrent weight has heads (num_heads drawn as a divisor of H)
+_WITH_HEADS = ("SLSTM", "SLSTMCell")
 #: the variants with a ReLU (their float32 examples near a kink are rejected: reject_relu_kinks)
 _RELU = ("rnn-relu", "indrnn-relu")
 #: the options torch.nn lacks (dropped to build the twin that decides whether a call raises)
@@ -163,6 +169,8 @@ class ModuleConfig:
     seed: int
     #: edit the outputs in place after the forward (as torch.nn allows) before the backward
     edit_outputs: bool = False
+    #: heads of a block-diagonal recurrent weight (sLSTM's)
+    num_heads: int = 1
 
     @property
     def cls(self) -> str:
@@ -175,6 +183,10 @@ class ModuleConfig:
     @property
     def has_cell_state(self) -> bool:
         return self.cls in _WITH_CELL_STATE
+
+    @property
+    def more_states(self) -> Tuple[str, ...]:
+        return _MORE_STATES.get(self.cls, ())
 
     @property
     def directions(self) -> int:
@@ -190,6 +202,8 @@ class ModuleConfig:
             options = {k: v for k, v in options.items() if k not in EXTRAS}
         if self.proj_size:
             options["proj_size"] = self.proj_size
+        if extras and self.cls in _WITH_HEADS:
+            options["num_heads"] = self.num_heads
         return dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                     bidirectional=self.bidirectional, **options)
 
@@ -225,7 +239,15 @@ def module_configs(draw, dtypes=(torch.float32, torch.float64), variants=tuple(M
         dtype=draw(st.sampled_from(dtypes)),
         seed=draw(st.integers(0, 2 ** 31 - 1)),
         edit_outputs=draw(edit_outputs),
+        num_heads=_draw_heads(draw, MODULE_VARIANTS[variant][0], H),
     )
+
+
+def _draw_heads(draw, cls: str, H: int) -> int:
+    """A divisor of H for a class with heads (1 otherwise, drawing nothing: other classes' examples are as before)."""
+    if cls not in _WITH_HEADS or H == 0:
+        return 1
+    return draw(st.sampled_from([d for d in range(1, H + 1) if H % d == 0]))
 
 
 #: cell variant -> (class name, constructor options, torch.nn has this exact cell)
@@ -240,6 +262,7 @@ CELL_VARIANTS: Dict[str, Tuple[str, dict, bool]] = {
     "indrnn-tanh": ("IndRNNCell", {"nonlinearity": "tanh"}, False),
     "layer-norm-lstm": ("LayerNormLSTMCell", {}, False),
     "layer-norm-gru": ("LayerNormGRUCell", {}, False),
+    "slstm": ("SLSTMCell", {}, False),
 }
 
 
@@ -257,10 +280,15 @@ class CellConfig:
     steps: int
     dtype: torch.dtype
     seed: int
+    num_heads: int = 1
 
     @property
     def cls(self) -> str:
         return CELL_VARIANTS[self.variant][0]
+
+    @property
+    def more_states(self) -> Tuple[str, ...]:
+        return _MORE_STATES.get(self.cls, ())
 
     @property
     def has_twin(self) -> bool:
@@ -278,6 +306,8 @@ class CellConfig:
         options = dict(CELL_VARIANTS[self.variant][1])
         if not extras:
             options = {k: v for k, v in options.items() if k not in EXTRAS}
+        if extras and self.cls in _WITH_HEADS:
+            options["num_heads"] = self.num_heads
         return dict(bias=self.bias, **options)
 
 
@@ -296,10 +326,11 @@ def cell_configs(draw, dtypes=(torch.float32, torch.float64), variants=tuple(CEL
         if empty and min(sizes) > 0:
             sizes[draw(st.integers(1, 2))] = 0
     B, I, H = sizes
+    variant = draw(st.sampled_from(variants))
     return CellConfig(
-        variant=draw(st.sampled_from(variants)), B=B, I=I, H=H, bias=draw(st.booleans()), batched=batched,
+        variant=variant, B=B, I=I, H=H, bias=draw(st.booleans()), batched=batched,
         with_state=draw(st.booleans()), steps=draw(st.integers(1, 3)), dtype=draw(st.sampled_from(dtypes)),
-        seed=draw(st.integers(0, 2 ** 31 - 1)),
+        seed=draw(st.integers(0, 2 ** 31 - 1)), num_heads=_draw_heads(draw, CELL_VARIANTS[variant][0], H),
     )
 
 
@@ -463,6 +494,7 @@ def module_data(cfg: ModuleConfig, state_dict_of: nn.Module) -> Dict[str, torch.
         tensors["h0"] = data.rand(*lead, hout)
         if cfg.has_cell_state:
             tensors["c0"] = data.rand(*lead, cfg.H)
+        tensors.update(_more_states(cfg, data, lead))
     if cfg.layout == "packed":
         # unsorted lengths in [1, T], one of them T (so the padded length is T)
         lengths = torch.randint(1, cfg.T + 1, (cfg.B,), generator=data.g)
@@ -471,30 +503,55 @@ def module_data(cfg: ModuleConfig, state_dict_of: nn.Module) -> Dict[str, torch.
     return tensors
 
 
+def _more_states(cfg, data: Data, lead) -> Dict[str, torch.Tensor]:
+    """sLSTM's n0 and m0: a normaliser of at least 1 (what its recurrence keeps from zero states on, so a
+    state no run of the cell produces is not asked for), a stabiliser in +-1."""
+    if not cfg.more_states:
+        return {}
+    n0 = 1 + data.rand(*lead, cfg.H).abs() * 3
+    return {"n0": n0, "m0": data.rand(*lead, cfg.H)}
+
+
+#: names of the states a module takes and returns, in order
+_STATE_NAMES = ("h0", "c0", "n0", "m0")
+
+
+def _state_count(cfg, module: nn.Module) -> int:
+    """How many states ``module`` takes: the torch.nn twin h (and c), fusedrnn's its record's."""
+    if isinstance(module, (fusedrnn.modules.FusedRNNBase, fusedrnn.cell_modules.FusedRNNCellBase)):
+        return 1 + (1 if cfg.has_cell_state else 0) + len(cfg.more_states)
+    return 2 if cfg.has_cell_state else 1
+
+
+def _hx(cfg, module: nn.Module, leaves: Dict[str, torch.Tensor]):
+    """The states ``module`` takes from ``leaves``: None, h0, or a tuple."""
+    if "h0" not in leaves:
+        return None
+    names = _STATE_NAMES[:_state_count(cfg, module)]
+    return tuple(leaves[n] for n in names) if len(names) > 1 else leaves["h0"]
+
+
 def run_module(cfg: ModuleConfig, module: nn.Module, tensors: Dict[str, torch.Tensor], dtype: torch.dtype,
                forward_only: bool = False, in_place: bool = False) -> Run:
     """Load the weights, run forward (and backward under a fixed upstream gradient) in ``dtype``."""
     run = Run()
     try:
         module.load_state_dict({k: v.to(dtype) for k, v in tensors["weights"].items()}, strict=True)
-        leaves = {k: tensors[k].to(dtype).requires_grad_() for k in ("x", "h0", "c0") if k in tensors}
+        count = _state_count(cfg, module)
+        leaves = {k: tensors[k].to(dtype).requires_grad_() for k in ("x", *_STATE_NAMES[:count]) if k in tensors}
         x = leaves["x"]
         if cfg.layout == "packed":
             x = pack_padded_sequence(x, tensors["lengths"], batch_first=cfg.batch_first, enforce_sorted=False)
-        hx = None
-        if "h0" in leaves:
-            hx = (leaves["h0"], leaves["c0"]) if cfg.has_cell_state else leaves["h0"]
-        out, state = module(x, hx)
+        out, state = module(x, _hx(cfg, module, leaves))
         if forward_only:
             return run
-        h_n, c_n = state if cfg.has_cell_state else (state, None)
         if isinstance(out, PackedSequence):
             run.exact = {"batch_sizes": out.batch_sizes, "sorted_indices": out.sorted_indices,
                          "unsorted_indices": out.unsorted_indices}
             out = out.data
-        outputs = {"out": out, "h_n": h_n}
-        if c_n is not None:
-            outputs["c_n"] = c_n
+        outputs = {"out": out}
+        # h_n, then c_n, n_n, m_n as the module has them
+        outputs.update({f"{n[0]}_n": t for n, t in zip(_STATE_NAMES, state if count > 1 else (state,))})
         if cfg.edit_outputs:
             # what models do to an RNN's outputs (out.relu_(), masked_fill_): fusedrnn is edited in
             # place, the oracle out of place, so the values and gradients must still agree (an op
@@ -589,6 +646,7 @@ def cell_data(cfg: CellConfig, state_dict_of: nn.Module) -> Dict[str, torch.Tens
         tensors["h0"] = data.rand(*lead, cfg.H)
         if cfg.has_cell_state:
             tensors["c0"] = data.rand(*lead, cfg.H)
+        tensors.update(_more_states(cfg, data, lead))
     return tensors
 
 
@@ -597,18 +655,17 @@ def run_cell(cfg: CellConfig, cell: nn.Module, tensors, dtype: torch.dtype, forw
     run = Run()
     try:
         cell.load_state_dict({k: v.to(dtype) for k, v in tensors["weights"].items()}, strict=True)
+        count = _state_count(cfg, cell)
         leaves = {f"x{i}": x.to(dtype).requires_grad_() for i, x in enumerate(tensors["xs"])}
-        for k in ("h0", "c0"):
+        for k in _STATE_NAMES[:count]:
             if k in tensors:
                 leaves[k] = tensors[k].to(dtype).requires_grad_()
-        state = None
-        if "h0" in leaves:
-            state = (leaves["h0"], leaves["c0"]) if cfg.has_cell_state else leaves["h0"]
+        state = _hx(cfg, cell, leaves)
         outputs = {}
         for i in range(cfg.steps):
             state = cell(leaves[f"x{i}"], state)
-            for name, t in zip(("h", "c"), state if cfg.has_cell_state else (state,)):
-                outputs[f"{name}{i + 1}"] = t
+            for name, t in zip(_STATE_NAMES, state if count > 1 else (state,)):
+                outputs[f"{name[0]}{i + 1}"] = t
         if forward_only:
             return run
         run.values = {k: v.detach() for k, v in outputs.items()}

@@ -123,7 +123,8 @@ def test_quick_bench_json_holds_every_figure_and_consistent_ratios(quick_run):
 
 
 def test_quick_bench_times_the_per_call_overhead_group(quick_run):
-    """Every case of the group (cell step, 2-layer stack on one step, attention decoder) in both modes,
+    """Every case of the group (cell step, 2-layer stack on one step, 1-layer stack on a few steps, attention
+    decoder) in both modes,
     torch.nn then fusedrnn, with the ratio computed as in the layer groups; in the markdown too."""
     from fusedrnn.bench import overhead
 
@@ -134,7 +135,7 @@ def test_quick_bench_times_the_per_call_overhead_group(quick_run):
     expected = [(c.kind, c.family, tuple(c.shape), m, i) for c in overhead.cases(overhead.DEFAULT_FAMILIES)
                 for m in cli.MODES for i in ("torch.nn", overhead.FUSEDRNN)]
     assert [(r["case"], r["cell"], (r["T"], r["B"], r["I"], r["H"]), r["mode"], r["impl"]) for r in rows] == expected
-    assert {r["case"] for r in rows} == {"cell", "layer", "decoder"}
+    assert {r["case"] for r in rows} == {"cell", "layer", "sequence", "decoder"}
     for torch_row, ours in zip(rows[::2], rows[1::2]):
         assert torch_row["status"] == ours["status"] == "ok", (torch_row, ours)
         assert len(ours["round_ms"]) == len(torch_row["round_ms"]) == cli.CPU_ROUNDS
@@ -463,6 +464,22 @@ def test_streaming_group_reports_per_step_latency_and_the_share_of_the_float32_p
         assert r["peak_fraction_float32"] == pytest.approx(r["gflops"] / ceiling, rel=1e-9)
         step_flops = r["flops"] / r["T"]
         assert r["step_at_peak_ms"] == pytest.approx(step_flops / (ceiling * 1e9) * 1e3, rel=1e-9)
+        # one read of the weights a step reads (W_hh in a sequence, all of a cell's in a step) at a measured
+        # bandwidth, and the target's bound from both
+        assert r["weights_read_ms"] > 0
+        assert r["step_bound_ms"] == pytest.approx(2 * (r["step_at_peak_ms"] + r["weights_read_ms"]), rel=1e-9)
+
+
+def test_read_bandwidth_is_per_buffer_size():
+    """The cache read the per-step bound uses: a positive rate for a weight-sized buffer on the CPU, none
+    elsewhere; more bytes take no less time to read."""
+    from fusedrnn.bench import peaks
+
+    cpu = torch.device("cpu")
+    small, large = peaks.read_bandwidth(64 << 10, cpu, 1), peaks.read_bandwidth(64 << 20, cpu, 1)
+    assert small > 0 and large > 0
+    assert (64 << 20) / large >= (64 << 10) / small
+    assert peaks.read_bandwidth(64 << 10, torch.device("meta"), 1) is None
 
 
 def test_bidir_group_is_its_own_layer_by_layer_baseline_until_a_whole_stack_path_exists(extra_groups_run):

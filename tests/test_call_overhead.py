@@ -270,3 +270,63 @@ def test_functional_call_weights_are_the_ones_used():
     x = torch.randn(B, I)
     zeros = {n: torch.zeros_like(p) for n, p in cell.named_parameters()}
     assert torch.equal(torch.func.functional_call(cell, zeros, (x,)), torch.zeros(B, H))
+
+
+# ---------------------------------------------------------------------------
+# Short layer calls: the modules' direct path (rnn_base._direct_forward, functional.run_direct)
+# ---------------------------------------------------------------------------
+
+DIRECT_STACKS = {
+    "lstm": lambda **kw: fusedrnn.LSTM(I, H, **kw),
+    "lstm-peephole": lambda **kw: fusedrnn.LSTM(I, H, peephole=True, **kw),
+    "gru": lambda **kw: fusedrnn.GRU(I, H, **kw),
+    "gru-reset-before": lambda **kw: fusedrnn.GRU(I, H, reset_after=False, **kw),
+    "rnn-relu": lambda **kw: fusedrnn.RNN(I, H, nonlinearity="relu", **kw),
+    "indrnn": lambda **kw: fusedrnn.IndRNN(I, H, **kw),
+}
+
+
+def _call(module, x, hx, grad):
+    """(outputs, gradients of x, hx and every parameter) of one call, flattened."""
+    module.zero_grad()
+    x = x.detach().requires_grad_(grad)
+    hx = None if hx is None else tuple(h.detach().requires_grad_(grad) for h in hx)
+    with torch.set_grad_enabled(grad):
+        out, state = module(x, None if hx is None else hx if len(hx) > 1 else hx[0])
+    outs = [out, *(state if isinstance(state, tuple) else (state,))]
+    if not grad:
+        return outs, []
+    sum(o.square().sum() for o in outs).backward()
+    return outs, [x.grad, *([] if hx is None else [h.grad for h in hx]), *[p.grad for p in module.parameters()]]
+
+
+@needs_cpu
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("steps", [1, 2, 5])
+@pytest.mark.parametrize("layout", ["plain", "batch_first-bidirectional-2layers-hx"])
+@pytest.mark.parametrize("variant", sorted(DIRECT_STACKS))
+def test_the_direct_path_gives_the_general_paths_results_bit_for_bit(monkeypatch, variant, layout, steps, grad):
+    """A padded call on plain tensors goes straight to the compiled op (run_step for one step, run_direct for
+    more: counted here, so that a change that loses the path fails); its outputs, final states and every
+    gradient are the general path's bit for bit."""
+    torch.manual_seed(0)
+    extended = layout != "plain"
+    kw = dict(batch_first=True, bidirectional=True, num_layers=2) if extended else {}
+    module = DIRECT_STACKS[variant](**kw)
+    shape = (B, steps, I) if extended else (steps, B, I)
+    x = torch.randn(shape)
+    states = 2 if variant.startswith("lstm") else 1
+    hx = tuple(torch.randn(4, B, H) for _ in range(states)) if extended else None
+    taken = []
+    for name in ("run_step", "run_direct"):
+        original = getattr(functional, name)
+        monkeypatch.setattr(functional, name, lambda *a, _f=original, _n=name, **k: taken.append(_n) or _f(*a, **k))
+    direct = _call(module, x, hx, grad)
+    step_op = variant != "indrnn" and (not grad or variant in ("lstm", "gru", "rnn-relu"))  # run_step's cells
+    assert ("run_step" if steps == 1 else "run_direct") in taken
+    if steps > 1 or step_op:
+        assert all(n == ("run_step" if steps == 1 else "run_direct") for n in taken)
+    monkeypatch.setattr(module, "_direct_forward", lambda *a: None)
+    general = _call(module, x, hx, grad)
+    for a, b in zip(direct[0] + direct[1], general[0] + general[1]):
+        assert torch.equal(a, b)

@@ -174,6 +174,24 @@ def test_inference_keeps_no_workspace(cell, extra, packed, reverse, strat):
         ft_assert(c_n, ref.c_n, torch.float32, "c_n")
 
 
+@pytest.mark.parametrize("cell, extra, packed, reverse, strat", DIRECT)
+def test_outputs_share_no_memory_with_inputs(cell, extra, packed, reverse, strat):
+    """The cpu backend's contract ``fresh_outputs`` (fusedrnn/backends/cpu.py), which lets the callers skip
+    their own alias check: no output of its forward shares storage with an input, a padded sequence without
+    steps (h_n is then h0's values) and of one step included, for training (workspace kept) and inference."""
+    assert CPU.fresh_outputs
+    x_all, h0, c0, w, bs = _problem(cell, packed=packed, **extra)
+    # packed rows as drawn; padded: also no step (the kernels' early exit) and one step
+    for x in ([x_all] if packed else [x_all, x_all[:0], x_all[:1]]):
+        inputs = [t for t in (x, h0, c0, *w, bs) if t is not None and t.numel() > 0]
+        for for_backward in (True, False):
+            res = CPU.forward(cell, x, h0, c0, w, bs, reverse, for_backward=for_backward)
+            for name, t in zip(("out", "h_n", "c_n", "workspace"), res):
+                if t is not None and t.numel() > 0:
+                    storage = t.untyped_storage().data_ptr()
+                    assert all(storage != i.untyped_storage().data_ptr() for i in inputs), (name, len(x))
+
+
 def ft_assert(actual, expected, dtype, name):
     _, rel = ft.error(actual, expected)
     assert rel <= ft.tolerance(dtype), f"{name}: relative error {rel:.2e} > {ft.tolerance(dtype):.0e}"

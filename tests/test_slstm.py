@@ -607,3 +607,24 @@ def test_the_checker_passes_it_on_the_reference_backend():
     with contextlib.redirect_stdout(printed):
         status = check.main(["--backends", "reference", "--cells", "slstm", "--quick"])
     assert status == 0 and "PASSED" in printed.getvalue() and "grad_c0" in printed.getvalue(), printed.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["module", "cell"])
+def test_returned_states_may_be_edited_in_place(kind):
+    """torch.nn lets a caller edit its RNN's outputs in place (``c_n.mul_(2)``); the states split off the layers'
+    joined cell state must allow it too, with the gradients of the out-of-place edit (found by the fuzz grid:
+    they were views of one ``chunk``, which autograd refuses to edit)."""
+    torch.manual_seed(0)
+    module = fusedrnn.SLSTM(3, 4, num_heads=2) if kind == "module" else fusedrnn.SLSTMCell(3, 4, num_heads=2)
+    x = torch.randn(5, 2, 3) if kind == "module" else torch.randn(2, 3)
+
+    def run(in_place):
+        module.zero_grad()
+        out = module(x)
+        states = out[1] if kind == "module" else out
+        edited = [s.mul_(2) if in_place else s * 2 for s in states]
+        sum((e * (i + 1)).sum() for i, e in enumerate(edited)).backward()
+        return [e.detach().clone() for e in edited], [p.grad.clone() for p in module.parameters()]
+
+    for a, b in zip(*(sum(run(flag), []) for flag in (True, False))):
+        torch.testing.assert_close(a, b)

@@ -1,6 +1,7 @@
 #include "dense_product.h"
 
 #include <ATen/ThreadLocalState.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
@@ -66,26 +67,38 @@ FixedProduct::FixedProduct(const at::Tensor& out, const at::Tensor& a, const at:
   // of a long reduction (the weight gradients over T*B rows) well below its
   // speed on the whole product, a 512-wide one nearer it (benchmarks/RESULTS.md,
   // "measurements behind choices in the code").
-  size_ = 512;
-  while (size_ > 128 && ((M_ + size_ - 1) / size_) * ((N_ + size_ - 1) / size_) < 4) size_ /= 2;
+  // A small product runs on one thread whatever the team (threads()), so as one tile: each further tile
+  // is another BLAS call and three narrowed views, which for the input projection of a few steps (a
+  // decoder's short layer calls) cost more than its arithmetic.
+  if (small()) {
+    size_ = std::max<int64_t>({M_, N_, 1});
+  } else {
+    size_ = 512;
+    while (size_ > 128 && ((M_ + size_ - 1) / size_) * ((N_ + size_ - 1) / size_) < 4) size_ /= 2;
+  }
   mt_ = (M_ + size_ - 1) / size_;
   nt_ = (N_ + size_ - 1) / size_;
 }
 
+bool FixedProduct::small() const { return M_ * N_ * K_ < (int64_t(1) << 18); }
+
 int FixedProduct::threads() const {
   // one thread for small products (a team would cost more than the work)
-  return M_ * N_ * K_ >= (int64_t(1) << 18) ? static_cast<int>(std::min<int64_t>(max_threads(), tiles())) : 1;
+  return small() ? 1 : static_cast<int>(std::min<int64_t>(max_threads(), tiles()));
 }
 
 void FixedProduct::tile(int64_t i) const {
   const int64_t m0 = (i / nt_) * size_, n0 = (i % nt_) * size_;
   const int64_t mb = std::min(size_, M_ - m0), nb = std::min(size_, N_ - n0);
-  at::Tensor o = out_.narrow(0, m0, mb).narrow(1, n0, nb);
-  const at::Tensor ai = a_.narrow(0, m0, mb), bi = b_.narrow(1, n0, nb);
+  const bool whole = tiles() == 1;  // no views to make (a small product's one tile)
+  at::Tensor o = whole ? out_ : out_.narrow(0, m0, mb).narrow(1, n0, nb);
+  const at::Tensor ai = whole ? a_ : a_.narrow(0, m0, mb), bi = whole ? b_ : b_.narrow(1, n0, nb);
   SequentialBlas one_thread;  // on this thread, whatever the team
   if (add_.defined()) {
     // `add` broadcasts like addmm's input: a row [N] or a matrix [M, N]
-    const at::Tensor addi = add_.dim() == 1 ? add_.narrow(0, n0, nb) : add_.narrow(0, m0, mb).narrow(1, n0, nb);
+    const at::Tensor addi = whole ? add_
+                            : add_.dim() == 1 ? add_.narrow(0, n0, nb)
+                                              : add_.narrow(0, m0, mb).narrow(1, n0, nb);
     at::addmm_out(o, addi, ai, bi);
   } else {
     at::mm_out(o, ai, bi);
@@ -94,6 +107,9 @@ void FixedProduct::tile(int64_t i) const {
 
 void fixed_mm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& add) {
   const FixedProduct product(out, a, b, add);
+  // Below autograd: the ops' kernels may be called directly on tensors that require grad (a kernel op
+  // called from Python outside any autograd formula), and ATen's out= products refuse those above it.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   // the caller's dispatcher state on every thread (the ATen calls below the
   // autograd layer, as on the caller, whose op call excluded it)
   const at::ThreadLocalState caller_state;
@@ -111,11 +127,18 @@ at::Tensor fixed_mm(const at::Tensor& a, const at::Tensor& b) {
   return out;
 }
 
+// Below this many multiply-adds a product goes to ATen's BLAS: oneDNN's matmul costs 15-45 us a call before
+// any arithmetic (more with larger weights), MKL's small-M kernels about 5-20.  Measured on the Intel Xeon
+// (1 thread, N = 4K, x [M, K]; oneDNN / MKL us): K = 64, M = 5: 23 / 7; K = 256, M = 2: 64 / 15, M = 16:
+// 98 / 81; K = 512, M = 2: 291 / 145, but M = 8 (2^23 multiply-adds): 343 / 425 (benchmarks/RESULTS.md,
+// "CPU: session 9").  The short sequences of a decoder's layer calls (T * B <= ~20) are all below it.
+constexpr int64_t kOneDnnMinMacs = int64_t(1) << 22;
+
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   const auto& op = onednn_linear_op();
-  // oneDNN's matmul takes float32 and bfloat16; an empty product is ATen's job
+  // oneDNN's matmul takes float32 and bfloat16; an empty product is ATen's job, a small one too (above)
   const bool onednn = op.has_value() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
-                      x.numel() > 0 && w.numel() > 0;
+                      x.numel() > 0 && w.numel() > 0 && x.size(0) * w.size(0) * w.size(1) > kOneDnnMinMacs;
   if (onednn) return onednn_linear(*op, x, w, bias);
   at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
   fixed_mm_out(out, x, w.t(), bias);

@@ -22,7 +22,8 @@
 namespace fusedrnn {
 namespace cpu {
 
-// x [M, K] times w^T (w [N, K], any strides), plus bias [N] if defined.
+// x [M, K] times w^T (w [N, K], any strides), plus bias [N] if defined: oneDNN for the large products,
+// ATen's BLAS (fixed_mm_out) for small ones, where oneDNN's fixed cost per call exceeds the arithmetic.
 // Bitwise the same with any number of threads: oneDNN's matmul splits no
 // reduction over threads at any shape measured (M 1..3000, K 16..4096, N
 // 3..4096, 1 vs 2 threads); the ATen path goes through fixed_mm_out.
@@ -55,6 +56,8 @@ class FixedProduct {
   // how many threads fixed_mm_out gives the product (one for a small one)
   int threads() const;
   void tile(int64_t i) const;
+  // whether the product is small enough for one thread and one tile (a function of the shape alone)
+  bool small() const;
 
  private:
   at::Tensor out_, a_, b_, add_;  // held, not referenced: callers pass views made for the call

@@ -88,7 +88,7 @@ ForwardOut diagonal_sequence_forward(const Cell& cell, const at::Tensor& x, cons
   } else {
     forward_steps<float>(cell, s, h_init, u, r.out);
   }
-  r.h_n = s.rows == 0 ? h0.clone() : r.out.index_select(0, frame::last_rows(s));
+  r.h_n = s.rows == 0 ? h0.clone() : frame::final_rows(r.out, s);
   if (for_backward) r.workspace = at::empty({s.rows, 0}, x.options());  // none: act' follows from out
   return r;
 }

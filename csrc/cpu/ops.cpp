@@ -58,8 +58,14 @@ Geometry check_call(const std::string& family, const std::string& mode, const at
 
 at::ScalarType compute_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
+// (the dtype compared first: even a conversion to the same dtype is a dispatcher call, and a short
+// call converts a dozen tensors)
+at::Tensor to_dtype(const at::Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : t.to(dtype);
+}
+
 at::Tensor to_compute(const at::Tensor& t, at::ScalarType cdt) {
-  return t.defined() ? t.to(cdt).contiguous() : t;
+  return t.defined() ? to_dtype(t, cdt).contiguous() : t;
 }
 
 at::Tensor to_compute(const c10::optional<at::Tensor>& t, at::ScalarType cdt) {
@@ -78,11 +84,11 @@ LayerWeights compute_weights(const at::Tensor& w_ih, const at::Tensor& w_hh, con
 at::Tensor restore(const at::Tensor& rows, const at::Tensor& x, int64_t width) {
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
   shape.push_back(width);
-  return rows.reshape(shape).to(x.scalar_type());
+  return to_dtype(rows.reshape(shape), x.scalar_type());
 }
 
 at::Tensor rows_of(const at::Tensor& t, const Geometry& g, at::ScalarType cdt) {
-  return t.to(cdt).contiguous().reshape({g.N, t.size(-1)});
+  return to_dtype(t, cdt).contiguous().reshape({g.N, t.size(-1)});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
@@ -99,10 +105,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   const Steps steps(g.sizes, reverse);
   const ForwardOut r = sequence_forward(g.cell, rows_of(x, g, cdt), to_compute(h0, cdt), to_compute(c0, cdt), w,
                                         steps, strat, poison, for_backward);
-  const at::Tensor c_n = r.c_n.defined() ? r.c_n.to(x.scalar_type()) : x.new_empty({0});
+  const at::Tensor c_n = r.c_n.defined() ? to_dtype(r.c_n, x.scalar_type()) : x.new_empty({0});
   const at::Tensor workspace =
       r.workspace.defined() ? restore(r.workspace, x, g.cell.workspace_blocks() * g.H) : x.new_empty({0});
-  return {restore(r.out, x, g.Hout), r.h_n.to(x.scalar_type()), c_n, workspace};
+  return {restore(r.out, x, g.Hout), to_dtype(r.h_n, x.scalar_type()), c_n, workspace};
 }
 
 std::vector<at::Tensor> backward(const std::string& family, const std::string& mode, const at::Tensor& grad_out,

@@ -99,7 +99,7 @@ ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Ten
   ForwardOut r;
   if (strategy != Strategy::gemm) {
     fused_forward(cell, w, s, f, x, h0, strategy == Strategy::folded);
-    r.h_n = f.out.index_select(0, frame::last_rows(s));
+    if (s.rows > 0) r.h_n = frame::final_rows(f.out, s);
   } else {
     f.xp = linear(x, w.w_ih, frame::folded_bias(cell, w, f.H));
     gemm_forward(cell, w, s, f, poison);

@@ -53,6 +53,9 @@ class Backend:
     #: the cells ((family, mode) keys of :data:`fusedrnn.cells.CELLS`) this backend has kernels for;
     #: None: every cell of the table (the reference backend)
     cells: Optional[FrozenSet[Tuple[str, str]]] = BUILT_IN_CELLS
+    #: whether :meth:`forward`'s outputs never share memory with its inputs (each a new buffer, or a view of
+    #: one), so that the callers need not look (:func:`fusedrnn.ops._run_forward`); False: they check
+    fresh_outputs: bool = False
 
     def runs(self, cell: CellSpec) -> bool:
         """Whether this backend has kernels for ``cell`` (a cell can land on the reference backend first)."""

@@ -45,6 +45,9 @@ class CpuBackend(CompiledBackend):
     name = "cpu"
     #: the built-in cells, IndRNN, the layer-normalised cells and sLSTM (the cuda backend has only IndRNN of these)
     cells = BUILT_IN_CELLS | INDRNN_CELLS | LAYER_NORM_CELLS | SLSTM_CELLS
+    #: csrc/cpu/sequence.cpp hands back new buffers (h0's clone for a sequence without steps), never an input;
+    #: tests/test_cpu_backend.py checks it
+    fresh_outputs = True
 
     #: how the per-step recurrent product runs: "auto" (chosen by size, see
     #: csrc/cpu/strategy.cpp), "gemm" (MKL per step), "fused" (packed

@@ -9,6 +9,8 @@ rounds of :mod:`fusedrnn.bench.rounds`, and reported as torch.nn's time / fusedr
 
 * ``cell``: one step of the cell module, ``cell(x, state)``, B = 1 and 16, H = 64 and 128, I = 96;
 * ``layer``: a 2-layer stack called on one time step with its state, ``lstm(x[1, B, I], hx)``;
+* ``sequence``: a 1-layer stack called on a few steps with its state, ``lstm(x[T, B, I], hx)``, T = 5 and
+  20: a decoder or a streaming model feeding a layer a short chunk at a time;
 * ``decoder`` (LSTM only): an attention decoder as the seq2seq pattern writes it, an embedding,
   an LSTMCell over ``[embedding; previous context]``, dot-product attention over 20 encoder
   outputs and a linear readout, stepping T = 20 tokens (B = 16, H = 128, vocabulary 1000): greedy
@@ -35,9 +37,11 @@ from .report import ratio_style, ratio_text, section, spread_text, us_text
 from .module_bench import FUSEDRNN, Case, time_cases
 from .module_bench import count as count_steps
 
-KINDS = ("cell", "layer", "decoder")
+KINDS = ("cell", "layer", "sequence", "decoder")
 BATCHES = (1, 16)
 HIDDEN_SIZES = (64, 128)
+#: the ``sequence`` case's lengths (issue 17: "a whole small layer call (T <= 20, H <= 128)")
+SEQUENCE_STEPS = (5, 20)
 INPUT_SIZE = 96
 LAYERS = 2
 #: the decoder: B, H, embedding width, vocabulary, encoder outputs attended to, steps decoded
@@ -67,6 +71,8 @@ def cases(families: Sequence[str]) -> List[Case]:
     """The group's cases for ``families``, in table order."""
     out = [Case(kind, f, Shape(1, b, INPUT_SIZE, h)) for f in families for kind in ("cell", "layer")
            for b in BATCHES for h in HIDDEN_SIZES]
+    out += [Case("sequence", f, Shape(t, b, INPUT_SIZE, h)) for f in families for t in SEQUENCE_STEPS
+            for b in BATCHES for h in HIDDEN_SIZES]
     if "lstm" in families:
         d = DECODER
         out.append(Case("decoder", "lstm", Shape(d["steps"], d["batch"], d["embed"], d["hidden"])))
@@ -126,9 +132,10 @@ class OverheadBench:
             self.x = torch.randn(B, I, **kw)
             self.state = tuple(torch.randn(B, H, **kw) for _ in range(2 if case.family == "lstm" else 1))
         else:
-            pair = [c(I, H, LAYERS) for c in _STACKS[case.family]]
-            self.x = torch.randn(1, B, I, **kw)
-            self.state = tuple(torch.randn(LAYERS, B, H, **kw) for _ in range(2 if case.family == "lstm" else 1))
+            layers = LAYERS if case.kind == "layer" else 1
+            pair = [c(I, H, layers) for c in _STACKS[case.family]]
+            self.x = torch.randn(case.shape[0], B, I, **kw)
+            self.state = tuple(torch.randn(layers, B, H, **kw) for _ in range(2 if case.family == "lstm" else 1))
         pair[1].load_state_dict(pair[0].state_dict())
         self.modules = {impl: m.to(**kw) for impl, m in zip(("torch.nn", FUSEDRNN), pair)}
         if case.kind != "decoder":
@@ -210,7 +217,7 @@ def count(families: Sequence[str]) -> int:
 
 COLUMNS = ["case", "cell", "T,B,I,H", "mode", "impl", "median us", "q20-q80 us", "vs torch.nn", "note"]
 CAPTION = ("per-call overhead, float32: one timed call = one cell step (cell), one 2-layer stack on one step "
-           "(layer), or 20 decoded tokens (decoder); training adds the gradients of the input and every "
+           "(layer), one 1-layer stack on T steps (sequence), or 20 decoded tokens (decoder); training adds the gradients of the input and every "
            "parameter; vs torch.nn = torch.nn time / fusedrnn time, the median of its value in each round")
 
 

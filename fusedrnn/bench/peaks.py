@@ -14,6 +14,7 @@ its bf16 matmul runs well below its float32 one.  :func:`bf16_isa` reads the fla
 
 from __future__ import annotations
 
+import time
 from typing import Dict, List, Optional
 
 import torch
@@ -72,6 +73,31 @@ def measure(s, quick: bool, known: Optional[Dict[str, dict]] = None) -> dict:
 
     gflops = {dtype_name(d): {str(t): ceiling(d, t) for t in thread_counts(s.threads)} for d in PEAK_DTYPES}
     return {"n": n, "isa": bf16_isa() if s.device.type == "cpu" else {}, "gflops": gflops}
+
+
+def read_bandwidth(nbytes: int, device: torch.device, threads: int) -> Optional[float]:
+    """GB/s at which ``threads`` read a buffer of ``nbytes`` that stays wherever that size fits (L1, L2, the
+    last-level cache or DRAM): the best of 30 sums of the buffer read a few times over (an expanded view: one
+    ATen call reads it ``reps`` times, so the call's own cost is a small share).  The "one cache read of the
+    weights" of issue 17's per-step target; None off the CPU (a GPU step is not bound by this)."""
+    if device.type != "cpu" or nbytes <= 0:
+        return None
+    n = max(1, nbytes // 4)
+    reps = max(4, (8 << 20) // (4 * n))
+    view = torch.rand(n).expand(reps, n)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(3):
+            view.sum()
+        best = float("inf")
+        for _ in range(30):
+            start = time.perf_counter()
+            view.sum()
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return reps * n * 4 / best / 1e9
 
 
 def peak(peaks: dict, dtype: str, threads: int) -> Optional[float]:

@@ -109,6 +109,15 @@ inline at::Tensor last_rows(const Steps& s, const at::Device& device = at::kCPU)
   return at::tensor(last, at::TensorOptions().dtype(at::kLong)).to(device);
 }
 
+// Each sequence's final state, rows last_rows(s) of `out` (s.rows > 0): one contiguous block, copied,
+// where every sequence ends at the same step (padded input, either direction), without building an index
+// tensor (a short call's fixed cost: a decoder's layer calls of a few steps).
+inline at::Tensor final_rows(const at::Tensor& out, const Steps& s) {
+  const int64_t last = s.order[s.count() - 1];
+  if (s.size[last] == s.batch) return out.narrow(0, s.offset[last], s.batch).clone();
+  return out.index_select(0, last_rows(s, out.device()));
+}
+
 // Bias folded into the input projection: b_ih + b_hh, except the GRU n-gate's
 // hidden bias, which sits inside r*(W_hn h + b_hn) (reset_after) or after the
 // n-gate product (reset_before) and is added by the kernels.  Undefined
