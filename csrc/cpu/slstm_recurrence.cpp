@@ -241,7 +241,7 @@ ForwardOut slstm_sequence_forward(const Cell& cell, const at::Tensor& x, const a
   }
   ForwardOut r;
   r.out = f.out;
-  r.h_n = s.rows == 0 ? h0.clone() : f.out.index_select(0, frame::last_rows(s));
+  r.h_n = s.rows == 0 ? h0.clone() : frame::final_rows(f.out, s);  // new buffers: the backend's fresh_outputs
   r.c_n = f.state;  // each row's states after its own last step
   if (for_backward) r.workspace = f.ws;
   return r;
