@@ -345,3 +345,23 @@ def test_grad_cn_of_the_three_states_is_checked():
     out, h_n, c_n, ws = torch.ops.fusedrnn_C.forward("slstm", "slstm", x, h0, c0, *w[:4], None, None, bs, False)
     with pytest.raises(RuntimeError, match="grad_cn must have shape \\[3, 24\\]"):
         torch.ops.fusedrnn_C.backward("slstm", "slstm", out, h_n, h_n, x, h0, c0, *w[:4], None, None, bs, False, out, ws)
+
+
+@pytest.mark.parametrize("steps", (4, 1, 0))
+def test_outputs_share_no_memory_with_inputs(steps):
+    """The cpu backend's fresh_outputs contract (fusedrnn/backends/cpu.py) holds for sLSTM: no output of its
+    forward shares storage with an input, without steps (h_n, c_n then the initial states' values) included."""
+    g = torch.Generator().manual_seed(8)
+    H, B = 8, 3
+    x = torch.randn(steps, B, 5, generator=g)
+    h0, c, n, m = random_states(B, H, dtype=F32, generator=g)
+    c0 = torch.cat([c, n, m], dim=1)
+    w = LayerWeights(torch.randn(4 * H, 5, generator=g), torch.randn(4 * H, H // 2, generator=g),
+                     torch.randn(4 * H, generator=g), torch.randn(4 * H, generator=g))
+    inputs = [t for t in (x, h0, c0, *w[:4]) if t.numel() > 0]
+    for for_backward in (True, False):
+        res = CPU.forward(SLSTM, x, h0, c0, w, None, False, for_backward=for_backward)
+        for name, t in zip(("out", "h_n", "c_n", "workspace"), res):
+            if t is not None and t.numel() > 0:
+                storage = t.untyped_storage().data_ptr()
+                assert all(storage != i.untyped_storage().data_ptr() for i in inputs), (name, steps)
