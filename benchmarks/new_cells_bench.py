@@ -1,12 +1,15 @@
 """The cells with kernels on the ``cpu`` backend beyond the built-in ones (IndRNN:
-csrc/cpu/diagonal_recurrence.h; the layer-normalised LSTM and GRU: csrc/cpu/layer_norm_recurrence.h)
-against the reference backend (the same equations in plain PyTorch, step by step) and against a plain
-cell of the same size on the ``cpu`` backend (IndRNN and LayerNorm LSTM: the LSTM; LayerNorm GRU: the
-GRU), in one process, on one layer-direction (issue 16's targets: docs/design.md section 10's
-conventions, a smaller script than ``fusedrnn.bench``).
+csrc/cpu/diagonal_recurrence.h; the layer-normalised LSTM and GRU: csrc/cpu/layer_norm_recurrence.h;
+sLSTM: csrc/cpu/slstm_recurrence.h) against the reference backend (the same equations in plain PyTorch,
+step by step) and against a plain cell of the same size on the ``cpu`` backend (IndRNN, LayerNorm LSTM
+and sLSTM: the LSTM; LayerNorm GRU: the GRU), in one process, on one layer-direction (issue 16's
+targets: docs/design.md section 10's conventions, a smaller script than ``fusedrnn.bench``).
 
-    python benchmarks/new_cells_bench.py [--cells indrnn,layer_norm_lstm,layer_norm_gru] [--threads 2]
-                                         [--shape T B I H] [--rounds 3] [--compiled] [--zoneout RATE]
+    python benchmarks/new_cells_bench.py [--cells indrnn,layer_norm_lstm,layer_norm_gru,slstm] [--threads 2]
+                                         [--shape T B I H] [--rounds 3] [--compiled] [--heads 1] [--zoneout RATE]
+
+``--heads``: sLSTM's heads (its recurrent weight block-diagonal, ``H/heads`` wide; 1: a dense one, the
+LSTM's product).  sLSTM starts from its states after one step (n = 1, m = 0, c and h small).
 
 ``--zoneout RATE`` times zoneout instead (haste's, fusedrnn/zoneout.py): LSTM and GRU in training with a
 mask drawn per call as the modules draw it, on the ``cpu`` backend's kernels, on the reference backend, and
@@ -42,25 +45,39 @@ BASELINES = {
     "indrnn": CellSpec("lstm", "lstm"),
     "layer_norm_lstm": CellSpec("lstm", "lstm"),
     "layer_norm_gru": CellSpec("gru", "reset_after"),
+    "slstm": CellSpec("lstm", "lstm"),
 }
 
 
-def weights(cell: CellSpec, I: int, H: int, g: torch.Generator) -> LayerWeights:
+def weights(cell: CellSpec, I: int, H: int, g: torch.Generator, heads: int = 1) -> LayerWeights:
     G = cell.gates
-    w_hh = (torch.rand(G * H, generator=g) - 0.5 if cell.record.recurrent == "diagonal"
-            else torch.randn(G * H, H, generator=g) / H ** 0.5)
+    if cell.record.recurrent == "diagonal":
+        w_hh = torch.rand(G * H, generator=g) - 0.5
+    else:  # sLSTM's heads hold blocks of D = H/heads columns (the others a matrix over all of h)
+        D = H // heads if cell.record.recurrent == "block_diagonal" else H
+        w_hh = torch.randn(G * H, D, generator=g) / D ** 0.5
     # gains near one, the shift near zero (their initial values), so that the normalisations matter
     w_extra = 1 + 0.1 * torch.randn(cell.extra_blocks * H, generator=g) if cell.extra_blocks else None
     return LayerWeights(torch.randn(G * H, I, generator=g) / I ** 0.5, w_hh, torch.randn(G * H, generator=g) * 0.1,
                         torch.randn(G * H, generator=g) * 0.1, w_extra=w_extra)
 
 
-def make(cell: CellSpec, backend: str, T: int, B: int, I: int, H: int, train: bool):
+def initial_cell_state(cell: CellSpec, B: int, H: int, g: torch.Generator):
+    """c0, small; sLSTM's (c, n, m) concatenated as after one step (n = 1, m = 0)."""
+    if not cell.has_cell_state:
+        return None
+    c = torch.randn(B, H, generator=g) * 0.1
+    if cell.cell_state_blocks == 1:
+        return c
+    return torch.cat([c, torch.ones(B, H), torch.zeros(B, H)], dim=1)
+
+
+def make(cell: CellSpec, backend: str, T: int, B: int, I: int, H: int, train: bool, heads: int = 1):
     g = torch.Generator().manual_seed(0)
-    w = weights(cell, I, H, g)
+    w = weights(cell, I, H, g, heads)
     x = torch.randn(T, B, I, generator=g)
     h0 = torch.randn(B, H, generator=g) * 0.1
-    c0 = torch.randn(B, H, generator=g) * 0.1 if cell.has_cell_state else None
+    c0 = initial_cell_state(cell, B, H, g)
     leaves = [t for t in (x, *w) if t is not None] if train else []
     for t in leaves:
         t.requires_grad_()
@@ -95,9 +112,9 @@ def compiled_layer(cell: CellSpec):
     return layer
 
 
-def check(cell: CellSpec, T: int, B: int, I: int, H: int) -> float:
+def check(cell: CellSpec, T: int, B: int, I: int, H: int, heads: int = 1) -> float:
     """The cpu backend's output and gradients against the float64 reference: the largest relative error."""
-    run, (x, h0, c0, w) = make(cell, "cpu", T, B, I, H, True)
+    run, (x, h0, c0, w) = make(cell, "cpu", T, B, I, H, True, heads)
     got = run()
     d = lambda t: None if t is None else t.detach().double().requires_grad_()  # noqa: E731
     xd, wd = d(x), LayerWeights(*(d(t) for t in w))
@@ -106,16 +123,22 @@ def check(cell: CellSpec, T: int, B: int, I: int, H: int) -> float:
     return max(error(a, b)[1] for a, b in zip(got, want))
 
 
+def heads(family: str, args) -> int:
+    """The heads of a family's recurrent weight: --heads for sLSTM, one for the others."""
+    return args.heads if family == "slstm" else 1
+
+
 def time_family(family: str, args) -> None:
     T, B, I, H = args.shape
     for mode in cells.modes(family):
         # the training check sums the float32 errors of T steps: the long-sequence rule of section 8
-        rel = check(CellSpec(family, mode), T, B, I, H)
+        rel = check(CellSpec(family, mode), T, B, I, H, heads(family, args))
         print(f"check {CellSpec(family, mode)} cpu vs float64 reference: max relative error {rel:.1e}")
         assert rel <= 1e-4, rel
     cell, baseline = CellSpec(family, cells.default_mode(family)), BASELINES[family]
     if args.compiled:  # the compiled equations compute what the reference does
-        got, want = (make(cell, backend, T, B, I, H, False)[0]() for backend in ("compiled", "reference"))
+        got, want = (make(cell, backend, T, B, I, H, False, heads(family, args))[0]()
+                     for backend in ("compiled", "reference"))
         rel = error(got, want)[1]
         print(f"check {cell} compiled vs reference (float32): max relative error {rel:.1e}")
         assert rel <= 1e-4, rel
@@ -123,13 +146,15 @@ def time_family(family: str, args) -> None:
     if args.compiled:
         impls["compiled"] = (cell, "compiled")
     compiled_head = (f" {cell} compiled (ms) | compiled / cpu |", " --- | --- |") if args.compiled else ("", "")
-    print(f"\n{cell} (baseline: {baseline} cpu), T={T} B={B} I={I} H={H} float32, {args.threads} threads, "
+    with_heads = f" heads={args.heads}" if family == "slstm" else ""
+    print(f"\n{cell} (baseline: {baseline} cpu), T={T} B={B} I={I} H={H}{with_heads} float32, {args.threads} threads, "
           f"torch {torch.__version__}, {args.rounds} rounds\n")
     print(f"| mode | {cell} cpu (ms) | {cell} reference (ms) | {baseline} cpu (ms) | reference / cpu | "
           f"cpu / {baseline} cpu |{compiled_head[0]}")
     print(f"| --- | --- | --- | --- | --- | --- |{compiled_head[1]}")
     for train in (False, True):
-        runs = {name: make(c, backend, T, B, I, H, train)[0] for name, (c, backend) in impls.items()}
+        runs = {name: make(c, backend, T, B, I, H, train, heads(c.family, args))[0]
+                for name, (c, backend) in impls.items()}
         times = {name: [] for name in runs}
         for _ in range(args.rounds):
             for name, fn in runs.items():
@@ -224,7 +249,10 @@ def main(argv=None) -> int:
     parser.add_argument("--compiled", action="store_true", help="also time the step compiled by torch.compile")
     parser.add_argument("--zoneout", type=float, default=0.0, metavar="RATE",
                         help="time LSTM and GRU with this zoneout rate instead of the cells (training)")
+    parser.add_argument("--heads", type=int, default=1, help="sLSTM's heads (they must divide H)")
     args = parser.parse_args(argv)
+    if args.shape[3] % args.heads:
+        parser.error(f"--heads {args.heads} does not divide H = {args.shape[3]}")
     torch.set_num_threads(args.threads)
     if args.zoneout:
         time_zoneout(args)

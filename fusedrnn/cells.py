@@ -66,7 +66,7 @@ Equations (docs/design.md section 4; PyTorch's gate order is the contract):
 
 Cells without kernels in every backend are outside :data:`BUILT_IN_CELLS`: IndRNN has the ``cpu``, ``cuda``
 and ``triton`` backends' kernels (their ``cells``), the layer-normalised cells the ``cpu`` and ``triton``
-backends', sLSTM the ``triton`` backend's; "auto" passes over a backend without a cell's kernels with its
+backends', sLSTM the ``cpu`` and ``triton`` backends'; "auto" passes over a backend without a cell's kernels with its
 once-only warning (docs/design.md section 11).
 
 Saved activations ("workspace"), one row per input row, ``workspace_blocks * H``
@@ -209,9 +209,12 @@ LAYER_NORM_CELLS = frozenset({("layer_norm_lstm", "layer_norm_lstm"), ("layer_no
 LAYER_NORM_EPS = 1e-5
 # sLSTM (Beck et al. 2024, xLSTM; FlashRNN's "slstm" function): exponential input and forget gates kept finite
 # by the stabiliser state m, a normaliser state n, heads with block-diagonal recurrent weights.  Its backward
-# is written by hand in the reference (no kernels yet).
+# is written by hand in the reference.  Kernels: the cpu backend's (csrc/cpu/slstm_recurrence.h) and the
+# triton backend's (fusedrnn/triton_kernels/slstm.py), backward included.
 register(CellRecord("slstm", "slstm", gates=("i", "f", "z", "o"), workspace=("i~", "f~", "z", "o", "c'", "n'", "m'"),
                     states=("h", "c", "n", "m"), recurrent="block_diagonal", default=True, hand_written_backward=True))
+#: sLSTM's cell, which the cpu and triton backends run beside the built-in ones
+SLSTM_CELLS = frozenset({("slstm", "slstm")})
 
 
 def families() -> tuple:

@@ -415,9 +415,10 @@ class SLSTM(_NamedRecurrent):
     (``U(-1/sqrt(H), 1/sqrt(H))`` for each parameter).  :meth:`load_flashrnn_state_dict` loads FlashRNN's
     tensors, :meth:`flashrnn_state_dict` gives them back.
 
-    Kernels: the ``triton`` backend's (fusedrnn/triton_kernels/slstm.py) and the reference (its backward by
-    hand there); on CPU tensors ``"auto"`` falls back to the reference with a once-only warning (the ``cpu``
-    backend's kernels are to come).
+    Kernels: the ``cpu`` backend's (csrc/cpu/slstm_recurrence.h: a product per head fused with the gating,
+    one parallel region per sequence), the ``triton`` backend's (fusedrnn/triton_kernels/slstm.py) and the
+    reference (its backward by hand there, which the kernels follow); the ``cuda`` backend has none
+    (``"auto"`` passes over it for CUDA tensors).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,

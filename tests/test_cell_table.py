@@ -65,8 +65,10 @@ def extension_op(name: str):
     return getattr(torch.ops.fusedrnn_C, name)
 
 
-#: the cells the C++ copy knows: the built-in ones and those with kernels in a C++ backend (IndRNN and the layer-normalised cells: cpu)
-CPP_SPECS = BUILT_IN_SPECS + [CellSpec(*key) for key in sorted(cells.INDRNN_CELLS | cells.LAYER_NORM_CELLS)]
+#: the cells the C++ copy knows: the built-in ones and those with kernels in a C++ backend (IndRNN, the
+#: layer-normalised cells and sLSTM: cpu)
+CPP_SPECS = BUILT_IN_SPECS + [CellSpec(*key) for key in
+                              sorted(cells.INDRNN_CELLS | cells.LAYER_NORM_CELLS | cells.SLSTM_CELLS)]
 
 
 @pytest.mark.parametrize("spec", CPP_SPECS, ids=str)
@@ -105,8 +107,8 @@ def test_registering_a_cell_twice_or_a_second_default_is_refused(toy_cell):
 
 
 #: the cells beyond the built-in ones that each fused backend has kernels for (the others: none)
-EXTRA_KERNELS = {"cpu": cells.INDRNN_CELLS | cells.LAYER_NORM_CELLS, "cuda": cells.INDRNN_CELLS,
-                 "triton": cells.INDRNN_CELLS | cells.LAYER_NORM_CELLS | {("slstm", "slstm")}}
+EXTRA_KERNELS = {"cpu": cells.INDRNN_CELLS | cells.LAYER_NORM_CELLS | cells.SLSTM_CELLS, "cuda": cells.INDRNN_CELLS,
+                 "triton": cells.INDRNN_CELLS | cells.LAYER_NORM_CELLS | cells.SLSTM_CELLS}
 
 
 def test_backends_declare_the_cells_they_run(toy_cell):
@@ -132,7 +134,7 @@ def test_kernel_variants_follow_the_backends_cells():
     everywhere = set(ft.kernel_variants())
     assert everywhere == {n for n, v in ft.VARIANTS.items() if (v.cell.family, v.cell.mode) in cells.BUILT_IN_CELLS}
     indrnn, layer_norm = {"indrnn-relu", "indrnn-tanh"}, {"layer-norm-lstm", "layer-norm-gru"}
-    assert set(ft.kernel_variants("cpu")) == everywhere | indrnn | layer_norm
+    assert set(ft.kernel_variants("cpu")) == everywhere | indrnn | layer_norm | {"slstm"}
     assert set(ft.kernel_variants("cuda")) == everywhere | indrnn
     assert set(ft.kernel_variants("triton")) == everywhere | indrnn | layer_norm | {"slstm"}
     assert set(ft.kernel_variants("reference")) == set(ft.VARIANTS)

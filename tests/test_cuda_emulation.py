@@ -407,6 +407,20 @@ def test_cuda_tensors_are_not_for_the_emulation():
     assert backend.unsupported(fusedrnn.CellSpec("lstm", "lstm"), torch.zeros(1), None) is None
 
 
+def test_the_cuda_kernels_refuse_slstm_by_name(emu):
+    """sLSTM has cpu and triton kernels, no CUDA ones: the ops (and the strategy query) say so by name rather than
+    run its block-diagonal w_hh as a matrix; the backend does not list it, so "auto" never sends it here."""
+    H, heads = 8, 2
+    x, h0, c0 = torch.randn(3, 2, 5), torch.zeros(2, H), torch.zeros(2, 3 * H)
+    w_ih, w_hh = torch.randn(4 * H, 5), torch.randn(4 * H, H // heads)
+    ops = torch.ops.fusedrnn_cuda_emulation
+    with pytest.raises(RuntimeError, match="the CUDA kernels have no slstm cell"):
+        ops.forward("slstm", "slstm", x, h0, c0, w_ih, w_hh, None, None, None, None, None, False)
+    with pytest.raises(RuntimeError, match="the CUDA kernels have no slstm cell"):
+        ops.forward_strategy("slstm", "slstm", x, h0, w_hh, None, 3)
+    assert ("slstm", "slstm") not in backends.declared_cells("cuda")
+
+
 def test_without_the_variable_the_backend_wants_a_gpu(monkeypatch):
     monkeypatch.setenv("FUSEDRNN_CUDA_EMULATE", "0")
     if torch.cuda.is_available():

@@ -46,3 +46,18 @@ def test_tiny_zoneout_run_checks_and_prints_every_column(capsys):
     assert "check lstm zoneout=0.1" in out and "check gru" in out
     rows = [line for line in out.splitlines() if line.startswith("| lstm") or line.startswith("| gru")]
     assert len(rows) == 2 and all(line.count("|") == 7 for line in rows)
+
+
+@pytest.mark.skipif(backends.unavailable_reason("cpu") is not None,
+                    reason="the benchmark times the cpu backend's kernels, which are not built here")
+def test_tiny_run_of_slstm_with_heads(capsys):
+    """sLSTM against the reference and the LSTM, with heads; --heads must divide H."""
+    bench = _bench()
+    assert bench.main(["--cells", "slstm", "--shape", "4", "2", "3", "8", "--rounds", "1", "--threads", "1",
+                       "--heads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "check slstm" in out and "heads=2" in out and "(baseline: lstm cpu)" in out
+    rows = [line for line in out.splitlines() if line.startswith(("| inference", "| training"))]
+    assert len(rows) == 2
+    with pytest.raises(SystemExit):
+        bench.main(["--cells", "slstm", "--shape", "4", "2", "3", "8", "--heads", "3"])

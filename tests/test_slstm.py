@@ -575,9 +575,14 @@ def test_empty_sizes():
 
 
 def test_auto_falls_back_once_with_a_warning(monkeypatch):
+    """A backend without sLSTM's kernels (here the cpu backend with sLSTM taken off its cells, as before it had
+    them; with them "auto" runs its kernels: tests/test_slstm_cpu.py): "auto" sends CPU tensors to the
+    reference backend, once with a warning, and the backend named refuses the call."""
     from fusedrnn import backends
+    from fusedrnn.backends.cpu import CpuBackend
 
     monkeypatch.setattr(backends, "_warned", set())
+    monkeypatch.setattr(CpuBackend, "cells", CpuBackend.cells - {("slstm", "slstm")})
     assert_auto_falls_back_once(fusedrnn.SLSTM(3, 4), torch.randn(4, 2, 3))
     if "cpu" in backends.available():
         with pytest.raises(RuntimeError, match="'cpu' cannot run this call: it has no kernels for the slstm"):

@@ -160,8 +160,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_forward(
   const Geometry g = check_call(family, mode, x_steps, h, c, w_ih, w_hh, b_ih, b_hh, w_peep, {}, {});
   const at::Tensor c_t = value_or_undefined(c), b_ih_t = value_or_undefined(b_ih), b_hh_t = value_or_undefined(b_hh);
   const at::Tensor w_peep_t = value_or_undefined(w_peep);
-  // step.h's kernels take a matrix w_hh: a diagonal cell (IndRNN) runs the sequence op's
-  if (!g.cell.diagonal() && step_kernel_runs(x, h, c_t, w_ih, w_hh, b_ih_t, b_hh_t, w_peep_t)) {
+  // step.h's kernels take a matrix w_hh: a diagonal cell (IndRNN) or one with heads (sLSTM) runs the
+  // sequence op's
+  if (!g.cell.diagonal() && !g.cell.block_diagonal() && step_kernel_runs(x, h, c_t, w_ih, w_hh, b_ih_t, b_hh_t, w_peep_t)) {
     auto [h_new, c_new, workspace] =
         cpu::step_kernel(g.cell, x, h, c_t, w_ih, w_hh, b_ih_t, b_hh_t, w_peep_t, for_backward);
     return {h_new, c_new.defined() ? c_new : x.new_empty({0}), workspace.defined() ? workspace : x.new_empty({0})};
@@ -188,7 +189,7 @@ std::vector<at::Tensor> step_backward(const std::string& family, const std::stri
   const at::Tensor ws_steps = workspace.reshape({1, g.B, W});
   checks::check_backward_call(g, x_steps, grad_h.unsqueeze(0), grad_h, grad_c, h_new.unsqueeze(0), ws_steps);
   const at::Tensor w_peep_t = value_or_undefined(w_peep);
-  if (!g.cell.diagonal() && step_backward_kernel_runs(g.cell, x, w_ih, w_hh, w_peep_t)) {
+  if (!g.cell.diagonal() && !g.cell.block_diagonal() && step_backward_kernel_runs(g.cell, x, w_ih, w_hh, w_peep_t)) {
     const StepGradients d =
         step_backward_kernel(g.cell, grad_h, value_or_undefined(grad_c), x, h, value_or_undefined(c), w_ih, w_hh,
                              checks::defined(b_ih), checks::defined(b_hh), h_new, workspace, need_dx, need_dweights);
@@ -206,7 +207,7 @@ std::vector<at::Tensor> step_backward(const std::string& family, const std::stri
 }
 
 // What "auto" runs: "fused" or "folded", or "gemm: <why not fused>"; "elementwise" for IndRNN,
-// whatever the strategy, and "gemm: ..." for the layer-normalised cells.  The
+// whatever the strategy, "gemm: ..." for the layer-normalised cells and "heads" for sLSTM.  The
 // backward runs the fused kernels after either fused forward.
 std::string chosen_strategy(const std::string& family, const std::string& mode, const at::Tensor& x,
                             const at::Tensor& h0, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_proj,
@@ -216,6 +217,8 @@ std::string chosen_strategy(const std::string& family, const std::string& mode, 
   if (q.cell.diagonal()) return "elementwise";
   // whatever the strategy asked for (layer_norm_recurrence.h)
   if (q.cell.layer_norm()) return "gemm: a layer-normalised cell normalises whole rows, not unit blocks";
+  // its own fused kernel, a product per head and panel of units with its gating (slstm_recurrence.h)
+  if (q.cell.block_diagonal()) return "heads";
   std::string why_gemm;
   const ProblemSizes sizes{q.B, q.steps, x.size(-1), q.H, q.P};
   const Strategy s = choose_strategy(q.cell, sizes, compute_dtype(x.scalar_type()), &why_gemm);

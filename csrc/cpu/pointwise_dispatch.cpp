@@ -59,6 +59,9 @@ namespace cpu {
 #define LN_LSTM_BWD(T) ln_lstm_backward_block<T>
 #define LN_GRU_FWD(T) ln_gru_forward_block<T>
 #define LN_GRU_BWD(T) ln_gru_backward_block<T>
+#define SLSTM_FWD(T) slstm_forward_block<T, true>
+#define SLSTM_FWD_INFERENCE(T) slstm_forward_block<T, false>
+#define SLSTM_BWD(T) slstm_backward_block<T>
 
 FUSEDRNN_DISPATCH(pw_lstm_forward, LstmForwardArgs, LSTM_FWD)
 FUSEDRNN_DISPATCH(pw_lstm_forward_inference, LstmForwardArgs, LSTM_FWD_INFERENCE)
@@ -88,6 +91,9 @@ FUSEDRNN_DISPATCH(pw_ln_lstm_forward, LnLstmForwardArgs, LN_LSTM_FWD)
 FUSEDRNN_DISPATCH(pw_ln_lstm_backward, LnLstmBackwardArgs, LN_LSTM_BWD)
 FUSEDRNN_DISPATCH(pw_ln_gru_forward, LnGruForwardArgs, LN_GRU_FWD)
 FUSEDRNN_DISPATCH(pw_ln_gru_backward, LnGruBackwardArgs, LN_GRU_BWD)
+FUSEDRNN_DISPATCH(pw_slstm_forward, SlstmForwardArgs, SLSTM_FWD)
+FUSEDRNN_DISPATCH(pw_slstm_forward_inference, SlstmForwardArgs, SLSTM_FWD_INFERENCE)
+FUSEDRNN_DISPATCH(pw_slstm_backward, SlstmBackwardArgs, SLSTM_BWD)
 
 }  // namespace cpu
 }  // namespace fusedrnn

@@ -7,6 +7,7 @@
 
 #include "layer_norm_pointwise.h"
 #include "pointwise.h"
+#include "slstm_pointwise.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -45,6 +46,10 @@ FUSEDRNN_DECLARE_PASS(pw_ln_lstm_forward, LnLstmForwardArgs)
 FUSEDRNN_DECLARE_PASS(pw_ln_lstm_backward, LnLstmBackwardArgs)
 FUSEDRNN_DECLARE_PASS(pw_ln_gru_forward, LnGruForwardArgs)
 FUSEDRNN_DECLARE_PASS(pw_ln_gru_backward, LnGruBackwardArgs)
+// sLSTM's gating and state update, and its derivative (slstm_pointwise.h)
+FUSEDRNN_DECLARE_PASS(pw_slstm_forward, SlstmForwardArgs)
+FUSEDRNN_DECLARE_PASS(pw_slstm_forward_inference, SlstmForwardArgs)
+FUSEDRNN_DECLARE_PASS(pw_slstm_backward, SlstmBackwardArgs)
 
 #undef FUSEDRNN_DECLARE_PASS
 
@@ -72,6 +77,10 @@ void pw_rnn_forward(bool relu, const Block& b, const RnnForwardArgs<T>& a) {
 template <typename T>
 void pw_rnn_backward(bool relu, const Block& b, const RnnBackwardArgs<T>& a) {
   relu ? pw_rnn_backward_relu(b, a) : pw_rnn_backward_tanh(b, a);
+}
+template <typename T>
+void pw_slstm_forward_for(bool keep_workspace, const Block& b, const SlstmForwardArgs<T>& a) {
+  keep_workspace ? pw_slstm_forward(b, a) : pw_slstm_forward_inference(b, a);
 }
 template <typename T>
 void pw_indrnn_forward(bool relu, const Block& b, const IndrnnForwardArgs<T>& a) {

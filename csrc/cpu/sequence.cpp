@@ -32,6 +32,9 @@
 //                         product, so no strategy; its own region and passes
 //  * layer_norm_recurrence.h the layer-normalised LSTM and GRU: the gemm strategy
 //                         with whole rows per thread (layer_norm_pointwise.h)
+//  * slstm_recurrence.h   sLSTM (block-diagonal w_hh by heads): its own region, a
+//                         product per head and panel fused with its gating
+//                         (slstm_pointwise.h)
 //  * fusedrnn/sequence_frame.h (shared with csrc/cuda): the steps' rows and
 //                         order, the previous and last rows, the folded input
 //                         bias, the weight gradients after the recurrence
@@ -43,6 +46,7 @@
 #include "dense_product.h"
 #include "diagonal_recurrence.h"
 #include "layer_norm_recurrence.h"
+#include "slstm_recurrence.h"
 #include "fused_strategy.h"
 #include "gemm_strategy.h"
 #include "parallel.h"
@@ -73,6 +77,7 @@ ForwardOut sequence_forward(const Cell& cell, const at::Tensor& x, const at::Ten
   if (cell.layer_norm()) {
     return layer_norm_sequence_forward(cell, x, h0, c0, w, s, poison, for_backward, zoneout_mask);
   }
+  if (cell.block_diagonal()) return slstm_sequence_forward(cell, x, h0, c0, w, s, poison, for_backward);
   ForwardBuffers f;
   f.keep_workspace = for_backward;
   f.G = cell.gates();
@@ -123,6 +128,10 @@ BackwardOut sequence_backward(const Cell& cell, const at::Tensor& grad_out, cons
   if (cell.layer_norm()) {
     return layer_norm_sequence_backward(cell, grad_out, grad_hn, grad_cn, x, h0, c0, w, s, out, workspace, poison,
                                         need_dx, need_dweights, zoneout_mask);
+  }
+  if (cell.block_diagonal()) {
+    return slstm_sequence_backward(cell, grad_out, grad_hn, grad_cn, x, h0, c0, w, s, out, workspace, poison,
+                                   need_dx, need_dweights);
   }
   BackwardBuffers bb;
   bb.G = cell.gates();

@@ -20,7 +20,7 @@ using frame::LayerWeights;
 using frame::Steps;
 
 struct ForwardOut {
-  at::Tensor out, h_n, c_n, workspace;  // c_n undefined outside LSTM
+  at::Tensor out, h_n, c_n, workspace;  // c_n undefined without a cell state (sLSTM's: c, n, m)
 };
 
 using BackwardOut = frame::Gradients;

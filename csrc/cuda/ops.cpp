@@ -73,10 +73,10 @@ void check_kernel_device(const at::Tensor& x) {
   TORCH_CHECK(on_kernel_device(x), "fusedrnn_C: x must be ", kDeviceWanted, ", got device ", x.device());
 }
 
-// The cell table's cells these kernels do not run yet: the layer-normalised cells have CPU and Triton
-// kernels only (fusedrnn/backends/cuda.py does not list them, so "auto" never sends them here).
+// The cell table's cells these kernels do not run yet: the layer-normalised cells and sLSTM have CPU and
+// Triton kernels only (fusedrnn/backends/cuda.py does not list them, so "auto" never sends them here).
 void check_has_kernels(const Cell& cell, const std::string& family) {
-  TORCH_CHECK(!cell.layer_norm(), "fusedrnn_C: the CUDA kernels have no ", family,
+  TORCH_CHECK(!cell.layer_norm() && !cell.block_diagonal(), "fusedrnn_C: the CUDA kernels have no ", family,
               " cell (it runs on the cpu, triton and reference backends)");
 }
 

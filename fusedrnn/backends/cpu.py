@@ -19,12 +19,15 @@ products nobody asked for.
 Besides the built-in cells it runs IndRNN (:data:`fusedrnn.cells.INDRNN_CELLS`), whose
 element-wise recurrence has no product per step: one GEMM for the input projection, then
 every thread takes its units through the whole sequence (csrc/cpu/diagonal_recurrence.h);
-and the layer-normalised LSTM and GRU (:data:`fusedrnn.cells.LAYER_NORM_CELLS`), whose rows are
+the layer-normalised LSTM and GRU (:data:`fusedrnn.cells.LAYER_NORM_CELLS`), whose rows are
 normalised over all their units: the gemm strategy with whole rows per thread
-(csrc/cpu/layer_norm_recurrence.h).  The strategies below do not apply to either.
+(csrc/cpu/layer_norm_recurrence.h); and sLSTM (:data:`fusedrnn.cells.SLSTM_CELLS`), whose recurrent
+weight is block-diagonal by heads: one region for the sequence, each thread owning panels of units of
+a head, their product by heads fused with the stabilised exponential gating
+(csrc/cpu/slstm_recurrence.h).  The strategies below do not apply to these.
 
-Zoneout (:mod:`fusedrnn.zoneout`) runs in the kernels of every cell above (the built-in ones in both
-strategies): a pass after each step's update blends the output rows with the previous state, and the
+Zoneout (:mod:`fusedrnn.zoneout`) runs in the kernels of every cell above but sLSTM (the built-in ones in
+both strategies): a pass after each step's update blends the output rows with the previous state, and the
 backward splits each output row's gradient between the cell and the previous state.
 """
 
@@ -35,7 +38,7 @@ from typing import Optional
 import torch
 
 from .. import _extension
-from ..cells import BUILT_IN_CELLS, INDRNN_CELLS, LAYER_NORM_CELLS
+from ..cells import BUILT_IN_CELLS, INDRNN_CELLS, LAYER_NORM_CELLS, SLSTM_CELLS
 from .compiled import CompiledBackend
 
 #: dtypes the kernels take (16-bit ones are computed in float32)
@@ -44,8 +47,8 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 class CpuBackend(CompiledBackend):
     name = "cpu"
-    #: the built-in cells, IndRNN and the layer-normalised cells (the cuda and triton backends have neither)
-    cells = BUILT_IN_CELLS | INDRNN_CELLS | LAYER_NORM_CELLS
+    #: the built-in cells, IndRNN, the layer-normalised cells and sLSTM (the cuda backend has only IndRNN of these)
+    cells = BUILT_IN_CELLS | INDRNN_CELLS | LAYER_NORM_CELLS | SLSTM_CELLS
     #: csrc/cpu/sequence.cpp hands back new buffers (h0's clone for a sequence without steps), never an input;
     #: tests/test_cpu_backend.py checks it
     fresh_outputs = True
@@ -82,9 +85,9 @@ class CpuBackend(CompiledBackend):
     def step_op(self, cell, x):
         """``fusedrnn_C::step`` (csrc/cpu/step.h; its autograd in csrc/step_autograd.cpp) under ``"auto"``: a
         forced strategy is what a test asked the sequence kernels to run, so steps then take them too."""
-        if self.strategy != "auto" or cell.record.recurrent == "diagonal" or cell.record.extra_weights:
-            # step.h's kernels take a matrix W_hh and no w_extra: IndRNN's and the layer-normalised cells' step
-            # runs as a sequence of one step
+        if self.strategy != "auto" or cell.record.recurrent != "matrix" or cell.record.extra_weights:
+            # step.h's kernels take a matrix W_hh and no w_extra: IndRNN's, sLSTM's and the layer-normalised
+            # cells' step runs as a sequence of one step
             return None
         if self._step is None:
             self._step = torch.ops.fusedrnn_C.step.default

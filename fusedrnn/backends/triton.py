@@ -40,7 +40,7 @@ from typing import Optional
 
 import torch
 
-from ..cells import BUILT_IN_CELLS, INDRNN_CELLS, LAYER_NORM_CELLS, CellSpec
+from ..cells import BUILT_IN_CELLS, INDRNN_CELLS, LAYER_NORM_CELLS, SLSTM_CELLS, CellSpec
 from .base import Backend, BackwardResult, ForwardResult, LayerWeights
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -58,7 +58,7 @@ def interpreting() -> bool:
 class TritonBackend(Backend):
     name = "triton"
     #: the built-in cells and those of _OWN_KERNELS
-    cells = BUILT_IN_CELLS | INDRNN_CELLS | LAYER_NORM_CELLS | frozenset({("slstm", "slstm")})
+    cells = BUILT_IN_CELLS | INDRNN_CELLS | LAYER_NORM_CELLS | SLSTM_CELLS
     #: no zoneout kernels yet: "auto" takes the reference for zoneout
     zoneout_cells = frozenset()
 

@@ -39,9 +39,12 @@ inline Cell parse_cell(const std::string& family, const std::string& mode) {
   } else if (family == "layer_norm_lstm" || family == "layer_norm_gru") {
     TORCH_CHECK(mode == family, "fusedrnn_C: mode of a ", family, " cell must be '", family, "', got '", mode, "'");
     cell.family = family == "layer_norm_lstm" ? Family::layer_norm_lstm : Family::layer_norm_gru;
+  } else if (family == "slstm") {
+    TORCH_CHECK(mode == "slstm", "fusedrnn_C: mode of an slstm cell must be 'slstm', got '", mode, "'");
+    cell.family = Family::slstm;
   } else {
-    TORCH_CHECK(family == "rnn", "fusedrnn_C: family must be 'lstm', 'gru', 'rnn', 'indrnn', 'layer_norm_lstm' or "
-                "'layer_norm_gru', got '", family, "'");
+    TORCH_CHECK(family == "rnn", "fusedrnn_C: family must be 'lstm', 'gru', 'rnn', 'indrnn', 'layer_norm_lstm', "
+                "'layer_norm_gru' or 'slstm', got '", family, "'");
     TORCH_CHECK(mode == "tanh" || mode == "relu", "fusedrnn_C: mode of an rnn cell must be 'tanh' or 'relu', got '",
                 mode, "'");
     cell.relu = mode == "relu";
@@ -91,7 +94,11 @@ inline Geometry check_call(const std::string& family, const std::string& mode, c
   TORCH_CHECK(w_hh.size(0) % g.G == 0 && w_hh.size(0) > 0, "fusedrnn_C: w_hh must have ", g.G,
               "*hidden_size rows for a ", family, " cell, got ", w_hh.size(0));
   g.H = w_hh.size(0) / g.G;
-  g.Hout = g.cell.diagonal() ? g.H : w_hh.size(1);
+  g.Hout = g.cell.diagonal() || g.cell.block_diagonal() ? g.H : w_hh.size(1);
+  // a block-diagonal w_hh [G*H, H/heads] holds each head's block: its width must divide H
+  TORCH_CHECK(!g.cell.block_diagonal() || (w_hh.size(1) > 0 && g.H % w_hh.size(1) == 0), "fusedrnn_C: w_hh of a ",
+              family, " cell must be [", g.G, "*hidden_size, hidden_size/num_heads] (each head's block), got ",
+              w_hh.sizes(), ": its width must divide hidden_size ", g.H);
   g.I = x.size(-1);
   const bool proj = defined(w_proj);
   TORCH_CHECK(g.cell.family == Family::lstm || !(proj || defined(w_peep)),
@@ -101,6 +108,8 @@ inline Geometry check_call(const std::string& family, const std::string& mode, c
   check_tensor(w_ih, "w_ih", x, {g.G * g.H, g.I});
   if (g.cell.diagonal()) {
     check_tensor(w_hh, "w_hh", x, {g.G * g.H});
+  } else if (g.cell.block_diagonal()) {
+    check_tensor(w_hh, "w_hh", x, {g.G * g.H, w_hh.size(1)});
   } else {
     check_tensor(w_hh, "w_hh", x, {g.G * g.H, g.Hout});
   }
@@ -146,7 +155,7 @@ inline Geometry check_call(const std::string& family, const std::string& mode, c
   check_tensor(h0, "h0", x, {g.B, g.Hout});
   if (g.cell.has_cell_state()) {
     TORCH_CHECK(defined(c0), "fusedrnn_C: c0 is required (a ", family, " cell has a cell state)");
-    check_tensor(*c0, "c0", x, {g.B, g.H});
+    check_tensor(*c0, "c0", x, {g.B, g.cell.cell_state_blocks() * g.H});  // sLSTM: c, n, m concatenated
   } else {
     TORCH_CHECK(!defined(c0), "fusedrnn_C: c0 must be None for a ", family, " cell");
   }
@@ -181,7 +190,7 @@ inline void check_backward_call(const Geometry& g, const at::Tensor& x, const at
   check_tensor(grad_hn, "grad_hn", x, {g.B, g.Hout});
   if (g.cell.has_cell_state()) {
     TORCH_CHECK(defined(grad_cn), "fusedrnn_C: grad_cn is required for a cell with a cell state");
-    check_tensor(*grad_cn, "grad_cn", x, {g.B, g.H});
+    check_tensor(*grad_cn, "grad_cn", x, {g.B, g.cell.cell_state_blocks() * g.H});
   }
 }
 
@@ -201,9 +210,10 @@ inline QuerySizes check_strategy_query(const std::string& family, const std::str
               "fusedrnn_C: w_hh must be [", q.cell.gates(), diagonal ? "*hidden_size], got " : "*hidden_size, hidden], got ",
               w_hh.sizes());
   TORCH_CHECK(h0.dim() == 2, "fusedrnn_C: h0 must be 2-D [batch, hidden], got ", h0.dim(), "-D");
-  const int64_t state = diagonal ? w_hh.size(0) : w_hh.size(1);
+  // the state's width: IndRNN's units, sLSTM's hidden size (w_hh holds its heads' blocks), else w_hh's columns
+  const int64_t state = diagonal || q.cell.block_diagonal() ? w_hh.size(0) / q.cell.gates() : w_hh.size(1);
   TORCH_CHECK(h0.size(1) == state, "fusedrnn_C: h0 has ", h0.size(1), " columns but w_hh has ", state,
-              diagonal ? " units" : " columns");
+              diagonal || q.cell.block_diagonal() ? " units" : " columns");
   TORCH_CHECK(q.cell.family == Family::lstm || !defined(w_proj), "fusedrnn_C: w_proj exists only for lstm cells");
   TORCH_CHECK(steps >= 0, "fusedrnn_C: steps must be >= 0, got ", steps);
   q.B = h0.size(0), q.H = w_hh.size(0) / q.cell.gates(), q.P = h0.size(1), q.steps = steps;

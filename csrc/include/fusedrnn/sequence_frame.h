@@ -179,7 +179,7 @@ struct GateGradients {
 // h0/c0 in the compute dtype.  `mm(a, b)` is the device's matrix product (the
 // CPU's keeps every result independent of the thread count, csrc/cpu/dense_product.h).
 // dW_hh of GRU reset_before: its n rows multiply k = r*h_prev (workspace
-// block 3), not h_prev; IndRNN's du = sum over rows of dA * h_prev.  The peephole gradient sums da_i*c_prev, da_f*c_prev
+// block 3), not h_prev; IndRNN's du = sum over rows of dA * h_prev; sLSTM's block-diagonal dW_hh per head.  The peephole gradient sums da_i*c_prev, da_f*c_prev
 // and da_o*c' over the rows (c' is workspace block 4).
 template <typename MatMul>
 LayerWeights weight_gradients(const Cell& cell, const LayerWeights& w, const Steps& s, const at::Tensor& x,
@@ -191,6 +191,20 @@ LayerWeights weight_gradients(const Cell& cell, const LayerWeights& w, const Ste
   const at::Tensor h_prev = previous_rows(out, h0, s);
   if (cell.diagonal()) {  // u * h element-wise (IndRNN): du sums dA * h_prev over the rows
     dw.w_hh = (d.dA_h * h_prev).sum(0);
+  } else if (cell.block_diagonal() && w.w_hh.size(1) == H) {
+    dw.w_hh = mm(d.dA_h.t(), h_prev);  // one head: R is dense
+  } else if (cell.block_diagonal()) {
+    // sLSTM's heads (layer.block_diagonal_weight_gradient): w_hh [G*H, D] holds each head's block, so head
+    // k's rows of every gate are the gradients of those pre-activations against the head's slice of h_prev:
+    // one product per head, its columns of dA gathered first (one copy) so that each is a single large GEMM
+    const int64_t G = cell.gates(), D = w.w_hh.size(1), heads = H / D, N = h_prev.size(0);
+    const at::Tensor by_head = d.dA_h.view({N, G, heads, D}).permute({2, 0, 1, 3}).contiguous();  // [heads, N, G, D]
+    dw.w_hh = at::empty_like(w.w_hh);
+    const at::Tensor blocks = dw.w_hh.view({G, heads, D, D});
+    for (int64_t k = 0; k < heads; ++k) {
+      const at::Tensor g_k = mm(by_head[k].view({N, G * D}).t(), h_prev.narrow(1, k * D, D));  // [G*D, D]
+      blocks.select(1, k).copy_(g_k.view({G, D, D}));
+    }
   } else if (cell.family == Family::gru && !cell.reset_after) {
     dw.w_hh = at::cat({mm(d.dA_h.narrow(1, 0, 2 * H).t(), h_prev), mm(d.dA_h.narrow(1, 2 * H, H).t(),
                                                                        ws.narrow(1, 3 * H, H))});
