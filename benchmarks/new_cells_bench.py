@@ -30,6 +30,7 @@ Before timing, each cpu result (every mode of the family) is checked against the
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 
 import torch
@@ -128,6 +129,24 @@ def heads(family: str, args) -> int:
     return args.heads if family == "slstm" else 1
 
 
+def time_rounds(runs: dict, args) -> dict:
+    """name -> the median time of ``runs[name]()`` in each of ``args.rounds`` rounds (seconds), the
+    implementations taking turns within a round, each warmed up first."""
+    times = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, fn in runs.items():
+            fn()  # warm-up
+            times[name].append(tb.Timer("fn()", globals={"fn": fn}, num_threads=args.threads)
+                               .adaptive_autorange(min_run_time=1.0).median)
+    return times
+
+
+def ratio_text(times: dict, a: str, b: str) -> str:
+    """``a``'s time / ``b``'s: the median of the per-round ratios, then the best rounds' ratio in brackets."""
+    per_round = [x / y for x, y in zip(times[a], times[b])]
+    return f"{statistics.median(per_round):.2f}x ({min(times[a]) / min(times[b]):.2f}x)"
+
+
 def time_family(family: str, args) -> None:
     T, B, I, H = args.shape
     for mode in cells.modes(family):
@@ -155,17 +174,8 @@ def time_family(family: str, args) -> None:
     for train in (False, True):
         runs = {name: make(c, backend, T, B, I, H, train, heads(c.family, args))[0]
                 for name, (c, backend) in impls.items()}
-        times = {name: [] for name in runs}
-        for _ in range(args.rounds):
-            for name, fn in runs.items():
-                fn()  # warm-up
-                times[name].append(tb.Timer("fn()", globals={"fn": fn}, num_threads=args.threads)
-                                   .adaptive_autorange(min_run_time=1.0).median)
-
-        def ratio(a, b):
-            per_round = [x / y for x, y in zip(times[a], times[b])]
-            return f"{statistics.median(per_round):.2f}x ({min(times[a]) / min(times[b]):.2f}x)"
-
+        times = time_rounds(runs, args)
+        ratio = functools.partial(ratio_text, times)
         med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         compiled = f" {med['compiled']:.2f} | {ratio('compiled', 'cpu')} |" if args.compiled else ""
         print(f"| {'training' if train else 'inference'} | {med['cpu']:.2f} | {med['reference']:.2f} | "
@@ -224,17 +234,8 @@ def time_zoneout(args) -> None:
         runs = {name: make_zoneout(cell, backend, r, T, B, I, H)[0]
                 for name, (backend, r) in {"cpu": ("cpu", rate), "reference": ("reference", rate),
                                            "plain": ("cpu", 0.0)}.items()}
-        times = {name: [] for name in runs}
-        for _ in range(args.rounds):
-            for name, fn in runs.items():
-                fn()  # warm-up
-                times[name].append(tb.Timer("fn()", globals={"fn": fn}, num_threads=args.threads)
-                                   .adaptive_autorange(min_run_time=1.0).median)
-
-        def ratio(a, b):
-            per_round = [x / y for x, y in zip(times[a], times[b])]
-            return f"{statistics.median(per_round):.2f}x ({min(times[a]) / min(times[b]):.2f}x)"
-
+        times = time_rounds(runs, args)
+        ratio = functools.partial(ratio_text, times)
         med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         print(f"| {cell} | {med['cpu']:.2f} | {med['reference']:.2f} | {med['plain']:.2f} | "
               f"{ratio('reference', 'cpu')} | {ratio('cpu', 'plain')} |")

@@ -304,29 +304,40 @@ def run_step(cell: CellSpec, x: torch.Tensor, h: torch.Tensor, c: Optional[torch
     general path raises the error torch.nn raises (or, for non-contiguous weights, runs the call).  The op
     changes nothing before its checks pass.
     """
-    if (weights.w_proj is not None or weights.w_extra is not None or torch._C._is_any_autocast_enabled()
-            or peek_interpreter_stack() is not None or forward_ad._current_level >= 0
-            or not _plain_eager_call((x, h, c, *weights))):
+    if weights.w_proj is not None or weights.w_extra is not None or not _direct_call_allowed((x, h, c, *weights)):
         return None
     if torch.is_grad_enabled() and ((cell.family, cell.mode) not in _ATEN_CELLS or weights.w_peep is not None):
         return None
     op = backends.resolve(backend, cell, x, weights).step_op(cell, x)
     if op is None:
         return None
+    result = _unless_refused(lambda: op(cell.family, cell.mode, x.contiguous(), h.contiguous(),
+                                        None if c is None else c.contiguous(), *weights[:5]))
+    return None if result is None else (result[0], result[1] if cell.has_cell_state else None)
+
+
+#: how the compiled ops' argument checks begin their messages (csrc/include/fusedrnn/op_checks.h)
+_KERNEL_REFUSAL = "fusedrnn_C: "
+
+
+def _direct_call_allowed(tensors) -> bool:
+    """Whether a call may go straight to a compiled op (:func:`run_step`, :func:`run_direct`): a plain eager
+    call (:func:`_plain_eager_call`) outside functorch's transforms, forward-mode AD and autocast."""
+    return not (torch._C._is_any_autocast_enabled() or peek_interpreter_stack() is not None
+                or forward_ad._current_level >= 0) and _plain_eager_call(tensors)
+
+
+def _unless_refused(call):
+    """``call()``, or None where a compiled op refused it: its argument checks' RuntimeError
+    (:data:`_KERNEL_REFUSAL`), or no kernel for a tensor's device (the dispatcher's NotImplementedError)."""
     try:
-        h_new, c_new = op(cell.family, cell.mode, x.contiguous(), h.contiguous(),
-                          None if c is None else c.contiguous(), *weights[:5])
+        return call()
     except NotImplementedError:
-        return None  # a tensor on another device took the dispatcher to a key without the op's kernels
+        return None
     except RuntimeError as error:
-        if str(error).startswith(_STEP_REFUSAL):
+        if str(error).startswith(_KERNEL_REFUSAL):
             return None
         raise
-    return h_new, (c_new if cell.has_cell_state else None)
-
-
-#: how the step op's argument checks begin their messages (csrc/include/fusedrnn/op_checks.h)
-_STEP_REFUSAL = "fusedrnn_C: "
 
 
 def run_direct(cell: CellSpec, x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor], weights: LayerWeights,
@@ -342,8 +353,7 @@ def run_direct(cell: CellSpec, x: torch.Tensor, h0: torch.Tensor, c0: Optional[t
     torch.nn raises.  What the caller guarantees: ``x`` 3-D with B, I and H > 0, ``h0`` (and ``c0`` for a cell
     with a cell state) tensors, floating point; no zoneout (the caller's general path runs it).
     """
-    if (torch._C._is_any_autocast_enabled() or peek_interpreter_stack() is not None
-            or forward_ad._current_level >= 0 or not _plain_eager_call((x, h0, c0, *weights))):
+    if not _direct_call_allowed((x, h0, c0, *weights)):
         return None
     chosen = backends.resolve(backend, cell, x, weights)
     if not isinstance(chosen, CompiledBackend):
@@ -351,15 +361,8 @@ def run_direct(cell: CellSpec, x: torch.Tensor, h0: torch.Tensor, c0: Optional[t
     define(cell.family)  # the op is not called, but a family's ops exist once it has run (fusedrnn.ops.define)
     for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *weights))
     run = forward_with_autograd if for_backward else forward_without_autograd
-    try:
-        out, h_n, c_n = run(cell, chosen, x, h0, c0, weights, None, reverse)
-    except NotImplementedError:
-        return None  # a tensor on another device took the dispatcher to a key without the op's kernels
-    except RuntimeError as error:
-        if str(error).startswith(_STEP_REFUSAL):
-            return None
-        raise
-    return LayerOutput(out, h_n, c_n if cell.has_cell_state else None)
+    result = _unless_refused(lambda: run(cell, chosen, x, h0, c0, weights, None, reverse))
+    return None if result is None else LayerOutput(result[0], result[1], result[2] if cell.has_cell_state else None)
 
 
 def lstm_layer(x, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, *, w_peep=None, w_proj=None,
