@@ -453,7 +453,7 @@ class FusedRNNBase(nn.RNNBase):
                 index = layer * directions + direction
                 names = self._direction_names(layer, direction)[:5]
                 weights = [None if name is None else params.get(name, _MISSING) for name in names]
-                if any(type(w) not in _PLAIN if name is not None else False for w, name in zip(weights, names)):
+                if any(name is not None and type(w) not in _PLAIN for w, name in zip(weights, names)):
                     return None  # a parametrized, subclassed or missing weight (one set to None)
                 h0, c0 = states[0][index], states[1][index] if cell.has_cell_state else None
                 if steps == 1:
